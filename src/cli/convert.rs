@@ -1,0 +1,129 @@
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use serde_json::json;
+
+use super::Ui;
+use crate::convert::{to_gguf, to_hf};
+use crate::ggml_type::GgmlType;
+use crate::model::ModelFile;
+use crate::output::Sink;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutType {
+    F32,
+    F16,
+    Bf16,
+    #[value(name = "q8_0")]
+    Q8_0,
+}
+
+impl OutType {
+    fn ggml(self) -> GgmlType {
+        match self {
+            OutType::F32 => GgmlType::F32,
+            OutType::F16 => GgmlType::F16,
+            OutType::Bf16 => GgmlType::BF16,
+            OutType::Q8_0 => GgmlType::Q8_0,
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    /// A GGUF file for llama.cpp.
+    Gguf,
+    /// A Hugging Face directory (safetensors + config.json + tokenizer.json).
+    Hf,
+}
+
+/// Convert a Hugging Face checkpoint to GGUF, or a GGUF back to a Hugging Face directory.
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    qforge convert models/tiny-llama -o tiny.gguf                    # f16 GGUF\n  \
+    qforge convert models/tiny-llama -o tiny-q8.gguf --outtype q8_0\n  \
+    qforge convert models/tiny-llama -o - | ssh host 'cat > m.gguf'  # stream to stdout\n  \
+    qforge convert tiny.gguf -o tiny-hf --to hf                      # back to safetensors")]
+pub struct ConvertArgs {
+    /// A Hugging Face model directory or a GGUF file.
+    pub input: PathBuf,
+    /// Output file (GGUF), directory (--to hf), or `-` for standard output (GGUF only).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Storage type of the weight matrices (norms stay f32). Default: f16 for GGUF; for
+    /// --to hf, the source's own float type (f32 for quantized sources).
+    #[arg(long, value_enum)]
+    pub outtype: Option<OutType>,
+    /// What to write.
+    #[arg(long, value_enum, default_value = "gguf")]
+    pub to: Target,
+    /// general.name to record (default: derived from the input's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Convert even if weights hold NaN or Inf (normally an error naming the tensor).
+    #[arg(long)]
+    pub allow_nonfinite: bool,
+}
+
+pub fn run(args: &ConvertArgs, ui: &Ui) -> Result<()> {
+    let start = Instant::now();
+    let model = ModelFile::open(&args.input).with_context(|| format!("cannot load {}", args.input.display()))?;
+    let input_bytes: u64 = model.tensors()?.iter().map(|t| t.data.len() as u64).sum();
+    let report = match args.to {
+        Target::Gguf => {
+            let outtype = args.outtype.map(OutType::ggml).unwrap_or(GgmlType::F16);
+            let opts = to_gguf::GgufOptions { outtype, allow_nonfinite: args.allow_nonfinite, name: args.name.clone() };
+            let mut sink = Sink::open(&args.output).with_context(|| format!("cannot create {}", args.output.display()))?;
+            if sink.is_stdout() && ui.json {
+                bail!("--json cannot be combined with `-o -`: standard output carries the GGUF");
+            }
+            let bar = ui.bytes_bar(input_bytes, "converting");
+            let (w, summary) = to_gguf::write(&model, &opts, &mut sink, &bar)
+                .with_context(|| format!("converting {}", args.input.display()))?;
+            let _ = w;
+            bar.finish_and_clear();
+            for f in &summary.fallbacks {
+                ui.warn(f);
+            }
+            let (n, size) = (summary.tensors, summary.bytes);
+            sink.commit(|p| to_gguf::validate_written(p, n, size))
+                .with_context(|| format!("writing {}", args.output.display()))?;
+            json!({
+                "input": args.input, "output": args.output, "format": "gguf", "outtype": outtype.name(),
+                "file_type": summary.file_type, "tensors": summary.tensors, "bytes": summary.bytes,
+                "fallbacks": summary.fallbacks, "seconds": start.elapsed().as_secs_f64(),
+            })
+        }
+        Target::Hf => {
+            if args.output.as_os_str() == "-" {
+                bail!("--to hf writes a directory; `-o -` is only for GGUF");
+            }
+            if args.outtype == Some(OutType::Q8_0) {
+                bail!("--to hf writes float tensors: choose --outtype f32, f16 or bf16");
+            }
+            let opts = to_hf::HfOptions { dtype: args.outtype.map(OutType::ggml), allow_nonfinite: args.allow_nonfinite };
+            let bar = ui.bytes_bar(input_bytes, "converting");
+            let summary = to_hf::write(&model, &args.output, &opts, &bar)
+                .with_context(|| format!("converting {} to {}", args.input.display(), args.output.display()))?;
+            bar.finish_and_clear();
+            json!({
+                "input": args.input, "output": args.output, "format": "hf", "dtype": summary.dtype,
+                "tensors": summary.tensors, "bytes": summary.bytes, "seconds": start.elapsed().as_secs_f64(),
+            })
+        }
+    };
+    if ui.json {
+        ui.print_json(&report);
+    } else if args.output.as_os_str() != "-" {
+        ui.note(format!(
+            "wrote {} ({} tensors, {:.1} MB) in {:.2}s",
+            args.output.display(),
+            report["tensors"],
+            report["bytes"].as_f64().unwrap_or(0.0) / 1e6,
+            start.elapsed().as_secs_f64()
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,86 @@
+//! The `qforge` command line: clap definitions and dispatch. Results go to stdout (`--json`
+//! for machines), progress and notes to stderr.
+
+mod convert;
+mod inspect;
+mod ui;
+
+use clap::{Parser, Subcommand};
+
+pub use ui::Ui;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "qforge",
+    version,
+    about = "Quantize, convert and verify LLaMA-family models",
+    long_about = "qforge loads Hugging Face checkpoints (safetensors) and GGUF files, converts and \
+                  quantizes them, and writes GGUF that llama.cpp runs unchanged.",
+    after_help = "Examples:\n  qforge convert models/tiny-llama -o tiny-f16.gguf --outtype f16\n  \
+                  qforge inspect tiny-f16.gguf --json | jq '.tensors | length'\n  \
+                  qforge convert tiny-f16.gguf -o tiny-hf --to hf"
+)]
+pub struct Cli {
+    /// No progress bars or notes on stderr (errors are still printed).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// More detail on stderr.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    /// Print the result as JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Worker threads (default: all cores).
+    #[arg(short = 't', long, global = true, value_name = "N")]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    Convert(convert::ConvertArgs),
+    Inspect(inspect::InspectArgs),
+}
+
+/// Run the CLI and return the process exit code: 0 success, 1 failure, 2 bad usage,
+/// 130 interrupted.
+pub fn main() -> i32 {
+    // Die quietly on a closed pipe (`qforge inspect x.gguf | head`), like other Unix tools,
+    // instead of panicking in println!.
+    // SAFETY: resetting a signal disposition at startup, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    crate::output::install_signal_cleanup();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            eprintln!("qforge: error: --threads must be at least 1");
+            return 2;
+        }
+        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global() {
+            eprintln!("qforge: error: cannot start {n} threads: {e}");
+            return 1;
+        }
+    }
+    let ui = Ui::new(cli.quiet, cli.verbose, cli.json);
+    let result = match &cli.command {
+        Command::Convert(a) => convert::run(a, &ui),
+        Command::Inspect(a) => inspect::run(a, &ui),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("qforge: error: {}", ui::chain(&e));
+            1
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Output conventions shared by every command: progress bars and notes on stderr (hidden by
+//! `-q` and when stderr is not a terminal), results on stdout.
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+pub struct Ui {
+    pub quiet: bool,
+    pub verbose: bool,
+    pub json: bool,
+}
+
+impl Ui {
+    pub fn new(quiet: bool, verbose: bool, json: bool) -> Ui {
+        Ui { quiet, verbose, json }
+    }
+
+    /// A byte-count progress bar on stderr.
+    pub fn bytes_bar(&self, total: u64, msg: &str) -> ProgressBar {
+        if self.quiet {
+            return ProgressBar::hidden();
+        }
+        let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        pb.set_style(
+            ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        pb.set_message(msg.to_string());
+        pb
+    }
+
+    /// A note on stderr (suppressed by `-q`). Printed directly rather than through indicatif,
+    /// which drops messages when stderr is not a terminal.
+    pub fn note(&self, msg: impl AsRef<str>) {
+        if !self.quiet {
+            eprintln!("qforge: {}", msg.as_ref());
+        }
+    }
+
+    pub fn warn(&self, msg: impl AsRef<str>) {
+        eprintln!("qforge: warning: {}", msg.as_ref());
+    }
+
+    pub fn detail(&self, msg: impl AsRef<str>) {
+        if self.verbose && !self.quiet {
+            eprintln!("qforge: {}", msg.as_ref());
+        }
+    }
+
+    /// Print a JSON result on stdout.
+    pub fn print_json(&self, v: &serde_json::Value) {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
+    }
+}
+
+/// An error and its causes on one line.
+pub fn chain(e: &anyhow::Error) -> String {
+    let mut s = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+    }
+    s
+}

@@ -1,0 +1,52 @@
+//! Format conversion: any model qforge reads → GGUF (`to_gguf`), GGUF → Hugging Face
+//! directory (`to_hf`). Both stream one tensor at a time.
+
+pub mod to_gguf;
+pub mod to_hf;
+
+use crate::error::{Error, Result};
+use crate::model::names;
+use crate::model::{ModelConfig, RopeLayout, TensorRef};
+use crate::quant;
+
+/// Decode a tensor to f32 in the requested q/k row layout, refusing NaN/Inf unless allowed.
+pub fn tensor_to_f32(
+    t: &TensorRef<'_>,
+    config: &ModelConfig,
+    from: RopeLayout,
+    to: RopeLayout,
+    allow_nonfinite: bool,
+) -> Result<Vec<f32>> {
+    if !quant::can_decode(t.ggml_type) {
+        return Err(Error::tensor(&t.name, format!("decoding {} tensors is not supported yet", t.ggml_type)));
+    }
+    let values = quant::decode(t.ggml_type, t.data, t.n_elements()).map_err(|e| Error::tensor(&t.name, e.to_string()))?;
+    if !allow_nonfinite {
+        if let Some(i) = quant::find_nonfinite(&values) {
+            return Err(Error::tensor(
+                &t.name,
+                format!(
+                    "holds a non-finite value ({}) at flat index {i}; pass --allow-nonfinite to convert anyway",
+                    values[i]
+                ),
+            ));
+        }
+    }
+    if from == to {
+        return Ok(values);
+    }
+    let Some(heads) = names::qk_heads(&t.name, config.n_heads, config.n_kv_heads) else {
+        return Ok(values);
+    };
+    let rows = t.shape[0];
+    let row_len = t.n_elements() / rows.max(1);
+    let src = match to {
+        RopeLayout::Interleaved => names::rope_interleave_rows(rows, heads)?,
+        RopeLayout::RotateHalf => names::rope_deinterleave_rows(rows, heads)?,
+    };
+    let mut out = Vec::with_capacity(values.len());
+    for s in src {
+        out.extend_from_slice(&values[s * row_len..(s + 1) * row_len]);
+    }
+    Ok(out)
+}

@@ -1,0 +1,140 @@
+//! GGUF → Hugging Face directory: safetensors weights (q/k rows back in rotate-half order),
+//! config.json, tokenizer.json and tokenizer_config.json, loadable by `transformers`.
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::sync::Mutex;
+
+use indicatif::ProgressBar;
+use safetensors::{Dtype, View};
+
+use super::tensor_to_f32;
+use crate::error::{Error, Result};
+use crate::ggml_type::GgmlType;
+use crate::model::{names, ModelConfig, ModelFile, RopeLayout, TensorRef};
+use crate::output::AtomicDir;
+use crate::quant;
+
+#[derive(Debug, Clone)]
+pub struct HfOptions {
+    /// F32, F16 or BF16; `None` keeps float tensors' own type and writes quantized ones as F32.
+    pub dtype: Option<GgmlType>,
+    pub allow_nonfinite: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HfSummary {
+    pub tensors: usize,
+    pub bytes: u64,
+    pub dtype: String,
+}
+
+/// A tensor whose bytes are produced only when the safetensors writer asks for them, so
+/// that one tensor at a time is in memory.
+struct LazyTensor<'a> {
+    src: TensorRef<'a>,
+    dtype: GgmlType,
+    config: &'a ModelConfig,
+    from: RopeLayout,
+    allow_nonfinite: bool,
+    error: &'a Mutex<Option<Error>>,
+    progress: &'a ProgressBar,
+}
+
+impl View for LazyTensor<'_> {
+    fn dtype(&self) -> Dtype {
+        match self.dtype {
+            GgmlType::F16 => Dtype::F16,
+            GgmlType::BF16 => Dtype::BF16,
+            _ => Dtype::F32,
+        }
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.src.shape
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        let result = tensor_to_f32(&self.src, self.config, self.from, RopeLayout::RotateHalf, self.allow_nonfinite)
+            .and_then(|v| quant::encode(self.dtype, &v));
+        self.progress.inc(self.src.data.len() as u64);
+        match result {
+            Ok(bytes) => Cow::Owned(bytes),
+            Err(e) => {
+                // The View API cannot fail: remember the error, emit zeros of the right
+                // length, and fail the whole conversion afterwards (the output is discarded).
+                if let Ok(mut slot) = self.error.lock() {
+                    slot.get_or_insert(e);
+                }
+                Cow::Owned(vec![0u8; self.data_len()])
+            }
+        }
+    }
+
+    fn data_len(&self) -> usize {
+        self.src.n_elements() * self.dtype.block_bytes()
+    }
+}
+
+pub fn write(model: &ModelFile, out_dir: &Path, opts: &HfOptions, progress: &ProgressBar) -> Result<HfSummary> {
+    if matches!(model, ModelFile::Hf(_)) {
+        return Err(Error::InvalidArgument("the input is already a Hugging Face directory".into()));
+    }
+    model.check_tensors()?;
+    let cfg = model.config();
+    let vocab = model.vocab()?;
+    let tensors = model.tensors()?;
+    let pick = |t: GgmlType| match opts.dtype {
+        Some(d) => d,
+        None if t.is_float() => t,
+        None => GgmlType::F32,
+    };
+    for t in &tensors {
+        if !quant::can_decode(t.ggml_type) {
+            return Err(Error::tensor(&t.name, format!("decoding {} tensors is not supported yet", t.ggml_type)));
+        }
+    }
+    let main_dtype = tensors
+        .iter()
+        .filter(|t| t.shape.len() >= 2)
+        .map(|t| pick(t.ggml_type))
+        .next()
+        .unwrap_or(GgmlType::F32);
+    let torch_dtype = match main_dtype {
+        GgmlType::F16 => "float16",
+        GgmlType::BF16 => "bfloat16",
+        _ => "float32",
+    };
+
+    let dir = AtomicDir::create(out_dir)?;
+    let error = Mutex::new(None);
+    let mut views = Vec::with_capacity(tensors.len());
+    let mut bytes = 0u64;
+    for t in tensors {
+        let hf_name = names::gguf_to_hf(&t.name)?;
+        // Norms stay F32 in GGUF; keep them in the main dtype in HF files like the originals.
+        let dtype = if t.shape.len() < 2 && opts.dtype.is_none() { main_dtype } else { pick(t.ggml_type) };
+        let view = LazyTensor { src: t, dtype, config: cfg, from: model.qk_layout(), allow_nonfinite: opts.allow_nonfinite, error: &error, progress };
+        bytes += view.data_len() as u64;
+        views.push((hf_name, view));
+    }
+    let n_tensors = views.len();
+    let st_path = dir.path().join("model.safetensors");
+    let metadata = Some([("format".to_string(), "pt".to_string())].into_iter().collect());
+    safetensors::serialize_to_file(views, metadata, &st_path)
+        .map_err(|e| Error::io(&st_path, std::io::Error::other(e.to_string())))?;
+    if let Some(e) = error.into_inner().ok().flatten() {
+        return Err(e);
+    }
+
+    let write_json = |name: &str, v: &serde_json::Value| -> Result<()> {
+        let p = dir.path().join(name);
+        let text = serde_json::to_string_pretty(v).map_err(|e| Error::io(&p, std::io::Error::other(e)))?;
+        std::fs::write(&p, text + "\n").map_err(|e| Error::io(&p, e))
+    };
+    write_json("config.json", &cfg.to_hf_json(torch_dtype))?;
+    write_json("tokenizer.json", &vocab.to_hf_json()?)?;
+    write_json("tokenizer_config.json", &vocab.to_hf_tokenizer_config(cfg.context_length))?;
+    dir.commit()?;
+    Ok(HfSummary { tensors: n_tensors, bytes, dtype: torch_dtype.into() })
+}

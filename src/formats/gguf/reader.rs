@@ -1,0 +1,315 @@
+//! GGUF reader. The file is memory-mapped; the header is parsed with every declared length
+//! and count checked against the bytes that are actually left, so a hostile header can make
+//! us fail but never allocate absurdly, read out of bounds or panic.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use super::value::{Value, ValueType};
+use super::{GGUF_MAGIC, DEFAULT_ALIGNMENT};
+use crate::error::{Error, Result};
+use crate::ggml_type::GgmlType;
+
+/// ggml's GGML_MAX_DIMS.
+const MAX_DIMS: u32 = 4;
+/// Arrays of arrays are legal; nothing real nests deeper than this.
+const MAX_ARRAY_DEPTH: usize = 8;
+
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    pub name: String,
+    /// GGML order: `ne[0]` is the row length (innermost, contiguous dimension).
+    pub ne: Vec<u64>,
+    pub ggml_type: GgmlType,
+    /// Offset relative to the start of the data section.
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl TensorInfo {
+    /// Row-major shape, outermost first (the order safetensors and numpy use).
+    pub fn shape(&self) -> Vec<usize> {
+        self.ne.iter().rev().map(|&d| d as usize).collect()
+    }
+
+    pub fn n_elements(&self) -> u64 {
+        self.ne.iter().product()
+    }
+}
+
+/// The parsed header of a GGUF file. Owns nothing but the header; tensor bytes are read from
+/// the buffer the header was parsed from.
+#[derive(Debug, Clone)]
+pub struct GgufHeader {
+    pub version: u32,
+    pub metadata: Vec<(String, Value)>,
+    pub tensors: Vec<TensorInfo>,
+    pub alignment: u64,
+    /// Absolute offset of the data section.
+    pub data_offset: u64,
+}
+
+impl GgufHeader {
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// Parse and validate a complete GGUF image (`bytes` is the whole file).
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<GgufHeader> {
+        let mut c = Cursor { bytes, pos: 0, path };
+        let magic = c.u32()?;
+        if magic != GGUF_MAGIC {
+            return Err(c.err("not a GGUF file (bad magic)"));
+        }
+        let version = c.u32()?;
+        if version == 1 {
+            return Err(Error::Unsupported(format!(
+                "{}: GGUF v1 is obsolete; re-convert the model",
+                path.display()
+            )));
+        }
+        if version != 2 && version != 3 {
+            return Err(c.err(format!("unknown GGUF version {version}")));
+        }
+        let n_tensors = c.u64()?;
+        let n_kv = c.u64()?;
+        // A tensor info takes at least 8 (name len) + 4 (n_dims) + 8 (one dim) + 4 (type) + 8 (offset).
+        c.check_count(n_tensors, 32, "tensor count")?;
+        c.check_count(n_kv, 8 + 4 + 1, "metadata count")?;
+
+        let mut metadata = Vec::with_capacity(n_kv as usize);
+        let mut keys = HashSet::new();
+        for _ in 0..n_kv {
+            let key = c.string()?;
+            let vt = c.value_type()?;
+            let value = c.value(vt, 0)?;
+            if !keys.insert(key.clone()) {
+                return Err(c.err(format!("duplicate metadata key {key:?}")));
+            }
+            metadata.push((key, value));
+        }
+
+        let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
+            None => DEFAULT_ALIGNMENT,
+            Some((_, v)) => match v {
+                Value::U32(a) if *a != 0 && a.is_power_of_two() => *a as u64,
+                other => {
+                    return Err(c.err(format!(
+                        "general.alignment must be a non-zero power of two (u32), got {other}"
+                    )))
+                }
+            },
+        };
+
+        let mut tensors = Vec::with_capacity(n_tensors as usize);
+        let mut names = HashSet::new();
+        for _ in 0..n_tensors {
+            let name = c.string()?;
+            let n_dims = c.u32()?;
+            if n_dims == 0 || n_dims > MAX_DIMS {
+                return Err(c.err(format!("tensor {name:?} has {n_dims} dimensions (1..=4 allowed)")));
+            }
+            let mut ne = Vec::with_capacity(n_dims as usize);
+            for _ in 0..n_dims {
+                ne.push(c.u64()?);
+            }
+            let type_id = c.u32()?;
+            let ggml_type = GgmlType::from_id(type_id).ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "{}: tensor {name:?} has unknown GGML type id {type_id}",
+                    path.display()
+                ))
+            })?;
+            let offset = c.u64()?;
+            let size = ggml_type
+                .tensor_bytes(&ne)
+                .map_err(|e| c.err(format!("tensor {name:?} {ne:?}: {e}")))?;
+            if offset % alignment != 0 {
+                return Err(c.err(format!("tensor {name:?} offset {offset} is not aligned to {alignment}")));
+            }
+            if !names.insert(name.clone()) {
+                return Err(c.err(format!("duplicate tensor name {name:?}")));
+            }
+            tensors.push(TensorInfo { name, ne, ggml_type, offset, size });
+        }
+
+        let data_offset = align_up(c.pos as u64, alignment)
+            .ok_or_else(|| c.err("data section offset overflows"))?;
+        let file_len = bytes.len() as u64;
+        for t in &tensors {
+            let end = data_offset
+                .checked_add(t.offset)
+                .and_then(|o| o.checked_add(t.size))
+                .ok_or_else(|| c.err(format!("tensor {:?} offset overflows", t.name)))?;
+            if end > file_len {
+                return Err(c.err(format!(
+                    "tensor {:?} ends at byte {end}, past the end of the file ({file_len} bytes): truncated?",
+                    t.name
+                )));
+            }
+        }
+        let mut by_offset: Vec<&TensorInfo> = tensors.iter().collect();
+        by_offset.sort_by_key(|t| t.offset);
+        for pair in by_offset.windows(2) {
+            if pair[0].size > 0 && pair[0].offset + pair[0].size > pair[1].offset {
+                return Err(c.err(format!(
+                    "tensors {:?} and {:?} overlap",
+                    pair[0].name, pair[1].name
+                )));
+            }
+        }
+        Ok(GgufHeader { version, metadata, tensors, alignment, data_offset })
+    }
+}
+
+pub fn align_up(x: u64, a: u64) -> Option<u64> {
+    Some(x.checked_add(a - 1)? / a * a)
+}
+
+/// A memory-mapped GGUF file.
+pub struct GgufFile {
+    pub path: PathBuf,
+    pub header: GgufHeader,
+    mmap: memmap2::Mmap,
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<GgufFile> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the map is read-only. Another process truncating the file while we read it
+        // can still raise SIGBUS; that is the price of zero-copy loading every mmap tool pays.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let header = GgufHeader::parse(&mmap, path)?;
+        Ok(GgufFile { path: path.to_path_buf(), header, mmap })
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.header.get(key)
+    }
+
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.header.tensors
+    }
+
+    pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
+        self.header.tensor(name)
+    }
+
+    /// The bytes of a tensor (bounds were validated when the header was parsed).
+    pub fn tensor_data(&self, t: &TensorInfo) -> &[u8] {
+        let start = (self.header.data_offset + t.offset) as usize;
+        &self.mmap[start..start + t.size as usize]
+    }
+
+    pub fn file_len(&self) -> u64 {
+        self.mmap.len() as u64
+    }
+
+    /// Architecture string (`general.architecture`), if present.
+    pub fn architecture(&self) -> Option<&str> {
+        self.get("general.architecture").and_then(Value::as_str)
+    }
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    path: &'a Path,
+}
+
+impl<'a> Cursor<'a> {
+    fn err(&self, msg: impl Into<String>) -> Error {
+        Error::malformed(self.path, "GGUF", format!("{} (at byte {})", msg.into(), self.pos))
+    }
+
+    fn remaining(&self) -> u64 {
+        (self.bytes.len() - self.pos) as u64
+    }
+
+    fn take(&mut self, n: u64) -> Result<&'a [u8]> {
+        if n > self.remaining() {
+            return Err(self.err(format!(
+                "needs {n} more bytes but only {} remain: truncated file",
+                self.remaining()
+            )));
+        }
+        let s = &self.bytes[self.pos..self.pos + n as usize];
+        self.pos += n as usize;
+        Ok(s)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let s = self.take(N as u64)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(s);
+        Ok(a)
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    /// Reject `count` items of at least `min_len` bytes each when the file cannot hold them.
+    fn check_count(&self, count: u64, min_len: u64, what: &str) -> Result<()> {
+        match count.checked_mul(min_len) {
+            Some(need) if need <= self.remaining() => Ok(()),
+            _ => Err(self.err(format!(
+                "{what} {count} cannot fit in the {} bytes left",
+                self.remaining()
+            ))),
+        }
+    }
+
+    fn string(&mut self) -> Result<String> {
+        let len = self.u64()?;
+        let bytes = self.take(len)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| self.err("string is not valid UTF-8"))
+    }
+
+    fn value_type(&mut self) -> Result<ValueType> {
+        let id = self.u32()?;
+        ValueType::from_id(id).ok_or_else(|| self.err(format!("unknown metadata value type {id}")))
+    }
+
+    fn value(&mut self, vt: ValueType, depth: usize) -> Result<Value> {
+        Ok(match vt {
+            ValueType::U8 => Value::U8(self.array::<1>()?[0]),
+            ValueType::I8 => Value::I8(self.array::<1>()?[0] as i8),
+            ValueType::U16 => Value::U16(u16::from_le_bytes(self.array()?)),
+            ValueType::I16 => Value::I16(i16::from_le_bytes(self.array()?)),
+            ValueType::U32 => Value::U32(self.u32()?),
+            ValueType::I32 => Value::I32(i32::from_le_bytes(self.array()?)),
+            ValueType::F32 => Value::F32(f32::from_le_bytes(self.array()?)),
+            ValueType::U64 => Value::U64(self.u64()?),
+            ValueType::I64 => Value::I64(i64::from_le_bytes(self.array()?)),
+            ValueType::F64 => Value::F64(f64::from_le_bytes(self.array()?)),
+            ValueType::Bool => match self.array::<1>()?[0] {
+                0 => Value::Bool(false),
+                1 => Value::Bool(true),
+                b => return Err(self.err(format!("bool value {b} is neither 0 nor 1"))),
+            },
+            ValueType::String => Value::String(self.string()?),
+            ValueType::Array => {
+                if depth >= MAX_ARRAY_DEPTH {
+                    return Err(self.err("arrays nested too deeply"));
+                }
+                let et = self.value_type()?;
+                let n = self.u64()?;
+                self.check_count(n, et.min_encoded_len(), "array length")?;
+                let mut items = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    items.push(self.value(et, depth + 1)?);
+                }
+                Value::Array(et, items)
+            }
+        })
+    }
+}

@@ -1,0 +1,6 @@
+//! File formats: safetensors checkpoints, GGUF, tokenizer metadata, and the Hugging Face
+//! directory writer.
+
+pub mod gguf;
+pub mod safetensors;
+pub mod tokenizer;

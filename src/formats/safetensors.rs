@@ -1,0 +1,200 @@
+//! Hugging Face checkpoints: `config.json` plus one `model.safetensors` or shards listed in
+//! `model.safetensors.index.json`. Files are memory-mapped; tensors are borrowed slices of
+//! the maps (zero-copy). The `safetensors` crate validates each header (offsets contiguous,
+//! in bounds, byte sizes equal to dtype × shape).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+use crate::ggml_type::GgmlType;
+use crate::model::ModelConfig;
+
+/// One memory-mapped `.safetensors` file and its validated header.
+pub struct SafetensorsFile {
+    pub path: PathBuf,
+    mmap: memmap2::Mmap,
+    data_start: usize,
+    tensors: HashMap<String, safetensors::tensor::TensorInfo>,
+}
+
+impl SafetensorsFile {
+    pub fn open(path: &Path) -> Result<SafetensorsFile> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: read-only map; see GgufFile::open for the truncation caveat.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let (n, meta) = SafeTensors::read_metadata(&mmap)
+            .map_err(|e| Error::malformed(path, "safetensors", describe_st_error(&e)))?;
+        let tensors = meta
+            .tensors()
+            .into_iter()
+            .map(|(k, v)| (k, v.clone()))
+            .collect();
+        Ok(SafetensorsFile { path: path.to_path_buf(), mmap, data_start: 8 + n, tensors })
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<HfTensor<'_>> {
+        let info = self.tensors.get(name)?;
+        let (a, b) = info.data_offsets;
+        Some(HfTensor {
+            dtype: info.dtype,
+            shape: &info.shape,
+            data: &self.mmap[self.data_start + a..self.data_start + b],
+        })
+    }
+}
+
+fn describe_st_error(e: &safetensors::SafeTensorError) -> String {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::InvalidHeaderLength => "header length points past the end of the file (truncated?)".into(),
+        E::MetadataIncompleteBuffer => {
+            "tensor data does not match the file length (truncated or trailing bytes)".into()
+        }
+        E::HeaderTooSmall => "file is shorter than the 8-byte header length".into(),
+        E::TensorInvalidInfo => "a tensor's byte range does not match its dtype and shape".into(),
+        E::InvalidOffset(name) => format!("tensor {name:?} has overlapping or out-of-order offsets"),
+        other => other.to_string(),
+    }
+}
+
+/// A tensor borrowed from a memory-mapped safetensors file.
+#[derive(Clone, Copy)]
+pub struct HfTensor<'a> {
+    pub dtype: Dtype,
+    /// Row-major, outermost first.
+    pub shape: &'a [usize],
+    pub data: &'a [u8],
+}
+
+impl HfTensor<'_> {
+    /// The GGML storage type for float tensors; other dtypes are refused with the tensor's name.
+    pub fn ggml_type(&self, name: &str) -> Result<GgmlType> {
+        match self.dtype {
+            Dtype::F32 => Ok(GgmlType::F32),
+            Dtype::F16 => Ok(GgmlType::F16),
+            Dtype::BF16 => Ok(GgmlType::BF16),
+            other => Err(Error::tensor(name, format!("dtype {other:?} is not a float type qforge converts"))),
+        }
+    }
+}
+
+/// A Hugging Face model directory.
+pub struct HfCheckpoint {
+    pub dir: PathBuf,
+    pub config: ModelConfig,
+    pub config_json: serde_json::Value,
+    files: Vec<SafetensorsFile>,
+    /// Tensor name → index into `files`, in name order.
+    index: BTreeMap<String, usize>,
+}
+
+impl HfCheckpoint {
+    pub fn open(dir: &Path) -> Result<HfCheckpoint> {
+        if !dir.is_dir() {
+            return Err(Error::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "not a model directory"),
+            ));
+        }
+        let config_path = dir.join("config.json");
+        let config_json = read_json(&config_path)?;
+        let config = ModelConfig::from_hf_json(&config_json)
+            .map_err(|e| prefix_error(&config_path, e))?;
+
+        let index_path = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        let mut files = Vec::new();
+        let mut index = BTreeMap::new();
+        if index_path.exists() {
+            let idx = read_json(&index_path)?;
+            let map = idx
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::malformed(&index_path, "index", "no \"weight_map\" object"))?;
+            let mut shard_ids: HashMap<String, usize> = HashMap::new();
+            for (tensor, shard) in map {
+                let shard = shard
+                    .as_str()
+                    .ok_or_else(|| Error::malformed(&index_path, "index", format!("{tensor:?}: shard is not a string")))?;
+                // A shard is a plain file name in the same directory; anything with a path
+                // component could point anywhere on disk.
+                if shard.is_empty() || shard.contains('/') || shard.contains('\\') || shard == ".." {
+                    return Err(Error::malformed(&index_path, "index", format!("shard name {shard:?} is not a plain file name")));
+                }
+                let fid = match shard_ids.get(shard) {
+                    Some(&i) => i,
+                    None => {
+                        let p = dir.join(shard);
+                        if !p.exists() {
+                            return Err(Error::InvalidModel(format!(
+                                "{}: shard {shard} named by the index is missing",
+                                dir.display()
+                            )));
+                        }
+                        files.push(SafetensorsFile::open(&p)?);
+                        shard_ids.insert(shard.to_string(), files.len() - 1);
+                        files.len() - 1
+                    }
+                };
+                if !files[fid].tensors.contains_key(tensor) {
+                    return Err(Error::InvalidModel(format!(
+                        "index says {tensor} is in {shard}, but that shard does not hold it"
+                    )));
+                }
+                index.insert(tensor.clone(), fid);
+            }
+        } else if single.exists() {
+            files.push(SafetensorsFile::open(&single)?);
+            for name in files[0].names() {
+                index.insert(name.to_string(), 0);
+            }
+        } else {
+            return Err(Error::InvalidModel(format!(
+                "{}: no model.safetensors or model.safetensors.index.json",
+                dir.display()
+            )));
+        }
+        Ok(HfCheckpoint { dir: dir.to_path_buf(), config, config_json, files, index })
+    }
+
+    /// Tensor names in sorted order (the order llama.cpp's converter emits them).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<HfTensor<'_>> {
+        self.files[*self.index.get(name)?].tensor(name)
+    }
+
+    /// Total number of weights in all tensors.
+    pub fn parameter_count(&self) -> u64 {
+        self.names()
+            .filter_map(|n| self.tensor(n))
+            .map(|t| t.shape.iter().product::<usize>() as u64)
+            .sum()
+    }
+
+    pub fn files(&self) -> &[SafetensorsFile] {
+        &self.files
+    }
+}
+
+pub fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::malformed(path, "JSON", e.to_string()))
+}
+
+fn prefix_error(path: &Path, e: Error) -> Error {
+    match e {
+        Error::Unsupported(m) => Error::Unsupported(format!("{}: {m}", path.display())),
+        Error::InvalidModel(m) => Error::InvalidModel(format!("{}: {m}", path.display())),
+        other => other,
+    }
+}

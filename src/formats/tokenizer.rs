@@ -1,0 +1,340 @@
+//! Tokenizer metadata: Hugging Face `tokenizer.json` ↔ GGUF `tokenizer.ggml.*` keys, for
+//! byte-level BPE vocabularies (GPT-2 style), as llama.cpp's converter writes them.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde_json::{json, Value as Json};
+
+use crate::error::{Error, Result};
+use crate::formats::gguf::{GgufHeader, Value, ValueType};
+use crate::formats::safetensors::read_json;
+
+/// llama.cpp's `llama_token_type`.
+pub mod token_type {
+    pub const NORMAL: i32 = 1;
+    pub const UNKNOWN: i32 = 2;
+    pub const CONTROL: i32 = 3;
+    pub const USER_DEFINED: i32 = 4;
+    pub const UNUSED: i32 = 5;
+    pub const BYTE: i32 = 6;
+}
+
+/// Pre-tokenizer regexes that llama.cpp knows under a `tokenizer.ggml.pre` name. GPT-2's is
+/// implied by a bare ByteLevel pre-tokenizer with `use_regex: true`.
+const KNOWN_SPLIT_REGEXES: &[(&str, &str)] = &[
+    (
+        "llama-bpe",
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ),
+    (
+        "qwen2",
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ),
+];
+
+/// The byte-level BPE vocabulary as GGUF stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BpeVocab {
+    /// llama.cpp's pre-tokenizer name (`gpt-2`, `llama-bpe`, `qwen2`).
+    pub pre: String,
+    pub tokens: Vec<String>,
+    pub token_types: Vec<i32>,
+    /// "left right" pairs in merge priority order.
+    pub merges: Vec<String>,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub pad: Option<u32>,
+    pub add_bos: bool,
+    pub add_eos: bool,
+    /// llama-bpe vocabularies set `ignore_merges` (a whole word in the vocab wins).
+    pub ignore_merges: bool,
+}
+
+impl BpeVocab {
+    /// Read `tokenizer.json` (and `tokenizer_config.json` if present) from a model directory.
+    /// `vocab_size` pads the token list with unused `[PADn]` entries, as llama.cpp does when
+    /// the embedding matrix is larger than the vocabulary.
+    pub fn from_hf_dir(dir: &Path, vocab_size: usize, config: &Json) -> Result<BpeVocab> {
+        let path = dir.join("tokenizer.json");
+        if !path.exists() {
+            return Err(Error::Tokenizer(format!("{}: missing tokenizer.json", dir.display())));
+        }
+        let tj = read_json(&path)?;
+        let cfg_path = dir.join("tokenizer_config.json");
+        let tcfg = if cfg_path.exists() { read_json(&cfg_path)? } else { json!({}) };
+        Self::from_hf_json(&tj, &tcfg, config, vocab_size)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))
+    }
+
+    pub fn from_hf_json(tj: &Json, tcfg: &Json, config: &Json, vocab_size: usize) -> Result<BpeVocab> {
+        let model = tj.get("model").ok_or_else(|| Error::Tokenizer("no \"model\" section".into()))?;
+        let mtype = model.get("type").and_then(Json::as_str).unwrap_or("BPE");
+        if mtype != "BPE" {
+            return Err(Error::Unsupported(format!(
+                "tokenizer model {mtype:?} is not supported (qforge converts byte-level BPE)"
+            )));
+        }
+        if model.get("byte_fallback").and_then(Json::as_bool).unwrap_or(false) {
+            return Err(Error::Unsupported(
+                "BPE with byte_fallback (SentencePiece-style) tokenizers are not supported yet".into(),
+            ));
+        }
+        match tj.get("normalizer") {
+            None | Some(Json::Null) => {}
+            Some(n) if n.get("type").and_then(Json::as_str) == Some("NFC") => {}
+            Some(n) => {
+                return Err(Error::Unsupported(format!(
+                    "tokenizer normalizer {} has no llama.cpp equivalent",
+                    n.get("type").unwrap_or(n)
+                )))
+            }
+        }
+        let pre = detect_pre(tj.get("pre_tokenizer").unwrap_or(&Json::Null))?;
+
+        let vocab = model
+            .get("vocab")
+            .and_then(Json::as_object)
+            .ok_or_else(|| Error::Tokenizer("model.vocab is missing".into()))?;
+        let mut by_id: HashMap<u64, (String, i32)> = HashMap::new();
+        for (tok, id) in vocab {
+            let id = id.as_u64().ok_or_else(|| Error::Tokenizer(format!("token {tok:?} has no integer id")))?;
+            by_id.insert(id, (tok.clone(), token_type::NORMAL));
+        }
+        for added in tj.get("added_tokens").and_then(Json::as_array).into_iter().flatten() {
+            let (Some(id), Some(content)) = (added.get("id").and_then(Json::as_u64), added.get("content").and_then(Json::as_str)) else {
+                return Err(Error::Tokenizer("added token without id or content".into()));
+            };
+            let special = added.get("special").and_then(Json::as_bool).unwrap_or(false);
+            let ty = if special { token_type::CONTROL } else { token_type::USER_DEFINED };
+            by_id.insert(id, (content.to_string(), ty));
+        }
+        let max_id = by_id.keys().copied().max().unwrap_or(0) as usize;
+        const MAX_VOCAB: usize = 1 << 24;
+        if max_id >= MAX_VOCAB || vocab_size > MAX_VOCAB {
+            return Err(Error::Tokenizer(format!("vocabulary of {} tokens is absurd", max_id.max(vocab_size))));
+        }
+        let n = vocab_size.max(max_id + 1);
+        let mut tokens = Vec::with_capacity(n);
+        let mut token_types = Vec::with_capacity(n);
+        for i in 0..n {
+            match by_id.remove(&(i as u64)) {
+                Some((t, ty)) => {
+                    tokens.push(t);
+                    token_types.push(ty);
+                }
+                None => {
+                    tokens.push(format!("[PAD{i}]"));
+                    token_types.push(token_type::UNUSED);
+                }
+            }
+        }
+
+        let mut merges = Vec::new();
+        for m in model.get("merges").and_then(Json::as_array).into_iter().flatten() {
+            match m {
+                Json::String(s) => merges.push(s.clone()),
+                Json::Array(pair) if pair.len() == 2 => match (pair[0].as_str(), pair[1].as_str()) {
+                    (Some(a), Some(b)) => merges.push(format!("{a} {b}")),
+                    _ => return Err(Error::Tokenizer("merge pair is not two strings".into())),
+                },
+                _ => return Err(Error::Tokenizer("merge is neither a string nor a pair".into())),
+            }
+        }
+
+        let token_id = |key: &str| -> Option<u32> {
+            let v = tcfg.get(key)?;
+            let content = v.as_str().or_else(|| v.get("content").and_then(Json::as_str))?;
+            tokens.iter().position(|t| t == content).map(|i| i as u32)
+        };
+        let cfg_id = |key: &str| config.get(key).and_then(Json::as_u64).and_then(|v| u32::try_from(v).ok());
+        Ok(BpeVocab {
+            pre,
+            bos: token_id("bos_token").or_else(|| cfg_id("bos_token_id")),
+            eos: token_id("eos_token").or_else(|| cfg_id("eos_token_id")),
+            pad: token_id("pad_token").or_else(|| cfg_id("pad_token_id")),
+            add_bos: tcfg.get("add_bos_token").and_then(Json::as_bool).unwrap_or(false),
+            add_eos: tcfg.get("add_eos_token").and_then(Json::as_bool).unwrap_or(false),
+            ignore_merges: model.get("ignore_merges").and_then(Json::as_bool).unwrap_or(false),
+            tokens,
+            token_types,
+            merges,
+        })
+    }
+
+    /// The GGUF metadata entries, in llama.cpp's order.
+    pub fn to_gguf(&self) -> Vec<(&'static str, Value)> {
+        let mut kv = vec![
+            ("tokenizer.ggml.model", Value::String("gpt2".into())),
+            ("tokenizer.ggml.pre", Value::String(self.pre.clone())),
+            ("tokenizer.ggml.tokens", Value::string_array(self.tokens.iter().cloned())),
+            (
+                "tokenizer.ggml.token_type",
+                Value::Array(ValueType::I32, self.token_types.iter().map(|&t| Value::I32(t)).collect()),
+            ),
+            ("tokenizer.ggml.merges", Value::string_array(self.merges.iter().cloned())),
+        ];
+        for (key, id) in [
+            ("tokenizer.ggml.bos_token_id", self.bos),
+            ("tokenizer.ggml.eos_token_id", self.eos),
+            ("tokenizer.ggml.padding_token_id", self.pad),
+        ] {
+            if let Some(id) = id {
+                kv.push((key, Value::U32(id)));
+            }
+        }
+        kv.push(("tokenizer.ggml.add_bos_token", Value::Bool(self.add_bos)));
+        kv.push(("tokenizer.ggml.add_eos_token", Value::Bool(self.add_eos)));
+        kv
+    }
+
+    /// Read the vocabulary back from GGUF metadata.
+    pub fn from_gguf(h: &GgufHeader) -> Result<BpeVocab> {
+        let model = h.get("tokenizer.ggml.model").and_then(Value::as_str).ok_or_else(|| {
+            Error::Tokenizer("the GGUF carries no tokenizer (tokenizer.ggml.model is missing)".into())
+        })?;
+        if model != "gpt2" {
+            return Err(Error::Unsupported(format!(
+                "GGUF tokenizer model {model:?} is not supported (qforge handles byte-level BPE, \"gpt2\")"
+            )));
+        }
+        let strings = |key: &str| -> Result<Vec<String>> {
+            let arr = h
+                .get(key)
+                .and_then(Value::as_array)
+                .ok_or_else(|| Error::Tokenizer(format!("{key} is missing")))?;
+            arr.iter()
+                .map(|v| v.as_str().map(str::to_string).ok_or_else(|| Error::Tokenizer(format!("{key} holds a non-string"))))
+                .collect()
+        };
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        let merges = if h.get("tokenizer.ggml.merges").is_some() { strings("tokenizer.ggml.merges")? } else { Vec::new() };
+        let token_types = match h.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
+            Some(a) => {
+                let t: Vec<i32> = a.iter().map(|v| v.as_i64().unwrap_or(1) as i32).collect();
+                if t.len() != tokens.len() {
+                    return Err(Error::Tokenizer(format!(
+                        "{} token types for {} tokens",
+                        t.len(),
+                        tokens.len()
+                    )));
+                }
+                t
+            }
+            None => vec![token_type::NORMAL; tokens.len()],
+        };
+        let id = |k: &str| {
+            h.get(k)
+                .and_then(Value::as_u64)
+                .and_then(|v| u32::try_from(v).ok())
+                .filter(|&v| (v as usize) < tokens.len())
+        };
+        let pre = h.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default").to_string();
+        Ok(BpeVocab {
+            ignore_merges: pre == "llama-bpe",
+            pre,
+            bos: id("tokenizer.ggml.bos_token_id"),
+            eos: id("tokenizer.ggml.eos_token_id"),
+            pad: id("tokenizer.ggml.padding_token_id"),
+            add_bos: h.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(false),
+            add_eos: h.get("tokenizer.ggml.add_eos_token").and_then(Value::as_bool).unwrap_or(false),
+            tokens,
+            token_types,
+            merges,
+        })
+    }
+
+    /// A Hugging Face `tokenizer.json` equivalent to this vocabulary.
+    pub fn to_hf_json(&self) -> Result<Json> {
+        let pre_tokenizer = match self.pre.as_str() {
+            "gpt-2" | "default" => json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}),
+            name => {
+                let regex = KNOWN_SPLIT_REGEXES
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, r)| *r)
+                    .ok_or_else(|| Error::Unsupported(format!("GGUF pre-tokenizer {name:?} is not supported")))?;
+                json!({"type": "Sequence", "pretokenizers": [
+                    {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
+                    {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
+                ]})
+            }
+        };
+        let mut vocab = serde_json::Map::new();
+        let mut added = Vec::new();
+        for (i, (tok, &ty)) in self.tokens.iter().zip(&self.token_types).enumerate() {
+            if ty == token_type::CONTROL || ty == token_type::USER_DEFINED {
+                added.push(json!({
+                    "id": i, "content": tok, "single_word": false, "lstrip": false, "rstrip": false,
+                    "normalized": ty == token_type::USER_DEFINED, "special": ty == token_type::CONTROL,
+                }));
+            }
+            vocab.insert(tok.clone(), json!(i));
+        }
+        let mut merges = Vec::with_capacity(self.merges.len());
+        for m in &self.merges {
+            let (a, b) = m
+                .split_once(' ')
+                .ok_or_else(|| Error::Tokenizer(format!("merge {m:?} is not two space-separated parts")))?;
+            merges.push(json!([a, b]));
+        }
+        Ok(json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": pre_tokenizer,
+            "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {
+                "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                "ignore_merges": self.ignore_merges, "vocab": vocab, "merges": merges,
+            },
+        }))
+    }
+
+    /// `tokenizer_config.json` for a Hugging Face directory.
+    pub fn to_hf_tokenizer_config(&self, model_max_length: usize) -> Json {
+        let name = |id: Option<u32>| id.and_then(|i| self.tokens.get(i as usize)).cloned();
+        json!({
+            "bos_token": name(self.bos),
+            "eos_token": name(self.eos),
+            "pad_token": name(self.pad),
+            "add_bos_token": self.add_bos,
+            "add_eos_token": self.add_eos,
+            "model_max_length": model_max_length,
+            "tokenizer_class": "PreTrainedTokenizerFast",
+        })
+    }
+}
+
+/// Map a `tokenizer.json` pre-tokenizer onto llama.cpp's `tokenizer.ggml.pre` name, or refuse.
+fn detect_pre(pre: &Json) -> Result<String> {
+    let ty = pre.get("type").and_then(Json::as_str).unwrap_or("");
+    if ty == "ByteLevel" {
+        if pre.get("use_regex").and_then(Json::as_bool).unwrap_or(true) {
+            return Ok("gpt-2".into());
+        }
+    } else if ty == "Sequence" {
+        let parts = pre.get("pretokenizers").and_then(Json::as_array).map(Vec::as_slice).unwrap_or(&[]);
+        if let [split, bl] = parts {
+            let regex = split.get("pattern").and_then(|p| p.get("Regex")).and_then(Json::as_str);
+            let bl_ok = bl.get("type").and_then(Json::as_str) == Some("ByteLevel")
+                && !bl.get("use_regex").and_then(Json::as_bool).unwrap_or(true);
+            if let (Some(regex), true) = (regex, bl_ok) {
+                if let Some((name, _)) = KNOWN_SPLIT_REGEXES.iter().find(|(_, r)| *r == regex) {
+                    return Ok(name.to_string());
+                }
+                return Err(Error::Unsupported(format!(
+                    "pre-tokenizer regex {regex:?} is not one llama.cpp knows (gpt-2, llama-bpe, qwen2)"
+                )));
+            }
+        }
+    }
+    Err(Error::Unsupported(format!(
+        "pre-tokenizer {} cannot be mapped to a llama.cpp pre-tokenizer (supported: gpt-2, llama-bpe, qwen2)",
+        serde_json::to_string(pre).unwrap_or_default()
+    )))
+}

@@ -1,0 +1,353 @@
+//! The architecture hyper-parameters qforge needs, parsed from a Hugging Face `config.json`
+//! or from GGUF metadata, into one struct.
+
+use serde_json::Value as Json;
+
+use crate::error::{Error, Result};
+use crate::formats::gguf::{GgufHeader, Value};
+
+/// The decoder families qforge supports. All are LLaMA-shaped: RMSNorm, RoPE, SwiGLU, GQA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Mistral,
+    /// Qwen2: q/k/v projections carry biases; llama.cpp keeps the HF (NeoX) RoPE layout.
+    Qwen2,
+}
+
+impl Arch {
+    /// The Hugging Face `architectures[0]` class name.
+    pub fn hf_class(self) -> &'static str {
+        match self {
+            Arch::Llama => "LlamaForCausalLM",
+            Arch::Mistral => "MistralForCausalLM",
+            Arch::Qwen2 => "Qwen2ForCausalLM",
+        }
+    }
+
+    pub fn hf_model_type(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Mistral => "mistral",
+            Arch::Qwen2 => "qwen2",
+        }
+    }
+
+    /// `general.architecture` in GGUF. llama.cpp runs Mistral as `llama`.
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Arch::Llama | Arch::Mistral => "llama",
+            Arch::Qwen2 => "qwen2",
+        }
+    }
+
+    /// Whether GGUF stores q/k rows permuted to the interleaved RoPE layout.
+    pub fn gguf_permutes_qk(self) -> bool {
+        matches!(self, Arch::Llama | Arch::Mistral)
+    }
+
+    pub fn has_qkv_bias(self) -> bool {
+        matches!(self, Arch::Qwen2)
+    }
+
+    fn from_hf_class(name: &str) -> Option<Arch> {
+        match name {
+            "LlamaForCausalLM" => Some(Arch::Llama),
+            "MistralForCausalLM" => Some(Arch::Mistral),
+            "Qwen2ForCausalLM" => Some(Arch::Qwen2),
+            _ => None,
+        }
+    }
+
+    fn from_gguf(name: &str) -> Option<Arch> {
+        match name {
+            "llama" => Some(Arch::Llama),
+            "qwen2" => Some(Arch::Qwen2),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub hidden_size: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn_size: usize,
+    pub rms_eps: f32,
+    pub rope_theta: f32,
+    pub tie_embeddings: bool,
+    pub vocab_size: usize,
+    pub context_length: usize,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+    pub pad_token_id: Option<u32>,
+}
+
+impl ModelConfig {
+    /// Parse a Hugging Face `config.json`.
+    pub fn from_hf_json(json: &Json) -> Result<ModelConfig> {
+        let class = json
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(Json::as_str)
+            .or_else(|| json.get("model_type").and_then(Json::as_str))
+            .ok_or_else(|| Error::InvalidModel("config.json names no architecture".into()))?;
+        let arch = Arch::from_hf_class(class).ok_or_else(|| {
+            Error::Unsupported(format!(
+                "unsupported architecture {class:?} (qforge supports LlamaForCausalLM, \
+                 MistralForCausalLM, Qwen2ForCausalLM)"
+            ))
+        })?;
+
+        let usize_field = |key: &str| -> Result<usize> {
+            json.get(key)
+                .and_then(Json::as_u64)
+                .map(|v| v as usize)
+                .ok_or_else(|| Error::InvalidModel(format!("config.json: missing or invalid {key:?}")))
+        };
+        let opt_usize = |key: &str| json.get(key).and_then(Json::as_u64).map(|v| v as usize);
+        let opt_id = |key: &str| -> Option<u32> {
+            // eos_token_id may be a list; the first entry is the primary one.
+            let v = json.get(key)?;
+            v.as_u64().or_else(|| v.get(0).and_then(Json::as_u64)).and_then(|x| u32::try_from(x).ok())
+        };
+
+        let hidden_size = usize_field("hidden_size")?;
+        let n_heads = usize_field("num_attention_heads")?;
+        let n_kv_heads = opt_usize("num_key_value_heads").unwrap_or(n_heads);
+        let head_dim = match json.get("head_dim") {
+            Some(Json::Null) | None => {
+                if n_heads == 0 {
+                    0
+                } else {
+                    hidden_size / n_heads
+                }
+            }
+            Some(v) => v
+                .as_u64()
+                .map(|v| v as usize)
+                .ok_or_else(|| Error::InvalidModel("config.json: invalid \"head_dim\"".into()))?,
+        };
+
+        // transformers v5 moved rope settings into `rope_parameters`; older files have
+        // `rope_theta` and `rope_scaling` at the top level.
+        let rope = json.get("rope_parameters");
+        let rope_theta = rope
+            .and_then(|r| r.get("rope_theta"))
+            .or_else(|| json.get("rope_theta"))
+            .and_then(Json::as_f64)
+            .unwrap_or(10000.0);
+        let rope_type = rope
+            .and_then(|r| r.get("rope_type").or_else(|| r.get("type")))
+            .or_else(|| {
+                json.get("rope_scaling")
+                    .and_then(|s| s.get("rope_type").or_else(|| s.get("type")))
+            })
+            .and_then(Json::as_str)
+            .unwrap_or("default");
+        if rope_type != "default" {
+            return Err(Error::Unsupported(format!(
+                "RoPE scaling type {rope_type:?} is not supported yet (only plain RoPE)"
+            )));
+        }
+
+        let cfg = ModelConfig {
+            arch,
+            hidden_size,
+            n_layers: usize_field("num_hidden_layers")?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            ffn_size: usize_field("intermediate_size")?,
+            rms_eps: json.get("rms_norm_eps").and_then(Json::as_f64).unwrap_or(1e-6) as f32,
+            rope_theta: rope_theta as f32,
+            tie_embeddings: json
+                .get("tie_word_embeddings")
+                .and_then(Json::as_bool)
+                .unwrap_or(false),
+            vocab_size: usize_field("vocab_size")?,
+            context_length: opt_usize("max_position_embeddings").unwrap_or(2048),
+            bos_token_id: opt_id("bos_token_id"),
+            eos_token_id: opt_id("eos_token_id"),
+            pad_token_id: opt_id("pad_token_id"),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Rebuild the config from GGUF metadata (the inverse of what `convert` writes).
+    pub fn from_gguf(h: &GgufHeader) -> Result<ModelConfig> {
+        let arch_name = h
+            .get("general.architecture")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::InvalidModel("GGUF has no general.architecture".into()))?;
+        let arch = Arch::from_gguf(arch_name).ok_or_else(|| {
+            Error::Unsupported(format!(
+                "unsupported GGUF architecture {arch_name:?} (qforge supports llama, qwen2)"
+            ))
+        })?;
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let req = |k: &str| -> Result<usize> {
+            h.get(&key(k))
+                .and_then(Value::as_u64)
+                .map(|v| v as usize)
+                .ok_or_else(|| Error::InvalidModel(format!("GGUF metadata lacks {}", key(k))))
+        };
+        let hidden_size = req("embedding_length")?;
+        let n_heads = req("attention.head_count")?;
+        let n_kv_heads = h
+            .get(&key("attention.head_count_kv"))
+            .and_then(Value::as_u64)
+            .map(|v| v as usize)
+            .unwrap_or(n_heads);
+        let head_dim = h
+            .get(&key("attention.key_length"))
+            .and_then(Value::as_u64)
+            .map(|v| v as usize)
+            .unwrap_or(if n_heads == 0 { 0 } else { hidden_size / n_heads });
+        let tok_count = h
+            .get("tokenizer.ggml.tokens")
+            .and_then(Value::as_array)
+            .map(|a| a.len());
+        let vocab_size = h
+            .get(&key("vocab_size"))
+            .and_then(Value::as_u64)
+            .map(|v| v as usize)
+            .or(tok_count)
+            .or_else(|| h.tensor("token_embd.weight").map(|t| t.ne.get(1).copied().unwrap_or(0) as usize))
+            .ok_or_else(|| Error::InvalidModel("cannot tell the vocabulary size".into()))?;
+        let id = |k: &str| h.get(k).and_then(Value::as_u64).and_then(|v| u32::try_from(v).ok());
+        let cfg = ModelConfig {
+            arch,
+            hidden_size,
+            n_layers: req("block_count")?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            ffn_size: req("feed_forward_length")?,
+            rms_eps: h
+                .get(&key("attention.layer_norm_rms_epsilon"))
+                .and_then(Value::as_f64)
+                .unwrap_or(1e-5) as f32,
+            rope_theta: h.get(&key("rope.freq_base")).and_then(Value::as_f64).unwrap_or(10000.0) as f32,
+            tie_embeddings: h.tensor("output.weight").is_none(),
+            vocab_size,
+            context_length: h
+                .get(&key("context_length"))
+                .and_then(Value::as_u64)
+                .map(|v| v as usize)
+                .unwrap_or(2048),
+            bos_token_id: id("tokenizer.ggml.bos_token_id"),
+            eos_token_id: id("tokenizer.ggml.eos_token_id"),
+            pad_token_id: id("tokenizer.ggml.padding_token_id"),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reject configurations no model can have, before any shape arithmetic uses them.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidModel(format!("invalid model config: {m}")));
+        const LIMIT: usize = 1 << 24;
+        for (name, v) in [
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.n_layers),
+            ("num_attention_heads", self.n_heads),
+            ("num_key_value_heads", self.n_kv_heads),
+            ("head_dim", self.head_dim),
+            ("intermediate_size", self.ffn_size),
+            ("vocab_size", self.vocab_size),
+        ] {
+            if v == 0 || v > LIMIT {
+                return bad(format!("{name} = {v}"));
+            }
+        }
+        if self.n_heads % self.n_kv_heads != 0 {
+            return bad(format!(
+                "{} attention heads are not a multiple of {} kv heads",
+                self.n_heads, self.n_kv_heads
+            ));
+        }
+        if self.head_dim % 2 != 0 {
+            return bad(format!("head_dim {} is odd (RoPE needs pairs)", self.head_dim));
+        }
+        if !(self.rms_eps.is_finite() && self.rms_eps > 0.0) || !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return bad("rms_norm_eps and rope_theta must be positive".into());
+        }
+        Ok(())
+    }
+
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    /// Shapes (row-major, [out, in]) of every tensor the model must have, keyed by GGUF name.
+    pub fn expected_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let (h, v, f) = (self.hidden_size, self.vocab_size, self.ffn_size);
+        let mut out = vec![("token_embd.weight".to_string(), vec![v, h])];
+        for i in 0..self.n_layers {
+            let b = |n: &str| format!("blk.{i}.{n}");
+            out.push((b("attn_norm.weight"), vec![h]));
+            out.push((b("attn_q.weight"), vec![self.q_dim(), h]));
+            out.push((b("attn_k.weight"), vec![self.kv_dim(), h]));
+            out.push((b("attn_v.weight"), vec![self.kv_dim(), h]));
+            if self.arch.has_qkv_bias() {
+                out.push((b("attn_q.bias"), vec![self.q_dim()]));
+                out.push((b("attn_k.bias"), vec![self.kv_dim()]));
+                out.push((b("attn_v.bias"), vec![self.kv_dim()]));
+            }
+            out.push((b("attn_output.weight"), vec![h, self.q_dim()]));
+            out.push((b("ffn_norm.weight"), vec![h]));
+            out.push((b("ffn_gate.weight"), vec![f, h]));
+            out.push((b("ffn_up.weight"), vec![f, h]));
+            out.push((b("ffn_down.weight"), vec![h, f]));
+        }
+        out.push(("output_norm.weight".to_string(), vec![h]));
+        if !self.tie_embeddings {
+            out.push(("output.weight".to_string(), vec![v, h]));
+        }
+        out
+    }
+
+    /// config.json for a Hugging Face directory holding this model.
+    pub fn to_hf_json(&self, torch_dtype: &str) -> Json {
+        serde_json::json!({
+            "architectures": [self.arch.hf_class()],
+            "model_type": self.arch.hf_model_type(),
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.ffn_size,
+            "num_hidden_layers": self.n_layers,
+            "num_attention_heads": self.n_heads,
+            "num_key_value_heads": self.n_kv_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": shortest_f64(self.rms_eps),
+            "rope_theta": shortest_f64(self.rope_theta),
+            "rope_parameters": {"rope_theta": shortest_f64(self.rope_theta), "rope_type": "default"},
+            "max_position_embeddings": self.context_length,
+            "tie_word_embeddings": self.tie_embeddings,
+            "vocab_size": self.vocab_size,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+            "attention_bias": self.arch.has_qkv_bias(),
+            "torch_dtype": torch_dtype,
+            "dtype": torch_dtype,
+            "use_cache": true,
+        })
+    }
+}
+
+/// The f64 whose decimal form is the f32's shortest one, so that 1e-5 stored as f32 comes back
+/// as 1e-5 in JSON rather than 9.999999747378752e-6.
+fn shortest_f64(x: f32) -> f64 {
+    format!("{x}").parse().unwrap_or(x as f64)
+}

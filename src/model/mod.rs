@@ -1,0 +1,9 @@
+//! Model architecture descriptions: hyper-parameters, tensor naming, and a single view over
+//! the containers a model can come in.
+
+pub mod config;
+pub mod names;
+pub mod source;
+
+pub use config::{Arch, ModelConfig};
+pub use source::{ModelFile, RopeLayout, TensorRef};

@@ -1,0 +1,137 @@
+//! Tensor names: Hugging Face ↔ GGUF. qforge uses the GGUF names internally.
+
+use crate::error::{Error, Result};
+
+/// Per-layer HF suffixes and their GGUF counterparts.
+const LAYER_MAP: &[(&str, &str)] = &[
+    ("input_layernorm.weight", "attn_norm.weight"),
+    ("self_attn.q_proj.weight", "attn_q.weight"),
+    ("self_attn.k_proj.weight", "attn_k.weight"),
+    ("self_attn.v_proj.weight", "attn_v.weight"),
+    ("self_attn.q_proj.bias", "attn_q.bias"),
+    ("self_attn.k_proj.bias", "attn_k.bias"),
+    ("self_attn.v_proj.bias", "attn_v.bias"),
+    ("self_attn.o_proj.weight", "attn_output.weight"),
+    ("post_attention_layernorm.weight", "ffn_norm.weight"),
+    ("mlp.gate_proj.weight", "ffn_gate.weight"),
+    ("mlp.up_proj.weight", "ffn_up.weight"),
+    ("mlp.down_proj.weight", "ffn_down.weight"),
+];
+
+const GLOBAL_MAP: &[(&str, &str)] = &[
+    ("model.embed_tokens.weight", "token_embd.weight"),
+    ("model.norm.weight", "output_norm.weight"),
+    ("lm_head.weight", "output.weight"),
+];
+
+/// Tensors HF checkpoints may carry that hold nothing a model needs (recomputed buffers).
+pub fn is_ignorable_hf(name: &str) -> bool {
+    name.ends_with("rotary_emb.inv_freq")
+}
+
+/// Map a Hugging Face tensor name to its GGUF name.
+pub fn hf_to_gguf(name: &str) -> Result<String> {
+    if let Some((_, g)) = GLOBAL_MAP.iter().find(|(h, _)| *h == name) {
+        return Ok(g.to_string());
+    }
+    if let Some(rest) = name.strip_prefix("model.layers.") {
+        if let Some((idx, suffix)) = rest.split_once('.') {
+            if let (Ok(i), Some((_, g))) = (idx.parse::<usize>(), LAYER_MAP.iter().find(|(h, _)| *h == suffix)) {
+                return Ok(format!("blk.{i}.{g}"));
+            }
+        }
+    }
+    Err(Error::Unsupported(format!("cannot map tensor {name:?} to a GGUF name")))
+}
+
+/// Map a GGUF tensor name back to its Hugging Face name.
+pub fn gguf_to_hf(name: &str) -> Result<String> {
+    if let Some((h, _)) = GLOBAL_MAP.iter().find(|(_, g)| *g == name) {
+        return Ok(h.to_string());
+    }
+    if let Some(rest) = name.strip_prefix("blk.") {
+        if let Some((idx, suffix)) = rest.split_once('.') {
+            if let (Ok(i), Some((h, _))) = (idx.parse::<usize>(), LAYER_MAP.iter().find(|(_, g)| *g == suffix)) {
+                return Ok(format!("model.layers.{i}.{h}"));
+            }
+        }
+    }
+    Err(Error::Unsupported(format!("cannot map GGUF tensor {name:?} to a Hugging Face name")))
+}
+
+/// Which q/k permutation (if any) a GGUF tensor of the `llama` architecture carries.
+pub fn qk_heads(gguf_name: &str, n_heads: usize, n_kv_heads: usize) -> Option<usize> {
+    if gguf_name.ends_with("attn_q.weight") || gguf_name.ends_with("attn_q.bias") {
+        Some(n_heads)
+    } else if gguf_name.ends_with("attn_k.weight") || gguf_name.ends_with("attn_k.bias") {
+        Some(n_kv_heads)
+    } else {
+        None
+    }
+}
+
+/// Row order of a q/k projection, HF rotate-half → llama.cpp interleaved: within each head,
+/// the rows [first half | second half] become pairs (i, i + half). Returns, for each output
+/// row, the source row it comes from. `rows` must be `n_heads * head_dim`.
+pub fn rope_interleave_rows(rows: usize, n_heads: usize) -> Result<Vec<usize>> {
+    if n_heads == 0 || rows % (2 * n_heads) != 0 {
+        return Err(Error::InvalidModel(format!(
+            "{rows} q/k rows cannot be split into {n_heads} heads of even size"
+        )));
+    }
+    let head_dim = rows / n_heads;
+    let half = head_dim / 2;
+    let mut src = Vec::with_capacity(rows);
+    for h in 0..n_heads {
+        for i in 0..half {
+            for j in 0..2 {
+                src.push(h * head_dim + j * half + i);
+            }
+        }
+    }
+    Ok(src)
+}
+
+/// The inverse of [`rope_interleave_rows`]: interleaved → rotate-half.
+pub fn rope_deinterleave_rows(rows: usize, n_heads: usize) -> Result<Vec<usize>> {
+    let fwd = rope_interleave_rows(rows, n_heads)?;
+    let mut inv = vec![0; rows];
+    for (dst, &src) in fwd.iter().enumerate() {
+        inv[src] = dst;
+    }
+    Ok(inv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for hf in [
+            "model.embed_tokens.weight",
+            "model.layers.3.self_attn.k_proj.weight",
+            "model.layers.11.mlp.down_proj.weight",
+            "model.layers.0.self_attn.q_proj.bias",
+            "lm_head.weight",
+        ] {
+            assert_eq!(gguf_to_hf(&hf_to_gguf(hf).unwrap()).unwrap(), hf);
+        }
+        assert!(hf_to_gguf("model.layers.x.mlp.up_proj.weight").is_err());
+        assert!(hf_to_gguf("vision_tower.weight").is_err());
+    }
+
+    #[test]
+    fn interleave_matches_llama_cpp_permute() {
+        // llama.cpp: w.reshape(n_head, 2, hd/2, ...).swapaxes(1, 2): for head_dim 4 the rows
+        // [a0 a1 b0 b1] become [a0 b0 a1 b1].
+        assert_eq!(rope_interleave_rows(4, 1).unwrap(), vec![0, 2, 1, 3]);
+        assert_eq!(rope_interleave_rows(8, 2).unwrap(), vec![0, 2, 1, 3, 4, 6, 5, 7]);
+        let f = rope_interleave_rows(128, 2).unwrap();
+        let inv = rope_deinterleave_rows(128, 2).unwrap();
+        for r in 0..128 {
+            assert_eq!(f[inv[r]], r);
+        }
+        assert!(rope_interleave_rows(6, 4).is_err());
+    }
+}

@@ -1,0 +1,239 @@
+//! One view over every model container qforge reads: a Hugging Face directory or a GGUF
+//! file. Tensors are addressed by their GGUF names and borrowed from the memory maps.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::formats::gguf::{GgufFile, Value};
+use crate::formats::safetensors::HfCheckpoint;
+use crate::formats::tokenizer::BpeVocab;
+use crate::ggml_type::GgmlType;
+use crate::model::names;
+use crate::model::ModelConfig;
+
+/// How the rows of q/k projections are ordered for RoPE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeLayout {
+    /// Hugging Face: each head's rows are [first halves | second halves] ("rotate_half", NeoX).
+    RotateHalf,
+    /// llama.cpp's `llama` GGUF: rows of a pair are adjacent.
+    Interleaved,
+}
+
+/// A tensor borrowed from a model file.
+#[derive(Debug, Clone)]
+pub struct TensorRef<'a> {
+    /// GGUF name (`blk.0.attn_q.weight`).
+    pub name: String,
+    pub ggml_type: GgmlType,
+    /// Row-major, outermost first ([out, in] for weights).
+    pub shape: Vec<usize>,
+    pub data: &'a [u8],
+}
+
+impl TensorRef<'_> {
+    pub fn n_elements(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+pub enum ModelFile {
+    Hf(HfCheckpoint),
+    Gguf { file: GgufFile, config: ModelConfig },
+}
+
+impl ModelFile {
+    /// Open a Hugging Face directory or a GGUF file.
+    pub fn open(path: &Path) -> Result<ModelFile> {
+        if path.is_dir() {
+            return Ok(ModelFile::Hf(HfCheckpoint::open(path)?));
+        }
+        if !path.exists() {
+            return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory")));
+        }
+        let file = GgufFile::open(path)?;
+        let config = ModelConfig::from_gguf(&file.header).map_err(|e| match e {
+            Error::InvalidModel(m) => Error::InvalidModel(format!("{}: {m}", path.display())),
+            Error::Unsupported(m) => Error::Unsupported(format!("{}: {m}", path.display())),
+            other => other,
+        })?;
+        Ok(ModelFile::Gguf { file, config })
+    }
+
+    pub fn path(&self) -> PathBuf {
+        match self {
+            ModelFile::Hf(c) => c.dir.clone(),
+            ModelFile::Gguf { file, .. } => file.path.clone(),
+        }
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            ModelFile::Hf(c) => &c.config,
+            ModelFile::Gguf { config, .. } => config,
+        }
+    }
+
+    pub fn qk_layout(&self) -> RopeLayout {
+        match self {
+            ModelFile::Gguf { config, .. } if config.arch.gguf_permutes_qk() => RopeLayout::Interleaved,
+            _ => RopeLayout::RotateHalf,
+        }
+    }
+
+    /// All tensors the model is made of, by GGUF name, in file order (HF: sorted by HF name,
+    /// the order llama.cpp's converter uses). Unknown tensors are an error: a converter that
+    /// drops what it does not understand would silently produce a different model.
+    pub fn tensors(&self) -> Result<Vec<TensorRef<'_>>> {
+        match self {
+            ModelFile::Hf(c) => {
+                let mut out = Vec::new();
+                for hf_name in c.names() {
+                    if names::is_ignorable_hf(hf_name) {
+                        continue;
+                    }
+                    let t = c.tensor(hf_name).ok_or_else(|| Error::tensor(hf_name, "listed but unreadable"))?;
+                    out.push(TensorRef {
+                        name: names::hf_to_gguf(hf_name)?,
+                        ggml_type: t.ggml_type(hf_name)?,
+                        shape: t.shape.to_vec(),
+                        data: t.data,
+                    });
+                }
+                // A tied checkpoint may still store lm_head; llama.cpp drops it then.
+                if c.config.tie_embeddings {
+                    out.retain(|t| t.name != "output.weight");
+                }
+                Ok(out)
+            }
+            ModelFile::Gguf { file, .. } => Ok(file
+                .tensors()
+                .iter()
+                .map(|t| TensorRef {
+                    name: t.name.clone(),
+                    ggml_type: t.ggml_type,
+                    shape: t.shape(),
+                    data: file.tensor_data(t),
+                })
+                .collect()),
+        }
+    }
+
+    /// Check that exactly the tensors the config implies are present, with the right shapes.
+    pub fn check_tensors(&self) -> Result<()> {
+        let tensors = self.tensors()?;
+        let expected = self.config().expected_shapes();
+        for (name, shape) in &expected {
+            match tensors.iter().find(|t| &t.name == name) {
+                None => return Err(Error::InvalidModel(format!("{}: tensor {name} is missing", self.path().display()))),
+                Some(t) if &t.shape != shape => {
+                    return Err(Error::tensor(name, format!("shape {:?}, config implies {shape:?}", t.shape)))
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(extra) = tensors.iter().find(|t| !expected.iter().any(|(n, _)| n == &t.name)) {
+            return Err(Error::Unsupported(format!(
+                "{}: tensor {} is not part of a {} model",
+                self.path().display(),
+                extra.name,
+                self.config().arch.hf_class()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The tokenizer vocabulary (from tokenizer.json, or from GGUF metadata).
+    pub fn vocab(&self) -> Result<BpeVocab> {
+        match self {
+            ModelFile::Hf(c) => BpeVocab::from_hf_dir(&c.dir, c.config.vocab_size, &c.config_json),
+            ModelFile::Gguf { file, .. } => BpeVocab::from_gguf(&file.header),
+        }
+    }
+
+    /// A display name: `general.name` of a GGUF, or one derived from the directory name the
+    /// way llama.cpp's converter does (`tiny-llama` → `Tiny`).
+    pub fn display_name(&self) -> String {
+        match self {
+            ModelFile::Gguf { file, .. } => file
+                .get("general.name")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| stem_name(&file.path)),
+            ModelFile::Hf(c) => {
+                let base = c
+                    .dir
+                    .canonicalize()
+                    .ok()
+                    .and_then(|p| p.file_name().map(|s| s.to_string_lossy().into_owned()))
+                    .unwrap_or_else(|| "model".into());
+                name_from_dir(&base, c.config.arch.hf_model_type())
+            }
+        }
+    }
+
+    pub fn parameter_count(&self) -> Result<u64> {
+        Ok(self.tensors()?.iter().map(|t| t.n_elements() as u64).sum())
+    }
+}
+
+fn stem_name(p: &Path) -> String {
+    p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
+}
+
+/// Drop the architecture word and size labels from a directory name and title-case the rest.
+fn name_from_dir(base: &str, arch_word: &str) -> String {
+    let parts: Vec<String> = base
+        .split(['-', '_'])
+        .filter(|p| !p.is_empty() && !p.eq_ignore_ascii_case(arch_word))
+        .map(|p| {
+            let mut c = p.chars();
+            match c.next() {
+                Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
+                None => String::new(),
+            }
+        })
+        .collect();
+    if parts.is_empty() {
+        base.to_string()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// llama.cpp's `model_weight_count_rounded_notation`: 7342336 → "7.3M", 23075328 → "23M".
+pub fn size_label(params: u64) -> String {
+    let p = params as f64;
+    let (scaled, suffix) = if p > 1e12 {
+        (p * 1e-12, "T")
+    } else if p > 1e9 {
+        (p * 1e-9, "B")
+    } else if p > 1e6 {
+        (p * 1e-6, "M")
+    } else {
+        (p * 1e-3, "K")
+    };
+    let int_digits = format!("{}", scaled.round() as u64).trim_start_matches('0').len();
+    let fix = 2usize.saturating_sub(int_digits);
+    format!("{scaled:.fix$}{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_labels_match_llama_cpp() {
+        assert_eq!(size_label(7_342_336), "7.3M");
+        assert_eq!(size_label(23_075_328), "23M");
+        assert_eq!(size_label(6_738_415_616), "6.7B");
+        assert_eq!(size_label(70_553_706_496), "71B");
+    }
+
+    #[test]
+    fn names_from_directories() {
+        assert_eq!(name_from_dir("tiny-llama", "llama"), "Tiny");
+        assert_eq!(name_from_dir("small-llama", "llama"), "Small");
+        assert_eq!(name_from_dir("llama", "llama"), "llama");
+    }
+}

@@ -1,0 +1,238 @@
+//! Crash-safe outputs. Everything qforge writes goes to a temporary name beside the final
+//! path and is renamed into place only when complete (and, for GGUF, re-validated). Temporary
+//! paths are registered so that SIGINT/SIGTERM removes them before the process exits; an
+//! error path removes them when the guard is dropped.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::error::{Error, Result};
+
+static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn register(p: &Path) {
+    if let Ok(mut v) = PENDING.lock() {
+        v.push(p.to_path_buf());
+    }
+}
+
+fn unregister(p: &Path) {
+    if let Ok(mut v) = PENDING.lock() {
+        v.retain(|q| q != p);
+    }
+}
+
+fn remove_path(p: &Path) {
+    if p.is_dir() {
+        let _ = fs::remove_dir_all(p);
+    } else {
+        let _ = fs::remove_file(p);
+    }
+}
+
+/// Install the SIGINT/SIGTERM handler that deletes pending temporary outputs and exits with
+/// 130. Call once from `main`.
+pub fn install_signal_cleanup() {
+    let _ = ctrlc::set_handler(|| {
+        if let Ok(v) = PENDING.lock() {
+            for p in v.iter() {
+                remove_path(p);
+            }
+        }
+        eprintln!("qforge: interrupted; partial output removed");
+        std::process::exit(130);
+    });
+}
+
+/// The temporary sibling of `dest`: same directory (so the rename is atomic), hidden name.
+fn temp_sibling(dest: &Path) -> Result<PathBuf> {
+    let name = dest
+        .file_name()
+        .ok_or_else(|| Error::InvalidArgument(format!("{} is not a file name", dest.display())))?;
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        return Err(Error::io(
+            &parent,
+            io::Error::new(io::ErrorKind::NotFound, "output directory does not exist"),
+        ));
+    }
+    let tmp_name = format!(".{}.qforge-tmp-{}", name.to_string_lossy(), std::process::id());
+    Ok(parent.join(tmp_name))
+}
+
+/// A file written under a temporary name and renamed to its destination on `commit`.
+pub struct AtomicFile {
+    tmp: PathBuf,
+    dest: PathBuf,
+    writer: Option<BufWriter<File>>,
+}
+
+impl AtomicFile {
+    pub fn create(dest: &Path) -> Result<AtomicFile> {
+        if dest.is_dir() {
+            return Err(Error::InvalidArgument(format!("{} is a directory", dest.display())));
+        }
+        let tmp = temp_sibling(dest)?;
+        register(&tmp);
+        let file = match File::create(&tmp) {
+            Ok(f) => f,
+            Err(e) => {
+                unregister(&tmp);
+                return Err(Error::io(dest, e));
+            }
+        };
+        Ok(AtomicFile {
+            tmp,
+            dest: dest.to_path_buf(),
+            writer: Some(BufWriter::with_capacity(1 << 20, file)),
+        })
+    }
+
+    pub fn temp_path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Flush and sync, run `validate` on the complete temporary file, then rename it into
+    /// place. On any failure the temporary file is removed and the destination is untouched.
+    pub fn commit(mut self, validate: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+        let writer = self.writer.take().expect("AtomicFile committed twice");
+        let file = writer
+            .into_inner()
+            .map_err(|e| Error::io(&self.dest, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&self.dest, e))?;
+        drop(file);
+        validate(&self.tmp)?;
+        fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io(&self.dest, e))?;
+        unregister(&self.tmp);
+        Ok(())
+    }
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.writer.as_mut() {
+            Some(w) => w.write(buf),
+            None => Err(io::Error::other("write after commit")),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.writer.as_mut() {
+            Some(w) => w.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.writer.is_some() || self.tmp.exists() {
+            self.writer = None;
+            remove_path(&self.tmp);
+        }
+        unregister(&self.tmp);
+    }
+}
+
+/// A directory built under a temporary name and renamed to its destination on `commit`.
+/// The destination must not exist or be an empty directory.
+pub struct AtomicDir {
+    tmp: PathBuf,
+    dest: PathBuf,
+    committed: bool,
+}
+
+impl AtomicDir {
+    pub fn create(dest: &Path) -> Result<AtomicDir> {
+        if dest.exists() {
+            let empty = fs::read_dir(dest)
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(false);
+            if !empty {
+                return Err(Error::InvalidArgument(format!(
+                    "{} already exists and is not an empty directory",
+                    dest.display()
+                )));
+            }
+        }
+        let tmp = temp_sibling(dest)?;
+        register(&tmp);
+        if let Err(e) = fs::create_dir(&tmp) {
+            unregister(&tmp);
+            return Err(Error::io(dest, e));
+        }
+        Ok(AtomicDir { tmp, dest: dest.to_path_buf(), committed: false })
+    }
+
+    /// Where to put the files while the directory is being built.
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    pub fn commit(mut self) -> Result<()> {
+        if self.dest.is_dir() {
+            fs::remove_dir(&self.dest).map_err(|e| Error::io(&self.dest, e))?;
+        }
+        fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io(&self.dest, e))?;
+        unregister(&self.tmp);
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for AtomicDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            remove_path(&self.tmp);
+            unregister(&self.tmp);
+        }
+    }
+}
+
+/// Where a command's main output goes: a file (atomically) or standard output (`-o -`).
+pub enum Sink {
+    File(AtomicFile),
+    Stdout(BufWriter<io::Stdout>),
+}
+
+impl Sink {
+    pub fn open(dest: &Path) -> Result<Sink> {
+        if dest.as_os_str() == "-" {
+            Ok(Sink::Stdout(BufWriter::with_capacity(1 << 20, io::stdout())))
+        } else {
+            Ok(Sink::File(AtomicFile::create(dest)?))
+        }
+    }
+
+    pub fn is_stdout(&self) -> bool {
+        matches!(self, Sink::Stdout(_))
+    }
+
+    pub fn commit(self, validate: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+        match self {
+            Sink::File(f) => f.commit(validate),
+            Sink::Stdout(mut w) => w.flush().map_err(|e| Error::io("<stdout>", e)),
+        }
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sink::File(f) => f.write(buf),
+            Sink::Stdout(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::File(f) => f.flush(),
+            Sink::Stdout(w) => w.flush(),
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! The plain float storage types: F32, F16 and BF16, little-endian.
+
+/// bf16 → f32 is a shift: bf16 is the top half of an f32. (Faster than `half`'s slice
+/// conversion, which is not vectorized for bf16; see the crate survey.)
+#[inline]
+pub fn bf16_bits_to_f32(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
+}
+
+/// f32 → bf16 with round-to-nearest-even, as numpy/gguf-py and PyTorch do; NaN stays NaN.
+#[inline]
+pub fn f32_to_bf16_bits(x: f32) -> u16 {
+    half::bf16::from_f32(x).to_bits()
+}
+
+#[inline]
+pub fn f16_bits_to_f32(b: u16) -> f32 {
+    half::f16::from_bits(b).to_f32()
+}
+
+#[inline]
+pub fn f32_to_f16_bits(x: f32) -> u16 {
+    half::f16::from_f32(x).to_bits()
+}
+
+pub fn decode_f32(src: &[u8], out: &mut [f32]) {
+    for (o, c) in out.iter_mut().zip(src.chunks_exact(4)) {
+        *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    }
+}
+
+pub fn decode_f16(src: &[u8], out: &mut [f32]) {
+    for (o, c) in out.iter_mut().zip(src.chunks_exact(2)) {
+        *o = f16_bits_to_f32(u16::from_le_bytes([c[0], c[1]]));
+    }
+}
+
+pub fn decode_bf16(src: &[u8], out: &mut [f32]) {
+    for (o, c) in out.iter_mut().zip(src.chunks_exact(2)) {
+        *o = bf16_bits_to_f32(u16::from_le_bytes([c[0], c[1]]));
+    }
+}
+
+pub fn encode_f32(src: &[f32], out: &mut [u8]) {
+    for (x, c) in src.iter().zip(out.chunks_exact_mut(4)) {
+        c.copy_from_slice(&x.to_le_bytes());
+    }
+}
+
+pub fn encode_f16(src: &[f32], out: &mut [u8]) {
+    for (x, c) in src.iter().zip(out.chunks_exact_mut(2)) {
+        c.copy_from_slice(&f32_to_f16_bits(*x).to_le_bytes());
+    }
+}
+
+pub fn encode_bf16(src: &[f32], out: &mut [u8]) {
+    for (x, c) in src.iter().zip(out.chunks_exact_mut(2)) {
+        c.copy_from_slice(&f32_to_bf16_bits(*x).to_le_bytes());
+    }
+}

@@ -1,0 +1,56 @@
+//! Q8_0: blocks of 32 weights, one f16 scale `d` and 32 signed bytes; x ≈ d·q.
+//! Layout (ggml-common.h `block_q8_0`): `d: f16` then `qs: [i8; 32]`, 34 bytes.
+
+use super::float::{f16_bits_to_f32, f32_to_f16_bits};
+
+pub const QK: usize = 32;
+pub const BLOCK_BYTES: usize = 34;
+
+/// Quantize one block exactly as ggml's `quantize_row_q8_0_ref` (and gguf-py, which copies
+/// it): d = amax/127, q = round-half-away(x · (1/d)). Multiplying by the reciprocal rather
+/// than dividing matters: the two differ by one unit on a few weights per tensor.
+pub fn quantize_block(x: &[f32], out: &mut [u8]) {
+    debug_assert_eq!(x.len(), QK);
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    out[..2].copy_from_slice(&f32_to_f16_bits(d).to_le_bytes());
+    let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+    for (q, &v) in out[2..BLOCK_BYTES].iter_mut().zip(x) {
+        *q = ((v * id).round() as i8) as u8;
+    }
+}
+
+pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
+    let d = f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]]));
+    for (o, &q) in out.iter_mut().zip(&b[2..BLOCK_BYTES]) {
+        *o = d * (q as i8) as f32;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_error_is_within_half_a_step() {
+        let x: Vec<f32> = (0..32).map(|i| ((i * 37 % 64) as f32 - 31.5) * 0.013).collect();
+        let mut b = [0u8; BLOCK_BYTES];
+        quantize_block(&x, &mut b);
+        let mut y = [0f32; 32];
+        dequantize_block(&b, &mut y);
+        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let step = amax / 127.0;
+        for (a, b) in x.iter().zip(&y) {
+            assert!((a - b).abs() <= 0.5 * step * 1.01 + 1e-6, "{a} vs {b}");
+        }
+        // The element with the largest magnitude maps to ±127.
+        assert!(b[2..].iter().any(|&q| q as i8 == 127 || q as i8 == -127));
+    }
+
+    #[test]
+    fn zero_block_is_all_zero() {
+        let mut b = [1u8; BLOCK_BYTES];
+        quantize_block(&[0.0; 32], &mut b);
+        assert!(b.iter().all(|&v| v == 0));
+    }
+}
