@@ -13,6 +13,7 @@ pub mod ggml_type;
 pub mod model;
 pub mod output;
 pub mod quant;
+pub mod runtime;
 
 pub use error::{Error, Result};
 pub use ggml_type::GgmlType;

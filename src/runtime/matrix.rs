@@ -1,0 +1,121 @@
+//! Weight matrices in their stored format, and the products the forward pass needs.
+//!
+//! A product streams the weight matrix through in tiles of `TILE` rows: each tile is decoded
+//! into a small f32 scratch buffer (L2-sized, per task) and multiplied against all the
+//! activations at once with faer's GEMM. The weights are never expanded as a whole, and for
+//! a window of hundreds of tokens the decode cost is negligible next to the GEMM.
+
+use std::borrow::Cow;
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::ggml_type::GgmlType;
+use crate::model::TensorRef;
+use crate::quant;
+
+/// Rows of weights decoded and multiplied per task.
+const TILE: usize = 64;
+
+/// A `[rows, cols]` weight matrix (row-major: one output feature per row).
+pub struct Matrix<'a> {
+    pub name: String,
+    pub rows: usize,
+    pub cols: usize,
+    ty: GgmlType,
+    data: Cow<'a, [u8]>,
+    row_bytes: usize,
+}
+
+impl<'a> Matrix<'a> {
+    pub fn from_tensor(t: &TensorRef<'a>) -> Result<Matrix<'a>> {
+        if t.shape.len() != 2 {
+            return Err(Error::tensor(&t.name, format!("expected a matrix, got shape {:?}", t.shape)));
+        }
+        if !quant::can_decode(t.ggml_type) {
+            return Err(Error::Unsupported(format!(
+                "tensor {}: the runtime cannot compute with {} weights yet",
+                t.name, t.ggml_type
+            )));
+        }
+        let (rows, cols) = (t.shape[0], t.shape[1]);
+        let row_bytes = t.ggml_type.row_bytes(cols as u64)? as usize;
+        if row_bytes * rows != t.data.len() {
+            return Err(Error::tensor(&t.name, "byte size does not match its shape"));
+        }
+        Ok(Matrix { name: t.name.clone(), rows, cols, ty: t.ggml_type, data: Cow::Borrowed(t.data), row_bytes })
+    }
+
+    pub fn ggml_type(&self) -> GgmlType {
+        self.ty
+    }
+
+    /// Decode rows `r0..r0+n` into `out` (n × cols).
+    pub fn decode_rows(&self, r0: usize, n: usize, out: &mut [f32]) {
+        let bytes = &self.data[r0 * self.row_bytes..(r0 + n) * self.row_bytes];
+        // Types were checked in `from_tensor`, so decoding cannot fail.
+        let _ = quant::decode_slice(self.ty, bytes, &mut out[..n * self.cols]);
+    }
+
+    /// One row as f32 (embedding lookup).
+    pub fn row(&self, r: usize) -> Vec<f32> {
+        let mut out = vec![0f32; self.cols];
+        self.decode_rows(r, 1, &mut out);
+        out
+    }
+
+    /// The rows as an f32 slice when they are stored as aligned f32 (no decode needed).
+    fn f32_rows(&self, r0: usize, n: usize) -> Option<&[f32]> {
+        if self.ty != GgmlType::F32 {
+            return None;
+        }
+        bytemuck::try_cast_slice(&self.data[r0 * self.row_bytes..(r0 + n) * self.row_bytes]).ok()
+    }
+
+    /// y = x · Wᵀ for `n` activation rows: `x` is n × cols, the result n × rows.
+    pub fn matmul(&self, x: &[f32], n: usize) -> Vec<f32> {
+        let (m, k) = (self.rows, self.cols);
+        debug_assert_eq!(x.len(), n * k);
+        // Computed transposed (rows × n) so that each task owns a contiguous block of output.
+        let mut yt = vec![0f32; m * n];
+        let xt = MatRef::from_row_major_slice(x, n, k).transpose();
+        yt.par_chunks_mut(TILE * n).enumerate().for_each(|(t, out)| {
+            let r0 = t * TILE;
+            let rows = out.len() / n;
+            let mut scratch = Vec::new();
+            let w: &[f32] = match self.f32_rows(r0, rows) {
+                Some(w) => w,
+                None => {
+                    scratch.resize(rows * k, 0.0);
+                    self.decode_rows(r0, rows, &mut scratch);
+                    &scratch
+                }
+            };
+            let w = MatRef::from_row_major_slice(w, rows, k);
+            let dst = MatMut::from_row_major_slice_mut(out, rows, n);
+            matmul(dst, Accum::Replace, w, xt, 1.0f32, Par::Seq);
+        });
+        if n == 1 {
+            return yt;
+        }
+        transpose(&yt, m, n)
+    }
+}
+
+/// Transpose a row-major `rows × cols` matrix.
+pub fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    const B: usize = 32;
+    for i0 in (0..rows).step_by(B) {
+        for j0 in (0..cols).step_by(B) {
+            for i in i0..(i0 + B).min(rows) {
+                for j in j0..(j0 + B).min(cols) {
+                    out[j * rows + i] = a[i * cols + j];
+                }
+            }
+        }
+    }
+    out
+}

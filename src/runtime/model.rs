@@ -1,0 +1,307 @@
+//! The LLaMA-family forward pass (llama, mistral, qwen2): RMSNorm, RoPE, grouped-query
+//! causal attention with a KV cache, SwiGLU. Everything is computed in f32, following the
+//! Hugging Face reference implementation's order of operations.
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+use super::matrix::Matrix;
+use crate::error::{Error, Result};
+use crate::model::{ModelConfig, ModelFile, RopeLayout, TensorRef};
+use crate::quant;
+
+struct Layer<'a> {
+    attn_norm: Vec<f32>,
+    wq: Matrix<'a>,
+    wk: Matrix<'a>,
+    wv: Matrix<'a>,
+    bq: Option<Vec<f32>>,
+    bk: Option<Vec<f32>>,
+    bv: Option<Vec<f32>>,
+    wo: Matrix<'a>,
+    ffn_norm: Vec<f32>,
+    w_gate: Matrix<'a>,
+    w_up: Matrix<'a>,
+    w_down: Matrix<'a>,
+}
+
+pub struct LlamaModel<'a> {
+    pub config: ModelConfig,
+    rope_layout: RopeLayout,
+    embed: Matrix<'a>,
+    layers: Vec<Layer<'a>>,
+    norm: Vec<f32>,
+    /// `None` when the output projection is tied to the embeddings.
+    output: Option<Matrix<'a>>,
+    /// inv_freq[i] = theta^(-2i/head_dim), in f32 as PyTorch computes it.
+    inv_freq: Vec<f32>,
+}
+
+/// Keys and values of every layer for the positions seen so far.
+pub struct KvCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    len: usize,
+    capacity: usize,
+}
+
+impl KvCache {
+    pub fn new(config: &ModelConfig, capacity: usize) -> KvCache {
+        let kv_dim = config.kv_dim();
+        KvCache {
+            k: (0..config.n_layers).map(|_| Vec::with_capacity(capacity * kv_dim)).collect(),
+            v: (0..config.n_layers).map(|_| Vec::with_capacity(capacity * kv_dim)).collect(),
+            len: 0,
+            capacity,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn clear(&mut self) {
+        for b in self.k.iter_mut().chain(self.v.iter_mut()) {
+            b.clear();
+        }
+        self.len = 0;
+    }
+}
+
+fn vector(t: &TensorRef<'_>) -> Result<Vec<f32>> {
+    quant::decode(t.ggml_type, t.data, t.n_elements()).map_err(|e| Error::tensor(&t.name, e.to_string()))
+}
+
+impl<'a> LlamaModel<'a> {
+    pub fn load(file: &'a ModelFile) -> Result<LlamaModel<'a>> {
+        file.check_tensors()?;
+        let tensors = file.tensors()?;
+        let get = |name: &str| -> Result<&TensorRef<'a>> {
+            tensors
+                .iter()
+                .find(|t| t.name == name)
+                .ok_or_else(|| Error::InvalidModel(format!("tensor {name} is missing")))
+        };
+        let mat = |name: &str| -> Result<Matrix<'a>> { Matrix::from_tensor(get(name)?) };
+        let vec_ = |name: &str| -> Result<Vec<f32>> { vector(get(name)?) };
+        let cfg = file.config().clone();
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for i in 0..cfg.n_layers {
+            let n = |s: &str| format!("blk.{i}.{s}");
+            let bias = |s: &str| -> Result<Option<Vec<f32>>> {
+                if cfg.arch.has_qkv_bias() {
+                    Ok(Some(vec_(&n(s))?))
+                } else {
+                    Ok(None)
+                }
+            };
+            layers.push(Layer {
+                attn_norm: vec_(&n("attn_norm.weight"))?,
+                wq: mat(&n("attn_q.weight"))?,
+                wk: mat(&n("attn_k.weight"))?,
+                wv: mat(&n("attn_v.weight"))?,
+                bq: bias("attn_q.bias")?,
+                bk: bias("attn_k.bias")?,
+                bv: bias("attn_v.bias")?,
+                wo: mat(&n("attn_output.weight"))?,
+                ffn_norm: vec_(&n("ffn_norm.weight"))?,
+                w_gate: mat(&n("ffn_gate.weight"))?,
+                w_up: mat(&n("ffn_up.weight"))?,
+                w_down: mat(&n("ffn_down.weight"))?,
+            });
+        }
+        let output = if cfg.tie_embeddings { None } else { Some(mat("output.weight")?) };
+        let half = cfg.head_dim / 2;
+        let inv_freq = (0..half)
+            .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f32 / cfg.head_dim as f32))
+            .collect();
+        Ok(LlamaModel {
+            rope_layout: file.qk_layout(),
+            embed: mat("token_embd.weight")?,
+            norm: vec_("output_norm.weight")?,
+            output,
+            layers,
+            inv_freq,
+            config: cfg,
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.embed.rows
+    }
+
+    /// Run `tokens` at positions `cache.len()..` and return their logits (n × vocab).
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        let cfg = &self.config;
+        let n = tokens.len();
+        let h = cfg.hidden_size;
+        if cache.len + n > cache.capacity {
+            return Err(Error::InvalidArgument(format!(
+                "{} positions exceed the KV cache of {}",
+                cache.len + n,
+                cache.capacity
+            )));
+        }
+        let mut x = Vec::with_capacity(n * h);
+        for &t in tokens {
+            if t as usize >= self.embed.rows {
+                return Err(Error::InvalidArgument(format!("token id {t} is outside the vocabulary")));
+            }
+            x.extend(self.embed.row(t as usize));
+        }
+        let pos0 = cache.len;
+        for (li, layer) in self.layers.iter().enumerate() {
+            // Attention block.
+            let xn = rms_norm(&x, &layer.attn_norm, cfg.rms_eps);
+            let mut q = layer.wq.matmul(&xn, n);
+            let mut k = layer.wk.matmul(&xn, n);
+            let mut v = layer.wv.matmul(&xn, n);
+            add_bias(&mut q, layer.bq.as_deref());
+            add_bias(&mut k, layer.bk.as_deref());
+            add_bias(&mut v, layer.bv.as_deref());
+            self.rope(&mut q, cfg.n_heads, pos0);
+            self.rope(&mut k, cfg.n_kv_heads, pos0);
+            cache.k[li].extend_from_slice(&k);
+            cache.v[li].extend_from_slice(&v);
+            let attn = self.attention(&q, &cache.k[li], &cache.v[li], n, pos0);
+            let o = layer.wo.matmul(&attn, n);
+            add_in_place(&mut x, &o);
+
+            // Feed-forward block.
+            let xn = rms_norm(&x, &layer.ffn_norm, cfg.rms_eps);
+            let gate = layer.w_gate.matmul(&xn, n);
+            let mut up = layer.w_up.matmul(&xn, n);
+            up.par_iter_mut().zip(gate.par_iter()).for_each(|(u, &g)| *u *= silu(g));
+            let down = layer.w_down.matmul(&up, n);
+            add_in_place(&mut x, &down);
+        }
+        cache.len += n;
+        let xn = rms_norm(&x, &self.norm, cfg.rms_eps);
+        let out = self.output.as_ref().unwrap_or(&self.embed);
+        Ok(out.matmul(&xn, n))
+    }
+
+    /// Rotate q or k (n × heads·head_dim) for positions pos0.. in the layout the weights use.
+    fn rope(&self, x: &mut [f32], heads: usize, pos0: usize) {
+        let hd = self.config.head_dim;
+        let half = hd / 2;
+        let layout = self.rope_layout;
+        x.par_chunks_mut(heads * hd).enumerate().for_each(|(i, row)| {
+            let pos = (pos0 + i) as f32;
+            let (cos, sin): (Vec<f32>, Vec<f32>) =
+                self.inv_freq.iter().map(|&f| { let a = pos * f; (a.cos(), a.sin()) }).unzip();
+            for head in row.chunks_exact_mut(hd) {
+                for j in 0..half {
+                    let (a, b) = match layout {
+                        RopeLayout::RotateHalf => (j, j + half),
+                        RopeLayout::Interleaved => (2 * j, 2 * j + 1),
+                    };
+                    let (x0, x1) = (head[a], head[b]);
+                    head[a] = x0 * cos[j] - x1 * sin[j];
+                    head[b] = x1 * cos[j] + x0 * sin[j];
+                }
+            }
+        });
+    }
+
+    /// Causal grouped-query attention of `n` new queries over all cached positions.
+    fn attention(&self, q: &[f32], k_all: &[f32], v_all: &[f32], n: usize, pos0: usize) -> Vec<f32> {
+        let cfg = &self.config;
+        let (hd, nh) = (cfg.head_dim, cfg.n_heads);
+        let kv_dim = cfg.kv_dim();
+        let q_dim = cfg.q_dim();
+        let total = pos0 + n;
+        let group = nh / cfg.n_kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let heads: Vec<Vec<f32>> = (0..nh)
+            .into_par_iter()
+            .map(|h| {
+                let kvh = h / group;
+                let qh = MatRef::from_row_major_slice_with_stride(&q[h * hd..], n, hd, q_dim);
+                let kh = MatRef::from_row_major_slice_with_stride(&k_all[kvh * hd..], total, hd, kv_dim);
+                let vh = MatRef::from_row_major_slice_with_stride(&v_all[kvh * hd..], total, hd, kv_dim);
+                let mut scores = vec![0f32; n * total];
+                matmul(
+                    MatMut::from_row_major_slice_mut(&mut scores, n, total),
+                    Accum::Replace,
+                    qh,
+                    kh.transpose(),
+                    scale,
+                    Par::Seq,
+                );
+                for (i, row) in scores.chunks_exact_mut(total).enumerate() {
+                    let visible = pos0 + i + 1;
+                    softmax_in_place(&mut row[..visible]);
+                    row[visible..].fill(0.0);
+                }
+                let mut out = vec![0f32; n * hd];
+                matmul(
+                    MatMut::from_row_major_slice_mut(&mut out, n, hd),
+                    Accum::Replace,
+                    MatRef::from_row_major_slice(&scores, n, total),
+                    vh,
+                    1.0f32,
+                    Par::Seq,
+                );
+                out
+            })
+            .collect();
+        let mut merged = vec![0f32; n * q_dim];
+        for (h, out) in heads.iter().enumerate() {
+            for i in 0..n {
+                merged[i * q_dim + h * hd..i * q_dim + (h + 1) * hd].copy_from_slice(&out[i * hd..(i + 1) * hd]);
+            }
+        }
+        merged
+    }
+}
+
+fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let h = w.len();
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(o, xi)| {
+        let ms = xi.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / h as f64;
+        let r = 1.0 / ((ms as f32) + eps).sqrt();
+        for ((o, &v), &wj) in o.iter_mut().zip(xi).zip(w) {
+            *o = wj * (v * r);
+        }
+    });
+    out
+}
+
+fn add_bias(x: &mut [f32], b: Option<&[f32]>) {
+    if let Some(b) = b {
+        for row in x.chunks_exact_mut(b.len()) {
+            for (v, &bj) in row.iter_mut().zip(b) {
+                *v += bj;
+            }
+        }
+    }
+}
+
+fn add_in_place(x: &mut [f32], y: &[f32]) {
+    x.par_iter_mut().zip(y.par_iter()).for_each(|(a, &b)| *a += b);
+}
+
+#[inline]
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+pub fn softmax_in_place(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
