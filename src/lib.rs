@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod convert;
+pub mod eval;
 pub mod error;
 pub mod formats;
 pub mod ggml_type;

@@ -1,9 +1,14 @@
 //! The `qforge` command line: clap definitions and dispatch. Results go to stdout (`--json`
 //! for machines), progress and notes to stderr.
 
+mod compare;
 mod convert;
+mod generate;
 mod inspect;
+mod perplexity;
+mod session;
 mod ui;
+mod verify;
 
 use clap::{Parser, Subcommand};
 
@@ -41,6 +46,10 @@ pub struct Cli {
 pub enum Command {
     Convert(convert::ConvertArgs),
     Inspect(inspect::InspectArgs),
+    Perplexity(perplexity::PerplexityArgs),
+    Compare(compare::CompareArgs),
+    Verify(verify::VerifyArgs),
+    Generate(generate::GenerateArgs),
 }
 
 /// Run the CLI and return the process exit code: 0 success, 1 failure, 2 bad usage,
@@ -52,6 +61,7 @@ pub fn main() -> i32 {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    tune_allocator();
     crate::output::install_signal_cleanup();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -75,6 +85,10 @@ pub fn main() -> i32 {
     let result = match &cli.command {
         Command::Convert(a) => convert::run(a, &ui),
         Command::Inspect(a) => inspect::run(a, &ui),
+        Command::Perplexity(a) => perplexity::run(a, &ui),
+        Command::Compare(a) => compare::run(a, &ui),
+        Command::Verify(a) => verify::run(a, &ui),
+        Command::Generate(a) => generate::run(a, &ui),
     };
     match result {
         Ok(()) => 0,
@@ -82,5 +96,17 @@ pub fn main() -> i32 {
             eprintln!("qforge: error: {}", ui::chain(&e));
             1
         }
+    }
+}
+
+/// The forward pass allocates activation buffers of a few MB per layer and window. glibc
+/// serves those with fresh mmaps and unmaps them on free, so every window paid page faults
+/// and zeroing again (~10% of perplexity time). Keeping freed memory for reuse removes that.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator thresholds; called before any other thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 512 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
     }
 }

@@ -29,6 +29,21 @@ impl Ui {
         pb
     }
 
+    /// A progress bar counting items (windows, tokens) with a free-form message.
+    pub fn count_bar(&self, total: u64, unit: &str) -> ProgressBar {
+        if self.quiet {
+            return ProgressBar::hidden();
+        }
+        let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        let template = format!("[{{bar:30}}] {{pos}}/{{len}} {unit} {{per_sec}} eta {{eta}} {{msg}}");
+        pb.set_style(
+            ProgressStyle::with_template(&template)
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        pb
+    }
+
     /// A note on stderr (suppressed by `-q`). Printed directly rather than through indicatif,
     /// which drops messages when stderr is not a terminal.
     pub fn note(&self, msg: impl AsRef<str>) {

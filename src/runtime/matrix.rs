@@ -78,44 +78,27 @@ impl<'a> Matrix<'a> {
     pub fn matmul(&self, x: &[f32], n: usize) -> Vec<f32> {
         let (m, k) = (self.rows, self.cols);
         debug_assert_eq!(x.len(), n * k);
-        // Computed transposed (rows × n) so that each task owns a contiguous block of output.
-        let mut yt = vec![0f32; m * n];
-        let xt = MatRef::from_row_major_slice(x, n, k).transpose();
-        yt.par_chunks_mut(TILE * n).enumerate().for_each(|(t, out)| {
-            let r0 = t * TILE;
-            let rows = out.len() / n;
-            let mut scratch = Vec::new();
-            let w: &[f32] = match self.f32_rows(r0, rows) {
-                Some(w) => w,
-                None => {
-                    scratch.resize(rows * k, 0.0);
-                    self.decode_rows(r0, rows, &mut scratch);
-                    &scratch
-                }
-            };
-            let w = MatRef::from_row_major_slice(w, rows, k);
-            let dst = MatMut::from_row_major_slice_mut(out, rows, n);
-            matmul(dst, Accum::Replace, w, xt, 1.0f32, Par::Seq);
-        });
-        if n == 1 {
-            return yt;
-        }
-        transpose(&yt, m, n)
+        let mut y = vec![0f32; n * m];
+        let xm = MatRef::from_row_major_slice(x, n, k);
+        // Each task owns a block of TILE output columns (faer splits the view disjointly).
+        MatMut::from_row_major_slice_mut(&mut y, n, m)
+            .par_col_chunks_mut(TILE)
+            .enumerate()
+            .for_each(|(t, dst)| {
+                let r0 = t * TILE;
+                let rows = dst.ncols();
+                let mut scratch = Vec::new();
+                let w: &[f32] = match self.f32_rows(r0, rows) {
+                    Some(w) => w,
+                    None => {
+                        scratch.resize(rows * k, 0.0);
+                        self.decode_rows(r0, rows, &mut scratch);
+                        &scratch
+                    }
+                };
+                let wt = MatRef::from_row_major_slice(w, rows, k).transpose();
+                matmul(dst, Accum::Replace, xm, wt, 1.0f32, Par::Seq);
+            });
+        y
     }
-}
-
-/// Transpose a row-major `rows × cols` matrix.
-pub fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; a.len()];
-    const B: usize = 32;
-    for i0 in (0..rows).step_by(B) {
-        for j0 in (0..cols).step_by(B) {
-            for i in i0..(i0 + B).min(rows) {
-                for j in j0..(j0 + B).min(cols) {
-                    out[j * rows + i] = a[i * cols + j];
-                }
-            }
-        }
-    }
-    out
 }

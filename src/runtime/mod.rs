@@ -3,6 +3,7 @@
 
 pub mod matrix;
 pub mod model;
+pub mod simd;
 pub mod tokenizer;
 
 pub use model::{KvCache, LlamaModel};

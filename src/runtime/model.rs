@@ -7,6 +7,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::matrix::Matrix;
+use super::simd;
 use crate::error::{Error, Result};
 use crate::model::{ModelConfig, ModelFile, RopeLayout, TensorRef};
 use crate::quant;
@@ -117,9 +118,10 @@ impl<'a> LlamaModel<'a> {
         }
         let output = if cfg.tie_embeddings { None } else { Some(mat("output.weight")?) };
         let half = cfg.head_dim / 2;
-        let inv_freq = (0..half)
+        let inv_freq: Vec<f32> = (0..half)
             .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f32 / cfg.head_dim as f32))
             .collect();
+
         Ok(LlamaModel {
             rope_layout: file.qk_layout(),
             embed: mat("token_embd.weight")?,
@@ -147,6 +149,13 @@ impl<'a> LlamaModel<'a> {
                 cache.capacity
             )));
         }
+        if cache.len + n > cfg.context_length {
+            return Err(Error::InvalidArgument(format!(
+                "{} positions exceed the model's context length {}",
+                cache.len + n,
+                cfg.context_length
+            )));
+        }
         let mut x = Vec::with_capacity(n * h);
         for &t in tokens {
             if t as usize >= self.embed.rows {
@@ -155,6 +164,11 @@ impl<'a> LlamaModel<'a> {
             x.extend(self.embed.row(t as usize));
         }
         let pos0 = cache.len;
+        // cos/sin for the new positions, shared by q and k of every layer.
+        let (cos, sin): (Vec<f32>, Vec<f32>) = (pos0..pos0 + n)
+            .flat_map(|p| self.inv_freq.iter().map(move |&f| p as f32 * f))
+            .map(|a| (a.cos(), a.sin()))
+            .unzip();
         for (li, layer) in self.layers.iter().enumerate() {
             // Attention block.
             let xn = rms_norm(&x, &layer.attn_norm, cfg.rms_eps);
@@ -164,8 +178,8 @@ impl<'a> LlamaModel<'a> {
             add_bias(&mut q, layer.bq.as_deref());
             add_bias(&mut k, layer.bk.as_deref());
             add_bias(&mut v, layer.bv.as_deref());
-            self.rope(&mut q, cfg.n_heads, pos0);
-            self.rope(&mut k, cfg.n_kv_heads, pos0);
+            self.rope(&mut q, cfg.n_heads, &cos, &sin);
+            self.rope(&mut k, cfg.n_kv_heads, &cos, &sin);
             cache.k[li].extend_from_slice(&k);
             cache.v[li].extend_from_slice(&v);
             let attn = self.attention(&q, &cache.k[li], &cache.v[li], n, pos0);
@@ -176,7 +190,7 @@ impl<'a> LlamaModel<'a> {
             let xn = rms_norm(&x, &layer.ffn_norm, cfg.rms_eps);
             let gate = layer.w_gate.matmul(&xn, n);
             let mut up = layer.w_up.matmul(&xn, n);
-            up.par_iter_mut().zip(gate.par_iter()).for_each(|(u, &g)| *u *= silu(g));
+            up.par_chunks_mut(4096).zip(gate.par_chunks(4096)).for_each(|(u, g)| simd::silu_mul(u, g));
             let down = layer.w_down.matmul(&up, n);
             add_in_place(&mut x, &down);
         }
@@ -186,15 +200,15 @@ impl<'a> LlamaModel<'a> {
         Ok(out.matmul(&xn, n))
     }
 
-    /// Rotate q or k (n × heads·head_dim) for positions pos0.. in the layout the weights use.
-    fn rope(&self, x: &mut [f32], heads: usize, pos0: usize) {
+    /// Rotate q or k (n × heads·head_dim) in the layout the weights use; `cos`/`sin` hold
+    /// head_dim/2 values per row.
+    fn rope(&self, x: &mut [f32], heads: usize, cos: &[f32], sin: &[f32]) {
         let hd = self.config.head_dim;
         let half = hd / 2;
         let layout = self.rope_layout;
         x.par_chunks_mut(heads * hd).enumerate().for_each(|(i, row)| {
-            let pos = (pos0 + i) as f32;
-            let (cos, sin): (Vec<f32>, Vec<f32>) =
-                self.inv_freq.iter().map(|&f| { let a = pos * f; (a.cos(), a.sin()) }).unzip();
+            let cos = &cos[i * half..(i + 1) * half];
+            let sin = &sin[i * half..(i + 1) * half];
             for head in row.chunks_exact_mut(hd) {
                 for j in 0..half {
                     let (a, b) = match layout {
@@ -288,20 +302,4 @@ fn add_in_place(x: &mut [f32], y: &[f32]) {
     x.par_iter_mut().zip(y.par_iter()).for_each(|(a, &b)| *a += b);
 }
 
-#[inline]
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
-}
-
-pub fn softmax_in_place(x: &mut [f32]) {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0f32;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    for v in x.iter_mut() {
-        *v *= inv;
-    }
-}
+pub use super::simd::softmax_in_place;

@@ -1,0 +1,102 @@
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use rayon::prelude::*;
+
+use super::session::Loaded;
+use super::Ui;
+use crate::eval::logits_file::{self, LogitsWriter};
+use crate::eval::perplexity::{perplexity, window_nll, NllAccumulator};
+use crate::eval::{window_logits, windows};
+use crate::runtime::{KvCache, LlamaModel};
+
+/// Perplexity of a model on a text: non-overlapping windows of --ctx tokens, no BOS unless
+/// the tokenizer asks for it, logits at positions 0..ctx-2 scored against tokens 1..ctx-1.
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    qforge perplexity models/tiny-llama --text wiki.test.raw\n  \
+    qforge perplexity tiny-q8_0.gguf --text wiki.test.raw --max-windows 20 --json\n  \
+    qforge perplexity tiny-f32.gguf --text wiki.test.raw --save-logits base.qflogits")]
+pub struct PerplexityArgs {
+    /// Hugging Face directory or GGUF file.
+    pub model: PathBuf,
+    /// UTF-8 text to score (read as raw bytes: no newline conversion).
+    #[arg(long)]
+    pub text: PathBuf,
+    /// Tokens per window.
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    /// Tokens per forward pass inside a window (default: the whole window).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Score at most this many windows (from the start of the text).
+    #[arg(long)]
+    pub max_windows: Option<usize>,
+    /// Save the model's distributions (16-bit log-probabilities, 2 bytes per vocabulary
+    /// entry per token) for later `compare` runs against this base.
+    #[arg(long, value_name = "FILE")]
+    pub save_logits: Option<PathBuf>,
+}
+
+pub fn run(args: &PerplexityArgs, ui: &Ui) -> Result<()> {
+    let loaded = Loaded::open(&args.model)?;
+    let ids = loaded.tokenize_file(&args.text, args.ctx)?;
+    let windows = windows(&ids, args.ctx, args.max_windows)?;
+    let model = LlamaModel::load(&loaded.file)?;
+    let batch = args.batch.unwrap_or(args.ctx);
+    let bar = ui.count_bar(windows.len() as u64, "windows");
+    let report = match &args.save_logits {
+        None => perplexity(&model, &windows, batch, |done, acc| {
+            bar.set_position(done as u64);
+            bar.set_message(format!("ppl {:.4}", acc.ppl()));
+        })?,
+        Some(path) => {
+            let size = logits_file::file_len(model.vocab_size(), args.ctx, windows.len());
+            ui.note(format!("saving logits to {} ({:.1} MB)", path.display(), size as f64 / 1e6));
+            let mut w = LogitsWriter::create(path, model.vocab_size(), &windows)?;
+            let start = std::time::Instant::now();
+            let vocab = model.vocab_size();
+            let mut cache = KvCache::new(&model.config, args.ctx);
+            let mut acc = NllAccumulator::default();
+            for (i, window) in windows.iter().enumerate() {
+                let logits = window_logits(&model, &mut cache, window, batch)?;
+                let nll = window_nll(&logits, window, vocab);
+                let encoded: Vec<Vec<u8>> = (0..window.len() - 1)
+                    .into_par_iter()
+                    .map(|p| {
+                        let mut rec = Vec::new();
+                        logits_file::encode_position(&logits[p * vocab..(p + 1) * vocab], window[p + 1] as usize, &mut rec);
+                        rec
+                    })
+                    .collect();
+                for (n, rec) in nll.iter().zip(&encoded) {
+                    acc.add(*n);
+                    w.push_encoded(rec)?;
+                }
+                bar.set_position(i as u64 + 1);
+                bar.set_message(format!("ppl {:.4}", acc.ppl()));
+            }
+            w.finish(size)?;
+            crate::eval::perplexity::PplReport {
+                ppl: acc.ppl(),
+                nll_mean: acc.mean(),
+                nll_stderr: acc.stderr(),
+                tokens_scored: acc.count(),
+                windows: windows.len() as u64,
+                ctx: args.ctx as u32,
+                tokens_per_sec: (windows.len() * args.ctx) as f64 / start.elapsed().as_secs_f64().max(1e-9),
+            }
+        }
+    };
+    bar.finish_and_clear();
+    if ui.json {
+        ui.print_json(&serde_json::to_value(&report)?);
+    } else {
+        println!(
+            "ppl {:.4}  (nll {:.6} ± {:.6}, {} tokens in {} windows of {}, {:.0} tokens/s)",
+            report.ppl, report.nll_mean, report.nll_stderr, report.tokens_scored, report.windows, report.ctx, report.tokens_per_sec
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! Perplexity with the golden protocol: non-overlapping windows of `ctx` tokens, logits at
+//! positions 0..ctx-2 scored against tokens 1..ctx-1.
+
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::{log_sum_exp, window_logits};
+use crate::error::Result;
+use crate::runtime::{KvCache, LlamaModel};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PplReport {
+    pub ppl: f64,
+    pub nll_mean: f64,
+    /// Standard error of `nll_mean`; ppl's ±1σ interval is exp(nll_mean ± nll_stderr).
+    pub nll_stderr: f64,
+    pub tokens_scored: u64,
+    pub windows: u64,
+    pub ctx: u32,
+    pub tokens_per_sec: f64,
+}
+
+/// Running sums of negative log-likelihoods.
+#[derive(Default, Clone, Copy)]
+pub struct NllAccumulator {
+    sum: f64,
+    sum_sq: f64,
+    n: u64,
+}
+
+impl NllAccumulator {
+    pub fn add(&mut self, nll: f64) {
+        self.sum += nll;
+        self.sum_sq += nll * nll;
+        self.n += 1;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.n
+    }
+
+    pub fn mean(&self) -> f64 {
+        self.sum / self.n.max(1) as f64
+    }
+
+    pub fn ppl(&self) -> f64 {
+        self.mean().exp()
+    }
+
+    pub fn stderr(&self) -> f64 {
+        if self.n < 2 {
+            return 0.0;
+        }
+        let n = self.n as f64;
+        let var = (self.sum_sq / n - self.mean().powi(2)).max(0.0) * n / (n - 1.0);
+        (var / n).sqrt()
+    }
+}
+
+/// −log p(target) for each scored position of a window.
+pub fn window_nll(logits: &[f32], window: &[u32], vocab: usize) -> Vec<f64> {
+    (0..window.len() - 1)
+        .into_par_iter()
+        .map(|i| {
+            let row = &logits[i * vocab..(i + 1) * vocab];
+            log_sum_exp(row) - row[window[i + 1] as usize] as f64
+        })
+        .collect()
+}
+
+/// Score `windows`; `on_window(done, running)` is called after each (progress display).
+pub fn perplexity(
+    model: &LlamaModel<'_>,
+    windows: &[&[u32]],
+    batch: usize,
+    mut on_window: impl FnMut(usize, &NllAccumulator),
+) -> Result<PplReport> {
+    let start = Instant::now();
+    let ctx = windows[0].len();
+    let vocab = model.vocab_size();
+    let mut cache = KvCache::new(&model.config, ctx);
+    let mut acc = NllAccumulator::default();
+    for (w, window) in windows.iter().enumerate() {
+        let logits = window_logits(model, &mut cache, window, batch)?;
+        for nll in window_nll(&logits, window, vocab) {
+            acc.add(nll);
+        }
+        on_window(w + 1, &acc);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok(PplReport {
+        ppl: acc.ppl(),
+        nll_mean: acc.mean(),
+        nll_stderr: acc.stderr(),
+        tokens_scored: acc.count(),
+        windows: windows.len() as u64,
+        ctx: ctx as u32,
+        tokens_per_sec: (windows.len() * ctx) as f64 / secs.max(1e-9),
+    })
+}
