@@ -16,11 +16,7 @@ pub enum Error {
 
     /// A file whose bytes do not follow its format (truncated, bad offsets, bad header...).
     #[error("{path}: malformed {format} file: {msg}")]
-    Malformed {
-        path: PathBuf,
-        format: &'static str,
-        msg: String,
-    },
+    Malformed { path: PathBuf, format: &'static str, msg: String },
 
     /// A well-formed file that uses something qforge does not handle.
     #[error("{0}")]
@@ -46,24 +42,14 @@ pub enum Error {
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 
     pub fn malformed(path: impl Into<PathBuf>, format: &'static str, msg: impl Into<String>) -> Self {
-        Error::Malformed {
-            path: path.into(),
-            format,
-            msg: msg.into(),
-        }
+        Error::Malformed { path: path.into(), format, msg: msg.into() }
     }
 
     pub fn tensor(name: impl Into<String>, msg: impl Into<String>) -> Self {
-        Error::Tensor {
-            name: name.into(),
-            msg: msg.into(),
-        }
+        Error::Tensor { name: name.into(), msg: msg.into() }
     }
 }

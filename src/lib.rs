@@ -7,8 +7,8 @@
 
 pub mod cli;
 pub mod convert;
-pub mod eval;
 pub mod error;
+pub mod eval;
 pub mod formats;
 pub mod ggml_type;
 pub mod model;

@@ -10,23 +10,34 @@ use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 
+/// Temporary outputs to delete if the process is interrupted. Creating, renaming and
+/// deleting a temporary path all happen while this lock is held, and the signal handler keeps
+/// it until the process is gone: so the handler never misses a file that is being created, and
+/// no rename can slip in after it has cleaned up.
 static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
-fn register(p: &Path) {
-    if let Ok(mut v) = PENDING.lock() {
-        v.push(p.to_path_buf());
-    }
+fn pending() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    // A panic while the lock was held leaves the list itself intact.
+    PENDING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn unregister(p: &Path) {
-    if let Ok(mut v) = PENDING.lock() {
-        v.retain(|q| q != p);
-    }
+/// Run `create` (which makes the temporary path `p`) and register `p` atomically with respect
+/// to the signal handler.
+fn register_with<T>(p: &Path, create: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    let mut v = pending();
+    let made = create()?;
+    v.push(p.to_path_buf());
+    Ok(made)
 }
 
 fn remove_path(p: &Path) {
     if p.is_dir() {
-        let _ = fs::remove_dir_all(p);
+        // Another thread may still be adding a file to the directory; try again if so.
+        for _ in 0..5 {
+            if fs::remove_dir_all(p).is_ok() || !p.exists() {
+                break;
+            }
+        }
     } else {
         let _ = fs::remove_file(p);
     }
@@ -36,10 +47,11 @@ fn remove_path(p: &Path) {
 /// 130. Call once from `main`.
 pub fn install_signal_cleanup() {
     let _ = ctrlc::set_handler(|| {
-        if let Ok(v) = PENDING.lock() {
-            for p in v.iter() {
-                remove_path(p);
-            }
+        // Hold the lock until the process exits: any thread about to create, commit or
+        // remove a temporary output now blocks instead of racing with the cleanup.
+        let v = pending();
+        for p in v.iter() {
+            remove_path(p);
         }
         eprintln!("qforge: interrupted; partial output removed");
         std::process::exit(130);
@@ -48,18 +60,19 @@ pub fn install_signal_cleanup() {
 
 /// The temporary sibling of `dest`: same directory (so the rename is atomic), hidden name.
 fn temp_sibling(dest: &Path) -> Result<PathBuf> {
-    let name = dest
-        .file_name()
-        .ok_or_else(|| Error::InvalidArgument(format!("{} is not a file name", dest.display())))?;
+    let name =
+        dest.file_name().ok_or_else(|| Error::InvalidArgument(format!("{} is not a file name", dest.display())))?;
     let parent = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
     if !parent.is_dir() {
-        return Err(Error::io(
-            &parent,
-            io::Error::new(io::ErrorKind::NotFound, "output directory does not exist"),
-        ));
+        let (kind, msg) = if parent.exists() {
+            (io::ErrorKind::Other, "is not a directory, so it cannot hold the output")
+        } else {
+            (io::ErrorKind::NotFound, "output directory does not exist")
+        };
+        return Err(Error::io(&parent, io::Error::new(kind, msg)));
     }
     let tmp_name = format!(".{}.qforge-tmp-{}", name.to_string_lossy(), std::process::id());
     Ok(parent.join(tmp_name))
@@ -78,19 +91,8 @@ impl AtomicFile {
             return Err(Error::InvalidArgument(format!("{} is a directory", dest.display())));
         }
         let tmp = temp_sibling(dest)?;
-        register(&tmp);
-        let file = match File::create(&tmp) {
-            Ok(f) => f,
-            Err(e) => {
-                unregister(&tmp);
-                return Err(Error::io(dest, e));
-            }
-        };
-        Ok(AtomicFile {
-            tmp,
-            dest: dest.to_path_buf(),
-            writer: Some(BufWriter::with_capacity(1 << 20, file)),
-        })
+        let file = register_with(&tmp, || File::create(&tmp)).map_err(|e| Error::io(dest, e))?;
+        Ok(AtomicFile { tmp, dest: dest.to_path_buf(), writer: Some(BufWriter::with_capacity(1 << 20, file)) })
     }
 
     pub fn temp_path(&self) -> &Path {
@@ -101,14 +103,13 @@ impl AtomicFile {
     /// place. On any failure the temporary file is removed and the destination is untouched.
     pub fn commit(mut self, validate: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
         let writer = self.writer.take().expect("AtomicFile committed twice");
-        let file = writer
-            .into_inner()
-            .map_err(|e| Error::io(&self.dest, e.into_error()))?;
+        let file = writer.into_inner().map_err(|e| Error::io(&self.dest, e.into_error()))?;
         file.sync_all().map_err(|e| Error::io(&self.dest, e))?;
         drop(file);
         validate(&self.tmp)?;
+        let mut v = pending();
         fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io(&self.dest, e))?;
-        unregister(&self.tmp);
+        v.retain(|q| q != &self.tmp);
         Ok(())
     }
 }
@@ -131,11 +132,13 @@ impl Write for AtomicFile {
 
 impl Drop for AtomicFile {
     fn drop(&mut self) {
-        if self.writer.is_some() || self.tmp.exists() {
-            self.writer = None;
+        self.writer = None;
+        let mut v = pending();
+        if let Some(i) = v.iter().position(|q| q == &self.tmp) {
+            // Still ours (not committed): remove it.
             remove_path(&self.tmp);
+            v.remove(i);
         }
-        unregister(&self.tmp);
     }
 }
 
@@ -150,9 +153,7 @@ pub struct AtomicDir {
 impl AtomicDir {
     pub fn create(dest: &Path) -> Result<AtomicDir> {
         if dest.exists() {
-            let empty = fs::read_dir(dest)
-                .map(|mut d| d.next().is_none())
-                .unwrap_or(false);
+            let empty = fs::read_dir(dest).map(|mut d| d.next().is_none()).unwrap_or(false);
             if !empty {
                 return Err(Error::InvalidArgument(format!(
                     "{} already exists and is not an empty directory",
@@ -161,11 +162,7 @@ impl AtomicDir {
             }
         }
         let tmp = temp_sibling(dest)?;
-        register(&tmp);
-        if let Err(e) = fs::create_dir(&tmp) {
-            unregister(&tmp);
-            return Err(Error::io(dest, e));
-        }
+        register_with(&tmp, || fs::create_dir(&tmp)).map_err(|e| Error::io(dest, e))?;
         Ok(AtomicDir { tmp, dest: dest.to_path_buf(), committed: false })
     }
 
@@ -175,11 +172,12 @@ impl AtomicDir {
     }
 
     pub fn commit(mut self) -> Result<()> {
+        let mut v = pending();
         if self.dest.is_dir() {
             fs::remove_dir(&self.dest).map_err(|e| Error::io(&self.dest, e))?;
         }
         fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io(&self.dest, e))?;
-        unregister(&self.tmp);
+        v.retain(|q| q != &self.tmp);
         self.committed = true;
         Ok(())
     }
@@ -188,8 +186,9 @@ impl AtomicDir {
 impl Drop for AtomicDir {
     fn drop(&mut self) {
         if !self.committed {
+            let mut v = pending();
             remove_path(&self.tmp);
-            unregister(&self.tmp);
+            v.retain(|q| q != &self.tmp);
         }
     }
 }

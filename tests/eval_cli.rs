@@ -61,7 +61,8 @@ fn tiny_gguf_perplexities_match_golden() {
     for t in ["bf16", "f32"] {
         let g = convert(dir.path(), &tiny(), t);
         let a = json(&qforge_ok(&[&"-q", &"perplexity", &g, &"--text", &wiki(), &"--json", &"--max-windows", &"3"]));
-        let b = json(&qforge_ok(&[&"-q", &"perplexity", &tiny(), &"--text", &wiki(), &"--json", &"--max-windows", &"3"]));
+        let b =
+            json(&qforge_ok(&[&"-q", &"perplexity", &tiny(), &"--text", &wiki(), &"--json", &"--max-windows", &"3"]));
         let (x, y) = (a["nll_mean"].as_f64().unwrap(), b["nll_mean"].as_f64().unwrap());
         assert!((x - y).abs() <= 1e-6 * y, "{t} GGUF nll {x} differs from the HF model's {y}");
     }
@@ -69,11 +70,14 @@ fn tiny_gguf_perplexities_match_golden() {
 
 #[test]
 fn compare_with_itself_is_zero() {
-    let r = json(&qforge_ok(&[&"-q", &"compare", &tiny(), &tiny(), &"--text", &wiki(), &"--max-windows", &"4", &"--json"]));
+    let r =
+        json(&qforge_ok(&[&"-q", &"compare", &tiny(), &tiny(), &"--text", &wiki(), &"--max-windows", &"4", &"--json"]));
     assert!(r["kld_mean"].as_f64().unwrap() < 1e-9, "{r}");
     assert_eq!(r["top1_agree"].as_f64(), Some(1.0));
     assert_eq!(r["ppl_ratio"].as_f64(), Some(1.0));
-    for key in ["base_ppl", "ppl", "kld_stderr", "kld_p50", "kld_p90", "kld_p99", "kld_max", "delta_p_mean", "delta_p_rms"] {
+    for key in
+        ["base_ppl", "ppl", "kld_stderr", "kld_p50", "kld_p90", "kld_p99", "kld_max", "delta_p_mean", "delta_p_rms"]
+    {
         assert!(r.get(key).is_some(), "missing {key}");
     }
 }
@@ -86,10 +90,21 @@ fn compare_against_saved_logits() {
     let q8 = convert(dir.path(), &tiny(), "q8_0");
     let saved = dir.path().join("base.qflogits");
     let base = json(&qforge_ok(&[
-        &"-q", &"perplexity", &tiny(), &"--text", &wiki(), &"--max-windows", &"6", &"--json", &"--save-logits", &saved,
+        &"-q",
+        &"perplexity",
+        &tiny(),
+        &"--text",
+        &wiki(),
+        &"--max-windows",
+        &"6",
+        &"--json",
+        &"--save-logits",
+        &saved,
     ]));
-    let live = json(&qforge_ok(&[&"-q", &"compare", &tiny(), &q8, &"--text", &wiki(), &"--max-windows", &"6", &"--json"]));
-    let file = json(&qforge_ok(&[&"-q", &"compare", &saved, &q8, &"--text", &wiki(), &"--max-windows", &"6", &"--json"]));
+    let live =
+        json(&qforge_ok(&[&"-q", &"compare", &tiny(), &q8, &"--text", &wiki(), &"--max-windows", &"6", &"--json"]));
+    let file =
+        json(&qforge_ok(&[&"-q", &"compare", &saved, &q8, &"--text", &wiki(), &"--max-windows", &"6", &"--json"]));
     let (kl, kf) = (live["kld_mean"].as_f64().unwrap(), file["kld_mean"].as_f64().unwrap());
     eprintln!("kld live {kl} from saved logits {kf} ({:+.4}%)", 100.0 * (kf - kl) / kl);
     assert!(kl > 1e-5, "q8_0 should differ from f32");
@@ -101,7 +116,8 @@ fn compare_against_saved_logits() {
 
 #[test]
 fn verify_logits_golden_passes_and_a_wrong_golden_fails() {
-    let out = qforge_ok(&[&"verify", &tiny(), &"--golden", &golden("golden_tiny_logits.safetensors"), &"--text", &wiki()]);
+    let out =
+        qforge_ok(&[&"verify", &tiny(), &"--golden", &golden("golden_tiny_logits.safetensors"), &"--text", &wiki()]);
     assert!(out.contains("logits") && out.contains("ok"), "{out}");
     // The small model's logits are not the tiny model's: a readable diff and exit code 1.
     let out = qforge(&[&"verify", &tiny(), &"--golden", &golden("golden_small_logits.safetensors")]);
@@ -117,8 +133,30 @@ fn generate_greedy_is_deterministic_and_sampling_is_seeded() {
     let b = qforge_ok(&[&"generate", &tiny(), &"--prompt", &"The history of", &"-n", &"20"]);
     assert_eq!(a, b);
     assert!(a.starts_with("The history of") && a.len() > "The history of".len() + 10, "{a:?}");
-    let s1 = qforge_ok(&[&"generate", &tiny(), &"--prompt", &"The", &"-n", &"20", &"--temperature", &"0.9", &"--seed", &"3"]);
-    let s2 = qforge_ok(&[&"generate", &tiny(), &"--prompt", &"The", &"-n", &"20", &"--temperature", &"0.9", &"--seed", &"3"]);
+    let s1 = qforge_ok(&[
+        &"generate",
+        &tiny(),
+        &"--prompt",
+        &"The",
+        &"-n",
+        &"20",
+        &"--temperature",
+        &"0.9",
+        &"--seed",
+        &"3",
+    ]);
+    let s2 = qforge_ok(&[
+        &"generate",
+        &tiny(),
+        &"--prompt",
+        &"The",
+        &"-n",
+        &"20",
+        &"--temperature",
+        &"0.9",
+        &"--seed",
+        &"3",
+    ]);
     assert_eq!(s1, s2);
 }
 

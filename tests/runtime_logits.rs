@@ -12,8 +12,12 @@ fn golden_logits(name: &str) -> (Vec<u32>, Vec<f32>) {
     let f = SafetensorsFile::open(&golden(name)).unwrap();
     let ids = f.tensor("input_ids").unwrap();
     let ids: Vec<u32> = match ids.dtype {
-        safetensors::Dtype::I64 => ids.data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect(),
-        safetensors::Dtype::I32 => ids.data.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as u32).collect(),
+        safetensors::Dtype::I64 => {
+            ids.data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect()
+        }
+        safetensors::Dtype::I32 => {
+            ids.data.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as u32).collect()
+        }
         d => panic!("input_ids dtype {d:?}"),
     };
     let logits = f.tensor("logits").unwrap();

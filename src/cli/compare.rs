@@ -49,7 +49,10 @@ pub fn compare(args: &CompareArgs, ui: &Ui) -> Result<CompareReport> {
         if base.ctx != args.ctx || base.vocab != vocab {
             bail!(
                 "{} was saved with ctx {} and vocab {}, but this run has ctx {} and vocab {vocab}",
-                args.base.display(), base.ctx, base.vocab, args.ctx
+                args.base.display(),
+                base.ctx,
+                base.vocab,
+                args.ctx
             );
         }
         if base.windows < windows.len() {
@@ -57,7 +60,10 @@ pub fn compare(args: &CompareArgs, ui: &Ui) -> Result<CompareReport> {
         }
         for (w, window) in windows.iter().enumerate() {
             if base.window_tokens(w) != *window {
-                bail!("window {w} of the text tokenizes differently than when {} was saved (different text or tokenizer)", args.base.display());
+                bail!(
+                    "window {w} of the text tokenizes differently than when {} was saved (different text or tokenizer)",
+                    args.base.display()
+                );
             }
             let cl = window_logits(&cand_model, &mut cand_cache, window, batch)?;
             let stats: Vec<_> = (0..window.len() - 1)

@@ -75,13 +75,14 @@ pub fn run(args: &ConvertArgs, ui: &Ui) -> Result<()> {
         Target::Gguf => {
             let outtype = args.outtype.map(OutType::ggml).unwrap_or(GgmlType::F16);
             let opts = to_gguf::GgufOptions { outtype, allow_nonfinite: args.allow_nonfinite, name: args.name.clone() };
-            let mut sink = Sink::open(&args.output).with_context(|| format!("cannot create {}", args.output.display()))?;
+            let mut sink =
+                Sink::open(&args.output).with_context(|| format!("cannot create {}", args.output.display()))?;
             if sink.is_stdout() && ui.json {
                 bail!("--json cannot be combined with `-o -`: standard output carries the GGUF");
             }
             let bar = ui.bytes_bar(input_bytes, "converting");
             let (w, summary) = to_gguf::write(&model, &opts, &mut sink, &bar)
-                .with_context(|| format!("converting {}", args.input.display()))?;
+                .with_context(|| format!("converting {} to {}", args.input.display(), args.output.display()))?;
             let _ = w;
             bar.finish_and_clear();
             for f in &summary.fallbacks {
@@ -103,7 +104,8 @@ pub fn run(args: &ConvertArgs, ui: &Ui) -> Result<()> {
             if args.outtype == Some(OutType::Q8_0) {
                 bail!("--to hf writes float tensors: choose --outtype f32, f16 or bf16");
             }
-            let opts = to_hf::HfOptions { dtype: args.outtype.map(OutType::ggml), allow_nonfinite: args.allow_nonfinite };
+            let opts =
+                to_hf::HfOptions { dtype: args.outtype.map(OutType::ggml), allow_nonfinite: args.allow_nonfinite };
             let bar = ui.bytes_bar(input_bytes, "converting");
             let summary = to_hf::write(&model, &args.output, &opts, &bar)
                 .with_context(|| format!("converting {} to {}", args.input.display(), args.output.display()))?;

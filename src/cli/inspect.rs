@@ -98,7 +98,10 @@ fn inspect_safetensors(args: &InspectArgs) -> Result<Json> {
     names.sort();
     let tensors: Vec<Json> = names
         .iter()
-        .filter_map(|n| f.tensor(n).map(|t| json!({"name": n, "type": format!("{:?}", t.dtype), "shape": t.shape, "bytes": t.data.len()})))
+        .filter_map(|n| {
+            f.tensor(n)
+                .map(|t| json!({"name": n, "type": format!("{:?}", t.dtype), "shape": t.shape, "bytes": t.data.len()}))
+        })
         .collect();
     let params: usize = names.iter().filter_map(|n| f.tensor(n)).map(|t| t.shape.iter().product::<usize>()).sum();
     Ok(json!({"path": args.path, "format": "safetensors", "parameters": params, "metadata": {}, "tensors": tensors}))

@@ -66,7 +66,11 @@ pub fn run(args: &PerplexityArgs, ui: &Ui) -> Result<()> {
                     .into_par_iter()
                     .map(|p| {
                         let mut rec = Vec::new();
-                        logits_file::encode_position(&logits[p * vocab..(p + 1) * vocab], window[p + 1] as usize, &mut rec);
+                        logits_file::encode_position(
+                            &logits[p * vocab..(p + 1) * vocab],
+                            window[p + 1] as usize,
+                            &mut rec,
+                        );
                         rec
                     })
                     .collect();
@@ -95,7 +99,13 @@ pub fn run(args: &PerplexityArgs, ui: &Ui) -> Result<()> {
     } else {
         println!(
             "ppl {:.4}  (nll {:.6} ± {:.6}, {} tokens in {} windows of {}, {:.0} tokens/s)",
-            report.ppl, report.nll_mean, report.nll_stderr, report.tokens_scored, report.windows, report.ctx, report.tokens_per_sec
+            report.ppl,
+            report.nll_mean,
+            report.nll_stderr,
+            report.tokens_scored,
+            report.windows,
+            report.ctx,
+            report.tokens_per_sec
         );
     }
     Ok(())

@@ -17,7 +17,8 @@ pub struct Loaded {
 impl Loaded {
     pub fn open(path: &Path) -> Result<Loaded> {
         let file = ModelFile::open(path).with_context(|| format!("cannot load {}", path.display()))?;
-        let tokenizer = TextTokenizer::for_model(&file).with_context(|| format!("{}: no usable tokenizer", path.display()))?;
+        let tokenizer =
+            TextTokenizer::for_model(&file).with_context(|| format!("{}: no usable tokenizer", path.display()))?;
         Ok(Loaded { file, tokenizer })
     }
 

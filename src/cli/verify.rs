@@ -85,12 +85,20 @@ pub fn run(args: &VerifyArgs, ui: &Ui) -> Result<()> {
             .collect();
         ui.print_json(&json!({"ok": ok, "golden": args.golden, "variant": args.variant, "checks": list}));
     } else {
-        println!("{:<16} {:>16} {:>16} {:>12} {:>14}  result", "quantity", "golden", "qforge", "rel. diff", "tolerance");
+        println!(
+            "{:<16} {:>16} {:>16} {:>12} {:>14}  result",
+            "quantity", "golden", "qforge", "rel. diff", "tolerance"
+        );
         for c in &checks {
             let diff = (c.got - c.expected) / c.expected.abs().max(1e-300);
             println!(
                 "{:<16} {:>16.8} {:>16.8} {:>12.3e} {:>14}  {}",
-                c.name, c.expected, c.got, diff, c.tol, if c.ok { "ok" } else { "FAIL" }
+                c.name,
+                c.expected,
+                c.got,
+                diff,
+                c.tol,
+                if c.ok { "ok" } else { "FAIL" }
             );
         }
     }
@@ -105,8 +113,12 @@ fn verify_logits(args: &VerifyArgs) -> Result<Vec<Check>> {
     let g = SafetensorsFile::open(&args.golden)?;
     let ids_t = g.tensor("input_ids").context("golden file has no input_ids")?;
     let ids: Vec<u32> = match ids_t.dtype {
-        safetensors::Dtype::I64 => ids_t.data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as u32).collect(),
-        safetensors::Dtype::I32 => ids_t.data.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap_or([0; 4])) as u32).collect(),
+        safetensors::Dtype::I64 => {
+            ids_t.data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as u32).collect()
+        }
+        safetensors::Dtype::I32 => {
+            ids_t.data.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap_or([0; 4])) as u32).collect()
+        }
         d => bail!("input_ids has dtype {d:?}; expected I64 or I32"),
     };
     let lt = g.tensor("logits").context("golden file has no logits")?;
@@ -117,7 +129,12 @@ fn verify_logits(args: &VerifyArgs) -> Result<Vec<Check>> {
     let loaded = Loaded::open(&args.model)?;
     let model = LlamaModel::load(&loaded.file)?;
     if expected.len() != ids.len() * model.vocab_size() {
-        bail!("golden logits hold {} values; {} tokens × vocab {} expected", expected.len(), ids.len(), model.vocab_size());
+        bail!(
+            "golden logits hold {} values; {} tokens × vocab {} expected",
+            expected.len(),
+            ids.len(),
+            model.vocab_size()
+        );
     }
     let mut cache = KvCache::new(&model.config, ids.len());
     let got = model.forward(&ids, &mut cache)?;
@@ -134,7 +151,13 @@ fn verify_logits(args: &VerifyArgs) -> Result<Vec<Check>> {
     if let Some(text) = &args.text {
         let ours = loaded.tokenize_file(text, 2)?;
         let same = ours.len() >= ids.len() && ours[..ids.len()] == ids[..];
-        checks.push(Check { name: "input_ids".into(), expected: 1.0, got: same as u8 as f64, tol: "exact".into(), ok: same });
+        checks.push(Check {
+            name: "input_ids".into(),
+            expected: 1.0,
+            got: same as u8 as f64,
+            tol: "exact".into(),
+            ok: same,
+        });
     }
     Ok(checks)
 }
@@ -161,7 +184,14 @@ fn verify_json(args: &VerifyArgs, ui: &Ui) -> Result<Vec<Check>> {
     let (base_ppl, cand_ppl, scored, nwin);
     if let (Some(base), Some(_)) = (&args.base, num("kld_mean")) {
         let r = compare(
-            &CompareArgs { base: base.clone(), candidate: args.model.clone(), text: text.clone(), ctx: args.ctx, batch: None, max_windows: None },
+            &CompareArgs {
+                base: base.clone(),
+                candidate: args.model.clone(),
+                text: text.clone(),
+                ctx: args.ctx,
+                batch: None,
+                max_windows: None,
+            },
             ui,
         )?;
         checks.push(rel("kld_mean", num("kld_mean").unwrap_or(0.0), r.kld_mean, args.kld_tol));

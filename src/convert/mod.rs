@@ -20,7 +20,8 @@ pub fn tensor_to_f32(
     if !quant::can_decode(t.ggml_type) {
         return Err(Error::tensor(&t.name, format!("decoding {} tensors is not supported yet", t.ggml_type)));
     }
-    let values = quant::decode(t.ggml_type, t.data, t.n_elements()).map_err(|e| Error::tensor(&t.name, e.to_string()))?;
+    let values =
+        quant::decode(t.ggml_type, t.data, t.n_elements()).map_err(|e| Error::tensor(&t.name, e.to_string()))?;
     if !allow_nonfinite {
         if let Some(i) = quant::find_nonfinite(&values) {
             return Err(Error::tensor(

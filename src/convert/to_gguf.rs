@@ -100,7 +100,12 @@ pub fn plan(model: &ModelFile, opts: &GgufOptions) -> Result<(GgufWriter, Vec<St
     for t in model.tensors()? {
         let (ty, fell_back) = tensor_type(&t.shape, opts.outtype);
         if fell_back {
-            fallbacks.push(format!("{}: row of {} is not a multiple of {}, stored as F16", t.name, t.shape[t.shape.len() - 1], opts.outtype.block_size()));
+            fallbacks.push(format!(
+                "{}: row of {} is not a multiple of {}, stored as F16",
+                t.name,
+                t.shape[t.shape.len() - 1],
+                opts.outtype.block_size()
+            ));
         }
         w.add_tensor(&t.name, &t.shape, ty)?;
     }
@@ -108,7 +113,12 @@ pub fn plan(model: &ModelFile, opts: &GgufOptions) -> Result<(GgufWriter, Vec<St
 }
 
 /// Convert `model` to GGUF, streaming into `sink`. Call `progress.inc(bytes)` per tensor.
-pub fn write<W: Write>(model: &ModelFile, opts: &GgufOptions, sink: W, progress: &ProgressBar) -> Result<(W, GgufSummary)> {
+pub fn write<W: Write>(
+    model: &ModelFile,
+    opts: &GgufOptions,
+    sink: W,
+    progress: &ProgressBar,
+) -> Result<(W, GgufSummary)> {
     let (writer, fallbacks) = plan(model, opts)?;
     let cfg = model.config();
     let target_layout = if cfg.arch.gguf_permutes_qk() { RopeLayout::Interleaved } else { RopeLayout::RotateHalf };
@@ -140,16 +150,18 @@ pub fn write<W: Write>(model: &ModelFile, opts: &GgufOptions, sink: W, progress:
 pub fn validate_written(path: &Path, expected_tensors: usize, expected_size: u64) -> Result<()> {
     let f = GgufFile::open(path)?;
     if f.tensors().len() != expected_tensors {
-        return Err(Error::malformed(path, "GGUF", format!(
-            "written file holds {} tensors, {expected_tensors} planned",
-            f.tensors().len()
-        )));
+        return Err(Error::malformed(
+            path,
+            "GGUF",
+            format!("written file holds {} tensors, {expected_tensors} planned", f.tensors().len()),
+        ));
     }
     if f.file_len() != expected_size {
-        return Err(Error::malformed(path, "GGUF", format!(
-            "written file is {} bytes, {expected_size} planned",
-            f.file_len()
-        )));
+        return Err(Error::malformed(
+            path,
+            "GGUF",
+            format!("written file is {} bytes, {expected_size} planned", f.file_len()),
+        ));
     }
     Ok(())
 }

@@ -94,12 +94,8 @@ pub fn write(model: &ModelFile, out_dir: &Path, opts: &HfOptions, progress: &Pro
             return Err(Error::tensor(&t.name, format!("decoding {} tensors is not supported yet", t.ggml_type)));
         }
     }
-    let main_dtype = tensors
-        .iter()
-        .filter(|t| t.shape.len() >= 2)
-        .map(|t| pick(t.ggml_type))
-        .next()
-        .unwrap_or(GgmlType::F32);
+    let main_dtype =
+        tensors.iter().filter(|t| t.shape.len() >= 2).map(|t| pick(t.ggml_type)).next().unwrap_or(GgmlType::F32);
     let torch_dtype = match main_dtype {
         GgmlType::F16 => "float16",
         GgmlType::BF16 => "bfloat16",
@@ -114,7 +110,15 @@ pub fn write(model: &ModelFile, out_dir: &Path, opts: &HfOptions, progress: &Pro
         let hf_name = names::gguf_to_hf(&t.name)?;
         // Norms stay F32 in GGUF; keep them in the main dtype in HF files like the originals.
         let dtype = if t.shape.len() < 2 && opts.dtype.is_none() { main_dtype } else { pick(t.ggml_type) };
-        let view = LazyTensor { src: t, dtype, config: cfg, from: model.qk_layout(), allow_nonfinite: opts.allow_nonfinite, error: &error, progress };
+        let view = LazyTensor {
+            src: t,
+            dtype,
+            config: cfg,
+            from: model.qk_layout(),
+            allow_nonfinite: opts.allow_nonfinite,
+            error: &error,
+            progress,
+        };
         bytes += view.data_len() as u64;
         views.push((hf_name, view));
     }
@@ -126,6 +130,9 @@ pub fn write(model: &ModelFile, out_dir: &Path, opts: &HfOptions, progress: &Pro
     if let Some(e) = error.into_inner().ok().flatten() {
         return Err(e);
     }
+    // The safetensors crate writes through a 0600 temporary file; give the weights the same
+    // permissions as the JSON files beside them.
+    set_readable(&st_path)?;
 
     let write_json = |name: &str, v: &serde_json::Value| -> Result<()> {
         let p = dir.path().join(name);
@@ -137,4 +144,15 @@ pub fn write(model: &ModelFile, out_dir: &Path, opts: &HfOptions, progress: &Pro
     write_json("tokenizer_config.json", &vocab.to_hf_tokenizer_config(cfg.context_length))?;
     dir.commit()?;
     Ok(HfSummary { tensors: n_tensors, bytes, dtype: torch_dtype.into() })
+}
+
+#[cfg(unix)]
+fn set_readable(p: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).map_err(|e| Error::io(p, e))
+}
+
+#[cfg(not(unix))]
+fn set_readable(_: &Path) -> Result<()> {
+    Ok(())
 }

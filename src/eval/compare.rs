@@ -54,7 +54,9 @@ pub fn compare_saved(base: &SavedPosition, cand: &[f32], target: usize) -> Posit
 pub fn compare_window(base: &[f32], cand: &[f32], window: &[u32], vocab: usize) -> Vec<PositionStats> {
     (0..window.len() - 1)
         .into_par_iter()
-        .map(|i| compare_rows(&base[i * vocab..(i + 1) * vocab], &cand[i * vocab..(i + 1) * vocab], window[i + 1] as usize))
+        .map(|i| {
+            compare_rows(&base[i * vocab..(i + 1) * vocab], &cand[i * vocab..(i + 1) * vocab], window[i + 1] as usize)
+        })
         .collect()
 }
 
@@ -108,7 +110,9 @@ impl CompareAccumulator {
         let mean = self.kld_mean();
         let var = self.kld.iter().map(|k| (k - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
         self.kld.sort_by(f64::total_cmp);
-        let pct = |p: f64| self.kld.get(((self.kld.len().saturating_sub(1)) as f64 * p).round() as usize).copied().unwrap_or(0.0);
+        let pct = |p: f64| {
+            self.kld.get(((self.kld.len().saturating_sub(1)) as f64 * p).round() as usize).copied().unwrap_or(0.0)
+        };
         CompareReport {
             base_ppl: self.base.ppl(),
             ppl: self.cand.ppl(),

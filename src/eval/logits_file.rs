@@ -120,9 +120,15 @@ impl LogitsFile {
         // SAFETY: read-only map of a file we only read.
         let mmap = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
         if mmap.len() < HEADER || &mmap[..8] != MAGIC {
-            return Err(Error::malformed(path, "qforge logits", "bad magic (not written by `perplexity --save-logits`)"));
+            return Err(Error::malformed(
+                path,
+                "qforge logits",
+                "bad magic (not written by `perplexity --save-logits`)",
+            ));
         }
-        let u = |i: usize| u32::from_le_bytes([mmap[8 + 4 * i], mmap[9 + 4 * i], mmap[10 + 4 * i], mmap[11 + 4 * i]]) as usize;
+        let u = |i: usize| {
+            u32::from_le_bytes([mmap[8 + 4 * i], mmap[9 + 4 * i], mmap[10 + 4 * i], mmap[11 + 4 * i]]) as usize
+        };
         let (vocab, ctx, windows) = (u(0), u(1), u(2));
         if ctx < 2 || windows == 0 || vocab == 0 || vocab > 1 << 24 || ctx > 1 << 24 || windows > 1 << 24 {
             return Err(Error::malformed(path, "qforge logits", "absurd header values"));

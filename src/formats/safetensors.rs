@@ -27,11 +27,7 @@ impl SafetensorsFile {
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let (n, meta) = SafeTensors::read_metadata(&mmap)
             .map_err(|e| Error::malformed(path, "safetensors", describe_st_error(&e)))?;
-        let tensors = meta
-            .tensors()
-            .into_iter()
-            .map(|(k, v)| (k, v.clone()))
-            .collect();
+        let tensors = meta.tensors().into_iter().map(|(k, v)| (k, v.clone())).collect();
         Ok(SafetensorsFile { path: path.to_path_buf(), mmap, data_start: 8 + n, tensors })
     }
 
@@ -98,15 +94,11 @@ pub struct HfCheckpoint {
 impl HfCheckpoint {
     pub fn open(dir: &Path) -> Result<HfCheckpoint> {
         if !dir.is_dir() {
-            return Err(Error::io(
-                dir,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "not a model directory"),
-            ));
+            return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "not a model directory")));
         }
         let config_path = dir.join("config.json");
         let config_json = read_json(&config_path)?;
-        let config = ModelConfig::from_hf_json(&config_json)
-            .map_err(|e| prefix_error(&config_path, e))?;
+        let config = ModelConfig::from_hf_json(&config_json).map_err(|e| prefix_error(&config_path, e))?;
 
         let index_path = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
@@ -120,19 +112,23 @@ impl HfCheckpoint {
                 .ok_or_else(|| Error::malformed(&index_path, "index", "no \"weight_map\" object"))?;
             let mut shard_ids: HashMap<String, usize> = HashMap::new();
             for (tensor, shard) in map {
-                let shard = shard
-                    .as_str()
-                    .ok_or_else(|| Error::malformed(&index_path, "index", format!("{tensor:?}: shard is not a string")))?;
+                let shard = shard.as_str().ok_or_else(|| {
+                    Error::malformed(&index_path, "index", format!("{tensor:?}: shard is not a string"))
+                })?;
                 // A shard is a plain file name in the same directory; anything with a path
                 // component could point anywhere on disk.
-                if shard.is_empty() || shard.contains('/') || shard.contains('\\') || shard == ".." {
-                    return Err(Error::malformed(&index_path, "index", format!("shard name {shard:?} is not a plain file name")));
+                if shard.is_empty() || shard.contains(['/', '\\', '\0']) || shard == "." || shard == ".." {
+                    return Err(Error::malformed(
+                        &index_path,
+                        "index",
+                        format!("shard name {shard:?} is not a plain file name"),
+                    ));
                 }
                 let fid = match shard_ids.get(shard) {
                     Some(&i) => i,
                     None => {
                         let p = dir.join(shard);
-                        if !p.exists() {
+                        if !p.is_file() {
                             return Err(Error::InvalidModel(format!(
                                 "{}: shard {shard} named by the index is missing",
                                 dir.display()
@@ -175,10 +171,7 @@ impl HfCheckpoint {
 
     /// Total number of weights in all tensors.
     pub fn parameter_count(&self) -> u64 {
-        self.names()
-            .filter_map(|n| self.tensor(n))
-            .map(|t| t.shape.iter().product::<usize>() as u64)
-            .sum()
+        self.names().filter_map(|n| self.tensor(n)).map(|t| t.shape.iter().product::<usize>() as u64).sum()
     }
 
     pub fn files(&self) -> &[SafetensorsFile] {

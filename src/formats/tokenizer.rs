@@ -102,7 +102,9 @@ impl BpeVocab {
             by_id.insert(id, (tok.clone(), token_type::NORMAL));
         }
         for added in tj.get("added_tokens").and_then(Json::as_array).into_iter().flatten() {
-            let (Some(id), Some(content)) = (added.get("id").and_then(Json::as_u64), added.get("content").and_then(Json::as_str)) else {
+            let (Some(id), Some(content)) =
+                (added.get("id").and_then(Json::as_u64), added.get("content").and_then(Json::as_str))
+            else {
                 return Err(Error::Tokenizer("added token without id or content".into()));
             };
             let special = added.get("special").and_then(Json::as_bool).unwrap_or(false);
@@ -199,25 +201,22 @@ impl BpeVocab {
             )));
         }
         let strings = |key: &str| -> Result<Vec<String>> {
-            let arr = h
-                .get(key)
-                .and_then(Value::as_array)
-                .ok_or_else(|| Error::Tokenizer(format!("{key} is missing")))?;
+            let arr =
+                h.get(key).and_then(Value::as_array).ok_or_else(|| Error::Tokenizer(format!("{key} is missing")))?;
             arr.iter()
-                .map(|v| v.as_str().map(str::to_string).ok_or_else(|| Error::Tokenizer(format!("{key} holds a non-string"))))
+                .map(|v| {
+                    v.as_str().map(str::to_string).ok_or_else(|| Error::Tokenizer(format!("{key} holds a non-string")))
+                })
                 .collect()
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
-        let merges = if h.get("tokenizer.ggml.merges").is_some() { strings("tokenizer.ggml.merges")? } else { Vec::new() };
+        let merges =
+            if h.get("tokenizer.ggml.merges").is_some() { strings("tokenizer.ggml.merges")? } else { Vec::new() };
         let token_types = match h.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
             Some(a) => {
                 let t: Vec<i32> = a.iter().map(|v| v.as_i64().unwrap_or(1) as i32).collect();
                 if t.len() != tokens.len() {
-                    return Err(Error::Tokenizer(format!(
-                        "{} token types for {} tokens",
-                        t.len(),
-                        tokens.len()
-                    )));
+                    return Err(Error::Tokenizer(format!("{} token types for {} tokens", t.len(), tokens.len())));
                 }
                 t
             }
@@ -247,7 +246,9 @@ impl BpeVocab {
     /// A Hugging Face `tokenizer.json` equivalent to this vocabulary.
     pub fn to_hf_json(&self) -> Result<Json> {
         let pre_tokenizer = match self.pre.as_str() {
-            "gpt-2" | "default" => json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}),
+            "gpt-2" | "default" => {
+                json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})
+            }
             name => {
                 let regex = KNOWN_SPLIT_REGEXES
                     .iter()

@@ -143,10 +143,7 @@ impl ModelConfig {
             .unwrap_or(10000.0);
         let rope_type = rope
             .and_then(|r| r.get("rope_type").or_else(|| r.get("type")))
-            .or_else(|| {
-                json.get("rope_scaling")
-                    .and_then(|s| s.get("rope_type").or_else(|| s.get("type")))
-            })
+            .or_else(|| json.get("rope_scaling").and_then(|s| s.get("rope_type").or_else(|| s.get("type"))))
             .and_then(Json::as_str)
             .unwrap_or("default");
         if rope_type != "default" {
@@ -165,10 +162,7 @@ impl ModelConfig {
             ffn_size: usize_field("intermediate_size")?,
             rms_eps: json.get("rms_norm_eps").and_then(Json::as_f64).unwrap_or(1e-6) as f32,
             rope_theta: rope_theta as f32,
-            tie_embeddings: json
-                .get("tie_word_embeddings")
-                .and_then(Json::as_bool)
-                .unwrap_or(false),
+            tie_embeddings: json.get("tie_word_embeddings").and_then(Json::as_bool).unwrap_or(false),
             vocab_size: usize_field("vocab_size")?,
             context_length: opt_usize("max_position_embeddings").unwrap_or(2048),
             bos_token_id: opt_id("bos_token_id"),
@@ -186,9 +180,7 @@ impl ModelConfig {
             .and_then(Value::as_str)
             .ok_or_else(|| Error::InvalidModel("GGUF has no general.architecture".into()))?;
         let arch = Arch::from_gguf(arch_name).ok_or_else(|| {
-            Error::Unsupported(format!(
-                "unsupported GGUF architecture {arch_name:?} (qforge supports llama, qwen2)"
-            ))
+            Error::Unsupported(format!("unsupported GGUF architecture {arch_name:?} (qforge supports llama, qwen2)"))
         })?;
         let key = |k: &str| format!("{arch_name}.{k}");
         let req = |k: &str| -> Result<usize> {
@@ -199,20 +191,14 @@ impl ModelConfig {
         };
         let hidden_size = req("embedding_length")?;
         let n_heads = req("attention.head_count")?;
-        let n_kv_heads = h
-            .get(&key("attention.head_count_kv"))
-            .and_then(Value::as_u64)
-            .map(|v| v as usize)
-            .unwrap_or(n_heads);
+        let n_kv_heads =
+            h.get(&key("attention.head_count_kv")).and_then(Value::as_u64).map(|v| v as usize).unwrap_or(n_heads);
         let head_dim = h
             .get(&key("attention.key_length"))
             .and_then(Value::as_u64)
             .map(|v| v as usize)
             .unwrap_or(if n_heads == 0 { 0 } else { hidden_size / n_heads });
-        let tok_count = h
-            .get("tokenizer.ggml.tokens")
-            .and_then(Value::as_array)
-            .map(|a| a.len());
+        let tok_count = h.get("tokenizer.ggml.tokens").and_then(Value::as_array).map(|a| a.len());
         let vocab_size = h
             .get(&key("vocab_size"))
             .and_then(Value::as_u64)
@@ -229,18 +215,11 @@ impl ModelConfig {
             n_kv_heads,
             head_dim,
             ffn_size: req("feed_forward_length")?,
-            rms_eps: h
-                .get(&key("attention.layer_norm_rms_epsilon"))
-                .and_then(Value::as_f64)
-                .unwrap_or(1e-5) as f32,
+            rms_eps: h.get(&key("attention.layer_norm_rms_epsilon")).and_then(Value::as_f64).unwrap_or(1e-5) as f32,
             rope_theta: h.get(&key("rope.freq_base")).and_then(Value::as_f64).unwrap_or(10000.0) as f32,
             tie_embeddings: h.tensor("output.weight").is_none(),
             vocab_size,
-            context_length: h
-                .get(&key("context_length"))
-                .and_then(Value::as_u64)
-                .map(|v| v as usize)
-                .unwrap_or(2048),
+            context_length: h.get(&key("context_length")).and_then(Value::as_u64).map(|v| v as usize).unwrap_or(2048),
             bos_token_id: id("tokenizer.ggml.bos_token_id"),
             eos_token_id: id("tokenizer.ggml.eos_token_id"),
             pad_token_id: id("tokenizer.ggml.padding_token_id"),
@@ -267,15 +246,13 @@ impl ModelConfig {
             }
         }
         if self.n_heads % self.n_kv_heads != 0 {
-            return bad(format!(
-                "{} attention heads are not a multiple of {} kv heads",
-                self.n_heads, self.n_kv_heads
-            ));
+            return bad(format!("{} attention heads are not a multiple of {} kv heads", self.n_heads, self.n_kv_heads));
         }
         if self.head_dim % 2 != 0 {
             return bad(format!("head_dim {} is odd (RoPE needs pairs)", self.head_dim));
         }
-        if !(self.rms_eps.is_finite() && self.rms_eps > 0.0) || !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+        if !(self.rms_eps.is_finite() && self.rms_eps > 0.0) || !(self.rope_theta.is_finite() && self.rope_theta > 0.0)
+        {
             return bad("rms_norm_eps and rope_theta must be positive".into());
         }
         Ok(())
@@ -291,30 +268,40 @@ impl ModelConfig {
 
     /// Shapes (row-major, [out, in]) of every tensor the model must have, keyed by GGUF name.
     pub fn expected_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        self.expected_tensors().collect()
+    }
+
+    /// [`expected_shapes`](Self::expected_shapes) as a lazy iterator, in the same order: a
+    /// hostile config can claim millions of layers, and checking a file against it must not
+    /// build the whole list first.
+    pub fn expected_tensors(&self) -> impl Iterator<Item = (String, Vec<usize>)> + '_ {
         let (h, v, f) = (self.hidden_size, self.vocab_size, self.ffn_size);
-        let mut out = vec![("token_embd.weight".to_string(), vec![v, h])];
-        for i in 0..self.n_layers {
-            let b = |n: &str| format!("blk.{i}.{n}");
-            out.push((b("attn_norm.weight"), vec![h]));
-            out.push((b("attn_q.weight"), vec![self.q_dim(), h]));
-            out.push((b("attn_k.weight"), vec![self.kv_dim(), h]));
-            out.push((b("attn_v.weight"), vec![self.kv_dim(), h]));
-            if self.arch.has_qkv_bias() {
-                out.push((b("attn_q.bias"), vec![self.q_dim()]));
-                out.push((b("attn_k.bias"), vec![self.kv_dim()]));
-                out.push((b("attn_v.bias"), vec![self.kv_dim()]));
+        let (q, kv) = (self.q_dim(), self.kv_dim());
+        let bias = self.arch.has_qkv_bias();
+        let layers = (0..self.n_layers).flat_map(move |i| {
+            let b = move |n: &str| format!("blk.{i}.{n}");
+            let mut l = Vec::with_capacity(12);
+            l.push((b("attn_norm.weight"), vec![h]));
+            l.push((b("attn_q.weight"), vec![q, h]));
+            l.push((b("attn_k.weight"), vec![kv, h]));
+            l.push((b("attn_v.weight"), vec![kv, h]));
+            if bias {
+                l.push((b("attn_q.bias"), vec![q]));
+                l.push((b("attn_k.bias"), vec![kv]));
+                l.push((b("attn_v.bias"), vec![kv]));
             }
-            out.push((b("attn_output.weight"), vec![h, self.q_dim()]));
-            out.push((b("ffn_norm.weight"), vec![h]));
-            out.push((b("ffn_gate.weight"), vec![f, h]));
-            out.push((b("ffn_up.weight"), vec![f, h]));
-            out.push((b("ffn_down.weight"), vec![h, f]));
-        }
-        out.push(("output_norm.weight".to_string(), vec![h]));
-        if !self.tie_embeddings {
-            out.push(("output.weight".to_string(), vec![v, h]));
-        }
-        out
+            l.push((b("attn_output.weight"), vec![h, q]));
+            l.push((b("ffn_norm.weight"), vec![h]));
+            l.push((b("ffn_gate.weight"), vec![f, h]));
+            l.push((b("ffn_up.weight"), vec![f, h]));
+            l.push((b("ffn_down.weight"), vec![h, f]));
+            l
+        });
+        let output = (!self.tie_embeddings).then(|| ("output.weight".to_string(), vec![v, h]));
+        std::iter::once(("token_embd.weight".to_string(), vec![v, h]))
+            .chain(layers)
+            .chain(std::iter::once(("output_norm.weight".to_string(), vec![h])))
+            .chain(output)
     }
 
     /// config.json for a Hugging Face directory holding this model.

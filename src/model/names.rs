@@ -75,9 +75,7 @@ pub fn qk_heads(gguf_name: &str, n_heads: usize, n_kv_heads: usize) -> Option<us
 /// row, the source row it comes from. `rows` must be `n_heads * head_dim`.
 pub fn rope_interleave_rows(rows: usize, n_heads: usize) -> Result<Vec<usize>> {
     if n_heads == 0 || rows % (2 * n_heads) != 0 {
-        return Err(Error::InvalidModel(format!(
-            "{rows} q/k rows cannot be split into {n_heads} heads of even size"
-        )));
+        return Err(Error::InvalidModel(format!("{rows} q/k rows cannot be split into {n_heads} heads of even size")));
     }
     let head_dim = rows / n_heads;
     let half = head_dim / 2;

@@ -1,6 +1,7 @@
 //! One view over every model container qforge reads: a Hugging Face directory or a GGUF
 //! file. Tensors are addressed by their GGUF names and borrowed from the memory maps.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -49,7 +50,10 @@ impl ModelFile {
             return Ok(ModelFile::Hf(HfCheckpoint::open(path)?));
         }
         if !path.exists() {
-            return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory")));
+            return Err(Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+            ));
         }
         let file = GgufFile::open(path)?;
         let config = ModelConfig::from_gguf(&file.header).map_err(|e| match e {
@@ -120,19 +124,25 @@ impl ModelFile {
     }
 
     /// Check that exactly the tensors the config implies are present, with the right shapes.
+    /// The expected list is walked lazily and stops at the first missing tensor, so a config
+    /// claiming millions of layers fails at once instead of building a list of them.
     pub fn check_tensors(&self) -> Result<()> {
         let tensors = self.tensors()?;
-        let expected = self.config().expected_shapes();
-        for (name, shape) in &expected {
-            match tensors.iter().find(|t| &t.name == name) {
-                None => return Err(Error::InvalidModel(format!("{}: tensor {name} is missing", self.path().display()))),
-                Some(t) if &t.shape != shape => {
+        let by_name: HashMap<&str, &TensorRef<'_>> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+        let mut expected_names = HashSet::with_capacity(tensors.len());
+        for (name, shape) in self.config().expected_tensors() {
+            match by_name.get(name.as_str()) {
+                None => {
+                    return Err(Error::InvalidModel(format!("{}: tensor {name} is missing", self.path().display())))
+                }
+                Some(t) if t.shape != shape => {
                     return Err(Error::tensor(name, format!("shape {:?}, config implies {shape:?}", t.shape)))
                 }
                 Some(_) => {}
             }
+            expected_names.insert(name);
         }
-        if let Some(extra) = tensors.iter().find(|t| !expected.iter().any(|(n, _)| n == &t.name)) {
+        if let Some(extra) = tensors.iter().find(|t| !expected_names.contains(&t.name)) {
             return Err(Error::Unsupported(format!(
                 "{}: tensor {} is not part of a {} model",
                 self.path().display(),

@@ -2,6 +2,9 @@
 //! whole-tensor helpers used by `convert`.
 
 pub mod float;
+pub mod iq4_nl;
+pub mod kquants;
+pub mod legacy;
 pub mod q8_0;
 
 use rayon::prelude::*;
@@ -11,7 +14,8 @@ use crate::ggml_type::GgmlType;
 
 /// Whether qforge can decode this storage type to f32.
 pub fn can_decode(t: GgmlType) -> bool {
-    matches!(t, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0)
+    use GgmlType::*;
+    matches!(t, F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ4_NL)
 }
 
 /// Whether qforge can encode f32 into this storage type.
@@ -33,26 +37,50 @@ pub fn decode(t: GgmlType, src: &[u8], n: usize) -> Result<Vec<f32>> {
     }
     let mut out = vec![0f32; n];
     let bytes_per_chunk = CHUNK / t.block_size() * t.block_bytes();
-    out.par_chunks_mut(CHUNK)
-        .zip(src.par_chunks(bytes_per_chunk))
-        .try_for_each(|(o, s)| decode_slice(t, s, o))?;
+    out.par_chunks_mut(CHUNK).zip(src.par_chunks(bytes_per_chunk)).try_for_each(|(o, s)| decode_slice(t, s, o))?;
     Ok(out)
 }
 
 /// Decode a slice holding a whole number of blocks.
 pub fn decode_slice(t: GgmlType, src: &[u8], out: &mut [f32]) -> Result<()> {
+    use kquants::{q2_k, q3_k, q4_k, q5_k, q6_k};
+    use legacy::{q4_0, q4_1, q5_0, q5_1};
     match t {
         GgmlType::F32 => float::decode_f32(src, out),
         GgmlType::F16 => float::decode_f16(src, out),
         GgmlType::BF16 => float::decode_bf16(src, out),
-        GgmlType::Q8_0 => {
-            for (b, o) in src.chunks_exact(q8_0::BLOCK_BYTES).zip(out.chunks_exact_mut(q8_0::QK)) {
-                q8_0::dequantize_block(b, o);
-            }
+        GgmlType::Q8_0 => dequantize_blocks::<{ q8_0::QK }, { q8_0::BLOCK_BYTES }>(src, out, q8_0::dequantize_block),
+        GgmlType::Q4_0 => dequantize_blocks::<{ q4_0::QK }, { q4_0::BLOCK_BYTES }>(src, out, q4_0::dequantize_block),
+        GgmlType::Q4_1 => dequantize_blocks::<{ q4_1::QK }, { q4_1::BLOCK_BYTES }>(src, out, q4_1::dequantize_block),
+        GgmlType::Q5_0 => dequantize_blocks::<{ q5_0::QK }, { q5_0::BLOCK_BYTES }>(src, out, q5_0::dequantize_block),
+        GgmlType::Q5_1 => dequantize_blocks::<{ q5_1::QK }, { q5_1::BLOCK_BYTES }>(src, out, q5_1::dequantize_block),
+        GgmlType::Q2_K => dequantize_blocks::<{ q2_k::QK }, { q2_k::BLOCK_BYTES }>(src, out, q2_k::dequantize_block),
+        GgmlType::Q3_K => dequantize_blocks::<{ q3_k::QK }, { q3_k::BLOCK_BYTES }>(src, out, q3_k::dequantize_block),
+        GgmlType::Q4_K => dequantize_blocks::<{ q4_k::QK }, { q4_k::BLOCK_BYTES }>(src, out, q4_k::dequantize_block),
+        GgmlType::Q5_K => dequantize_blocks::<{ q5_k::QK }, { q5_k::BLOCK_BYTES }>(src, out, q5_k::dequantize_block),
+        GgmlType::Q6_K => dequantize_blocks::<{ q6_k::QK }, { q6_k::BLOCK_BYTES }>(src, out, q6_k::dequantize_block),
+        GgmlType::IQ4_NL => {
+            dequantize_blocks::<{ iq4_nl::QK }, { iq4_nl::BLOCK_BYTES }>(src, out, iq4_nl::dequantize_block)
         }
         other => return Err(Error::Unsupported(format!("decoding {other} tensors is not supported yet"))),
     }
     Ok(())
+}
+
+/// Run a block dequantizer over every block. Generic over the codec so each one is inlined
+/// into its own loop.
+#[inline(always)]
+fn dequantize_blocks<const QK: usize, const BYTES: usize>(src: &[u8], out: &mut [f32], f: impl Fn(&[u8], &mut [f32])) {
+    for (b, o) in src.chunks_exact(BYTES).zip(out.chunks_exact_mut(QK)) {
+        f(b, o);
+    }
+}
+
+#[inline(always)]
+fn quantize_blocks<const QK: usize, const BYTES: usize>(src: &[f32], out: &mut [u8], f: impl Fn(&[f32], &mut [u8])) {
+    for (s, o) in src.chunks_exact(QK).zip(out.chunks_exact_mut(BYTES)) {
+        f(s, o);
+    }
 }
 
 /// Encode f32 weights as type `t`. The length must be a whole number of blocks.
@@ -60,21 +88,29 @@ pub fn encode(t: GgmlType, src: &[f32]) -> Result<Vec<u8>> {
     let size = t.row_bytes(src.len() as u64)? as usize;
     let mut out = vec![0u8; size];
     let bytes_per_chunk = CHUNK / t.block_size() * t.block_bytes();
-    out.par_chunks_mut(bytes_per_chunk)
-        .zip(src.par_chunks(CHUNK))
-        .try_for_each(|(o, s)| encode_slice(t, s, o))?;
+    out.par_chunks_mut(bytes_per_chunk).zip(src.par_chunks(CHUNK)).try_for_each(|(o, s)| encode_slice(t, s, o))?;
     Ok(out)
 }
 
 fn encode_slice(t: GgmlType, src: &[f32], out: &mut [u8]) -> Result<()> {
+    use kquants::{q2_k, q3_k, q4_k, q5_k, q6_k};
+    use legacy::{q4_0, q4_1, q5_0, q5_1};
     match t {
         GgmlType::F32 => float::encode_f32(src, out),
         GgmlType::F16 => float::encode_f16(src, out),
         GgmlType::BF16 => float::encode_bf16(src, out),
-        GgmlType::Q8_0 => {
-            for (s, o) in src.chunks_exact(q8_0::QK).zip(out.chunks_exact_mut(q8_0::BLOCK_BYTES)) {
-                q8_0::quantize_block(s, o);
-            }
+        GgmlType::Q8_0 => quantize_blocks::<{ q8_0::QK }, { q8_0::BLOCK_BYTES }>(src, out, q8_0::quantize_block),
+        GgmlType::Q4_0 => quantize_blocks::<{ q4_0::QK }, { q4_0::BLOCK_BYTES }>(src, out, q4_0::quantize_block),
+        GgmlType::Q4_1 => quantize_blocks::<{ q4_1::QK }, { q4_1::BLOCK_BYTES }>(src, out, q4_1::quantize_block),
+        GgmlType::Q5_0 => quantize_blocks::<{ q5_0::QK }, { q5_0::BLOCK_BYTES }>(src, out, q5_0::quantize_block),
+        GgmlType::Q5_1 => quantize_blocks::<{ q5_1::QK }, { q5_1::BLOCK_BYTES }>(src, out, q5_1::quantize_block),
+        GgmlType::Q2_K => quantize_blocks::<{ q2_k::QK }, { q2_k::BLOCK_BYTES }>(src, out, q2_k::quantize_block),
+        GgmlType::Q3_K => quantize_blocks::<{ q3_k::QK }, { q3_k::BLOCK_BYTES }>(src, out, q3_k::quantize_block),
+        GgmlType::Q4_K => quantize_blocks::<{ q4_k::QK }, { q4_k::BLOCK_BYTES }>(src, out, q4_k::quantize_block),
+        GgmlType::Q5_K => quantize_blocks::<{ q5_k::QK }, { q5_k::BLOCK_BYTES }>(src, out, q5_k::quantize_block),
+        GgmlType::Q6_K => quantize_blocks::<{ q6_k::QK }, { q6_k::BLOCK_BYTES }>(src, out, q6_k::quantize_block),
+        GgmlType::IQ4_NL => {
+            quantize_blocks::<{ iq4_nl::QK }, { iq4_nl::BLOCK_BYTES }>(src, out, iq4_nl::quantize_block)
         }
         other => return Err(Error::Unsupported(format!("encoding to {other} is not supported yet"))),
     }

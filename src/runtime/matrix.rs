@@ -81,24 +81,21 @@ impl<'a> Matrix<'a> {
         let mut y = vec![0f32; n * m];
         let xm = MatRef::from_row_major_slice(x, n, k);
         // Each task owns a block of TILE output columns (faer splits the view disjointly).
-        MatMut::from_row_major_slice_mut(&mut y, n, m)
-            .par_col_chunks_mut(TILE)
-            .enumerate()
-            .for_each(|(t, dst)| {
-                let r0 = t * TILE;
-                let rows = dst.ncols();
-                let mut scratch = Vec::new();
-                let w: &[f32] = match self.f32_rows(r0, rows) {
-                    Some(w) => w,
-                    None => {
-                        scratch.resize(rows * k, 0.0);
-                        self.decode_rows(r0, rows, &mut scratch);
-                        &scratch
-                    }
-                };
-                let wt = MatRef::from_row_major_slice(w, rows, k).transpose();
-                matmul(dst, Accum::Replace, xm, wt, 1.0f32, Par::Seq);
-            });
+        MatMut::from_row_major_slice_mut(&mut y, n, m).par_col_chunks_mut(TILE).enumerate().for_each(|(t, dst)| {
+            let r0 = t * TILE;
+            let rows = dst.ncols();
+            let mut scratch = Vec::new();
+            let w: &[f32] = match self.f32_rows(r0, rows) {
+                Some(w) => w,
+                None => {
+                    scratch.resize(rows * k, 0.0);
+                    self.decode_rows(r0, rows, &mut scratch);
+                    &scratch
+                }
+            };
+            let wt = MatRef::from_row_major_slice(w, rows, k).transpose();
+            matmul(dst, Accum::Replace, xm, wt, 1.0f32, Par::Seq);
+        });
         y
     }
 }

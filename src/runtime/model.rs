@@ -118,9 +118,8 @@ impl<'a> LlamaModel<'a> {
         }
         let output = if cfg.tie_embeddings { None } else { Some(mat("output.weight")?) };
         let half = cfg.head_dim / 2;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f32 / cfg.head_dim as f32))
-            .collect();
+        let inv_freq: Vec<f32> =
+            (0..half).map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f32 / cfg.head_dim as f32)).collect();
 
         Ok(LlamaModel {
             rope_layout: file.qk_layout(),

@@ -191,10 +191,14 @@ mod tests {
         assert_eq!(kl_from_logits(&b, &b, lb, lb), 0.0);
         let c: Vec<f32> = b.iter().enumerate().map(|(i, &v)| v + ((i % 13) as f32 - 6.0) * 0.01).collect();
         let lc = log_sum_exp(&c);
-        let exact: f64 = b.iter().zip(&c).map(|(&x, &y)| {
-            let lpb = x as f64 - lb;
-            lpb.exp() * (lpb - (y as f64 - lc))
-        }).sum();
+        let exact: f64 = b
+            .iter()
+            .zip(&c)
+            .map(|(&x, &y)| {
+                let lpb = x as f64 - lb;
+                lpb.exp() * (lpb - (y as f64 - lc))
+            })
+            .sum();
         let got = kl_from_logits(&b, &c, lb, lc);
         assert!((got - exact).abs() < 1e-6 * exact.max(1e-3), "{got} vs {exact}");
     }

@@ -5,6 +5,9 @@ pub mod reader;
 pub mod value;
 pub mod writer;
 
+#[cfg(test)]
+mod tests;
+
 pub use reader::{GgufFile, GgufHeader, TensorInfo};
 pub use value::{Value, ValueType};
 pub use writer::{GgufStream, GgufWriter, PlannedTensor};

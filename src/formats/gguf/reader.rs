@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use super::value::{Value, ValueType};
-use super::{GGUF_MAGIC, DEFAULT_ALIGNMENT};
+use super::{DEFAULT_ALIGNMENT, GGUF_MAGIC};
 use crate::error::{Error, Result};
 use crate::ggml_type::GgmlType;
 
@@ -67,10 +67,7 @@ impl GgufHeader {
         }
         let version = c.u32()?;
         if version == 1 {
-            return Err(Error::Unsupported(format!(
-                "{}: GGUF v1 is obsolete; re-convert the model",
-                path.display()
-            )));
+            return Err(Error::Unsupported(format!("{}: GGUF v1 is obsolete; re-convert the model", path.display())));
         }
         if version != 2 && version != 3 {
             return Err(c.err(format!("unknown GGUF version {version}")));
@@ -81,7 +78,7 @@ impl GgufHeader {
         c.check_count(n_tensors, 32, "tensor count")?;
         c.check_count(n_kv, 8 + 4 + 1, "metadata count")?;
 
-        let mut metadata = Vec::with_capacity(n_kv as usize);
+        let mut metadata = Vec::with_capacity(initial_capacity(n_kv));
         let mut keys = HashSet::new();
         for _ in 0..n_kv {
             let key = c.string()?;
@@ -98,14 +95,12 @@ impl GgufHeader {
             Some((_, v)) => match v {
                 Value::U32(a) if *a != 0 && a.is_power_of_two() => *a as u64,
                 other => {
-                    return Err(c.err(format!(
-                        "general.alignment must be a non-zero power of two (u32), got {other}"
-                    )))
+                    return Err(c.err(format!("general.alignment must be a non-zero power of two (u32), got {other}")))
                 }
             },
         };
 
-        let mut tensors = Vec::with_capacity(n_tensors as usize);
+        let mut tensors = Vec::with_capacity(initial_capacity(n_tensors));
         let mut names = HashSet::new();
         for _ in 0..n_tensors {
             let name = c.string()?;
@@ -119,15 +114,10 @@ impl GgufHeader {
             }
             let type_id = c.u32()?;
             let ggml_type = GgmlType::from_id(type_id).ok_or_else(|| {
-                Error::Unsupported(format!(
-                    "{}: tensor {name:?} has unknown GGML type id {type_id}",
-                    path.display()
-                ))
+                Error::Unsupported(format!("{}: tensor {name:?} has unknown GGML type id {type_id}", path.display()))
             })?;
             let offset = c.u64()?;
-            let size = ggml_type
-                .tensor_bytes(&ne)
-                .map_err(|e| c.err(format!("tensor {name:?} {ne:?}: {e}")))?;
+            let size = ggml_type.tensor_bytes(&ne).map_err(|e| c.err(format!("tensor {name:?} {ne:?}: {e}")))?;
             if offset % alignment != 0 {
                 return Err(c.err(format!("tensor {name:?} offset {offset} is not aligned to {alignment}")));
             }
@@ -137,8 +127,7 @@ impl GgufHeader {
             tensors.push(TensorInfo { name, ne, ggml_type, offset, size });
         }
 
-        let data_offset = align_up(c.pos as u64, alignment)
-            .ok_or_else(|| c.err("data section offset overflows"))?;
+        let data_offset = align_up(c.pos as u64, alignment).ok_or_else(|| c.err("data section offset overflows"))?;
         let file_len = bytes.len() as u64;
         for t in &tensors {
             let end = data_offset
@@ -156,14 +145,18 @@ impl GgufHeader {
         by_offset.sort_by_key(|t| t.offset);
         for pair in by_offset.windows(2) {
             if pair[0].size > 0 && pair[0].offset + pair[0].size > pair[1].offset {
-                return Err(c.err(format!(
-                    "tensors {:?} and {:?} overlap",
-                    pair[0].name, pair[1].name
-                )));
+                return Err(c.err(format!("tensors {:?} and {:?} overlap", pair[0].name, pair[1].name)));
             }
         }
         Ok(GgufHeader { version, metadata, tensors, alignment, data_offset })
     }
+}
+
+/// Counts are checked against the bytes left before anything is allocated, but one byte on
+/// disk can still become a 32-byte `Value` in memory; reserve at most this many slots up front
+/// and let real items, as they parse, grow the vector.
+fn initial_capacity(count: u64) -> usize {
+    count.min(1 << 16) as usize
 }
 
 pub fn align_up(x: u64, a: u64) -> Option<u64> {
@@ -232,10 +225,7 @@ impl<'a> Cursor<'a> {
 
     fn take(&mut self, n: u64) -> Result<&'a [u8]> {
         if n > self.remaining() {
-            return Err(self.err(format!(
-                "needs {n} more bytes but only {} remain: truncated file",
-                self.remaining()
-            )));
+            return Err(self.err(format!("needs {n} more bytes but only {} remain: truncated file", self.remaining())));
         }
         let s = &self.bytes[self.pos..self.pos + n as usize];
         self.pos += n as usize;
@@ -261,10 +251,7 @@ impl<'a> Cursor<'a> {
     fn check_count(&self, count: u64, min_len: u64, what: &str) -> Result<()> {
         match count.checked_mul(min_len) {
             Some(need) if need <= self.remaining() => Ok(()),
-            _ => Err(self.err(format!(
-                "{what} {count} cannot fit in the {} bytes left",
-                self.remaining()
-            ))),
+            _ => Err(self.err(format!("{what} {count} cannot fit in the {} bytes left", self.remaining()))),
         }
     }
 
@@ -304,7 +291,7 @@ impl<'a> Cursor<'a> {
                 let et = self.value_type()?;
                 let n = self.u64()?;
                 self.check_count(n, et.min_encoded_len(), "array length")?;
-                let mut items = Vec::with_capacity(n as usize);
+                let mut items = Vec::with_capacity(initial_capacity(n));
                 for _ in 0..n {
                     items.push(self.value(et, depth + 1)?);
                 }

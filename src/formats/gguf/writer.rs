@@ -64,12 +64,10 @@ impl GgufWriter {
             return Err(Error::tensor(name, format!("GGUF stores 1 to 4 dimensions, not {}", shape.len())));
         }
         let ne: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
-        let size = ggml_type
-            .tensor_bytes(&ne)
-            .map_err(|e| Error::tensor(name, e.to_string()))?;
+        let size = ggml_type.tensor_bytes(&ne).map_err(|e| Error::tensor(name, e.to_string()))?;
         let offset = self.data_len;
-        self.data_len = align_up(offset + size, DEFAULT_ALIGNMENT)
-            .ok_or_else(|| Error::tensor(name, "file size overflows"))?;
+        self.data_len =
+            align_up(offset + size, DEFAULT_ALIGNMENT).ok_or_else(|| Error::tensor(name, "file size overflows"))?;
         self.tensors.push(PlannedTensor { name: name.to_string(), ne, ggml_type, size, offset });
         Ok(())
     }
@@ -126,10 +124,7 @@ impl<W: Write> GgufStream<W> {
     }
 
     pub fn write_tensor(&mut self, name: &str, data: &[u8]) -> Result<()> {
-        let t = self
-            .tensors
-            .get(self.next)
-            .ok_or_else(|| Error::tensor(name, "written but never declared"))?;
+        let t = self.tensors.get(self.next).ok_or_else(|| Error::tensor(name, "written but never declared"))?;
         if t.name != name {
             return Err(Error::tensor(name, format!("written out of order (expected {})", t.name)));
         }
@@ -141,9 +136,7 @@ impl<W: Write> GgufStream<W> {
         }
         let pad = align_up(t.size, DEFAULT_ALIGNMENT).unwrap_or(t.size) - t.size;
         self.sink.write_all(data).map_err(|e| Error::io("<output>", e))?;
-        self.sink
-            .write_all(&vec![0u8; pad as usize])
-            .map_err(|e| Error::io("<output>", e))?;
+        self.sink.write_all(&vec![0u8; pad as usize]).map_err(|e| Error::io("<output>", e))?;
         self.next += 1;
         Ok(())
     }

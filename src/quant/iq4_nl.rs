@@ -1,0 +1,157 @@
+//! IQ4_NL: blocks of 32 weights, x ≈ d·K[q] with q a 4-bit index into a fixed non-linear
+//! grid K (denser near zero, where weights cluster).
+//! Layout (`block_iq4_nl`): `d: f16`, `qs[16]` (weight j in the low nibble of byte j,
+//! weight j+16 in the high nibble); 18 bytes, like Q4_0.
+
+use super::float::{f16_bits_to_f32, f32_to_f16_bits};
+
+pub const QK: usize = 32;
+pub const BLOCK_BYTES: usize = 18;
+
+/// ggml's `kvalues_iq4nl`.
+pub const KVALUES: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+
+/// ggml's `GROUP_MAX_EPS`.
+const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// How many stretched grids each side of the initial one the search tries: 7, the value
+/// `quantize_iq4_nl` (the path `ggml_quantize_chunk` takes) passes. ggml's
+/// `quantize_row_iq4_nl_ref` passes −1 instead and can give different bytes.
+const NTRY: i32 = 7;
+
+/// ggml's `best_index_int8`: index of the grid value nearest to `x` (binary search; on an
+/// exact midpoint the upper value wins).
+#[inline(always)]
+fn best_index(x: f32) -> u8 {
+    let v = |i: usize| KVALUES[i] as f32;
+    if x <= v(0) {
+        return 0;
+    }
+    if x >= v(15) {
+        return 15;
+    }
+    let (mut ml, mut mu) = (0usize, 15usize);
+    while mu - ml > 1 {
+        let mav = (ml + mu) / 2;
+        if x < v(mav) {
+            mu = mav;
+        } else {
+            ml = mav;
+        }
+    }
+    if x - v(mu - 1) < v(mu) - x {
+        (mu - 1) as u8
+    } else {
+        mu as u8
+    }
+}
+
+/// `quantize_iq4_nl` with no importance matrix, i.e. `quantize_row_iq4_nl_impl(32, 32, …,
+/// weights NULL, ntry 7)`: weights x²; start from d = max/127 (the signed value of largest
+/// magnitude on the grid's −127 end), refine d by weighted least squares, try 15 grids
+/// through ±(127 ∓ 7..7)/max and keep the best; then assign every weight with the f32 d
+/// (not the f16-rounded one, as ggml does).
+pub fn quantize_block(x: &[f32], out: &mut [u8]) {
+    debug_assert_eq!(x.len(), QK);
+    let x: &[f32; QK] = x.try_into().unwrap();
+    let w: [f32; QK] = std::array::from_fn(|j| x[j] * x[j]);
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    let k0 = KVALUES[0] as f32;
+    let d = if amax < GROUP_MAX_EPS {
+        0.0
+    } else {
+        // Weighted correlation of x with the grid values picked at inverse scale `id`.
+        let fit = |id: f32| {
+            let (mut sumqx, mut sumq2) = (0f32, 0f32);
+            for j in 0..QK {
+                let q = KVALUES[best_index(id * x[j]) as usize] as f32;
+                sumqx += w[j] * q * x[j];
+                sumq2 += w[j] * q * q;
+            }
+            (sumqx, sumq2)
+        };
+        let d0 = -max / k0;
+        let (sumqx, sumq2) = fit(1.0 / d0);
+        let mut d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
+        let mut best = d * sumqx;
+        for itry in -NTRY..=NTRY {
+            let (sumqx, sumq2) = fit((itry + KVALUES[0] as i32) as f32 / max);
+            if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+                d = sumqx / sumq2;
+                best = d * sumqx;
+            }
+        }
+        d
+    };
+    out[..2].copy_from_slice(&f32_to_f16_bits(d).to_le_bytes());
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    for j in 0..QK / 2 {
+        out[2 + j] = best_index(id * x[j]) | (best_index(id * x[j + QK / 2]) << 4);
+    }
+}
+
+/// `dequantize_row_iq4_nl`.
+pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
+    let d = f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]]));
+    for (j, &q) in b[2..BLOCK_BYTES].iter().enumerate() {
+        out[j] = d * KVALUES[(q & 0xF) as usize] as f32;
+        out[j + QK / 2] = d * KVALUES[(q >> 4) as usize] as f32;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn best_index_picks_the_nearest_grid_value() {
+        for (i, &k) in KVALUES.iter().enumerate() {
+            assert_eq!(best_index(k as f32) as usize, i);
+        }
+        assert_eq!(best_index(0.0), 8); // 1 is nearer than −10
+        assert_eq!(best_index(-1000.0), 0);
+        assert_eq!(best_index(1000.0), 15);
+        assert_eq!(best_index(7.0), 9); // midpoint of 1 and 13: the upper one
+    }
+
+    #[test]
+    fn round_trip_error_is_within_half_the_widest_grid_gap() {
+        let mut s = 12345u32;
+        for _ in 0..200 {
+            let x: Vec<f32> = (0..QK)
+                .map(|_| {
+                    s ^= s << 13;
+                    s ^= s >> 17;
+                    s ^= s << 5;
+                    (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+                })
+                .collect();
+            let mut b = [0u8; BLOCK_BYTES];
+            quantize_block(&x, &mut b);
+            let mut y = [0f32; QK];
+            dequantize_block(&b, &mut y);
+            let d = f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]])).abs();
+            let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            // Widest gap between grid values is 24 (89 → 113); the least-squares d may leave
+            // the extreme weight up to a few grid units past the end of the grid.
+            for (a, b) in x.iter().zip(&y) {
+                assert!((a - b).abs() <= 14.0 * d + amax * 1e-3, "{a} vs {b}, d = {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn zero_block() {
+        let mut b = [0u8; BLOCK_BYTES];
+        quantize_block(&[0.0; QK], &mut b);
+        // d = 0 and every index is that of the grid value nearest 0 (1, index 8), as in ggml.
+        assert_eq!(&b[..2], &[0, 0]);
+        assert!(b[2..].iter().all(|&q| q == 0x88));
+    }
+}

@@ -1,0 +1,145 @@
+//! The K-quants: Q2_K, Q3_K, Q4_K, Q5_K and Q6_K, super-blocks of 256 weights split into
+//! sub-blocks of 16 or 32, each with its own small integer scale (and min) that is itself
+//! quantized against one or two f16 super-block scales.
+//!
+//! The quantizers reproduce ggml's `quantize_row_q*_K_ref` (ggml-quants.c), which is what
+//! `ggml_quantize_chunk` (and so `llama-quantize`) runs when no importance matrix is given.
+//! The sub-block searches live in `search`; one module per type holds its layout, the packing
+//! of its scales and quants, and its dequantizer (`dequantize_row_q*_K`).
+//!
+//! A pattern common to all five: after the scales are quantized, every weight is re-quantized
+//! against the *stored* (f16-rounded, integer-scaled) sub-block scale, so the bytes decode to
+//! the best grid actually representable; sub-blocks whose stored scale is zero keep the quants
+//! from the search.
+
+pub mod q2_k;
+pub mod q3_k;
+pub mod q4_k;
+pub mod q5_k;
+pub mod q6_k;
+pub mod search;
+
+use super::float::{f16_bits_to_f32, f32_to_f16_bits};
+
+/// Weights per super-block (ggml's `QK_K`).
+pub const QK_K: usize = 256;
+
+/// Bytes of the packed 6-bit scales and mins of Q4_K/Q5_K (ggml's `K_SCALE_SIZE`).
+pub const K_SCALE_SIZE: usize = 12;
+
+#[inline(always)]
+fn put_f16(out: &mut [u8], v: f32) {
+    out[..2].copy_from_slice(&f32_to_f16_bits(v).to_le_bytes());
+}
+
+#[inline(always)]
+fn get_f16(b: &[u8]) -> f32 {
+    f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]]))
+}
+
+/// Sub-block `n` of `x` as a fixed-size array (lets the searches keep their buffers on the stack
+/// and the compiler drop bounds checks).
+#[inline(always)]
+fn sub<const N: usize>(x: &[f32], n: usize) -> &[f32; N] {
+    x[N * n..N * (n + 1)].try_into().unwrap()
+}
+
+#[inline(always)]
+fn sub_mut<T, const N: usize>(x: &mut [T], n: usize) -> &mut [T; N] {
+    (&mut x[N * n..N * (n + 1)]).try_into().unwrap()
+}
+
+/// Q4_K/Q5_K scale packing (ggml's `get_scale_min_k4`): 8 six-bit scales and 8 six-bit mins
+/// in 12 bytes. Bytes 0–3 hold scales 0–3 in their low 6 bits, bytes 4–7 mins 0–3; bytes
+/// 8–11 hold the low nibbles of scale/min 4–7, whose top 2 bits ride in the spare top bits
+/// of bytes 0–3 (scales) and 4–7 (mins).
+#[inline(always)]
+pub fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+    }
+}
+
+/// Inverse of [`get_scale_min_k4`] for all eight pairs; `ls`, `lm` ≤ 63.
+#[inline(always)]
+fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8], q: &mut [u8]) {
+    for j in 0..8 {
+        if j < 4 {
+            q[j] = ls[j];
+            q[j + 4] = lm[j];
+        } else {
+            q[j + 4] = (ls[j] & 0xF) | ((lm[j] & 0xF) << 4);
+            q[j - 4] |= (ls[j] >> 4) << 6;
+            q[j] |= (lm[j] >> 4) << 6;
+        }
+    }
+}
+
+/// The scale/min step shared by Q4_K and Q5_K: fit each 32-weight sub-block with
+/// `make_qkx2_quants` (weights av_x + |x|, av_x the sub-block RMS), quantize the 8 scales and
+/// 8 mins to 6 bits against their maxima, and store d = max_scale/63, dmin = max_min/63.
+/// Leaves the search's quants in `l`; returns the f16-rounded (d, dmin) ggml requantizes with.
+fn quantize_scales_k4(x: &[f32], nmax: i32, rmin: f32, nstep: i32, l: &mut [u8; QK_K], head: &mut [u8]) -> (f32, f32) {
+    let mut scales = [0f32; 8];
+    let mut mins = [0f32; 8];
+    let (mut max_scale, mut max_min) = (0f32, 0f32);
+    for j in 0..8 {
+        let xs: &[f32; 32] = sub(x, j);
+        let mut sum_x2 = 0f32;
+        for &v in xs {
+            sum_x2 += v * v;
+        }
+        let av_x = (sum_x2 / 32.0).sqrt();
+        let w: [f32; 32] = std::array::from_fn(|i| av_x + xs[i].abs());
+        let (s, m) = search::make_qkx2_quants(nmax, xs, &w, sub_mut(l, j), rmin, 0.1, nstep, false);
+        scales[j] = s;
+        mins[j] = m;
+        if s > max_scale {
+            max_scale = s;
+        }
+        if m > max_min {
+            max_min = m;
+        }
+    }
+    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    // `as u8` truncates like C's int → uint8_t before the clamp to 63.
+    let ls: [u8; 8] = std::array::from_fn(|j| (search::nearest_int(inv_scale * scales[j]) as u8).min(63));
+    let lm: [u8; 8] = std::array::from_fn(|j| (search::nearest_int(inv_min * mins[j]) as u8).min(63));
+    // head = d, dmin, scales[12]
+    put_f16(&mut head[0..], max_scale / 63.0);
+    put_f16(&mut head[2..], max_min / 63.0);
+    pack_scale_min_k4(&ls, &lm, &mut head[4..4 + K_SCALE_SIZE]);
+    (get_f16(&head[0..]), get_f16(&head[2..]))
+}
+
+/// Re-quantize 32-weight sub-block `j` of `x` against the stored scale and min (see the
+/// module comment); quants in [0, nmax].
+#[inline(always)]
+fn requantize_k4(x: &[f32], d_all: f32, dmin_all: f32, scales: &[u8], nmax: i32, l: &mut [u8; QK_K]) {
+    for j in 0..8 {
+        let (sc, m) = get_scale_min_k4(j, scales);
+        let d = d_all * sc as f32;
+        if d == 0.0 {
+            continue;
+        }
+        let dm = dmin_all * m as f32;
+        for i in 32 * j..32 * (j + 1) {
+            l[i] = search::nearest_int((x[i] + dm) / d).clamp(0, nmax) as u8;
+        }
+    }
+}
+
+/// Pack 2-bit quants as Q2_K/Q3_K store them: each 128-weight half fills 32 bytes, byte `i`
+/// holding weights i, i+32, i+64, i+96 in bit pairs 0–1, 2–3, 4–5, 6–7.
+#[inline(always)]
+fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8]) {
+    for half in 0..2 {
+        let (lh, q) = (&l[128 * half..128 * (half + 1)], &mut qs[32 * half..32 * (half + 1)]);
+        for i in 0..32 {
+            q[i] = lh[i] | (lh[i + 32] << 2) | (lh[i + 64] << 4) | (lh[i + 96] << 6);
+        }
+    }
+}

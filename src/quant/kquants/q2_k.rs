@@ -1,0 +1,91 @@
+//! Q2_K: 2.625 bits per weight. 16 sub-blocks of 16 weights, x ≈ d·sc·q − dmin·m with
+//! q ∈ [0, 3] and 4-bit sc, m per sub-block.
+//! Layout (`block_q2_K`): `scales[16]` (sc in the low nibble, m in the high), `qs[64]` (2-bit
+//! quants, see `pack_2bit`), `d: f16`, `dmin: f16`; 84 bytes.
+
+use super::{get_f16, pack_2bit, put_f16, search, sub, sub_mut, QK_K};
+
+pub const QK: usize = QK_K;
+pub const BLOCK_BYTES: usize = 84;
+
+/// `quantize_row_q2_K_ref`: per sub-block an affine fit minimizing the |x|-weighted absolute
+/// error, then 4-bit scales and mins against their maxima (d = max/15), then requantization.
+pub fn quantize_block(x: &[f32], out: &mut [u8]) {
+    debug_assert_eq!(x.len(), QK);
+    let mut l = [0u8; QK_K];
+    let mut scales = [0f32; 16];
+    let mut mins = [0f32; 16];
+    let (mut max_scale, mut max_min) = (0f32, 0f32);
+    for j in 0..16 {
+        let xs: &[f32; 16] = sub(x, j);
+        let w: [f32; 16] = std::array::from_fn(|i| xs[i].abs());
+        let (s, m) = search::make_qkx2_quants(3, xs, &w, sub_mut(&mut l, j), -0.5, 0.1, 15, true);
+        scales[j] = s;
+        mins[j] = m;
+        if s > max_scale {
+            max_scale = s;
+        }
+        if m > max_min {
+            max_min = m;
+        }
+    }
+
+    let (sc, rest) = out.split_at_mut(16);
+    let (qs, dd) = rest.split_at_mut(64);
+    // `as u8` truncates like ggml's int → uint8_t stores.
+    if max_scale > 0.0 {
+        let iscale = 15.0 / max_scale;
+        for j in 0..16 {
+            sc[j] = search::nearest_int(iscale * scales[j]) as u8;
+        }
+        put_f16(&mut dd[0..], max_scale / 15.0);
+    } else {
+        sc.fill(0);
+        put_f16(&mut dd[0..], 0.0);
+    }
+    if max_min > 0.0 {
+        let iscale = 15.0 / max_min;
+        for j in 0..16 {
+            sc[j] |= (search::nearest_int(iscale * mins[j]) << 4) as u8;
+        }
+        put_f16(&mut dd[2..], max_min / 15.0);
+    } else {
+        put_f16(&mut dd[2..], 0.0);
+    }
+
+    let (d_all, dmin_all) = (get_f16(&dd[0..]), get_f16(&dd[2..]));
+    for j in 0..16 {
+        let d = d_all * (sc[j] & 0xF) as f32;
+        if d == 0.0 {
+            continue;
+        }
+        let dm = dmin_all * (sc[j] >> 4) as f32;
+        for i in 16 * j..16 * (j + 1) {
+            l[i] = search::nearest_int((x[i] + dm) / d).clamp(0, 3) as u8;
+        }
+    }
+    pack_2bit(&l, qs);
+}
+
+/// `dequantize_row_q2_K`.
+pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
+    let (sc, qs) = (&b[0..16], &b[16..80]);
+    let d = get_f16(&b[80..]);
+    let dmin = get_f16(&b[82..]);
+    // Output index 128·h + 32·k + i (i < 32) is byte 32·h + i of qs, bits 2k..2k+2; its
+    // sub-block is (128·h + 32·k + i)/16.
+    for h in 0..2 {
+        for k in 0..4 {
+            for half in 0..2 {
+                let s = sc[8 * h + 2 * k + half];
+                let dl = d * (s & 0xF) as f32;
+                let ml = dmin * (s >> 4) as f32;
+                let o = &mut out[128 * h + 32 * k + 16 * half..][..16];
+                let q = &qs[32 * h + 16 * half..][..16];
+                for i in 0..16 {
+                    o[i] = dl * ((q[i] >> (2 * k)) & 3) as f32 - ml;
+                }
+            }
+        }
+    }
+}

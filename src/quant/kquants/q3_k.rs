@@ -1,0 +1,105 @@
+//! Q3_K: 3.4375 bits per weight. 16 sub-blocks of 16 weights, x ≈ d·sc·q with q ∈ [−4, 3]
+//! and a signed 6-bit sc per sub-block.
+//! Layout (`block_q3_K`): `hmask[32]` (bit 2 of q+4: weight i in byte i%32, bit i/32),
+//! `qs[64]` (low 2 bits, see `pack_2bit`), `scales[12]` (sc+32 as 6 bits: low nibbles of
+//! 0–7 and 8–15 in the low/high halves of bytes 0–7, top 2 bits of sub-block j in byte
+//! 8 + j%4 at bit 2·(j/4)), `d: f16`; 110 bytes.
+
+use super::{get_f16, pack_2bit, put_f16, search, sub, sub_mut, QK_K};
+
+pub const QK: usize = QK_K;
+pub const BLOCK_BYTES: usize = 110;
+
+/// The signed 6-bit scale of sub-block `j`.
+#[inline(always)]
+fn scale(sc: &[u8], j: usize) -> i32 {
+    let lo = if j < 8 { sc[j] & 0xF } else { sc[j - 8] >> 4 };
+    let hi = (sc[8 + j % 4] >> (2 * (j / 4))) & 3;
+    (lo | (hi << 4)) as i32 - 32
+}
+
+/// `quantize_row_q3_K_ref`: per sub-block `make_q3_quants` (x²-weighted, coordinate descent),
+/// then the 16 scales quantized to [−32, 31] against the one of largest magnitude
+/// (d = −max/32), then requantization.
+pub fn quantize_block(x: &[f32], out: &mut [u8]) {
+    debug_assert_eq!(x.len(), QK);
+    let mut l = [0i8; QK_K];
+    let mut scales = [0f32; 16];
+    let (mut max_scale, mut amax) = (0f32, 0f32);
+    for j in 0..16 {
+        scales[j] = search::make_q3_quants(4, sub(x, j), sub_mut(&mut l, j));
+        let a = scales[j].abs();
+        if a > amax {
+            amax = a;
+            max_scale = scales[j];
+        }
+    }
+
+    let (hmask, rest) = out.split_at_mut(32);
+    let (qs, rest) = rest.split_at_mut(64);
+    let (sc, dd) = rest.split_at_mut(12);
+    sc.fill(0);
+    if max_scale != 0.0 {
+        let iscale = -32.0 / max_scale;
+        for j in 0..16 {
+            // ggml stores nearest_int into an int8_t first (a truncation), then clamps.
+            let q = ((search::nearest_int(iscale * scales[j]) as i8) as i32).clamp(-32, 31) + 32;
+            let q = q as u8;
+            if j < 8 {
+                sc[j] = q & 0xF;
+            } else {
+                sc[j - 8] |= (q & 0xF) << 4;
+            }
+            sc[8 + j % 4] |= (q >> 4) << (2 * (j / 4));
+        }
+        put_f16(dd, 1.0 / iscale);
+    } else {
+        put_f16(dd, 0.0);
+    }
+
+    let d_all = get_f16(dd);
+    for j in 0..16 {
+        let d = d_all * scale(sc, j) as f32;
+        if d == 0.0 {
+            continue;
+        }
+        for i in 16 * j..16 * (j + 1) {
+            l[i] = (search::nearest_int(x[i] / d).clamp(-4, 3) + 4) as i8;
+        }
+    }
+
+    hmask.fill(0);
+    let mut low = [0u8; QK_K];
+    for i in 0..QK_K {
+        let mut q = l[i] as u8;
+        if q > 3 {
+            hmask[i % 32] |= 1 << (i / 32);
+            q -= 4;
+        }
+        low[i] = q;
+    }
+    pack_2bit(&low, qs);
+}
+
+/// `dequantize_row_q3_K`.
+pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
+    let (hmask, qs, sc) = (&b[0..32], &b[32..96], &b[96..108]);
+    let d_all = get_f16(&b[108..]);
+    // Output index 128·h + 32·k + i is qs byte 32·h + i bits 2k..2k+2 and hmask byte i bit
+    // 4·h + k (as packed above).
+    for h in 0..2 {
+        for k in 0..4 {
+            let bit = 1u8 << (4 * h + k);
+            for half in 0..2 {
+                let dl = d_all * scale(sc, 8 * h + 2 * k + half) as f32;
+                let o = &mut out[128 * h + 32 * k + 16 * half..][..16];
+                let q = &qs[32 * h + 16 * half..][..16];
+                let m = &hmask[16 * half..][..16];
+                for i in 0..16 {
+                    let v = ((q[i] >> (2 * k)) & 3) as i32 - if m[i] & bit != 0 { 0 } else { 4 };
+                    o[i] = dl * v as f32;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! Q4_K: 4.5 bits per weight. 8 sub-blocks of 32 weights, x ≈ d·sc·q − dmin·m with
+//! q ∈ [0, 15] and 6-bit sc, m per sub-block.
+//! Layout (`block_q4_K`): `d: f16`, `dmin: f16`, `scales[12]` (see `get_scale_min_k4`),
+//! `qs[128]` (each 64-weight chunk fills 32 bytes: weight i in the low nibble of byte i,
+//! weight i+32 in the high nibble); 144 bytes.
+
+use super::{get_f16, get_scale_min_k4, quantize_scales_k4, requantize_k4, QK_K};
+
+pub const QK: usize = QK_K;
+pub const BLOCK_BYTES: usize = 144;
+
+/// `quantize_row_q4_K_ref`: `make_qkx2_quants(32, 15, …, rmin −1, rdelta 0.1, 20 steps)`
+/// per sub-block, 6-bit scales and mins, requantization.
+pub fn quantize_block(x: &[f32], out: &mut [u8]) {
+    debug_assert_eq!(x.len(), QK);
+    let mut l = [0u8; QK_K];
+    let (head, qs) = out.split_at_mut(16);
+    let (d, dmin) = quantize_scales_k4(x, 15, -1.0, 20, &mut l, head);
+    requantize_k4(x, d, dmin, &head[4..16], 15, &mut l);
+    for c in 0..4 {
+        let (lc, q) = (&l[64 * c..64 * (c + 1)], &mut qs[32 * c..32 * (c + 1)]);
+        for i in 0..32 {
+            q[i] = lc[i] | (lc[i + 32] << 4);
+        }
+    }
+}
+
+/// `dequantize_row_q4_K`.
+pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
+    let d = get_f16(&b[0..]);
+    let min = get_f16(&b[2..]);
+    let (scales, qs) = (&b[4..16], &b[16..144]);
+    for c in 0..4 {
+        let (sc1, m1) = get_scale_min_k4(2 * c, scales);
+        let (sc2, m2) = get_scale_min_k4(2 * c + 1, scales);
+        let (d1, m1) = (d * sc1 as f32, min * m1 as f32);
+        let (d2, m2) = (d * sc2 as f32, min * m2 as f32);
+        let q = &qs[32 * c..32 * (c + 1)];
+        let o = &mut out[64 * c..64 * (c + 1)];
+        for i in 0..32 {
+            o[i] = d1 * (q[i] & 0xF) as f32 - m1;
+            o[i + 32] = d2 * (q[i] >> 4) as f32 - m2;
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! Q5_K: 5.5 bits per weight. As Q4_K with q ∈ [0, 31]: the fifth bit of weight 64·c + i
+//! (i < 32) is bit 2c of `qh[i]`, that of weight 64·c + 32 + i bit 2c + 1.
+//! Layout (`block_q5_K`): `d: f16`, `dmin: f16`, `scales[12]`, `qh[32]`, `qs[128]`
+//! (low nibbles as Q4_K); 176 bytes.
+
+use super::{get_f16, get_scale_min_k4, quantize_scales_k4, requantize_k4, QK_K};
+
+pub const QK: usize = QK_K;
+pub const BLOCK_BYTES: usize = 176;
+
+/// `quantize_row_q5_K_ref`: `make_qkx2_quants(32, 31, …, rmin −0.5, rdelta 0.1, 15 steps)`
+/// per sub-block, 6-bit scales and mins, requantization.
+pub fn quantize_block(x: &[f32], out: &mut [u8]) {
+    debug_assert_eq!(x.len(), QK);
+    let mut l = [0u8; QK_K];
+    let (head, rest) = out.split_at_mut(16);
+    let (d, dmin) = quantize_scales_k4(x, 31, -0.5, 15, &mut l, head);
+    requantize_k4(x, d, dmin, &head[4..16], 31, &mut l);
+    let (qh, qs) = rest.split_at_mut(32);
+    qh.fill(0);
+    for c in 0..4 {
+        let (lc, q) = (&l[64 * c..64 * (c + 1)], &mut qs[32 * c..32 * (c + 1)]);
+        for i in 0..32 {
+            let (a, b) = (lc[i], lc[i + 32]);
+            qh[i] |= ((a >> 4) << (2 * c)) | ((b >> 4) << (2 * c + 1));
+            q[i] = (a & 0xF) | ((b & 0xF) << 4);
+        }
+    }
+}
+
+/// `dequantize_row_q5_K`.
+pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
+    let d = get_f16(&b[0..]);
+    let min = get_f16(&b[2..]);
+    let (scales, qh, qs) = (&b[4..16], &b[16..48], &b[48..176]);
+    for c in 0..4 {
+        let (sc1, m1) = get_scale_min_k4(2 * c, scales);
+        let (sc2, m2) = get_scale_min_k4(2 * c + 1, scales);
+        let (d1, m1) = (d * sc1 as f32, min * m1 as f32);
+        let (d2, m2) = (d * sc2 as f32, min * m2 as f32);
+        let (u1, u2) = (1u8 << (2 * c), 2u8 << (2 * c));
+        let q = &qs[32 * c..32 * (c + 1)];
+        let o = &mut out[64 * c..64 * (c + 1)];
+        for i in 0..32 {
+            let h1 = if qh[i] & u1 != 0 { 16 } else { 0 };
+            let h2 = if qh[i] & u2 != 0 { 16 } else { 0 };
+            o[i] = d1 * ((q[i] & 0xF) + h1) as f32 - m1;
+            o[i + 32] = d2 * ((q[i] >> 4) + h2) as f32 - m2;
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Q6_K: 6.5625 bits per weight. 16 sub-blocks of 16 weights, x ≈ d·sc·q with q ∈ [−32, 31]
+//! and a signed 8-bit sc per sub-block.
+//! Layout (`block_q6_K`): `ql[128]`, `qh[64]`, `scales[16]: i8`, `d: f16`; 210 bytes. Each
+//! 128-weight half uses 64 bytes of ql and 32 of qh: for i < 32, ql[i] holds the low nibbles
+//! of weights i (low) and i+64 (high), ql[i+32] those of i+32 and i+96, and qh[i] the top
+//! 2 bits of weights i, i+32, i+64, i+96 in bit pairs 0, 2, 4, 6.
+
+use super::{get_f16, put_f16, search, sub, sub_mut, QK_K};
+
+pub const QK: usize = QK_K;
+pub const BLOCK_BYTES: usize = 210;
+
+/// `quantize_row_q6_K_ref`: per sub-block `make_qx_quants(16, 32, …, rmse_type 1)`, scales
+/// quantized to 8 bits against the one of largest magnitude (d = −max/128), requantization.
+/// A super-block whose scales are all ~0 is stored as zeros.
+pub fn quantize_block(x: &[f32], out: &mut [u8]) {
+    debug_assert_eq!(x.len(), QK);
+    let mut l = [0i8; QK_K];
+    let mut scales = [0f32; 16];
+    let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
+    for j in 0..16 {
+        let s = search::make_qx_quants(32, sub(x, j), sub_mut(&mut l, j));
+        scales[j] = s;
+        if s.abs() > max_abs_scale {
+            max_abs_scale = s.abs();
+            max_scale = s;
+        }
+    }
+    if max_abs_scale < search::GROUP_MAX_EPS {
+        out[..BLOCK_BYTES].fill(0);
+        return;
+    }
+
+    let (ql, rest) = out.split_at_mut(128);
+    let (qh, rest) = rest.split_at_mut(64);
+    let (sc, dd) = rest.split_at_mut(16);
+    let iscale = -128.0 / max_scale;
+    put_f16(dd, 1.0 / iscale);
+    for j in 0..16 {
+        sc[j] = search::nearest_int(iscale * scales[j]).min(127) as i8 as u8;
+    }
+    let d_all = get_f16(dd);
+    for j in 0..16 {
+        let d = d_all * (sc[j] as i8) as f32;
+        if d == 0.0 {
+            continue;
+        }
+        for i in 16 * j..16 * (j + 1) {
+            l[i] = (search::nearest_int(x[i] / d).clamp(-32, 31) + 32) as i8;
+        }
+    }
+
+    for h in 0..2 {
+        let lh = &l[128 * h..128 * (h + 1)];
+        let (ql, qh) = (&mut ql[64 * h..64 * (h + 1)], &mut qh[32 * h..32 * (h + 1)]);
+        for i in 0..32 {
+            let (a, b, c, e) = (lh[i] as u8, lh[i + 32] as u8, lh[i + 64] as u8, lh[i + 96] as u8);
+            ql[i] = (a & 0xF) | ((c & 0xF) << 4);
+            ql[i + 32] = (b & 0xF) | ((e & 0xF) << 4);
+            qh[i] = (a >> 4) | ((b >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6);
+        }
+    }
+}
+
+/// `dequantize_row_q6_K`: x = (d·sc)·q, in ggml's order.
+pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
+    let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
+    let d = get_f16(&b[208..]);
+    for h in 0..2 {
+        let (ql, qh, sc) = (&ql[64 * h..64 * (h + 1)], &qh[32 * h..32 * (h + 1)], &sc[8 * h..8 * (h + 1)]);
+        let o = &mut out[128 * h..128 * (h + 1)];
+        for i in 0..32 {
+            let is = i / 16;
+            let q1 = ((ql[i] & 0xF) | ((qh[i] & 3) << 4)) as i32 - 32;
+            let q2 = ((ql[i + 32] & 0xF) | (((qh[i] >> 2) & 3) << 4)) as i32 - 32;
+            let q3 = ((ql[i] >> 4) | (((qh[i] >> 4) & 3) << 4)) as i32 - 32;
+            let q4 = ((ql[i + 32] >> 4) | (((qh[i] >> 6) & 3) << 4)) as i32 - 32;
+            o[i] = d * (sc[is] as i8) as f32 * q1 as f32;
+            o[i + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
+            o[i + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
+            o[i + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
+        }
+    }
+}

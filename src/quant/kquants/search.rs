@@ -1,0 +1,256 @@
+//! The per-sub-block scale searches behind ggml's K-quant reference quantizers
+//! (`make_qkx2_quants`, `make_q3_quants`, `make_qx_quants` in ggml-quants.c), restricted to
+//! the argument combinations the `quantize_row_q*_K_ref` functions use.
+//!
+//! Byte-identical output is the goal, so the float arithmetic is written in ggml's order:
+//! every sum is accumulated left to right in f32 (ggml-base is built without `-ffast-math`,
+//! so gcc neither reassociates nor vectorizes these reductions), products keep C's left-to-right
+//! grouping (`w*l*x` is `(w*l)*x`), and nothing may be fused into an FMA. The sub-blocks are
+//! 16 or 32 long, so these scalar loops are not where the time goes.
+
+/// ggml's `GROUP_MAX_EPS`: a group whose largest magnitude is below this is all zeros.
+pub const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// ggml's `nearest_int`: adding 1.5·2^23 pushes the fraction out of the mantissa, so the FPU's
+/// round-half-to-even does the rounding (`round()` would round halves away from zero and give
+/// different quants on exact ties). Written literally, so out-of-range inputs (which ggml only
+/// asserts against in debug builds) give ggml's bits too.
+#[inline(always)]
+pub fn nearest_int(f: f32) -> i32 {
+    let v = f + 12582912.0;
+    (v.to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
+}
+
+/// Signed value of largest magnitude (first wins ties) and that magnitude.
+#[inline(always)]
+fn signed_absmax(x: &[f32]) -> (f32, f32) {
+    let (mut max, mut amax) = (0f32, 0f32);
+    for &v in x {
+        let ax = v.abs();
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
+    }
+    (max, amax)
+}
+
+/// `make_qkx2_quants`: fit x ≈ scale·L − the_min with L ∈ [0, nmax], minimizing the weighted
+/// error (squared, or absolute when `use_mad`). Starts from the min/max grid, then tries
+/// `nstep + 1` slightly stretched grids, solving the weighted least-squares (scale, min) for
+/// each assignment and keeping the best. The min is never allowed above zero (so the_min ≥ 0).
+/// Returns `(scale, the_min)`.
+#[allow(clippy::too_many_arguments)]
+pub fn make_qkx2_quants<const N: usize>(
+    nmax: i32,
+    x: &[f32; N],
+    w: &[f32; N],
+    l: &mut [u8; N],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+) -> (f32, f32) {
+    let mut min = x[0];
+    let mut max = x[0];
+    let mut sum_w = w[0];
+    let mut sum_x = sum_w * x[0];
+    for i in 1..N {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        sum_w += w[i];
+        sum_x += w[i] * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max == min {
+        l.fill(0);
+        return (0.0, -min);
+    }
+    let nmaxf = nmax as f32;
+    let err = |d: f32| if use_mad { d.abs() } else { d * d };
+
+    let mut iscale = nmaxf / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best_error = 0f32;
+    for i in 0..N {
+        let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+        l[i] = q as u8;
+        best_error += w[i] * err(scale * q as f32 + min - x[i]);
+    }
+    if nstep < 1 {
+        return (scale, -min);
+    }
+
+    let mut laux = [0u8; N];
+    for is in 0..=nstep {
+        iscale = (rmin + rdelta * is as f32 + nmaxf) / (max - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
+        for i in 0..N {
+            let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+            laux[i] = q as u8;
+            let lf = q as f32;
+            sum_l += w[i] * lf;
+            sum_l2 += w[i] * lf * lf;
+            sum_xl += w[i] * lf * x[i];
+        }
+        let det = sum_w * sum_l2 - sum_l * sum_l;
+        if det > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let mut cur_error = 0f32;
+            for i in 0..N {
+                cur_error += w[i] * err(this_scale * laux[i] as f32 + this_min - x[i]);
+            }
+            if cur_error < best_error {
+                l.copy_from_slice(&laux);
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// `make_q3_quants(n = 16, nmax, x, L, do_rmse = true)`: symmetric x ≈ scale·(L − nmax),
+/// L − nmax ∈ [−nmax, nmax − 1], weights x². Starts from the grid through the signed max, then
+/// up to 5 passes of coordinate descent, each moving one quant at a time to its best level
+/// given the others and keeping the move if the weighted correlation improves.
+/// Writes L offset by `nmax` and returns the least-squares scale.
+pub fn make_q3_quants(nmax: i32, x: &[f32; 16], l: &mut [i8; 16]) -> f32 {
+    let (max, amax) = signed_absmax(x);
+    if amax < GROUP_MAX_EPS {
+        l.fill(0);
+        return 0.0;
+    }
+    let iscale = -(nmax as f32) / max;
+    let (mut sumlx, mut suml2) = (0f32, 0f32);
+    for i in 0..16 {
+        let q = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+        l[i] = q as i8;
+        let w = x[i] * x[i];
+        let qf = q as f32;
+        sumlx += w * x[i] * qf;
+        suml2 += w * qf * qf;
+    }
+    for _ in 0..5 {
+        let mut changed = false;
+        for i in 0..16 {
+            let w = x[i] * x[i];
+            let li = l[i] as f32;
+            let mut slx = sumlx - w * x[i] * li;
+            if slx > 0.0 {
+                let mut sl2 = suml2 - w * li * li;
+                let new_l = nearest_int(x[i] * sl2 / slx).clamp(-nmax, nmax - 1);
+                if new_l != l[i] as i32 {
+                    let nf = new_l as f32;
+                    slx += w * x[i] * nf;
+                    sl2 += w * nf * nf;
+                    if sl2 > 0.0 && slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        l[i] = new_l as i8;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    for v in l.iter_mut() {
+        *v += nmax as i8;
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
+}
+
+/// `make_qx_quants(n = 16, nmax, x, L, rmse_type = 1, qw = NULL)`: symmetric
+/// x ≈ scale·(L − nmax) with weights x²; tries the grid through the signed max and 18 grids
+/// stretched by ±0.1..0.9 levels, keeping the one with the best weighted correlation.
+/// Writes L offset by `nmax` and returns the least-squares scale of the kept grid.
+pub fn make_qx_quants(nmax: i32, x: &[f32; 16], l: &mut [i8; 16]) -> f32 {
+    let (max, amax) = signed_absmax(x);
+    if amax < GROUP_MAX_EPS {
+        l.fill(0);
+        return 0.0;
+    }
+    let nmaxf = nmax as f32;
+    let sums = |iscale: f32| {
+        let (mut sumlx, mut suml2) = (0f32, 0f32);
+        for &v in x {
+            let q = nearest_int(iscale * v).clamp(-nmax, nmax - 1) as f32;
+            let w = v * v;
+            sumlx += w * v * q;
+            suml2 += w * q * q;
+        }
+        (sumlx, suml2)
+    };
+    let assign = |iscale: f32, l: &mut [i8; 16]| {
+        for (li, &v) in l.iter_mut().zip(x) {
+            *li = (nmax + nearest_int(iscale * v).clamp(-nmax, nmax - 1)) as i8;
+        }
+    };
+
+    let iscale = -nmaxf / max;
+    assign(iscale, l);
+    let (sumlx, suml2) = sums(iscale);
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    for is in -9..=9i32 {
+        if is == 0 {
+            continue;
+        }
+        let iscale = -(nmaxf + 0.1 * is as f32) / max;
+        let (sumlx, suml2) = sums(iscale);
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            assign(iscale, l);
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    scale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_int_rounds_half_to_even() {
+        assert_eq!(nearest_int(0.5), 0);
+        assert_eq!(nearest_int(1.5), 2);
+        assert_eq!(nearest_int(2.5), 2);
+        assert_eq!(nearest_int(-0.5), 0);
+        assert_eq!(nearest_int(-1.5), -2);
+        assert_eq!(nearest_int(-2.4999), -2);
+        assert_eq!(nearest_int(3.7), 4);
+        assert_eq!(nearest_int(-63.2), -63);
+    }
+
+    #[test]
+    fn qkx2_fits_an_exact_affine_grid() {
+        // x = 0.25·q − 1 for q in 0..=15 is representable exactly.
+        let x: [f32; 32] = std::array::from_fn(|i| 0.25 * (i % 16) as f32 - 1.0);
+        let w = [1f32; 32];
+        let mut l = [0u8; 32];
+        let (scale, the_min) = make_qkx2_quants(15, &x, &w, &mut l, -1.0, 0.1, 20, false);
+        for i in 0..32 {
+            assert!((scale * l[i] as f32 - the_min - x[i]).abs() < 1e-6);
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! The legacy GGML block codecs: Q4_0, Q4_1, Q5_0 and Q5_1, blocks of 32 weights.
+//!
+//! Each quantizer reproduces ggml's `quantize_row_*_ref` (ggml-quants.c) operation for
+//! operation, which is also what `ggml_quantize_chunk` runs when no importance matrix is given
+//! and what gguf-py's numpy quantizers copy. In particular the quantized value is
+//! `(int8_t)(x·id + offset)`: a truncating cast of `x·id + 8.5` (not a rounding function), with
+//! `id = 1/d` computed in f32 from the *unrounded* scale.
+//!
+//! Layouts (ggml-common.h), little-endian, f16 scales:
+//! - `block_q4_0`: `d`, `qs[16]` (18 bytes); x ≈ d·(q − 8)
+//! - `block_q4_1`: `d`, `m`, `qs[16]` (20 bytes); x ≈ d·q + m
+//! - `block_q5_0`: `d`, `qh[4]`, `qs[16]` (22 bytes); x ≈ d·(q − 16)
+//! - `block_q5_1`: `d`, `m`, `qh[4]`, `qs[16]` (24 bytes); x ≈ d·q + m
+//!
+//! In every type byte `j` of `qs` holds weight `j` in its low nibble and weight `j + 16` in its
+//! high nibble; the 5-bit types keep bit 4 of weight `j` in bit `j` of the u32 `qh`.
+
+use super::float::{f16_bits_to_f32, f32_to_f16_bits};
+
+/// Weights per block, for all four types.
+pub const QK: usize = 32;
+
+/// C's `(int8_t)f` as gcc compiles it for x86-64: a truncating `cvttss2si` to 32 bits (NaN and
+/// out-of-range values give `INT32_MIN`) and the low byte kept. Rust's saturating `as i8`
+/// agrees for every in-range value; this differs only when a scale underflows and `x·id` is
+/// ±inf or NaN, where we still want ggml's bytes.
+#[inline(always)]
+fn c_float_to_i8(v: f32) -> i8 {
+    let i = if v.is_nan() || !(-2147483648.0..2147483648.0).contains(&v) { i32::MIN } else { v as i32 };
+    i as i8
+}
+
+#[inline(always)]
+fn put_f16(out: &mut [u8], v: f32) {
+    out[..2].copy_from_slice(&f32_to_f16_bits(v).to_le_bytes());
+}
+
+#[inline(always)]
+fn get_f16(b: &[u8]) -> f32 {
+    f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]]))
+}
+
+/// The value of largest magnitude, with its sign; the first one wins ties, as in ggml.
+#[inline(always)]
+fn signed_absmax(x: &[f32]) -> f32 {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    max
+}
+
+#[inline(always)]
+fn min_max(x: &[f32]) -> (f32, f32) {
+    let (mut min, mut max) = (f32::MAX, f32::MIN);
+    for &v in x {
+        if v < min {
+            min = v;
+        }
+        if v > max {
+            max = v;
+        }
+    }
+    (min, max)
+}
+
+pub mod q4_0 {
+    use super::*;
+
+    pub const QK: usize = super::QK;
+    pub const BLOCK_BYTES: usize = 18;
+
+    /// d = max/−8 with `max` the signed value of largest magnitude, so that value maps to
+    /// q = 0 exactly and the asymmetric range [−8, 7] is used in full on its side.
+    pub fn quantize_block(x: &[f32], out: &mut [u8]) {
+        debug_assert_eq!(x.len(), QK);
+        let d = signed_absmax(x) / -8.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        put_f16(out, d);
+        for j in 0..QK / 2 {
+            let q0 = c_float_to_i8(x[j] * id + 8.5).min(15) as u8;
+            let q1 = c_float_to_i8(x[j + QK / 2] * id + 8.5).min(15) as u8;
+            out[2 + j] = q0 | (q1 << 4);
+        }
+    }
+
+    pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
+        let d = get_f16(b);
+        let qs = &b[2..BLOCK_BYTES];
+        for j in 0..QK / 2 {
+            out[j] = ((qs[j] & 0x0F) as i32 - 8) as f32 * d;
+            out[j + QK / 2] = ((qs[j] >> 4) as i32 - 8) as f32 * d;
+        }
+    }
+}
+
+pub mod q4_1 {
+    use super::*;
+
+    pub const QK: usize = super::QK;
+    pub const BLOCK_BYTES: usize = 20;
+
+    /// Affine: d = (max − min)/15, m = min, q = trunc((x − min)·id + 0.5).
+    pub fn quantize_block(x: &[f32], out: &mut [u8]) {
+        debug_assert_eq!(x.len(), QK);
+        let (min, max) = min_max(x);
+        let d = (max - min) / 15.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        put_f16(out, d);
+        put_f16(&mut out[2..], min);
+        for j in 0..QK / 2 {
+            let q0 = c_float_to_i8((x[j] - min) * id + 0.5).min(15) as u8;
+            let q1 = c_float_to_i8((x[j + QK / 2] - min) * id + 0.5).min(15) as u8;
+            out[4 + j] = q0 | (q1 << 4);
+        }
+    }
+
+    pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
+        let d = get_f16(b);
+        let m = get_f16(&b[2..]);
+        let qs = &b[4..BLOCK_BYTES];
+        for j in 0..QK / 2 {
+            out[j] = (qs[j] & 0x0F) as f32 * d + m;
+            out[j + QK / 2] = (qs[j] >> 4) as f32 * d + m;
+        }
+    }
+}
+
+pub mod q5_0 {
+    use super::*;
+
+    pub const QK: usize = super::QK;
+    pub const BLOCK_BYTES: usize = 22;
+
+    /// As Q4_0 with 32 levels: d = max/−16, q = min(31, trunc(x·id + 16.5)).
+    pub fn quantize_block(x: &[f32], out: &mut [u8]) {
+        debug_assert_eq!(x.len(), QK);
+        let d = signed_absmax(x) / -16.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        put_f16(out, d);
+        let mut qh = 0u32;
+        for j in 0..QK / 2 {
+            let q0 = c_float_to_i8(x[j] * id + 16.5).min(31) as u8;
+            let q1 = c_float_to_i8(x[j + QK / 2] * id + 16.5).min(31) as u8;
+            out[6 + j] = (q0 & 0x0F) | ((q1 & 0x0F) << 4);
+            qh |= (((q0 & 0x10) >> 4) as u32) << j;
+            qh |= (((q1 & 0x10) >> 4) as u32) << (j + QK / 2);
+        }
+        out[2..6].copy_from_slice(&qh.to_le_bytes());
+    }
+
+    pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
+        let d = get_f16(b);
+        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+        let qs = &b[6..BLOCK_BYTES];
+        for j in 0..QK / 2 {
+            let h0 = ((qh >> j) << 4) & 0x10;
+            let h1 = (qh >> (j + 12)) & 0x10;
+            out[j] = (((qs[j] & 0x0F) as u32 | h0) as i32 - 16) as f32 * d;
+            out[j + QK / 2] = (((qs[j] >> 4) as u32 | h1) as i32 - 16) as f32 * d;
+        }
+    }
+}
+
+pub mod q5_1 {
+    use super::*;
+
+    pub const QK: usize = super::QK;
+    pub const BLOCK_BYTES: usize = 24;
+
+    /// As Q4_1 with 32 levels. ggml casts with `(uint8_t)` and no clamp here (the value cannot
+    /// exceed 31.5); the low byte of the truncated value is the same thing.
+    pub fn quantize_block(x: &[f32], out: &mut [u8]) {
+        debug_assert_eq!(x.len(), QK);
+        let (min, max) = min_max(x);
+        let d = (max - min) / 31.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        put_f16(out, d);
+        put_f16(&mut out[2..], min);
+        let mut qh = 0u32;
+        for j in 0..QK / 2 {
+            let q0 = c_float_to_i8((x[j] - min) * id + 0.5) as u8;
+            let q1 = c_float_to_i8((x[j + QK / 2] - min) * id + 0.5) as u8;
+            out[8 + j] = (q0 & 0x0F) | ((q1 & 0x0F) << 4);
+            qh |= (((q0 & 0x10) >> 4) as u32) << j;
+            qh |= (((q1 & 0x10) >> 4) as u32) << (j + QK / 2);
+        }
+        out[4..8].copy_from_slice(&qh.to_le_bytes());
+    }
+
+    pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
+        let d = get_f16(b);
+        let m = get_f16(&b[2..]);
+        let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        let qs = &b[8..BLOCK_BYTES];
+        for j in 0..QK / 2 {
+            let h0 = ((qh >> j) << 4) & 0x10;
+            let h1 = (qh >> (j + 12)) & 0x10;
+            out[j] = ((qs[j] & 0x0F) as u32 | h0) as f32 * d + m;
+            out[j + QK / 2] = ((qs[j] >> 4) as u32 | h1) as f32 * d + m;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(seed: u32) -> Vec<f32> {
+        // A deterministic, lopsided block: mostly small values plus one larger one.
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..QK)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                let u = (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
+                if i == 7 {
+                    3.0 * u
+                } else {
+                    u * 0.4
+                }
+            })
+            .collect()
+    }
+
+    type Codec = (fn(&[f32], &mut [u8]), fn(&[u8], &mut [f32]), usize, f32);
+
+    // (quantize, dequantize, bytes, levels − 1 across the range covered by the step)
+    const CODECS: [(&str, Codec); 4] = [
+        ("q4_0", (q4_0::quantize_block, q4_0::dequantize_block, q4_0::BLOCK_BYTES, 0.0)),
+        ("q4_1", (q4_1::quantize_block, q4_1::dequantize_block, q4_1::BLOCK_BYTES, 15.0)),
+        ("q5_0", (q5_0::quantize_block, q5_0::dequantize_block, q5_0::BLOCK_BYTES, 0.0)),
+        ("q5_1", (q5_1::quantize_block, q5_1::dequantize_block, q5_1::BLOCK_BYTES, 31.0)),
+    ];
+
+    #[test]
+    fn round_trip_error_is_within_half_a_step_plus_scale_rounding() {
+        for (name, (q, dq, bytes, levels)) in CODECS {
+            for seed in 0..50 {
+                let x = sample(seed);
+                let mut b = vec![0u8; bytes];
+                q(&x, &mut b);
+                let mut y = vec![0f32; QK];
+                dq(&b, &mut y);
+                let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let (min, max) = min_max(&x);
+                // Symmetric types: step = amax/8 (Q4_0) or amax/16 (Q5_0). Affine: range/levels.
+                let step = match name {
+                    "q4_0" => amax / 8.0,
+                    "q5_0" => amax / 16.0,
+                    _ => (max - min) / levels,
+                };
+                // Half a step, plus the f16 rounding of d and m (relative 2^-11 of each level).
+                let bound = 0.5 * step + amax * 2f32.powi(-10) + 1e-6;
+                for (a, b) in x.iter().zip(&y) {
+                    assert!((a - b).abs() <= bound, "{name} seed {seed}: {a} vs {b} (bound {bound})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn zero_block_round_trips_to_zero() {
+        for (name, (q, dq, bytes, _)) in CODECS {
+            let mut b = vec![0xAAu8; bytes];
+            q(&[0.0; QK], &mut b);
+            let mut y = vec![1f32; QK];
+            dq(&b, &mut y);
+            assert!(y.iter().all(|&v| v == 0.0), "{name}");
+        }
+    }
+
+    #[test]
+    fn extreme_value_maps_to_the_end_of_the_range() {
+        let mut x = [0.1f32; QK];
+        x[3] = -2.0;
+        let mut b = [0u8; q4_0::BLOCK_BYTES];
+        q4_0::quantize_block(&x, &mut b);
+        assert_eq!(b[2 + 3] & 0x0F, 0, "the signed max maps to q = 0, i.e. −8");
+        let mut y = [0f32; QK];
+        q4_0::dequantize_block(&b, &mut y);
+        assert_eq!(y[3], -2.0);
+    }
+
+    #[test]
+    fn c_cast_matches_x86() {
+        assert_eq!(c_float_to_i8(8.99), 8);
+        assert_eq!(c_float_to_i8(-0.7), 0);
+        assert_eq!(c_float_to_i8(200.0), -56);
+        assert_eq!(c_float_to_i8(f32::INFINITY), 0);
+        assert_eq!(c_float_to_i8(f32::NAN), 0);
+    }
+}

@@ -1,0 +1,92 @@
+//! Helpers shared by the integration tests: fixture paths and running the `qforge` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The bundled tiny model (always present: it is committed).
+pub fn tiny() -> PathBuf {
+    root().join("tests/fixtures/tiny-llama")
+}
+
+pub fn wiki() -> PathBuf {
+    root().join("tests/fixtures/text/wiki.test.raw")
+}
+
+pub fn golden(name: &str) -> PathBuf {
+    root().join("golden").join(name)
+}
+
+/// The small model lives in ../shared (too big to commit). Tests that need it FAIL, loudly,
+/// when it is missing: a skipped check must never look like a passed one.
+pub fn small() -> PathBuf {
+    let dir = std::env::var_os("QFORGE_SHARED_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared/fixtures"))
+        .join("models/small-llama");
+    assert!(
+        dir.join("config.json").exists(),
+        "small-llama fixture not found at {} (set QFORGE_SHARED_FIXTURES to the shared fixtures folder)",
+        dir.display()
+    );
+    dir
+}
+
+pub fn qforge(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qforge"))
+        .args(args.iter().map(|a| a.as_ref()))
+        .output()
+        .expect("cannot run qforge")
+}
+
+/// Run qforge and insist on success; returns stdout.
+pub fn qforge_ok(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
+    let out = qforge(args);
+    assert!(
+        out.status.success(),
+        "qforge {:?} failed ({}):\n{}",
+        args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect::<Vec<_>>(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Run qforge expecting a clean failure: non-zero exit, a one-line `qforge: error:` message,
+/// and no panic. Returns stderr.
+pub fn qforge_err(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
+    let out = qforge(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
+    assert_eq!(out.status.code(), Some(1), "expected exit code 1; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "qforge panicked: {stderr}");
+    assert!(stderr.contains("qforge: error:"), "no error line: {stderr}");
+    stderr
+}
+
+/// Run a Python cross-check script from tests/py; Python and its packages (numpy, gguf,
+/// tokenizers) are required: `.ci/run` installs them. A missing package fails the test.
+pub fn python(script: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
+    let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(py)
+        .arg(root().join("tests/py").join(script))
+        .args(args.iter().map(|a| a.as_ref()))
+        .output()
+        .expect("cannot run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+/// Entries of a directory (to check that nothing, not even a temporary file, was left).
+pub fn dir_entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
