@@ -190,3 +190,38 @@ fn bad_inputs_fail_cleanly() {
     let e = qforge_err(&[&"compare", &tiny(), &other, &"--text", &wiki(), &"--max-windows", &"1"]);
     assert!(e.contains("different tokenizers"), "{e}");
 }
+
+/// Peak RSS while scoring stays under the model file's size plus the context's activations
+/// and KV cache (memory-mapped weights, no dequantized copy of the model), with a fixed
+/// 48 MB allowance for code, the tokenizer and allocator slack.
+#[test]
+fn peak_memory_is_file_size_plus_activations() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = small();
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(small.join("config.json")).unwrap()).unwrap();
+    let g = |k: &str| cfg[k].as_u64().unwrap();
+    let (h, f, v, l, nh, nkv, hd) = (
+        g("hidden_size"),
+        g("intermediate_size"),
+        g("vocab_size"),
+        g("num_hidden_layers"),
+        g("num_attention_heads"),
+        g("num_key_value_heads"),
+        g("head_dim"),
+    );
+    let ctx = 512u64;
+    let activations = 4 * ctx * (v + 2 * f + 4 * h + nh * hd + 2 * nkv * hd) + 4 * nh * ctx * ctx;
+    let kv = 4 * 2 * l * ctx * nkv * hd;
+    for t in ["q8_0", "f32"] {
+        let m = convert(dir.path(), &small, t);
+        let size = std::fs::metadata(&m).unwrap().len();
+        let out = qforge(&[&"-v", &"perplexity", &m, &"--text", &wiki(), &"--max-windows", &"2"]);
+        assert!(out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let line = stderr.lines().find(|l| l.contains("peak RSS")).expect("no peak RSS line");
+        let mb: f64 = line.split_whitespace().rev().nth(1).unwrap().parse().unwrap();
+        let bound = (size + activations + kv) as f64 / (1 << 20) as f64 + 48.0;
+        eprintln!("{t}: file {:.1} MB, peak RSS {mb:.1} MB, bound {bound:.1} MB", size as f64 / 1048576.0);
+        assert!(mb <= bound, "{t}: peak RSS {mb} MB above {bound} MB");
+    }
+}

@@ -90,6 +90,9 @@ pub fn main() -> i32 {
         Command::Verify(a) => verify::run(a, &ui),
         Command::Generate(a) => generate::run(a, &ui),
     };
+    if let Some(kb) = peak_rss_kb() {
+        ui.detail(format!("peak RSS {:.1} MB", kb as f64 / 1024.0));
+    }
     match result {
         Ok(()) => 0,
         Err(e) => {
@@ -109,4 +112,11 @@ fn tune_allocator() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 512 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
     }
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), for `-v` reports and benchmarks.
+pub fn peak_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

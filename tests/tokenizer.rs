@@ -1,0 +1,38 @@
+//! Tokenization: chunked encoding equals whole-text encoding, and a GGUF's rebuilt tokenizer
+//! equals the Hugging Face tokenizer.json, on all of WikiText-2.
+
+mod common;
+
+use common::*;
+use qforge::model::ModelFile;
+use qforge::runtime::TextTokenizer;
+
+#[test]
+fn chunked_and_gguf_tokenization_equal_the_hf_tokenizer_on_wikitext() {
+    let text = std::fs::read_to_string(wiki()).unwrap();
+    let hf = ModelFile::open(&tiny()).unwrap();
+    let tok = TextTokenizer::for_model(&hf).unwrap();
+    let whole = tok.encode_whole(&text).unwrap();
+    assert_eq!(whole.len(), 379_676, "the fixture README's token count");
+    let chunked = tok.encode(&text).unwrap();
+    assert_eq!(chunked, whole, "chunked encoding changed the ids");
+
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("t.gguf");
+    qforge_ok(&[&"-q", &"convert", &tiny(), &"-o", &gguf, &"--outtype", &"q8_0"]);
+    let g = ModelFile::open(&gguf).unwrap();
+    let gtok = TextTokenizer::for_model(&g).unwrap();
+    assert_eq!(gtok.encode(&text).unwrap(), whole, "GGUF-rebuilt tokenizer differs");
+}
+
+#[test]
+fn safe_pieces_cover_the_text() {
+    let text = "alpha beta, gamma.  delta\\n epsilon zeta eta theta iota kappa lambda mu nu xi";
+    for target in [1, 3, 8, 20, 1000] {
+        let pieces = qforge::runtime::tokenizer::safe_pieces(text, target);
+        assert_eq!(pieces.concat(), text);
+        for p in &pieces[1..] {
+            assert!(p.starts_with(' '), "{p:?}");
+        }
+    }
+}
