@@ -4,6 +4,7 @@
 //! weight j+16 in the high nibble); 18 bytes, like Q4_0.
 
 use super::float::{f16_bits_to_f32, f32_to_f16_bits};
+use super::{as_block, as_block_mut, as_bytes, as_bytes_mut};
 
 pub const QK: usize = 32;
 pub const BLOCK_BYTES: usize = 18;
@@ -47,13 +48,14 @@ fn best_index(x: f32) -> u8 {
 }
 
 /// `quantize_iq4_nl` with no importance matrix, i.e. `quantize_row_iq4_nl_impl(32, 32, …,
-/// weights NULL, ntry 7)`: weights x²; start from d = max/127 (the signed value of largest
-/// magnitude on the grid's −127 end), refine d by weighted least squares, try 15 grids
-/// through ±(127 ∓ 7..7)/max and keep the best; then assign every weight with the f32 d
-/// (not the f16-rounded one, as ggml does).
+/// weights NULL, ntry 7)`, with weights x². The grid is asymmetric (−127 … 113), so both
+/// orientations are tried: first d = max/127 (`max` the signed value of largest magnitude,
+/// which then lands on the +113 end), refined by weighted least squares; then the 15 inverse
+/// scales (t − 127)/max, t ∈ [−7, 7], which put `max` near the −127 end; the best weighted
+/// correlation wins. Every weight is then assigned with the f32 d (not the f16-rounded one,
+/// as ggml does).
 pub fn quantize_block(x: &[f32], out: &mut [u8]) {
-    debug_assert_eq!(x.len(), QK);
-    let x: &[f32; QK] = x.try_into().unwrap();
+    let (x, out) = (as_block::<QK>(x), as_bytes_mut::<BLOCK_BYTES>(out));
     let w: [f32; QK] = std::array::from_fn(|j| x[j] * x[j]);
     let (mut amax, mut max) = (0f32, 0f32);
     for &v in x {
@@ -98,6 +100,7 @@ pub fn quantize_block(x: &[f32], out: &mut [u8]) {
 
 /// `dequantize_row_iq4_nl`.
 pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
+    let (b, out) = (as_bytes::<BLOCK_BYTES>(b), as_block_mut::<QK>(out));
     let d = f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]]));
     for (j, &q) in b[2..BLOCK_BYTES].iter().enumerate() {
         out[j] = d * KVALUES[(q & 0xF) as usize] as f32;

@@ -117,7 +117,55 @@ fn encode_slice(t: GgmlType, src: &[f32], out: &mut [u8]) -> Result<()> {
     Ok(())
 }
 
+/// Fixed-size views of one block: the codecs index through these so that the compiler sees the
+/// lengths, drops the bounds checks and can vectorize the loops.
+#[inline(always)]
+pub(crate) fn as_block<const N: usize>(x: &[f32]) -> &[f32; N] {
+    x[..N].try_into().unwrap()
+}
+
+#[inline(always)]
+pub(crate) fn as_block_mut<const N: usize>(x: &mut [f32]) -> &mut [f32; N] {
+    (&mut x[..N]).try_into().unwrap()
+}
+
+#[inline(always)]
+pub(crate) fn as_bytes<const N: usize>(b: &[u8]) -> &[u8; N] {
+    b[..N].try_into().unwrap()
+}
+
+#[inline(always)]
+pub(crate) fn as_bytes_mut<const N: usize>(b: &mut [u8]) -> &mut [u8; N] {
+    (&mut b[..N]).try_into().unwrap()
+}
+
+/// C's `(int8_t)f` as gcc compiles it for x86-64: a truncating `cvttss2si` to 32 bits (NaN and
+/// out-of-range values give `INT32_MIN`) and the low byte kept. Rust's `as i32` saturates
+/// instead, which has the same low byte except at and above 2^31 (0xFF, not 0x00), so only that
+/// case needs fixing; in-range values agree with a plain `as i8`. The out-of-range cases happen
+/// when a subnormal block scale makes `1/d` infinite, where we still want ggml's bytes. Written
+/// as a select so the quantizer loops still vectorize.
+#[inline(always)]
+pub(crate) fn c_float_to_i8(v: f32) -> i8 {
+    let i = if v >= 2147483648.0 { 0 } else { v as i32 };
+    i as i8
+}
+
 /// The first non-finite value's index, if any.
 pub fn find_nonfinite(x: &[f32]) -> Option<usize> {
     x.par_iter().position_first(|v| !v.is_finite())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn c_cast_matches_x86() {
+        assert_eq!(c_float_to_i8(8.99), 8);
+        assert_eq!(c_float_to_i8(-0.7), 0);
+        assert_eq!(c_float_to_i8(200.0), -56);
+        assert_eq!(c_float_to_i8(f32::INFINITY), 0);
+        assert_eq!(c_float_to_i8(f32::NAN), 0);
+    }
 }

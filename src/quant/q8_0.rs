@@ -1,6 +1,7 @@
 //! Q8_0: blocks of 32 weights, one f16 scale `d` and 32 signed bytes; x ≈ d·q.
 //! Layout (ggml-common.h `block_q8_0`): `d: f16` then `qs: [i8; 32]`, 34 bytes.
 
+use super::c_float_to_i8;
 use super::float::{f16_bits_to_f32, f32_to_f16_bits};
 
 pub const QK: usize = 32;
@@ -8,7 +9,9 @@ pub const BLOCK_BYTES: usize = 34;
 
 /// Quantize one block exactly as ggml's `quantize_row_q8_0_ref` (and gguf-py, which copies
 /// it): d = amax/127, q = round-half-away(x · (1/d)). Multiplying by the reciprocal rather
-/// than dividing matters: the two differ by one unit on a few weights per tensor.
+/// than dividing matters: the two differ by one unit on a few weights per tensor. The store is
+/// C's float → int8_t conversion, which differs from Rust's saturating `as` when a subnormal
+/// block makes 1/d infinite (ggml and gguf-py then store 0, not ±127).
 pub fn quantize_block(x: &[f32], out: &mut [u8]) {
     debug_assert_eq!(x.len(), QK);
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -16,7 +19,7 @@ pub fn quantize_block(x: &[f32], out: &mut [u8]) {
     out[..2].copy_from_slice(&f32_to_f16_bits(d).to_le_bytes());
     let id = if d == 0.0 { 0.0 } else { 1.0 / d };
     for (q, &v) in out[2..BLOCK_BYTES].iter_mut().zip(x) {
-        *q = ((v * id).round() as i8) as u8;
+        *q = c_float_to_i8((v * id).round()) as u8;
     }
 }
 

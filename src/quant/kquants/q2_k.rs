@@ -3,6 +3,8 @@
 //! Layout (`block_q2_K`): `scales[16]` (sc in the low nibble, m in the high), `qs[64]` (2-bit
 //! quants, see `pack_2bit`), `d: f16`, `dmin: f16`; 84 bytes.
 
+use crate::quant::{as_block, as_block_mut, as_bytes, as_bytes_mut};
+
 use super::{get_f16, pack_2bit, put_f16, search, sub, sub_mut, QK_K};
 
 pub const QK: usize = QK_K;
@@ -11,7 +13,7 @@ pub const BLOCK_BYTES: usize = 84;
 /// `quantize_row_q2_K_ref`: per sub-block an affine fit minimizing the |x|-weighted absolute
 /// error, then 4-bit scales and mins against their maxima (d = max/15), then requantization.
 pub fn quantize_block(x: &[f32], out: &mut [u8]) {
-    debug_assert_eq!(x.len(), QK);
+    let (x, out) = (as_block::<QK>(x), as_bytes_mut::<BLOCK_BYTES>(out));
     let mut l = [0u8; QK_K];
     let mut scales = [0f32; 16];
     let mut mins = [0f32; 16];
@@ -69,6 +71,7 @@ pub fn quantize_block(x: &[f32], out: &mut [u8]) {
 
 /// `dequantize_row_q2_K`.
 pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
+    let (b, out) = (as_bytes::<BLOCK_BYTES>(b), as_block_mut::<QK>(out));
     let (sc, qs) = (&b[0..16], &b[16..80]);
     let d = get_f16(&b[80..]);
     let dmin = get_f16(&b[82..]);

@@ -5,6 +5,8 @@
 //! 0–7 and 8–15 in the low/high halves of bytes 0–7, top 2 bits of sub-block j in byte
 //! 8 + j%4 at bit 2·(j/4)), `d: f16`; 110 bytes.
 
+use crate::quant::{as_block, as_block_mut, as_bytes, as_bytes_mut};
+
 use super::{get_f16, pack_2bit, put_f16, search, sub, sub_mut, QK_K};
 
 pub const QK: usize = QK_K;
@@ -22,7 +24,7 @@ fn scale(sc: &[u8], j: usize) -> i32 {
 /// then the 16 scales quantized to [−32, 31] against the one of largest magnitude
 /// (d = −max/32), then requantization.
 pub fn quantize_block(x: &[f32], out: &mut [u8]) {
-    debug_assert_eq!(x.len(), QK);
+    let (x, out) = (as_block::<QK>(x), as_bytes_mut::<BLOCK_BYTES>(out));
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; 16];
     let (mut max_scale, mut amax) = (0f32, 0f32);
@@ -83,6 +85,7 @@ pub fn quantize_block(x: &[f32], out: &mut [u8]) {
 
 /// `dequantize_row_q3_K`.
 pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
+    let (b, out) = (as_bytes::<BLOCK_BYTES>(b), as_block_mut::<QK>(out));
     let (hmask, qs, sc) = (&b[0..32], &b[32..96], &b[96..108]);
     let d_all = get_f16(&b[108..]);
     // Output index 128·h + 32·k + i is qs byte 32·h + i bits 2k..2k+2 and hmask byte i bit

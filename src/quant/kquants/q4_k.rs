@@ -4,6 +4,8 @@
 //! `qs[128]` (each 64-weight chunk fills 32 bytes: weight i in the low nibble of byte i,
 //! weight i+32 in the high nibble); 144 bytes.
 
+use crate::quant::{as_block, as_block_mut, as_bytes, as_bytes_mut};
+
 use super::{get_f16, get_scale_min_k4, quantize_scales_k4, requantize_k4, QK_K};
 
 pub const QK: usize = QK_K;
@@ -12,7 +14,7 @@ pub const BLOCK_BYTES: usize = 144;
 /// `quantize_row_q4_K_ref`: `make_qkx2_quants(32, 15, …, rmin −1, rdelta 0.1, 20 steps)`
 /// per sub-block, 6-bit scales and mins, requantization.
 pub fn quantize_block(x: &[f32], out: &mut [u8]) {
-    debug_assert_eq!(x.len(), QK);
+    let (x, out) = (as_block::<QK>(x), as_bytes_mut::<BLOCK_BYTES>(out));
     let mut l = [0u8; QK_K];
     let (head, qs) = out.split_at_mut(16);
     let (d, dmin) = quantize_scales_k4(x, 15, -1.0, 20, &mut l, head);
@@ -27,6 +29,7 @@ pub fn quantize_block(x: &[f32], out: &mut [u8]) {
 
 /// `dequantize_row_q4_K`.
 pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
+    let (b, out) = (as_bytes::<BLOCK_BYTES>(b), as_block_mut::<QK>(out));
     let d = get_f16(&b[0..]);
     let min = get_f16(&b[2..]);
     let (scales, qs) = (&b[4..16], &b[16..144]);

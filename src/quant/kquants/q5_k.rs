@@ -3,6 +3,8 @@
 //! Layout (`block_q5_K`): `d: f16`, `dmin: f16`, `scales[12]`, `qh[32]`, `qs[128]`
 //! (low nibbles as Q4_K); 176 bytes.
 
+use crate::quant::{as_block, as_block_mut, as_bytes, as_bytes_mut};
+
 use super::{get_f16, get_scale_min_k4, quantize_scales_k4, requantize_k4, QK_K};
 
 pub const QK: usize = QK_K;
@@ -11,7 +13,7 @@ pub const BLOCK_BYTES: usize = 176;
 /// `quantize_row_q5_K_ref`: `make_qkx2_quants(32, 31, …, rmin −0.5, rdelta 0.1, 15 steps)`
 /// per sub-block, 6-bit scales and mins, requantization.
 pub fn quantize_block(x: &[f32], out: &mut [u8]) {
-    debug_assert_eq!(x.len(), QK);
+    let (x, out) = (as_block::<QK>(x), as_bytes_mut::<BLOCK_BYTES>(out));
     let mut l = [0u8; QK_K];
     let (head, rest) = out.split_at_mut(16);
     let (d, dmin) = quantize_scales_k4(x, 31, -0.5, 15, &mut l, head);
@@ -30,6 +32,7 @@ pub fn quantize_block(x: &[f32], out: &mut [u8]) {
 
 /// `dequantize_row_q5_K`.
 pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
+    let (b, out) = (as_bytes::<BLOCK_BYTES>(b), as_block_mut::<QK>(out));
     let d = get_f16(&b[0..]);
     let min = get_f16(&b[2..]);
     let (scales, qh, qs) = (&b[4..16], &b[16..48], &b[48..176]);

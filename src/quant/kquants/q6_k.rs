@@ -5,6 +5,8 @@
 //! of weights i (low) and i+64 (high), ql[i+32] those of i+32 and i+96, and qh[i] the top
 //! 2 bits of weights i, i+32, i+64, i+96 in bit pairs 0, 2, 4, 6.
 
+use crate::quant::{as_block, as_block_mut, as_bytes, as_bytes_mut};
+
 use super::{get_f16, put_f16, search, sub, sub_mut, QK_K};
 
 pub const QK: usize = QK_K;
@@ -14,7 +16,7 @@ pub const BLOCK_BYTES: usize = 210;
 /// quantized to 8 bits against the one of largest magnitude (d = −max/128), requantization.
 /// A super-block whose scales are all ~0 is stored as zeros.
 pub fn quantize_block(x: &[f32], out: &mut [u8]) {
-    debug_assert_eq!(x.len(), QK);
+    let (x, out) = (as_block::<QK>(x), as_bytes_mut::<BLOCK_BYTES>(out));
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; 16];
     let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
@@ -64,6 +66,7 @@ pub fn quantize_block(x: &[f32], out: &mut [u8]) {
 
 /// `dequantize_row_q6_K`: x = (d·sc)·q, in ggml's order.
 pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
+    let (b, out) = (as_bytes::<BLOCK_BYTES>(b), as_block_mut::<QK>(out));
     let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
     let d = get_f16(&b[208..]);
     for h in 0..2 {
