@@ -38,11 +38,11 @@ fn tiny_f32_perplexity_matches_golden() {
     assert!(rel <= 1e-4, "ppl {got} vs golden {want}");
 }
 
-/// Q8_0 and F16 GGUFs over the full text: Q8_0 within 0.2% of the golden q8_0 value, F16
-/// within 0.1% of fp32. BF16 and F32 GGUFs hold exactly the source's bf16 values, so they
-/// must score like the HF model up to float summation order (the interleaved q/k layout
-/// sums each head's dot products in another order): checked on a few windows to 1e-6
-/// instead of two more full runs.
+/// Q8_0 GGUF over the full text within 0.2% of the golden q8_0 value. F16, BF16 and F32
+/// GGUFs hold the checkpoint's bf16 values exactly (bf16 → f16 is exact in f16's normal
+/// range), so they must score like the HF model up to float summation order (the
+/// interleaved q/k layout sums each head's dot products in another order): checked on 10
+/// windows to 1e-5 instead of three more full runs.
 #[test]
 fn tiny_gguf_perplexities_match_golden() {
     let dir = tempfile::tempdir().unwrap();
@@ -52,19 +52,14 @@ fn tiny_gguf_perplexities_match_golden() {
     eprintln!("tiny q8_0 ppl {got} golden {want}");
     assert!((got - want).abs() / want <= 2e-3, "q8_0 ppl {got} vs golden {want}");
 
-    let f16 = convert(dir.path(), &tiny(), "f16");
-    let r = json(&qforge_ok(&[&"-q", &"perplexity", &f16, &"--text", &wiki(), &"--json"]));
-    let (got, want) = (r["ppl"].as_f64().unwrap(), golden_ppl("golden_tiny.json", "fp32"));
-    eprintln!("tiny f16 ppl {got} golden fp32 {want}");
-    assert!((got - want).abs() / want <= 1e-3, "f16 ppl {got} vs golden {want}");
-
-    for t in ["bf16", "f32"] {
+    let b = json(&qforge_ok(&[&"-q", &"perplexity", &tiny(), &"--text", &wiki(), &"--json", &"--max-windows", &"10"]));
+    let y = b["nll_mean"].as_f64().unwrap();
+    for t in ["f16", "bf16", "f32"] {
         let g = convert(dir.path(), &tiny(), t);
-        let a = json(&qforge_ok(&[&"-q", &"perplexity", &g, &"--text", &wiki(), &"--json", &"--max-windows", &"3"]));
-        let b =
-            json(&qforge_ok(&[&"-q", &"perplexity", &tiny(), &"--text", &wiki(), &"--json", &"--max-windows", &"3"]));
-        let (x, y) = (a["nll_mean"].as_f64().unwrap(), b["nll_mean"].as_f64().unwrap());
-        assert!((x - y).abs() <= 1e-6 * y, "{t} GGUF nll {x} differs from the HF model's {y}");
+        let a = json(&qforge_ok(&[&"-q", &"perplexity", &g, &"--text", &wiki(), &"--json", &"--max-windows", &"10"]));
+        let x = a["nll_mean"].as_f64().unwrap();
+        eprintln!("tiny {t} GGUF nll {x} (HF {y})");
+        assert!((x - y).abs() <= 1e-5 * y, "{t} GGUF nll {x} differs from the HF model's {y}");
     }
 }
 
