@@ -7,9 +7,9 @@ use rayon::prelude::*;
 use super::session::Loaded;
 use super::Ui;
 use crate::eval::logits_file::{self, LogitsWriter};
-use crate::eval::perplexity::{perplexity, window_nll, NllAccumulator};
-use crate::eval::{window_logits, windows};
-use crate::runtime::{KvCache, LlamaModel};
+use crate::eval::perplexity::perplexity;
+use crate::eval::windows;
+use crate::runtime::LlamaModel;
 
 /// Perplexity of a model on a text: non-overlapping windows of --ctx tokens, no BOS unless
 /// the tokenizer asks for it, logits at positions 0..ctx-2 scored against tokens 1..ctx-1.
@@ -46,53 +46,36 @@ pub fn run(args: &PerplexityArgs, ui: &Ui) -> Result<()> {
     let model = LlamaModel::load(&loaded.file)?;
     let batch = args.batch.unwrap_or(args.ctx);
     let bar = ui.count_bar(windows.len() as u64, "windows");
-    let report = match &args.save_logits {
-        None => perplexity(&model, &windows, batch, |done, acc| {
-            bar.set_position(done as u64);
-            bar.set_message(format!("ppl {:.4}", acc.ppl()));
-        })?,
+    let vocab = model.vocab_size();
+    let mut saver = match &args.save_logits {
         Some(path) => {
-            let size = logits_file::file_len(model.vocab_size(), args.ctx, windows.len());
+            let size = logits_file::file_len(vocab, args.ctx, windows.len());
             ui.note(format!("saving logits to {} ({:.1} MB)", path.display(), size as f64 / 1e6));
-            let mut w = LogitsWriter::create(path, model.vocab_size(), &windows)?;
-            let start = std::time::Instant::now();
-            let vocab = model.vocab_size();
-            let mut cache = KvCache::new(&model.config, args.ctx);
-            let mut acc = NllAccumulator::default();
-            for (i, window) in windows.iter().enumerate() {
-                let logits = window_logits(&model, &mut cache, window, batch)?;
-                let nll = window_nll(&logits, window, vocab);
-                let encoded: Vec<Vec<u8>> = (0..window.len() - 1)
-                    .into_par_iter()
-                    .map(|p| {
-                        let mut rec = Vec::new();
-                        logits_file::encode_position(
-                            &logits[p * vocab..(p + 1) * vocab],
-                            window[p + 1] as usize,
-                            &mut rec,
-                        );
-                        rec
-                    })
-                    .collect();
-                for (n, rec) in nll.iter().zip(&encoded) {
-                    acc.add(*n);
-                    w.push_encoded(rec)?;
-                }
-                bar.set_position(i as u64 + 1);
-                bar.set_message(format!("ppl {:.4}", acc.ppl()));
-            }
-            w.finish(size)?;
-            crate::eval::perplexity::PplReport {
-                ppl: acc.ppl(),
-                nll_mean: acc.mean(),
-                nll_stderr: acc.stderr(),
-                tokens_scored: acc.count(),
-                windows: windows.len() as u64,
-                ctx: args.ctx as u32,
-                tokens_per_sec: (windows.len() * args.ctx) as f64 / start.elapsed().as_secs_f64().max(1e-9),
+            Some((LogitsWriter::create(path, vocab, &windows)?, size))
+        }
+        None => None,
+    };
+    let report = perplexity(&model, &windows, batch, |w, window, logits, acc| {
+        if let Some((writer, _)) = saver.as_mut() {
+            let encoded: Vec<Vec<u8>> = (0..window.len() - 1)
+                .into_par_iter()
+                .map(|p| {
+                    let mut rec = Vec::new();
+                    logits_file::encode_position(&logits[p * vocab..(p + 1) * vocab], window[p + 1] as usize, &mut rec);
+                    rec
+                })
+                .collect();
+            for rec in &encoded {
+                writer.push_encoded(rec)?;
             }
         }
-    };
+        bar.set_position(w as u64 + 1);
+        bar.set_message(format!("ppl {:.4}", acc.ppl()));
+        Ok(())
+    })?;
+    if let Some((writer, size)) = saver {
+        writer.finish(size)?;
+    }
     bar.finish_and_clear();
     if ui.json {
         ui.print_json(&serde_json::to_value(&report)?);

@@ -205,7 +205,10 @@ fn verify_json(args: &VerifyArgs, ui: &Ui) -> Result<Vec<Check>> {
         let windows = windows(&ids, args.ctx, None)?;
         let model = LlamaModel::load(&loaded.file)?;
         let bar = ui.count_bar(windows.len() as u64, "windows");
-        let r = perplexity(&model, &windows, args.ctx, |d, _| bar.set_position(d as u64))?;
+        let r = perplexity(&model, &windows, args.ctx, |w, _, _, _| {
+            bar.set_position(w as u64 + 1);
+            Ok(())
+        })?;
         bar.finish_and_clear();
         (base_ppl, cand_ppl, scored, nwin) = (None, r.ppl, r.tokens_scored, r.windows);
     }

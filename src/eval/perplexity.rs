@@ -70,12 +70,13 @@ pub fn window_nll(logits: &[f32], window: &[u32], vocab: usize) -> Vec<f64> {
         .collect()
 }
 
-/// Score `windows`; `on_window(done, running)` is called after each (progress display).
+/// Score `windows`. After each window, `on_window(index, window, logits, running)` sees its
+/// logits (progress display, saving the distributions); an error from it stops the run.
 pub fn perplexity(
     model: &LlamaModel<'_>,
     windows: &[&[u32]],
     batch: usize,
-    mut on_window: impl FnMut(usize, &NllAccumulator),
+    mut on_window: impl FnMut(usize, &[u32], &[f32], &NllAccumulator) -> Result<()>,
 ) -> Result<PplReport> {
     let start = Instant::now();
     let ctx = windows[0].len();
@@ -87,7 +88,7 @@ pub fn perplexity(
         for nll in window_nll(&logits, window, vocab) {
             acc.add(nll);
         }
-        on_window(w + 1, &acc);
+        on_window(w, window, &logits, &acc)?;
     }
     let secs = start.elapsed().as_secs_f64();
     Ok(PplReport {
