@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use rayon::prelude::*;
 
-use super::session::{same_vocabulary, Loaded};
+use super::session::{same_vocabulary, Loaded, WindowArgs};
 use super::Ui;
 use crate::eval::compare::{compare_saved, compare_window, CompareAccumulator, CompareReport};
 use crate::eval::logits_file::LogitsFile;
@@ -24,35 +24,29 @@ pub struct CompareArgs {
     pub base: PathBuf,
     /// Candidate model (HF directory or GGUF).
     pub candidate: PathBuf,
-    #[arg(long)]
-    pub text: PathBuf,
-    #[arg(long, default_value_t = 512)]
-    pub ctx: usize,
-    #[arg(long)]
-    pub batch: Option<usize>,
-    #[arg(long)]
-    pub max_windows: Option<usize>,
+    #[command(flatten)]
+    pub win: WindowArgs,
 }
 
 pub fn compare(args: &CompareArgs, ui: &Ui) -> Result<CompareReport> {
     let cand = Loaded::open(&args.candidate)?;
-    let ids = cand.tokenize_file(&args.text, args.ctx)?;
-    let windows = windows(&ids, args.ctx, args.max_windows)?;
+    let ids = cand.tokenize_file(&args.win.text, args.win.ctx)?;
+    let windows = windows(&ids, args.win.ctx, args.win.max_windows)?;
     let cand_model = LlamaModel::load(&cand.file)?;
     let vocab = cand_model.vocab_size();
-    let batch = args.batch.unwrap_or(args.ctx);
+    let batch = args.win.batch();
     let mut acc = CompareAccumulator::default();
     let bar = ui.count_bar(windows.len() as u64, "windows");
-    let mut cand_cache = KvCache::new(&cand_model.config, args.ctx);
+    let mut cand_cache = KvCache::new(&cand_model.config, args.win.ctx);
     let from_file = if LogitsFile::is_logits_file(&args.base) {
         let base = LogitsFile::open(&args.base)?;
-        if base.ctx != args.ctx || base.vocab != vocab {
+        if base.ctx != args.win.ctx || base.vocab != vocab {
             bail!(
                 "{} was saved with ctx {} and vocab {}, but this run has ctx {} and vocab {vocab}",
                 args.base.display(),
                 base.ctx,
                 base.vocab,
-                args.ctx
+                args.win.ctx
             );
         }
         if base.windows < windows.len() {
@@ -79,7 +73,7 @@ pub fn compare(args: &CompareArgs, ui: &Ui) -> Result<CompareReport> {
         let base = Loaded::open(&args.base)?;
         same_vocabulary(&base, &cand)?;
         let base_model = LlamaModel::load(&base.file).context("loading the base model")?;
-        let mut base_cache = KvCache::new(&base_model.config, args.ctx);
+        let mut base_cache = KvCache::new(&base_model.config, args.win.ctx);
         for (w, window) in windows.iter().enumerate() {
             let bl = window_logits(&base_model, &mut base_cache, window, batch)?;
             let cl = window_logits(&cand_model, &mut cand_cache, window, batch)?;
@@ -90,7 +84,7 @@ pub fn compare(args: &CompareArgs, ui: &Ui) -> Result<CompareReport> {
         false
     };
     bar.finish_and_clear();
-    Ok(acc.report(windows.len() as u64, args.ctx as u32, from_file))
+    Ok(acc.report(windows.len() as u64, args.win.ctx as u32, from_file))
 }
 
 pub fn run(args: &CompareArgs, ui: &Ui) -> Result<()> {

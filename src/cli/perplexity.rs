@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Args;
 use rayon::prelude::*;
 
-use super::session::Loaded;
+use super::session::{Loaded, WindowArgs};
 use super::Ui;
 use crate::eval::logits_file::{self, LogitsWriter};
 use crate::eval::perplexity::perplexity;
@@ -21,18 +21,8 @@ use crate::runtime::LlamaModel;
 pub struct PerplexityArgs {
     /// Hugging Face directory or GGUF file.
     pub model: PathBuf,
-    /// UTF-8 text to score (read as raw bytes: no newline conversion).
-    #[arg(long)]
-    pub text: PathBuf,
-    /// Tokens per window.
-    #[arg(long, default_value_t = 512)]
-    pub ctx: usize,
-    /// Tokens per forward pass inside a window (default: the whole window).
-    #[arg(long)]
-    pub batch: Option<usize>,
-    /// Score at most this many windows (from the start of the text).
-    #[arg(long)]
-    pub max_windows: Option<usize>,
+    #[command(flatten)]
+    pub win: WindowArgs,
     /// Save the model's distributions (16-bit log-probabilities, 2 bytes per vocabulary
     /// entry per token) for later `compare` runs against this base.
     #[arg(long, value_name = "FILE")]
@@ -41,15 +31,15 @@ pub struct PerplexityArgs {
 
 pub fn run(args: &PerplexityArgs, ui: &Ui) -> Result<()> {
     let loaded = Loaded::open(&args.model)?;
-    let ids = loaded.tokenize_file(&args.text, args.ctx)?;
-    let windows = windows(&ids, args.ctx, args.max_windows)?;
+    let ids = loaded.tokenize_file(&args.win.text, args.win.ctx)?;
+    let windows = windows(&ids, args.win.ctx, args.win.max_windows)?;
     let model = LlamaModel::load(&loaded.file)?;
-    let batch = args.batch.unwrap_or(args.ctx);
+    let batch = args.win.batch();
     let bar = ui.count_bar(windows.len() as u64, "windows");
     let vocab = model.vocab_size();
     let mut saver = match &args.save_logits {
         Some(path) => {
-            let size = logits_file::file_len(vocab, args.ctx, windows.len());
+            let size = logits_file::file_len(vocab, args.win.ctx, windows.len());
             ui.note(format!("saving logits to {} ({:.1} MB)", path.display(), size as f64 / 1e6));
             Some((LogitsWriter::create(path, vocab, &windows)?, size))
         }

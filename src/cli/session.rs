@@ -1,13 +1,37 @@
 //! What the evaluation commands share: a loaded model with its tokenizer, and the text
 //! turned into scoring windows.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use clap::Args;
 
 use crate::eval;
 use crate::model::ModelFile;
 use crate::runtime::TextTokenizer;
+
+/// The text and windowing options shared by `perplexity` and `compare`.
+#[derive(Args, Debug, Clone)]
+pub struct WindowArgs {
+    /// UTF-8 text to score (read as raw bytes: no newline conversion).
+    #[arg(long)]
+    pub text: PathBuf,
+    /// Tokens per window.
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    /// Tokens per forward pass inside a window (default: the whole window).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Score at most this many windows (from the start of the text).
+    #[arg(long)]
+    pub max_windows: Option<usize>,
+}
+
+impl WindowArgs {
+    pub fn batch(&self) -> usize {
+        self.batch.unwrap_or(self.ctx)
+    }
+}
 
 pub struct Loaded {
     pub file: ModelFile,

@@ -5,7 +5,7 @@ use clap::Args;
 use serde_json::{json, Value as Json};
 
 use super::compare::{compare, CompareArgs};
-use super::session::Loaded;
+use super::session::{Loaded, WindowArgs};
 use super::Ui;
 use crate::eval::perplexity::perplexity;
 use crate::eval::windows;
@@ -187,10 +187,7 @@ fn verify_json(args: &VerifyArgs, ui: &Ui) -> Result<Vec<Check>> {
             &CompareArgs {
                 base: base.clone(),
                 candidate: args.model.clone(),
-                text: text.clone(),
-                ctx: args.ctx,
-                batch: None,
-                max_windows: None,
+                win: WindowArgs { text: text.clone(), ctx: args.ctx, batch: None, max_windows: None },
             },
             ui,
         )?;
