@@ -6,6 +6,7 @@ mod convert;
 mod generate;
 mod inspect;
 mod perplexity;
+mod quantize;
 mod session;
 mod ui;
 mod verify;
@@ -45,6 +46,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     Convert(convert::ConvertArgs),
+    Quantize(quantize::QuantizeArgs),
     Inspect(inspect::InspectArgs),
     Perplexity(perplexity::PerplexityArgs),
     Compare(compare::CompareArgs),
@@ -84,6 +86,7 @@ pub fn main() -> i32 {
     let ui = Ui::new(cli.quiet, cli.verbose, cli.json);
     let result = match &cli.command {
         Command::Convert(a) => convert::run(a, &ui),
+        Command::Quantize(a) => quantize::run(a, &ui),
         Command::Inspect(a) => inspect::run(a, &ui),
         Command::Perplexity(a) => perplexity::run(a, &ui),
         Command::Compare(a) => compare::run(a, &ui),

@@ -1,6 +1,8 @@
 //! Format conversion: any model qforge reads → GGUF (`to_gguf`), GGUF → Hugging Face
-//! directory (`to_hf`). Both stream one tensor at a time.
+//! directory (`to_hf`). Both stream one tensor at a time. `plan` decides each tensor's GGUF
+//! type: one type for `convert`, llama.cpp's quantization mixes for `quantize`.
 
+pub mod plan;
 pub mod to_gguf;
 pub mod to_hf;
 

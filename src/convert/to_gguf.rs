@@ -6,18 +6,27 @@ use std::path::Path;
 
 use indicatif::ProgressBar;
 
+use super::plan::{self, TensorSpec, TypePlan, Uniform};
 use super::tensor_to_f32;
 use crate::error::{Error, Result};
 use crate::formats::gguf::{GgufFile, GgufWriter, Value};
 use crate::ggml_type::GgmlType;
 use crate::model::source::size_label;
-use crate::model::{ModelFile, RopeLayout};
+use crate::model::{names, ModelFile, RopeLayout};
 use crate::quant;
 
 #[derive(Debug, Clone)]
 pub struct GgufOptions {
     /// Type for 2-D weight tensors; 1-D tensors (norms, biases) always stay F32.
     pub outtype: GgmlType,
+    pub allow_nonfinite: bool,
+    /// Overrides the derived `general.name`.
+    pub name: Option<String>,
+}
+
+/// What every GGUF write needs besides the per-tensor types.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
     pub allow_nonfinite: bool,
     /// Overrides the derived `general.name`.
     pub name: Option<String>,
@@ -34,49 +43,41 @@ pub struct GgufSummary {
 
 /// llama.cpp's `llama_ftype` for a whole-file type.
 pub fn file_type_id(t: GgmlType) -> Result<u32> {
-    Ok(match t {
-        GgmlType::F32 => 0,
-        GgmlType::F16 => 1,
-        GgmlType::Q4_0 => 2,
-        GgmlType::Q4_1 => 3,
-        GgmlType::Q8_0 => 7,
-        GgmlType::Q5_0 => 8,
-        GgmlType::Q5_1 => 9,
-        GgmlType::BF16 => 32,
-        other => return Err(Error::Unsupported(format!("no file type for {other}"))),
-    })
+    plan::uniform_file_type(t)
 }
 
-/// The type a tensor is stored as: norms and biases stay F32 (llama.cpp computes them in f32
-/// and they are tiny); weights whose rows do not divide into blocks fall back to F16.
-fn tensor_type(shape: &[usize], outtype: GgmlType) -> (GgmlType, bool) {
-    if shape.len() < 2 {
-        return (GgmlType::F32, false);
-    }
-    let row = *shape.last().unwrap_or(&0) as u64;
-    if row % outtype.block_size() as u64 != 0 {
-        (GgmlType::F16, true)
-    } else {
-        (outtype, false)
-    }
+/// The header of a GGUF about to be written: metadata, every tensor's type, shape and offset,
+/// and the notes (fall-backs) the type plan made.
+pub struct Header {
+    pub writer: GgufWriter,
+    pub notes: Vec<String>,
+    pub file_type: u32,
 }
 
-/// Plan the header of `model` converted with `opts`.
+/// Plan the header of `model` converted with `opts` (one type for every weight matrix).
 pub fn plan(model: &ModelFile, opts: &GgufOptions) -> Result<(GgufWriter, Vec<String>)> {
     if !quant::can_encode(opts.outtype) {
         return Err(Error::Unsupported(format!("output type {} is not supported by convert", opts.outtype)));
     }
+    file_type_id(opts.outtype)?;
+    let h = plan_with(model, &Uniform { outtype: opts.outtype }, opts.name.clone())?;
+    Ok((h.writer, h.notes))
+}
+
+/// Plan the header of `model` written with the per-tensor types `types` chooses.
+pub fn plan_with(model: &ModelFile, types: &dyn TypePlan, name: Option<String>) -> Result<Header> {
     model.check_tensors()?;
     let cfg = model.config();
     let arch = cfg.arch.gguf_name();
     let vocab = model.vocab()?;
     let params = model.parameter_count()?;
+    let file_type = types.file_type();
 
     let mut w = GgufWriter::new();
     let k = |s: &str| format!("{arch}.{s}");
     w.set("general.architecture", Value::String(arch.into()));
     w.set("general.type", Value::String("model".into()));
-    w.set("general.name", Value::String(opts.name.clone().unwrap_or_else(|| model.display_name())));
+    w.set("general.name", Value::String(name.unwrap_or_else(|| model.display_name())));
     w.set("general.size_label", Value::String(size_label(params)));
     w.set(&k("block_count"), Value::U32(cfg.n_layers as u32));
     w.set(&k("context_length"), Value::U32(cfg.context_length as u32));
@@ -88,7 +89,7 @@ pub fn plan(model: &ModelFile, opts: &GgufOptions) -> Result<(GgufWriter, Vec<St
     w.set(&k("attention.layer_norm_rms_epsilon"), Value::F32(cfg.rms_eps));
     w.set(&k("attention.key_length"), Value::U32(cfg.head_dim as u32));
     w.set(&k("attention.value_length"), Value::U32(cfg.head_dim as u32));
-    w.set("general.file_type", Value::U32(file_type_id(opts.outtype)?));
+    w.set("general.file_type", Value::U32(file_type));
     w.set(&k("vocab_size"), Value::U32(vocab.tokens.len() as u32));
     w.set(&k("rope.dimension_count"), Value::U32(cfg.head_dim as u32));
     w.set("general.quantization_version", Value::U32(2));
@@ -96,20 +97,26 @@ pub fn plan(model: &ModelFile, opts: &GgufOptions) -> Result<(GgufWriter, Vec<St
         w.set(key, v);
     }
 
-    let mut fallbacks = Vec::new();
-    for t in model.tensors()? {
-        let (ty, fell_back) = tensor_type(&t.shape, opts.outtype);
-        if fell_back {
-            fallbacks.push(format!(
-                "{}: row of {} is not a multiple of {}, stored as F16",
-                t.name,
-                t.shape[t.shape.len() - 1],
-                opts.outtype.block_size()
-            ));
-        }
-        w.add_tensor(&t.name, &t.shape, ty)?;
+    let tensors = model.tensors()?;
+    let specs: Vec<TensorSpec<'_>> =
+        tensors.iter().map(|t| TensorSpec { name: &t.name, shape: &t.shape, source_type: t.ggml_type }).collect();
+    let assigned = types.assign(cfg, &specs)?;
+    if assigned.len() != tensors.len() {
+        return Err(Error::InvalidModel(format!(
+            "type plan gave {} types for {} tensors",
+            assigned.len(),
+            tensors.len()
+        )));
     }
-    Ok((w, fallbacks))
+    let mut notes = Vec::new();
+    for (t, a) in tensors.iter().zip(assigned) {
+        if !quant::can_encode(a.ggml_type) {
+            return Err(Error::tensor(&t.name, format!("storing {} tensors is not supported", a.ggml_type)));
+        }
+        notes.extend(a.note);
+        w.add_tensor(&t.name, &t.shape, a.ggml_type)?;
+    }
+    Ok(Header { writer: w, notes, file_type })
 }
 
 /// Convert `model` to GGUF, streaming into `sink`. Call `progress.inc(bytes)` per tensor.
@@ -119,15 +126,40 @@ pub fn write<W: Write>(
     sink: W,
     progress: &ProgressBar,
 ) -> Result<(W, GgufSummary)> {
-    let (writer, fallbacks) = plan(model, opts)?;
+    let (writer, notes) = plan(model, opts)?;
+    let header = Header { writer, notes, file_type: file_type_id(opts.outtype)? };
+    let wopts = WriteOptions { allow_nonfinite: opts.allow_nonfinite, name: opts.name.clone() };
+    write_header(model, header, &wopts, sink, progress)
+}
+
+/// Write `model` as GGUF with the per-tensor types `types` chooses, streaming into `sink`.
+pub fn write_with<W: Write>(
+    model: &ModelFile,
+    types: &dyn TypePlan,
+    opts: &WriteOptions,
+    sink: W,
+    progress: &ProgressBar,
+) -> Result<(W, GgufSummary)> {
+    let header = plan_with(model, types, opts.name.clone())?;
+    write_header(model, header, opts, sink, progress)
+}
+
+/// Stream the tensors of a planned header: one tensor is decoded (checked for NaN/Inf,
+/// q/k rows reordered for the target layout) and encoded at a time. A tensor already stored
+/// in its planned type whose rows need no reordering is copied byte for byte: re-encoding a
+/// K-quant would only add error.
+pub fn write_header<W: Write>(
+    model: &ModelFile,
+    header: Header,
+    opts: &WriteOptions,
+    sink: W,
+    progress: &ProgressBar,
+) -> Result<(W, GgufSummary)> {
+    let Header { writer, notes, file_type } = header;
     let cfg = model.config();
     let target_layout = if cfg.arch.gguf_permutes_qk() { RopeLayout::Interleaved } else { RopeLayout::RotateHalf };
-    let summary = GgufSummary {
-        tensors: writer.tensors().len(),
-        bytes: writer.total_size(),
-        file_type: file_type_id(opts.outtype)?,
-        fallbacks,
-    };
+    let summary =
+        GgufSummary { tensors: writer.tensors().len(), bytes: writer.total_size(), file_type, fallbacks: notes };
     let planned = writer.tensors().to_vec();
     let tensors = model.tensors()?;
     let mut stream = writer.start(sink)?;
@@ -137,9 +169,16 @@ pub fn write<W: Write>(
             .find(|t| t.name == p.name)
             .ok_or_else(|| Error::tensor(&p.name, "disappeared while converting"))?;
         let values = tensor_to_f32(t, cfg, model.qk_layout(), target_layout, opts.allow_nonfinite)?;
-        let bytes = quant::encode(p.ggml_type, &values).map_err(|e| Error::tensor(&p.name, e.to_string()))?;
-        drop(values);
-        stream.write_tensor(&p.name, &bytes)?;
+        let same_rows =
+            model.qk_layout() == target_layout || names::qk_heads(&t.name, cfg.n_heads, cfg.n_kv_heads).is_none();
+        if t.ggml_type == p.ggml_type && same_rows {
+            drop(values);
+            stream.write_tensor(&p.name, t.data)?;
+        } else {
+            let bytes = quant::encode(p.ggml_type, &values).map_err(|e| Error::tensor(&p.name, e.to_string()))?;
+            drop(values);
+            stream.write_tensor(&p.name, &bytes)?;
+        }
         progress.inc(t.data.len() as u64);
     }
     Ok((stream.finish()?, summary))

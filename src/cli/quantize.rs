@@ -1,0 +1,261 @@
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use serde_json::json;
+
+use super::Ui;
+use crate::convert::plan::{self, FileType, QuantPlan};
+use crate::convert::to_gguf::{self, Header, WriteOptions};
+use crate::model::ModelFile;
+use crate::output::Sink;
+
+/// Quantize a model (Hugging Face directory or GGUF) to a GGUF quantization type or one of
+/// llama.cpp's mixes (Q4_K_M etc.), with llama.cpp's per-tensor rules.
+#[derive(Args, Debug)]
+#[command(after_help = "Types: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K_S, Q3_K_M (Q3_K), Q3_K_L, Q4_K_S, \
+    Q4_K_M (Q4_K), Q5_K_S, Q5_K_M (Q5_K), Q6_K, IQ4_NL. The _S/_M/_L mixes raise attn_v, ffn_down, \
+    attn_output and the output matrix above the base type as llama.cpp's llama-quantize does; \
+    --pure gives every matrix the base type.\n\n\
+    Examples:\n  \
+    qforge quantize models/llama -o llama-q4_k_m.gguf --type Q4_K_M\n  \
+    qforge quantize llama-f16.gguf -o llama-q4_0.gguf --type q4_0 --pure\n  \
+    qforge quantize models/llama --type Q3_K_M --dry-run                 # print the plan only\n  \
+    qforge quantize models/llama -o m.gguf --type Q4_K_M --tensor-type 'attn_v=Q8_0'")]
+pub struct QuantizeArgs {
+    /// A Hugging Face model directory or a GGUF file.
+    pub input: PathBuf,
+    /// Output GGUF file, or `-` for standard output.
+    #[arg(short, long, required_unless_present = "dry_run")]
+    pub output: Option<PathBuf>,
+    /// Quantization type or mix (see below).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub quant_type: String,
+    /// Every weight matrix in the base type: no per-tensor mix rules.
+    #[arg(long)]
+    pub pure: bool,
+    /// Type of output.weight (and of token_embd.weight when the model ties them).
+    #[arg(long, value_name = "TYPE")]
+    pub output_type: Option<String>,
+    /// Type of token_embd.weight.
+    #[arg(long, value_name = "TYPE")]
+    pub embedding_type: Option<String>,
+    /// Type for tensors whose GGUF name matches REGEX (repeatable; the first match wins).
+    #[arg(long = "tensor-type", value_name = "REGEX=TYPE")]
+    pub tensor_type: Vec<String>,
+    /// Keep output.weight as stored in the input (not re-quantized).
+    #[arg(long)]
+    pub leave_output: bool,
+    /// Print the plan (tensor → type, bits per weight, output size) and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// general.name to record (default: derived from the input's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Quantize even if weights hold NaN or Inf (normally an error naming the tensor).
+    #[arg(long)]
+    pub allow_nonfinite: bool,
+}
+
+/// Check every option before touching the input, so that a typo fails at once.
+fn build_plan(args: &QuantizeArgs) -> Result<QuantPlan> {
+    let ftype = FileType::parse(&args.quant_type).ok_or_else(|| {
+        anyhow!("unknown quantization type {:?}; valid types: {}", args.quant_type, FileType::valid_names())
+    })?;
+    let mut p = QuantPlan::new(ftype);
+    p.pure = args.pure;
+    p.leave_output = args.leave_output;
+    p.output_type = args.output_type.as_deref().map(plan::parse_tensor_type).transpose().context("--output-type")?;
+    p.embedding_type =
+        args.embedding_type.as_deref().map(plan::parse_tensor_type).transpose().context("--embedding-type")?;
+    for s in &args.tensor_type {
+        p.overrides.push(plan::parse_tensor_override(s)?);
+    }
+    Ok(p)
+}
+
+pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
+    let start = Instant::now();
+    let types = build_plan(args)?;
+    if let Some(out) = &args.output {
+        if out.as_os_str() == "-" && ui.json && !args.dry_run {
+            bail!("--json cannot be combined with `-o -`: standard output carries the GGUF");
+        }
+    }
+    let model = ModelFile::open(&args.input).with_context(|| format!("cannot load {}", args.input.display()))?;
+    let tensors = model.tensors()?;
+    let input_bytes: u64 = tensors.iter().map(|t| t.data.len() as u64).sum();
+    drop(tensors);
+
+    let header = to_gguf::plan_with(&model, &types, args.name.clone())
+        .with_context(|| format!("planning {}", args.input.display()))?;
+    let report_plan = plan_report(&model, &header)?;
+    for n in &header.notes {
+        ui.warn(n);
+    }
+
+    if args.dry_run {
+        if ui.json {
+            let mut j = report_plan.json(args, &types, true);
+            j["seconds"] = json!(start.elapsed().as_secs_f64());
+            ui.print_json(&j);
+        } else {
+            report_plan.print_table(&types);
+        }
+        return Ok(());
+    }
+
+    // Tensors stored quantized in the input and re-encoded to another type: their error adds
+    // to the one already there. (A tensor planned in its own type is copied unchanged.)
+    let mut quantized_in: Vec<&str> = report_plan
+        .rows
+        .iter()
+        .filter(|r| r.source_quantized && r.source_type != r.ggml_type)
+        .map(|r| r.source_type.as_str())
+        .collect();
+    quantized_in.sort();
+    quantized_in.dedup();
+    if !quantized_in.is_empty() {
+        ui.warn(format!(
+            "{} is already quantized ({}): weights are requantized from their decoded values, which \
+             compounds the quantization error; quantize from the f16/bf16/f32 model when you can",
+            args.input.display(),
+            quantized_in.join(", ")
+        ));
+    }
+    let output = args.output.as_ref().expect("clap requires -o without --dry-run");
+    let mut sink = Sink::open(output).with_context(|| format!("cannot create {}", output.display()))?;
+    let bar = ui.bytes_bar(input_bytes, "quantizing");
+    let wopts = WriteOptions { allow_nonfinite: args.allow_nonfinite, name: args.name.clone() };
+    let (_, summary) = to_gguf::write_header(&model, header, &wopts, &mut sink, &bar)
+        .with_context(|| format!("quantizing {} to {}", args.input.display(), output.display()))?;
+    bar.finish_and_clear();
+    let (n, size) = (summary.tensors, summary.bytes);
+    sink.commit(|p| to_gguf::validate_written(p, n, size)).with_context(|| format!("writing {}", output.display()))?;
+
+    let secs = start.elapsed().as_secs_f64();
+    if ui.json {
+        let mut j = report_plan.json(args, &types, false);
+        j["seconds"] = json!(secs);
+        ui.print_json(&j);
+    } else if output.as_os_str() != "-" {
+        ui.note(format!(
+            "wrote {} ({} {}, {} tensors, {:.1} MB, {:.2} bits per weight) in {secs:.2}s",
+            output.display(),
+            types.ftype.name(),
+            if types.pure { "pure" } else { "mix" },
+            n,
+            size as f64 / 1e6,
+            report_plan.bits_per_weight()
+        ));
+    }
+    Ok(())
+}
+
+/// One planned tensor, for the report.
+struct Row {
+    name: String,
+    shape: Vec<usize>,
+    source_type: String,
+    source_quantized: bool,
+    ggml_type: String,
+    bytes: u64,
+    elements: u64,
+}
+
+struct PlanReport {
+    rows: Vec<Row>,
+    file_bytes: u64,
+    file_type: u32,
+    notes: Vec<String>,
+}
+
+fn plan_report(model: &ModelFile, header: &Header) -> Result<PlanReport> {
+    let tensors = model.tensors()?;
+    let mut rows = Vec::with_capacity(header.writer.tensors().len());
+    for p in header.writer.tensors() {
+        let src = tensors.iter().find(|t| t.name == p.name).map(|t| t.ggml_type);
+        rows.push(Row {
+            name: p.name.clone(),
+            shape: p.ne.iter().rev().map(|&d| d as usize).collect(),
+            source_type: src.map_or("?", |t| t.name()).to_string(),
+            source_quantized: src.is_some_and(|t| !t.is_float()),
+            ggml_type: p.ggml_type.name().to_string(),
+            bytes: p.size,
+            elements: p.ne.iter().product(),
+        });
+    }
+    Ok(PlanReport {
+        rows,
+        file_bytes: header.writer.total_size(),
+        file_type: header.file_type,
+        notes: header.notes.clone(),
+    })
+}
+
+impl PlanReport {
+    fn tensor_bytes(&self) -> u64 {
+        self.rows.iter().map(|r| r.bytes).sum()
+    }
+
+    fn elements(&self) -> u64 {
+        self.rows.iter().map(|r| r.elements).sum()
+    }
+
+    /// Tensor data bits per weight, as llama-quantize reports it (header excluded).
+    fn bits_per_weight(&self) -> f64 {
+        self.tensor_bytes() as f64 * 8.0 / self.elements().max(1) as f64
+    }
+
+    fn json(&self, args: &QuantizeArgs, types: &QuantPlan, dry_run: bool) -> serde_json::Value {
+        let tensors: Vec<serde_json::Value> = self
+            .rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": r.name, "shape": r.shape, "source_type": r.source_type, "type": r.ggml_type,
+                    "bytes": r.bytes, "bits_per_weight": r.bytes as f64 * 8.0 / r.elements.max(1) as f64,
+                })
+            })
+            .collect();
+        json!({
+            "input": args.input, "output": args.output, "dry_run": dry_run,
+            "type": types.ftype.name(), "pure": types.pure, "file_type": self.file_type,
+            "tensors": tensors, "n_tensors": self.rows.len(), "weights": self.elements(),
+            "tensor_bytes": self.tensor_bytes(), "bytes": self.file_bytes,
+            "bits_per_weight": self.bits_per_weight(), "fallbacks": self.notes,
+        })
+    }
+
+    fn print_table(&self, types: &QuantPlan) {
+        let w = self.rows.iter().map(|r| r.name.len()).max().unwrap_or(6).max(6);
+        println!("{:<w$}  {:>14}  {:>6}  {:>6}  {:>5}  {:>12}", "tensor", "shape", "from", "type", "bpw", "bytes");
+        for r in &self.rows {
+            let shape = r.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
+            println!(
+                "{:<w$}  {:>14}  {:>6}  {:>6}  {:>5.2}  {:>12}",
+                r.name,
+                shape,
+                r.source_type,
+                r.ggml_type,
+                r.bytes as f64 * 8.0 / r.elements.max(1) as f64,
+                r.bytes
+            );
+        }
+        println!(
+            "{} {}: {} tensors, {} weights, {:.2} bits per weight, tensor data {:.2} MiB, file {} bytes ({:.2} MiB)",
+            types.ftype.name(),
+            if types.pure { "(pure)" } else { "mix" },
+            self.rows.len(),
+            self.elements(),
+            self.bits_per_weight(),
+            self.tensor_bytes() as f64 / (1 << 20) as f64,
+            self.file_bytes,
+            self.file_bytes as f64 / (1 << 20) as f64
+        );
+        if !self.notes.is_empty() {
+            println!("{} tensor(s) fell back to another type (see warnings)", self.notes.len());
+        }
+    }
+}
