@@ -23,6 +23,8 @@ pub use ui::Ui;
     long_about = "qforge loads Hugging Face checkpoints (safetensors) and GGUF files, converts and \
                   quantizes them, and writes GGUF that llama.cpp runs unchanged.",
     after_help = "Examples:\n  qforge convert models/tiny-llama -o tiny-f16.gguf --outtype f16\n  \
+                  qforge quantize models/tiny-llama -o tiny-q4_k_m.gguf --type Q4_K_M\n  \
+                  qforge compare models/tiny-llama tiny-q4_k_m.gguf --text wiki.test.raw\n  \
                   qforge inspect tiny-f16.gguf --json | jq '.tensors | length'\n  \
                   qforge convert tiny-f16.gguf -o tiny-hf --to hf"
 )]
