@@ -20,7 +20,9 @@ Implementations:
         With a NULL imatrix ggml_quantize_chunk runs quantize_row_<type>_ref for the legacy
         types and the K-quants, and quantize_iq4_nl (quantize_row_iq4_nl_impl with ntry = 7,
         not quantize_row_iq4_nl_ref's ntry = -1) for IQ4_NL.
-        Set QFORGE_LIBGGML_BASE to use another libggml-base.so.
+        Set QFORGE_LIBGGML_BASE to use another libggml-base.so. Set QFORGE_HIDE_LLAMA_CPP=1
+        to make this script behave as if llama_cpp were not installed (to test that the
+        tests that do not ask for llama.cpp never need it).
   auto  (quantize only) gguf where gguf-py can quantize the type, ggml otherwise.
 """
 import argparse
@@ -70,6 +72,9 @@ TO_FLOAT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int
 
 
 def libggml_base_path():
+    if os.environ.get("QFORGE_HIDE_LLAMA_CPP") == "1":
+        die("llama_cpp (pip install llama-cpp-python) is not installed; it provides libggml-base "
+            "(pretended: QFORGE_HIDE_LLAMA_CPP=1)")
     env = os.environ.get("QFORGE_LIBGGML_BASE")
     if env:
         return env
@@ -109,8 +114,8 @@ def libggml():
 def check_traits(lib, name):
     t = lib.ggml_get_type_traits(GGML_TYPE_IDS[name]).contents
     qk, nbytes = BLOCKS[name]
-    got = (t.type_name.decode(), t.blck_size, t.type_size)
-    if got != (name.lower(), qk, nbytes):
+    got = (t.type_name.decode().upper(), t.blck_size, t.type_size)
+    if got != (name, qk, nbytes):
         die(f"libggml-base disagrees about {name}: {got}")
     return t
 
@@ -191,9 +196,17 @@ def main():
     a = ap.parse_args()
 
     if a.command == "info":
+        from importlib.metadata import PackageNotFoundError, version
         import gguf
+
+        def ver(dist):
+            try:
+                return version(dist)
+            except PackageNotFoundError:
+                return "?"
         print("numpy", np.__version__)
-        print("gguf", getattr(gguf, "__version__", "?"), os.path.dirname(gguf.__file__))
+        print("gguf", ver("gguf"), os.path.dirname(gguf.__file__))
+        print("llama-cpp-python", ver("llama_cpp_python"))
         print("libggml-base", libggml_base_path())
         for name in GGML_TYPE_IDS:
             check_traits(libggml(), name)
