@@ -262,7 +262,7 @@ fn options_change_the_plan() {
 }
 
 /// GGUF input: a bf16-exact F16 GGUF quantizes to exactly the file the checkpoint gives; a
-/// Q8_0 GGUF is requantized with a warning; the results load in `convert --to hf` and
+/// Q8_0 GGUF is requantized only with --allow-requantize, and with a warning; the results load in `convert --to hf` and
 /// `inspect --verify`.
 #[test]
 fn gguf_inputs() {
@@ -282,7 +282,9 @@ fn gguf_inputs() {
     let q8 = t.join("tiny-q8.gguf");
     qforge_ok(&[&"-q", &"convert", &tiny, &"-o", &q8, &"--outtype", &"q8_0"]);
     let requant = t.join("requant.gguf");
-    let out = qforge(&[&"quantize", &q8, &"-o", &requant, &"--type", &"Q4_0"]);
+    let e = qforge_err(&[&"quantize", &q8, &"-o", &requant, &"--type", &"Q4_0"]);
+    assert!(e.contains("--allow-requantize") && !requant.exists(), "{e}");
+    let out = qforge(&[&"quantize", &q8, &"-o", &requant, &"--type", &"Q4_0", &"--allow-requantize"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("warning") && stderr.contains("already quantized (Q8_0)"), "{stderr}");

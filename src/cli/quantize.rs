@@ -56,6 +56,10 @@ pub struct QuantizeArgs {
     /// Quantize even if weights hold NaN or Inf (normally an error naming the tensor).
     #[arg(long)]
     pub allow_nonfinite: bool,
+    /// Allow re-quantizing tensors that the input already stores quantized (their error
+    /// compounds; llama-quantize refuses the same without this flag).
+    #[arg(long)]
+    pub allow_requantize: bool,
 }
 
 /// Check every option before touching the input, so that a typo fails at once.
@@ -116,6 +120,14 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         .collect();
     quantized_in.sort();
     quantized_in.dedup();
+    if !quantized_in.is_empty() && !args.allow_requantize {
+        bail!(
+            "{} is already quantized ({}): requantizing compounds the error; quantize from the \
+             f16/bf16/f32 model, or pass --allow-requantize",
+            args.input.display(),
+            quantized_in.join(", ")
+        );
+    }
     if !quantized_in.is_empty() {
         ui.warn(format!(
             "{} is already quantized ({}): weights are requantized from their decoded values, which \

@@ -406,7 +406,14 @@ impl TypePlan for QuantPlan {
         for i in order {
             out[i] = Some(self.tensor_type(&mut state, &tensors[i]));
         }
-        Ok(out.into_iter().map(|a| a.expect("every tensor planned")).collect())
+        let out: Vec<Assigned> = out.into_iter().map(|a| a.expect("every tensor planned")).collect();
+        // --pure promises one type for every matrix: a fall-back would break that silently.
+        if self.pure {
+            if let Some(note) = out.iter().find_map(|a| a.note.as_deref()) {
+                return Err(Error::Unsupported(format!("--pure: {note}; drop --pure to allow the fall-back")));
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -951,13 +958,16 @@ mod tests {
             let p = plan_of(&cfg, &QuantPlan::new(ftype));
             assert_eq!(type_of(&p, "blk.3.ffn_gate.weight"), want, "{ftype:?}");
         }
-        // A row not even divisible by 32 falls back to F16.
+        // A row not even divisible by 32 falls back to F16 — but not under --pure, which
+        // promises one type for every matrix.
         let mut plan = QuantPlan::new(FileType::Q4_0);
-        plan.pure = true;
         let shape = [64usize, 100];
         let specs = [TensorSpec { name: "blk.0.ffn_up.weight", shape: &shape, source_type: GgmlType::F32 }];
         let a = plan.assign(&cfg, &specs).unwrap();
         assert_eq!(a[0].ggml_type, GgmlType::F16);
+        plan.pure = true;
+        let e = plan.assign(&cfg, &specs).unwrap_err().to_string();
+        assert!(e.contains("--pure") && e.contains("blk.0.ffn_up.weight"), "{e}");
     }
 
     /// 70B-shaped llama (80 layers, GQA 8): attn_v is raised to Q5_K in Q4_K_M where it
