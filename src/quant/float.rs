@@ -23,37 +23,75 @@ pub fn f32_to_f16_bits(x: f32) -> u16 {
     half::f16::from_f32(x).to_bits()
 }
 
+// The fast paths reinterpret the bytes as native f32/u16 slices (no per-byte shuffling,
+// vectorized conversions); they apply on little-endian targets when the data is aligned,
+// which it is for GGUF tensors (32-byte alignment) and qforge's own buffers. Otherwise the
+// byte-wise loops below do the same work portably.
+const LE: bool = cfg!(target_endian = "little");
+
 pub fn decode_f32(src: &[u8], out: &mut [f32]) {
+    if let (true, Ok(s)) = (LE, bytemuck::try_cast_slice::<u8, f32>(src)) {
+        out.copy_from_slice(s);
+        return;
+    }
     for (o, c) in out.iter_mut().zip(src.chunks_exact(4)) {
         *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
     }
 }
 
 pub fn decode_f16(src: &[u8], out: &mut [f32]) {
+    if let (true, Ok(s)) = (LE, bytemuck::try_cast_slice::<u8, u16>(src)) {
+        for (o, &b) in out.iter_mut().zip(s) {
+            *o = f16_bits_to_f32(b);
+        }
+        return;
+    }
     for (o, c) in out.iter_mut().zip(src.chunks_exact(2)) {
         *o = f16_bits_to_f32(u16::from_le_bytes([c[0], c[1]]));
     }
 }
 
 pub fn decode_bf16(src: &[u8], out: &mut [f32]) {
+    if let (true, Ok(s)) = (LE, bytemuck::try_cast_slice::<u8, u16>(src)) {
+        for (o, &b) in out.iter_mut().zip(s) {
+            *o = bf16_bits_to_f32(b);
+        }
+        return;
+    }
     for (o, c) in out.iter_mut().zip(src.chunks_exact(2)) {
         *o = bf16_bits_to_f32(u16::from_le_bytes([c[0], c[1]]));
     }
 }
 
 pub fn encode_f32(src: &[f32], out: &mut [u8]) {
+    if LE {
+        out.copy_from_slice(bytemuck::cast_slice(src));
+        return;
+    }
     for (x, c) in src.iter().zip(out.chunks_exact_mut(4)) {
         c.copy_from_slice(&x.to_le_bytes());
     }
 }
 
 pub fn encode_f16(src: &[f32], out: &mut [u8]) {
+    if let (true, Ok(o)) = (LE, bytemuck::try_cast_slice_mut::<u8, u16>(out)) {
+        for (d, &x) in o.iter_mut().zip(src) {
+            *d = f32_to_f16_bits(x);
+        }
+        return;
+    }
     for (x, c) in src.iter().zip(out.chunks_exact_mut(2)) {
         c.copy_from_slice(&f32_to_f16_bits(*x).to_le_bytes());
     }
 }
 
 pub fn encode_bf16(src: &[f32], out: &mut [u8]) {
+    if let (true, Ok(o)) = (LE, bytemuck::try_cast_slice_mut::<u8, u16>(out)) {
+        for (d, &x) in o.iter_mut().zip(src) {
+            *d = f32_to_bf16_bits(x);
+        }
+        return;
+    }
     for (x, c) in src.iter().zip(out.chunks_exact_mut(2)) {
         c.copy_from_slice(&f32_to_bf16_bits(*x).to_le_bytes());
     }
