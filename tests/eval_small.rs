@@ -18,7 +18,8 @@ fn golden_ppl(variant: &str) -> f64 {
 fn ppl(model: &std::path::Path, windows: Option<usize>) -> Value {
     let w = windows.map(|w| w.to_string());
     let wiki_path = wiki();
-    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"-q", &"perplexity", &model, &"--text", &wiki_path, &"--json"];
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> =
+        vec![&"-q", &"perplexity", &model, &"--text", &wiki_path, &"--json"];
     if let Some(w) = &w {
         args.push(&"--max-windows");
         args.push(w);

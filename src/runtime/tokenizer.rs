@@ -81,7 +81,10 @@ pub fn safe_pieces(text: &str, target: usize) -> Vec<&str> {
         let mut p = start + target;
         while p + 1 < b.len() {
             let prev = b[p - 1];
-            if b[p] == b' ' && b[p + 1].is_ascii_alphabetic() && (prev.is_ascii_alphanumeric() || prev.is_ascii_punctuation()) {
+            if b[p] == b' '
+                && b[p + 1].is_ascii_alphabetic()
+                && (prev.is_ascii_alphanumeric() || prev.is_ascii_punctuation())
+            {
                 cut = Some(p);
                 break;
             }
