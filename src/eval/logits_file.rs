@@ -44,7 +44,7 @@ pub fn encode_position(logits: &[f32], target: usize, out: &mut Vec<u8>) {
     let lse = log_sum_exp(logits);
     let lp = |v: f32| (v as f64 - lse) as f32;
     let min = logits.iter().fold(f32::INFINITY, |m, &v| m.min(v));
-    let lo = lp(min).max(LP_FLOOR).min(-1e-6);
+    let lo = lp(min).clamp(LP_FLOOR, -1e-6);
     let step = -lo / 65535.0;
     out.extend_from_slice(&(-(lp(logits[target]))).to_le_bytes());
     out.extend_from_slice(&(crate::eval::argmax(logits) as u32).to_le_bytes());

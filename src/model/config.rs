@@ -120,13 +120,7 @@ impl ModelConfig {
         let n_heads = usize_field("num_attention_heads")?;
         let n_kv_heads = opt_usize("num_key_value_heads").unwrap_or(n_heads);
         let head_dim = match json.get("head_dim") {
-            Some(Json::Null) | None => {
-                if n_heads == 0 {
-                    0
-                } else {
-                    hidden_size / n_heads
-                }
-            }
+            Some(Json::Null) | None => hidden_size.checked_div(n_heads).unwrap_or(0),
             Some(v) => v
                 .as_u64()
                 .map(|v| v as usize)
@@ -197,7 +191,7 @@ impl ModelConfig {
             .get(&key("attention.key_length"))
             .and_then(Value::as_u64)
             .map(|v| v as usize)
-            .unwrap_or(if n_heads == 0 { 0 } else { hidden_size / n_heads });
+            .unwrap_or(hidden_size.checked_div(n_heads).unwrap_or(0));
         let tok_count = h.get("tokenizer.ggml.tokens").and_then(Value::as_array).map(|a| a.len());
         let vocab_size = h
             .get(&key("vocab_size"))
@@ -251,8 +245,8 @@ impl ModelConfig {
         if self.head_dim % 2 != 0 {
             return bad(format!("head_dim {} is odd (RoPE needs pairs)", self.head_dim));
         }
-        if !(self.rms_eps.is_finite() && self.rms_eps > 0.0) || !(self.rope_theta.is_finite() && self.rope_theta > 0.0)
-        {
+        let positive = |x: f32| x.is_finite() && x > 0.0;
+        if !positive(self.rms_eps) || !positive(self.rope_theta) {
             return bad("rms_norm_eps and rope_theta must be positive".into());
         }
         Ok(())
