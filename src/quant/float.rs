@@ -29,6 +29,18 @@ pub fn f32_to_f16_bits(x: f32) -> u16 {
 // byte-wise loops below do the same work portably.
 const LE: bool = cfg!(target_endian = "little");
 
+/// Store `v` as a little-endian f16 in the first two bytes of `out` (block scales).
+#[inline(always)]
+pub fn put_f16(out: &mut [u8], v: f32) {
+    out[..2].copy_from_slice(&f32_to_f16_bits(v).to_le_bytes());
+}
+
+/// Read a little-endian f16 from the first two bytes of `b`.
+#[inline(always)]
+pub fn get_f16(b: &[u8]) -> f32 {
+    f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]]))
+}
+
 pub fn decode_f32(src: &[u8], out: &mut [f32]) {
     if let (true, Ok(s)) = (LE, bytemuck::try_cast_slice::<u8, f32>(src)) {
         out.copy_from_slice(s);

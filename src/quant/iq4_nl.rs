@@ -3,7 +3,7 @@
 //! Layout (`block_iq4_nl`): `d: f16`, `qs[16]` (weight j in the low nibble of byte j,
 //! weight j+16 in the high nibble); 18 bytes, like Q4_0.
 
-use super::float::{f16_bits_to_f32, f32_to_f16_bits};
+use super::float::{get_f16, put_f16};
 use super::{as_block, as_block_mut, as_bytes, as_bytes_mut};
 
 pub const QK: usize = 32;
@@ -91,7 +91,7 @@ pub fn quantize_block(x: &[f32], out: &mut [u8]) {
         }
         d
     };
-    out[..2].copy_from_slice(&f32_to_f16_bits(d).to_le_bytes());
+    put_f16(out, d);
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     for j in 0..QK / 2 {
         out[2 + j] = best_index(id * x[j]) | (best_index(id * x[j + QK / 2]) << 4);
@@ -101,7 +101,7 @@ pub fn quantize_block(x: &[f32], out: &mut [u8]) {
 /// `dequantize_row_iq4_nl`.
 pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
     let (b, out) = (as_bytes::<BLOCK_BYTES>(b), as_block_mut::<QK>(out));
-    let d = f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]]));
+    let d = get_f16(b);
     for (j, &q) in b[2..BLOCK_BYTES].iter().enumerate() {
         out[j] = d * KVALUES[(q & 0xF) as usize] as f32;
         out[j + QK / 2] = d * KVALUES[(q >> 4) as usize] as f32;
@@ -139,7 +139,7 @@ mod tests {
             quantize_block(&x, &mut b);
             let mut y = [0f32; QK];
             dequantize_block(&b, &mut y);
-            let d = f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]])).abs();
+            let d = get_f16(b).abs();
             let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
             // Widest gap between grid values is 24 (89 → 113); the least-squares d may leave
             // the extreme weight up to a few grid units past the end of the grid.

@@ -15,21 +15,11 @@
 //! In every type byte `j` of `qs` holds weight `j` in its low nibble and weight `j + 16` in its
 //! high nibble; the 5-bit types keep bit 4 of weight `j` in bit `j` of the u32 `qh`.
 
-use super::float::{f16_bits_to_f32, f32_to_f16_bits};
+use super::float::{get_f16, put_f16};
 use super::{as_block, as_block_mut, as_bytes, as_bytes_mut, c_float_to_i8};
 
 /// Weights per block, for all four types.
 pub const QK: usize = 32;
-
-#[inline(always)]
-fn put_f16(out: &mut [u8], v: f32) {
-    out[..2].copy_from_slice(&f32_to_f16_bits(v).to_le_bytes());
-}
-
-#[inline(always)]
-fn get_f16(b: &[u8]) -> f32 {
-    f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]]))
-}
 
 /// The value of largest magnitude, with its sign; the first one wins ties, as in ggml.
 #[inline(always)]

@@ -2,7 +2,7 @@
 //! Layout (ggml-common.h `block_q8_0`): `d: f16` then `qs: [i8; 32]`, 34 bytes.
 
 use super::c_float_to_i8;
-use super::float::{f16_bits_to_f32, f32_to_f16_bits};
+use super::float::{get_f16, put_f16};
 
 pub const QK: usize = 32;
 pub const BLOCK_BYTES: usize = 34;
@@ -16,7 +16,7 @@ pub fn quantize_block(x: &[f32], out: &mut [u8]) {
     debug_assert_eq!(x.len(), QK);
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
-    out[..2].copy_from_slice(&f32_to_f16_bits(d).to_le_bytes());
+    put_f16(out, d);
     let id = if d == 0.0 { 0.0 } else { 1.0 / d };
     for (q, &v) in out[2..BLOCK_BYTES].iter_mut().zip(x) {
         *q = c_float_to_i8((v * id).round()) as u8;
@@ -24,7 +24,7 @@ pub fn quantize_block(x: &[f32], out: &mut [u8]) {
 }
 
 pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
-    let d = f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]]));
+    let d = get_f16(b);
     for (o, &q) in out.iter_mut().zip(&b[2..BLOCK_BYTES]) {
         *o = d * (q as i8) as f32;
     }

@@ -23,23 +23,13 @@ pub mod q5_k;
 pub mod q6_k;
 pub mod search;
 
-use super::float::{f16_bits_to_f32, f32_to_f16_bits};
+use super::float::{get_f16, put_f16};
 
 /// Weights per super-block (ggml's `QK_K`).
 pub const QK_K: usize = 256;
 
 /// Bytes of the packed 6-bit scales and mins of Q4_K/Q5_K (ggml's `K_SCALE_SIZE`).
 pub const K_SCALE_SIZE: usize = 12;
-
-#[inline(always)]
-fn put_f16(out: &mut [u8], v: f32) {
-    out[..2].copy_from_slice(&f32_to_f16_bits(v).to_le_bytes());
-}
-
-#[inline(always)]
-fn get_f16(b: &[u8]) -> f32 {
-    f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]]))
-}
 
 /// Sub-block `n` of `x` as a fixed-size array (lets the searches keep their buffers on the stack
 /// and the compiler drop bounds checks).
