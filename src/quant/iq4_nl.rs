@@ -139,7 +139,7 @@ mod tests {
             quantize_block(&x, &mut b);
             let mut y = [0f32; QK];
             dequantize_block(&b, &mut y);
-            let d = get_f16(b).abs();
+            let d = get_f16(&b).abs();
             let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
             // Widest gap between grid values is 24 (89 → 113); the least-squares d may leave
             // the extreme weight up to a few grid units past the end of the grid.
