@@ -29,9 +29,33 @@ pub struct QuantizeArgs {
     /// Output GGUF file, or `-` for standard output.
     #[arg(short, long, required_unless_present = "dry_run")]
     pub output: Option<PathBuf>,
-    /// Quantization type or mix (see below).
+    /// Quantization type or mix (see below); for --method nf4: nf4 (default) or fp4.
     #[arg(long = "type", value_name = "TYPE")]
-    pub quant_type: String,
+    pub quant_type: Option<String>,
+    /// rtn: llama.cpp's quantizers (optionally importance-weighted with --imatrix);
+    /// gptq: Hessian-based error feedback; awq: activation-aware scaling;
+    /// nf4: bitsandbytes 4-bit NormalFloat (or FP4).
+    #[arg(long, value_enum, default_value_t = Method::Rtn)]
+    pub method: Method,
+    /// Output layout (default: gguf; nf4 writes hf-bnb).
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Importance matrix (qforge or llama.cpp `llama-imatrix` output, GGUF or legacy .dat)
+    /// for importance-weighted quantization.
+    #[arg(long, value_name = "FILE")]
+    pub imatrix: Option<PathBuf>,
+    #[command(flatten)]
+    pub calib: CalibArgs,
+    #[command(flatten)]
+    pub gptq: GptqArgs,
+    /// GPTQ: columns per lazy-update block (default 128). NF4: weights per absmax block
+    /// (default 64; 64…4096, a power of two).
+    #[arg(long, value_name = "N")]
+    pub block_size: Option<usize>,
+    /// NF4/FP4: quantize the absmax values too (8-bit, blocks of 256), as bitsandbytes'
+    /// `bnb_4bit_use_double_quant`.
+    #[arg(long)]
+    pub double_quant: bool,
     /// Every weight matrix in the base type: no per-tensor mix rules.
     #[arg(long)]
     pub pure: bool,
@@ -62,11 +86,88 @@ pub struct QuantizeArgs {
     pub allow_requantize: bool,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Rtn,
+    Gptq,
+    Awq,
+    Nf4,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Gguf,
+    HfGptq,
+    HfAwq,
+    HfBnb,
+}
+
+/// Calibration data for GPTQ and AWQ.
+#[derive(Args, Debug, Clone)]
+pub struct CalibArgs {
+    /// Calibration text (default: calibration/calib.txt of the qforge source tree, or
+    /// $QFORGE_CALIB).
+    #[arg(long, value_name = "FILE")]
+    pub calib: Option<PathBuf>,
+    /// Calibration windows.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub nsamples: usize,
+    /// Tokens per calibration window (capped at the model's context length).
+    #[arg(long, default_value_t = 512, value_name = "L")]
+    pub seqlen: usize,
+}
+
+/// GPTQ and AWQ grid options.
+#[derive(Args, Debug, Clone)]
+pub struct GptqArgs {
+    /// Bits per weight for hf-gptq / hf-awq output (2, 3, 4, 8).
+    #[arg(long, default_value_t = 4)]
+    pub bits: u8,
+    /// Input columns per quantization group (-1: one group per row).
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true, value_name = "N")]
+    pub group_size: i64,
+    /// GPTQ: process columns in order of decreasing Hessian diagonal (desc_act).
+    #[arg(long)]
+    pub act_order: bool,
+    /// GPTQ with --act-order: fix every group's grid from the unquantized weights first.
+    #[arg(long)]
+    pub static_groups: bool,
+    /// Symmetric grid (zero point in the middle).
+    #[arg(long)]
+    pub sym: bool,
+    /// GPTQ dampening, as a fraction of the mean Hessian diagonal.
+    #[arg(long, default_value_t = 0.01)]
+    pub damp: f64,
+    /// GPTQ: quantize q/k/v, then o, then gate/up, then down within each layer, re-running
+    /// the layer in between so that each sub-block sees the quantized ones before it.
+    #[arg(long)]
+    pub true_sequential: bool,
+    /// Where GPTQ runs: auto (a CUDA GPU when one is usable, else the CPU), cpu, cuda.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl QuantizeArgs {
+    /// The --type value, required by the GGUF methods.
+    pub fn type_name(&self) -> Result<&str> {
+        self.quant_type
+            .as_deref()
+            .ok_or_else(|| anyhow!("--type is required for GGUF output; valid types: {}", FileType::valid_names()))
+    }
+}
+
 /// Check every option before touching the input, so that a typo fails at once.
 fn build_plan(args: &QuantizeArgs) -> Result<QuantPlan> {
-    let ftype = FileType::parse(&args.quant_type).ok_or_else(|| {
-        anyhow!("unknown quantization type {:?}; valid types: {}", args.quant_type, FileType::valid_names())
-    })?;
+    let name = args.type_name()?;
+    let ftype = FileType::parse(name)
+        .ok_or_else(|| anyhow!("unknown quantization type {name:?}; valid types: {}", FileType::valid_names()))?;
     let mut p = QuantPlan::new(ftype);
     p.pure = args.pure;
     p.leave_output = args.leave_output;
@@ -80,6 +181,19 @@ fn build_plan(args: &QuantizeArgs) -> Result<QuantPlan> {
 }
 
 pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
+    match (args.method, args.format) {
+        (Method::Nf4, _) => super::quantize_nf4::run(args, ui),
+        (Method::Gptq, _) => super::quantize_gptq::run(args, ui),
+        (Method::Awq, _) => super::quantize_awq::run(args, ui),
+        (Method::Rtn, None | Some(Format::Gguf)) => run_rtn(args, ui),
+        (Method::Rtn, Some(f)) => {
+            bail!("--format {f:?} needs --method gptq, awq or nf4; round-to-nearest writes GGUF")
+        }
+    }
+}
+
+/// Round-to-nearest GGUF quantization with llama.cpp's quantizers.
+fn run_rtn(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let start = Instant::now();
     let types = build_plan(args)?;
     if let Some(out) = &args.output {
@@ -89,7 +203,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     }
     let model = ModelFile::open(&args.input).with_context(|| format!("cannot load {}", args.input.display()))?;
     let tensors = model.tensors()?;
-    let input_bytes: u64 = tensors.iter().map(|t| t.data.len() as u64).sum();
+    let input_bytes: u64 = tensors.iter().map(|t| t.stored_bytes() as u64).sum();
     drop(tensors);
 
     let header = to_gguf::plan_with(&model, &types, args.name.clone())

@@ -19,11 +19,29 @@ pub fn tensor_to_f32(
     to: RopeLayout,
     allow_nonfinite: bool,
 ) -> Result<Vec<f32>> {
+    let values = match &t.packed {
+        Some(p) => p.dequantize(),
+        None => decode_plain(t)?,
+    };
+    finish_f32(t, values, config, from, to, allow_nonfinite)
+}
+
+fn decode_plain(t: &TensorRef<'_>) -> Result<Vec<f32>> {
     if !quant::can_decode(t.ggml_type) {
         return Err(Error::tensor(&t.name, format!("decoding {} tensors is not supported yet", t.ggml_type)));
     }
-    let values =
-        quant::decode(t.ggml_type, t.data, t.n_elements()).map_err(|e| Error::tensor(&t.name, e.to_string()))?;
+    quant::decode(t.ggml_type, t.data, t.n_elements()).map_err(|e| Error::tensor(&t.name, e.to_string()))
+}
+
+/// Check for NaN/Inf and reorder q/k rows.
+fn finish_f32(
+    t: &TensorRef<'_>,
+    values: Vec<f32>,
+    config: &ModelConfig,
+    from: RopeLayout,
+    to: RopeLayout,
+    allow_nonfinite: bool,
+) -> Result<Vec<f32>> {
     if !allow_nonfinite {
         if let Some(i) = quant::find_nonfinite(&values) {
             return Err(Error::tensor(

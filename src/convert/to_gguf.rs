@@ -144,6 +144,23 @@ pub fn write_with<W: Write>(
     write_header(model, header, opts, sink, progress)
 }
 
+/// Produces the bytes of tensors whose encoding is more than the reference codec applied to
+/// the input's values: importance-weighted quantization, GPTQ, AWQ.
+pub trait TensorEncoder {
+    /// Encode tensor `name` — `values` are its weights in the output's row order — as `ty`.
+    /// `None` means: use the reference codec.
+    fn encode(&mut self, name: &str, values: &[f32], ty: GgmlType) -> Result<Option<Vec<u8>>>;
+}
+
+/// The reference codecs for every tensor.
+pub struct PlainEncoder;
+
+impl TensorEncoder for PlainEncoder {
+    fn encode(&mut self, _: &str, _: &[f32], _: GgmlType) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+}
+
 /// Stream the tensors of a planned header: one tensor is decoded (checked for NaN/Inf,
 /// q/k rows reordered for the target layout) and encoded at a time. A tensor already stored
 /// in its planned type whose rows need no reordering is copied byte for byte: re-encoding a
@@ -154,6 +171,18 @@ pub fn write_header<W: Write>(
     opts: &WriteOptions,
     sink: W,
     progress: &ProgressBar,
+) -> Result<(W, GgufSummary)> {
+    write_header_with(model, header, opts, sink, progress, &mut PlainEncoder)
+}
+
+/// [`write_header`] with tensors encoded by `encoder` (falling back to the reference codecs).
+pub fn write_header_with<W: Write>(
+    model: &ModelFile,
+    header: Header,
+    opts: &WriteOptions,
+    sink: W,
+    progress: &ProgressBar,
+    encoder: &mut dyn TensorEncoder,
 ) -> Result<(W, GgufSummary)> {
     let Header { writer, notes, file_type } = header;
     let cfg = model.config();
@@ -171,15 +200,22 @@ pub fn write_header<W: Write>(
         let values = tensor_to_f32(t, cfg, model.qk_layout(), target_layout, opts.allow_nonfinite)?;
         let same_rows =
             model.qk_layout() == target_layout || names::qk_heads(&t.name, cfg.n_heads, cfg.n_kv_heads).is_none();
-        if t.ggml_type == p.ggml_type && same_rows {
+        if t.ggml_type == p.ggml_type && same_rows && t.packed.is_none() {
             drop(values);
             stream.write_tensor(&p.name, t.data)?;
         } else {
-            let bytes = quant::encode(p.ggml_type, &values).map_err(|e| Error::tensor(&p.name, e.to_string()))?;
+            let bytes = match encoder.encode(&p.name, &values, p.ggml_type)? {
+                Some(b) => b,
+                None => quant::encode(p.ggml_type, &values).map_err(|e| Error::tensor(&p.name, e.to_string()))?,
+            };
+            let expected = p.ggml_type.row_bytes(values.len() as u64)? as usize;
+            if bytes.len() != expected {
+                return Err(Error::tensor(&p.name, format!("encoder gave {} bytes, {expected} planned", bytes.len())));
+            }
             drop(values);
             stream.write_tensor(&p.name, &bytes)?;
         }
-        progress.inc(t.data.len() as u64);
+        progress.inc(t.stored_bytes() as u64);
     }
     Ok((stream.finish()?, summary))
 }

@@ -57,7 +57,7 @@ impl View for LazyTensor<'_> {
     fn data(&self) -> Cow<'_, [u8]> {
         let result = tensor_to_f32(&self.src, self.config, self.from, RopeLayout::RotateHalf, self.allow_nonfinite)
             .and_then(|v| quant::encode(self.dtype, &v));
-        self.progress.inc(self.src.data.len() as u64);
+        self.progress.inc(self.src.stored_bytes() as u64);
         match result {
             Ok(bytes) => Cow::Owned(bytes),
             Err(e) => {

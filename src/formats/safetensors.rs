@@ -11,6 +11,7 @@ use safetensors::{Dtype, SafeTensors};
 use crate::error::{Error, Result};
 use crate::ggml_type::GgmlType;
 use crate::model::ModelConfig;
+use crate::quant::packed::Scheme;
 
 /// One memory-mapped `.safetensors` file and its validated header.
 pub struct SafetensorsFile {
@@ -86,6 +87,8 @@ pub struct HfCheckpoint {
     pub dir: PathBuf,
     pub config: ModelConfig,
     pub config_json: serde_json::Value,
+    /// The packed layout of a quantized checkpoint (`quantization_config`), if any.
+    pub quant: Option<Scheme>,
     files: Vec<SafetensorsFile>,
     /// Tensor name → index into `files`, in name order.
     index: BTreeMap<String, usize>,
@@ -99,6 +102,7 @@ impl HfCheckpoint {
         let config_path = dir.join("config.json");
         let config_json = read_json(&config_path)?;
         let config = ModelConfig::from_hf_json(&config_json).map_err(|e| prefix_error(&config_path, e))?;
+        let quant = Scheme::from_config(&config_json).map_err(|e| prefix_error(&config_path, e))?;
 
         let index_path = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
@@ -157,7 +161,7 @@ impl HfCheckpoint {
                 dir.display()
             )));
         }
-        Ok(HfCheckpoint { dir: dir.to_path_buf(), config, config_json, files, index })
+        Ok(HfCheckpoint { dir: dir.to_path_buf(), config, config_json, quant, files, index })
     }
 
     /// Tensor names in sorted order (the order llama.cpp's converter emits them).

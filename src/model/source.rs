@@ -11,6 +11,7 @@ use crate::formats::tokenizer::BpeVocab;
 use crate::ggml_type::GgmlType;
 use crate::model::names;
 use crate::model::ModelConfig;
+use crate::quant::packed::{Packed, Part};
 
 /// How the rows of q/k projections are ordered for RoPE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,12 +30,22 @@ pub struct TensorRef<'a> {
     pub ggml_type: GgmlType,
     /// Row-major, outermost first ([out, in] for weights).
     pub shape: Vec<usize>,
+    /// The stored bytes (for a packed weight: its main part, e.g. GPTQ's `qweight`).
     pub data: &'a [u8],
+    /// A weight stored in a Hugging Face quantized layout (GPTQ, AWQ, bitsandbytes): decode
+    /// through this, not through `ggml_type`/`data` (`ggml_type` is then F32, the type its
+    /// rows decode to).
+    pub packed: Option<Packed<'a>>,
 }
 
 impl TensorRef<'_> {
     pub fn n_elements(&self) -> usize {
         self.shape.iter().product()
+    }
+
+    /// Bytes the tensor occupies in its file (all parts of a packed weight).
+    pub fn stored_bytes(&self) -> usize {
+        self.packed.as_ref().map_or(self.data.len(), |p| p.stored_bytes())
     }
 }
 
@@ -92,17 +103,54 @@ impl ModelFile {
         match self {
             ModelFile::Hf(c) => {
                 let mut out = Vec::new();
+                // Parts of packed (quantized) weights, by layer prefix, in name order.
+                let mut packed: Vec<(String, Vec<Part<'_>>)> = Vec::new();
                 for hf_name in c.names() {
                     if names::is_ignorable_hf(hf_name) {
                         continue;
                     }
                     let t = c.tensor(hf_name).ok_or_else(|| Error::tensor(hf_name, "listed but unreadable"))?;
+                    if let Some((prefix, suffix)) = c.quant.as_ref().and_then(|s| s.split_packed(hf_name, c)) {
+                        let part =
+                            Part { suffix: suffix.to_string(), dtype: t.dtype, shape: t.shape.to_vec(), data: t.data };
+                        match packed.iter_mut().find(|(p, _)| p == prefix) {
+                            Some((_, parts)) => parts.push(part),
+                            None => {
+                                // Keep the file order: the packed weight takes the place of
+                                // its first part.
+                                out.push(TensorRef {
+                                    name: String::new(),
+                                    ggml_type: GgmlType::F32,
+                                    shape: Vec::new(),
+                                    data: &[],
+                                    packed: None,
+                                });
+                                packed.push((prefix.to_string(), vec![part]));
+                            }
+                        }
+                        continue;
+                    }
                     out.push(TensorRef {
                         name: names::hf_to_gguf(hf_name)?,
                         ggml_type: t.ggml_type(hf_name)?,
                         shape: t.shape.to_vec(),
                         data: t.data,
+                        packed: None,
                     });
+                }
+                let scheme = c.quant.clone();
+                let mut groups = packed.into_iter();
+                for slot in out.iter_mut().filter(|t| t.name.is_empty()) {
+                    let (Some((prefix, parts)), Some(scheme)) = (groups.next(), scheme.clone()) else { break };
+                    let name = names::hf_to_gguf(&format!("{prefix}.weight"))?;
+                    let p = Packed::new(&name, scheme, parts)?;
+                    *slot = TensorRef {
+                        shape: vec![p.rows, p.cols],
+                        data: p.main_part().data,
+                        ggml_type: GgmlType::F32,
+                        name,
+                        packed: Some(p),
+                    };
                 }
                 // A tied checkpoint may still store lm_head; llama.cpp drops it then.
                 if c.config.tie_embeddings {
@@ -118,6 +166,7 @@ impl ModelFile {
                     ggml_type: t.ggml_type,
                     shape: t.shape(),
                     data: file.tensor_data(t),
+                    packed: None,
                 })
                 .collect()),
         }

@@ -5,6 +5,7 @@ pub mod float;
 pub mod iq4_nl;
 pub mod kquants;
 pub mod legacy;
+pub mod packed;
 pub mod q8_0;
 
 use rayon::prelude::*;

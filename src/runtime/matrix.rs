@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::ggml_type::GgmlType;
 use crate::model::TensorRef;
 use crate::quant;
+use crate::quant::packed::Packed;
 
 /// Rows of weights decoded and multiplied per task (64 measured best on 2 cores: 128 left
 /// one core idle at the end of small matrices).
@@ -28,12 +29,25 @@ pub struct Matrix<'a> {
     ty: GgmlType,
     data: Cow<'a, [u8]>,
     row_bytes: usize,
+    /// Set for weights in a Hugging Face quantized layout (then `data` is unused).
+    packed: Option<Packed<'a>>,
 }
 
 impl<'a> Matrix<'a> {
     pub fn from_tensor(t: &TensorRef<'a>) -> Result<Matrix<'a>> {
         if t.shape.len() != 2 {
             return Err(Error::tensor(&t.name, format!("expected a matrix, got shape {:?}", t.shape)));
+        }
+        if let Some(p) = &t.packed {
+            return Ok(Matrix {
+                name: t.name.clone(),
+                rows: p.rows,
+                cols: p.cols,
+                ty: GgmlType::F32,
+                data: Cow::Borrowed(&[]),
+                row_bytes: 0,
+                packed: Some(p.clone()),
+            });
         }
         if !quant::can_decode(t.ggml_type) {
             return Err(Error::Unsupported(format!(
@@ -46,7 +60,41 @@ impl<'a> Matrix<'a> {
         if row_bytes * rows != t.data.len() {
             return Err(Error::tensor(&t.name, "byte size does not match its shape"));
         }
-        Ok(Matrix { name: t.name.clone(), rows, cols, ty: t.ggml_type, data: Cow::Borrowed(t.data), row_bytes })
+        Ok(Matrix {
+            name: t.name.clone(),
+            rows,
+            cols,
+            ty: t.ggml_type,
+            data: Cow::Borrowed(t.data),
+            row_bytes,
+            packed: None,
+        })
+    }
+
+    /// An f32 matrix held in memory (quantized weights put back during calibration).
+    pub fn from_f32(name: &str, rows: usize, cols: usize, values: Vec<f32>) -> Result<Matrix<'static>> {
+        if values.len() != rows * cols {
+            return Err(Error::tensor(name, "values do not match the shape"));
+        }
+        let data: Vec<u8> = bytemuck::cast_slice(&values).to_vec();
+        Ok(Matrix {
+            name: name.to_string(),
+            rows,
+            cols,
+            ty: GgmlType::F32,
+            data: Cow::Owned(data),
+            row_bytes: cols * 4,
+            packed: None,
+        })
+    }
+
+    /// All weights as f32 (rows × cols).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        out.par_chunks_mut(TILE * self.cols.max(1))
+            .enumerate()
+            .for_each(|(t, o)| self.decode_rows(t * TILE, o.len() / self.cols.max(1), o));
+        out
     }
 
     pub fn ggml_type(&self) -> GgmlType {
@@ -55,6 +103,10 @@ impl<'a> Matrix<'a> {
 
     /// Decode rows `r0..r0+n` into `out` (n × cols).
     pub fn decode_rows(&self, r0: usize, n: usize, out: &mut [f32]) {
+        if let Some(p) = &self.packed {
+            p.decode_rows(r0, n, out);
+            return;
+        }
         let bytes = &self.data[r0 * self.row_bytes..(r0 + n) * self.row_bytes];
         // Types were checked in `from_tensor`, so decoding cannot fail.
         let _ = quant::decode_slice(self.ty, bytes, &mut out[..n * self.cols]);
@@ -69,7 +121,7 @@ impl<'a> Matrix<'a> {
 
     /// The rows as an f32 slice when they are stored as aligned f32 (no decode needed).
     fn f32_rows(&self, r0: usize, n: usize) -> Option<&[f32]> {
-        if self.ty != GgmlType::F32 {
+        if self.ty != GgmlType::F32 || self.packed.is_some() {
             return None;
         }
         bytemuck::try_cast_slice(&self.data[r0 * self.row_bytes..(r0 + n) * self.row_bytes]).ok()

@@ -6,5 +6,6 @@ pub mod model;
 pub mod simd;
 pub mod tokenizer;
 
-pub use model::{KvCache, LlamaModel};
+pub use matrix::Matrix;
+pub use model::{KvCache, LinearObserver, LlamaModel, NoObserver};
 pub use tokenizer::TextTokenizer;

@@ -138,9 +138,19 @@ impl<'a> LlamaModel<'a> {
 
     /// Run `tokens` at positions `cache.len()..` and return their logits (n × vocab).
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        self.forward_observed(tokens, cache, &mut NoObserver)
+    }
+
+    /// [`forward`](Self::forward), reporting the input of every linear layer to `observer`
+    /// (importance matrices and calibration statistics are collected this way).
+    pub fn forward_observed(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        observer: &mut dyn LinearObserver,
+    ) -> Result<Vec<f32>> {
         let cfg = &self.config;
         let n = tokens.len();
-        let h = cfg.hidden_size;
         if cache.len + n > cache.capacity {
             return Err(Error::InvalidArgument(format!(
                 "{} positions exceed the KV cache of {}",
@@ -155,48 +165,124 @@ impl<'a> LlamaModel<'a> {
                 cfg.context_length
             )));
         }
-        let mut x = Vec::with_capacity(n * h);
+        let mut x = self.embed_tokens(tokens)?;
+        let pos0 = cache.len;
+        let (cos, sin) = self.rope_tables(pos0, n);
+        for li in 0..self.layers.len() {
+            let (k_cache, v_cache) = (&mut cache.k[li], &mut cache.v[li]);
+            self.layer_forward(li, &mut x, n, pos0, (&cos, &sin), (k_cache, v_cache), observer)?;
+        }
+        cache.len += n;
+        let xn = rms_norm(&x, &self.norm, cfg.rms_eps);
+        let out = self.output.as_ref().unwrap_or(&self.embed);
+        observer.observe(li_output(self.layers.len()), &[&out.name], &xn, n);
+        Ok(out.matmul(&xn, n))
+    }
+
+    /// The embeddings of `tokens` (n × hidden): the input of layer 0.
+    pub fn embed_tokens(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let mut x = Vec::with_capacity(tokens.len() * self.config.hidden_size);
         for &t in tokens {
             if t as usize >= self.embed.rows {
                 return Err(Error::InvalidArgument(format!("token id {t} is outside the vocabulary")));
             }
             x.extend(self.embed.row(t as usize));
         }
-        let pos0 = cache.len;
-        // cos/sin for the new positions, shared by q and k of every layer.
-        let (cos, sin): (Vec<f32>, Vec<f32>) = (pos0..pos0 + n)
+        Ok(x)
+    }
+
+    /// cos/sin of positions `pos0..pos0+n` (head_dim/2 values per position), shared by q and
+    /// k of every layer.
+    pub fn rope_tables(&self, pos0: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
+        (pos0..pos0 + n)
             .flat_map(|p| self.inv_freq.iter().map(move |&f| p as f32 * f))
             .map(|a| (a.cos(), a.sin()))
-            .unzip();
-        for (li, layer) in self.layers.iter().enumerate() {
-            // Attention block.
-            let xn = rms_norm(&x, &layer.attn_norm, cfg.rms_eps);
-            let mut q = layer.wq.matmul(&xn, n);
-            let mut k = layer.wk.matmul(&xn, n);
-            let mut v = layer.wv.matmul(&xn, n);
-            add_bias(&mut q, layer.bq.as_deref());
-            add_bias(&mut k, layer.bk.as_deref());
-            add_bias(&mut v, layer.bv.as_deref());
-            self.rope(&mut q, cfg.n_heads, &cos, &sin);
-            self.rope(&mut k, cfg.n_kv_heads, &cos, &sin);
-            cache.k[li].extend_from_slice(&k);
-            cache.v[li].extend_from_slice(&v);
-            let attn = self.attention(&q, &cache.k[li], &cache.v[li], n, pos0);
-            let o = layer.wo.matmul(&attn, n);
-            add_in_place(&mut x, &o);
+            .unzip()
+    }
 
-            // Feed-forward block.
-            let xn = rms_norm(&x, &layer.ffn_norm, cfg.rms_eps);
-            let gate = layer.w_gate.matmul(&xn, n);
-            let mut up = layer.w_up.matmul(&xn, n);
-            up.par_chunks_mut(4096).zip(gate.par_chunks(4096)).for_each(|(u, g)| simd::silu_mul(u, g));
-            let down = layer.w_down.matmul(&up, n);
-            add_in_place(&mut x, &down);
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Run decoder layer `li` on the hidden states `x` (n × hidden) of positions
+    /// `pos0..pos0+n`, in place. `kv` holds the layer's keys and values of earlier positions
+    /// and receives the new ones. Calibration (GPTQ, AWQ) runs the model one layer at a time
+    /// through this, with a fresh `kv` per window.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer_forward(
+        &self,
+        li: usize,
+        x: &mut [f32],
+        n: usize,
+        pos0: usize,
+        (cos, sin): (&[f32], &[f32]),
+        (k_cache, v_cache): (&mut Vec<f32>, &mut Vec<f32>),
+        observer: &mut dyn LinearObserver,
+    ) -> Result<()> {
+        let cfg = &self.config;
+        let layer = self.layers.get(li).ok_or_else(|| Error::InvalidArgument(format!("no layer {li}")))?;
+        if x.len() != n * cfg.hidden_size || k_cache.len() != pos0 * cfg.kv_dim() {
+            return Err(Error::InvalidArgument(format!("layer {li}: activations do not match the model")));
         }
-        cache.len += n;
-        let xn = rms_norm(&x, &self.norm, cfg.rms_eps);
-        let out = self.output.as_ref().unwrap_or(&self.embed);
-        Ok(out.matmul(&xn, n))
+        // Attention block.
+        let xn = rms_norm(x, &layer.attn_norm, cfg.rms_eps);
+        observer.observe(li, &[&layer.wq.name, &layer.wk.name, &layer.wv.name], &xn, n);
+        let mut q = layer.wq.matmul(&xn, n);
+        let mut k = layer.wk.matmul(&xn, n);
+        let mut v = layer.wv.matmul(&xn, n);
+        add_bias(&mut q, layer.bq.as_deref());
+        add_bias(&mut k, layer.bk.as_deref());
+        add_bias(&mut v, layer.bv.as_deref());
+        self.rope(&mut q, cfg.n_heads, cos, sin);
+        self.rope(&mut k, cfg.n_kv_heads, cos, sin);
+        k_cache.extend_from_slice(&k);
+        v_cache.extend_from_slice(&v);
+        let attn = self.attention(&q, k_cache, v_cache, n, pos0);
+        observer.observe(li, &[&layer.wo.name], &attn, n);
+        let o = layer.wo.matmul(&attn, n);
+        add_in_place(x, &o);
+
+        // Feed-forward block.
+        let xn = rms_norm(x, &layer.ffn_norm, cfg.rms_eps);
+        observer.observe(li, &[&layer.w_gate.name, &layer.w_up.name], &xn, n);
+        let gate = layer.w_gate.matmul(&xn, n);
+        let mut up = layer.w_up.matmul(&xn, n);
+        up.par_chunks_mut(4096).zip(gate.par_chunks(4096)).for_each(|(u, g)| simd::silu_mul(u, g));
+        observer.observe(li, &[&layer.w_down.name], &up, n);
+        let down = layer.w_down.matmul(&up, n);
+        add_in_place(x, &down);
+        Ok(())
+    }
+
+    /// The weight matrix named `name` (GGUF name), if it is one of the model's linears.
+    pub fn weight(&self, name: &str) -> Option<&Matrix<'a>> {
+        self.matrices().find(|m| m.name == name)
+    }
+
+    /// Replace a linear layer's weights (GPTQ/AWQ put the quantized weights of finished layers
+    /// back so that the next layer calibrates on what the quantized model computes).
+    pub fn set_weight(&mut self, m: Matrix<'a>) -> Result<()> {
+        let slot = self
+            .layers
+            .iter_mut()
+            .flat_map(|l| [&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo, &mut l.w_gate, &mut l.w_up, &mut l.w_down])
+            .find(|s| s.name == m.name)
+            .ok_or_else(|| Error::InvalidArgument(format!("{} is not a linear layer of the model", m.name)))?;
+        if (slot.rows, slot.cols) != (m.rows, m.cols) {
+            return Err(Error::tensor(&m.name, "replacement has a different shape"));
+        }
+        *slot = m;
+        Ok(())
+    }
+
+    /// The linear layers' matrices, layer by layer (q, k, v, o, gate, up, down).
+    fn matrices(&self) -> impl Iterator<Item = &Matrix<'a>> {
+        self.layers.iter().flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down])
+    }
+
+    /// Rotary layout of the q/k rows of this model's weights.
+    pub fn rope_layout(&self) -> RopeLayout {
+        self.rope_layout
     }
 
     /// Rotate q or k (n × heads·head_dim) in the layout the weights use; `cos`/`sin` hold
@@ -299,3 +385,23 @@ fn add_in_place(x: &mut [f32], y: &[f32]) {
 }
 
 pub use super::simd::softmax_in_place;
+
+/// Layer index reported for the output projection (one past the last decoder layer).
+fn li_output(n_layers: usize) -> usize {
+    n_layers
+}
+
+/// Sees the input of linear layers during a forward pass.
+pub trait LinearObserver {
+    /// `x` (n × cols, row-major) is the input of every matrix in `names` (GGUF tensor names:
+    /// q/k/v share one input, gate/up share one). `layer` is the decoder layer, or
+    /// `n_layers` for the output projection.
+    fn observe(&mut self, layer: usize, names: &[&str], x: &[f32], n: usize);
+}
+
+/// An observer that ignores everything (plain inference).
+pub struct NoObserver;
+
+impl LinearObserver for NoObserver {
+    fn observe(&mut self, _: usize, _: &[&str], _: &[f32], _: usize) {}
+}

@@ -1,0 +1,142 @@
+//! Quantized Hugging Face checkpoints: the packed layouts GPTQ (AutoGPTQ / GPTQModel), AWQ
+//! (AutoAWQ "gemm") and bitsandbytes 4-bit write, and how their tensors decode to f32 rows.
+//!
+//! A quantized linear layer is stored as several tensors sharing a prefix
+//! (`…q_proj.qweight`, `…q_proj.qzeros`, `…q_proj.scales`, `…q_proj.g_idx` for GPTQ). qforge
+//! groups them into one [`Packed`] weight named like the float weight it replaces
+//! (`blk.0.attn_q.weight`), so that the runtime, `compare` and `convert` treat it like any other
+//! matrix: rows are decoded on the fly, tile by tile.
+
+pub mod gptq;
+pub mod scheme;
+
+use safetensors::Dtype;
+
+use crate::error::{Error, Result};
+pub use scheme::Scheme;
+
+/// One stored tensor of a packed weight.
+#[derive(Debug, Clone)]
+pub struct Part<'a> {
+    /// What follows the layer prefix: `qweight`, `qzeros`, `scales`, `g_idx`, `weight`,
+    /// `weight.absmax`, …
+    pub suffix: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub data: &'a [u8],
+}
+
+impl Part<'_> {
+    fn elements(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Little-endian 32-bit words (int32 / uint32 tensors).
+    pub fn u32_at(&self, i: usize) -> u32 {
+        u32::from_le_bytes([self.data[4 * i], self.data[4 * i + 1], self.data[4 * i + 2], self.data[4 * i + 3]])
+    }
+
+    /// A float tensor's element as f32 (F16, BF16 or F32).
+    pub fn f32_at(&self, i: usize) -> f32 {
+        match self.dtype {
+            Dtype::F16 => half::f16::from_le_bytes([self.data[2 * i], self.data[2 * i + 1]]).to_f32(),
+            Dtype::BF16 => half::bf16::from_le_bytes([self.data[2 * i], self.data[2 * i + 1]]).to_f32(),
+            _ => {
+                f32::from_le_bytes([self.data[4 * i], self.data[4 * i + 1], self.data[4 * i + 2], self.data[4 * i + 3]])
+            }
+        }
+    }
+}
+
+/// A quantized weight matrix `[rows, cols]` (rows = output features) in a packed layout.
+#[derive(Debug, Clone)]
+pub struct Packed<'a> {
+    pub scheme: Scheme,
+    pub rows: usize,
+    pub cols: usize,
+    pub parts: Vec<Part<'a>>,
+}
+
+impl<'a> Packed<'a> {
+    /// Group the parts of one layer (already collected by the checkpoint reader) and check
+    /// every shape and dtype against the scheme, so that decoding can index without checks.
+    pub fn new(name: &str, scheme: Scheme, parts: Vec<Part<'a>>) -> Result<Packed<'a>> {
+        let (rows, cols) = match &scheme {
+            Scheme::Gptq { .. } => gptq::shape(name, &scheme, &parts)?,
+        };
+        let p = Packed { scheme, rows, cols, parts };
+        p.validate(name)?;
+        Ok(p)
+    }
+
+    pub fn part(&self, suffix: &str) -> Option<&Part<'a>> {
+        self.parts.iter().find(|p| p.suffix == suffix)
+    }
+
+    fn validate(&self, name: &str) -> Result<()> {
+        match &self.scheme {
+            Scheme::Gptq { .. } => gptq::validate(name, self),
+        }
+    }
+
+    /// Decode rows `r0..r0+n` into `out` (n × cols).
+    pub fn decode_rows(&self, r0: usize, n: usize, out: &mut [f32]) {
+        debug_assert!(r0 + n <= self.rows && out.len() >= n * self.cols);
+        match &self.scheme {
+            Scheme::Gptq { .. } => gptq::decode_rows(self, r0, n, out),
+        }
+    }
+
+    /// The part that identifies the weight (`qweight`, bitsandbytes' `weight`).
+    pub fn main_part(&self) -> &Part<'a> {
+        let main = self.scheme.suffixes()[0];
+        self.part(main).unwrap_or(&self.parts[0])
+    }
+
+    /// Bytes of all parts (progress reports, sizes).
+    pub fn stored_bytes(&self) -> usize {
+        self.parts.iter().map(|p| p.data.len()).sum()
+    }
+
+    /// The whole matrix as f32.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        use rayon::prelude::*;
+        const TILE: usize = 64;
+        let cols = self.cols.max(1);
+        out.par_chunks_mut(TILE * cols).enumerate().for_each(|(t, o)| self.decode_rows(t * TILE, o.len() / cols, o));
+        out
+    }
+}
+
+/// Look up a part and check its dtype and shape.
+pub(crate) fn expect_part<'p, 'a>(
+    name: &str,
+    parts: &'p [Part<'a>],
+    suffix: &str,
+    dtypes: &[Dtype],
+    shape: Option<&[usize]>,
+) -> Result<&'p Part<'a>> {
+    let p = parts
+        .iter()
+        .find(|p| p.suffix == suffix)
+        .ok_or_else(|| Error::tensor(name, format!("the quantized weight has no `{suffix}` tensor")))?;
+    if !dtypes.contains(&p.dtype) {
+        return Err(Error::tensor(name, format!("`{suffix}` has dtype {:?}, expected one of {dtypes:?}", p.dtype)));
+    }
+    if let Some(s) = shape {
+        if p.shape != s {
+            return Err(Error::tensor(name, format!("`{suffix}` has shape {:?}, expected {s:?}", p.shape)));
+        }
+    }
+    let width = match p.dtype {
+        Dtype::F16 | Dtype::BF16 | Dtype::I16 | Dtype::U16 => 2,
+        Dtype::F32 | Dtype::I32 | Dtype::U32 => 4,
+        Dtype::I64 | Dtype::U64 | Dtype::F64 => 8,
+        _ => 1,
+    };
+    if p.elements().checked_mul(width) != Some(p.data.len()) {
+        return Err(Error::tensor(name, format!("`{suffix}` byte size does not match its shape")));
+    }
+    Ok(p)
+}

@@ -1,0 +1,95 @@
+//! Which packed layout a Hugging Face checkpoint uses, from `quantization_config` in its
+//! config.json.
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::formats::safetensors::HfCheckpoint;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scheme {
+    /// AutoGPTQ / GPTQModel: `qweight` int32 [cols·bits/32, rows] packed along the input
+    /// dimension (lowest index in the lowest bits), `qzeros` int32 [groups, rows·bits/32],
+    /// `scales` f16 [groups, rows], `g_idx` int32 [cols].
+    Gptq {
+        bits: u8,
+        /// Input columns per group (`cols` when the config says -1).
+        group_size: Option<usize>,
+        sym: bool,
+        desc_act: bool,
+        /// `checkpoint_format` "gptq_v2" stores the zero point itself; "gptq" (v1, what
+        /// AutoGPTQ writes) stores zero − 1.
+        v2: bool,
+    },
+}
+
+impl Scheme {
+    /// The scheme of a checkpoint, `None` for an unquantized one.
+    pub fn from_config(config: &Value) -> Result<Option<Scheme>> {
+        let Some(q) = config.get("quantization_config") else { return Ok(None) };
+        let method = q.get("quant_method").and_then(Value::as_str).unwrap_or("");
+        let int = |k: &str| q.get(k).and_then(Value::as_i64);
+        match method {
+            "gptq" => {
+                let bits = int("bits").ok_or_else(|| bad("gptq", "no integer `bits`"))?;
+                if ![2, 3, 4, 8].contains(&bits) {
+                    return Err(Error::Unsupported(format!("GPTQ with {bits} bits (qforge reads 2, 3, 4 and 8)")));
+                }
+                if bits == 3 {
+                    // 3-bit words straddle int32 boundaries in a layout of their own.
+                    return Err(Error::Unsupported("3-bit GPTQ checkpoints cannot be read yet".into()));
+                }
+                let group_size = match int("group_size").unwrap_or(-1) {
+                    -1 => None,
+                    g if g > 0 => Some(g as usize),
+                    g => return Err(bad("gptq", &format!("group_size {g}"))),
+                };
+                let format = q.get("checkpoint_format").and_then(Value::as_str).unwrap_or("gptq");
+                let v2 = match format {
+                    "gptq" => false,
+                    "gptq_v2" => true,
+                    other => {
+                        return Err(Error::Unsupported(format!(
+                            "GPTQ checkpoint_format {other:?} (qforge reads \"gptq\" and \"gptq_v2\")"
+                        )))
+                    }
+                };
+                Ok(Some(Scheme::Gptq {
+                    bits: bits as u8,
+                    group_size,
+                    sym: q.get("sym").and_then(Value::as_bool).unwrap_or(true),
+                    desc_act: q.get("desc_act").and_then(Value::as_bool).unwrap_or(false),
+                    v2,
+                }))
+            }
+            "" => Err(bad("?", "no `quant_method`")),
+            other => Err(Error::Unsupported(format!("quantization method {other:?} is not supported"))),
+        }
+    }
+
+    /// The suffixes (after the layer prefix) of the tensors that make up one packed weight;
+    /// the first one identifies a packed layer.
+    pub fn suffixes(&self) -> &'static [&'static str] {
+        match self {
+            Scheme::Gptq { .. } => &["qweight", "qzeros", "scales", "g_idx"],
+        }
+    }
+
+    /// If `hf_name` is part of a packed weight: its layer prefix and its suffix.
+    pub fn split_packed<'n>(&self, hf_name: &'n str, _checkpoint: &HfCheckpoint) -> Option<(&'n str, &'n str)> {
+        self.suffixes().iter().find_map(|s| {
+            let prefix = hf_name.strip_suffix(s)?.strip_suffix('.')?;
+            Some((prefix, &hf_name[prefix.len() + 1..]))
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Scheme::Gptq { .. } => "gptq",
+        }
+    }
+}
+
+fn bad(method: &str, what: &str) -> Error {
+    Error::InvalidModel(format!("quantization_config ({method}): {what}"))
+}
