@@ -5,12 +5,14 @@
 //! (format conversion pipelines), `output` (crash-safe output files), `cli` (the binary's
 //! commands).
 
+pub mod calib;
 pub mod cli;
 pub mod convert;
 pub mod error;
 pub mod eval;
 pub mod formats;
 pub mod ggml_type;
+pub mod methods;
 pub mod model;
 pub mod output;
 pub mod quant;

@@ -164,7 +164,7 @@ impl QuantizeArgs {
 }
 
 /// Check every option before touching the input, so that a typo fails at once.
-fn build_plan(args: &QuantizeArgs) -> Result<QuantPlan> {
+pub(super) fn build_plan(args: &QuantizeArgs) -> Result<QuantPlan> {
     let name = args.type_name()?;
     let ftype = FileType::parse(name)
         .ok_or_else(|| anyhow!("unknown quantization type {name:?}; valid types: {}", FileType::valid_names()))?;

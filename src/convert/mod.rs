@@ -5,6 +5,7 @@
 pub mod plan;
 pub mod to_gguf;
 pub mod to_hf;
+pub mod to_hf_quant;
 
 use crate::error::{Error, Result};
 use crate::model::names;

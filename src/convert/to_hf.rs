@@ -147,12 +147,12 @@ pub fn write(model: &ModelFile, out_dir: &Path, opts: &HfOptions, progress: &Pro
 }
 
 #[cfg(unix)]
-fn set_readable(p: &Path) -> Result<()> {
+pub(crate) fn set_readable(p: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).map_err(|e| Error::io(p, e))
 }
 
 #[cfg(not(unix))]
-fn set_readable(_: &Path) -> Result<()> {
+pub(crate) fn set_readable(_: &Path) -> Result<()> {
     Ok(())
 }

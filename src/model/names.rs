@@ -100,6 +100,36 @@ pub fn rope_deinterleave_rows(rows: usize, n_heads: usize) -> Result<Vec<usize>>
     Ok(inv)
 }
 
+/// For a q/k projection whose rows must change layout (`from` → `to`), the source row of each
+/// output row; `None` when the rows stay as they are.
+pub fn row_order(
+    gguf_name: &str,
+    rows: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    from: crate::model::RopeLayout,
+    to: crate::model::RopeLayout,
+) -> Result<Option<Vec<usize>>> {
+    use crate::model::RopeLayout;
+    if from == to {
+        return Ok(None);
+    }
+    let Some(heads) = qk_heads(gguf_name, n_heads, n_kv_heads) else { return Ok(None) };
+    Ok(Some(match to {
+        RopeLayout::Interleaved => rope_interleave_rows(rows, heads)?,
+        RopeLayout::RotateHalf => rope_deinterleave_rows(rows, heads)?,
+    }))
+}
+
+/// Rows of `data` (each `row_len` items) in the order `src` gives.
+pub fn reorder_rows<T: Copy>(data: &[T], row_len: usize, src: &[usize]) -> Vec<T> {
+    let mut out = Vec::with_capacity(data.len());
+    for &s in src {
+        out.extend_from_slice(&data[s * row_len..(s + 1) * row_len]);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

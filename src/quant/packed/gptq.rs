@@ -1,10 +1,12 @@
 //! GPTQ checkpoints (AutoGPTQ / GPTQModel "gptq" and "gptq_v2" formats).
 //!
-//! weight[r, c] = scales[g, r] · (q[r, c] − z[g, r]) with g = g_idx[c], where
-//! q[r, c] is bits `bits·(c mod k)…` of qweight[c / k, r] (k = 32 / bits weights per int32,
-//! lowest index in the lowest bits) and z[g, r] comes from qzeros[g, r / k] the same way,
-//! plus one in the v1 format (which stores zero − 1, a historical off-by-one every reader
-//! reproduces).
+//! weight[r, c] = scales[g, r] · (q[r, c] − z[g, r]) with g = g_idx[c]. The codes of one
+//! output row r form a little-endian bit stream down column r of `qweight` (int32
+//! [cols·bits/32, rows]): code c occupies bits `bits·c … bits·c + bits − 1` of the stream, so
+//! for 2/4/8 bits each word holds 32/bits codes, lowest index in the lowest bits, and 3-bit
+//! codes straddle words exactly as AutoGPTQ packs them. Zero points are packed the same way
+//! along the rows of `qzeros` (int32 [groups, rows·bits/32]); the v1 format stores zero − 1 (a
+//! historical off-by-one every reader reproduces), v2 the zero itself.
 
 use safetensors::Dtype;
 
@@ -24,23 +26,22 @@ pub(super) fn shape(name: &str, scheme: &Scheme, parts: &[Part<'_>]) -> Result<(
     if qw.shape.len() != 2 {
         return Err(Error::tensor(name, format!("qweight has shape {:?}, expected 2-D", qw.shape)));
     }
-    let per = 32 / bits as usize;
-    let cols = qw.shape[0].checked_mul(per).ok_or_else(|| Error::tensor(name, "qweight is absurdly large"))?;
+    let cols =
+        qw.shape[0].checked_mul(32).ok_or_else(|| Error::tensor(name, "qweight is absurdly large"))? / bits as usize;
     Ok((qw.shape[1], cols))
 }
 
 pub(super) fn validate(name: &str, p: &Packed<'_>) -> Result<()> {
     let (bits, _) = params(&p.scheme);
-    let per = 32 / bits as usize;
-    if p.rows % per != 0 {
-        return Err(Error::tensor(name, format!("{} output features do not pack into qzeros words", p.rows)));
+    if (p.rows * bits as usize) % 32 != 0 || (p.cols * bits as usize) % 32 != 0 {
+        return Err(Error::tensor(name, format!("{}×{} weights do not pack into int32 words", p.rows, p.cols)));
     }
     let scales = expect_part(name, &p.parts, "scales", &[Dtype::F16, Dtype::BF16, Dtype::F32], None)?;
     if scales.shape.len() != 2 || scales.shape[1] != p.rows || scales.shape[0] == 0 {
         return Err(Error::tensor(name, format!("scales has shape {:?} for {} rows", scales.shape, p.rows)));
     }
     let groups = scales.shape[0];
-    expect_part(name, &p.parts, "qzeros", &[Dtype::I32, Dtype::U32], Some(&[groups, p.rows / per]))?;
+    expect_part(name, &p.parts, "qzeros", &[Dtype::I32, Dtype::U32], Some(&[groups, p.rows * bits as usize / 32]))?;
     let g_idx = expect_part(name, &p.parts, "g_idx", &[Dtype::I32, Dtype::U32], Some(&[p.cols]))?;
     if let Some(c) = (0..p.cols).find(|&c| g_idx.u32_at(c) as usize >= groups) {
         return Err(Error::tensor(
@@ -53,8 +54,6 @@ pub(super) fn validate(name: &str, p: &Packed<'_>) -> Result<()> {
 
 pub(super) fn decode_rows(p: &Packed<'_>, r0: usize, n: usize, out: &mut [f32]) {
     let (bits, v2) = params(&p.scheme);
-    let per = (32 / bits) as usize;
-    let mask = (1u32 << bits) - 1;
     let (rows, cols) = (p.rows, p.cols);
     // Parts were validated in `Packed::new`.
     let (Some(qw), Some(qz), Some(sc), Some(gi)) =
@@ -63,15 +62,103 @@ pub(super) fn decode_rows(p: &Packed<'_>, r0: usize, n: usize, out: &mut [f32]) 
         return;
     };
     let zero_offset = if v2 { 0 } else { 1 };
+    let zwords = rows * bits as usize / 32;
     let g_idx: Vec<usize> = (0..cols).map(|c| gi.u32_at(c) as usize).collect();
     for (i, o) in out.chunks_exact_mut(cols).take(n).enumerate() {
         let r = r0 + i;
-        let zshift = bits * (r % per) as u32;
         for (c, v) in o.iter_mut().enumerate() {
             let g = g_idx[c];
-            let q = (qw.u32_at((c / per) * rows + r) >> (bits * (c % per) as u32)) & mask;
-            let z = ((qz.u32_at(g * (rows / per) + r / per) >> zshift) & mask) + zero_offset;
+            let q = stream_code(|w| qw.u32_at(w * rows + r), c, bits);
+            let z = stream_code(|w| qz.u32_at(g * zwords + w), r, bits) + zero_offset;
             *v = sc.f32_at(g * rows + r) * (q as f32 - z as f32);
         }
     }
+}
+
+/// Code `k` of a little-endian bit stream of `bits`-bit codes held in 32-bit words.
+#[inline(always)]
+fn stream_code(word: impl Fn(usize) -> u32, k: usize, bits: u32) -> u32 {
+    let bit = k * bits as usize;
+    let (w, off) = (bit / 32, (bit % 32) as u32);
+    let mask = (1u32 << bits) - 1;
+    let lo = word(w) >> off;
+    if off + bits <= 32 {
+        lo & mask
+    } else {
+        (lo | (word(w + 1) << (32 - off))) & mask
+    }
+}
+
+/// Write code `k` into a bit stream (the inverse of [`stream_code`]); `set(word, bits)` ORs
+/// bits into a word.
+fn put_code(mut set: impl FnMut(usize, u32), k: usize, bits: u32, code: u32) {
+    let bit = k * bits as usize;
+    let (w, off) = (bit / 32, (bit % 32) as u32);
+    set(w, code << off);
+    if off + bits > 32 {
+        set(w + 1, code >> (32 - off));
+    }
+}
+
+/// The tensors of one GPTQ linear, ready to write (little-endian bytes).
+pub struct GptqTensors {
+    /// int32 [cols·bits/32, rows]
+    pub qweight: Vec<u8>,
+    /// int32 [groups, rows·bits/32]
+    pub qzeros: Vec<u8>,
+    /// f16 [groups, rows]
+    pub scales: Vec<u8>,
+    /// int32 [cols]
+    pub g_idx: Vec<u8>,
+    pub groups: usize,
+}
+
+/// Pack integer codes (rows × cols, original column order), per-(row, group) scales and zero
+/// points and the column → group map into the GPTQ layout. `v2` stores the zero points
+/// themselves instead of zero − 1.
+#[allow(clippy::too_many_arguments)]
+pub fn pack(
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    codes: &[u8],
+    scales: &[f32],
+    zeros: &[u8],
+    g_idx: &[u32],
+    v2: bool,
+) -> Result<GptqTensors> {
+    if (rows * bits as usize) % 32 != 0 || (cols * bits as usize) % 32 != 0 || codes.len() != rows * cols {
+        return Err(Error::InvalidArgument(format!("{rows}×{cols} {bits}-bit codes do not pack into int32 words")));
+    }
+    let groups = scales.len() / rows.max(1);
+    if scales.len() != rows * groups || zeros.len() != rows * groups || g_idx.len() != cols {
+        return Err(Error::InvalidArgument("GPTQ scales/zeros/g_idx do not match the weight shape".into()));
+    }
+    let mask = (1u32 << bits) - 1;
+    let qrows = cols * bits as usize / 32;
+    let mut qweight = vec![0u32; qrows * rows];
+    for r in 0..rows {
+        for c in 0..cols {
+            put_code(|w, b| qweight[w * rows + r] |= b, c, bits, codes[r * cols + c] as u32 & mask);
+        }
+    }
+    let zwords = rows * bits as usize / 32;
+    let mut qzeros = vec![0u32; groups * zwords];
+    let mut scale_bytes = Vec::with_capacity(groups * rows * 2);
+    for g in 0..groups {
+        for r in 0..rows {
+            let z = zeros[r * groups + g] as u32;
+            let stored = if v2 { z } else { z.wrapping_sub(1) } & mask;
+            put_code(|w, b| qzeros[g * zwords + w] |= b, r, bits, stored);
+            scale_bytes.extend_from_slice(&half::f16::from_f32(scales[r * groups + g]).to_le_bytes());
+        }
+    }
+    let words = |v: &[u32]| v.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>();
+    Ok(GptqTensors {
+        qweight: words(&qweight),
+        qzeros: words(&qzeros),
+        scales: scale_bytes,
+        g_idx: words(g_idx),
+        groups,
+    })
 }

@@ -35,10 +35,6 @@ impl Scheme {
                 if ![2, 3, 4, 8].contains(&bits) {
                     return Err(Error::Unsupported(format!("GPTQ with {bits} bits (qforge reads 2, 3, 4 and 8)")));
                 }
-                if bits == 3 {
-                    // 3-bit words straddle int32 boundaries in a layout of their own.
-                    return Err(Error::Unsupported("3-bit GPTQ checkpoints cannot be read yet".into()));
-                }
                 let group_size = match int("group_size").unwrap_or(-1) {
                     -1 => None,
                     g if g > 0 => Some(g as usize),

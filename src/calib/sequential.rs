@@ -1,0 +1,123 @@
+//! Layer-by-layer calibration ("sequential" GPTQ/AWQ): the calibration windows enter layer i
+//! through the already-quantized layers before it, so each layer is quantized against the
+//! activations the quantized model will actually produce. Only the hidden states of the
+//! windows (nsamples × seqlen × hidden) and one layer's statistics are held at a time; the
+//! weights stay in the input's memory map until a quantized layer replaces them.
+
+use super::Calibration;
+use crate::error::{Error, Result};
+use crate::runtime::{LinearObserver, LlamaModel, Matrix};
+
+/// The order in which a layer's linears are quantized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stages {
+    /// All seven linears from one pass (what the reference GPTQ does by default).
+    OneShot,
+    /// q/k/v, then o, then gate/up, then down: each group is calibrated on activations that
+    /// went through the quantized groups before it (`--true-sequential`).
+    TrueSequential,
+}
+
+impl Stages {
+    /// GGUF tensor-name suffixes of each stage.
+    fn groups(self) -> Vec<Vec<&'static str>> {
+        const ALL: [&str; 7] = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
+        match self {
+            Stages::OneShot => vec![ALL.to_vec()],
+            Stages::TrueSequential => vec![
+                vec!["attn_q", "attn_k", "attn_v"],
+                vec!["attn_output"],
+                vec!["ffn_gate", "ffn_up"],
+                vec!["ffn_down"],
+            ],
+        }
+    }
+}
+
+/// A quantization method driven by calibration activations.
+pub trait LayerQuantizer {
+    /// The input `x` (n × cols) of the linears `names` during a calibration pass (only the
+    /// linears of the stage being quantized are reported).
+    fn observe(&mut self, layer: usize, names: &[&str], x: &[f32], n: usize) -> Result<()>;
+
+    /// Quantize `names` (GGUF names, all observed over every window). `inputs` are the layer's
+    /// input hidden states per window (AWQ re-runs parts of the layer on them). Returns the
+    /// quantized-then-dequantized weights (rows × cols, in the model's row layout) that replace
+    /// the originals for the rest of the calibration.
+    fn quantize(
+        &mut self,
+        model: &LlamaModel<'_>,
+        layer: usize,
+        names: &[String],
+        inputs: &[Vec<f32>],
+    ) -> Result<Vec<(String, Vec<f32>)>>;
+}
+
+/// Passes only the observations of the current stage, and keeps the first error.
+struct StageFilter<'q> {
+    names: &'q [String],
+    inner: &'q mut dyn LayerQuantizer,
+    error: Option<Error>,
+}
+
+impl LinearObserver for StageFilter<'_> {
+    fn observe(&mut self, layer: usize, names: &[&str], x: &[f32], n: usize) {
+        if self.error.is_some() || !names.iter().any(|m| self.names.iter().any(|s| s == m)) {
+            return;
+        }
+        if x.iter().any(|v| !v.is_finite()) {
+            self.error = Some(Error::InvalidModel(format!(
+                "layer {layer}: the calibration activations entering {} hold NaN or Inf",
+                names.join("/")
+            )));
+            return;
+        }
+        if let Err(e) = self.inner.observe(layer, names, x, n) {
+            self.error = Some(e);
+        }
+    }
+}
+
+/// Quantize every decoder layer of `model` in order with `q`, replacing its weights as it
+/// goes. `on_layer(i)` is called after layer i is done (progress).
+pub fn run(
+    model: &mut LlamaModel<'_>,
+    calib: &Calibration,
+    stages: Stages,
+    q: &mut dyn LayerQuantizer,
+    on_layer: &mut dyn FnMut(usize),
+) -> Result<()> {
+    let n = calib.seqlen;
+    let (cos, sin) = model.rope_tables(0, n);
+    let mut states: Vec<Vec<f32>> = calib.windows.iter().map(|w| model.embed_tokens(w)).collect::<Result<_>>()?;
+    for li in 0..model.n_layers() {
+        for group in stages.groups() {
+            let names: Vec<String> = group.iter().map(|s| format!("blk.{li}.{s}.weight")).collect();
+            let mut filter = StageFilter { names: &names, inner: q, error: None };
+            for x in &states {
+                let mut x = x.clone();
+                let (mut k, mut v) = (Vec::new(), Vec::new());
+                model.layer_forward(li, &mut x, n, 0, (&cos, &sin), (&mut k, &mut v), &mut filter)?;
+                if let Some(e) = filter.error.take() {
+                    return Err(e);
+                }
+            }
+            for (name, values) in q.quantize(model, li, &names, &states)? {
+                let (rows, cols) = {
+                    let m = model
+                        .weight(&name)
+                        .ok_or_else(|| Error::InvalidArgument(format!("{name} is not a linear of the model")))?;
+                    (m.rows, m.cols)
+                };
+                model.set_weight(Matrix::from_f32(&name, rows, cols, values)?)?;
+            }
+        }
+        // The next layer's inputs: this layer's outputs with its quantized weights.
+        for x in states.iter_mut() {
+            let (mut k, mut v) = (Vec::new(), Vec::new());
+            model.layer_forward(li, x, n, 0, (&cos, &sin), (&mut k, &mut v), &mut crate::runtime::NoObserver)?;
+        }
+        on_layer(li);
+    }
+    Ok(())
+}

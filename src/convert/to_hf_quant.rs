@@ -1,0 +1,148 @@
+//! Write a quantized Hugging Face checkpoint (GPTQ, AWQ layouts): the quantized linears as
+//! the method's packed tensors, every other tensor copied, `config.json` with its
+//! `quantization_config`, and the tokenizer files — into a temporary directory renamed into
+//! place only when complete.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::Path;
+
+use indicatif::ProgressBar;
+use safetensors::{Dtype, View};
+use serde_json::Value;
+
+use super::tensor_to_f32;
+use super::to_hf::set_readable;
+use crate::error::{Error, Result};
+use crate::ggml_type::GgmlType;
+use crate::model::{names, ModelFile, RopeLayout};
+use crate::output::AtomicDir;
+use crate::quant;
+
+/// One tensor to write.
+pub struct OutTensor<'a> {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub data: Cow<'a, [u8]>,
+}
+
+impl View for &OutTensor<'_> {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HfQuantSummary {
+    pub tensors: usize,
+    pub bytes: u64,
+}
+
+/// Write `model` to `out_dir` with the linears in `linears` (GGUF name → suffix → tensor,
+/// e.g. `qweight`) replacing their float weights. `quant_config` goes into config.json as
+/// `quantization_config`; `extra_json` are more files (e.g. `quantize_config.json`).
+pub fn write(
+    model: &ModelFile,
+    out_dir: &Path,
+    mut linears: HashMap<String, Vec<(String, OutTensor<'static>)>>,
+    quant_config: Value,
+    extra_json: Vec<(String, Value)>,
+    progress: &ProgressBar,
+) -> Result<HfQuantSummary> {
+    let cfg = model.config();
+    let from = model.qk_layout();
+    let mut out: Vec<(String, OutTensor<'_>)> = Vec::new();
+    for t in model.tensors()? {
+        let hf_name = names::gguf_to_hf(&t.name)?;
+        if let Some(parts) = linears.remove(&t.name) {
+            let prefix = hf_name.strip_suffix(".weight").unwrap_or(&hf_name).to_string();
+            for (suffix, tensor) in parts {
+                out.push((format!("{prefix}.{suffix}"), tensor));
+            }
+            continue;
+        }
+        let reorder = from != RopeLayout::RotateHalf && names::qk_heads(&t.name, cfg.n_heads, cfg.n_kv_heads).is_some();
+        let tensor = match t.ggml_type {
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 if !reorder && t.packed.is_none() => OutTensor {
+                dtype: match t.ggml_type {
+                    GgmlType::F32 => Dtype::F32,
+                    GgmlType::F16 => Dtype::F16,
+                    _ => Dtype::BF16,
+                },
+                shape: t.shape.clone(),
+                data: Cow::Borrowed(t.data),
+            },
+            _ => {
+                // Quantized GGUF input: store the decoded values as f16 (norms as f32).
+                let values = tensor_to_f32(&t, cfg, from, RopeLayout::RotateHalf, false)?;
+                let ty = if t.shape.len() < 2 { GgmlType::F32 } else { GgmlType::F16 };
+                let data = quant::encode(ty, &values)?;
+                OutTensor {
+                    dtype: if ty == GgmlType::F32 { Dtype::F32 } else { Dtype::F16 },
+                    shape: t.shape.clone(),
+                    data: Cow::Owned(data),
+                }
+            }
+        };
+        out.push((hf_name, tensor));
+    }
+    if let Some(name) = linears.keys().next() {
+        return Err(Error::tensor(name, "quantized but not part of the model"));
+    }
+    let bytes = out.iter().map(|(_, t)| t.data.len() as u64).sum();
+    let n_tensors = out.len();
+
+    let dir = AtomicDir::create(out_dir)?;
+    let st_path = dir.path().join("model.safetensors");
+    let metadata = Some([("format".to_string(), "pt".to_string())].into_iter().collect());
+    safetensors::serialize_to_file(out.iter().map(|(n, t)| (n.as_str(), t)), metadata, &st_path)
+        .map_err(|e| Error::io(&st_path, std::io::Error::other(e.to_string())))?;
+    progress.inc(bytes);
+
+    let write_json = |name: &str, v: &Value| -> Result<()> {
+        let p = dir.path().join(name);
+        let text = serde_json::to_string_pretty(v).map_err(|e| Error::io(&p, std::io::Error::other(e)))?;
+        std::fs::write(&p, text + "\n").map_err(|e| Error::io(&p, e))
+    };
+    // config.json: the original one when there is one (it may carry fields qforge does not
+    // model), else rebuilt from the GGUF metadata.
+    let mut config = match model {
+        ModelFile::Hf(c) => c.config_json.clone(),
+        ModelFile::Gguf { .. } => cfg.to_hf_json("float16"),
+    };
+    if let Some(obj) = config.as_object_mut() {
+        obj.insert("quantization_config".into(), quant_config);
+    }
+    write_json("config.json", &config)?;
+    for (name, v) in &extra_json {
+        write_json(name, v)?;
+    }
+    match model {
+        ModelFile::Hf(c) => {
+            for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
+                let src = c.dir.join(f);
+                if src.is_file() {
+                    let dst = dir.path().join(f);
+                    std::fs::copy(&src, &dst).map_err(|e| Error::io(&src, e))?;
+                }
+            }
+        }
+        ModelFile::Gguf { .. } => {
+            let vocab = model.vocab()?;
+            write_json("tokenizer.json", &vocab.to_hf_json()?)?;
+            write_json("tokenizer_config.json", &vocab.to_hf_tokenizer_config(cfg.context_length))?;
+        }
+    }
+    set_readable(&st_path)?;
+    dir.commit()?;
+    Ok(HfQuantSummary { tensors: n_tensors, bytes })
+}
