@@ -261,3 +261,60 @@ impl ColumnGrid for GgmlGrid {
         (v as f64, v)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::decode_slice;
+
+    /// Every code of every weight, written with `set_code` into a header made by the type's
+    /// quantizer, decodes to `elem_grid(..).value(code)` exactly (and leaves the other weights
+    /// alone).
+    #[test]
+    fn codes_and_values_match_the_decoder() {
+        let mut s = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        for &t in super::super::GGML_TYPES {
+            let g = GgmlGrid::new(t, false, &(0..t.block_size()).collect::<Vec<_>>(), t.block_size()).unwrap();
+            let x: Vec<f32> = (0..g.qk).map(|_| ((next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1).collect();
+            let mut b = vec![0u8; g.block_bytes];
+            (g.quantize_block)(&x, &mut b);
+            let mut want = vec![0f32; g.qk];
+            for round in 0..40 {
+                for j in 0..g.qk {
+                    let eg = g.elem_grid(&b, j);
+                    let (qmin, qmax) = eg.range();
+                    // Sweep each weight through its whole range over the rounds, then random.
+                    let span = (qmax - qmin + 1) as u64;
+                    let q = qmin + if round < span as usize { (round as u64 + j as u64) % span } else { next() % span } as i32;
+                    g.set_code(&mut b, j, q);
+                    want[j] = eg.value(q);
+                }
+                let mut got = vec![0f32; g.qk];
+                decode_slice(t, &b, &mut got).unwrap();
+                for j in 0..g.qk {
+                    assert_eq!(got[j].to_bits(), want[j].to_bits(), "{t} round {round} weight {j}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn nearest_picks_the_closest_level() {
+        let g = ElemGrid::Sym { d: -0.5, off: -8, qmin: 0, qmax: 15 };
+        assert_eq!(g.nearest(1.1), (6, 1.0));
+        assert_eq!(g.nearest(100.0), (0, 4.0));
+        assert_eq!(g.nearest(-100.0), (15, -3.5));
+        let g = ElemGrid::KAffine { d: 0.25, m: 1.0, qmax: 15 };
+        assert_eq!(g.nearest(-0.3), (3, -0.25));
+        // Halfway: the lower code.
+        assert_eq!(g.nearest(-0.375).0, 2);
+        let g = ElemGrid::Affine { d: 0.0, m: 0.5, qmax: 15 };
+        assert_eq!(g.nearest(3.0).1, 0.5);
+    }
+}

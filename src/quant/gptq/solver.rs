@@ -202,3 +202,60 @@ fn sweep_chunk<G: ColumnGrid>(
     }
     (st, loss)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A random symmetric positive definite matrix with a wide spread of diagonal values.
+    fn spd(n: usize) -> Vec<f64> {
+        let mut s = 12345u64;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        };
+        let k = n + 5;
+        let a: Vec<f64> = (0..n * k).map(|i| next() * (1.0 + (i / k) as f64 * 0.1)).collect();
+        let mut h = vec![0.0; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                h[i * n + j] = (0..k).map(|t| a[i * k + t] * a[j * k + t]).sum();
+            }
+        }
+        h
+    }
+
+    #[test]
+    fn u_is_the_upper_cholesky_factor_of_the_damped_inverse() {
+        let n = 70;
+        let hd = spd(n);
+        let h = Hessian::from_dense(hd.clone(), n);
+        for act_order in [false, true] {
+            let f = factor(&h, act_order, 0.01).unwrap();
+            assert_eq!(f.retries, 0);
+            if act_order {
+                for i in 1..n {
+                    assert!(hd[f.perm[i - 1] * (n + 1)] >= hd[f.perm[i] * (n + 1)]);
+                }
+            }
+            let mean = (0..n).map(|i| hd[i * (n + 1)]).sum::<f64>() / n as f64;
+            // (UᵀU)·(P H Pᵀ + damp) = I
+            for i in 0..n {
+                for j in 0..n {
+                    let mut v = 0.0;
+                    for k in 0..n {
+                        let utu: f64 = (0..n).map(|t| f.u[t * n + i] * f.u[t * n + k]).sum();
+                        let hk = hd[f.perm[k] * n + f.perm[j]] + if k == j { 0.01 * mean } else { 0.0 };
+                        v += utu * hk;
+                    }
+                    let want = if i == j { 1.0 } else { 0.0 };
+                    assert!((v - want).abs() < 1e-9, "act_order {act_order} [{i},{j}]: {v}");
+                }
+                assert!(f.u[i * n + i] > 0.0);
+                assert!((0..i).all(|j| f.u[i * n + j] == 0.0));
+            }
+        }
+    }
+}
