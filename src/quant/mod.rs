@@ -2,6 +2,7 @@
 //! whole-tensor helpers used by `convert`.
 
 pub mod float;
+pub mod gptq;
 pub mod iq4_nl;
 pub mod kquants;
 pub mod legacy;

@@ -1,0 +1,181 @@
+//! The integer min-max grid of the reference's `quant.py` (`Quantizer`, per channel, no MSE
+//! search): per row and group, `scale = (xmax − xmin)/maxq` over the range widened to include
+//! 0, `zero = round(−xmin/scale)` (symmetric: `(maxq + 1)/2`), and
+//! `q = clamp(round(x/scale) + zero, 0, maxq)`, `x ≈ scale·(q − zero)`. Rounding is torch's:
+//! half to even. Everything is computed in f64, as the reference does on the golden data
+//! (weights whose value is exactly halfway between two levels are common with bf16 weights,
+//! and an f32-rounded scale would round them the other way). The output holds the scales
+//! rounded to f32 and `scale_f32 · (q − zero)` computed in f32 as the dequantized weights, so
+//! the two agree exactly; the sweep propagates the f64 rounding error.
+
+use super::solver::ColumnGrid;
+use super::IntQuant;
+
+/// Where a group's parameters come from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// One group per row, from the original weights (before dead columns are zeroed), as the
+    /// reference finds them before anything else.
+    PerRow,
+    /// Groups of original columns, from the original weights with dead columns zeroed.
+    Static,
+    /// Groups of sweep positions, found on the current weights when the sweep reaches them.
+    Dynamic,
+}
+
+pub(crate) struct IntGrid {
+    bits: u8,
+    maxq: u32,
+    sym: bool,
+    gs: usize,
+    cols: usize,
+    n_groups: usize,
+    mode: Mode,
+    perm: Vec<usize>,
+    /// The group of each sweep position.
+    group_of: Vec<u32>,
+    /// 0..cols, to hand out contiguous position ranges as triggers.
+    iota: Vec<usize>,
+}
+
+pub(crate) struct IntState {
+    rows: usize,
+    codes: Vec<u8>,
+    scales: Vec<f64>,
+    zeros: Vec<u8>,
+}
+
+/// `Quantizer.find_params` on one row's group: (scale, zero).
+pub(crate) fn find_params(x: impl Iterator<Item = f64>, maxq: u32, sym: bool) -> (f64, u8) {
+    let (mut xmin, mut xmax) = (0f64, 0f64);
+    for v in x {
+        xmin = xmin.min(v);
+        xmax = xmax.max(v);
+    }
+    if sym {
+        xmax = xmax.max(xmin.abs());
+        if xmin < 0.0 {
+            xmin = -xmax;
+        }
+    }
+    if xmin == 0.0 && xmax == 0.0 {
+        xmin = -1.0;
+        xmax = 1.0;
+    }
+    let mut scale = (xmax - xmin) / maxq as f64;
+    if !(scale as f32 > 0.0 && (scale as f32).is_finite()) {
+        // A range too small (or too large) for an f32 scale: the nearest usable one.
+        scale = if scale > 1.0 { f32::MAX as f64 } else { f32::MIN_POSITIVE as f64 };
+    }
+    let zero = if sym { (maxq + 1) / 2 } else { (-xmin / scale).round_ties_even().clamp(0.0, maxq as f64) as u32 };
+    (scale, zero as u8)
+}
+
+/// `quantize(x, scale, zero, maxq)`: the code, its value in f64 (the reference's), and its
+/// value as the output holds it (`scale` rounded to f32, times `q − zero`, in f32).
+#[inline(always)]
+pub(crate) fn quantize_one(x: f64, scale: f64, zero: u8, maxq: u32) -> (u8, f64, f32) {
+    let q = ((x / scale).round_ties_even() + zero as f64).clamp(0.0, maxq as f64) as u8;
+    let k = q as i32 - zero as i32;
+    (q, scale * k as f64, scale as f32 * k as f32)
+}
+
+impl IntGrid {
+    pub(crate) fn new(bits: u8, sym: bool, gs: usize, per_row: bool, static_groups: bool, perm: &[usize], cols: usize) -> Self {
+        let mode = if per_row {
+            Mode::PerRow
+        } else if static_groups {
+            Mode::Static
+        } else {
+            Mode::Dynamic
+        };
+        let gs = if per_row { cols } else { gs };
+        let group_of = (0..cols)
+            .map(|p| match mode {
+                Mode::PerRow => 0,
+                Mode::Static => (perm[p] / gs) as u32,
+                Mode::Dynamic => (p / gs) as u32,
+            })
+            .collect();
+        IntGrid {
+            bits,
+            maxq: (1u32 << bits) - 1,
+            sym,
+            gs,
+            cols,
+            n_groups: cols / gs,
+            mode,
+            perm: perm.to_vec(),
+            group_of,
+            iota: (0..cols).collect(),
+        }
+    }
+
+    /// Assemble the chunks' states (consecutive rows, in order).
+    pub(crate) fn finish(&self, states: Vec<IntState>) -> IntQuant {
+        let rows: usize = states.iter().map(|s| s.rows).sum();
+        let mut q = IntQuant {
+            bits: self.bits,
+            group_size: self.gs,
+            codes: Vec::with_capacity(rows * self.cols),
+            scales: Vec::with_capacity(rows * self.n_groups),
+            zeros: Vec::with_capacity(rows * self.n_groups),
+            g_idx: vec![0; self.cols],
+        };
+        for s in states {
+            q.codes.extend_from_slice(&s.codes);
+            q.scales.extend(s.scales.iter().map(|&v| v as f32));
+            q.zeros.extend_from_slice(&s.zeros);
+        }
+        for (p, &c) in self.perm.iter().enumerate() {
+            q.g_idx[c] = self.group_of[p];
+        }
+        q
+    }
+}
+
+impl ColumnGrid for IntGrid {
+    type State = IntState;
+
+    fn new_state(&self, w: &[f32], rows: usize, dead: &[bool]) -> IntState {
+        let ng = self.n_groups;
+        let mut st =
+            IntState { rows, codes: vec![0; rows * self.cols], scales: vec![0.0; rows * ng], zeros: vec![0; rows * ng] };
+        if self.mode == Mode::Dynamic {
+            return st;
+        }
+        for (r, row) in w.chunks_exact(self.cols).enumerate() {
+            for g in 0..ng {
+                let cols = g * self.gs..(g + 1) * self.gs;
+                let vals = cols.map(|c| if self.mode == Mode::Static && dead[c] { 0.0 } else { row[c] as f64 });
+                let (s, z) = find_params(vals, self.maxq, self.sym);
+                st.scales[r * ng + g] = s;
+                st.zeros[r * ng + g] = z;
+            }
+        }
+        st
+    }
+
+    fn trigger(&self, p: usize) -> &[usize] {
+        if self.mode == Mode::Dynamic && p % self.gs == 0 {
+            &self.iota[p..p + self.gs]
+        } else {
+            &[]
+        }
+    }
+
+    fn set_params(&self, st: &mut IntState, r: usize, p: usize, vals: &[f64]) {
+        let (s, z) = find_params(vals.iter().copied(), self.maxq, self.sym);
+        let g = r * self.n_groups + p / self.gs;
+        st.scales[g] = s;
+        st.zeros[g] = z;
+    }
+
+    #[inline(always)]
+    fn quantize(&self, st: &mut IntState, r: usize, p: usize, w: f64) -> (f64, f32) {
+        let g = r * self.n_groups + self.group_of[p] as usize;
+        let (q, v, out) = quantize_one(w, st.scales[g], st.zeros[g], self.maxq);
+        st.codes[r * self.cols + self.perm[p]] = q;
+        (v, out)
+    }
+}

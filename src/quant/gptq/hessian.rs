@@ -1,0 +1,162 @@
+//! The layer-input Hessian `H = 2/N · Σ xᵀx` that GPTQ weighs rounding errors with.
+//!
+//! Accumulation is the expensive part of GPTQ on a CPU (N · n² multiply-adds per layer input),
+//! so each batch's `XᵀX` is computed in f32 by faer's GEMM, one panel of columns per task, and
+//! only the lower triangle (`H` is symmetric); each panel is then added into an f64 running
+//! sum. The f64 sum keeps the total exact to ~1e-16 relative however many batches are added;
+//! within a batch the f32 products are summed over at most [`F32_ROWS`] rows.
+//!
+//! The reference keeps a running average (`H *= N_old/N_new; H += 2/N_new · XᵀX`); keeping
+//! the plain sum and scaling by `2/N` when read is the same matrix with one rounding less.
+
+use faer::linalg::matmul::{matmul, triangular};
+use faer::reborrow::ReborrowMut;
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+/// Columns per SYRK panel (one rayon task each).
+const PANEL: usize = 128;
+
+/// Rows summed in f32 before the panel is added to the f64 accumulator.
+const F32_ROWS: usize = 4096;
+
+/// `H = 2/N · Σ xᵀx` over every activation row `x` (length `n`) seen so far.
+#[derive(Clone, Debug)]
+pub struct Hessian {
+    n: usize,
+    /// Column-major n × n; only the lower triangle (column `j`, rows `j..n`) is kept up to
+    /// date. Holds Σ xᵀx, or `H` itself for [`Hessian::from_dense`].
+    sum: Vec<f64>,
+    samples: usize,
+    /// `sum` is `H` itself (from [`Hessian::from_dense`]), not a sum to scale by 2/N.
+    dense: bool,
+}
+
+impl Hessian {
+    /// An empty Hessian for layers with `n` input features.
+    pub fn new(n: usize) -> Hessian {
+        Hessian { n, sum: vec![0.0; n * n], samples: 0, dense: false }
+    }
+
+    /// A Hessian given as a dense symmetric n × n matrix (tests, golden data, one computed
+    /// elsewhere). Only its lower triangle (row ≥ column, row-major) is read. `samples()` is 0,
+    /// and a later [`Hessian::add`] starts the average afresh, as the reference's running
+    /// average does from N = 0.
+    ///
+    /// Panics if `h.len() != n · n`.
+    pub fn from_dense(h: Vec<f64>, n: usize) -> Hessian {
+        assert_eq!(h.len(), n * n, "Hessian::from_dense: {} values for a {n} × {n} matrix", h.len());
+        // Row-major lower = column-major upper: transpose into our column-major lower.
+        let mut sum = vec![0.0; n * n];
+        for i in 0..n {
+            for j in 0..=i {
+                sum[j * n + i] = h[i * n + j];
+            }
+        }
+        Hessian { n, sum, samples: 0, dense: true }
+    }
+
+    /// Add `rows` activation rows (`x` is row-major rows × n).
+    ///
+    /// Panics if `x.len() != rows · n`.
+    pub fn add(&mut self, x: &[f32], rows: usize) {
+        let n = self.n;
+        assert_eq!(x.len(), rows * n, "Hessian::add: {} values for {rows} rows of {n}", x.len());
+        if rows == 0 || n == 0 {
+            return;
+        }
+        if self.dense {
+            self.sum.fill(0.0);
+            self.dense = false;
+        }
+        for batch in x.chunks(F32_ROWS * n) {
+            self.add_batch(batch, batch.len() / n);
+        }
+        self.samples += rows;
+    }
+
+    /// sum += XᵀX (lower triangle), one panel of columns per task.
+    fn add_batch(&mut self, x: &[f32], rows: usize) {
+        let n = self.n;
+        let xm = MatRef::from_row_major_slice(x, rows, n);
+        self.sum.par_chunks_mut(PANEL * n).enumerate().for_each(|(p, acc)| {
+            let j0 = p * PANEL;
+            let w = acc.len() / n;
+            let h = n - j0;
+            // scratch: column-major h × w, rows j0..n of columns j0..j0+w.
+            let mut s = vec![0f32; h * w];
+            let mut sm = MatMut::from_column_major_slice_mut(&mut s, h, w);
+            let rhs = xm.subcols(j0, w);
+            let (diag, below) = sm.rb_mut().split_at_row_mut(w);
+            triangular::matmul(
+                diag,
+                triangular::BlockStructure::TriangularLower,
+                Accum::Replace,
+                rhs.transpose(),
+                triangular::BlockStructure::Rectangular,
+                rhs,
+                triangular::BlockStructure::Rectangular,
+                1.0f32,
+                Par::Seq,
+            );
+            if h > w {
+                matmul(below, Accum::Replace, xm.subcols(j0 + w, h - w).transpose(), rhs, 1.0f32, Par::Seq);
+            }
+            for c in 0..w {
+                let col = &mut acc[c * n + j0 + c..(c + 1) * n];
+                let sc = &s[c * h + c..(c + 1) * h];
+                for (a, &v) in col.iter_mut().zip(sc) {
+                    *a += v as f64;
+                }
+            }
+        });
+    }
+
+    /// Activation rows added so far (0 for [`Hessian::from_dense`]).
+    pub fn samples(&self) -> usize {
+        self.samples
+    }
+
+    /// Input features (H is n × n).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Whether any entry is NaN or infinite.
+    pub fn has_nonfinite(&self) -> bool {
+        let n = self.n;
+        self.sum.par_chunks(n.max(1)).enumerate().any(|(j, col)| col[j..].iter().any(|v| !v.is_finite()))
+    }
+
+    /// The factor that turns `sum` into `H`.
+    fn factor(&self) -> f64 {
+        if self.dense {
+            1.0
+        } else if self.samples == 0 {
+            0.0
+        } else {
+            2.0 / self.samples as f64
+        }
+    }
+
+    /// `H[i, j]`.
+    pub fn get(&self, i: usize, j: usize) -> f64 {
+        let (r, c) = if i >= j { (i, j) } else { (j, i) };
+        self.sum[c * self.n + r] * self.factor()
+    }
+
+    /// `H` as a dense symmetric n × n matrix (row-major, which is also column-major).
+    pub fn to_dense(&self) -> Vec<f64> {
+        let n = self.n;
+        let f = self.factor();
+        let mut h = vec![0.0; n * n];
+        for j in 0..n {
+            for i in j..n {
+                let v = self.sum[j * n + i] * f;
+                h[j * n + i] = v;
+                h[i * n + j] = v;
+            }
+        }
+        h
+    }
+}

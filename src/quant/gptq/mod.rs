@@ -1,0 +1,244 @@
+//! GPTQ (Frantar et al. 2022, "GPTQ: Accurate Post-Training Quantization for Generative
+//! Pre-trained Transformers"): quantize a linear layer's weights column by column, each time
+//! spreading the rounding error over the columns not yet quantized so that the layer's output
+//! on the calibration activations changes as little as possible.
+//!
+//! This module is the solver only: it takes the weights `W` (rows × cols, one output feature
+//! per row) and the layer input's Hessian `H = 2/N · Σ xᵀx` ([`Hessian`]), and returns the
+//! quantized weights. Collecting activations, naming layers and writing files live elsewhere.
+//!
+//! The sweep follows the reference implementation (IST-DASLab `gptq.py`, `fasterquant`, also
+//! what AutoGPTQ and GPTQModel run):
+//! 1. Dead columns (`H[i,i] = 0`, an input that was always zero) get `H[i,i] = 1` and `W[:,i] = 0`.
+//! 2. With `act_order` the columns are visited by descending `diag(H)` (ties in column order).
+//! 3. `damp · mean(diag H)` is added to the diagonal and `U`, the upper Cholesky factor of
+//!    `H⁻¹`, is computed in f64 (if `H` is still not positive definite the damping is retried
+//!    ×10, up to [`MAX_DAMP_RETRIES`] times; the result says how many retries it took).
+//! 4. Columns are swept in blocks of `block_size`: column `i` is quantized on its current
+//!    (error-updated) values, `err = (w − q)/U[i,i]` is subtracted from the rest of the block
+//!    with row `i` of `U` at once, and the whole block's errors from the columns after the block
+//!    with one GEMM (the "lazy batch" update). Rows are independent given `H`; row chunks run
+//!    in parallel.
+//!
+//! Two kinds of quantization grid ([`Grid`]):
+//! - [`Grid::Int`]: the integer min-max grid of `quant.py` (per row, or per group of columns):
+//!   for hf-gptq style checkpoints. The sweep runs in f64 like the reference; the output
+//!   scales are rounded to f32 and the dequantized result is exactly `scale · (code − zero)`
+//!   computed in f32.
+//! - [`Grid::Ggml`]: the grid *is* a GGML block type (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K,
+//!   Q6_K). When the sweep first reaches a column of a block (32 weights, or a 256-weight
+//!   K-quant super-block, along a row), that block's parameters (scale, min, sub-block scales)
+//!   are chosen by qforge's reference quantizer for the type on the block's current values;
+//!   each weight is then rounded, when the sweep reaches it, to the nearest value its
+//!   (sub-)block can represent. The encoded blocks decode (`crate::quant::decode`) to exactly
+//!   [`GptqResult::dequantized`].
+//!
+//! Differences from the reference, all deliberate:
+//! - Group parameters found inside a sweep block (a group size smaller than, or not aligned
+//!   with, the block size) are computed on the fully updated weights of the group. The
+//!   reference reads them from its not-yet-updated copy of the weights there; with group
+//!   size 128 and block size 128 (the usual setting) both are the same thing.
+//! - The `act_order` sort is stable (ties keep column order); torch's `argsort` is not.
+//! - `H⁻¹`'s upper Cholesky factor is computed as the reversed inverse of the lower Cholesky
+//!   factor of the reversed `H` (one factorization and one triangular inverse instead of a
+//!   factorization, an inverse and a second factorization); mathematically the same matrix.
+
+mod ggml_grid;
+mod grid;
+mod hessian;
+mod solver;
+
+pub use hessian::Hessian;
+
+use crate::error::{Error, Result};
+use crate::ggml_type::GgmlType;
+
+/// How many times the damping is multiplied by 10 and the factorization retried before
+/// [`quantize`] gives up on a Hessian that is not positive definite.
+pub const MAX_DAMP_RETRIES: u32 = 3;
+
+/// The GGML types [`Grid::Ggml`] supports.
+pub const GGML_TYPES: &[GgmlType] = &[
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
+/// Solver settings. `Default` is the reference's `fasterquant` defaults: block 128, damp 0.01,
+/// no act-order, no static groups, one group per row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GptqOptions {
+    /// Columns per lazy-batch block (128). Changes speed, not the result (up to rounding),
+    /// except where group parameters are found (see the module doc).
+    pub block_size: usize,
+    /// Damping as a fraction of `mean(diag H)` (0.01).
+    pub damp: f64,
+    /// Visit columns by descending `diag(H)` ("desc_act").
+    pub act_order: bool,
+    /// Find every group's parameters up front from the original weights (groups in original
+    /// column order) instead of when the sweep reaches them. With [`Grid::Ggml`] the blocks
+    /// are the groups and this fixes every block's parameters up front the same way.
+    pub static_groups: bool,
+    /// Columns per group for [`Grid::Int`] (`None`: one group per row, the reference's −1).
+    /// Ignored by [`Grid::Ggml`], whose groups are its blocks.
+    pub group_size: Option<usize>,
+}
+
+impl Default for GptqOptions {
+    fn default() -> Self {
+        GptqOptions { block_size: 128, damp: 0.01, act_order: false, static_groups: false, group_size: None }
+    }
+}
+
+/// The quantization grid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grid {
+    /// Integer codes in `[0, 2^bits − 1]` with a scale and an integer zero point per group:
+    /// `x ≈ scale · (code − zero)`. `sym` fixes the zero point at `2^(bits−1)` (and makes the
+    /// range symmetric around zero), as `quant.py` does. Bits: 2, 3, 4 or 8.
+    Int { bits: u8, sym: bool },
+    /// A GGML block type (one of [`GGML_TYPES`]).
+    Ggml(GgmlType),
+}
+
+/// The integer grid's output, in the reference's terms (hf-gptq / AutoGPTQ layout before
+/// packing).
+#[derive(Clone, Debug, PartialEq)]
+pub struct IntQuant {
+    pub bits: u8,
+    /// Columns per group (`cols` when there is one group per row).
+    pub group_size: usize,
+    /// rows × cols codes in `[0, 2^bits − 1]`, in the ORIGINAL column order.
+    pub codes: Vec<u8>,
+    /// rows × n_groups scales (`n_groups = cols / group_size`), f32.
+    pub scales: Vec<f32>,
+    /// rows × n_groups integer zero points, the true ones (AutoGPTQ's packing stores
+    /// `zero − 1` for its old kernels: the writer's business).
+    pub zeros: Vec<u8>,
+    /// For each original column, the group whose scale and zero it uses: `col / group_size`,
+    /// or with act-order (without static groups) `i / group_size` for the column visited `i`-th.
+    pub g_idx: Vec<u32>,
+}
+
+impl IntQuant {
+    /// Groups per row (`cols / group_size`).
+    pub fn n_groups(&self) -> usize {
+        self.g_idx.len() / self.group_size
+    }
+}
+
+/// What [`quantize`] returns.
+#[derive(Clone, Debug)]
+pub struct GptqResult {
+    /// rows × cols quantized weights (dequantized to f32), original column order.
+    pub dequantized: Vec<f32>,
+    /// Codes, scales, zeros and g_idx for [`Grid::Int`].
+    pub int: Option<IntQuant>,
+    /// The rows encoded as the GGML type, for [`Grid::Ggml`] (rows × cols/block_size blocks).
+    pub ggml: Option<Vec<u8>>,
+    /// The damping actually used, as a fraction of `mean(diag H)` (`opts.damp · 10^retries`).
+    pub damp_used: f64,
+    /// How many times the damping had to be increased (0 normally).
+    pub damp_retries: u32,
+    /// The reference's `Losses` total: Σ (w − q)² / U[i,i]² / 2 over all weights, w the
+    /// error-updated weight when it was quantized. For logging and comparisons.
+    pub loss: f64,
+    /// Columns whose `H[i,i]` was 0 (weights set to 0 before quantizing).
+    pub dead_columns: usize,
+}
+
+/// Quantize `w` (rows × cols, row-major, one output feature per row) with GPTQ against the
+/// Hessian `h` of the layer's inputs (`h.n() == cols`). See the module doc.
+///
+/// Errors: inconsistent shapes, a group size that does not divide `cols`, a GGML block size
+/// that does not divide `cols`, unsupported bits or GGML types, non-finite weights or Hessian,
+/// and a Hessian that is not positive definite even after [`MAX_DAMP_RETRIES`] ×10 retries of
+/// the damping.
+pub fn quantize(w: &[f32], rows: usize, cols: usize, h: &Hessian, grid: &Grid, opts: &GptqOptions) -> Result<GptqResult> {
+    check_args(w, rows, cols, h, grid, opts)?;
+    if let Some(i) = crate::quant::find_nonfinite(w) {
+        return Err(Error::InvalidArgument(format!(
+            "GPTQ: weight [{}, {}] is not finite ({})",
+            i / cols,
+            i % cols,
+            w[i]
+        )));
+    }
+    if h.has_nonfinite() {
+        return Err(Error::InvalidArgument(
+            "GPTQ: the Hessian has non-finite entries (NaN or infinite calibration activations?)".into(),
+        ));
+    }
+    let f = solver::factor(h, opts.act_order, opts.damp)?;
+    let (dequantized, int, ggml, loss) = match *grid {
+        Grid::Int { bits, sym } => {
+            let gs = opts.group_size.unwrap_or(cols);
+            let g = grid::IntGrid::new(bits, sym, gs, opts.group_size.is_none(), opts.static_groups, &f.perm, cols);
+            let (deq, states, loss) = solver::sweep(w, rows, cols, &f, opts.block_size, &g);
+            (deq, Some(g.finish(states)), None, loss)
+        }
+        Grid::Ggml(t) => {
+            let g = ggml_grid::GgmlGrid::new(t, opts.static_groups, &f.perm, cols)?;
+            let (deq, states, loss) = solver::sweep(w, rows, cols, &f, opts.block_size, &g);
+            (deq, None, Some(g.finish(states)), loss)
+        }
+    };
+    Ok(GptqResult {
+        dequantized,
+        int,
+        ggml,
+        damp_used: f.damp_used,
+        damp_retries: f.retries,
+        loss,
+        dead_columns: f.dead_columns,
+    })
+}
+
+fn check_args(w: &[f32], rows: usize, cols: usize, h: &Hessian, grid: &Grid, opts: &GptqOptions) -> Result<()> {
+    let bad = |msg: String| Err(Error::InvalidArgument(format!("GPTQ: {msg}")));
+    if rows == 0 || cols == 0 {
+        return bad(format!("empty weight matrix ({rows} × {cols})"));
+    }
+    if rows.checked_mul(cols) != Some(w.len()) {
+        return bad(format!("{} weights given for a {rows} × {cols} matrix", w.len()));
+    }
+    if h.n() != cols {
+        return bad(format!("the Hessian is {0} × {0} but the weights have {cols} columns", h.n()));
+    }
+    if opts.block_size == 0 {
+        return bad("block size 0".into());
+    }
+    if !(opts.damp.is_finite() && opts.damp >= 0.0) {
+        return bad(format!("damping {} is not a non-negative number", opts.damp));
+    }
+    match *grid {
+        Grid::Int { bits, .. } => {
+            if !matches!(bits, 2 | 3 | 4 | 8) {
+                return Err(Error::Unsupported(format!("GPTQ: {bits}-bit integer grids are not supported (2, 3, 4, 8)")));
+            }
+            if let Some(g) = opts.group_size {
+                if g == 0 || cols % g != 0 {
+                    return bad(format!("group size {g} does not divide the {cols} columns"));
+                }
+            }
+        }
+        Grid::Ggml(t) => {
+            if !GGML_TYPES.contains(&t) {
+                let names: Vec<&str> = GGML_TYPES.iter().map(|t| t.name()).collect();
+                return Err(Error::Unsupported(format!(
+                    "GPTQ with a {t} grid is not supported (supported: {})",
+                    names.join(", ")
+                )));
+            }
+            if cols % t.block_size() != 0 {
+                return bad(format!("{t} blocks of {} weights do not divide the {cols} columns", t.block_size()));
+            }
+        }
+    }
+    Ok(())
+}

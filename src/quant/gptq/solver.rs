@@ -1,0 +1,261 @@
+//! The GPTQ core: the damped factorization of `H` and the blocked column sweep, generic over
+//! the quantization grid ([`ColumnGrid`]).
+
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
+use faer::linalg::matmul::matmul;
+use faer::linalg::triangular_inverse::invert_lower_triangular;
+use faer::reborrow::ReborrowMut;
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+use super::{Hessian, MAX_DAMP_RETRIES};
+use crate::error::{Error, Result};
+
+/// Most rows one sweep task takes (its f64 copy of the weights is rows × cols × 8 bytes, and
+/// each task streams all of `U` once).
+const MAX_CHUNK_ROWS: usize = 256;
+
+/// Everything the sweep needs from `H`.
+pub(crate) struct Factor {
+    /// Sweep order: `perm[i]` is the original column visited i-th.
+    pub perm: Vec<usize>,
+    /// n × n row-major, upper triangular: the upper Cholesky factor `U` of `(P H Pᵀ + damp·I)⁻¹`
+    /// (`UᵀU = H⁻¹`), in sweep order. The lower triangle is zero.
+    pub u: Vec<f64>,
+    /// By original column: `H[i,i] == 0`.
+    pub dead: Vec<bool>,
+    pub dead_columns: usize,
+    pub damp_used: f64,
+    pub retries: u32,
+}
+
+/// Dead columns, act-order permutation, damping (with retries) and `U`.
+pub(crate) fn factor(h: &Hessian, act_order: bool, damp: f64) -> Result<Factor> {
+    let n = h.n();
+    let raw_diag: Vec<f64> = (0..n).map(|i| h.get(i, i)).collect();
+    let dead: Vec<bool> = raw_diag.iter().map(|&d| d == 0.0).collect();
+    let diag: Vec<f64> = raw_diag.iter().map(|&d| if d == 0.0 { 1.0 } else { d }).collect();
+    let mut perm: Vec<usize> = (0..n).collect();
+    if act_order {
+        // Stable: equal diagonals keep column order.
+        perm.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]));
+    }
+    let mean = diag.iter().sum::<f64>() / n as f64;
+
+    let par = Par::rayon(0);
+    let mut m = vec![0f64; n * n];
+    let mut u = vec![0f64; n * n];
+    let mut frac = damp;
+    let mut tried = Vec::new();
+    for retry in 0..=MAX_DAMP_RETRIES {
+        if retry > 0 {
+            frac = if frac > 0.0 { frac * 10.0 } else { 0.01 };
+        }
+        tried.push(frac);
+        let add = frac * mean;
+        // M = J·(P H Pᵀ + add·I)·J (J reverses the order), lower triangle, column-major.
+        m.par_chunks_mut(n).enumerate().for_each(|(b, col)| {
+            let j = perm[n - 1 - b];
+            col[b] = diag[j] + add;
+            for a in b + 1..n {
+                col[a] = h.get(perm[n - 1 - a], j);
+            }
+        });
+        let mut mm = MatMut::from_column_major_slice_mut(&mut m, n, n);
+        let mut buf = MemBuffer::new(cholesky_in_place_scratch::<f64>(n, par, Default::default()));
+        if cholesky_in_place(mm.rb_mut(), Default::default(), par, MemStack::new(&mut buf), Default::default()).is_err()
+        {
+            continue;
+        }
+        // With L the factor of J·H·J, J·L⁻¹·J is upper triangular and (J·L⁻¹·J)ᵀ(J·L⁻¹·J) =
+        // J·(L·Lᵀ)⁻¹·J = H⁻¹: it is U. Writing L⁻¹ row-major and reversing the buffer applies
+        // both J's.
+        u.fill(0.0);
+        invert_lower_triangular(MatMut::from_row_major_slice_mut(&mut u, n, n), mm.as_ref(), par);
+        u.reverse();
+        let ok = u.par_chunks(n).enumerate().all(|(i, row)| row[i] > 0.0 && row[i..].iter().all(|v| v.is_finite()));
+        if !ok {
+            continue;
+        }
+        return Ok(Factor {
+            perm,
+            u,
+            dead_columns: dead.iter().filter(|&&d| d).count(),
+            dead,
+            damp_used: frac,
+            retries: retry,
+        });
+    }
+    let tried: Vec<String> = tried.iter().map(|f| format!("{f}")).collect();
+    Err(Error::InvalidArgument(format!(
+        "GPTQ: the Hessian is not positive definite even with damping {} × mean(diag H) (= {mean:e}); \
+         the calibration activations may be degenerate",
+        tried.join(", ")
+    )))
+}
+
+/// A quantization grid as the sweep sees it. Per-chunk state (`State`) holds the rows' grid
+/// parameters and codes; `set_params` fixes the parameters of one row's group or block,
+/// `quantize` rounds one weight. Positions are sweep positions (`perm` order).
+pub(crate) trait ColumnGrid: Sync {
+    type State: Send;
+    /// State for a chunk of rows: `w` is its rows × cols original weights (before the dead
+    /// columns are zeroed), `dead` the dead columns.
+    fn new_state(&self, w: &[f32], rows: usize, dead: &[bool]) -> Self::State;
+    /// The positions whose current values `set_params` needs when the sweep reaches position
+    /// `p` (empty: none). All are ≥ `p`.
+    fn trigger(&self, p: usize) -> &[usize];
+    fn set_params(&self, st: &mut Self::State, r: usize, p: usize, vals: &[f64]);
+    /// Round row `r`'s weight at position `p` (current value `w`); returns the quantized value
+    /// the error is computed with, and the f32 that goes into the output.
+    fn quantize(&self, st: &mut Self::State, r: usize, p: usize, w: f64) -> (f64, f32);
+}
+
+/// Run the sweep over all rows. Returns the dequantized weights (rows × cols, original
+/// order), each chunk's grid state (chunks of consecutive rows, in order) and the loss.
+pub(crate) fn sweep<G: ColumnGrid>(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    f: &Factor,
+    block_size: usize,
+    g: &G,
+) -> (Vec<f32>, Vec<G::State>, f64) {
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = rows.div_ceil(threads).clamp(1, MAX_CHUNK_ROWS);
+    let mut out = vec![0f32; rows * cols];
+    let results: Vec<(G::State, f64)> = out
+        .par_chunks_mut(chunk * cols)
+        .zip(w.par_chunks(chunk * cols))
+        .map(|(o, wc)| sweep_chunk(wc, wc.len() / cols, cols, f, block_size, g, o))
+        .collect();
+    let loss = results.iter().map(|r| r.1).sum::<f64>() / 2.0;
+    (out, results.into_iter().map(|r| r.0).collect(), loss)
+}
+
+/// The sweep for one chunk of rows; writes the quantized weights into `out` (original order)
+/// and returns the grid state and Σ err².
+fn sweep_chunk<G: ColumnGrid>(
+    w: &[f32],
+    rows: usize,
+    n: usize,
+    f: &Factor,
+    bs: usize,
+    g: &G,
+    out: &mut [f32],
+) -> (G::State, f64) {
+    let mut st = g.new_state(w, rows, &f.dead);
+    let (perm, u) = (&f.perm, &f.u);
+    // The working copy, in sweep order, dead columns zeroed.
+    let mut wk = vec![0f64; rows * n];
+    for (dst, src) in wk.chunks_exact_mut(n).zip(w.chunks_exact(n)) {
+        for (d, &c) in dst.iter_mut().zip(perm) {
+            *d = if f.dead[c] { 0.0 } else { src[c] as f64 };
+        }
+    }
+    let bs = bs.min(n);
+    let mut err = vec![0f64; rows * bs];
+    let mut vals = Vec::new();
+    let mut loss = 0f64;
+    for i1 in (0..n).step_by(bs) {
+        let i2 = (i1 + bs).min(n);
+        for r in 0..rows {
+            let row = &mut wk[r * n..(r + 1) * n];
+            let er = &mut err[r * bs..(r + 1) * bs];
+            for i in i1..i2 {
+                let pos = g.trigger(i);
+                if !pos.is_empty() {
+                    // Current values: inside the block they are up to date; beyond it they
+                    // still lack this block's updates so far.
+                    vals.clear();
+                    vals.extend(pos.iter().map(|&p| {
+                        let mut v = row[p];
+                        if p >= i2 {
+                            for k in i1..i {
+                                v -= er[k - i1] * u[k * n + p];
+                            }
+                        }
+                        v
+                    }));
+                    g.set_params(&mut st, r, i, &vals);
+                }
+                let x = row[i];
+                let (q, qo) = g.quantize(&mut st, r, i, x);
+                out[r * n + perm[i]] = qo;
+                let e = (x - q) / u[i * n + i];
+                er[i - i1] = e;
+                loss += e * e;
+                let urow = &u[i * n + i + 1..i * n + i2];
+                for (v, &h) in row[i + 1..i2].iter_mut().zip(urow) {
+                    *v -= e * h;
+                }
+            }
+        }
+        if i2 < n {
+            // W[:, i2..] −= Err · U[i1..i2, i2..]
+            let wm = MatMut::from_row_major_slice_mut(&mut wk, rows, n).subcols_mut(i2, n - i2);
+            let em = MatRef::from_row_major_slice(&err, rows, bs).subcols(0, i2 - i1);
+            let um = MatRef::from_row_major_slice(u, n, n).submatrix(i1, i2, i2 - i1, n - i2);
+            matmul(wm, Accum::Add, em, um, -1.0, Par::Seq);
+        }
+    }
+    (st, loss)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A random symmetric positive definite matrix with a wide spread of diagonal values.
+    fn spd(n: usize) -> Vec<f64> {
+        let mut s = 12345u64;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        };
+        let k = n + 5;
+        let a: Vec<f64> = (0..n * k).map(|i| next() * (1.0 + (i / k) as f64 * 0.1)).collect();
+        let mut h = vec![0.0; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                h[i * n + j] = (0..k).map(|t| a[i * k + t] * a[j * k + t]).sum();
+            }
+        }
+        h
+    }
+
+    #[test]
+    fn u_is_the_upper_cholesky_factor_of_the_damped_inverse() {
+        let n = 70;
+        let hd = spd(n);
+        let h = Hessian::from_dense(hd.clone(), n);
+        for act_order in [false, true] {
+            let f = factor(&h, act_order, 0.01).unwrap();
+            assert_eq!(f.retries, 0);
+            if act_order {
+                for i in 1..n {
+                    assert!(hd[f.perm[i - 1] * (n + 1)] >= hd[f.perm[i] * (n + 1)]);
+                }
+            }
+            let mean = (0..n).map(|i| hd[i * (n + 1)]).sum::<f64>() / n as f64;
+            // (UᵀU)·(P H Pᵀ + damp) = I
+            for i in 0..n {
+                for j in 0..n {
+                    let mut v = 0.0;
+                    for k in 0..n {
+                        let utu: f64 = (0..n).map(|t| f.u[t * n + i] * f.u[t * n + k]).sum();
+                        let hk = hd[f.perm[k] * n + f.perm[j]] + if k == j { 0.01 * mean } else { 0.0 };
+                        v += utu * hk;
+                    }
+                    let want = if i == j { 1.0 } else { 0.0 };
+                    assert!((v - want).abs() < 1e-9, "act_order {act_order} [{i},{j}]: {v}");
+                }
+                assert!(f.u[i * n + i] > 0.0);
+                assert!((0..i).all(|j| f.u[i * n + j] == 0.0));
+            }
+        }
+    }
+}
