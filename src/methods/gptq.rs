@@ -1,0 +1,141 @@
+//! GPTQ over a whole model: one Hessian per distinct linear input (q/k/v share one, gate/up
+//! share one), accumulated from the calibration activations, then the solver
+//! (`quant::gptq`) for each matrix of the stage.
+
+use std::collections::HashMap;
+
+use crate::calib::sequential::LayerQuantizer;
+use crate::error::{Error, Result};
+use crate::ggml_type::GgmlType;
+use crate::quant;
+use crate::quant::gptq::{self, GptqOptions, Grid, Hessian, IntQuant};
+use crate::runtime::LlamaModel;
+
+/// What each matrix is quantized to.
+pub enum Target {
+    /// An integer grid for hf-gptq checkpoints.
+    Int { bits: u8, sym: bool },
+    /// A GGML block type per tensor (GGUF output; planned by llama.cpp's mix rules).
+    Ggml(HashMap<String, GgmlType>),
+}
+
+/// The result for one matrix, in the model's row layout.
+pub enum Solved {
+    Int(IntQuant),
+    /// Encoded rows of a GGML type.
+    Ggml { ty: GgmlType, rows: usize, bytes: Vec<u8> },
+}
+
+pub struct GptqMethod {
+    pub options: GptqOptions,
+    pub target: Target,
+    /// Hessians of the current stage, keyed by the first name of the linears sharing an input.
+    hessians: HashMap<String, (Vec<String>, Hessian)>,
+    pub results: HashMap<String, Solved>,
+    /// Lines for the user (damping retries, dead columns, fall-backs), in order.
+    pub notes: Vec<String>,
+    /// Per-matrix loss reported by the solver, for -v.
+    pub losses: Vec<(String, f64)>,
+}
+
+impl GptqMethod {
+    pub fn new(options: GptqOptions, target: Target) -> GptqMethod {
+        GptqMethod { options, target, hessians: HashMap::new(), results: HashMap::new(), notes: Vec::new(), losses: Vec::new() }
+    }
+
+    fn grid_for(&self, name: &str) -> Result<Option<Grid>> {
+        Ok(match &self.target {
+            Target::Int { bits, sym } => Some(Grid::Int { bits: *bits, sym: *sym }),
+            Target::Ggml(types) => {
+                let ty = *types.get(name).ok_or_else(|| Error::tensor(name, "has no planned type"))?;
+                if ggml_grid_supported(ty) {
+                    Some(Grid::Ggml(ty))
+                } else {
+                    None
+                }
+            }
+        })
+    }
+}
+
+impl LayerQuantizer for GptqMethod {
+    fn observe(&mut self, _layer: usize, names: &[&str], x: &[f32], n: usize) -> Result<()> {
+        let cols = if n == 0 { 0 } else { x.len() / n };
+        let (_, h) = self
+            .hessians
+            .entry(names[0].to_string())
+            .or_insert_with(|| (names.iter().map(|s| s.to_string()).collect(), Hessian::new(cols)));
+        h.add(x, n);
+        Ok(())
+    }
+
+    fn quantize(
+        &mut self,
+        model: &LlamaModel<'_>,
+        layer: usize,
+        names: &[String],
+        _inputs: &[Vec<f32>],
+    ) -> Result<Vec<(String, Vec<f32>)>> {
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let m = model.weight(name).ok_or_else(|| Error::tensor(name, "is not a linear of the model"))?;
+            let (rows, cols) = (m.rows, m.cols);
+            let w = m.to_f32();
+            let Some(grid) = self.grid_for(name)? else {
+                // A GGML type GPTQ has no grid for (e.g. Q2_K, IQ4_NL, F16): llama.cpp's
+                // reference quantizer, and the next layers calibrate on its result.
+                let ty = match &self.target {
+                    Target::Ggml(types) => types.get(name).copied(),
+                    Target::Int { .. } => None,
+                }
+                .ok_or_else(|| Error::tensor(name, "has no grid"))?;
+                let bytes = quant::encode(ty, &w).map_err(|e| Error::tensor(name, e.to_string()))?;
+                let deq = quant::decode(ty, &bytes, w.len()).map_err(|e| Error::tensor(name, e.to_string()))?;
+                if !ty.is_float() {
+                    self.notes.push(format!("{name}: GPTQ has no {ty} grid; used round-to-nearest"));
+                }
+                self.results.insert(name.clone(), Solved::Ggml { ty, rows, bytes });
+                out.push((name.clone(), deq));
+                continue;
+            };
+            let key = self
+                .hessians
+                .iter()
+                .find(|(_, (group, _))| group.contains(name))
+                .map(|(k, _)| k.clone())
+                .ok_or_else(|| Error::tensor(name, "no calibration activations reached it"))?;
+            let h = &self.hessians[&key].1;
+            if h.has_nonfinite() {
+                return Err(Error::InvalidModel(format!("layer {layer}: the Hessian of {name} holds NaN or Inf")));
+            }
+            let r = gptq::quantize(&w, rows, cols, h, &grid, &self.options)
+                .map_err(|e| Error::InvalidModel(format!("layer {layer}, {name}: {e}")))?;
+            if r.damp_retries > 0 {
+                self.notes.push(format!(
+                    "{name}: Hessian not positive definite; succeeded with damping {:.3} after {} retries",
+                    r.damp_used, r.damp_retries
+                ));
+            }
+            if r.dead_columns > 0 {
+                self.notes.push(format!("{name}: {} input columns never active in calibration", r.dead_columns));
+            }
+            self.losses.push((name.clone(), r.loss));
+            let solved = match (&grid, r.int, r.ggml) {
+                (Grid::Int { .. }, Some(int), _) => Solved::Int(int),
+                (Grid::Ggml(ty), _, Some(bytes)) => Solved::Ggml { ty: *ty, rows, bytes },
+                _ => return Err(Error::tensor(name, "the GPTQ solver returned no codes")),
+            };
+            self.results.insert(name.clone(), solved);
+            out.push((name.clone(), r.dequantized));
+        }
+        // A Hessian is done once every linear sharing it is quantized.
+        self.hessians.retain(|_, (group, _)| !group.iter().all(|g| names.contains(g)));
+        Ok(out)
+    }
+}
+
+/// GGML types GPTQ has a block grid for (`quant::gptq::Grid::Ggml`).
+pub fn ggml_grid_supported(ty: GgmlType) -> bool {
+    use GgmlType::*;
+    matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4_K | Q5_K | Q6_K)
+}
