@@ -100,7 +100,9 @@ fn gptq_into_ggml_types_beats_plain_quantization() {
         let p = tmp.path().join(format!("plain-{ty}.gguf"));
         let mut a = vec!["--type", ty];
         a.extend_from_slice(extra);
-        gptq(&g, &a);
+        let mut calib = vec!["--nsamples", "32"];
+        calib.extend_from_slice(&a);
+        gptq(&g, &calib);
         let (t, pp) = (tiny(), p.clone());
         let mut b: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"-q", &"quantize", &t, &"-o", &pp];
         b.extend(args(&a));
@@ -167,4 +169,48 @@ fn hostile_gptq_checkpoint() {
     assert!(e.contains("g_idx"), "{e}");
     qforge_err(&[&"convert", &out, &"-o", &g]);
     assert!(!g.exists());
+}
+
+/// `convert` imports GPTQ checkpoints: where the grid is a GGML type's grid the codes are
+/// re-packed (asymmetric 4-bit → Q4_1, near-lossless: only m = −d·zero is rounded to f16;
+/// symmetric 4-bit → Q4_0, the same values: what remains is float reassociation between the
+/// two files' RoPE layouts), other targets are re-quantized with a warning, and the
+/// extra error is measured against the checkpoint.
+#[test]
+fn gptq_checkpoints_import_into_gguf() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = wiki();
+    let kld_vs = |base: &Path, cand: &Path| -> f64 {
+        let j = json(&qforge_ok(&[&"--json", &"compare", &base, &cand, &"--text", &w, &"--max-windows", &"8"]));
+        j["kld_mean"].as_f64().unwrap()
+    };
+    for (extra, native, max_kld) in
+        [(&["--group-size", "128"][..], "Q4_1", 1e-4), (&["--sym", "--group-size", "32"][..], "Q4_0", 1e-6)]
+    {
+        let ck = tmp.path().join(format!("ck-{native}"));
+        let mut a = vec!["--nsamples", "4", "--seqlen", "256"];
+        a.extend_from_slice(extra);
+        gptq(&ck, &a);
+        let g = tmp.path().join(format!("{native}.gguf"));
+        let j = json(&qforge_ok(&[&"--json", &"convert", &ck, &"-o", &g]));
+        assert_eq!(j["outtype"], native);
+        assert_eq!(j["repacked"].as_array().unwrap().len(), 28);
+        assert!(j["requantized"].as_array().unwrap().is_empty());
+        // Unquantized matrices stay in their float type.
+        let info = json(&qforge_ok(&[&"inspect", &"--json", &g]));
+        let ty = |n: &str| info["tensors"].as_array().unwrap().iter().find(|t| t["name"] == n).unwrap()["type"].clone();
+        assert_eq!(ty("token_embd.weight"), "BF16");
+        assert_eq!(ty("blk.0.attn_q.weight"), native);
+        let k = kld_vs(&ck, &g);
+        println!("{native}: re-packed, kld vs checkpoint {k:.3e}");
+        assert!(k <= max_kld, "{native}: {k}");
+
+        let r = tmp.path().join(format!("{native}-q5_0.gguf"));
+        let out = qforge(&[&"convert", &ck, &"-o", &r, &"--type", &"q5_0"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && stderr.contains("quantized again"), "{stderr}");
+        let k = kld_vs(&ck, &r);
+        println!("{native} checkpoint → Q5_0 re-quantized: kld vs checkpoint {k:.4e}");
+        assert!(k > max_kld && k < 0.05, "{k}");
+    }
 }

@@ -89,6 +89,11 @@ impl ModelFile {
         }
     }
 
+    /// A Hugging Face checkpoint in a quantized layout (GPTQ, AWQ, bitsandbytes).
+    pub fn is_quantized_checkpoint(&self) -> bool {
+        matches!(self, ModelFile::Hf(c) if c.quant.is_some())
+    }
+
     pub fn qk_layout(&self) -> RopeLayout {
         match self {
             ModelFile::Gguf { config, .. } if config.arch.gguf_permutes_qk() => RopeLayout::Interleaved,

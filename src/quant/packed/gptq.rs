@@ -75,6 +75,33 @@ pub(super) fn decode_rows(p: &Packed<'_>, r0: usize, n: usize, out: &mut [f32]) 
     }
 }
 
+pub(super) fn int_codes(p: &Packed<'_>) -> super::IntCodes {
+    let (bits, v2) = params(&p.scheme);
+    let (rows, cols) = (p.rows, p.cols);
+    let (Some(qw), Some(qz), Some(sc), Some(gi)) = (p.part("qweight"), p.part("qzeros"), p.part("scales"), p.part("g_idx"))
+    else {
+        return super::IntCodes { bits, codes: vec![], scales: vec![], zeros: vec![], group: vec![] };
+    };
+    let groups = sc.shape[0];
+    let zwords = rows * bits as usize / 32;
+    let mut codes = vec![0u8; rows * cols];
+    for (r, row) in codes.chunks_exact_mut(cols).enumerate() {
+        for (c, v) in row.iter_mut().enumerate() {
+            *v = stream_code(|w| qw.u32_at(w * rows + r), c, bits) as u8;
+        }
+    }
+    let zero_offset = if v2 { 0 } else { 1 };
+    let mut scales = Vec::with_capacity(groups * rows);
+    let mut zeros = Vec::with_capacity(groups * rows);
+    for g in 0..groups {
+        for r in 0..rows {
+            scales.push(sc.f32_at(g * rows + r));
+            zeros.push(stream_code(|w| qz.u32_at(g * zwords + w), r, bits) + zero_offset);
+        }
+    }
+    super::IntCodes { bits, codes, scales, zeros, group: (0..cols).map(|c| gi.u32_at(c) as usize).collect() }
+}
+
 /// Code `k` of a little-endian bit stream of `bits`-bit codes held in 32-bit words.
 #[inline(always)]
 fn stream_code(word: impl Fn(usize) -> u32, k: usize, bits: u32) -> u32 {

@@ -109,6 +109,30 @@ impl<'a> Packed<'a> {
     }
 }
 
+/// A packed weight as integer codes on an affine grid: w[r, c] = scale[g, r] · (code[r, c] −
+/// zero[g, r]) with g = group[c]. GPTQ and AWQ are such grids; importing them into a GGML type
+/// with the same grid (Q4_0, Q4_1, Q8_0) is then a re-packing, not a re-quantization.
+pub struct IntCodes {
+    pub bits: u32,
+    /// rows × cols
+    pub codes: Vec<u8>,
+    /// groups × rows
+    pub scales: Vec<f32>,
+    /// groups × rows
+    pub zeros: Vec<u32>,
+    /// group of each column
+    pub group: Vec<usize>,
+}
+
+impl Packed<'_> {
+    /// The integer grid behind this weight, when it has one.
+    pub fn int_codes(&self) -> Option<IntCodes> {
+        match &self.scheme {
+            Scheme::Gptq { .. } => Some(gptq::int_codes(self)),
+        }
+    }
+}
+
 /// Look up a part and check its dtype and shape.
 pub(crate) fn expect_part<'p, 'a>(
     name: &str,
