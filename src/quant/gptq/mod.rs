@@ -150,6 +150,9 @@ pub struct GptqResult {
     pub loss: f64,
     /// Columns whose `H[i,i]` was 0 (weights set to 0 before quantizing).
     pub dead_columns: usize,
+    /// Wall time of the damped factorization (`U`), and of the column sweep, in seconds.
+    pub factor_seconds: f64,
+    pub sweep_seconds: f64,
 }
 
 /// Quantize `w` (rows × cols, row-major, one output feature per row) with GPTQ against the
@@ -174,7 +177,9 @@ pub fn quantize(w: &[f32], rows: usize, cols: usize, h: &Hessian, grid: &Grid, o
             "GPTQ: the Hessian has non-finite entries (NaN or infinite calibration activations?)".into(),
         ));
     }
+    let t0 = std::time::Instant::now();
     let f = solver::factor(h, opts.act_order, opts.damp)?;
+    let t1 = std::time::Instant::now();
     let (dequantized, int, ggml, loss) = match *grid {
         Grid::Int { bits, sym } => {
             let gs = opts.group_size.unwrap_or(cols);
@@ -196,6 +201,8 @@ pub fn quantize(w: &[f32], rows: usize, cols: usize, h: &Hessian, grid: &Grid, o
         damp_retries: f.retries,
         loss,
         dead_columns: f.dead_columns,
+        factor_seconds: (t1 - t0).as_secs_f64(),
+        sweep_seconds: t1.elapsed().as_secs_f64(),
     })
 }
 
