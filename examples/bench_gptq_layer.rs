@@ -75,7 +75,16 @@ fn main() {
     println!("wall s: elapsed; cpu s: CPU time of all threads; GFLOP/s per busy core = flops / cpu s");
     println!(
         "{:>13} | {:>9} {:>9} {:>8} | {:>9} {:>9} | {:>9} {:>9} {:>8} | {:>10}",
-        "rows×cols", "H wall s", "H cpu s", "GF/core", "fact wall", "fact cpu", "swp wall", "swp cpu", "GF/core", "loss"
+        "rows×cols",
+        "H wall s",
+        "H cpu s",
+        "GF/core",
+        "fact wall",
+        "fact cpu",
+        "swp wall",
+        "swp cpu",
+        "GF/core",
+        "loss"
     );
     for (rows, cols) in shapes {
         let mut r = Rng(0x2545_F491_4F6C_DD1D ^ (rows * 31 + cols) as u64);

@@ -117,6 +117,11 @@ impl Hessian {
         self.samples
     }
 
+    /// Neither built from a dense matrix nor given any activation rows.
+    pub(crate) fn is_empty(&self) -> bool {
+        !self.dense && self.samples == 0
+    }
+
     /// Input features (H is n × n).
     pub fn n(&self) -> usize {
         self.n

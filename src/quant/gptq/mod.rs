@@ -158,11 +158,18 @@ pub struct GptqResult {
 /// Quantize `w` (rows × cols, row-major, one output feature per row) with GPTQ against the
 /// Hessian `h` of the layer's inputs (`h.n() == cols`). See the module doc.
 ///
-/// Errors: inconsistent shapes, a group size that does not divide `cols`, a GGML block size
+/// Errors: inconsistent shapes, a Hessian that has seen no activations, a group size that does not divide `cols`, a GGML block size
 /// that does not divide `cols`, unsupported bits or GGML types, non-finite weights or Hessian,
 /// and a Hessian that is not positive definite even after [`MAX_DAMP_RETRIES`] ×10 retries of
 /// the damping.
-pub fn quantize(w: &[f32], rows: usize, cols: usize, h: &Hessian, grid: &Grid, opts: &GptqOptions) -> Result<GptqResult> {
+pub fn quantize(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    h: &Hessian,
+    grid: &Grid,
+    opts: &GptqOptions,
+) -> Result<GptqResult> {
     check_args(w, rows, cols, h, grid, opts)?;
     if let Some(i) = crate::quant::find_nonfinite(w) {
         return Err(Error::InvalidArgument(format!(
@@ -171,6 +178,11 @@ pub fn quantize(w: &[f32], rows: usize, cols: usize, h: &Hessian, grid: &Grid, o
             i % cols,
             w[i]
         )));
+    }
+    if h.is_empty() {
+        return Err(Error::InvalidArgument(
+            "GPTQ: the Hessian has seen no activations (no calibration rows were added)".into(),
+        ));
     }
     if h.has_nonfinite() {
         return Err(Error::InvalidArgument(
@@ -226,7 +238,9 @@ fn check_args(w: &[f32], rows: usize, cols: usize, h: &Hessian, grid: &Grid, opt
     match *grid {
         Grid::Int { bits, .. } => {
             if !matches!(bits, 2 | 3 | 4 | 8) {
-                return Err(Error::Unsupported(format!("GPTQ: {bits}-bit integer grids are not supported (2, 3, 4, 8)")));
+                return Err(Error::Unsupported(format!(
+                    "GPTQ: {bits}-bit integer grids are not supported (2, 3, 4, 8)"
+                )));
             }
             if let Some(g) = opts.group_size {
                 if g == 0 || cols % g != 0 {

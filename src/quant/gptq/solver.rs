@@ -188,7 +188,14 @@ struct Block<'a> {
 /// The in-block part of the sweep for every row of a chunk, with AVX2 where the CPU has it
 /// (the row updates then vectorize 4 wide and rounding is an instruction rather than a libm
 /// call; the arithmetic, without FMA, is the same either way).
-fn block_rows<G: ColumnGrid>(b: &Block, g: &G, st: &mut G::State, wk: &mut [f64], err: &mut [f64], out: &mut [f32]) -> f64 {
+fn block_rows<G: ColumnGrid>(
+    b: &Block,
+    g: &G,
+    st: &mut G::State,
+    wk: &mut [f64],
+    err: &mut [f64],
+    out: &mut [f32],
+) -> f64 {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") {
