@@ -121,7 +121,10 @@ fn agreement(a: &[f32], b: &[f32], tol: f32) -> (f64, f32) {
 // ---------------------------------------------------------------------------------------
 // Golden
 
-fn load_golden(name: &str) -> Vec<(String, Vec<f32>, Vec<f32>, Vec<f32>, usize, usize)> {
+/// One golden layer: name, W, H, Q, rows, cols.
+type GoldenLayer = (String, Vec<f32>, Vec<f32>, Vec<f32>, usize, usize);
+
+fn load_golden(name: &str) -> Vec<GoldenLayer> {
     let bytes = std::fs::read(common::golden(name)).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let get = |k: &str| {
@@ -243,7 +246,7 @@ fn hessian_from_dense_and_restart() {
     let x = [1f32, 2.0, 0.0, -1.0];
     h.add(&x, 1);
     assert_eq!(h.samples(), 1);
-    assert_eq!(h.get(1, 3), 2.0 * 2.0 * -1.0);
+    assert_eq!(h.get(1, 3), -(2.0 * 2.0));
     assert_eq!(h.get(0, 0), 2.0);
     let mut bad = h.clone();
     bad.add(&[f32::NAN, 0.0, 0.0, 0.0], 1);
@@ -264,7 +267,11 @@ fn gptq_beats_rtn_on_correlated_inputs() {
     for (bits, act_order) in [(4u8, false), (4, true), (3, false)] {
         let o = GptqOptions { act_order, ..opts(Some(128)) };
         let res = quantize(&w, rows, cols, &h, &Grid::Int { bits, sym: false }, &o).unwrap();
-        cases.push((format!("int{bits} g128 act_order={act_order}"), res.dequantized, rtn_int(&w, rows, cols, bits as u32, 128)));
+        cases.push((
+            format!("int{bits} g128 act_order={act_order}"),
+            res.dequantized,
+            rtn_int(&w, rows, cols, bits as u32, 128),
+        ));
     }
     for t in [GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q6_K] {
         let res = quantize(&w, rows, cols, &h, &Grid::Ggml(t), &GptqOptions::default()).unwrap();
@@ -307,14 +314,17 @@ fn int_outputs_are_consistent() {
             let q = res.int.as_ref().unwrap();
             let gs = group.unwrap_or(cols);
             assert_eq!((q.bits, q.group_size, q.n_groups()), (bits, gs, cols / gs));
-            assert_eq!((q.codes.len(), q.scales.len(), q.zeros.len()), (rows * cols, rows * cols / gs, rows * cols / gs));
+            assert_eq!(
+                (q.codes.len(), q.scales.len(), q.zeros.len()),
+                (rows * cols, rows * cols / gs, rows * cols / gs)
+            );
             assert!(res.ggml.is_none());
             for r in 0..rows {
                 for c in 0..cols {
                     let g = r * (cols / gs) + q.g_idx[c] as usize;
                     assert_eq!(q.g_idx[c] as usize, c / gs);
                     let code = q.codes[r * cols + c];
-                    assert!(code as u32 <= (1 << bits) - 1);
+                    assert!((code as u32) < (1 << bits));
                     if sym {
                         assert_eq!(q.zeros[g] as u32, 1 << (bits - 1));
                     }
@@ -496,6 +506,7 @@ fn bad_inputs_are_errors() {
     let o = GptqOptions::default();
     let e = |r: qforge::Result<GptqResult>| r.unwrap_err().to_string();
 
+    assert!(e(quantize(&w, rows, cols, &Hessian::new(cols), &int4(), &o)).contains("no activations"));
     let mut hn = eye.clone();
     hn[3 * cols + 7] = f64::NAN;
     hn[7 * cols + 3] = f64::NAN;
@@ -513,7 +524,8 @@ fn bad_inputs_are_errors() {
     let w2 = weights(4, 128, 72);
     let h2 = Hessian::from_dense((0..128 * 128).map(|k| if k % 129 == 0 { 1.0 } else { 0.0 }).collect(), 128);
     assert!(e(quantize(&w2, 4, 128, &h2, &Grid::Ggml(GgmlType::Q4_K), &o)).contains("do not divide"));
-    assert!(e(quantize(&w, rows, cols, &h, &int4(), &GptqOptions { block_size: 0, ..o.clone() })).contains("block size"));
+    assert!(
+        e(quantize(&w, rows, cols, &h, &int4(), &GptqOptions { block_size: 0, ..o.clone() })).contains("block size")
+    );
     assert!(e(quantize(&w, rows, cols, &h, &int4(), &GptqOptions { damp: -1.0, ..o.clone() })).contains("damping"));
 }
-

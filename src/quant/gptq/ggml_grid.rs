@@ -285,20 +285,21 @@ mod tests {
             let mut b = vec![0u8; g.block_bytes];
             (g.quantize_block)(&x, &mut b);
             let mut want = vec![0f32; g.qk];
-            for round in 0..40 {
-                for j in 0..g.qk {
+            for round in 0..300 {
+                for (j, wj) in want.iter_mut().enumerate() {
                     let eg = g.elem_grid(&b, j);
                     let (qmin, qmax) = eg.range();
-                    // Sweep each weight through its whole range over the rounds, then random.
+                    // Each weight goes through its whole range over the rounds, then random codes.
                     let span = (qmax - qmin + 1) as u64;
-                    let q = qmin + if round < span as usize { (round as u64 + j as u64) % span } else { next() % span } as i32;
+                    let q = qmin
+                        + if round < span as usize { (round as u64 + j as u64) % span } else { next() % span } as i32;
                     g.set_code(&mut b, j, q);
-                    want[j] = eg.value(q);
+                    *wj = eg.value(q);
                 }
                 let mut got = vec![0f32; g.qk];
                 decode_slice(t, &b, &mut got).unwrap();
-                for j in 0..g.qk {
-                    assert_eq!(got[j].to_bits(), want[j].to_bits(), "{t} round {round} weight {j}");
+                for (j, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(a.to_bits(), b.to_bits(), "{t} round {round} weight {j}");
                 }
             }
         }

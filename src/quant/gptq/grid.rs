@@ -67,7 +67,7 @@ pub(crate) fn find_params(x: impl Iterator<Item = f64>, maxq: u32, sym: bool) ->
         // A range too small (or too large) for an f32 scale: the nearest usable one.
         scale = if scale > 1.0 { f32::MAX as f64 } else { f32::MIN_POSITIVE as f64 };
     }
-    let zero = if sym { (maxq + 1) / 2 } else { (-xmin / scale).round_ties_even().clamp(0.0, maxq as f64) as u32 };
+    let zero = if sym { maxq.div_ceil(2) } else { (-xmin / scale).round_ties_even().clamp(0.0, maxq as f64) as u32 };
     (scale, zero as u8)
 }
 
@@ -81,7 +81,15 @@ pub(crate) fn quantize_one(x: f64, scale: f64, zero: u8, maxq: u32) -> (u8, f64,
 }
 
 impl IntGrid {
-    pub(crate) fn new(bits: u8, sym: bool, gs: usize, per_row: bool, static_groups: bool, perm: &[usize], cols: usize) -> Self {
+    pub(crate) fn new(
+        bits: u8,
+        sym: bool,
+        gs: usize,
+        per_row: bool,
+        static_groups: bool,
+        perm: &[usize],
+        cols: usize,
+    ) -> Self {
         let mode = if per_row {
             Mode::PerRow
         } else if static_groups {
@@ -139,8 +147,12 @@ impl ColumnGrid for IntGrid {
 
     fn new_state(&self, w: &[f32], rows: usize, dead: &[bool]) -> IntState {
         let ng = self.n_groups;
-        let mut st =
-            IntState { rows, codes: vec![0; rows * self.cols], scales: vec![0.0; rows * ng], zeros: vec![0; rows * ng] };
+        let mut st = IntState {
+            rows,
+            codes: vec![0; rows * self.cols],
+            scales: vec![0.0; rows * ng],
+            zeros: vec![0; rows * ng],
+        };
         if self.mode == Mode::Dynamic {
             return st;
         }

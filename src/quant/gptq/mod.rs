@@ -150,16 +150,26 @@ pub struct GptqResult {
     pub loss: f64,
     /// Columns whose `H[i,i]` was 0 (weights set to 0 before quantizing).
     pub dead_columns: usize,
+    /// Wall time of the damped factorization (`U`), and of the column sweep, in seconds.
+    pub factor_seconds: f64,
+    pub sweep_seconds: f64,
 }
 
 /// Quantize `w` (rows × cols, row-major, one output feature per row) with GPTQ against the
 /// Hessian `h` of the layer's inputs (`h.n() == cols`). See the module doc.
 ///
-/// Errors: inconsistent shapes, a group size that does not divide `cols`, a GGML block size
+/// Errors: inconsistent shapes, a Hessian that has seen no activations, a group size that does not divide `cols`, a GGML block size
 /// that does not divide `cols`, unsupported bits or GGML types, non-finite weights or Hessian,
 /// and a Hessian that is not positive definite even after [`MAX_DAMP_RETRIES`] ×10 retries of
 /// the damping.
-pub fn quantize(w: &[f32], rows: usize, cols: usize, h: &Hessian, grid: &Grid, opts: &GptqOptions) -> Result<GptqResult> {
+pub fn quantize(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    h: &Hessian,
+    grid: &Grid,
+    opts: &GptqOptions,
+) -> Result<GptqResult> {
     check_args(w, rows, cols, h, grid, opts)?;
     if let Some(i) = crate::quant::find_nonfinite(w) {
         return Err(Error::InvalidArgument(format!(
@@ -169,12 +179,19 @@ pub fn quantize(w: &[f32], rows: usize, cols: usize, h: &Hessian, grid: &Grid, o
             w[i]
         )));
     }
+    if h.is_empty() {
+        return Err(Error::InvalidArgument(
+            "GPTQ: the Hessian has seen no activations (no calibration rows were added)".into(),
+        ));
+    }
     if h.has_nonfinite() {
         return Err(Error::InvalidArgument(
             "GPTQ: the Hessian has non-finite entries (NaN or infinite calibration activations?)".into(),
         ));
     }
+    let t0 = std::time::Instant::now();
     let f = solver::factor(h, opts.act_order, opts.damp)?;
+    let t1 = std::time::Instant::now();
     let (dequantized, int, ggml, loss) = match *grid {
         Grid::Int { bits, sym } => {
             let gs = opts.group_size.unwrap_or(cols);
@@ -196,6 +213,8 @@ pub fn quantize(w: &[f32], rows: usize, cols: usize, h: &Hessian, grid: &Grid, o
         damp_retries: f.retries,
         loss,
         dead_columns: f.dead_columns,
+        factor_seconds: (t1 - t0).as_secs_f64(),
+        sweep_seconds: t1.elapsed().as_secs_f64(),
     })
 }
 
@@ -219,7 +238,9 @@ fn check_args(w: &[f32], rows: usize, cols: usize, h: &Hessian, grid: &Grid, opt
     match *grid {
         Grid::Int { bits, .. } => {
             if !matches!(bits, 2 | 3 | 4 | 8) {
-                return Err(Error::Unsupported(format!("GPTQ: {bits}-bit integer grids are not supported (2, 3, 4, 8)")));
+                return Err(Error::Unsupported(format!(
+                    "GPTQ: {bits}-bit integer grids are not supported (2, 3, 4, 8)"
+                )));
             }
             if let Some(g) = opts.group_size {
                 if g == 0 || cols % g != 0 {
