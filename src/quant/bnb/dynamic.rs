@@ -128,19 +128,6 @@ pub fn quantize_absmax(absmax: &[f32]) -> Nested {
     Nested { codes, absmax: nested, offset, code }
 }
 
-/// The absmax of 4-bit block `i`, as bitsandbytes' `dequantize_blockwise(...) + offset`.
-#[inline]
-pub fn absmax_at(
-    code: &[f32; 256],
-    codes: &[u8],
-    nested_absmax: &[f32],
-    nested_blocksize: usize,
-    offset: f32,
-    i: usize,
-) -> f32 {
-    code[codes[i] as usize] * nested_absmax[i / nested_blocksize] + offset
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,7 +138,7 @@ mod tests {
         assert!(c.windows(2).all(|w| w[0] < w[1]), "strictly ascending");
         assert_eq!(c[127], 0.0);
         assert_eq!(c[255], 1.0);
-        assert_eq!(c[128], 0.55e-6f32 * 1.0); // (0.1 + 1) / 2 · 10⁻⁶
+        assert_eq!(c[128], 1e-6f32 * ((0.1f32 + 1.0) / 2.0)); // the mean of linspace(0.1, 1, 2), · 10⁻⁶
         assert!((c[0] + 0.992_968_75).abs() < 1e-6);
     }
 
@@ -169,6 +156,11 @@ mod tests {
         }
     }
 
+    /// The absmax of 4-bit block `i`, as bitsandbytes' `dequantize_blockwise(...) + offset`.
+    fn decode(n: &Nested, i: usize) -> f32 {
+        n.code[n.codes[i] as usize] * n.absmax[i / NESTED_BLOCKSIZE] + n.offset
+    }
+
     #[test]
     fn absmax_roundtrip() {
         let a: Vec<f32> = (0..700).map(|i| 0.01 + (i % 97) as f32 * 1e-3).collect();
@@ -176,13 +168,13 @@ mod tests {
         assert_eq!(n.codes.len(), 700);
         assert_eq!(n.absmax.len(), 3);
         for (i, &want) in a.iter().enumerate() {
-            let got = absmax_at(&n.code, &n.codes, &n.absmax, NESTED_BLOCKSIZE, n.offset, i);
+            let got = decode(&n, i);
             // 8-bit dynamic codes near ±1 are 1/64 apart: half of that of the block's range.
             assert!((got - want).abs() <= n.absmax[i / 256] / 100.0, "{i}: {got} vs {want}");
         }
         // A single block whose values all equal their mean: 0·∞ → code 0, decoded as offset.
         let n = quantize_absmax(&[0.5; 10]);
         assert_eq!(n.absmax, vec![0.0]);
-        assert_eq!(absmax_at(&n.code, &n.codes, &n.absmax, 256, n.offset, 3), 0.5);
+        assert_eq!(decode(&n, 3), 0.5);
     }
 }
