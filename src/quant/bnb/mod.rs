@@ -26,6 +26,9 @@ pub enum Bnb4Type {
 pub const BLOCK_SIZES: [usize; 7] = [64, 128, 256, 512, 1024, 2048, 4096];
 
 /// `get_4bit_type("nf4")`, index = stored 4-bit code.
+// bitsandbytes' literals digit for digit (they round to the same f32), so that they can be
+// compared with its source.
+#[allow(clippy::excessive_precision)]
 pub const NF4: [f32; 16] = [
     -1.0,
     -0.696_192_800_998_687_7,
@@ -48,6 +51,7 @@ pub const NF4: [f32; 16] = [
 /// The decision thresholds of bitsandbytes' `dQuantizeNF4` (the midpoints between neighbouring
 /// NF4 values, as the f32 literals of the kernel), ascending: the code of `x` is the number of
 /// thresholds it is strictly greater than (a value on a threshold takes the lower code).
+#[allow(clippy::excessive_precision)]
 const NF4_THRESHOLDS: [f32; 15] = [
     -0.848_096_400_499_343_9,
     -0.610_632_926_225_662_2,
@@ -90,6 +94,7 @@ pub const FP4: [f32; 16] = [
 
 /// `dQuantizeFP4`'s thresholds on |x| (its literals), ascending, and the 3-bit magnitude code
 /// of each interval between them (magnitudes 0, 1/192, 1/6, 1/4, 1/3, 1/2, 2/3, 1).
+#[allow(clippy::excessive_precision)]
 const FP4_THRESHOLDS: [f32; 7] =
     [0.002_604_17, 0.085_937_5, 0.208_333_33, 0.291_666_67, 0.416_666_7, 0.583_333, 0.833_333_3];
 const FP4_MAGNITUDE_CODES: [u8; 8] = [0b000, 0b001, 0b110, 0b111, 0b100, 0b101, 0b010, 0b011];
