@@ -87,7 +87,8 @@ fn inspect_hf(args: &InspectArgs) -> Result<Json> {
     let files: Vec<Json> = c.files().iter().map(|f| json!(f.path.file_name().map(|n| n.to_string_lossy()))).collect();
     Ok(json!({
         "path": args.path, "format": "hf", "architecture": c.config.arch.hf_class(),
-        "parameters": c.parameter_count(), "files": files, "config": c.config_json,
+        // A quantized checkpoint packs several weights per stored element: count the weights.
+        "parameters": if c.quant.is_some() { m.parameter_count()? } else { c.parameter_count() }, "files": files, "config": c.config_json,
         "metadata": {}, "tensors": tensors,
     }))
 }
@@ -115,8 +116,14 @@ fn verify(args: &InspectArgs, ui: &Ui) -> Result<()> {
     let total: u64 = tensors.iter().map(|t| t.data.len() as u64).sum();
     let bar = ui.bytes_bar(total, "verifying");
     for t in &tensors {
-        if quant::can_decode(t.ggml_type) {
-            let v = quant::decode(t.ggml_type, t.data, t.n_elements()).with_context(|| format!("tensor {}", t.name))?;
+        if t.packed.is_some() || quant::can_decode(t.ggml_type) {
+            // Packed (GPTQ, bitsandbytes, ...) weights decode through their own layout.
+            let v = match &t.packed {
+                Some(p) => p.dequantize(),
+                None => {
+                    quant::decode(t.ggml_type, t.data, t.n_elements()).with_context(|| format!("tensor {}", t.name))?
+                }
+            };
             if let Some(i) = quant::find_nonfinite(&v) {
                 anyhow::bail!("tensor {} holds a non-finite value ({}) at flat index {i}", t.name, v[i]);
             }

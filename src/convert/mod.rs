@@ -4,6 +4,7 @@
 
 pub mod import;
 pub mod plan;
+pub mod to_bnb;
 pub mod to_gguf;
 pub mod to_hf;
 pub mod to_hf_quant;

@@ -3,4 +3,5 @@
 
 pub mod gguf;
 pub mod safetensors;
+pub mod st_writer;
 pub mod tokenizer;

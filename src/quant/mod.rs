@@ -1,6 +1,7 @@
 //! Tensor encodings: the float types and the GGML block codecs, with row-parallel
 //! whole-tensor helpers used by `convert`.
 
+pub mod bnb;
 pub mod float;
 pub mod gptq;
 pub mod iq4_nl;

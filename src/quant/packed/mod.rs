@@ -7,6 +7,7 @@
 //! (`blk.0.attn_q.weight`), so that the runtime, `compare` and `convert` treat it like any other
 //! matrix: rows are decoded on the fly, tile by tile.
 
+pub mod bnb;
 pub mod gptq;
 pub mod scheme;
 
@@ -61,8 +62,14 @@ impl<'a> Packed<'a> {
     /// Group the parts of one layer (already collected by the checkpoint reader) and check
     /// every shape and dtype against the scheme, so that decoding can index without checks.
     pub fn new(name: &str, scheme: Scheme, parts: Vec<Part<'a>>) -> Result<Packed<'a>> {
+        // bitsandbytes keeps each weight's geometry in a quant_state JSON of its own.
+        let scheme = match scheme {
+            Scheme::Bnb(b) => Scheme::Bnb(bnb::with_tensor_state(name, b, &parts)?),
+            s => s,
+        };
         let (rows, cols) = match &scheme {
             Scheme::Gptq { .. } => gptq::shape(name, &scheme, &parts)?,
+            Scheme::Bnb(b) => bnb::shape(name, b)?,
         };
         let p = Packed { scheme, rows, cols, parts };
         p.validate(name)?;
@@ -76,6 +83,7 @@ impl<'a> Packed<'a> {
     fn validate(&self, name: &str) -> Result<()> {
         match &self.scheme {
             Scheme::Gptq { .. } => gptq::validate(name, self),
+            Scheme::Bnb(_) => bnb::validate(name, self),
         }
     }
 
@@ -84,6 +92,7 @@ impl<'a> Packed<'a> {
         debug_assert!(r0 + n <= self.rows && out.len() >= n * self.cols);
         match &self.scheme {
             Scheme::Gptq { .. } => gptq::decode_rows(self, r0, n, out),
+            Scheme::Bnb(_) => bnb::decode_rows(self, r0, n, out),
         }
     }
 

@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 
+use super::bnb::{self, BnbScheme};
 use crate::error::{Error, Result};
 use crate::formats::safetensors::HfCheckpoint;
 
@@ -21,6 +22,8 @@ pub enum Scheme {
         /// AutoGPTQ writes) stores zero − 1.
         v2: bool,
     },
+    /// bitsandbytes 4-bit (NF4 / FP4), see `bnb.rs`.
+    Bnb(BnbScheme),
 }
 
 impl Scheme {
@@ -58,6 +61,7 @@ impl Scheme {
                     v2,
                 }))
             }
+            "bitsandbytes" => bnb::from_config(q).map(|b| Some(Scheme::Bnb(b))),
             "" => Err(bad("?", "no `quant_method`")),
             other => Err(Error::Unsupported(format!("quantization method {other:?} is not supported"))),
         }
@@ -68,11 +72,15 @@ impl Scheme {
     pub fn suffixes(&self) -> &'static [&'static str] {
         match self {
             Scheme::Gptq { .. } => &["qweight", "qzeros", "scales", "g_idx"],
+            Scheme::Bnb(_) => bnb::suffixes(),
         }
     }
 
     /// If `hf_name` is part of a packed weight: its layer prefix and its suffix.
-    pub fn split_packed<'n>(&self, hf_name: &'n str, _checkpoint: &HfCheckpoint) -> Option<(&'n str, &'n str)> {
+    pub fn split_packed<'n>(&self, hf_name: &'n str, checkpoint: &HfCheckpoint) -> Option<(&'n str, &'n str)> {
+        if let Scheme::Bnb(_) = self {
+            return bnb::split_packed(hf_name, checkpoint);
+        }
         self.suffixes().iter().find_map(|s| {
             let prefix = hf_name.strip_suffix(s)?.strip_suffix('.')?;
             Some((prefix, &hf_name[prefix.len() + 1..]))
@@ -82,6 +90,7 @@ impl Scheme {
     pub fn name(&self) -> &'static str {
         match self {
             Scheme::Gptq { .. } => "gptq",
+            Scheme::Bnb(_) => "bitsandbytes",
         }
     }
 }
