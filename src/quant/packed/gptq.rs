@@ -16,6 +16,8 @@ use crate::error::{Error, Result};
 fn params(scheme: &Scheme) -> (u32, bool) {
     match scheme {
         Scheme::Gptq { bits, v2, .. } => (*bits as u32, *v2),
+        // Only called for GPTQ weights.
+        _ => (4, false),
     }
 }
 

@@ -7,6 +7,7 @@
 //! (`blk.0.attn_q.weight`), so that the runtime, `compare` and `convert` treat it like any other
 //! matrix: rows are decoded on the fly, tile by tile.
 
+pub mod awq;
 pub mod gptq;
 pub mod scheme;
 
@@ -63,6 +64,7 @@ impl<'a> Packed<'a> {
     pub fn new(name: &str, scheme: Scheme, parts: Vec<Part<'a>>) -> Result<Packed<'a>> {
         let (rows, cols) = match &scheme {
             Scheme::Gptq { .. } => gptq::shape(name, &scheme, &parts)?,
+            Scheme::Awq { .. } => awq::shape(name, &parts)?,
         };
         let p = Packed { scheme, rows, cols, parts };
         p.validate(name)?;
@@ -76,6 +78,7 @@ impl<'a> Packed<'a> {
     fn validate(&self, name: &str) -> Result<()> {
         match &self.scheme {
             Scheme::Gptq { .. } => gptq::validate(name, self),
+            Scheme::Awq { .. } => awq::validate(name, self),
         }
     }
 
@@ -84,6 +87,7 @@ impl<'a> Packed<'a> {
         debug_assert!(r0 + n <= self.rows && out.len() >= n * self.cols);
         match &self.scheme {
             Scheme::Gptq { .. } => gptq::decode_rows(self, r0, n, out),
+            Scheme::Awq { .. } => awq::decode_rows(self, r0, n, out),
         }
     }
 

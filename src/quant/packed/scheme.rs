@@ -21,6 +21,13 @@ pub enum Scheme {
         /// AutoGPTQ writes) stores zero − 1.
         v2: bool,
     },
+    /// AutoAWQ "gemm": `qweight` int32 [cols, rows/8] packed along the output dimension in
+    /// the order [0, 2, 4, 6, 1, 3, 5, 7], `qzeros` int32 [groups, rows/8] the same way,
+    /// `scales` f16 [groups, rows]; asymmetric 4-bit (see `awq.rs`).
+    Awq {
+        /// Input columns per group (`cols` when the config says -1).
+        group_size: Option<usize>,
+    },
 }
 
 impl Scheme {
@@ -58,6 +65,7 @@ impl Scheme {
                     v2,
                 }))
             }
+            "awq" => super::awq::from_config(q),
             "" => Err(bad("?", "no `quant_method`")),
             other => Err(Error::Unsupported(format!("quantization method {other:?} is not supported"))),
         }
@@ -68,6 +76,7 @@ impl Scheme {
     pub fn suffixes(&self) -> &'static [&'static str] {
         match self {
             Scheme::Gptq { .. } => &["qweight", "qzeros", "scales", "g_idx"],
+            Scheme::Awq { .. } => &["qweight", "qzeros", "scales"],
         }
     }
 
@@ -82,10 +91,11 @@ impl Scheme {
     pub fn name(&self) -> &'static str {
         match self {
             Scheme::Gptq { .. } => "gptq",
+            Scheme::Awq { .. } => "awq",
         }
     }
 }
 
-fn bad(method: &str, what: &str) -> Error {
+pub(super) fn bad(method: &str, what: &str) -> Error {
     Error::InvalidModel(format!("quantization_config ({method}): {what}"))
 }
