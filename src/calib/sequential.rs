@@ -43,7 +43,8 @@ pub trait LayerQuantizer {
     /// Quantize `names` (GGUF names, all observed over every window). `inputs` are the layer's
     /// input hidden states per window (AWQ re-runs parts of the layer on them). Returns the
     /// quantized-then-dequantized weights (rows × cols, in the model's row layout) that replace
-    /// the originals for the rest of the calibration.
+    /// the originals for the rest of the calibration, and any norm or bias vector of the layer
+    /// the method changed (AWQ folds its scales into them; see `LlamaModel::set_vector`).
     fn quantize(
         &mut self,
         model: &LlamaModel<'_>,
@@ -103,6 +104,10 @@ pub fn run(
                 }
             }
             for (name, values) in q.quantize(model, li, &names, &states)? {
+                if model.vector(&name).is_some() {
+                    model.set_vector(&name, values)?;
+                    continue;
+                }
                 let (rows, cols) = {
                     let m = model
                         .weight(&name)

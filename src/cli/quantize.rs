@@ -48,6 +48,8 @@ pub struct QuantizeArgs {
     pub calib: CalibArgs,
     #[command(flatten)]
     pub gptq: GptqArgs,
+    #[command(flatten)]
+    pub awq_opts: super::quantize_awq::AwqArgs,
     /// GPTQ: columns per lazy-update block (default 128). NF4: weights per absmax block
     /// (default 64; 64…4096, a power of two).
     #[arg(long, value_name = "N")]

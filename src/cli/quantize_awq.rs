@@ -1,10 +1,329 @@
-//! `qforge quantize --method awq`.
+//! `qforge quantize --method awq`: calibrate, search AWQ's scales and clipping layer by layer,
+//! and write an hf-awq checkpoint (AutoAWQ gemm layout) or a GGUF whose weights were scaled
+//! and clipped before llama.cpp's quantizers ran.
 
-use anyhow::{bail, Result};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::time::Instant;
 
-use super::quantize::QuantizeArgs;
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use safetensors::Dtype;
+use serde_json::json;
+
+use super::quantize::{build_plan, Format, QuantizeArgs};
+use super::session::Loaded;
 use super::Ui;
+use crate::calib::sequential::{self, Stages};
+use crate::calib::{CalibOptions, Calibration};
+use crate::convert::to_gguf::{self, TensorEncoder, WriteOptions};
+use crate::convert::to_hf_quant::{self, OutTensor};
+use crate::error::Error;
+use crate::ggml_type::GgmlType;
+use crate::methods::awq::{AwqMethod, AwqOptions, Quantized, Target};
+use crate::model::{names, ModelConfig, RopeLayout};
+use crate::output::Sink;
+use crate::quant;
+use crate::quant::packed::awq::pack;
+use crate::runtime::LlamaModel;
 
-pub fn run(_args: &QuantizeArgs, _ui: &Ui) -> Result<()> {
-    bail!("--method awq is not implemented yet")
+/// AWQ options.
+#[derive(Args, Debug, Clone)]
+pub struct AwqArgs {
+    /// AWQ: calibration tokens the scale and clipping searches run on (an evenly strided
+    /// sample; the attention search uses ⌈N / seqlen⌉ whole windows). The mean activation
+    /// magnitudes always come from every calibration token.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub awq_sample_tokens: usize,
+    /// AWQ: skip the activation-aware scale search (s = 1).
+    #[arg(long)]
+    pub no_awq_scale: bool,
+    /// AWQ: skip the clipping search. With --no-awq-scale too, this is plain round-to-nearest
+    /// on the same grid (a baseline).
+    #[arg(long)]
+    pub no_awq_clip: bool,
+}
+
+pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
+    let start = Instant::now();
+    let format = match (args.format, &args.quant_type) {
+        (Some(f), _) => f,
+        (None, Some(_)) => Format::Gguf,
+        (None, None) => Format::HfAwq,
+    };
+    if !matches!(format, Format::Gguf | Format::HfAwq) {
+        bail!("--method awq writes --format hf-awq or gguf");
+    }
+    if args.imatrix.is_some() {
+        bail!("--imatrix applies to --method rtn; AWQ calibrates on its own activations");
+    }
+    let g = &args.gptq;
+    let group_size = match g.group_size {
+        -1 => None,
+        n if n > 0 => Some(n as usize),
+        n => bail!("--group-size must be -1 or positive, got {n}"),
+    };
+    if format == Format::HfAwq {
+        if g.bits != 4 {
+            bail!("hf-awq (AutoAWQ gemm layout) stores 4-bit weights only; --bits {} is not possible", g.bits);
+        }
+        if g.sym {
+            bail!("hf-awq stores asymmetric weights with zero points; --sym is not possible");
+        }
+        if args.quant_type.is_some() {
+            bail!("--type chooses GGML types for --format gguf; hf-awq is 4-bit with --group-size");
+        }
+    }
+    if args.awq_opts.awq_sample_tokens == 0 {
+        bail!("--awq-sample-tokens must be positive");
+    }
+    let output = args.output.as_ref().ok_or_else(|| anyhow!("-o is required"))?;
+    if output.as_os_str() == "-" && format != Format::Gguf {
+        bail!("an hf-awq checkpoint is a directory; `-o -` only works with --format gguf");
+    }
+    if output.as_os_str() == "-" && ui.json {
+        bail!("--json cannot be combined with `-o -`: standard output carries the GGUF");
+    }
+
+    let loaded = Loaded::open(&args.input)?;
+    let file = &loaded.file;
+    let cfg = file.config().clone();
+    if format == Format::HfAwq {
+        check_awq_shapes(&cfg, group_size)?;
+    }
+    let already: Vec<String> = file
+        .tensors()?
+        .iter()
+        .filter(|t| t.packed.is_some() || !t.ggml_type.is_float())
+        .map(|t| t.name.clone())
+        .collect();
+    if !already.is_empty() && !args.allow_requantize {
+        bail!(
+            "{} is already quantized (e.g. {}): requantizing compounds the error; start from the \
+             f16/bf16/f32 model, or pass --allow-requantize",
+            args.input.display(),
+            already[0]
+        );
+    }
+
+    // GGUF: the per-tensor types come from llama.cpp's mix rules, planned before anything runs,
+    // and each linear is searched on its own planned type.
+    let mut gguf_header = None;
+    let target = match format {
+        Format::Gguf => {
+            let plan = build_plan(args)?;
+            let header = to_gguf::plan_with(file, &plan, args.name.clone())?;
+            for n in &header.notes {
+                ui.warn(n);
+            }
+            let types: HashMap<String, GgmlType> =
+                header.writer.tensors().iter().map(|t| (t.name.clone(), t.ggml_type)).collect();
+            gguf_header = Some(header);
+            Target::Ggml(types)
+        }
+        _ => Target::Int4 { group_size },
+    };
+
+    let calib_opts =
+        CalibOptions { path: args.calib.calib.clone(), nsamples: args.calib.nsamples, seqlen: args.calib.seqlen };
+    let calib = Calibration::load(&loaded.tokenizer, cfg.context_length, &calib_opts).context("calibration")?;
+    for n in &calib.notes {
+        ui.warn(n);
+    }
+    let options = AwqOptions {
+        scale: !args.awq_opts.no_awq_scale,
+        clip: !args.awq_opts.no_awq_clip,
+        sample_tokens: args.awq_opts.awq_sample_tokens,
+    };
+    if cfg.n_kv_heads != cfg.n_heads && options.scale {
+        ui.detail("grouped-query attention: o_proj's scales cannot fold into v_proj, so o_proj is only clipped");
+    }
+    let mut model = LlamaModel::load(file)?;
+    let layout = model.rope_layout();
+    let mut method = AwqMethod::new(options.clone(), target, &calib);
+    let bar = ui.count_bar(cfg.n_layers as u64, "AWQ layers");
+    ui.detail(format!("calibration: {} windows of {} tokens from {}", calib.windows.len(), calib.seqlen, calib.source));
+    let calib_start = Instant::now();
+    sequential::run(&mut model, &calib, Stages::OneShot, &mut method, &mut |_| bar.inc(1))?;
+    bar.finish_and_clear();
+    let awq_secs = calib_start.elapsed().as_secs_f64();
+    drop(model);
+    for r in &method.reports {
+        ui.detail(format!(
+            "layer {} {}: alpha {:.2}, block MSE {:.3e} (round-to-nearest {:.3e})",
+            r.layer, r.group, r.alpha, r.loss, r.loss_rtn
+        ));
+    }
+    for (name, before, after) in &method.clips {
+        ui.detail(format!("{name}: clipping output error {after:.3e} (unclipped {before:.3e})"));
+    }
+
+    let target_layout = match format {
+        Format::Gguf if cfg.arch.gguf_permutes_qk() => RopeLayout::Interleaved,
+        _ => RopeLayout::RotateHalf,
+    };
+    let (n_tensors, bytes) = match format {
+        Format::Gguf => {
+            let header = gguf_header.ok_or_else(|| anyhow!("no GGUF plan"))?;
+            let mut enc = AwqEncoder { method: &mut method, cfg: &cfg, from: layout, to: target_layout };
+            let mut sink = Sink::open(output).with_context(|| format!("cannot create {}", output.display()))?;
+            let wopts = WriteOptions { allow_nonfinite: args.allow_nonfinite, name: args.name.clone() };
+            let wbar = ui.bytes_bar(0, "writing");
+            let (_, summary) = to_gguf::write_header_with(file, header, &wopts, &mut sink, &wbar, &mut enc)
+                .with_context(|| format!("writing {}", output.display()))?;
+            wbar.finish_and_clear();
+            if let Some(name) = method.results.keys().next() {
+                bail!("{name}: quantized by AWQ but not written");
+            }
+            let (n, size) = (summary.tensors, summary.bytes);
+            sink.commit(|p| to_gguf::validate_written(p, n, size))
+                .with_context(|| format!("writing {}", output.display()))?;
+            (n, size)
+        }
+        _ => {
+            let linears = hf_linears(&mut method, &cfg, layout)?;
+            let replaced = hf_vectors(&mut method, &cfg, layout)?;
+            let qc = json!({
+                "quant_method": "awq", "bits": 4, "group_size": g.group_size, "zero_point": true,
+                "version": "gemm", "modules_to_not_convert": null,
+            });
+            let wbar = ui.bytes_bar(0, "writing");
+            let s = to_hf_quant::write_replacing(file, output, linears, replaced, qc, Vec::new(), &wbar)
+                .with_context(|| format!("writing {}", output.display()))?;
+            wbar.finish_and_clear();
+            (s.tensors, s.bytes)
+        }
+    };
+
+    let secs = start.elapsed().as_secs_f64();
+    if ui.json {
+        ui.print_json(&json!({
+            "input": args.input, "output": output, "method": "awq", "format": format!("{format:?}"),
+            "bits": if format == Format::HfAwq { json!(4) } else { json!(null) },
+            "group_size": if format == Format::HfAwq { json!(g.group_size) } else { json!(null) },
+            "type": args.quant_type, "scale_search": options.scale, "clip_search": options.clip,
+            "sample_tokens": options.sample_tokens,
+            "calibration": {"source": calib.source, "windows": calib.windows.len(), "seqlen": calib.seqlen},
+            "scales": method.reports, "tensors": n_tensors, "bytes": bytes, "awq_seconds": awq_secs, "seconds": secs,
+        }));
+    } else if output.as_os_str() != "-" {
+        ui.note(format!(
+            "wrote {} (AWQ, {} tensors, {:.1} MB) in {secs:.1}s ({awq_secs:.1}s calibrating and searching)",
+            output.display(),
+            n_tensors,
+            bytes as f64 / 1e6
+        ));
+    }
+    Ok(())
+}
+
+/// The gemm layout packs 8 output rows per word and needs whole groups in every row.
+fn check_awq_shapes(cfg: &ModelConfig, group_size: Option<usize>) -> Result<()> {
+    for (what, rows, cols) in [
+        ("q_proj", cfg.q_dim(), cfg.hidden_size),
+        ("k/v_proj", cfg.kv_dim(), cfg.hidden_size),
+        ("o_proj", cfg.hidden_size, cfg.q_dim()),
+        ("gate/up_proj", cfg.ffn_size, cfg.hidden_size),
+        ("down_proj", cfg.hidden_size, cfg.ffn_size),
+    ] {
+        if rows % 8 != 0 {
+            bail!("{what} has {rows} output features, not a multiple of 8: it cannot be packed as AWQ gemm");
+        }
+        if let Some(gs) = group_size {
+            if cols % gs != 0 {
+                bail!("{what} has {cols} input features, not a multiple of --group-size {gs}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Hands the GGUF writer AWQ's blocks and folded vectors, rows in the file's layout.
+struct AwqEncoder<'r> {
+    method: &'r mut AwqMethod,
+    cfg: &'r ModelConfig,
+    from: RopeLayout,
+    to: RopeLayout,
+}
+
+impl TensorEncoder for AwqEncoder<'_> {
+    fn encode(&mut self, name: &str, values: &[f32], ty: GgmlType) -> crate::error::Result<Option<Vec<u8>>> {
+        let reorder = |data: Vec<u8>, rows: usize| -> crate::error::Result<Vec<u8>> {
+            let row_bytes = data.len() / rows.max(1);
+            Ok(match names::row_order(name, rows, self.cfg.n_heads, self.cfg.n_kv_heads, self.from, self.to)? {
+                Some(src) => names::reorder_rows(&data, row_bytes, &src),
+                None => data,
+            })
+        };
+        if let Some(v) = self.method.vectors.remove(name) {
+            if v.len() != values.len() {
+                return Err(Error::tensor(name, "folded vector has a different length"));
+            }
+            let bytes = quant::encode(ty, &v).map_err(|e| Error::tensor(name, e.to_string()))?;
+            let rows = v.len();
+            return reorder(bytes, rows).map(Some);
+        }
+        match self.method.results.remove(name) {
+            Some(Quantized::Ggml { ty: got, rows, bytes }) => {
+                if got != ty {
+                    return Err(Error::tensor(name, format!("AWQ produced {got}, the plan says {ty}")));
+                }
+                reorder(bytes, rows).map(Some)
+            }
+            Some(Quantized::Int(_)) => Err(Error::tensor(name, "AWQ produced integer codes for a GGUF")),
+            None => Ok(None),
+        }
+    }
+}
+
+type Linears = HashMap<String, Vec<(String, OutTensor<'static>)>>;
+
+/// The hf-awq tensors of every quantized linear (rows back in Hugging Face order).
+fn hf_linears(method: &mut AwqMethod, cfg: &ModelConfig, from: RopeLayout) -> Result<Linears> {
+    let mut out = HashMap::new();
+    for (name, q) in method.results.drain() {
+        let Quantized::Int(q) = q else { bail!("{name}: expected integer codes") };
+        let (rows, cols) = (q.rows, q.cols);
+        let groups = cols / q.group_size;
+        let order = names::row_order(&name, rows, cfg.n_heads, cfg.n_kv_heads, from, RopeLayout::RotateHalf)?;
+        let (codes, scales, zeros) = match &order {
+            Some(src) => (
+                names::reorder_rows(&q.codes, cols, src),
+                names::reorder_rows(&q.scales, groups, src),
+                names::reorder_rows(&q.zeros, groups, src),
+            ),
+            None => (q.codes, q.scales, q.zeros),
+        };
+        let t = pack(rows, cols, q.group_size, &codes, &scales, &zeros)?;
+        let part = |dtype, shape: Vec<usize>, data: Vec<u8>| OutTensor { dtype, shape, data: Cow::Owned(data) };
+        out.insert(
+            name,
+            vec![
+                ("qweight".to_string(), part(Dtype::I32, vec![cols, rows / 8], t.qweight)),
+                ("qzeros".to_string(), part(Dtype::I32, vec![t.groups, rows / 8], t.qzeros)),
+                ("scales".to_string(), part(Dtype::F16, vec![t.groups, rows], t.scales)),
+            ],
+        );
+    }
+    Ok(out)
+}
+
+/// The folded norms (and v bias) as f32 tensors: rounding them to the checkpoint's bf16 would
+/// add an error of up to 2⁻⁹ per channel to what the fold computed exactly.
+fn hf_vectors(
+    method: &mut AwqMethod,
+    cfg: &ModelConfig,
+    from: RopeLayout,
+) -> Result<HashMap<String, OutTensor<'static>>> {
+    let mut out = HashMap::new();
+    for (name, v) in method.vectors.drain() {
+        let n = v.len();
+        let v = match names::row_order(&name, n, cfg.n_heads, cfg.n_kv_heads, from, RopeLayout::RotateHalf)? {
+            Some(src) => names::reorder_rows(&v, 1, &src),
+            None => v,
+        };
+        let data: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        out.insert(name, OutTensor { dtype: Dtype::F32, shape: vec![n], data: Cow::Owned(data) });
+    }
+    Ok(out)
 }

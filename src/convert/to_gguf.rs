@@ -200,11 +200,14 @@ pub fn write_header_with<W: Write>(
         let values = tensor_to_f32(t, cfg, model.qk_layout(), target_layout, opts.allow_nonfinite)?;
         let same_rows =
             model.qk_layout() == target_layout || names::qk_heads(&t.name, cfg.n_heads, cfg.n_kv_heads).is_none();
-        if t.ggml_type == p.ggml_type && same_rows && t.packed.is_none() {
+        // The encoder goes first even for tensors kept in their stored type: AWQ replaces the
+        // values of norms and linears whatever their type.
+        let encoded = encoder.encode(&p.name, &values, p.ggml_type)?;
+        if encoded.is_none() && t.ggml_type == p.ggml_type && same_rows && t.packed.is_none() {
             drop(values);
             stream.write_tensor(&p.name, t.data)?;
         } else {
-            let bytes = match encoder.encode(&p.name, &values, p.ggml_type)? {
+            let bytes = match encoded {
                 Some(b) => b,
                 None => quant::encode(p.ggml_type, &values).map_err(|e| Error::tensor(&p.name, e.to_string()))?,
             };

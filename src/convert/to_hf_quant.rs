@@ -53,7 +53,21 @@ pub struct HfQuantSummary {
 pub fn write(
     model: &ModelFile,
     out_dir: &Path,
+    linears: HashMap<String, Vec<(String, OutTensor<'static>)>>,
+    quant_config: Value,
+    extra_json: Vec<(String, Value)>,
+    progress: &ProgressBar,
+) -> Result<HfQuantSummary> {
+    write_replacing(model, out_dir, linears, HashMap::new(), quant_config, extra_json, progress)
+}
+
+/// [`write`], with the tensors in `replaced` (GGUF name → tensor, Hugging Face row order)
+/// written instead of the input's: AWQ folds its scales into the norm weights.
+pub fn write_replacing(
+    model: &ModelFile,
+    out_dir: &Path,
     mut linears: HashMap<String, Vec<(String, OutTensor<'static>)>>,
+    mut replaced: HashMap<String, OutTensor<'static>>,
     quant_config: Value,
     extra_json: Vec<(String, Value)>,
     progress: &ProgressBar,
@@ -68,6 +82,13 @@ pub fn write(
             for (suffix, tensor) in parts {
                 out.push((format!("{prefix}.{suffix}"), tensor));
             }
+            continue;
+        }
+        if let Some(tensor) = replaced.remove(&t.name) {
+            if tensor.shape != t.shape {
+                return Err(Error::tensor(&t.name, "replacement has a different shape"));
+            }
+            out.push((hf_name, tensor));
             continue;
         }
         let reorder = from != RopeLayout::RotateHalf && names::qk_heads(&t.name, cfg.n_heads, cfg.n_kv_heads).is_some();
@@ -95,7 +116,7 @@ pub fn write(
         };
         out.push((hf_name, tensor));
     }
-    if let Some(name) = linears.keys().next() {
+    if let Some(name) = linears.keys().chain(replaced.keys()).next() {
         return Err(Error::tensor(name, "quantized but not part of the model"));
     }
     let bytes = out.iter().map(|(_, t)| t.data.len() as u64).sum();

@@ -275,6 +275,99 @@ impl<'a> LlamaModel<'a> {
         Ok(())
     }
 
+    /// A norm or bias vector of a decoder layer by GGUF name (`blk.0.attn_norm.weight`,
+    /// `blk.0.ffn_norm.weight`, `blk.0.attn_v.bias`, …); `None` for any other name.
+    pub fn vector(&self, name: &str) -> Option<&[f32]> {
+        let (li, suffix) = name.strip_prefix("blk.")?.split_once('.')?;
+        let l = self.layers.get(li.parse::<usize>().ok()?)?;
+        match suffix {
+            "attn_norm.weight" => Some(&l.attn_norm),
+            "ffn_norm.weight" => Some(&l.ffn_norm),
+            "attn_q.bias" => l.bq.as_deref(),
+            "attn_k.bias" => l.bk.as_deref(),
+            "attn_v.bias" => l.bv.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Replace a norm or bias vector (AWQ folds its per-channel scales into the RMSNorm
+    /// weights, and into v's bias with v's rows, so that later layers calibrate on what the
+    /// quantized model computes).
+    pub fn set_vector(&mut self, name: &str, values: Vec<f32>) -> Result<()> {
+        let bad = || Error::InvalidArgument(format!("{name} is not a norm or bias vector of the model"));
+        let (li, suffix) = name.strip_prefix("blk.").and_then(|r| r.split_once('.')).ok_or_else(bad)?;
+        let l = li.parse::<usize>().ok().and_then(|i| self.layers.get_mut(i)).ok_or_else(bad)?;
+        let slot = match suffix {
+            "attn_norm.weight" => &mut l.attn_norm,
+            "ffn_norm.weight" => &mut l.ffn_norm,
+            "attn_q.bias" => l.bq.as_mut().ok_or_else(bad)?,
+            "attn_k.bias" => l.bk.as_mut().ok_or_else(bad)?,
+            "attn_v.bias" => l.bv.as_mut().ok_or_else(bad)?,
+            _ => return Err(bad()),
+        };
+        if slot.len() != values.len() {
+            return Err(Error::tensor(name, "replacement has a different length"));
+        }
+        *slot = values;
+        Ok(())
+    }
+
+    /// RMSNorm of the rows of `x` (n × hidden) with the weights `w`.
+    pub(crate) fn rms_norm_rows(&self, x: &[f32], w: &[f32]) -> Vec<f32> {
+        rms_norm(x, w, self.config.rms_eps)
+    }
+
+    /// The attention block of a decoder layer from its normed input `xn` (n × hidden, one
+    /// window starting at position 0) with the weights `w`: o_proj(attention(q, k, v)), the
+    /// residual not added. AWQ's scale search runs this with candidate weights.
+    pub(crate) fn attention_block(
+        &self,
+        xn: &[f32],
+        n: usize,
+        w: &AttnWeights<'_, '_>,
+        (cos, sin): (&[f32], &[f32]),
+    ) -> Result<Vec<f32>> {
+        let cfg = &self.config;
+        let shapes_ok = xn.len() == n * cfg.hidden_size
+            && (w.q.rows, w.q.cols) == (cfg.q_dim(), cfg.hidden_size)
+            && (w.k.rows, w.k.cols) == (cfg.kv_dim(), cfg.hidden_size)
+            && (w.v.rows, w.v.cols) == (cfg.kv_dim(), cfg.hidden_size)
+            && (w.o.rows, w.o.cols) == (cfg.hidden_size, cfg.q_dim())
+            && cos.len() >= n * cfg.head_dim / 2
+            && sin.len() >= n * cfg.head_dim / 2;
+        if !shapes_ok {
+            return Err(Error::InvalidArgument(
+                "attention block: weights or activations do not match the model".into(),
+            ));
+        }
+        let mut q = w.q.matmul(xn, n);
+        let mut k = w.k.matmul(xn, n);
+        let mut v = w.v.matmul(xn, n);
+        add_bias(&mut q, w.bq);
+        add_bias(&mut k, w.bk);
+        add_bias(&mut v, w.bv);
+        self.rope(&mut q, cfg.n_heads, cos, sin);
+        self.rope(&mut k, cfg.n_kv_heads, cos, sin);
+        let attn = self.attention(&q, &k, &v, n, 0);
+        Ok(w.o.matmul(&attn, n))
+    }
+
+    /// The feed-forward block from its normed input `xn` (n × hidden): down(silu(gate·x) ⊙
+    /// up·x), the residual not added.
+    pub(crate) fn mlp_block(
+        &self,
+        xn: &[f32],
+        n: usize,
+        gate: &Matrix<'_>,
+        up: &Matrix<'_>,
+        down: &Matrix<'_>,
+    ) -> Vec<f32> {
+        let g = gate.matmul(xn, n);
+        let mut u = up.matmul(xn, n);
+        u.par_chunks_mut(4096).zip(g.par_chunks(4096)).for_each(|(u, g)| simd::silu_mul(u, g));
+        down.matmul(&u, n)
+    }
+
     /// The linear layers' matrices, layer by layer (q, k, v, o, gate, up, down).
     fn matrices(&self) -> impl Iterator<Item = &Matrix<'a>> {
         self.layers.iter().flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down])
@@ -355,6 +448,17 @@ impl<'a> LlamaModel<'a> {
         }
         merged
     }
+}
+
+/// Candidate weights of an attention block (see [`LlamaModel::attention_block`]).
+pub(crate) struct AttnWeights<'w, 'a> {
+    pub q: &'w Matrix<'a>,
+    pub k: &'w Matrix<'a>,
+    pub v: &'w Matrix<'a>,
+    pub o: &'w Matrix<'a>,
+    pub bq: Option<&'w [f32]>,
+    pub bk: Option<&'w [f32]>,
+    pub bv: Option<&'w [f32]>,
 }
 
 fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {

@@ -8,6 +8,7 @@
 //! matrix: rows are decoded on the fly, tile by tile.
 
 pub mod bnb;
+pub mod awq;
 pub mod gptq;
 pub mod scheme;
 
@@ -70,6 +71,7 @@ impl<'a> Packed<'a> {
         let (rows, cols) = match &scheme {
             Scheme::Gptq { .. } => gptq::shape(name, &scheme, &parts)?,
             Scheme::Bnb(b) => bnb::shape(name, b)?,
+            Scheme::Awq { .. } => awq::shape(name, &parts)?,
         };
         let p = Packed { scheme, rows, cols, parts };
         p.validate(name)?;
@@ -84,6 +86,7 @@ impl<'a> Packed<'a> {
         match &self.scheme {
             Scheme::Gptq { .. } => gptq::validate(name, self),
             Scheme::Bnb(_) => bnb::validate(name, self),
+            Scheme::Awq { .. } => awq::validate(name, self),
         }
     }
 
@@ -93,6 +96,7 @@ impl<'a> Packed<'a> {
         match &self.scheme {
             Scheme::Gptq { .. } => gptq::decode_rows(self, r0, n, out),
             Scheme::Bnb(_) => bnb::decode_rows(self, r0, n, out),
+            Scheme::Awq { .. } => awq::decode_rows(self, r0, n, out),
         }
     }
 
@@ -138,6 +142,8 @@ impl Packed<'_> {
     pub fn int_codes(&self) -> Option<IntCodes> {
         match &self.scheme {
             Scheme::Gptq { .. } => Some(gptq::int_codes(self)),
+            Scheme::Awq { .. } => Some(awq::int_codes(self)),
+            Scheme::Bnb(_) => None,
         }
     }
 }

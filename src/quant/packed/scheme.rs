@@ -24,6 +24,13 @@ pub enum Scheme {
     },
     /// bitsandbytes 4-bit (NF4 / FP4), see `bnb.rs`.
     Bnb(BnbScheme),
+    /// AutoAWQ "gemm": `qweight` int32 [cols, rows/8] packed along the output dimension in
+    /// the order [0, 2, 4, 6, 1, 3, 5, 7], `qzeros` int32 [groups, rows/8] the same way,
+    /// `scales` f16 [groups, rows]; asymmetric 4-bit (see `awq.rs`).
+    Awq {
+        /// Input columns per group (`cols` when the config says -1).
+        group_size: Option<usize>,
+    },
 }
 
 impl Scheme {
@@ -62,6 +69,7 @@ impl Scheme {
                 }))
             }
             "bitsandbytes" => bnb::from_config(q).map(|b| Some(Scheme::Bnb(b))),
+            "awq" => super::awq::from_config(q),
             "" => Err(bad("?", "no `quant_method`")),
             other => Err(Error::Unsupported(format!("quantization method {other:?} is not supported"))),
         }
@@ -73,6 +81,7 @@ impl Scheme {
         match self {
             Scheme::Gptq { .. } => &["qweight", "qzeros", "scales", "g_idx"],
             Scheme::Bnb(_) => bnb::suffixes(),
+            Scheme::Awq { .. } => &["qweight", "qzeros", "scales"],
         }
     }
 
@@ -91,10 +100,11 @@ impl Scheme {
         match self {
             Scheme::Gptq { .. } => "gptq",
             Scheme::Bnb(_) => "bitsandbytes",
+            Scheme::Awq { .. } => "awq",
         }
     }
 }
 
-fn bad(method: &str, what: &str) -> Error {
+pub(super) fn bad(method: &str, what: &str) -> Error {
     Error::InvalidModel(format!("quantization_config ({method}): {what}"))
 }
