@@ -2,5 +2,6 @@
 //! directory writer.
 
 pub mod gguf;
+pub mod imatrix;
 pub mod safetensors;
 pub mod tokenizer;
