@@ -658,7 +658,11 @@ fn committed_weighted() -> CommittedWeighted {
         assert_eq!(input.cols, cols, "{name}: columns");
         let first = usize_of(s, "first_row");
         let data = input.data[first * cols..(first + rows) * cols].to_vec();
-        assert_eq!(sha256_hex(&f32_to_le(&data)), str_of(s, "sha256"), "{name}: not the rows the vectors were made from");
+        assert_eq!(
+            sha256_hex(&f32_to_le(&data)),
+            str_of(s, "sha256"),
+            "{name}: not the rows the vectors were made from"
+        );
         let off = usize_of(s, "weights_offset");
         let weights = all_weights[off..off + cols].to_vec();
         assert_eq!(sha256_hex(&f32_to_le(&weights)), str_of(s, "weights_sha256"), "{name}: weights");

@@ -176,7 +176,11 @@ fn hostile_imatrix_files_fail_cleanly() {
     check("truncated.gguf", &good_bytes[..good_bytes.len() / 2], "truncated");
     let q = "blk.0.attn_q.weight";
     check("model.gguf", &crafted("model", &[], entry(q, 256, vec![1.0; 256], 4.0)), "not an importance matrix");
-    check("no-size.gguf", &crafted("imatrix", &["imatrix.chunk_size"], entry(q, 256, vec![1.0; 256], 4.0)), "imatrix.chunk_size is missing");
+    check(
+        "no-size.gguf",
+        &crafted("imatrix", &["imatrix.chunk_size"], entry(q, 256, vec![1.0; 256], 4.0)),
+        "imatrix.chunk_size is missing",
+    );
     let mut only_sums = entry(q, 256, vec![1.0; 256], 4.0);
     only_sums.pop();
     check("no-counts.gguf", &crafted("imatrix", &[], only_sums), "must both be present");
@@ -189,10 +193,29 @@ fn hostile_imatrix_files_fail_cleanly() {
     check("neg-count.gguf", &crafted("imatrix", &[], entry(q, 256, vec![1.0; 256], -3.0)), "count");
     check("nothing.gguf", &crafted("imatrix", &[], vec![]), "no importance data");
     // Well-formed, but not for this model.
-    check("cols.gguf", &crafted("imatrix", &[], entry(q, 100, vec![1.0; 100], 4.0)), "imatrix size 100 is different from tensor size 256");
-    check("other.gguf", &crafted("imatrix", &[], entry("blk.0.foo.weight", 8, vec![1.0; 8], 4.0)), "none of the 1 imatrix entries");
+    check(
+        "cols.gguf",
+        &crafted("imatrix", &[], entry(q, 100, vec![1.0; 100], 4.0)),
+        "imatrix size 100 is different from tensor size 256",
+    );
+    check(
+        "other.gguf",
+        &crafted("imatrix", &[], entry("blk.0.foo.weight", 8, vec![1.0; 8], 4.0)),
+        "none of the 1 imatrix entries",
+    );
     // Only the method that uses it.
-    let err = qforge_err(&[&"quantize", &tiny, &"-o", &dir.path().join("x.gguf"), &"--type", &"Q4_K_M", &"--method", &"gptq", &"--imatrix", &good]);
+    let err = qforge_err(&[
+        &"quantize",
+        &tiny,
+        &"-o",
+        &dir.path().join("x.gguf"),
+        &"--type",
+        &"Q4_K_M",
+        &"--method",
+        &"gptq",
+        &"--imatrix",
+        &good,
+    ]);
     assert!(err.contains("--imatrix applies to --method rtn"), "{err}");
 }
 
@@ -238,7 +261,17 @@ fn imatrix_lowers_the_kl_divergence() {
     std::fs::write(&text, head).unwrap();
     let base = dir.path().join("base.qflogits");
     let w = WINDOWS.to_string();
-    qforge_ok(&[&"-q", &"perplexity", &common::tiny(), &"--text", &text, &"--max-windows", &w, &"--save-logits", &base]);
+    qforge_ok(&[
+        &"-q",
+        &"perplexity",
+        &common::tiny(),
+        &"--text",
+        &text,
+        &"--max-windows",
+        &w,
+        &"--save-logits",
+        &base,
+    ]);
     let mut report = Vec::new();
     for ty in ["Q4_K_M", "IQ4_NL", "Q4_0"] {
         let plain = dir.path().join(format!("{ty}.gguf"));

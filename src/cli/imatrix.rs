@@ -132,7 +132,10 @@ pub fn run(args: &ImatrixArgs, ui: &Ui) -> Result<()> {
             return Err(crate::error::Error::malformed(
                 p,
                 "imatrix GGUF",
-                format!("written file holds {} entries in {size} bytes, {n_entries} in {expected} planned", back.entries.len()),
+                format!(
+                    "written file holds {} entries in {size} bytes, {n_entries} in {expected} planned",
+                    back.entries.len()
+                ),
             ));
         }
         Ok(())

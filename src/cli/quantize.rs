@@ -211,7 +211,9 @@ fn run_rtn(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     }
     // The importance matrix first: a bad file should fail before the model is read.
     let imatrix = match &args.imatrix {
-        Some(p) => Some(Imatrix::read(p).with_context(|| format!("cannot read the importance matrix {}", p.display()))?),
+        Some(p) => {
+            Some(Imatrix::read(p).with_context(|| format!("cannot read the importance matrix {}", p.display()))?)
+        }
         None => None,
     };
     let model = ModelFile::open(&args.input).with_context(|| format!("cannot load {}", args.input.display()))?;

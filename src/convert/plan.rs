@@ -1018,16 +1018,26 @@ mod tests {
         use GgmlType::{IQ4_NL, Q4_0, Q4_1, Q5_0, Q5_1};
         let down = |i: usize, early, late| if i < 4 { early } else { late };
         check_layers(&with(FileType::IQ4_NL), 32, |_| [IQ4_NL; 7], "7B IQ4_NL + imatrix");
-        check_layers(&with(FileType::Q4_0), 32, |i| {
-            let mut t = [Q4_0; 7];
-            t[6] = down(i, Q4_1, Q4_0);
-            t
-        }, "7B Q4_0 + imatrix");
-        check_layers(&with(FileType::Q5_0), 32, |i| {
-            let mut t = [Q5_0; 7];
-            t[6] = down(i, Q5_1, Q5_0);
-            t
-        }, "7B Q5_0 + imatrix");
+        check_layers(
+            &with(FileType::Q4_0),
+            32,
+            |i| {
+                let mut t = [Q4_0; 7];
+                t[6] = down(i, Q4_1, Q4_0);
+                t
+            },
+            "7B Q4_0 + imatrix",
+        );
+        check_layers(
+            &with(FileType::Q5_0),
+            32,
+            |i| {
+                let mut t = [Q5_0; 7];
+                t[6] = down(i, Q5_1, Q5_0);
+                t
+            },
+            "7B Q5_0 + imatrix",
+        );
         for f in [FileType::Q4_K_M, FileType::Q3_K_M, FileType::Q2_K, FileType::Q6_K] {
             let plain: Vec<GgmlType> = plan_of(&cfg, &QuantPlan::new(f)).iter().map(|t| t.2.ggml_type).collect();
             let weighted: Vec<GgmlType> = with(f).iter().map(|t| t.2.ggml_type).collect();

@@ -113,10 +113,13 @@ impl Imatrix {
         }
         // llama-quantize refuses a GGUF imatrix without these three keys.
         let datasets = match f.get(KEY_DATASETS) {
-            Some(Value::Array(ValueType::String, items)) => {
-                items.iter().map(|v| v.as_str().map(str::to_string).ok_or_else(|| bad("bad dataset".into()))).collect::<Result<Vec<_>>>()?
+            Some(Value::Array(ValueType::String, items)) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_string).ok_or_else(|| bad("bad dataset".into())))
+                .collect::<Result<Vec<_>>>()?,
+            Some(v) => {
+                return Err(bad(format!("{KEY_DATASETS} must be an array of strings, not {}", v.value_type().name())))
             }
-            Some(v) => return Err(bad(format!("{KEY_DATASETS} must be an array of strings, not {}", v.value_type().name()))),
             None => return Err(bad(format!("{KEY_DATASETS} is missing"))),
         };
         let u32_key = |key: &str| -> Result<u32> {
@@ -192,16 +195,28 @@ impl Imatrix {
             }
             if let Some(pl) = p.plain {
                 if pl.n_elements() != sums.n_elements() {
-                    return Err(bad(format!("{}: {} values, {} in {}", pl.name, pl.n_elements(), sums.n_elements(), sums.name)));
+                    return Err(bad(format!(
+                        "{}: {} values, {} in {}",
+                        pl.name,
+                        pl.n_elements(),
+                        sums.n_elements(),
+                        sums.name
+                    )));
                 }
             }
             let sums_v = f32s(f.tensor_data(sums));
             let counts_v = f32s(f.tensor_data(counts));
             if let Some(i) = counts_v.iter().position(|c| !c.is_finite() || *c < 0.0) {
-                return Err(bad(format!("{}: count {} is {} (must be a finite, non-negative token count)", counts.name, i, counts_v[i])));
+                return Err(bad(format!(
+                    "{}: count {} is {} (must be a finite, non-negative token count)",
+                    counts.name, i, counts_v[i]
+                )));
             }
             if let Some(i) = sums_v.iter().position(|s| !s.is_finite() || *s < 0.0) {
-                return Err(bad(format!("{}: value {i} is {} (a sum of squares: finite and non-negative)", sums.name, sums_v[i])));
+                return Err(bad(format!(
+                    "{}: value {i} is {} (a sum of squares: finite and non-negative)",
+                    sums.name, sums_v[i]
+                )));
             }
             entries.push(Entry { name: name.to_string(), n_cols: n_cols as usize, sums: sums_v, counts: counts_v });
         }
@@ -326,13 +341,18 @@ impl Imatrix {
             let (sums, counts) = match self.format {
                 Format::Gguf if e.counts.len() == n_mat => (e.sums.clone(), e.counts.clone()),
                 Format::Gguf => {
-                    return Err(Error::InvalidArgument(format!("imatrix entry {}: {} counts for {n_mat} matrices", e.name, e.counts.len())))
+                    return Err(Error::InvalidArgument(format!(
+                        "imatrix entry {}: {} counts for {n_mat} matrices",
+                        e.name,
+                        e.counts.len()
+                    )))
                 }
                 // Legacy values are mean squares × ncall: store them as ncall "tokens" of
                 // the mean square each, which keeps the importance (sum / count).
                 Format::Legacy => {
                     let ncall = e.counts[0];
-                    let mean: Vec<f32> = if ncall > 0.0 { e.sums.iter().map(|s| s / ncall).collect() } else { e.sums.clone() };
+                    let mean: Vec<f32> =
+                        if ncall > 0.0 { e.sums.iter().map(|s| s / ncall).collect() } else { e.sums.clone() };
                     let count = if ncall > 0.0 { ncall } else { 1.0 };
                     (mean.iter().map(|m| m * count).collect(), vec![count; n_mat])
                 }
@@ -432,7 +452,12 @@ mod tests {
         Imatrix {
             format: Format::Gguf,
             entries: vec![
-                Entry { name: "blk.0.attn_k.weight".into(), n_cols: 4, sums: vec![1.0, 2.0, 0.0, 8.0], counts: vec![4.0] },
+                Entry {
+                    name: "blk.0.attn_k.weight".into(),
+                    n_cols: 4,
+                    sums: vec![1.0, 2.0, 0.0, 8.0],
+                    counts: vec![4.0],
+                },
                 Entry { name: "blk.0.ffn_down.weight".into(), n_cols: 2, sums: vec![3.0, 5.0], counts: vec![0.0] },
             ],
             datasets: vec!["calib.txt".into()],

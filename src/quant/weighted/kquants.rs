@@ -14,8 +14,7 @@ use super::search::{make_qkx3_quants, make_qp_quants, make_qx_quants};
 use crate::quant::float::{get_f16, put_f16};
 use crate::quant::kquants::search::{nearest_int, GROUP_MAX_EPS};
 use crate::quant::kquants::{
-    pack_2bit, pack_scale_min_k4, q2_k, q3_k, q4_k, q5_k, q6_k, requantize_k4, sub, sub_mut, QK_K,
-    K_SCALE_SIZE,
+    pack_2bit, pack_scale_min_k4, q2_k, q3_k, q4_k, q5_k, q6_k, requantize_k4, sub, sub_mut, K_SCALE_SIZE, QK_K,
 };
 
 /// Σx² of a super-block, left to right.
@@ -44,10 +43,7 @@ fn super_blocks<'a, const BYTES: usize>(
     qw: &'a [f32],
     out: &'a mut [u8],
 ) -> impl Iterator<Item = ((&'a [f32; QK_K], &'a [f32]), &'a mut [u8])> {
-    x.chunks_exact(QK_K)
-        .map(|c| c.try_into().unwrap())
-        .zip(qw.chunks_exact(QK_K))
-        .zip(out.chunks_exact_mut(BYTES))
+    x.chunks_exact(QK_K).map(|c| c.try_into().unwrap()).zip(qw.chunks_exact(QK_K)).zip(out.chunks_exact_mut(BYTES))
 }
 
 /// `quantize_row_q2_K_impl`.

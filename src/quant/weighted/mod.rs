@@ -119,7 +119,11 @@ mod tests {
         for t in TYPES {
             let err = |bytes: &[u8]| {
                 let y = quant::decode(t, bytes, x.len()).unwrap();
-                x.iter().zip(&y).enumerate().map(|(i, (a, b))| w[i % cols] as f64 * ((a - b) as f64).powi(2)).sum::<f64>()
+                x.iter()
+                    .zip(&y)
+                    .enumerate()
+                    .map(|(i, (a, b))| w[i % cols] as f64 * ((a - b) as f64).powi(2))
+                    .sum::<f64>()
             };
             let plain = err(&quant::encode(t, &x).unwrap());
             let weighted = err(&encode_weighted(t, &x, cols, &w).unwrap());
