@@ -611,3 +611,186 @@ fn codecs_match_live_llama_cpp() {
     assert!(failures.is_empty(), "{} mismatches with live llama.cpp:\n{}", failures.len(), failures.join("\n"));
     println!("all {} types identical to live llama.cpp on {rows} rows", TYPES.len());
 }
+
+// ---------------------------------------------------------------- importance-weighted (imatrix)
+//
+// `quant::weighted::encode_weighted` against llama.cpp's `ggml_quantize_chunk` with an
+// importance matrix (`quantize_row_*_impl` with quant_weights), byte for byte: committed
+// vectors in tests/fixtures/codec_imatrix (tools/gen_imatrix_vectors.py), made from the same
+// input rows as above with four importance vectors (log-normal, sparse with zero runs and huge
+// values, and the real importance of the tiny model's layer-0 down_proj on calib.txt).
+
+const WEIGHTED_TYPES: &[GgmlType] = &[Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL];
+
+struct WeightedSet {
+    set: DataSet,
+    weights: Vec<f32>,
+}
+
+struct CommittedWeighted {
+    sets: Vec<WeightedSet>,
+    /// `refs[type index][set index]`, types in `WEIGHTED_TYPES` order.
+    refs: Vec<Vec<Vec<u8>>>,
+    made_with: String,
+}
+
+fn committed_weighted() -> CommittedWeighted {
+    let dir = common::root().join("tests/fixtures/codec_imatrix");
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(dir.join("MANIFEST.json")).expect("tests/fixtures/codec_imatrix/MANIFEST.json"),
+    )
+    .expect("MANIFEST.json is not JSON");
+    let file = |name: &str| -> Vec<u8> {
+        let bytes =
+            std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("tests/fixtures/codec_imatrix/{name}: {e}"));
+        let want = &manifest["files"][name];
+        assert_eq!(bytes.len(), usize_of(want, "bytes"), "tests/fixtures/codec_imatrix/{name}: size");
+        assert_eq!(sha256_hex(&bytes), str_of(want, "sha256"), "tests/fixtures/codec_imatrix/{name}: SHA-256");
+        bytes
+    };
+    let all_weights = f32_from_le(&file("weights.f32"));
+    let inputs = committed().sets;
+    let mut sets = Vec::new();
+    for s in manifest["sets"].as_array().expect("MANIFEST.json: sets") {
+        let (name, rows, cols) = (str_of(s, "name"), usize_of(s, "rows"), usize_of(s, "cols"));
+        let src = str_of(s, "source").strip_prefix("codec:").expect("source codec:<set>");
+        let input = inputs.iter().find(|i| i.name == src).unwrap_or_else(|| panic!("no input set {src}"));
+        assert_eq!(input.cols, cols, "{name}: columns");
+        let first = usize_of(s, "first_row");
+        let data = input.data[first * cols..(first + rows) * cols].to_vec();
+        assert_eq!(
+            sha256_hex(&f32_to_le(&data)),
+            str_of(s, "sha256"),
+            "{name}: not the rows the vectors were made from"
+        );
+        let off = usize_of(s, "weights_offset");
+        let weights = all_weights[off..off + cols].to_vec();
+        assert_eq!(sha256_hex(&f32_to_le(&weights)), str_of(s, "weights_sha256"), "{name}: weights");
+        let row_names = input.row_names.as_ref().map(|n| n[first..first + rows].to_vec());
+        sets.push(WeightedSet { set: DataSet { name: name.to_string(), cols, data, row_names }, weights });
+    }
+    let types = manifest["types"].as_array().expect("MANIFEST.json: types");
+    let listed: Vec<&str> = types.iter().map(|t| str_of(t, "type")).collect();
+    assert_eq!(listed, WEIGHTED_TYPES.iter().map(|t| t.name()).collect::<Vec<_>>(), "MANIFEST.json: the types");
+    let mut refs = Vec::new();
+    for (&t, entry) in WEIGHTED_TYPES.iter().zip(types) {
+        let bytes = file(str_of(entry, "file"));
+        let mut at = 0;
+        let mut per_set = Vec::new();
+        for ws in &sets {
+            let n = ws.set.data.len() / t.block_size() * t.block_bytes();
+            per_set.push(bytes[at..at + n].to_vec());
+            at += n;
+        }
+        assert_eq!(at, bytes.len(), "{t}: {} holds more than the sets", str_of(entry, "file"));
+        refs.push(per_set);
+    }
+    let v = &manifest["versions"];
+    let made_with = format!(
+        "llama-cpp-python {} (ggml {} {})",
+        v["llama_cpp_python"].as_str().unwrap_or("?"),
+        v["ggml_version"].as_str().unwrap_or("?"),
+        v["ggml_commit"].as_str().unwrap_or("?")
+    );
+    CommittedWeighted { sets, refs, made_with }
+}
+
+#[test]
+fn weighted_bytes_match_committed_llama_cpp_vectors() {
+    let c = committed_weighted();
+    let mut failures = Vec::new();
+    let (mut blocks, mut same) = (0usize, 0usize);
+    for (k, &t) in WEIGHTED_TYPES.iter().enumerate() {
+        for (ws, theirs) in c.sets.iter().zip(&c.refs[k]) {
+            let ours = quant::weighted::encode_weighted(t, &ws.set.data, ws.set.cols, &ws.weights).unwrap();
+            let bb = t.block_bytes();
+            blocks += ours.len() / bb;
+            same += ours.chunks(bb).zip(theirs.chunks(bb)).filter(|(a, b)| a == b).count();
+            if let Some(m) = compare_bytes(t, &ws.set, &ours, theirs) {
+                failures.push(m);
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} mismatches with the weighted llama.cpp vectors in tests/fixtures/codec_imatrix ({}); {same} of \
+         {blocks} blocks identical:\n{}",
+        failures.len(),
+        c.made_with,
+        failures.join("\n")
+    );
+    println!(
+        "all {} weighted types byte-identical to llama.cpp ({}): {blocks} blocks in {} sets",
+        WEIGHTED_TYPES.len(),
+        c.made_with,
+        c.sets.len()
+    );
+}
+
+/// llama.cpp ignores the importance for Q8_0 (the generator checks it on its side).
+#[test]
+fn weighted_q8_0_is_the_plain_codec() {
+    let c = committed_weighted();
+    for ws in &c.sets {
+        let plain = quant::encode(Q8_0, &ws.set.data).unwrap();
+        assert_eq!(quant::weighted::encode_weighted(Q8_0, &ws.set.data, ws.set.cols, &ws.weights).unwrap(), plain);
+    }
+}
+
+/// With QFORGE_LLAMA_CPP=1: live llama.cpp on every matrix of the tiny model (log-normal
+/// importance per matrix) and 4096 more random rows.
+#[test]
+fn weighted_codecs_match_live_llama_cpp() {
+    if !llama_cpp_requested() {
+        println!("live llama.cpp check not requested (QFORGE_LLAMA_CPP=1); tests/fixtures/codec_imatrix is the check");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let st = SafetensorsFile::open(&common::tiny().join("model.safetensors")).expect("tiny model");
+    let mut names: Vec<&str> = st.names().collect();
+    names.sort();
+    let mut sets = Vec::new();
+    for name in names {
+        let (shape, data) = decode_tensor(&st, name);
+        if shape.len() == 2 {
+            sets.push(DataSet { name: name.replace('.', "_"), cols: shape[1], data, row_names: None });
+        }
+    }
+    sets.push(random_rows_4096());
+    let mut r = Rng(0x5EED_1A7A);
+    let mut failures = Vec::new();
+    let mut rows = 0;
+    for set in &sets {
+        let w: Vec<f32> = (0..set.cols).map(|_| (1.5 * r.normal()).exp()).collect();
+        let wpath = dir.path().join(format!("{}.imatrix.f32", set.name));
+        std::fs::write(&wpath, f32_to_le(&w)).unwrap();
+        let input = dir.path().join(format!("{}.f32", set.name));
+        std::fs::write(&input, f32_to_le(&set.data)).unwrap();
+        let template = dir.path().join(format!("{}.{{type}}.w.bin", set.name));
+        common::python(
+            "codec_reference.py",
+            &[
+                &"quantize",
+                &type_list(WEIGHTED_TYPES),
+                &input,
+                &template,
+                &"--cols",
+                &set.cols.to_string(),
+                &"--impl",
+                &"ggml",
+                &"--imatrix",
+                &wpath,
+            ],
+        );
+        for &t in WEIGHTED_TYPES {
+            let theirs = std::fs::read(dir.path().join(format!("{}.{}.w.bin", set.name, t.name()))).unwrap();
+            let ours = quant::weighted::encode_weighted(t, &set.data, set.cols, &w).unwrap();
+            if let Some(m) = compare_bytes(t, set, &ours, &theirs) {
+                failures.push(m);
+            }
+        }
+        rows += set.rows();
+    }
+    assert!(failures.is_empty(), "{} mismatches with live llama.cpp:\n{}", failures.len(), failures.join("\n"));
+    println!("all {} weighted types identical to live llama.cpp on {rows} rows", WEIGHTED_TYPES.len());
+}

@@ -3,6 +3,8 @@
 # llama_model_quantize), same F32 GGUF input, same thread count. Throughput is MB of f32
 # weights per second of wall time (model load and file write included for both).
 # usage: tools/bench_quantize.sh [MODEL_DIR] [THREADS] [REPEATS]
+# IMATRIX=FILE quantizes both with that importance matrix (qforge --imatrix; llama.cpp gets the
+# same per-column importance through llama_model_quantize's imatrix parameter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-../shared/fixtures/models/small-llama}
@@ -10,6 +12,8 @@ THREADS=${2:-2}
 REPEATS=${3:-3}
 cargo build --release --quiet
 Q=target/release/qforge
+IM=()
+if [ -n "${IMATRIX:-}" ]; then IM=(--imatrix "$IMATRIX"); fi
 DIR=$(mktemp -d)
 trap 'rm -rf "$DIR"' EXIT
 $Q -q convert "$MODEL" -o "$DIR/in.gguf" --outtype f32
@@ -20,9 +24,9 @@ for spec in Q4_0:2 Q4_1:3 Q5_0:8 Q5_1:9 Q8_0:7 Q2_K:10 Q3_K_M:12 Q4_K_M:15 Q5_K_
   t=${spec%%:*}; id=${spec##*:}
   best_q=1e9; best_l=1e9
   for _ in $(seq "$REPEATS"); do
-    s=$( { /usr/bin/time -f %e $Q -q -t "$THREADS" quantize "$DIR/in.gguf" -o "$DIR/q.gguf" --type "$t" >/dev/null; } 2>&1 | tail -1)
+    s=$( { /usr/bin/time -f %e $Q -q -t "$THREADS" quantize "$DIR/in.gguf" -o "$DIR/q.gguf" --type "$t" "${IM[@]}" >/dev/null; } 2>&1 | tail -1)
     best_q=$(python3 -c "print(min($best_q, $s))")
-    l=$(python3 tools/llamacpp_quantize.py "$DIR/in.gguf" "$DIR/l.gguf" "$id" --threads "$THREADS" 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)['seconds'])")
+    l=$(python3 tools/llamacpp_quantize.py "$DIR/in.gguf" "$DIR/l.gguf" "$id" --threads "$THREADS" "${IM[@]}" 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)['seconds'])")
     best_l=$(python3 -c "print(min($best_l, $l))")
   done
   same=$(python3 tools/gguf_same_tensors.py "$DIR/q.gguf" "$DIR/l.gguf")

@@ -4,6 +4,7 @@
 mod compare;
 mod convert;
 mod generate;
+mod imatrix;
 mod inspect;
 mod perplexity;
 mod quantize;
@@ -57,6 +58,7 @@ pub enum Command {
     Compare(compare::CompareArgs),
     Verify(verify::VerifyArgs),
     Generate(generate::GenerateArgs),
+    Imatrix(imatrix::ImatrixArgs),
 }
 
 /// Run the CLI and return the process exit code: 0 success, 1 failure, 2 bad usage,
@@ -97,6 +99,7 @@ pub fn main() -> i32 {
         Command::Compare(a) => compare::run(a, &ui),
         Command::Verify(a) => verify::run(a, &ui),
         Command::Generate(a) => generate::run(a, &ui),
+        Command::Imatrix(a) => imatrix::run(a, &ui),
     };
     if let Some(kb) = peak_rss_kb() {
         ui.detail(format!("peak RSS {:.1} MB", kb as f64 / 1024.0));

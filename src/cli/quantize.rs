@@ -6,8 +6,10 @@ use clap::Args;
 use serde_json::json;
 
 use super::Ui;
+use crate::convert::imatrix::{self as imatrix_use, ImatrixEncoder};
 use crate::convert::plan::{self, FileType, QuantPlan};
-use crate::convert::to_gguf::{self, Header, WriteOptions};
+use crate::convert::to_gguf::{self, Header, PlainEncoder, TensorEncoder, WriteOptions};
+use crate::formats::imatrix::Imatrix;
 use crate::model::ModelFile;
 use crate::output::Sink;
 
@@ -22,7 +24,9 @@ use crate::output::Sink;
     qforge quantize models/llama -o llama-q4_k_m.gguf --type Q4_K_M\n  \
     qforge quantize llama-f16.gguf -o llama-q4_0.gguf --type q4_0 --pure\n  \
     qforge quantize models/llama --type Q3_K_M --dry-run                 # print the plan only\n  \
-    qforge quantize models/llama -o m.gguf --type Q4_K_M --tensor-type 'attn_v=Q8_0'")]
+    qforge quantize models/llama -o m.gguf --type Q4_K_M --tensor-type 'attn_v=Q8_0'\n  \
+    qforge imatrix models/llama -o llama.imatrix.gguf && \\\n    \
+    qforge quantize models/llama -o m.gguf --type IQ4_NL --imatrix llama.imatrix.gguf")]
 pub struct QuantizeArgs {
     /// A Hugging Face model directory or a GGUF file.
     pub input: PathBuf,
@@ -173,6 +177,7 @@ pub(super) fn build_plan(args: &QuantizeArgs) -> Result<QuantPlan> {
     let mut p = QuantPlan::new(ftype);
     p.pure = args.pure;
     p.leave_output = args.leave_output;
+    p.has_imatrix = args.imatrix.is_some();
     p.output_type = args.output_type.as_deref().map(plan::parse_tensor_type).transpose().context("--output-type")?;
     p.embedding_type =
         args.embedding_type.as_deref().map(plan::parse_tensor_type).transpose().context("--embedding-type")?;
@@ -183,6 +188,9 @@ pub(super) fn build_plan(args: &QuantizeArgs) -> Result<QuantPlan> {
 }
 
 pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
+    if args.imatrix.is_some() && args.method != Method::Rtn {
+        bail!("--imatrix applies to --method rtn (llama.cpp's quantizers), not {:?}", args.method);
+    }
     match (args.method, args.format) {
         (Method::Nf4, _) => super::quantize_nf4::run(args, ui),
         (Method::Gptq, _) => super::quantize_gptq::run(args, ui),
@@ -203,13 +211,29 @@ fn run_rtn(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
             bail!("--json cannot be combined with `-o -`: standard output carries the GGUF");
         }
     }
+    // The importance matrix first: a bad file should fail before the model is read.
+    let imatrix = match &args.imatrix {
+        Some(p) => {
+            Some(Imatrix::read(p).with_context(|| format!("cannot read the importance matrix {}", p.display()))?)
+        }
+        None => None,
+    };
     let model = ModelFile::open(&args.input).with_context(|| format!("cannot load {}", args.input.display()))?;
     let tensors = model.tensors()?;
     let input_bytes: u64 = tensors.iter().map(|t| t.stored_bytes() as u64).sum();
     drop(tensors);
 
-    let header = to_gguf::plan_with(&model, &types, args.name.clone())
+    let mut header = to_gguf::plan_with(&model, &types, args.name.clone())
         .with_context(|| format!("planning {}", args.input.display()))?;
+    let mut imatrix_encoder = None;
+    if let (Some(m), Some(path)) = (&imatrix, &args.imatrix) {
+        let (enc, usage) = ImatrixEncoder::new(m, &model, &header)
+            .with_context(|| format!("matching {} to {}", path.display(), args.input.display()))?;
+        report_imatrix_use(ui, path, &usage);
+        imatrix_use::record_metadata(&mut header.writer, &path.to_string_lossy(), m);
+        imatrix_encoder = Some((enc, usage));
+    }
+    let imatrix_json = imatrix_encoder.as_ref().map(|(_, u)| json!(u));
     let report_plan = plan_report(&model, &header)?;
     for n in &header.notes {
         ui.warn(n);
@@ -219,6 +243,7 @@ fn run_rtn(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         if ui.json {
             let mut j = report_plan.json(args, &types, true);
             j["seconds"] = json!(start.elapsed().as_secs_f64());
+            j["imatrix"] = json!(imatrix_json);
             ui.print_json(&j);
         } else {
             report_plan.print_table(&types);
@@ -256,7 +281,12 @@ fn run_rtn(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let mut sink = Sink::open(output).with_context(|| format!("cannot create {}", output.display()))?;
     let bar = ui.bytes_bar(input_bytes, "quantizing");
     let wopts = WriteOptions { allow_nonfinite: args.allow_nonfinite, name: args.name.clone() };
-    let (_, summary) = to_gguf::write_header(&model, header, &wopts, &mut sink, &bar)
+    let mut plain = PlainEncoder;
+    let encoder: &mut dyn TensorEncoder = match imatrix_encoder.as_mut() {
+        Some((enc, _)) => enc,
+        None => &mut plain,
+    };
+    let (_, summary) = to_gguf::write_header_with(&model, header, &wopts, &mut sink, &bar, encoder)
         .with_context(|| format!("quantizing {} to {}", args.input.display(), output.display()))?;
     bar.finish_and_clear();
     let (n, size) = (summary.tensors, summary.bytes);
@@ -266,19 +296,62 @@ fn run_rtn(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     if ui.json {
         let mut j = report_plan.json(args, &types, false);
         j["seconds"] = json!(secs);
+        j["imatrix"] = json!(imatrix_json);
         ui.print_json(&j);
     } else if output.as_os_str() != "-" {
         ui.note(format!(
-            "wrote {} ({} {}, {} tensors, {:.1} MB, {:.2} bits per weight) in {secs:.2}s",
+            "wrote {} ({} {}{}, {} tensors, {:.1} MB, {:.2} bits per weight) in {secs:.2}s",
             output.display(),
             types.ftype.name(),
             if types.pure { "pure" } else { "mix" },
+            match &imatrix_encoder {
+                Some((_, u)) => format!(", {} matrices importance-weighted", u.weighted.len()),
+                None => String::new(),
+            },
             n,
             size as f64 / 1e6,
             report_plan.bits_per_weight()
         ));
     }
     Ok(())
+}
+
+/// Tell the user how the importance matrix met the model (llama-quantize prints "did not find
+/// weights for …" per tensor; one line per kind is enough).
+fn report_imatrix_use(ui: &Ui, path: &std::path::Path, u: &imatrix_use::ImatrixUse) {
+    ui.note(format!(
+        "{}: {} entries; {} matrices will be importance-weighted",
+        path.display(),
+        u.entries,
+        u.weighted.len()
+    ));
+    // The embedding table and the output projection have no entry unless the imatrix was made
+    // with --process-output (llama-imatrix never collects token_embd): expected, so a note.
+    let (expected, unexpected): (Vec<&String>, Vec<&String>) =
+        u.missing.iter().partition(|n| *n == "token_embd.weight" || *n == "output.weight");
+    if !expected.is_empty() {
+        ui.note(format!(
+            "no importance data for {} (quantized without it, as llama-quantize does)",
+            expected.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    if !unexpected.is_empty() {
+        ui.warn(format!(
+            "no importance data for {} matrices, quantized without it: {}",
+            unexpected.len(),
+            unexpected.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    for n in &u.ignored {
+        ui.warn(format!("{n}: the imatrix entry does not fit the tensor; ignored (as llama-quantize does)"));
+    }
+    if !u.unmatched.is_empty() {
+        ui.warn(format!(
+            "{} imatrix entries name no tensor of this model (e.g. {}): was it computed for another model?",
+            u.unmatched.len(),
+            u.unmatched[0]
+        ));
+    }
 }
 
 /// One planned tensor, for the report.

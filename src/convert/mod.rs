@@ -3,6 +3,7 @@
 //! type: one type for `convert`, llama.cpp's quantization mixes for `quantize`.
 
 pub mod import;
+pub mod imatrix;
 pub mod plan;
 pub mod to_bnb;
 pub mod to_gguf;

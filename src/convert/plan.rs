@@ -275,6 +275,9 @@ pub struct QuantPlan {
     pub overrides: Vec<(Regex, GgmlType)>,
     /// `--leave-output`: keep `output.weight` as it is stored in the input.
     pub leave_output: bool,
+    /// An importance matrix is given (`--imatrix`): llama.cpp's mixes then change a few
+    /// ffn_down types (IQ4_NL keeps its type, Q4_0/Q5_0 raise the first eighth).
+    pub has_imatrix: bool,
 }
 
 impl QuantPlan {
@@ -286,6 +289,7 @@ impl QuantPlan {
             embedding_type: None,
             overrides: Vec::new(),
             leave_output: false,
+            has_imatrix: false,
         }
     }
 }
@@ -505,12 +509,16 @@ impl QuantPlan {
                 F::Q3_K_M => new_type = if i_layer < n_layer / 16 { G::Q5_K } else { G::Q4_K },
                 F::Q3_K_L => new_type = G::Q5_K,
                 F::Q4_K_M if use_more_bits(i_layer, n_layer) => new_type = G::Q6_K,
-                // IQ4_NL without an importance matrix (qforge has none): Q5_K on the first
-                // eighth.
-                F::IQ4_NL if i_layer < n_layer / 8 => new_type = G::Q5_K,
+                // IQ4_NL without an importance matrix: Q5_K on the first eighth (with one,
+                // the weighted IQ4_NL is trusted there).
+                F::IQ4_NL if i_layer < n_layer / 8 && !self.has_imatrix => new_type = G::Q5_K,
                 F::Q5_K_M if use_more_bits(i_layer, n_layer) => new_type = G::Q6_K,
                 F::Q4_K_S if i_layer < n_layer / 8 => new_type = G::Q5_K,
-                // (Q4_0/Q5_0 raise the first eighth only when an importance matrix is given.)
+                // Q4_0/Q5_0 with an importance matrix: Q4_1/Q5_1 on the first eighth, which
+                // llama.cpp found can go badly wrong even weighted (only with an imatrix, so
+                // that files made without one stay as they always were).
+                F::Q4_0 if self.has_imatrix && i_layer < n_layer / 8 => new_type = G::Q4_1,
+                F::Q5_0 if self.has_imatrix && i_layer < n_layer / 8 => new_type = G::Q5_1,
                 _ => {}
             }
             qs.i_ffn_down += 1;
@@ -995,5 +1003,45 @@ mod tests {
             assert_eq!(a.ggml_type, if s.len() == 2 { Q8_0 } else { GgmlType::F32 });
         }
         assert_eq!(Uniform { outtype: GgmlType::BF16 }.file_type(), 32);
+    }
+
+    /// With an importance matrix llama.cpp keeps IQ4_NL on the first eighth of ffn_down and
+    /// raises Q4_0/Q5_0 there to Q4_1/Q5_1; nothing else changes.
+    #[test]
+    fn imatrix_changes_the_first_ffn_down() {
+        let cfg = llama_7b();
+        let with = |f: FileType| {
+            let mut q = QuantPlan::new(f);
+            q.has_imatrix = true;
+            plan_of(&cfg, &q)
+        };
+        use GgmlType::{IQ4_NL, Q4_0, Q4_1, Q5_0, Q5_1};
+        let down = |i: usize, early, late| if i < 4 { early } else { late };
+        check_layers(&with(FileType::IQ4_NL), 32, |_| [IQ4_NL; 7], "7B IQ4_NL + imatrix");
+        check_layers(
+            &with(FileType::Q4_0),
+            32,
+            |i| {
+                let mut t = [Q4_0; 7];
+                t[6] = down(i, Q4_1, Q4_0);
+                t
+            },
+            "7B Q4_0 + imatrix",
+        );
+        check_layers(
+            &with(FileType::Q5_0),
+            32,
+            |i| {
+                let mut t = [Q5_0; 7];
+                t[6] = down(i, Q5_1, Q5_0);
+                t
+            },
+            "7B Q5_0 + imatrix",
+        );
+        for f in [FileType::Q4_K_M, FileType::Q3_K_M, FileType::Q2_K, FileType::Q6_K] {
+            let plain: Vec<GgmlType> = plan_of(&cfg, &QuantPlan::new(f)).iter().map(|t| t.2.ggml_type).collect();
+            let weighted: Vec<GgmlType> = with(f).iter().map(|t| t.2.ggml_type).collect();
+            assert_eq!(plain, weighted, "{f:?}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! a base model's (KL divergence, top-1 agreement, probability shifts).
 
 pub mod compare;
+pub mod imatrix;
 pub mod logits_file;
 pub mod perplexity;
 

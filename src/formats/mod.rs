@@ -2,6 +2,7 @@
 //! directory writer.
 
 pub mod gguf;
+pub mod imatrix;
 pub mod safetensors;
 pub mod st_writer;
 pub mod tokenizer;

@@ -23,7 +23,7 @@ const NTRY: i32 = 7;
 /// ggml's `best_index_int8`: index of the grid value nearest to `x` (binary search; on an
 /// exact midpoint the upper value wins).
 #[inline(always)]
-fn best_index(x: f32) -> u8 {
+pub(crate) fn best_index(x: f32) -> u8 {
     let v = |i: usize| KVALUES[i] as f32;
     if x <= v(0) {
         return 0;

@@ -9,6 +9,7 @@ pub mod kquants;
 pub mod legacy;
 pub mod packed;
 pub mod q8_0;
+pub mod weighted;
 
 use rayon::prelude::*;
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Reference GGML block codecs, for tests/codec_bytes.rs.
 
-    codec_reference.py quantize   TYPES IN OUT [--cols N] [--impl auto|gguf|ggml]
+    codec_reference.py quantize   TYPES IN OUT [--cols N] [--impl auto|gguf|ggml] [--imatrix F32]
     codec_reference.py dequantize TYPES IN OUT [--impl gguf|ggml]
     codec_reference.py info
 
@@ -120,16 +120,23 @@ def check_traits(lib, name):
     return t
 
 
-def ggml_quantize(name, rows):
+def ggml_quantize(name, rows, imatrix=None):
+    """ggml_quantize_chunk of float32 rows; `imatrix` (one float per column) selects the
+    importance-weighted quantizers."""
     lib = libggml()
     check_traits(lib, name)
     tid = GGML_TYPE_IDS[name]
-    assert not lib.ggml_quantize_requires_imatrix(tid)
+    assert imatrix is not None or not lib.ggml_quantize_requires_imatrix(tid)
     nrows, cols = rows.shape
     qk, nbytes = BLOCKS[name]
     out = np.zeros(nrows * cols // qk * nbytes, dtype=np.uint8)
     src = np.ascontiguousarray(rows, dtype=np.float32)
-    n = lib.ggml_quantize_chunk(tid, src.ctypes.data, out.ctypes.data, 0, nrows, cols, None)
+    qw = None
+    if imatrix is not None:
+        qw = np.ascontiguousarray(imatrix, dtype=np.float32)
+        assert qw.shape == (cols,), (qw.shape, cols)
+    n = lib.ggml_quantize_chunk(tid, src.ctypes.data, out.ctypes.data, 0, nrows, cols,
+                                None if qw is None else qw.ctypes.data)
     assert n == out.size, (n, out.size)
     return out
 
@@ -193,6 +200,8 @@ def main():
     ap.add_argument("output", nargs="?")
     ap.add_argument("--cols", type=int, default=0)
     ap.add_argument("--impl", choices=["auto", "gguf", "ggml"], default="auto")
+    ap.add_argument("--imatrix", metavar="F32",
+                    help="quantize: raw float32 importance, one value per column (implies --impl ggml)")
     a = ap.parse_args()
 
     if a.command == "info":
@@ -227,8 +236,16 @@ def main():
                 die(f"rows of {rows.shape[1]} are not whole {name} blocks")
             impl = a.impl
             if impl == "auto":
-                impl = "gguf" if name in GGUF_QUANTIZES else "ggml"
-            q = gguf_quantize(name, rows) if impl == "gguf" else ggml_quantize(name, rows)
+                impl = "gguf" if name in GGUF_QUANTIZES and not a.imatrix else "ggml"
+            if a.imatrix:
+                if impl != "ggml":
+                    die("--imatrix needs --impl ggml (gguf-py has no weighted quantizers)")
+                qw = np.fromfile(a.imatrix, dtype="<f4")
+                if qw.size != rows.shape[1]:
+                    die(f"{a.imatrix}: {qw.size} weights for rows of {rows.shape[1]}")
+                q = ggml_quantize(name, rows, imatrix=qw)
+            else:
+                q = gguf_quantize(name, rows) if impl == "gguf" else ggml_quantize(name, rows)
             q.astype(np.uint8).tofile(expand(a.output, name, many))
     else:
         for name in names:

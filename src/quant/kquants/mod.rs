@@ -34,12 +34,12 @@ pub const K_SCALE_SIZE: usize = 12;
 /// Sub-block `n` of `x` as a fixed-size array (lets the searches keep their buffers on the stack
 /// and the compiler drop bounds checks).
 #[inline(always)]
-fn sub<const N: usize>(x: &[f32], n: usize) -> &[f32; N] {
+pub(crate) fn sub<const N: usize>(x: &[f32], n: usize) -> &[f32; N] {
     x[N * n..N * (n + 1)].try_into().unwrap()
 }
 
 #[inline(always)]
-fn sub_mut<T, const N: usize>(x: &mut [T], n: usize) -> &mut [T; N] {
+pub(crate) fn sub_mut<T, const N: usize>(x: &mut [T], n: usize) -> &mut [T; N] {
     (&mut x[N * n..N * (n + 1)]).try_into().unwrap()
 }
 
@@ -58,7 +58,7 @@ pub fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 
 /// Inverse of [`get_scale_min_k4`] for all eight pairs; `ls`, `lm` ≤ 63.
 #[inline(always)]
-fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8], q: &mut [u8]) {
+pub(crate) fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8], q: &mut [u8]) {
     for j in 0..8 {
         if j < 4 {
             q[j] = ls[j];
@@ -112,7 +112,7 @@ fn quantize_scales_k4(x: &[f32], nmax: i32, rmin: f32, nstep: i32, l: &mut [u8; 
 /// Re-quantize 32-weight sub-block `j` of `x` against the stored scale and min (see the
 /// module comment); quants in [0, nmax].
 #[inline(always)]
-fn requantize_k4(x: &[f32], d_all: f32, dmin_all: f32, scales: &[u8], nmax: i32, l: &mut [u8; QK_K]) {
+pub(crate) fn requantize_k4(x: &[f32], d_all: f32, dmin_all: f32, scales: &[u8], nmax: i32, l: &mut [u8; QK_K]) {
     for j in 0..8 {
         let (sc, m) = get_scale_min_k4(j, scales);
         let d = d_all * sc as f32;
@@ -129,7 +129,7 @@ fn requantize_k4(x: &[f32], d_all: f32, dmin_all: f32, scales: &[u8], nmax: i32,
 /// Pack 2-bit quants as Q2_K/Q3_K store them: each 128-weight half fills 32 bytes, byte `i`
 /// holding weights i, i+32, i+64, i+96 in bit pairs 0–1, 2–3, 4–5, 6–7.
 #[inline(always)]
-fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8]) {
+pub(crate) fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8]) {
     for half in 0..2 {
         let (lh, q) = (&l[128 * half..128 * (half + 1)], &mut qs[32 * half..32 * (half + 1)]);
         for i in 0..32 {
