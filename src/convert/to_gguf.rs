@@ -180,6 +180,8 @@ pub fn write_header<W: Write>(
             stream.write_tensor(&p.name, &bytes)?;
         }
         progress.inc(t.data.len() as u64);
+        // Stop at the first tensor read from a file that was truncated meanwhile.
+        crate::formats::mapped::check()?;
     }
     Ok((stream.finish()?, summary))
 }

@@ -1,6 +1,7 @@
 //! File formats: safetensors checkpoints, GGUF, tokenizer metadata, and the Hugging Face
-//! directory writer.
+//! directory writer; `mapped` holds the input memory maps (and survives their truncation).
 
 pub mod gguf;
+pub mod mapped;
 pub mod safetensors;
 pub mod tokenizer;
