@@ -106,6 +106,8 @@ impl AtomicFile {
         let file = writer.into_inner().map_err(|e| Error::io(&self.dest, e.into_error()))?;
         file.sync_all().map_err(|e| Error::io(&self.dest, e))?;
         drop(file);
+        // Never commit what was computed from an input that was truncated under us.
+        crate::formats::mapped::check()?;
         validate(&self.tmp)?;
         let mut v = pending();
         fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io(&self.dest, e))?;
@@ -172,6 +174,7 @@ impl AtomicDir {
     }
 
     pub fn commit(mut self) -> Result<()> {
+        crate::formats::mapped::check()?;
         let mut v = pending();
         if self.dest.is_dir() {
             fs::remove_dir(&self.dest).map_err(|e| Error::io(&self.dest, e))?;
@@ -215,7 +218,11 @@ impl Sink {
     pub fn commit(self, validate: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
         match self {
             Sink::File(f) => f.commit(validate),
-            Sink::Stdout(mut w) => w.flush().map_err(|e| Error::io("<stdout>", e)),
+            Sink::Stdout(mut w) => {
+                w.flush().map_err(|e| Error::io("<stdout>", e))?;
+                // Too late to hold the bytes back, but not to fail.
+                crate::formats::mapped::check()
+            }
         }
     }
 }

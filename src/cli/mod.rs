@@ -72,6 +72,7 @@ pub fn main() -> i32 {
     }
     tune_allocator();
     crate::output::install_signal_cleanup();
+    crate::formats::mapped::install_sigbus_handler();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -101,6 +102,9 @@ pub fn main() -> i32 {
         Command::Generate(a) => generate::run(a, &ui),
         Command::Imatrix(a) => imatrix::run(a, &ui),
     };
+    // An input truncated while mapped was read as zeros from then on: whatever the command
+    // computed is garbage, even if it "succeeded" (perplexity, compare...).
+    let result = result.and_then(|()| crate::formats::mapped::check().map_err(Into::into));
     if let Some(kb) = peak_rss_kb() {
         ui.detail(format!("peak RSS {:.1} MB", kb as f64 / 1024.0));
     }

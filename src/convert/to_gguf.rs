@@ -219,6 +219,8 @@ pub fn write_header_with<W: Write>(
             stream.write_tensor(&p.name, &bytes)?;
         }
         progress.inc(t.stored_bytes() as u64);
+        // Stop at the first tensor read from a file that was truncated meanwhile.
+        crate::formats::mapped::check()?;
     }
     Ok((stream.finish()?, summary))
 }

@@ -21,6 +21,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::eval::log_sum_exp;
+use crate::formats::mapped::InputMap;
 use crate::output::AtomicFile;
 
 const MAGIC: &[u8; 8] = b"QFLOGIT2";
@@ -102,7 +103,7 @@ pub fn file_len(vocab: usize, ctx: usize, windows: usize) -> u64 {
 }
 
 pub struct LogitsFile {
-    mmap: memmap2::Mmap,
+    mmap: InputMap,
     pub vocab: usize,
     pub ctx: usize,
     pub windows: usize,
@@ -117,8 +118,7 @@ impl LogitsFile {
 
     pub fn open(path: &Path) -> Result<LogitsFile> {
         let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: read-only map of a file we only read.
-        let mmap = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
+        let mmap = InputMap::new(&f, path)?;
         if mmap.len() < HEADER || &mmap[..8] != MAGIC {
             return Err(Error::malformed(
                 path,

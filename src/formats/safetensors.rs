@@ -9,41 +9,70 @@ use std::path::{Path, PathBuf};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
+use crate::formats::mapped::InputMap;
 use crate::ggml_type::GgmlType;
 use crate::model::ModelConfig;
 use crate::quant::packed::Scheme;
 
-/// One memory-mapped `.safetensors` file and its validated header.
-pub struct SafetensorsFile {
-    pub path: PathBuf,
-    mmap: memmap2::Mmap,
+/// The validated header of a `.safetensors` image: where the data starts and each tensor's
+/// dtype, shape and byte range. Parsed from bytes so that it can be checked (and fuzzed)
+/// without a file.
+#[derive(Debug, Clone)]
+pub struct SafetensorsHeader {
     data_start: usize,
     tensors: HashMap<String, safetensors::tensor::TensorInfo>,
 }
 
-impl SafetensorsFile {
-    pub fn open(path: &Path) -> Result<SafetensorsFile> {
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: read-only map; see GgufFile::open for the truncation caveat.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let (n, meta) = SafeTensors::read_metadata(&mmap)
+impl SafetensorsHeader {
+    /// Parse and validate the header of a complete safetensors image (`bytes` is the whole
+    /// file; `path` only names it in errors). Every tensor's range is then inside `bytes`.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<SafetensorsHeader> {
+        let (n, meta) = SafeTensors::read_metadata(bytes)
             .map_err(|e| Error::malformed(path, "safetensors", describe_st_error(&e)))?;
         let tensors = meta.tensors().into_iter().map(|(k, v)| (k, v.clone())).collect();
-        Ok(SafetensorsFile { path: path.to_path_buf(), mmap, data_start: 8 + n, tensors })
+        Ok(SafetensorsHeader { data_start: 8 + n, tensors })
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(String::as_str)
     }
 
-    pub fn tensor(&self, name: &str) -> Option<HfTensor<'_>> {
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// Tensor `name` borrowed from `bytes`, the image this header was parsed from. `None` for
+    /// an unknown name, or when `bytes` is not that image (a range falls outside it).
+    pub fn tensor<'a>(&'a self, bytes: &'a [u8], name: &str) -> Option<HfTensor<'a>> {
         let info = self.tensors.get(name)?;
         let (a, b) = info.data_offsets;
-        Some(HfTensor {
-            dtype: info.dtype,
-            shape: &info.shape,
-            data: &self.mmap[self.data_start + a..self.data_start + b],
-        })
+        let data = bytes.get(self.data_start.checked_add(a)?..self.data_start.checked_add(b)?)?;
+        Some(HfTensor { dtype: info.dtype, shape: &info.shape, data })
+    }
+}
+
+/// One memory-mapped `.safetensors` file and its validated header.
+pub struct SafetensorsFile {
+    pub path: PathBuf,
+    mmap: InputMap,
+    header: SafetensorsHeader,
+}
+
+impl SafetensorsFile {
+    pub fn open(path: &Path) -> Result<SafetensorsFile> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // Truncation while mapped raises SIGBUS; see `mapped`.
+        let mmap = InputMap::new(&file, path)?;
+        let header = SafetensorsHeader::parse(&mmap, path)?;
+        Ok(SafetensorsFile { path: path.to_path_buf(), mmap, header })
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.header.names()
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<HfTensor<'_>> {
+        self.header.tensor(&self.mmap, name)
     }
 }
 
@@ -110,24 +139,8 @@ impl HfCheckpoint {
         let mut index = BTreeMap::new();
         if index_path.exists() {
             let idx = read_json(&index_path)?;
-            let map = idx
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| Error::malformed(&index_path, "index", "no \"weight_map\" object"))?;
             let mut shard_ids: HashMap<String, usize> = HashMap::new();
-            for (tensor, shard) in map {
-                let shard = shard.as_str().ok_or_else(|| {
-                    Error::malformed(&index_path, "index", format!("{tensor:?}: shard is not a string"))
-                })?;
-                // A shard is a plain file name in the same directory; anything with a path
-                // component could point anywhere on disk.
-                if shard.is_empty() || shard.contains(['/', '\\', '\0']) || shard == "." || shard == ".." {
-                    return Err(Error::malformed(
-                        &index_path,
-                        "index",
-                        format!("shard name {shard:?} is not a plain file name"),
-                    ));
-                }
+            for (tensor, shard) in parse_index(&idx, &index_path)? {
                 let fid = match shard_ids.get(shard) {
                     Some(&i) => i,
                     None => {
@@ -143,12 +156,12 @@ impl HfCheckpoint {
                         files.len() - 1
                     }
                 };
-                if !files[fid].tensors.contains_key(tensor) {
+                if !files[fid].header.contains(tensor) {
                     return Err(Error::InvalidModel(format!(
                         "index says {tensor} is in {shard}, but that shard does not hold it"
                     )));
                 }
-                index.insert(tensor.clone(), fid);
+                index.insert(tensor.to_string(), fid);
             }
         } else if single.exists() {
             files.push(SafetensorsFile::open(&single)?);
@@ -181,6 +194,33 @@ impl HfCheckpoint {
     pub fn files(&self) -> &[SafetensorsFile] {
         &self.files
     }
+}
+
+/// The `weight_map` of a shard index (`model.safetensors.index.json`, already parsed as JSON)
+/// as (tensor, shard file name) pairs, in the index's order. Shard names are checked to be
+/// plain file names; whether the shards exist and hold the tensors is the caller's business.
+pub fn parse_index<'a>(idx: &'a serde_json::Value, index_path: &Path) -> Result<Vec<(&'a str, &'a str)>> {
+    let map = idx
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::malformed(index_path, "index", "no \"weight_map\" object"))?;
+    let mut out = Vec::with_capacity(map.len());
+    for (tensor, shard) in map {
+        let shard = shard
+            .as_str()
+            .ok_or_else(|| Error::malformed(index_path, "index", format!("{tensor:?}: shard is not a string")))?;
+        // A shard is a plain file name in the same directory; anything with a path
+        // component could point anywhere on disk.
+        if shard.is_empty() || shard.contains(['/', '\\', '\0']) || shard == "." || shard == ".." {
+            return Err(Error::malformed(
+                index_path,
+                "index",
+                format!("shard name {shard:?} is not a plain file name"),
+            ));
+        }
+        out.push((tensor.as_str(), shard));
+    }
+    Ok(out)
 }
 
 pub fn read_json(path: &Path) -> Result<serde_json::Value> {

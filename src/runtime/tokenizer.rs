@@ -20,11 +20,15 @@ impl TextTokenizer {
                 tokenizers::Tokenizer::from_file(&path)
                     .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?
             }
-            ModelFile::Gguf { .. } => {
-                let json = serde_json::to_vec(&vocab.to_hf_json()?).map_err(|e| Error::Tokenizer(e.to_string()))?;
-                tokenizers::Tokenizer::from_bytes(json).map_err(|e| Error::Tokenizer(e.to_string()))?
-            }
+            ModelFile::Gguf { .. } => return Self::from_vocab(vocab),
         };
+        Ok(TextTokenizer { inner, vocab })
+    }
+
+    /// A tokenizer rebuilt from a vocabulary alone (what a GGUF's metadata holds).
+    pub fn from_vocab(vocab: BpeVocab) -> Result<TextTokenizer> {
+        let json = serde_json::to_vec(&vocab.to_hf_json()?).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let inner = tokenizers::Tokenizer::from_bytes(json).map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(TextTokenizer { inner, vocab })
     }
 

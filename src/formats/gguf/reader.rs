@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use super::value::{Value, ValueType};
 use super::{DEFAULT_ALIGNMENT, GGUF_MAGIC};
 use crate::error::{Error, Result};
+use crate::formats::mapped::InputMap;
 use crate::ggml_type::GgmlType;
 
 /// ggml's GGML_MAX_DIMS.
@@ -56,6 +57,13 @@ impl GgufHeader {
 
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// The bytes of tensor `t` in `bytes`, the image this header was parsed from (`None` if
+    /// `bytes` is not that image). Parsing checked every range against the image's length.
+    pub fn tensor_data<'a>(&self, bytes: &'a [u8], t: &TensorInfo) -> Option<&'a [u8]> {
+        let start = usize::try_from(self.data_offset.checked_add(t.offset)?).ok()?;
+        bytes.get(start..start.checked_add(usize::try_from(t.size).ok()?)?)
     }
 
     /// Parse and validate a complete GGUF image (`bytes` is the whole file).
@@ -167,15 +175,14 @@ pub fn align_up(x: u64, a: u64) -> Option<u64> {
 pub struct GgufFile {
     pub path: PathBuf,
     pub header: GgufHeader,
-    mmap: memmap2::Mmap,
+    mmap: InputMap,
 }
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<GgufFile> {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: the map is read-only. Another process truncating the file while we read it
-        // can still raise SIGBUS; that is the price of zero-copy loading every mmap tool pays.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        // Another process truncating the file while we read it raises SIGBUS; see `mapped`.
+        let mmap = InputMap::new(&file, path)?;
         let header = GgufHeader::parse(&mmap, path)?;
         Ok(GgufFile { path: path.to_path_buf(), header, mmap })
     }
@@ -194,8 +201,7 @@ impl GgufFile {
 
     /// The bytes of a tensor (bounds were validated when the header was parsed).
     pub fn tensor_data(&self, t: &TensorInfo) -> &[u8] {
-        let start = (self.header.data_offset + t.offset) as usize;
-        &self.mmap[start..start + t.size as usize]
+        self.header.tensor_data(&self.mmap, t).expect("tensor ranges are checked against the file when parsing")
     }
 
     pub fn file_len(&self) -> u64 {

@@ -1,0 +1,6 @@
+#![no_main]
+//! cargo-fuzz target; the harness lives in `fuzz/src/lib.rs` (shared with the regression test).
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    qforge_fuzz::config_json(data);
+});
