@@ -45,6 +45,10 @@
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
+// The CUDA backend's algorithm emulated on the CPU (tests only; runs without the feature).
+#[cfg(test)]
+#[path = "cuda/emulate.rs"]
+mod cuda_emulate;
 mod ggml_grid;
 mod grid;
 mod hessian;
