@@ -38,6 +38,11 @@ pub enum Error {
 
     #[error("interrupted")]
     Interrupted,
+
+    /// The GPU backend (feature `cuda`) failed: a driver, NVRTC, cuBLAS or cuSOLVER error, or
+    /// no usable device. Always present so that the enum does not depend on the features.
+    #[error("CUDA: {0}")]
+    Cuda(String),
 }
 
 impl Error {

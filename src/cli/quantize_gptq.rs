@@ -60,11 +60,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     if options.block_size == 0 || !(g.damp > 0.0 && g.damp.is_finite()) {
         bail!("--block-size must be positive and --damp a positive number");
     }
-    match g.device {
-        Device::Cuda => bail!("this qforge was built without CUDA support (cargo feature `cuda`)"),
-        Device::Auto => ui.detail("GPTQ runs on the CPU (no CUDA support in this build)"),
-        Device::Cpu => {}
-    }
+    let device = select_device(g.device, ui)?;
     let output = args.output.as_ref().ok_or_else(|| anyhow!("-o is required"))?;
     if output.as_os_str() == "-" && format != Format::Gguf {
         bail!("an hf-gptq checkpoint is a directory; `-o -` only works with --format gguf");
@@ -73,7 +69,8 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let loaded = Loaded::open(&args.input)?;
     let file = &loaded.file;
     let cfg = file.config().clone();
-    let calib_opts = CalibOptions { path: args.calib.calib.clone(), nsamples: args.calib.nsamples, seqlen: args.calib.seqlen };
+    let calib_opts =
+        CalibOptions { path: args.calib.calib.clone(), nsamples: args.calib.nsamples, seqlen: args.calib.seqlen };
     let calib = Calibration::load(&loaded.tokenizer, cfg.context_length, &calib_opts).context("calibration")?;
     for n in &calib.notes {
         ui.warn(n);
@@ -98,7 +95,15 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
 
     let mut model = LlamaModel::load(file)?;
     let layout = model.rope_layout();
-    let mut method = GptqMethod::new(options.clone(), target);
+    #[cfg(feature = "cuda")]
+    if device.is_some() && matches!(target, Target::Ggml(_)) {
+        ui.note("note: the CUDA backend accumulates the Hessians; GPTQ with GGML grids is solved on the CPU");
+    }
+    let device_name = if device.is_some() { "cuda" } else { "cpu" };
+    let method = GptqMethod::new(options.clone(), target);
+    #[cfg(feature = "cuda")]
+    let method = method.with_cuda(device);
+    let mut method = method;
     let stages = if g.true_sequential { Stages::TrueSequential } else { Stages::OneShot };
     let bar = ui.count_bar(cfg.n_layers as u64, "GPTQ layers");
     ui.detail(format!("calibration: {} windows of {} tokens from {}", calib.windows.len(), calib.seqlen, calib.source));
@@ -160,7 +165,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
             "input": args.input, "output": output, "method": "gptq", "format": format!("{format:?}"),
             "bits": g.bits, "group_size": g.group_size, "act_order": g.act_order, "sym": g.sym, "damp": g.damp,
             "type": args.quant_type, "calibration": {"source": calib.source, "windows": calib.windows.len(), "seqlen": calib.seqlen},
-            "tensors": n_tensors, "bytes": bytes, "gptq_seconds": gptq_secs, "seconds": secs, "notes": method.notes,
+            "tensors": n_tensors, "bytes": bytes, "device": device_name, "gptq_seconds": gptq_secs, "seconds": secs, "notes": method.notes,
         }));
     } else {
         ui.note(format!(
@@ -171,6 +176,47 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The CUDA backend for `--device`, if any. `auto` uses a usable device and otherwise says in
+/// one line why GPTQ runs on the CPU; `cuda` without one is an error.
+#[cfg(feature = "cuda")]
+fn select_device(device: Device, ui: &Ui) -> Result<Option<crate::quant::gptq::cuda::CudaBackend>> {
+    use crate::quant::gptq::cuda::CudaBackend;
+    match device {
+        Device::Cpu => Ok(None),
+        Device::Cuda => match CudaBackend::probe() {
+            Ok(be) => {
+                ui.detail(format!("GPTQ runs on {}", be.describe()));
+                Ok(Some(be))
+            }
+            Err(e) => bail!("--device cuda: no usable CUDA device ({e})"),
+        },
+        Device::Auto => match CudaBackend::probe() {
+            Ok(be) => {
+                ui.detail(format!("GPTQ runs on {}", be.describe()));
+                Ok(Some(be))
+            }
+            Err(e) => {
+                ui.note(format!("note: no usable CUDA device ({e}); GPTQ runs on the CPU"));
+                Ok(None)
+            }
+        },
+    }
+}
+
+/// Without the `cuda` feature: `auto` is the CPU, `cuda` an error.
+#[cfg(not(feature = "cuda"))]
+fn select_device(device: Device, ui: &Ui) -> Result<Option<std::convert::Infallible>> {
+    match device {
+        Device::Cuda => bail!(
+            "--device cuda: this qforge was built without the `cuda` feature (rebuild with `cargo build --release \
+             --features cuda`, or use --device cpu)"
+        ),
+        Device::Auto => ui.detail("GPTQ runs on the CPU (built without the `cuda` feature)"),
+        Device::Cpu => {}
+    }
+    Ok(None)
 }
 
 /// Hands the GGUF writer the blocks GPTQ chose, with q/k rows in the file's layout.

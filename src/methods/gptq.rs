@@ -1,6 +1,8 @@
 //! GPTQ over a whole model: one Hessian per distinct linear input (q/k/v share one, gate/up
 //! share one), accumulated from the calibration activations, then the solver
-//! (`quant::gptq`) for each matrix of the stage.
+//! (`quant::gptq`) for each matrix of the stage. With a CUDA backend (feature `cuda`) the
+//! Hessians are accumulated on the GPU and integer grids are solved there; GGML grids are
+//! solved by the CPU solver on the downloaded Hessian.
 
 use std::collections::HashMap;
 
@@ -8,6 +10,8 @@ use crate::calib::sequential::LayerQuantizer;
 use crate::error::{Error, Result};
 use crate::ggml_type::GgmlType;
 use crate::quant;
+#[cfg(feature = "cuda")]
+use crate::quant::gptq::cuda::{CudaBackend, CudaHessian};
 use crate::quant::gptq::{self, GptqOptions, Grid, Hessian, IntQuant};
 use crate::runtime::LlamaModel;
 
@@ -23,14 +27,28 @@ pub enum Target {
 pub enum Solved {
     Int(IntQuant),
     /// Encoded rows of a GGML type.
-    Ggml { ty: GgmlType, rows: usize, bytes: Vec<u8> },
+    Ggml {
+        ty: GgmlType,
+        rows: usize,
+        bytes: Vec<u8>,
+    },
+}
+
+/// A Hessian in host memory or on the GPU.
+enum Hess {
+    Cpu(Hessian),
+    #[cfg(feature = "cuda")]
+    Cuda(CudaHessian),
 }
 
 pub struct GptqMethod {
     pub options: GptqOptions,
     pub target: Target,
     /// Hessians of the current stage, keyed by the first name of the linears sharing an input.
-    hessians: HashMap<String, (Vec<String>, Hessian)>,
+    hessians: HashMap<String, (Vec<String>, Hess)>,
+    /// Where new Hessians go and integer grids are solved (`None`: the CPU).
+    #[cfg(feature = "cuda")]
+    cuda: Option<CudaBackend>,
     pub results: HashMap<String, Solved>,
     /// Lines for the user (damping retries, dead columns, fall-backs), in order.
     pub notes: Vec<String>,
@@ -40,7 +58,50 @@ pub struct GptqMethod {
 
 impl GptqMethod {
     pub fn new(options: GptqOptions, target: Target) -> GptqMethod {
-        GptqMethod { options, target, hessians: HashMap::new(), results: HashMap::new(), notes: Vec::new(), losses: Vec::new() }
+        GptqMethod {
+            options,
+            target,
+            hessians: HashMap::new(),
+            #[cfg(feature = "cuda")]
+            cuda: None,
+            results: HashMap::new(),
+            notes: Vec::new(),
+            losses: Vec::new(),
+        }
+    }
+
+    /// Run on a CUDA device: Hessians on the GPU, integer grids solved there.
+    #[cfg(feature = "cuda")]
+    pub fn with_cuda(mut self, backend: Option<CudaBackend>) -> GptqMethod {
+        self.cuda = backend;
+        self
+    }
+
+    fn new_hessian(&self, cols: usize) -> Result<Hess> {
+        #[cfg(feature = "cuda")]
+        if let Some(be) = &self.cuda {
+            return Ok(Hess::Cuda(be.new_hessian(cols)?));
+        }
+        Ok(Hess::Cpu(Hessian::new(cols)))
+    }
+
+    /// Solve one matrix against its Hessian (wherever that is).
+    fn solve(&self, w: &[f32], rows: usize, cols: usize, hess: &Hess, grid: &Grid) -> Result<Option<gptq::GptqResult>> {
+        Ok(Some(match hess {
+            Hess::Cpu(h) => {
+                if h.has_nonfinite() {
+                    return Ok(None);
+                }
+                gptq::quantize(w, rows, cols, h, grid, &self.options)?
+            }
+            #[cfg(feature = "cuda")]
+            Hess::Cuda(h) => {
+                if h.has_nonfinite()? {
+                    return Ok(None);
+                }
+                h.backend().quantize_dev(w, rows, cols, h, grid, &self.options)?
+            }
+        }))
     }
 
     fn grid_for(&self, name: &str) -> Result<Option<Grid>> {
@@ -59,13 +120,20 @@ impl GptqMethod {
 }
 
 impl LayerQuantizer for GptqMethod {
-    fn observe(&mut self, _layer: usize, names: &[&str], x: &[f32], n: usize) -> Result<()> {
-        let cols = if n == 0 { 0 } else { x.len() / n };
-        let (_, h) = self
-            .hessians
-            .entry(names[0].to_string())
-            .or_insert_with(|| (names.iter().map(|s| s.to_string()).collect(), Hessian::new(cols)));
-        h.add(x, n);
+    fn observe(&mut self, layer: usize, names: &[&str], x: &[f32], n: usize) -> Result<()> {
+        let cols = x.len().checked_div(n).unwrap_or(0);
+        if !self.hessians.contains_key(names[0]) {
+            let h = self.new_hessian(cols)?;
+            self.hessians.insert(names[0].to_string(), (names.iter().map(|s| s.to_string()).collect(), h));
+        }
+        let Some((_, h)) = self.hessians.get_mut(names[0]) else {
+            return Err(Error::InvalidModel(format!("layer {layer}: no Hessian for {}", names[0])));
+        };
+        match h {
+            Hess::Cpu(h) => h.add(x, n),
+            #[cfg(feature = "cuda")]
+            Hess::Cuda(h) => h.add(x, n)?,
+        }
         Ok(())
     }
 
@@ -105,11 +173,10 @@ impl LayerQuantizer for GptqMethod {
                 .map(|(k, _)| k.clone())
                 .ok_or_else(|| Error::tensor(name, "no calibration activations reached it"))?;
             let h = &self.hessians[&key].1;
-            if h.has_nonfinite() {
-                return Err(Error::InvalidModel(format!("layer {layer}: the Hessian of {name} holds NaN or Inf")));
-            }
-            let r = gptq::quantize(&w, rows, cols, h, &grid, &self.options)
-                .map_err(|e| Error::InvalidModel(format!("layer {layer}, {name}: {e}")))?;
+            let r = self
+                .solve(&w, rows, cols, h, &grid)
+                .map_err(|e| Error::InvalidModel(format!("layer {layer}, {name}: {e}")))?
+                .ok_or_else(|| Error::InvalidModel(format!("layer {layer}: the Hessian of {name} holds NaN or Inf")))?;
             if r.damp_retries > 0 {
                 self.notes.push(format!(
                     "{name}: Hessian not positive definite; succeeded with damping {:.3} after {} retries",

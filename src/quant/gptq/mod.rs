@@ -43,6 +43,12 @@
 //!   factor of the reversed `H` (one factorization and one triangular inverse instead of a
 //!   factorization, an inverse and a second factorization); mathematically the same matrix.
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
+// The CUDA backend's algorithm emulated on the CPU (tests only; runs without the feature).
+#[cfg(test)]
+#[path = "cuda/emulate.rs"]
+mod cuda_emulate;
 mod ggml_grid;
 mod grid;
 mod hessian;
@@ -162,15 +168,8 @@ pub struct GptqResult {
 /// that does not divide `cols`, unsupported bits or GGML types, non-finite weights or Hessian,
 /// and a Hessian that is not positive definite even after [`MAX_DAMP_RETRIES`] ×10 retries of
 /// the damping.
-pub fn quantize(
-    w: &[f32],
-    rows: usize,
-    cols: usize,
-    h: &Hessian,
-    grid: &Grid,
-    opts: &GptqOptions,
-) -> Result<GptqResult> {
-    check_args(w, rows, cols, h, grid, opts)?;
+pub fn quantize(w: &[f32], rows: usize, cols: usize, h: &Hessian, grid: &Grid, opts: &GptqOptions) -> Result<GptqResult> {
+    check_args(w, rows, cols, h.n(), grid, opts)?;
     if let Some(i) = crate::quant::find_nonfinite(w) {
         return Err(Error::InvalidArgument(format!(
             "GPTQ: weight [{}, {}] is not finite ({})",
@@ -218,7 +217,8 @@ pub fn quantize(
     })
 }
 
-fn check_args(w: &[f32], rows: usize, cols: usize, h: &Hessian, grid: &Grid, opts: &GptqOptions) -> Result<()> {
+/// `h_n`: the Hessian's size (the CUDA backend's Hessians are not [`Hessian`]s).
+fn check_args(w: &[f32], rows: usize, cols: usize, h_n: usize, grid: &Grid, opts: &GptqOptions) -> Result<()> {
     let bad = |msg: String| Err(Error::InvalidArgument(format!("GPTQ: {msg}")));
     if rows == 0 || cols == 0 {
         return bad(format!("empty weight matrix ({rows} × {cols})"));
@@ -226,8 +226,8 @@ fn check_args(w: &[f32], rows: usize, cols: usize, h: &Hessian, grid: &Grid, opt
     if rows.checked_mul(cols) != Some(w.len()) {
         return bad(format!("{} weights given for a {rows} × {cols} matrix", w.len()));
     }
-    if h.n() != cols {
-        return bad(format!("the Hessian is {0} × {0} but the weights have {cols} columns", h.n()));
+    if h_n != cols {
+        return bad(format!("the Hessian is {h_n} × {h_n} but the weights have {cols} columns"));
     }
     if opts.block_size == 0 {
         return bad("block size 0".into());
