@@ -20,6 +20,76 @@ use qforge::quant;
 use qforge::runtime::tokenizer::TextTokenizer;
 use qforge::GgmlType;
 
+/// Under cargo-fuzz (`cfg(fuzzing)`) every allocation is counted, and a harness whose peak
+/// heap use exceeds `ratio` × its input size (plus a fixed 16 MiB for lazily built statics
+/// such as compiled regexes) fails: libFuzzer's memory limits only catch absolute blow-ups,
+/// and with inputs of a few KB a parser that allocates 1000× what it reads would never reach
+/// them. Outside fuzzing (the regression test) this just runs `f`.
+#[cfg(fuzzing)]
+mod budget {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    struct Counting;
+    static CURRENT: AtomicUsize = AtomicUsize::new(0);
+    static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+    fn grew(n: usize) {
+        let now = CURRENT.fetch_add(n, Relaxed) + n;
+        PEAK.fetch_max(now, Relaxed);
+    }
+
+    // SAFETY: forwards to the system allocator unchanged; only counts.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+            let p = System.alloc(l);
+            if !p.is_null() {
+                grew(l.size());
+            }
+            p
+        }
+        unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+            let p = System.alloc_zeroed(l);
+            if !p.is_null() {
+                grew(l.size());
+            }
+            p
+        }
+        unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+            System.dealloc(p, l);
+            CURRENT.fetch_sub(l.size(), Relaxed);
+        }
+        unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+            let q = System.realloc(p, l, new);
+            if !q.is_null() {
+                CURRENT.fetch_sub(l.size(), Relaxed);
+                grew(new);
+            }
+            q
+        }
+    }
+
+    #[global_allocator]
+    static ALLOC: Counting = Counting;
+
+    pub fn run<T>(input_len: usize, ratio: usize, f: impl FnOnce() -> T) -> T {
+        let base = CURRENT.load(Relaxed);
+        PEAK.store(base, Relaxed);
+        let r = f();
+        let used = PEAK.load(Relaxed).saturating_sub(base);
+        let limit = ratio * input_len + (16 << 20);
+        assert!(used <= limit, "allocation blow-up: {used} bytes at peak for {input_len} input bytes (limit {limit})");
+        r
+    }
+}
+
+#[cfg(not(fuzzing))]
+mod budget {
+    pub fn run<T>(_input_len: usize, _ratio: usize, f: impl FnOnce() -> T) -> T {
+        f()
+    }
+}
+
 /// Decoded tensors are bounded by the input size anyway (a few bytes per weight at most); this
 /// keeps one odd input from spending the whole time budget in a decoder.
 const MAX_DECODE_WEIGHTS: u64 = 1 << 22;
@@ -30,6 +100,10 @@ const TEXT: &str = "Hello world! It's 2024: the cat's 12345 naïve façade,\n\n 
 /// `safetensors_header`: the input is both a safetensors image (header parsed and validated,
 /// then every tensor's bytes borrowed and decoded) and, if it is JSON, a shard index.
 pub fn safetensors_header(data: &[u8]) -> bool {
+    budget::run(data.len(), 64, || safetensors_header_inner(data))
+}
+
+fn safetensors_header_inner(data: &[u8]) -> bool {
     let path = Path::new("fuzz.safetensors");
     let ok = match SafetensorsHeader::parse(data, path) {
         Ok(h) => {
@@ -64,13 +138,20 @@ pub fn safetensors_header(data: &[u8]) -> bool {
 /// decodable tensor, render every metadata value, and check that the writer re-emits the
 /// metadata in a form the reader parses back identically.
 pub fn gguf_reader(data: &[u8]) -> bool {
+    budget::run(data.len(), 64, || gguf_reader_inner(data))
+}
+
+fn gguf_reader_inner(data: &[u8]) -> bool {
     let Ok(h) = GgufHeader::parse(data, Path::new("fuzz.gguf")) else {
         return false;
     };
     for t in &h.tensors {
         let bytes = h.tensor_data(data, t).expect("a tensor the header accepted lies outside the file");
         assert_eq!(bytes.len() as u64, t.size);
-        let n = t.n_elements();
+        // Checked here (not only by overflow checks, which the regression test's release
+        // build lacks): an accepted tensor's element count must be representable.
+        let n = t.ne.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).expect("element count overflows");
+        assert_eq!(n, t.n_elements());
         let _ = t.shape();
         if quant::can_decode(t.ggml_type) && n <= MAX_DECODE_WEIGHTS {
             quant::decode(t.ggml_type, bytes, n as usize).expect("a validated tensor decodes");
@@ -97,6 +178,10 @@ pub fn gguf_reader(data: &[u8]) -> bool {
 /// `config_json`: a Hugging Face config.json, or a GGUF's metadata, to a ModelConfig; a
 /// config that parses must survive a trip through config.json unchanged.
 pub fn config_json(data: &[u8]) -> bool {
+    budget::run(data.len(), 64, || config_json_inner(data))
+}
+
+fn config_json_inner(data: &[u8]) -> bool {
     let mut ok = false;
     if let Ok(json) = serde_json::from_slice::<serde_json::Value>(data) {
         if let Ok(cfg) = ModelConfig::from_hf_json(&json) {
@@ -128,6 +213,10 @@ fn check_config(cfg: &ModelConfig) {
 /// path `TextTokenizer::for_model` takes for a GGUF), and `tokenizer.json` (optionally
 /// followed by a NUL byte and `tokenizer_config.json`) → BpeVocab → GGUF metadata and back.
 pub fn tokenizer_metadata(data: &[u8]) -> bool {
+    budget::run(data.len(), 256, || tokenizer_metadata_inner(data))
+}
+
+fn tokenizer_metadata_inner(data: &[u8]) -> bool {
     let mut ok = false;
     if let Ok(h) = GgufHeader::parse(data, Path::new("fuzz.gguf")) {
         if let Ok(vocab) = BpeVocab::from_gguf(&h) {
@@ -141,7 +230,11 @@ pub fn tokenizer_metadata(data: &[u8]) -> bool {
     if let Ok(tj) = serde_json::from_slice::<serde_json::Value>(tj) {
         let tcfg = serde_json::from_slice(tcfg).unwrap_or_else(|_| serde_json::json!({}));
         let config = serde_json::json!({"bos_token_id": 0, "eos_token_id": 1});
-        if let Ok(vocab) = BpeVocab::from_hf_json(&tj, &tcfg, &config, 0) {
+        // The CLI passes config.json's vocab_size, which the embedding tensor backs (so it is
+        // bounded by the file size); a `vocab_size` in the fuzzed tokenizer_config stands in
+        // for it, bounded the same way. 0: unknown.
+        let vocab_size = tcfg.get("vocab_size").and_then(serde_json::Value::as_u64).unwrap_or(0) as usize;
+        if let Ok(vocab) = BpeVocab::from_hf_json(&tj, &tcfg, &config, vocab_size.min(4 * data.len())) {
             ok |= exercise_vocab(vocab);
         }
     }
@@ -183,6 +276,10 @@ pub fn decodable_types() -> Vec<GgmlType> {
 /// largest f16 or the smallest subnormal, so that every f16 scale (wherever a codec keeps it)
 /// is non-finite or extreme. Decoding must never panic, and must fill exactly the output.
 pub fn block_decoders(data: &[u8]) -> bool {
+    budget::run(data.len(), 64, || block_decoders_inner(data))
+}
+
+fn block_decoders_inner(data: &[u8]) -> bool {
     let [sel, mode, len_byte, rest @ ..] = data else {
         return false;
     };

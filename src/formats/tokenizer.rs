@@ -116,6 +116,17 @@ impl BpeVocab {
         if max_id >= MAX_VOCAB || vocab_size > MAX_VOCAB {
             return Err(Error::Tokenizer(format!("vocabulary of {} tokens is absurd", max_id.max(vocab_size))));
         }
+        // Ids index the embedding matrix, whose size `vocab_size` is (0: unknown, then the
+        // ids must be dense). Without this, a 70-byte tokenizer.json holding one id of
+        // 16777215 had us create 16 million placeholder tokens (GBs) before anything failed;
+        // llama.cpp's converter refuses such ids too.
+        let limit = if vocab_size > 0 { vocab_size } else { by_id.len() };
+        if !by_id.is_empty() && max_id >= limit {
+            return Err(Error::Tokenizer(format!(
+                "token id {max_id} is outside the vocabulary of {limit} tokens{}",
+                if vocab_size > 0 { " that config.json declares" } else { "" }
+            )));
+        }
         let n = vocab_size.max(max_id + 1);
         let mut tokens = Vec::with_capacity(n);
         let mut token_types = Vec::with_capacity(n);

@@ -45,10 +45,21 @@ pub fn decode(t: GgmlType, src: &[u8], n: usize) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-/// Decode a slice holding a whole number of blocks.
+/// Decode a slice holding a whole number of blocks into `out`, which must hold exactly the
+/// weights those blocks encode.
 pub fn decode_slice(t: GgmlType, src: &[u8], out: &mut [f32]) -> Result<()> {
     use kquants::{q2_k, q3_k, q4_k, q5_k, q6_k};
     use legacy::{q4_0, q4_1, q5_0, q5_1};
+    // The block loops zip input and output, so a mismatch would leave outputs unwritten or
+    // ignore input (the F32 copy panicked): refuse it.
+    let (qk, bb) = (t.block_size(), t.block_bytes());
+    if out.len() % qk != 0 || src.len() % bb != 0 || src.len() / bb != out.len() / qk {
+        return Err(Error::InvalidArgument(format!(
+            "{} bytes of {t} cannot decode into {} weights (blocks of {qk} weights in {bb} bytes)",
+            src.len(),
+            out.len()
+        )));
+    }
     match t {
         GgmlType::F32 => float::decode_f32(src, out),
         GgmlType::F16 => float::decode_f16(src, out),

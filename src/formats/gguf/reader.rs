@@ -15,6 +15,12 @@ use crate::ggml_type::GgmlType;
 const MAX_DIMS: u32 = 4;
 /// Arrays of arrays are legal; nothing real nests deeper than this.
 const MAX_ARRAY_DEPTH: usize = 8;
+/// The most memory a header may take once parsed. Counts are checked against the bytes left,
+/// but a metadata value costs a 32-byte `Value` however small it is on disk (a u8 array
+/// element: 1 byte on disk, 32 in memory), so a file of a few GB of u8 arrays would still ask
+/// for ~100 GB. The largest real headers (vocabularies of 256k tokens with scores, types and
+/// merges) take ~30 MB; 256 MiB refuses only files no converter writes.
+const MAX_HEADER_MEMORY: u64 = 256 << 20;
 
 #[derive(Debug, Clone)]
 pub struct TensorInfo {
@@ -68,7 +74,7 @@ impl GgufHeader {
 
     /// Parse and validate a complete GGUF image (`bytes` is the whole file).
     pub fn parse(bytes: &[u8], path: &Path) -> Result<GgufHeader> {
-        let mut c = Cursor { bytes, pos: 0, path };
+        let mut c = Cursor { bytes, pos: 0, path, memory_left: MAX_HEADER_MEMORY };
         let magic = c.u32()?;
         if magic != GGUF_MAGIC {
             return Err(c.err("not a GGUF file (bad magic)"));
@@ -116,6 +122,7 @@ impl GgufHeader {
             if n_dims == 0 || n_dims > MAX_DIMS {
                 return Err(c.err(format!("tensor {name:?} has {n_dims} dimensions (1..=4 allowed)")));
             }
+            c.charge((std::mem::size_of::<TensorInfo>() + 8 * n_dims as usize) as u64)?;
             let mut ne = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
                 ne.push(c.u64()?);
@@ -126,6 +133,11 @@ impl GgufHeader {
             })?;
             let offset = c.u64()?;
             let size = ggml_type.tensor_bytes(&ne).map_err(|e| c.err(format!("tensor {name:?} {ne:?}: {e}")))?;
+            // The byte size can fit where the element count does not: a zero dimension after
+            // huge ones makes the size 0 but `n_elements` overflow.
+            if ne.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).is_none() {
+                return Err(c.err(format!("tensor {name:?} {ne:?}: element count overflows")));
+            }
             if offset % alignment != 0 {
                 return Err(c.err(format!("tensor {name:?} offset {offset} is not aligned to {alignment}")));
             }
@@ -218,6 +230,8 @@ struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
     path: &'a Path,
+    /// What the parsed header may still take in memory (see `MAX_HEADER_MEMORY`).
+    memory_left: u64,
 }
 
 impl<'a> Cursor<'a> {
@@ -261,9 +275,23 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// Account for `bytes` of memory the parsed header will hold.
+    fn charge(&mut self, bytes: u64) -> Result<()> {
+        self.memory_left = self.memory_left.checked_sub(bytes).ok_or_else(|| {
+            self.err(format!(
+                "the header would take more than {} MiB of memory once parsed; no real model's does",
+                MAX_HEADER_MEMORY >> 20
+            ))
+        })?;
+        Ok(())
+    }
+
     fn string(&mut self) -> Result<String> {
         let len = self.u64()?;
         let bytes = self.take(len)?;
+        // Keys and tensor names are also copied into a duplicate check: count every string
+        // twice (loose for string values, which are not).
+        self.charge(2 * len)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| self.err("string is not valid UTF-8"))
     }
 
@@ -273,6 +301,7 @@ impl<'a> Cursor<'a> {
     }
 
     fn value(&mut self, vt: ValueType, depth: usize) -> Result<Value> {
+        self.charge(std::mem::size_of::<Value>() as u64)?;
         Ok(match vt {
             ValueType::U8 => Value::U8(self.array::<1>()?[0]),
             ValueType::I8 => Value::I8(self.array::<1>()?[0] as i8),

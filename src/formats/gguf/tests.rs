@@ -665,3 +665,19 @@ fn corrupted_bytes_never_panic() {
         }
     }
 }
+
+#[test]
+fn header_memory_is_capped() {
+    // 9 MiB of u8 array on disk would be 288 MiB of `Value`s: refused, and quickly.
+    let n = 9u64 << 20;
+    let mut b = B::header(0, 1);
+    b.str("k").u32(ValueType::Array as u32).u32(ValueType::U8 as u32).u64(n);
+    b.0.resize(b.0.len() + n as usize, 0);
+    assert!(parse_err(&b.0).contains("MiB of memory"));
+    // A million-entry array (bigger than any real vocabulary) is fine.
+    let n = 1u64 << 20;
+    let mut b = B::header(0, 1);
+    b.str("k").u32(ValueType::Array as u32).u32(ValueType::U8 as u32).u64(n);
+    b.0.resize(b.0.len() + n as usize, 0);
+    assert_eq!(parse(&b.0).unwrap().get("k").and_then(Value::as_array).map(<[Value]>::len), Some(n as usize));
+}
