@@ -22,11 +22,12 @@ use crate::output::Sink;
     qforge quantize models/llama -o llama-q4_k_m.gguf --type Q4_K_M\n  \
     qforge quantize llama-f16.gguf -o llama-q4_0.gguf --type q4_0 --pure\n  \
     qforge quantize models/llama --type Q3_K_M --dry-run                 # print the plan only\n  \
-    qforge quantize models/llama -o m.gguf --type Q4_K_M --tensor-type 'attn_v=Q8_0'")]
+    qforge quantize models/llama -o m.gguf --type Q4_K_M --tensor-type 'attn_v=Q8_0'\n  \
+    qforge quantize models/llama -o llama-nf4 --method nf4 --double-quant   # bitsandbytes 4-bit HF dir")]
 pub struct QuantizeArgs {
     /// A Hugging Face model directory or a GGUF file.
     pub input: PathBuf,
-    /// Output GGUF file, or `-` for standard output.
+    /// Output GGUF file, or `-` for standard output (a directory for --method nf4).
     #[arg(short, long, required_unless_present = "dry_run")]
     pub output: Option<PathBuf>,
     /// Quantization type or mix (see below); for --method nf4: nf4 (default) or fp4.
