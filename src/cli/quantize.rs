@@ -25,12 +25,16 @@ use crate::output::Sink;
     qforge quantize llama-f16.gguf -o llama-q4_0.gguf --type q4_0 --pure\n  \
     qforge quantize models/llama --type Q3_K_M --dry-run                 # print the plan only\n  \
     qforge quantize models/llama -o m.gguf --type Q4_K_M --tensor-type 'attn_v=Q8_0'\n  \
+    qforge quantize models/llama -o llama-nf4 --method nf4 --double-quant   # bitsandbytes 4-bit HF dir\n  \
+    qforge quantize models/llama -o llama-gptq --method gptq --bits 4 --group-size 128\n  \
+    qforge quantize models/llama -o m.gguf --method gptq --type Q4_K_M     # GPTQ on GGML grids\n  \
+    qforge quantize models/llama -o llama-awq --method awq\n  \
     qforge imatrix models/llama -o llama.imatrix.gguf && \\\n    \
     qforge quantize models/llama -o m.gguf --type IQ4_NL --imatrix llama.imatrix.gguf")]
 pub struct QuantizeArgs {
     /// A Hugging Face model directory or a GGUF file.
     pub input: PathBuf,
-    /// Output GGUF file, or `-` for standard output.
+    /// Output GGUF file, or `-` for standard output (a directory for --method nf4).
     #[arg(short, long, required_unless_present = "dry_run")]
     pub output: Option<PathBuf>,
     /// Quantization type or mix (see below); for --method nf4: nf4 (default) or fp4.
