@@ -59,7 +59,9 @@ fn hf_gptq_4bit_g128_layout_and_quality() {
 
     let (k, ppl) = kld(&out);
     let (golden_gptq, golden_rtn) = (golden_kld("gptq_w4_g128"), golden_kld("rtn_w4_g128"));
-    println!("tiny GPTQ w4 g128: kld {k:.5} ppl {ppl:.3} (golden full-text kld: gptq {golden_gptq:.5}, rtn {golden_rtn:.5})");
+    println!(
+        "tiny GPTQ w4 g128: kld {k:.5} ppl {ppl:.3} (golden full-text kld: gptq {golden_gptq:.5}, rtn {golden_rtn:.5})"
+    );
     // The golden values are over the whole text, ours over 60 windows: the windows' mean KLD
     // differs from the whole text's by a few percent, hence 10% on the reference's value.
     assert!(k <= golden_gptq * 1.10, "GPTQ KLD {k} vs reference GPTQ {golden_gptq}");
@@ -143,7 +145,8 @@ fn gptq_bad_input() {
     }
     // A group size that does not divide the rows: a clear error naming the layer.
     let o = tmp.path().join("z");
-    let e = qforge_err(&[&"quantize", &t, &"--method", &"gptq", &"-o", &o, &"--group-size", &"96", &"--nsamples", &"2"]);
+    let e =
+        qforge_err(&[&"quantize", &t, &"--method", &"gptq", &"-o", &o, &"--group-size", &"96", &"--nsamples", &"2"]);
     assert!(e.contains("layer 0"), "{e}");
     assert!(!o.exists());
 }

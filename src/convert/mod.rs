@@ -2,8 +2,8 @@
 //! directory (`to_hf`). Both stream one tensor at a time. `plan` decides each tensor's GGUF
 //! type: one type for `convert`, llama.cpp's quantization mixes for `quantize`.
 
-pub mod import;
 pub mod imatrix;
+pub mod import;
 pub mod plan;
 pub mod to_bnb;
 pub mod to_gguf;

@@ -168,7 +168,14 @@ pub struct GptqResult {
 /// that does not divide `cols`, unsupported bits or GGML types, non-finite weights or Hessian,
 /// and a Hessian that is not positive definite even after [`MAX_DAMP_RETRIES`] ×10 retries of
 /// the damping.
-pub fn quantize(w: &[f32], rows: usize, cols: usize, h: &Hessian, grid: &Grid, opts: &GptqOptions) -> Result<GptqResult> {
+pub fn quantize(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    h: &Hessian,
+    grid: &Grid,
+    opts: &GptqOptions,
+) -> Result<GptqResult> {
     check_args(w, rows, cols, h.n(), grid, opts)?;
     if let Some(i) = crate::quant::find_nonfinite(w) {
         return Err(Error::InvalidArgument(format!(

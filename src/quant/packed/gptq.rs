@@ -80,7 +80,8 @@ pub(super) fn decode_rows(p: &Packed<'_>, r0: usize, n: usize, out: &mut [f32]) 
 pub(super) fn int_codes(p: &Packed<'_>) -> super::IntCodes {
     let (bits, v2) = params(&p.scheme);
     let (rows, cols) = (p.rows, p.cols);
-    let (Some(qw), Some(qz), Some(sc), Some(gi)) = (p.part("qweight"), p.part("qzeros"), p.part("scales"), p.part("g_idx"))
+    let (Some(qw), Some(qz), Some(sc), Some(gi)) =
+        (p.part("qweight"), p.part("qzeros"), p.part("scales"), p.part("g_idx"))
     else {
         return super::IntCodes { bits, codes: vec![], scales: vec![], zeros: vec![], group: vec![] };
     };

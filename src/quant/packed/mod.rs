@@ -7,8 +7,8 @@
 //! (`blk.0.attn_q.weight`), so that the runtime, `compare` and `convert` treat it like any other
 //! matrix: rows are decoded on the fly, tile by tile.
 
-pub mod bnb;
 pub mod awq;
+pub mod bnb;
 pub mod gptq;
 pub mod scheme;
 
