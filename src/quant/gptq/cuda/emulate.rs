@@ -511,6 +511,8 @@ fn sweep(
         damp_retries: f.retries,
         loss: loss.iter().sum::<f64>() / 2.0,
         dead_columns: f.dead.iter().filter(|&&d| d).count(),
+        factor_seconds: 0.0,
+        sweep_seconds: 0.0,
     })
 }
 
