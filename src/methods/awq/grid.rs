@@ -263,7 +263,8 @@ mod tests {
         for r in 0..rows {
             for c in 0..cols {
                 let s = q.scales[r * 2 + c / 32];
-                assert!((d[r * cols + c] - w[r * cols + c]).abs() <= 0.5 * s * 1.001 + 1e-6);
+                // Half a step, plus the f16 rounding of the stored scale: ≤ 15 steps × 2⁻¹¹.
+                assert!((d[r * cols + c] - w[r * cols + c]).abs() <= 0.51 * s + 1e-6);
             }
         }
     }

@@ -167,7 +167,9 @@ mod tests {
         }
         v.sort_by(f32::total_cmp);
         for (k, (&a, b)) in v.iter().zip(dynamic_map()).enumerate() {
-            assert!((a - b).abs() <= 1.2e-7 * b.abs(), "{k}: formula {a}, table {b}");
+            // The table holds torch's f32 bits, which torch computes in its own order: within
+            // 2 ulps of this formula.
+            assert!((a - b).abs() <= 2.5e-7 * b.abs(), "{k}: formula {a}, table {b}");
         }
     }
 
