@@ -10,6 +10,9 @@
 //! Compiled for tests only and without the `cuda` feature, so that CI runs it. Keep it in
 //! step with `kernels.rs` / `solve.rs` when they change.
 
+// A transcription keeps the CUDA source's form (NaN-aware negated comparisons, `(maxq + 1) / 2`).
+#![allow(clippy::neg_cmp_op_on_partial_ord, clippy::manual_div_ceil)]
+
 use super::grid::find_params;
 use super::{check_args, GptqOptions, GptqResult, Grid, Hessian, IntQuant, MAX_DAMP_RETRIES};
 #[cfg(test)]

@@ -121,7 +121,10 @@ impl CudaBackend {
     /// up and self-test it. Never panics; `Err` says why there is none ("libcuda.so not
     /// found", "no CUDA device", a driver or compiler error, a failed self-test).
     pub fn probe() -> std::result::Result<CudaBackend, Unavailable> {
-        let no = |reason: String| Unavailable { reason };
+        // One line (the CLI prints it as one note); compiler logs keep their lines, joined.
+        let no = |reason: String| Unavailable {
+            reason: reason.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | "),
+        };
         // SAFETY: `is_culib_present` only tries to dlopen the library under its candidate
         // names and closes it again; loading runs the library's initializers, which is what
         // every later use would do anyway. This must come first: any other cudarc call on a
