@@ -61,3 +61,19 @@ fn small_f16_bf16_gguf_track_f32() {
         assert!((got - base).abs() / base <= tol, "{t}: {got} vs f32 {base}");
     }
 }
+
+/// llama.cpp's default Q4_0 mix of the small model over the full text within 0.5% of the
+/// golden `q4_0` perplexity. The golden fake-quantizes only the 7 linears per layer; the mix
+/// also stores token_embd (which, tied, is the output too) in Q6_K, llama.cpp's rule for the
+/// output tensor.
+#[test]
+fn small_q4_0_perplexity_matches_golden() {
+    let dir = tempfile::tempdir().unwrap();
+    let q4 = dir.path().join("small-q4_0.gguf");
+    qforge_ok(&[&"-q", &"quantize", &small(), &"-o", &q4, &"--type", &"Q4_0"]);
+    let r = ppl(&q4, None);
+    assert_eq!(r["tokens_scored"].as_u64(), Some(378651));
+    let (got, want) = (r["ppl"].as_f64().unwrap(), golden_ppl("q4_0"));
+    eprintln!("small q4_0 ppl {got} golden {want} ({:+.3}%)", 100.0 * (got - want) / want);
+    assert!((got - want).abs() / want <= 5e-3, "q4_0 ppl {got} vs golden {want}");
+}

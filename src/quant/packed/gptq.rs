@@ -65,14 +65,44 @@ pub(super) fn decode_rows(p: &Packed<'_>, r0: usize, n: usize, out: &mut [f32]) 
     };
     let zero_offset = if v2 { 0 } else { 1 };
     let zwords = rows * bits as usize / 32;
+    let groups = sc.shape[0];
+    // Scale and zero point of every (group, row of the tile), read once: the runtime decodes
+    // every tile for every window, so the inner loops must not re-read the packed zeros.
+    let mut scale = Vec::with_capacity(groups * n);
+    let mut zero = Vec::with_capacity(groups * n);
+    for g in 0..groups {
+        for r in r0..r0 + n {
+            scale.push(sc.f32_at(g * rows + r));
+            zero.push((stream_code(|w| qz.u32_at(g * zwords + w), r, bits) + zero_offset) as f32);
+        }
+    }
     let g_idx: Vec<usize> = (0..cols).map(|c| gi.u32_at(c) as usize).collect();
-    for (i, o) in out.chunks_exact_mut(cols).take(n).enumerate() {
-        let r = r0 + i;
-        for (c, v) in o.iter_mut().enumerate() {
-            let g = g_idx[c];
-            let q = stream_code(|w| qw.u32_at(w * rows + r), c, bits);
-            let z = stream_code(|w| qz.u32_at(g * zwords + w), r, bits) + zero_offset;
-            *v = sc.f32_at(g * rows + r) * (q as f32 - z as f32);
+    let value = |c: usize, i: usize, q: u32| {
+        let k = g_idx[c] * n + i;
+        scale[k] * (q as f32 - zero[k])
+    };
+    if 32 % bits == 0 {
+        // 2, 4, 8 bits: every word holds whole codes. Word w of row r is `qweight[w, r]`, so
+        // walking the tile's rows inside a word row reads memory contiguously.
+        let per = (32 / bits) as usize;
+        let mask = (1u32 << bits) - 1;
+        for w in 0..cols / per {
+            for i in 0..n {
+                let mut word = qw.u32_at(w * rows + r0 + i);
+                let o = &mut out[i * cols + w * per..][..per];
+                for (k, v) in o.iter_mut().enumerate() {
+                    *v = value(w * per + k, i, word & mask);
+                    word >>= bits;
+                }
+            }
+        }
+    } else {
+        // 3 bits: codes straddle words; follow the bit stream.
+        for (i, o) in out.chunks_exact_mut(cols).take(n).enumerate() {
+            let r = r0 + i;
+            for (c, v) in o.iter_mut().enumerate() {
+                *v = value(c, i, stream_code(|w| qw.u32_at(w * rows + r), c, bits));
+            }
         }
     }
 }
@@ -191,4 +221,51 @@ pub fn pack(
         g_idx: words(g_idx),
         groups,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pack codes of every bit width with an act-order-like (unsorted) g_idx, then decode
+    /// tiles that start mid-matrix: every weight equals scale · (code − zero).
+    #[test]
+    fn pack_then_decode_every_width() {
+        let leak = |v: Vec<u8>| -> &'static [u8] { Box::leak(v.into_boxed_slice()) };
+        for bits in [2u32, 3, 4, 8] {
+            for v2 in [false, true] {
+                let (rows, cols, groups) = (64, 96, 3);
+                let levels = 1usize << bits;
+                let codes: Vec<u8> = (0..rows * cols).map(|i| ((i * 7 + i / 5) % levels) as u8).collect();
+                let scales: Vec<f32> = (0..rows * groups).map(|i| 0.5 + i as f32 / 64.0).collect();
+                // v1 cannot store a zero point of 0 (it stores zero − 1).
+                let zeros: Vec<u8> =
+                    (0..rows * groups).map(|i| if v2 { (i * 3) % levels } else { 1 + (i * 3) % (levels - 1) } as u8).collect();
+                let g_idx: Vec<u32> = (0..cols).map(|c| ((c * 5) % groups) as u32).collect();
+                let t = pack(rows, cols, bits, &codes, &scales, &zeros, &g_idx, v2).unwrap();
+                let part = |suffix: &str, dtype, shape: Vec<usize>, data| Part { suffix: suffix.into(), dtype, shape, data };
+                let b = bits as usize;
+                let parts = vec![
+                    part("qweight", Dtype::I32, vec![cols * b / 32, rows], leak(t.qweight)),
+                    part("qzeros", Dtype::I32, vec![groups, rows * b / 32], leak(t.qzeros)),
+                    part("scales", Dtype::F16, vec![groups, rows], leak(t.scales)),
+                    part("g_idx", Dtype::I32, vec![cols], leak(t.g_idx)),
+                ];
+                let scheme = Scheme::Gptq { bits: bits as u8, group_size: None, sym: false, desc_act: true, v2 };
+                let p = Packed::new("w", scheme, parts).unwrap();
+                let (r0, n) = (24, 17);
+                let mut out = vec![f32::NAN; n * cols];
+                p.decode_rows(r0, n, &mut out);
+                for i in 0..n {
+                    let r = r0 + i;
+                    for c in 0..cols {
+                        let k = r * groups + g_idx[c] as usize;
+                        let s = half::f16::from_f32(scales[k]).to_f32();
+                        let want = s * (codes[r * cols + c] as f32 - zeros[k] as f32);
+                        assert_eq!(out[i * cols + c], want, "{bits} bits, v2 {v2}: row {r} col {c}");
+                    }
+                }
+            }
+        }
+    }
 }
