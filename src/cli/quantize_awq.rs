@@ -38,6 +38,10 @@ pub struct AwqArgs {
     /// AWQ: skip the activation-aware scale search (s = 1).
     #[arg(long)]
     pub no_awq_scale: bool,
+    /// AWQ: AutoAWQ's duo scaling, s = x̄^α / w̄^(1−α) (w̄: mean |w| / group max per input
+    /// column) instead of s = x̄^α; s = 1 stays a candidate.
+    #[arg(long)]
+    pub awq_duo_scaling: bool,
     /// AWQ: skip the clipping search. With --no-awq-scale too, this is plain round-to-nearest
     /// on the same grid (a baseline).
     #[arg(long)]
@@ -53,6 +57,9 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     };
     if !matches!(format, Format::Gguf | Format::HfAwq) {
         bail!("--method awq writes --format hf-awq or gguf");
+    }
+    if args.dry_run {
+        bail!("--dry-run applies to --method rtn (the plan of `--method awq --type T` is the same as rtn's)");
     }
     if args.imatrix.is_some() {
         bail!("--imatrix applies to --method rtn; AWQ calibrates on its own activations");
@@ -134,6 +141,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         scale: !args.awq_opts.no_awq_scale,
         clip: !args.awq_opts.no_awq_clip,
         sample_tokens: args.awq_opts.awq_sample_tokens,
+        duo: args.awq_opts.awq_duo_scaling,
     };
     if cfg.n_kv_heads != cfg.n_heads && options.scale {
         ui.detail("grouped-query attention: o_proj's scales cannot fold into v_proj, so o_proj is only clipped");
@@ -202,7 +210,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
             "bits": if format == Format::HfAwq { json!(4) } else { json!(null) },
             "group_size": if format == Format::HfAwq { json!(g.group_size) } else { json!(null) },
             "type": args.quant_type, "scale_search": options.scale, "clip_search": options.clip,
-            "sample_tokens": options.sample_tokens,
+            "sample_tokens": options.sample_tokens, "duo_scaling": options.duo,
             "calibration": {"source": calib.source, "windows": calib.windows.len(), "seqlen": calib.seqlen},
             "scales": method.reports, "tensors": n_tensors, "bytes": bytes, "awq_seconds": awq_secs, "seconds": secs,
         }));

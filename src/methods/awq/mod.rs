@@ -38,7 +38,7 @@ use crate::runtime::model::AttnWeights;
 use crate::runtime::{LlamaModel, Matrix};
 use grid::{clip, mse, Grid, IntCodes};
 use layer::{LayerF32, LINEARS};
-use search::{fake_quant_scaled, search, search_linear, Found};
+use search::{fake_quant_scaled, search, search_linear, Found, Salience};
 use stats::LayerStats;
 
 #[derive(Debug, Clone)]
@@ -49,6 +49,8 @@ pub struct AwqOptions {
     pub clip: bool,
     /// Tokens the searches and the clipping run on (see the module notes).
     pub sample_tokens: usize,
+    /// AutoAWQ's `duo_scaling`: s = x̄^α / w̄^(1−α) instead of x̄^α.
+    pub duo: bool,
 }
 
 /// What the linears are quantized to.
@@ -122,6 +124,11 @@ impl AwqMethod {
         Ok((st.mean_abs(), &st.sample, st.sample_tokens()))
     }
 
+    fn salience(&self, x_mean: Vec<f32>, weights: &[(&[f32], usize)], cols: usize, grid: Grid) -> Salience {
+        let w_mean = self.options.duo.then(|| Salience::weight_mean(weights, cols, grid.clip_group(cols)));
+        Salience { x_mean, w_mean }
+    }
+
     fn report(&mut self, layer: usize, group: &'static str, f: &Found) {
         self.reports.push(GroupReport { layer, group, alpha: f.alpha, loss_rtn: f.loss_plain, loss: f.loss });
     }
@@ -152,7 +159,8 @@ impl AwqMethod {
             model.attention_block(xn, n, &w, (&rope.0, &rope.1))
         };
         let reference: Vec<Vec<f32>> = xns.iter().map(|x| run(&q, &k, &v, x)).collect::<Result<_>>()?;
-        let found = search(&x_mean, |s| {
+        let sal = self.salience(x_mean, &[(&l.wq, l.q_dim), (&l.wk, l.kv_dim), (&l.wv, l.kv_dim)], l.hidden, grids[0]);
+        let found = search(&sal, |s| {
             let fq =
                 |w: &[f32], rows, g| fake_quant_scaled(w, rows, l.hidden, s, g).and_then(|w| m(&w, rows, l.hidden));
             let (q, k, v) =
@@ -175,7 +183,8 @@ impl AwqMethod {
         let (gate, up, down) =
             (m(&l.w_gate, l.ffn, l.hidden)?, m(&l.w_up, l.ffn, l.hidden)?, m(&l.w_down, l.hidden, l.ffn)?);
         let reference = model.mlp_block(x, t, &gate, &up, &down);
-        let found = search(&x_mean, |s| {
+        let sal = self.salience(x_mean, &[(&l.w_gate, l.ffn), (&l.w_up, l.ffn)], l.hidden, grids[4]);
+        let found = search(&sal, |s| {
             let fq = |w: &[f32], g| fake_quant_scaled(w, l.ffn, l.hidden, s, g).and_then(|w| m(&w, l.ffn, l.hidden));
             let (g, u) = (fq(&l.w_gate, grids[4])?, fq(&l.w_up, grids[5])?);
             Ok(mse(&model.mlp_block(x, t, &g, &u, &down), &reference))
@@ -204,8 +213,10 @@ impl AwqMethod {
                 s_attn = self.search_attn(model, &mut l, &grids, inputs)?;
             }
             if l.can_fold_o() && grids[3].is_lossy() {
-                let (x_mean, x, t) = self.input(li, LINEARS[3])?;
-                let found = search_linear(x, t, &l.wo, l.hidden, l.q_dim, &x_mean, grids[3])?;
+                let (x_mean, _, _) = self.input(li, LINEARS[3])?;
+                let sal = self.salience(x_mean, &[(&l.wo, l.hidden)], l.q_dim, grids[3]);
+                let (_, x, t) = self.input(li, LINEARS[3])?;
+                let found = search_linear(x, t, &l.wo, l.hidden, l.q_dim, &sal, grids[3])?;
                 l.fold_o(&found.scales)?;
                 s_o = found.scales.clone();
                 self.report(li, "o", &found);
@@ -214,8 +225,10 @@ impl AwqMethod {
                 s_mlp = self.search_mlp(model, &mut l, &grids)?;
             }
             if grids[6].is_lossy() {
-                let (x_mean, x, t) = self.input(li, LINEARS[6])?;
-                let found = search_linear(x, t, &l.w_down, l.hidden, l.ffn, &x_mean, grids[6])?;
+                let (x_mean, _, _) = self.input(li, LINEARS[6])?;
+                let sal = self.salience(x_mean, &[(&l.w_down, l.hidden)], l.ffn, grids[6]);
+                let (_, x, t) = self.input(li, LINEARS[6])?;
+                let found = search_linear(x, t, &l.w_down, l.hidden, l.ffn, &sal, grids[6])?;
                 l.fold_down(&found.scales);
                 s_down = found.scales.clone();
                 self.report(li, "down", &found);
