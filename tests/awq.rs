@@ -41,8 +41,10 @@ fn hf_awq_runs_matches_numpy_and_beats_rtn() {
     let tmp = tempfile::tempdir().unwrap();
     let awq = tmp.path().join("awq");
     let rtn = tmp.path().join("rtn");
+    let plain_scales = tmp.path().join("plain-scales");
     quantize_awq(&awq, &[]);
     quantize_awq(&rtn, &["--no-awq-scale", "--no-awq-clip"]);
+    quantize_awq(&plain_scales, &["--no-awq-duo-scaling"]);
 
     // Loads and runs in the runtime.
     let text = wiki();
@@ -59,9 +61,10 @@ fn hf_awq_runs_matches_numpy_and_beats_rtn() {
     let out = python("check_awq.py", &[&awq, &deq, &"1"]);
     assert!(out.trim_end().ends_with("OK"), "{out}");
 
-    let (k_awq, k_rtn) = (kld(&awq), kld(&rtn));
-    eprintln!("tiny 4-bit g128 KLD: AWQ {k_awq:.5}, RTN {k_rtn:.5}");
+    let (k_awq, k_rtn, k_plain) = (kld(&awq), kld(&rtn), kld(&plain_scales));
+    eprintln!("tiny 4-bit g128 KLD: AWQ {k_awq:.5} (without duo scaling {k_plain:.5}), RTN {k_rtn:.5}");
     assert!(k_awq < 0.95 * k_rtn, "AWQ KLD {k_awq} is not below round-to-nearest {k_rtn}");
+    assert!(k_plain < 0.95 * k_rtn, "AWQ (s = x̄^α) KLD {k_plain} is not below round-to-nearest {k_rtn}");
 }
 
 #[test]

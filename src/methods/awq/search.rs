@@ -136,4 +136,34 @@ mod tests {
         assert!((lo * hi - 1.0).abs() < 1e-5, "{s:?}");
         assert!(s.iter().all(|v| v.is_finite() && *v > 0.0));
     }
+
+    /// Duo scaling's w̄: |w| relative to its (row, group) max, averaged over every row of
+    /// every weight sharing the input; and the search always tries s = 1 first.
+    #[test]
+    fn duo_weight_mean_and_plain_candidate() {
+        // Two rows × 4 columns, groups of 2; a second weight with one row.
+        let a = [1.0f32, -2.0, 4.0, 0.0, -1.0, 1.0, 0.0, 8.0];
+        let b = [2.0f32, 2.0, -1.0, 4.0];
+        let w = Salience::weight_mean(&[(&a, 2), (&b, 1)], 4, 2);
+        let m = |v: f32, max: f32| v / (max + 1e-6);
+        let want = [
+            (m(1.0, 2.0) + m(1.0, 1.0) + m(2.0, 2.0)) / 3.0,
+            (m(2.0, 2.0) + m(1.0, 1.0) + m(2.0, 2.0)) / 3.0,
+            (m(4.0, 4.0) + m(0.0, 8.0) + m(1.0, 4.0)) / 3.0,
+            (m(0.0, 4.0) + m(8.0, 8.0) + m(4.0, 4.0)) / 3.0,
+        ];
+        for (g, w) in w.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{g} vs {w}");
+        }
+        let sal = Salience { x_mean: vec![1.0, 2.0, 3.0, 4.0], w_mean: Some(vec![0.5; 4]) };
+        let mut tried = Vec::new();
+        let f = search(&sal, |s| {
+            tried.push(s.to_vec());
+            Ok(if tried.len() == 1 { 0.0 } else { 1.0 })
+        })
+        .unwrap();
+        assert_eq!(tried[0], vec![1.0; 4]);
+        assert_eq!(tried.len(), 1 + N_GRID);
+        assert_eq!((f.alpha, f.scales.clone()), (-1.0, vec![1.0; 4]));
+    }
 }
