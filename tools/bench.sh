@@ -85,7 +85,9 @@ echo "### GPTQ, AWQ, NF4 end to end on $(basename "$SMALL") (llama.cpp has none 
 echo
 echo "| method | output | seconds | peak RSS MB |"
 echo "|---|---|---|---|"
-for spec in "gptq hf-gptq" "gptq gguf --type Q4_K_M" "awq hf-awq" "awq gguf --type Q4_0" "nf4 hf-bnb" "rtn gguf --type Q4_K_M"; do
+E2E=("gptq hf-gptq" "gptq gguf --type Q4_K_M" "awq hf-awq" "awq gguf --type Q4_0" "nf4 hf-bnb" "rtn gguf --type Q4_K_M")
+[ "${QUICK:-0}" = 1 ] && E2E=("gptq hf-gptq" "awq hf-awq" "nf4 hf-bnb" "rtn gguf --type Q4_K_M")
+for spec in "${E2E[@]}"; do
   set -- $spec
   m=$1 f=$2; shift 2
   read -r s rss < <(timed $Q -q -t "$THREADS" quantize "$SMALL" -o "$DIR/e2e-$m-$f" --method "$m" --format "$f" "$@")
