@@ -63,7 +63,7 @@ def size(path):
     return os.path.getsize(p) if os.path.exists(p) else 0
 rows = ["q4_0", "q4_0-lin", "gptq-q4_0-lin", "awq-q4_0-lin", "q4_k_m", "q4_k_m-imatrix", "gptq-q4_k_m",
         "gptq-w4", "gptq-w3", "awq-w4", "nf4", "nf4-dq"]
-print("| variant | size MB | quantize s | peak RSS MB | ppl | KLD mean ± se | top-1 |")
+print("| variant | size MB | quantize s | peak RSS MiB | ppl | KLD mean ± se | top-1 |")
 print("|---|---|---|---|---|---|---|")
 c = {}
 for n in rows:
