@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{python, qforge_err, qforge_ok, tiny, wiki};
+use common::{import_into_gguf, python, qforge_err, qforge_ok, tiny, wiki};
 use qforge::methods::awq::layer::LayerF32;
 use qforge::model::ModelFile;
 use qforge::runtime::{KvCache, LlamaModel};
@@ -224,4 +224,25 @@ fn awq_option_errors() {
     assert!(with(&["--group-size", "96"]).contains("--group-size 96"));
     assert!(with(&["--type", "Q9_9"]).contains("Q9_9"));
     assert!(!out.exists());
+}
+
+/// Importing an AWQ checkpoint into GGUF: 4-bit asymmetric groups of 128 re-pack into Q4_1
+/// without re-quantization (only m = −d·zero is rounded to f16), any other type re-quantizes
+/// with a warning; the KL divergence against the checkpoint says what each costs.
+#[test]
+fn awq_checkpoint_imports_into_gguf() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tmp.path().join("awq");
+    quantize_awq(&ck, &[]);
+    let (j, _, k) = import_into_gguf(&ck, &tmp.path().join("q4_1.gguf"), &[], 8);
+    assert_eq!(j["outtype"], "Q4_1");
+    assert_eq!(j["repacked"].as_array().unwrap().len(), 28);
+    assert!(j["requantized"].as_array().unwrap().is_empty());
+    eprintln!("AWQ → Q4_1 re-packed: kld vs checkpoint {k:.3e}");
+    assert!(k <= 1e-4, "{k}");
+    let (j, stderr, k2) = import_into_gguf(&ck, &tmp.path().join("q5_0.gguf"), &["--type", "q5_0"], 8);
+    assert_eq!(j["requantized"].as_array().unwrap().len(), 28);
+    assert!(stderr.contains("quantized again"), "{stderr}");
+    eprintln!("AWQ → Q5_0 re-quantized: kld vs checkpoint {k2:.3e}");
+    assert!(k2 > k && k2 < 0.05, "{k2}");
 }

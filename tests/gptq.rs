@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{python, qforge, qforge_err, qforge_ok, tiny, wiki};
+use common::{import_into_gguf, python, qforge, qforge_err, qforge_ok, tiny, wiki};
 use serde_json::Value as Json;
 
 /// Windows of wiki.test.raw for the KLD checks: 60 × 511 = 30,660 scored tokens, where the
@@ -182,11 +182,6 @@ fn hostile_gptq_checkpoint() {
 #[test]
 fn gptq_checkpoints_import_into_gguf() {
     let tmp = tempfile::tempdir().unwrap();
-    let w = wiki();
-    let kld_vs = |base: &Path, cand: &Path| -> f64 {
-        let j = json(&qforge_ok(&[&"--json", &"compare", &base, &cand, &"--text", &w, &"--max-windows", &"8"]));
-        j["kld_mean"].as_f64().unwrap()
-    };
     for (extra, native, max_kld) in
         [(&["--group-size", "128"][..], "Q4_1", 1e-4), (&["--sym", "--group-size", "32"][..], "Q4_0", 1e-6)]
     {
@@ -195,7 +190,7 @@ fn gptq_checkpoints_import_into_gguf() {
         a.extend_from_slice(extra);
         gptq(&ck, &a);
         let g = tmp.path().join(format!("{native}.gguf"));
-        let j = json(&qforge_ok(&[&"--json", &"convert", &ck, &"-o", &g]));
+        let (j, _, k) = import_into_gguf(&ck, &g, &[], 8);
         assert_eq!(j["outtype"], native);
         assert_eq!(j["repacked"].as_array().unwrap().len(), 28);
         assert!(j["requantized"].as_array().unwrap().is_empty());
@@ -204,15 +199,12 @@ fn gptq_checkpoints_import_into_gguf() {
         let ty = |n: &str| info["tensors"].as_array().unwrap().iter().find(|t| t["name"] == n).unwrap()["type"].clone();
         assert_eq!(ty("token_embd.weight"), "BF16");
         assert_eq!(ty("blk.0.attn_q.weight"), native);
-        let k = kld_vs(&ck, &g);
         println!("{native}: re-packed, kld vs checkpoint {k:.3e}");
         assert!(k <= max_kld, "{native}: {k}");
 
         let r = tmp.path().join(format!("{native}-q5_0.gguf"));
-        let out = qforge(&[&"convert", &ck, &"-o", &r, &"--type", &"q5_0"]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success() && stderr.contains("quantized again"), "{stderr}");
-        let k = kld_vs(&ck, &r);
+        let (_, stderr, k) = import_into_gguf(&ck, &r, &["--type", "q5_0"], 8);
+        assert!(stderr.contains("quantized again"), "{stderr}");
         println!("{native} checkpoint → Q5_0 re-quantized: kld vs checkpoint {k:.4e}");
         assert!(k > max_kld && k < 0.05, "{k}");
     }

@@ -412,3 +412,24 @@ fn hostile_bnb_checkpoints() {
         assert!(e.contains(word), "{name}: {e}");
     }
 }
+
+/// Importing a bitsandbytes NF4 checkpoint into GGUF: no GGML type shares NF4's grid, so the
+/// weights are dequantized, by default to F16 (whose rounding adds almost nothing), or
+/// quantized again to the requested type; both warn, and the KL divergence against the
+/// checkpoint says what each costs.
+#[test]
+fn nf4_checkpoint_imports_into_gguf() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tmp.path().join("nf4");
+    nf4(&tiny(), &ck, &[]);
+    let (j, stderr, k) = import_into_gguf(&ck, &tmp.path().join("f16.gguf"), &[], 8);
+    assert_eq!(j["outtype"], "F16");
+    assert_eq!(j["requantized"].as_array().unwrap().len(), 28);
+    assert!(stderr.contains("quantized again"), "{stderr}");
+    eprintln!("NF4 → F16: kld vs checkpoint {k:.3e}");
+    assert!(k <= 1e-4, "{k}");
+    let (_, stderr, k2) = import_into_gguf(&ck, &tmp.path().join("q4_0.gguf"), &["--type", "q4_0"], 8);
+    assert!(stderr.contains("quantized again"), "{stderr}");
+    eprintln!("NF4 → Q4_0 re-quantized: kld vs checkpoint {k2:.3e}");
+    assert!(k2 > k && k2 < 0.1, "{k2}");
+}

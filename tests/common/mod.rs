@@ -90,3 +90,21 @@ pub fn dir_entries(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// `convert` a quantized checkpoint into GGUF (`extra`: e.g. `--type q5_0`) and return the
+/// JSON report, the warning lines, and the KL divergence of the GGUF against the checkpoint
+/// over the first `windows` windows of WikiText-2: what the import cost.
+pub fn import_into_gguf(checkpoint: &Path, out: &Path, extra: &[&str], windows: usize) -> (serde_json::Value, String, f64) {
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"--json", &"convert", &checkpoint, &"-o", &out];
+    for a in extra {
+        args.push(a);
+    }
+    let r = qforge(&args);
+    let stderr = String::from_utf8_lossy(&r.stderr).into_owned();
+    assert!(r.status.success(), "convert {extra:?} failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&r.stdout).expect("convert --json");
+    let (w, n) = (wiki(), windows.to_string());
+    let c = qforge_ok(&[&"--json", &"compare", &checkpoint, &out, &"--text", &w, &"--max-windows", &n]);
+    let c: serde_json::Value = serde_json::from_str(&c).expect("compare --json");
+    (report, stderr, c["kld_mean"].as_f64().expect("kld_mean"))
+}
