@@ -63,7 +63,7 @@ for model in "$SMALL" "$SYNTH"; do
   echo "Convert (Hugging Face safetensors → GGUF; llama.cpp's converter is Python, not part of"
   echo "llama-cpp-python, so there is no llama.cpp column):"
   echo
-  echo "| outtype | seconds | MB/s (f32 weights) | peak RSS MB |"
+  echo "| outtype | seconds | MB/s (f32 weights) | peak RSS MiB |"
   echo "|---|---|---|---|"
   for t in f32 f16 q8_0; do
     read -r s rss < <(timed $Q -q -t "$THREADS" convert "$model" -o "$DIR/c-$t.gguf" --outtype "$t")
@@ -83,7 +83,7 @@ done
 echo
 echo "### GPTQ, AWQ, NF4 end to end on $(basename "$SMALL") (llama.cpp has none of them)"
 echo
-echo "| method | output | seconds | peak RSS MB |"
+echo "| method | output | seconds | peak RSS MiB |"
 echo "|---|---|---|---|"
 E2E=("gptq hf-gptq" "gptq gguf --type Q4_K_M" "awq hf-awq" "awq gguf --type Q4_0" "nf4 hf-bnb" "rtn gguf --type Q4_K_M")
 [ "${QUICK:-0}" = 1 ] && E2E=("gptq hf-gptq" "awq hf-awq" "nf4 hf-bnb" "rtn gguf --type Q4_K_M")
