@@ -94,7 +94,12 @@ pub fn dir_entries(dir: &Path) -> Vec<String> {
 /// `convert` a quantized checkpoint into GGUF (`extra`: e.g. `--type q5_0`) and return the
 /// JSON report, the warning lines, and the KL divergence of the GGUF against the checkpoint
 /// over the first `windows` windows of WikiText-2: what the import cost.
-pub fn import_into_gguf(checkpoint: &Path, out: &Path, extra: &[&str], windows: usize) -> (serde_json::Value, String, f64) {
+pub fn import_into_gguf(
+    checkpoint: &Path,
+    out: &Path,
+    extra: &[&str],
+    windows: usize,
+) -> (serde_json::Value, String, f64) {
     let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"--json", &"convert", &checkpoint, &"-o", &out];
     for a in extra {
         args.push(a);

@@ -239,11 +239,13 @@ mod tests {
                 let codes: Vec<u8> = (0..rows * cols).map(|i| ((i * 7 + i / 5) % levels) as u8).collect();
                 let scales: Vec<f32> = (0..rows * groups).map(|i| 0.5 + i as f32 / 64.0).collect();
                 // v1 cannot store a zero point of 0 (it stores zero − 1).
-                let zeros: Vec<u8> =
-                    (0..rows * groups).map(|i| if v2 { (i * 3) % levels } else { 1 + (i * 3) % (levels - 1) } as u8).collect();
+                let zeros: Vec<u8> = (0..rows * groups)
+                    .map(|i| if v2 { (i * 3) % levels } else { 1 + (i * 3) % (levels - 1) } as u8)
+                    .collect();
                 let g_idx: Vec<u32> = (0..cols).map(|c| ((c * 5) % groups) as u32).collect();
                 let t = pack(rows, cols, bits, &codes, &scales, &zeros, &g_idx, v2).unwrap();
-                let part = |suffix: &str, dtype, shape: Vec<usize>, data| Part { suffix: suffix.into(), dtype, shape, data };
+                let part =
+                    |suffix: &str, dtype, shape: Vec<usize>, data| Part { suffix: suffix.into(), dtype, shape, data };
                 let b = bits as usize;
                 let parts = vec![
                     part("qweight", Dtype::I32, vec![cols * b / 32, rows], leak(t.qweight)),
