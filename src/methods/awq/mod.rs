@@ -213,9 +213,8 @@ impl AwqMethod {
                 s_attn = self.search_attn(model, &mut l, &grids, inputs)?;
             }
             if l.can_fold_o() && grids[3].is_lossy() {
-                let (x_mean, _, _) = self.input(li, LINEARS[3])?;
+                let (x_mean, x, t) = self.input(li, LINEARS[3])?;
                 let sal = self.salience(x_mean, &[(&l.wo, l.hidden)], l.q_dim, grids[3]);
-                let (_, x, t) = self.input(li, LINEARS[3])?;
                 let found = search_linear(x, t, &l.wo, l.hidden, l.q_dim, &sal, grids[3])?;
                 l.fold_o(&found.scales)?;
                 s_o = found.scales.clone();
@@ -225,9 +224,8 @@ impl AwqMethod {
                 s_mlp = self.search_mlp(model, &mut l, &grids)?;
             }
             if grids[6].is_lossy() {
-                let (x_mean, _, _) = self.input(li, LINEARS[6])?;
+                let (x_mean, x, t) = self.input(li, LINEARS[6])?;
                 let sal = self.salience(x_mean, &[(&l.w_down, l.hidden)], l.ffn, grids[6]);
-                let (_, x, t) = self.input(li, LINEARS[6])?;
                 let found = search_linear(x, t, &l.w_down, l.hidden, l.ffn, &sal, grids[6])?;
                 l.fold_down(&found.scales);
                 s_down = found.scales.clone();
