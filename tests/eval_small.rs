@@ -1,5 +1,10 @@
 //! Perplexity targets on the 23M-parameter small fixture (sharded, tied embeddings), which
 //! lives in ../shared: these tests fail, not skip, when it is missing.
+//!
+//! One full pass over WikiText-2 costs ~2.5 minutes on CI's two cores, so the full text is
+//! scored twice: one `compare` of the f32 model with its Q4_0 GGUF checks both perplexities and
+//! the KL divergence and top-1 agreement against the goldens. BF16, F16, Q8_0 and the Q4_0 mix
+//! are checked on the first 40 windows against the f32 model.
 
 mod common;
 
@@ -10,16 +15,15 @@ fn json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
 
-fn golden_ppl(variant: &str) -> f64 {
+fn golden_wiki(variant: &str) -> Value {
     let g: Value = serde_json::from_str(&std::fs::read_to_string(golden("golden_small.json")).unwrap()).unwrap();
-    g[variant]["wiki"]["ppl"].as_f64().unwrap()
+    g[variant]["wiki"].clone()
 }
 
-fn ppl(model: &std::path::Path, windows: Option<usize>) -> Value {
-    let w = windows.map(|w| w.to_string());
-    let wiki_path = wiki();
+fn compare(candidate: &std::path::Path, windows: Option<usize>) -> Value {
+    let (base, wiki_path, w) = (small(), wiki(), windows.map(|w| w.to_string()));
     let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> =
-        vec![&"-q", &"perplexity", &model, &"--text", &wiki_path, &"--json"];
+        vec![&"-q", &"compare", &base, &candidate, &"--text", &wiki_path, &"--json"];
     if let Some(w) = &w {
         args.push(&"--max-windows");
         args.push(w);
@@ -27,53 +31,78 @@ fn ppl(model: &std::path::Path, windows: Option<usize>) -> Value {
     json(&qforge_ok(&args))
 }
 
-/// Full WikiText-2: the f32 model within 0.01% of the golden, Q8_0 GGUF within 0.2% of the
-/// golden q8_0.
-#[test]
-fn small_f32_and_q8_0_perplexities_match_golden() {
-    let r = ppl(&small(), None);
-    assert_eq!(r["tokens_scored"].as_u64(), Some(378651));
-    let (got, want) = (r["ppl"].as_f64().unwrap(), golden_ppl("fp32"));
-    eprintln!("small f32 ppl {got} golden {want}");
-    assert!((got - want).abs() / want <= 1e-4, "f32 ppl {got} vs golden {want}");
-
-    let dir = tempfile::tempdir().unwrap();
-    let q8 = dir.path().join("small-q8_0.gguf");
-    qforge_ok(&[&"-q", &"convert", &small(), &"-o", &q8, &"--outtype", &"q8_0"]);
-    let r = ppl(&q8, None);
-    let (got, want) = (r["ppl"].as_f64().unwrap(), golden_ppl("q8_0"));
-    eprintln!("small q8_0 ppl {got} golden {want}");
-    assert!((got - want).abs() / want <= 2e-3, "q8_0 ppl {got} vs golden {want}");
+fn rel(got: f64, want: f64) -> f64 {
+    (got - want).abs() / want
 }
 
-/// F16 and BF16 GGUFs against the f32 model on the first 40 windows (two more full runs
-/// would double the suite's time): BF16 holds the checkpoint's exact values, F16 rounds
-/// them; both must stay within 0.1%.
+/// Full WikiText-2 (741 windows, 378,651 scored tokens), the goldens' protocol: the f32
+/// model's perplexity, and Q4_0 on the 7 linears of every layer (`--pure --embedding-type
+/// BF16`: embeddings, which are also the tied output, stay as the golden leaves them). The
+/// golden fake-quantizes with ggml's Q4_0 rounding, so the quantized model is the same and
+/// only float summation order differs: measured 355.129267 vs 355.129280 (f32),
+/// 367.022859 vs 367.022848 (Q4_0), KLD 0.0943221 vs 0.0943221, top-1 0.796773 vs 0.796776.
+/// Tolerances 1e-5 relative (ppl) and 0.5% (KLD), 0.1 points (top-1): an order of magnitude
+/// above the summation-order noise, far below what any change in rounding moves (Q4_0 vs the
+/// default mix's embedding choice alone moves the KLD by 1.7%).
 #[test]
-fn small_f16_bf16_gguf_track_f32() {
-    let base = ppl(&small(), Some(40))["ppl"].as_f64().unwrap();
+fn small_f32_and_q4_0_match_golden_over_the_full_text() {
     let dir = tempfile::tempdir().unwrap();
-    for (t, tol) in [("bf16", 1e-6), ("f16", 1e-3)] {
-        let g = dir.path().join(format!("small-{t}.gguf"));
-        qforge_ok(&[&"-q", &"convert", &small(), &"-o", &g, &"--outtype", &t]);
-        let got = ppl(&g, Some(40))["ppl"].as_f64().unwrap();
-        eprintln!("small {t} ppl {got} (f32 {base}) on 40 windows");
-        assert!((got - base).abs() / base <= tol, "{t}: {got} vs f32 {base}");
+    let q4 = dir.path().join("small-q4_0-linears.gguf");
+    let s = small();
+    qforge_ok(&[&"-q", &"quantize", &s, &"-o", &q4, &"--type", &"Q4_0", &"--pure", &"--embedding-type", &"BF16"]);
+    let r = compare(&q4, None);
+    eprintln!("small f32 vs Q4_0 (linears), full text: {r}");
+    assert_eq!(r["tokens_scored"].as_u64(), Some(378651));
+    assert_eq!(r["windows"].as_u64(), Some(741));
+    let (f32_golden, q4_golden) = (golden_wiki("fp32"), golden_wiki("q4_0"));
+    let base = r["base_ppl"].as_f64().unwrap();
+    assert!(rel(base, f32_golden["ppl"].as_f64().unwrap()) <= 1e-5, "f32 ppl {base} vs golden {f32_golden}");
+    let ppl = r["ppl"].as_f64().unwrap();
+    assert!(rel(ppl, q4_golden["ppl"].as_f64().unwrap()) <= 1e-5, "Q4_0 ppl {ppl} vs golden {q4_golden}");
+    let kld = r["kld_mean"].as_f64().unwrap();
+    assert!(rel(kld, q4_golden["kld_mean"].as_f64().unwrap()) <= 5e-3, "Q4_0 KLD {kld} vs golden {q4_golden}");
+    let top1 = r["top1_agree"].as_f64().unwrap();
+    assert!((top1 - q4_golden["top1_agree"].as_f64().unwrap()).abs() <= 1e-3, "top-1 {top1} vs golden {q4_golden}");
+}
+
+/// BF16, F16 and Q8_0 GGUFs (`convert`) and llama.cpp's default Q4_0 mix (`quantize`) against
+/// the f32 model on the first 40 windows (20,440 scored tokens), (max KLD, min top-1, max |ppl
+/// ratio − 1|) per format. Measured on these windows:
+/// - BF16 and F16 hold the checkpoint's exact values: KLD 1.8e-8 (summation order of the
+///   interleaved q/k layout), top-1 0.99995 and 1, the same ppl to 7 digits;
+/// - Q8_0 (every matrix, embeddings too): KLD 4.96e-4, top-1 0.9822, ppl +0.14% — the golden
+///   `q8_0` (7 linears, full text) has KLD 3.6e-4, top-1 0.9863, ppl +0.08%;
+/// - the Q4_0 mix (token_embd = output in Q6_K): KLD 0.0986, top-1 0.7826, ppl +4.1% — the
+///   golden `q4_0` has 0.0943, 0.7968, +3.3%.
+///
+/// The bounds leave room for the windows' sampling spread around the full-text goldens (KLD
+/// 2× / 1.15×, top-1 one point), and still catch a wrong rounding or block layout, which moves
+/// these numbers by far more. The full-text Q8_0 target is checked on the tiny model
+/// (tests/eval_cli.rs); the small model's full-text Q8_0 score (+0.010% vs golden) is in
+/// BENCHMARKS.md (a third full pass would add ~2.5 minutes to CI).
+#[test]
+fn small_gguf_formats_track_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = small();
+    let (q8, q4) = (golden_wiki("q8_0"), golden_wiki("q4_0"));
+    let g = |v: &Value, k: &str| v[k].as_f64().unwrap();
+    let cases: [(&str, &[&str], f64, f64, f64); 4] = [
+        ("bf16", &["convert", "--outtype", "bf16"], 1e-6, 0.999, 1e-5),
+        ("f16", &["convert", "--outtype", "f16"], 1e-6, 0.999, 1e-5),
+        ("q8_0", &["convert", "--outtype", "q8_0"], 2.0 * g(&q8, "kld_mean"), g(&q8, "top1_agree") - 0.01, 5e-3),
+        ("q4_0-mix", &["quantize", "--type", "Q4_0"], 1.15 * g(&q4, "kld_mean"), g(&q4, "top1_agree") - 0.02, 0.06),
+    ];
+    for (name, cmd, max_kld, min_top1, max_ppl_rel) in cases {
+        let path = dir.path().join(format!("small-{name}.gguf"));
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"-q", &cmd[0], &s, &"-o", &path];
+        args.extend(cmd[1..].iter().map(|a| a as &dyn AsRef<std::ffi::OsStr>));
+        qforge_ok(&args);
+        let r = compare(&path, Some(40));
+        let (kld, top1, ppl, base) = (g(&r, "kld_mean"), g(&r, "top1_agree"), g(&r, "ppl"), g(&r, "base_ppl"));
+        eprintln!("small {name} on 40 windows: kld {kld:.3e} top-1 {top1:.5} ppl {ppl:.4} (f32 {base:.4})");
+        assert_eq!(r["tokens_scored"].as_u64(), Some(40 * 511));
+        assert!(kld <= max_kld, "{name}: KLD {kld} above {max_kld}");
+        assert!(top1 >= min_top1, "{name}: top-1 {top1} below {min_top1}");
+        assert!(rel(ppl, base) <= max_ppl_rel, "{name}: ppl {ppl} vs f32 {base}");
     }
-}
-
-/// llama.cpp's default Q4_0 mix of the small model over the full text within 0.5% of the
-/// golden `q4_0` perplexity. The golden fake-quantizes only the 7 linears per layer; the mix
-/// also stores token_embd (which, tied, is the output too) in Q6_K, llama.cpp's rule for the
-/// output tensor.
-#[test]
-fn small_q4_0_perplexity_matches_golden() {
-    let dir = tempfile::tempdir().unwrap();
-    let q4 = dir.path().join("small-q4_0.gguf");
-    qforge_ok(&[&"-q", &"quantize", &small(), &"-o", &q4, &"--type", &"Q4_0"]);
-    let r = ppl(&q4, None);
-    assert_eq!(r["tokens_scored"].as_u64(), Some(378651));
-    let (got, want) = (r["ppl"].as_f64().unwrap(), golden_ppl("q4_0"));
-    eprintln!("small q4_0 ppl {got} golden {want} ({:+.3}%)", 100.0 * (got - want) / want);
-    assert!((got - want).abs() / want <= 5e-3, "q4_0 ppl {got} vs golden {want}");
 }

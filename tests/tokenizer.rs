@@ -1,4 +1,5 @@
-//! Tokenization: chunked encoding equals whole-text encoding, and a GGUF's rebuilt tokenizer
+//! Tokenization: chunked encoding equals whole-text encoding (and its prefixes, what
+//! `--max-windows` encodes, are the whole's), and a GGUF's rebuilt tokenizer
 //! equals the Hugging Face tokenizer.json, on all of WikiText-2.
 
 mod common;
@@ -16,6 +17,15 @@ fn chunked_and_gguf_tokenization_equal_the_hf_tokenizer_on_wikitext() {
     assert_eq!(whole.len(), 379_676, "the fixture README's token count");
     let chunked = tok.encode(&text).unwrap();
     assert_eq!(chunked, whole, "chunked encoding changed the ids");
+    // What `--max-windows` encodes: a prefix of the whole, at least as long as asked.
+    for min in [0, 1, 511, 10 * 512, 300_000, 379_676, usize::MAX] {
+        let prefix = tok.encode_prefix(&text, min).unwrap();
+        assert!(prefix.len() >= min.min(whole.len()), "{min}: only {} ids", prefix.len());
+        assert_eq!(prefix[..], whole[..prefix.len()], "{min}: not a prefix of the whole text's ids");
+        if min <= 10 * 512 {
+            assert!(prefix.len() < 40_000, "{min}: encoded {} ids, far more than asked", prefix.len());
+        }
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let gguf = dir.path().join("t.gguf");

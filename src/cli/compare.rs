@@ -6,9 +6,9 @@ use rayon::prelude::*;
 
 use super::session::{same_vocabulary, Loaded, WindowArgs};
 use super::Ui;
-use crate::eval::compare::{compare_saved, compare_window, CompareAccumulator, CompareReport};
+use crate::eval::compare::{compare_saved, compare_window, CompareAccumulator, CompareReport, PositionStats};
 use crate::eval::logits_file::LogitsFile;
-use crate::eval::{window_logits, windows};
+use crate::eval::{score_windows, window_lanes, window_logits, windows};
 use crate::runtime::{KvCache, LlamaModel};
 
 /// Compare a candidate (e.g. quantized) model with a base model on the same text: KL
@@ -30,14 +30,20 @@ pub struct CompareArgs {
 
 pub fn compare(args: &CompareArgs, ui: &Ui) -> Result<CompareReport> {
     let cand = Loaded::open(&args.candidate)?;
-    let ids = cand.tokenize_file(&args.win.text, args.win.ctx)?;
+    let ids = cand.tokenize_file(&args.win.text, args.win.ctx, args.win.max_windows)?;
     let windows = windows(&ids, args.win.ctx, args.win.max_windows)?;
     let cand_model = LlamaModel::load(&cand.file)?;
     let vocab = cand_model.vocab_size();
     let batch = args.win.batch();
     let mut acc = CompareAccumulator::default();
     let bar = ui.count_bar(windows.len() as u64, "windows");
-    let mut cand_cache = KvCache::new(&cand_model.config, args.win.ctx);
+    // Each window's statistics are added in window order, whatever the lanes.
+    let mut take = |w: usize, _: &[u32], stats: Vec<PositionStats>| {
+        stats.iter().for_each(|s| acc.add(s));
+        bar.set_position(w as u64 + 1);
+        bar.set_message(format!("kld {:.5}", acc.kld_mean()));
+        Ok(())
+    };
     let from_file = if LogitsFile::is_logits_file(&args.base) {
         let base = LogitsFile::open(&args.base)?;
         if base.ctx != args.win.ctx || base.vocab != vocab {
@@ -59,28 +65,44 @@ pub fn compare(args: &CompareArgs, ui: &Ui) -> Result<CompareReport> {
                     args.base.display()
                 );
             }
-            let cl = window_logits(&cand_model, &mut cand_cache, window, batch)?;
-            let stats: Vec<_> = (0..window.len() - 1)
-                .into_par_iter()
-                .map(|i| compare_saved(&base.position(w, i), &cl[i * vocab..(i + 1) * vocab], window[i + 1] as usize))
-                .collect();
-            stats.iter().for_each(|s| acc.add(s));
-            bar.set_position(w as u64 + 1);
-            bar.set_message(format!("kld {:.5}", acc.kld_mean()));
         }
+        let lanes = window_lanes(&[&cand_model.config], args.win.ctx, windows.len());
+        ui.detail(format!("scoring {lanes} window(s) at a time"));
+        let mut caches: Vec<_> = (0..lanes).map(|_| KvCache::new(&cand_model.config, args.win.ctx)).collect();
+        score_windows(
+            &windows,
+            &mut caches,
+            |cache, w, window| {
+                let cl = window_logits(&cand_model, cache, window, batch)?;
+                Ok((0..window.len() - 1)
+                    .into_par_iter()
+                    .map(|i| {
+                        compare_saved(&base.position(w, i), &cl[i * vocab..(i + 1) * vocab], window[i + 1] as usize)
+                    })
+                    .collect())
+            },
+            &mut take,
+        )?;
         true
     } else {
         let base = Loaded::open(&args.base)?;
         same_vocabulary(&base, &cand)?;
         let base_model = LlamaModel::load(&base.file).context("loading the base model")?;
-        let mut base_cache = KvCache::new(&base_model.config, args.win.ctx);
-        for (w, window) in windows.iter().enumerate() {
-            let bl = window_logits(&base_model, &mut base_cache, window, batch)?;
-            let cl = window_logits(&cand_model, &mut cand_cache, window, batch)?;
-            compare_window(&bl, &cl, window, vocab).iter().for_each(|s| acc.add(s));
-            bar.set_position(w as u64 + 1);
-            bar.set_message(format!("kld {:.5}", acc.kld_mean()));
-        }
+        let lanes = window_lanes(&[&base_model.config, &cand_model.config], args.win.ctx, windows.len());
+        ui.detail(format!("scoring {lanes} window(s) at a time"));
+        let new_caches =
+            || (KvCache::new(&base_model.config, args.win.ctx), KvCache::new(&cand_model.config, args.win.ctx));
+        let mut caches: Vec<_> = (0..lanes).map(|_| new_caches()).collect();
+        score_windows(
+            &windows,
+            &mut caches,
+            |(base_cache, cand_cache), _, window| {
+                let bl = window_logits(&base_model, base_cache, window, batch)?;
+                let cl = window_logits(&cand_model, cand_cache, window, batch)?;
+                Ok(compare_window(&bl, &cl, window, vocab))
+            },
+            &mut take,
+        )?;
         false
     };
     bar.finish_and_clear();

@@ -8,7 +8,7 @@ use super::session::{Loaded, WindowArgs};
 use super::Ui;
 use crate::eval::logits_file::{self, LogitsWriter};
 use crate::eval::perplexity::perplexity;
-use crate::eval::windows;
+use crate::eval::{window_lanes, windows};
 use crate::runtime::LlamaModel;
 
 /// Perplexity of a model on a text: non-overlapping windows of --ctx tokens, no BOS unless
@@ -31,7 +31,7 @@ pub struct PerplexityArgs {
 
 pub fn run(args: &PerplexityArgs, ui: &Ui) -> Result<()> {
     let loaded = Loaded::open(&args.model)?;
-    let ids = loaded.tokenize_file(&args.win.text, args.win.ctx)?;
+    let ids = loaded.tokenize_file(&args.win.text, args.win.ctx, args.win.max_windows)?;
     let windows = windows(&ids, args.win.ctx, args.win.max_windows)?;
     let model = LlamaModel::load(&loaded.file)?;
     let batch = args.win.batch();
@@ -45,7 +45,9 @@ pub fn run(args: &PerplexityArgs, ui: &Ui) -> Result<()> {
         }
         None => None,
     };
-    let report = perplexity(&model, &windows, batch, |w, window, logits, acc| {
+    let lanes = window_lanes(&[&model.config], args.win.ctx, windows.len());
+    ui.detail(format!("scoring {lanes} window(s) at a time"));
+    let report = perplexity(&model, &windows, batch, lanes, |w, window, logits, acc| {
         if let Some((writer, _)) = saver.as_mut() {
             let encoded: Vec<Vec<u8>> = (0..window.len() - 1)
                 .into_par_iter()

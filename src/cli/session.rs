@@ -47,13 +47,17 @@ impl Loaded {
     }
 
     /// Tokenize a text file, checking the window length against the model's context.
-    pub fn tokenize_file(&self, text: &Path, ctx: usize) -> Result<Vec<u32>> {
+    /// Token ids of the text file, after checking `ctx` against the model. With `max_windows`,
+    /// only as much of the text as those windows need is encoded (the ids are a prefix of the
+    /// whole text's, so the windows are the same).
+    pub fn tokenize_file(&self, text: &Path, ctx: usize, max_windows: Option<usize>) -> Result<Vec<u32>> {
         let max = self.file.config().context_length;
         if ctx > max {
             bail!("--ctx {ctx} is larger than the model's context length {max}");
         }
         let s = eval::read_text(text)?;
-        Ok(self.tokenizer.encode(&s)?)
+        let min_tokens = max_windows.map_or(usize::MAX, |w| w.saturating_mul(ctx));
+        Ok(self.tokenizer.encode_prefix(&s, min_tokens)?)
     }
 }
 

@@ -8,7 +8,7 @@ use super::compare::{compare, CompareArgs};
 use super::session::{Loaded, WindowArgs};
 use super::Ui;
 use crate::eval::perplexity::perplexity;
-use crate::eval::windows;
+use crate::eval::{window_lanes, windows};
 use crate::formats::safetensors::SafetensorsFile;
 use crate::runtime::{KvCache, LlamaModel};
 
@@ -149,7 +149,7 @@ fn verify_logits(args: &VerifyArgs) -> Result<Vec<Check>> {
         ok: rel_err <= args.logits_tol,
     }];
     if let Some(text) = &args.text {
-        let ours = loaded.tokenize_file(text, 2)?;
+        let ours = loaded.tokenize_file(text, 2, None)?;
         let same = ours.len() >= ids.len() && ours[..ids.len()] == ids[..];
         checks.push(Check {
             name: "input_ids".into(),
@@ -198,11 +198,12 @@ fn verify_json(args: &VerifyArgs, ui: &Ui) -> Result<Vec<Check>> {
         (base_ppl, cand_ppl, scored, nwin) = (Some(r.base_ppl), r.ppl, r.tokens_scored, r.windows);
     } else {
         let loaded = Loaded::open(&args.model)?;
-        let ids = loaded.tokenize_file(text, args.ctx)?;
+        let ids = loaded.tokenize_file(text, args.ctx, None)?;
         let windows = windows(&ids, args.ctx, None)?;
         let model = LlamaModel::load(&loaded.file)?;
         let bar = ui.count_bar(windows.len() as u64, "windows");
-        let r = perplexity(&model, &windows, args.ctx, |w, _, _, _| {
+        let lanes = window_lanes(&[&model.config], args.ctx, windows.len());
+        let r = perplexity(&model, &windows, args.ctx, lanes, |w, _, _, _| {
             bar.set_position(w as u64 + 1);
             Ok(())
         })?;

@@ -6,7 +6,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::{log_sum_exp, window_logits};
+use super::{log_sum_exp, score_windows, window_logits};
 use crate::error::Result;
 use crate::runtime::{KvCache, LlamaModel};
 
@@ -70,26 +70,34 @@ pub fn window_nll(logits: &[f32], window: &[u32], vocab: usize) -> Vec<f64> {
         .collect()
 }
 
-/// Score `windows`. After each window, `on_window(index, window, logits, running)` sees its
-/// logits (progress display, saving the distributions); an error from it stops the run.
+/// Score `windows`, `lanes` of them side by side (see [`super::window_lanes`]). After each
+/// window, in order, `on_window(index, window, logits, running)` sees its logits (progress
+/// display, saving the distributions); an error from it stops the run.
 pub fn perplexity(
     model: &LlamaModel<'_>,
     windows: &[&[u32]],
     batch: usize,
+    lanes: usize,
     mut on_window: impl FnMut(usize, &[u32], &[f32], &NllAccumulator) -> Result<()>,
 ) -> Result<PplReport> {
     let start = Instant::now();
     let ctx = windows[0].len();
     let vocab = model.vocab_size();
-    let mut cache = KvCache::new(&model.config, ctx);
+    let mut caches: Vec<KvCache> = (0..lanes.max(1)).map(|_| KvCache::new(&model.config, ctx)).collect();
     let mut acc = NllAccumulator::default();
-    for (w, window) in windows.iter().enumerate() {
-        let logits = window_logits(model, &mut cache, window, batch)?;
-        for nll in window_nll(&logits, window, vocab) {
-            acc.add(nll);
-        }
-        on_window(w, window, &logits, &acc)?;
-    }
+    score_windows(
+        windows,
+        &mut caches,
+        |cache, _, window| {
+            let logits = window_logits(model, cache, window, batch)?;
+            let nll = window_nll(&logits, window, vocab);
+            Ok((logits, nll))
+        },
+        |w, window, (logits, nll)| {
+            nll.into_iter().for_each(|x| acc.add(x));
+            on_window(w, window, &logits, &acc)
+        },
+    )?;
     let secs = start.elapsed().as_secs_f64();
     Ok(PplReport {
         ppl: acc.ppl(),

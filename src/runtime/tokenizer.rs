@@ -40,7 +40,15 @@ impl TextTokenizer {
     /// boundaries where every supported pre-tokenizer splits anyway, and the ids are the same
     /// as encoding it whole (checked on WikiText-2 in tests/tokenizer.rs).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let mut ids = Vec::with_capacity(text.len() / 3 + 1);
+        self.encode_prefix(text, usize::MAX)
+    }
+
+    /// The first ids of [`Self::encode`], at least `min_tokens` of them when the text has that
+    /// many: encoding stops after the piece that reaches the count. The pieces tokenize as the
+    /// whole, so these ids are exactly a prefix of the whole text's; `perplexity --max-windows
+    /// 10` on a large text then reads only what it scores.
+    pub fn encode_prefix(&self, text: &str, min_tokens: usize) -> Result<Vec<u32>> {
+        let mut ids = Vec::with_capacity((text.len() / 3 + 1).min(min_tokens.saturating_add(CHUNK_BYTES)));
         if self.vocab.add_bos {
             if let Some(b) = self.vocab.bos {
                 ids.push(b);
@@ -49,6 +57,9 @@ impl TextTokenizer {
         for piece in safe_pieces(text, CHUNK_BYTES) {
             let enc = self.inner.encode(piece, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
             ids.extend_from_slice(enc.get_ids());
+            if ids.len() >= min_tokens {
+                break;
+            }
         }
         Ok(ids)
     }
