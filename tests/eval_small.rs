@@ -16,8 +16,7 @@ fn json(s: &str) -> Value {
 }
 
 fn golden_wiki(variant: &str) -> Value {
-    let g: Value = serde_json::from_str(&std::fs::read_to_string(golden("golden_small.json")).unwrap()).unwrap();
-    g[variant]["wiki"].clone()
+    common::golden_wiki("golden_small.json", variant)
 }
 
 fn compare(candidate: &std::path::Path, windows: Option<usize>) -> Value {
@@ -52,17 +51,8 @@ fn small_f32_and_q4_0_match_golden_over_the_full_text() {
     qforge_ok(&[&"-q", &"quantize", &s, &"-o", &q4, &"--type", &"Q4_0", &"--pure", &"--embedding-type", &"BF16"]);
     let r = compare(&q4, None);
     eprintln!("small f32 vs Q4_0 (linears), full text: {r}");
-    assert_eq!(r["tokens_scored"].as_u64(), Some(378651));
-    assert_eq!(r["windows"].as_u64(), Some(741));
-    let (f32_golden, q4_golden) = (golden_wiki("fp32"), golden_wiki("q4_0"));
-    let base = r["base_ppl"].as_f64().unwrap();
-    assert!(rel(base, f32_golden["ppl"].as_f64().unwrap()) <= 1e-5, "f32 ppl {base} vs golden {f32_golden}");
-    let ppl = r["ppl"].as_f64().unwrap();
-    assert!(rel(ppl, q4_golden["ppl"].as_f64().unwrap()) <= 1e-5, "Q4_0 ppl {ppl} vs golden {q4_golden}");
-    let kld = r["kld_mean"].as_f64().unwrap();
-    assert!(rel(kld, q4_golden["kld_mean"].as_f64().unwrap()) <= 5e-3, "Q4_0 KLD {kld} vs golden {q4_golden}");
-    let top1 = r["top1_agree"].as_f64().unwrap();
-    assert!((top1 - q4_golden["top1_agree"].as_f64().unwrap()).abs() <= 1e-3, "top-1 {top1} vs golden {q4_golden}");
+    let bounds = GoldenBounds { f32_ppl: 1e-5, ppl: 1e-5, kld: 5e-3, top1: 1e-3 };
+    assert_full_text_compare_matches_golden(&r, "golden_small.json", "q4_0", bounds);
 }
 
 /// BF16, F16 and Q8_0 GGUFs (`convert`) and llama.cpp's default Q4_0 mix (`quantize`) against

@@ -74,12 +74,14 @@ pub fn compare(args: &CompareArgs, ui: &Ui) -> Result<CompareReport> {
             &mut caches,
             |cache, w, window| {
                 let cl = window_logits(&cand_model, cache, window, batch)?;
-                Ok((0..window.len() - 1)
+                let stats = (0..window.len() - 1)
                     .into_par_iter()
                     .map(|i| {
                         compare_saved(&base.position(w, i), &cl[i * vocab..(i + 1) * vocab], window[i + 1] as usize)
                     })
-                    .collect())
+                    .collect();
+                base.forget_window(w);
+                Ok(stats)
             },
             &mut take,
         )?;

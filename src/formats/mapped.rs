@@ -61,6 +61,33 @@ impl InputMap {
         let slot = register(mmap.as_ptr() as usize, mmap.len(), path);
         Ok(InputMap { mmap, slot })
     }
+
+    /// Tell the kernel the pages wholly inside `range` will not be read again soon, so they
+    /// leave this process's resident set (a big file read once, front to back, would
+    /// otherwise count whole in the peak RSS). Reading them again is still correct: the map
+    /// is read-only and file-backed, so the pages come back from the file (or page cache).
+    pub fn forget(&self, range: std::ops::Range<usize>) {
+        let page = page_size();
+        let start = range.start.div_ceil(page) * page;
+        let end = (range.end.min(self.mmap.len()) / page) * page;
+        if start < end {
+            // SAFETY: MADV_DONTNEED on a read-only, file-backed mapping only drops page-table
+            // entries; no byte of the mapping changes (there are no private writes to lose),
+            // so outstanding borrows still read the file's bytes. The advice is a hint: a
+            // failure changes nothing, so it is ignored.
+            let _ = unsafe { self.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+        }
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as usize
+    } else {
+        4096
+    }
 }
 
 impl Deref for InputMap {

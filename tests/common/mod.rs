@@ -113,3 +113,39 @@ pub fn import_into_gguf(
     let c: serde_json::Value = serde_json::from_str(&c).expect("compare --json");
     (report, stderr, c["kld_mean"].as_f64().expect("kld_mean"))
 }
+
+/// The `wiki` entry of a golden variant (`golden_tiny.json` / `golden_small.json`).
+pub fn golden_wiki(file: &str, variant: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(golden(file)).expect("golden file");
+    let g: serde_json::Value = serde_json::from_str(&text).expect("golden JSON");
+    g[variant]["wiki"].clone()
+}
+
+/// How close a full-text `compare` of the f32 model with a quantized one must come to the
+/// goldens: relative error of the f32 and of the quantized perplexity, relative error of the
+/// mean KLD, absolute difference of the top-1 agreement.
+pub struct GoldenBounds {
+    pub f32_ppl: f64,
+    pub ppl: f64,
+    pub kld: f64,
+    pub top1: f64,
+}
+
+/// Check a full-text `compare` report (base = the f32 model) against the goldens `fp32` and
+/// `variant` of `file`.
+pub fn assert_full_text_compare_matches_golden(r: &serde_json::Value, file: &str, variant: &str, b: GoldenBounds) {
+    let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or_else(|| panic!("no {k} in {v}"));
+    assert_eq!(r["tokens_scored"].as_u64(), Some(378651), "{r}");
+    assert_eq!(r["windows"].as_u64(), Some(741), "{r}");
+    assert_eq!(r["ctx"].as_u64(), Some(512), "{r}");
+    let (f, q) = (golden_wiki(file, "fp32"), golden_wiki(file, variant));
+    let rel = |got: f64, want: f64| (got - want).abs() / want;
+    let base = num(r, "base_ppl");
+    assert!(rel(base, num(&f, "ppl")) <= b.f32_ppl, "f32 ppl {base} vs golden {f}");
+    let ppl = num(r, "ppl");
+    assert!(rel(ppl, num(&q, "ppl")) <= b.ppl, "{variant} ppl {ppl} vs golden {q}");
+    let kld = num(r, "kld_mean");
+    assert!(rel(kld, num(&q, "kld_mean")) <= b.kld, "{variant} KLD {kld} vs golden {q}");
+    let top1 = num(r, "top1_agree");
+    assert!((top1 - num(&q, "top1_agree")).abs() <= b.top1, "{variant} top-1 {top1} vs golden {q}");
+}
