@@ -46,7 +46,6 @@ impl Loaded {
         Ok(Loaded { file, tokenizer })
     }
 
-    /// Tokenize a text file, checking the window length against the model's context.
     /// Token ids of the text file, after checking `ctx` against the model. With `max_windows`,
     /// only as much of the text as those windows need is encoded (the ids are a prefix of the
     /// whole text's, so the windows are the same).

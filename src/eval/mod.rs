@@ -53,7 +53,8 @@ const LANE_MEMORY: usize = 512 << 20;
 /// every thread busy within one window (on the 2-core VM, two windows side by side, each on
 /// its own thread, scored the tiny and small fixtures ~30% faster than one window at a time
 /// on both threads), so windows share the threads, each with its own KV cache and
-/// activations, as long as the extra copies of `models` models fit in [`LANE_MEMORY`]. A
+/// activations, as long as the extra copies for all of `configs` (one model for `perplexity`,
+/// base and candidate for `compare`) fit in [`LANE_MEMORY`]. A
 /// LLaMA-7B window needs ~0.4 GB, so big models mostly score one window at a time, where
 /// their large products use every thread anyway.
 pub fn window_lanes(configs: &[&ModelConfig], ctx: usize, n_windows: usize) -> usize {
@@ -71,10 +72,10 @@ pub fn window_bytes(c: &ModelConfig, ctx: usize) -> usize {
     activations + 4 * 2 * c.n_layers * ctx * kv
 }
 
-/// Score `windows` up to `states.len()` at a time: `score(state, index, window)` runs for the windows
-/// of a group side by side, each with its own state (its KV caches); `take(index, window,
-/// result)` then receives every result in window order, so sums and outputs are the same
-/// whatever the grouping.
+/// Score `windows` up to `states.len()` at a time: `score(state, index, window)` runs for the
+/// windows of a group side by side, each with its own state (its KV caches); `take(index,
+/// window, result)` then receives every result in window order, so sums and outputs are the
+/// same whatever the grouping.
 pub fn score_windows<'w, S: Send, T: Send>(
     windows: &[&'w [u32]],
     states: &mut [S],
@@ -83,14 +84,11 @@ pub fn score_windows<'w, S: Send, T: Send>(
 ) -> Result<()> {
     let lanes = states.len().max(1);
     for (g, group) in windows.chunks(lanes).enumerate() {
-        let results: Vec<Result<T>> = if group.len() == 1 {
-            vec![score(&mut states[0], g * lanes, group[0])]
-        } else {
-            let first = g * lanes;
-            group.par_iter().zip(states.par_iter_mut()).enumerate().map(|(i, (w, s))| score(s, first + i, w)).collect()
-        };
-        for (i, r) in results.into_iter().enumerate() {
-            take(g * lanes + i, group[i], r?)?;
+        let first = g * lanes;
+        let results: Vec<Result<T>> =
+            group.par_iter().zip(states.par_iter_mut()).enumerate().map(|(i, (w, s))| score(s, first + i, w)).collect();
+        for (i, (r, w)) in results.into_iter().zip(group).enumerate() {
+            take(first + i, w, r?)?;
         }
     }
     Ok(())
