@@ -226,16 +226,24 @@ fn gpu_int_grids_match_cpu() {
         (Grid::Int { bits: 8, sym: true }, GptqOptions::default()),
         (Grid::Int { bits: 4, sym: false }, GptqOptions { act_order: true, ..Default::default() }),
     ];
+    // The device's Hessian, downloaded: the CPU solver on it is what the GPU solve must match.
+    // Against the CPU's own Hessian (same rows, other summation order, ~1e-6 apart) a code
+    // within rounding of a level boundary may flip and move the errors propagated after it:
+    // that comparison is reported and held to a looser bar (measured on an H200: 2-bit g32
+    // 99.87%, every other case ≥ 99.96%).
+    let hdl = hd.to_host().unwrap();
     for (grid, o) in cases {
         let cpu = quantize(&w, rows, cols, &hc, &grid, &o).unwrap();
+        let cpu_dl = quantize(&w, rows, cols, &hdl, &grid, &o).unwrap();
         let dev = be.quantize_dev(&w, rows, cols, &hd, &grid, &o).unwrap();
         let host = be.quantize(&w, rows, cols, &hc, &grid, &o).unwrap();
         let what = format!(
             "{grid:?} group {:?} act {} static {} block {}",
             o.group_size, o.act_order, o.static_groups, o.block_size
         );
-        compare(&format!("{what} (device Hessian)"), &cpu, &dev, 0.999);
+        compare(&format!("{what} (device Hessian)"), &cpu_dl, &dev, 0.999);
         compare(&format!("{what} (host Hessian)"), &cpu, &host, 0.999);
+        compare(&format!("{what} (device vs CPU Hessian, both solved on the CPU)"), &cpu, &cpu_dl, 0.995);
     }
 }
 
@@ -368,10 +376,23 @@ fn gpu_backend_hands_ggml_grids_to_the_cpu() {
         let cpu = quantize(&w, rows, cols, &hc, &grid, &o).unwrap();
         let host = be.quantize(&w, rows, cols, &hc, &grid, &o).unwrap();
         assert_eq!(cpu.ggml, host.ggml, "{t}");
+        // From the device Hessian: exactly the CPU solver on that Hessian, downloaded.
         let dev = be.quantize_dev(&w, rows, cols, &hd, &grid, &o).unwrap();
+        let downloaded = quantize(&w, rows, cols, &hd.to_host().unwrap(), &grid, &o).unwrap();
+        assert_eq!(dev.ggml, downloaded.ggml, "{t}: device Hessian");
+        // Against the CPU's own Hessian only the Hessian's last bits differ, and a block whose
+        // scale search lands near a tie flips with its errors propagated after it (measured
+        // on an H200: Q4_0 100%, Q4_K 98.1% of the bytes equal).
         let (a, b) = (cpu.ggml.unwrap(), dev.ggml.unwrap());
         let same = a.iter().zip(&b).filter(|(p, q)| p == q).count();
-        println!("{t}: device Hessian: {same}/{} bytes equal", a.len());
-        assert!(same as f64 >= 0.99 * a.len() as f64, "{t}: {same}/{}", a.len());
+        let dloss = (dev.loss / cpu.loss - 1.0).abs();
+        println!(
+            "{t}: device vs CPU Hessian: {same}/{} bytes equal, loss {:.6e} vs {:.6e}",
+            a.len(),
+            dev.loss,
+            cpu.loss
+        );
+        assert!(same as f64 >= 0.95 * a.len() as f64, "{t}: {same}/{}", a.len());
+        assert!(dloss < 1e-2, "{t}: loss {} vs {}", dev.loss, cpu.loss);
     }
 }

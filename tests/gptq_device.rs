@@ -86,9 +86,17 @@ fn device_auto_and_cpu_run() {
     }
 }
 
-/// On a GPU machine: the checkpoint from `--device cuda` against `--device cpu`. Layer after
-/// layer calibrates on the quantized model, so a flipped code early moves later Hessians a
-/// little; nearly all packed words still agree.
+/// On a GPU machine: the checkpoint from `--device cuda` against `--device cpu`. Both must be
+/// about equally good, and their codes must mostly agree. The bars are loose because GPTQ on
+/// this setup is chaotic in the Hessian's last bits: with 2 × 128 calibration tokens the
+/// Hessians are singular but for the damping, and each layer calibrates on the quantized
+/// layers before it, so one flipped code reorders many after it. Measured on the CPU alone
+/// (tiny, 16 windows): multiplying every Hessian entry by 1 + 1e-6·u (u uniform in ±1, the
+/// size of the GPU's summation-order differences) moves the KLD against f32 by −0.6% to
+/// +1.6% over three seeds and leaves 58–59% of the packed words equal; GPU vs CPU on an
+/// H200: −2.0%, 64%. A wrong layout or a broken kernel moves the KLD many times over and
+/// leaves almost no word equal (8 codes agree by chance once in 16⁸). The CUDA issue's own
+/// 1% bar is for small-llama with 128 × 512 tokens (`tools/bench_gptq_cuda.sh --small`).
 #[test]
 fn device_cuda_matches_cpu_checkpoint() {
     if let Err(why) = device_usable() {
@@ -116,9 +124,18 @@ fn device_cuda_matches_cpu_checkpoint() {
             assert_eq!(ta.data(), tb.data(), "{name}");
         }
     }
-    let frac = same as f64 / total as f64;
-    println!("qweight words equal: {same}/{total} ({:.3}%)", 100.0 * frac);
-    assert!(frac >= 0.98, "only {:.3}% of the packed words agree", 100.0 * frac);
+    let kld = |dir: &Path| -> f64 {
+        let out = qforge_ok(&[&"--json", &"compare", &t, &dir, &"--text", &common::wiki(), &"--max-windows", &"16"]);
+        let j: Json = serde_json::from_str(&out).unwrap();
+        j["kld_mean"].as_f64().unwrap()
+    };
+    let (kg, kc) = (kld(&gpu), kld(&cpu));
+    println!(
+        "qweight words equal: {same}/{total} ({:.3}%); KLD vs f32 on 16 windows: cuda {kg:.5}, cpu {kc:.5}",
+        100.0 * same as f64 / total as f64
+    );
+    assert!((kg / kc - 1.0).abs() <= 0.05, "KLD cuda {kg} vs cpu {kc}: more than 5% apart");
+    assert!(same as f64 >= 0.3 * total as f64, "only {same}/{total} packed words agree");
 }
 
 /// A notice straight to stderr, past the harness's capture (visible in CI logs).

@@ -274,29 +274,51 @@ fn dgemm_nn(
 
 const F32_ROWS: usize = 4096;
 
-/// CudaHessian::add / scale / diag / to_host.
+/// CudaHessian::add / scale / diag / to_host: rows staged across calls into batches of
+/// F32_ROWS, the staged rest submitted when the Hessian is read (`flush`).
 pub(super) struct EmuHessian {
     n: usize,
     sum: Vec<f64>,
     samples: usize,
+    /// The staging buffer (F32_ROWS × n) and the rows it holds.
+    staged: Vec<f32>,
+    pending: usize,
 }
 
 impl EmuHessian {
     pub(super) fn new(n: usize) -> Self {
-        EmuHessian { n, sum: vec![0.0; n * n], samples: 0 }
+        EmuHessian { n, sum: vec![0.0; n * n], samples: 0, staged: vec![0f32; F32_ROWS * n], pending: 0 }
     }
 
     pub(super) fn add(&mut self, x: &[f32], rows: usize) {
         let n = self.n;
-        let mut part = vec![0f32; n * n];
-        let mut xbuf = vec![0f32; F32_ROWS * n];
-        for batch in x.chunks(F32_ROWS * n) {
-            let k = batch.len() / n;
-            xbuf[..batch.len()].copy_from_slice(batch);
-            ssyrk_lower(n, k, &xbuf, &mut part);
-            hess_accumulate(&mut self.sum, &part, n as I64);
+        let mut rest = x;
+        while !rest.is_empty() {
+            let take = (F32_ROWS - self.pending).min(rest.len() / n);
+            let (now, later) = rest.split_at(take * n);
+            self.staged[self.pending * n..(self.pending + take) * n].copy_from_slice(now);
+            self.pending += take;
+            rest = later;
+            if self.pending == F32_ROWS {
+                self.submit();
+            }
         }
         self.samples += rows;
+    }
+
+    fn submit(&mut self) {
+        let n = self.n;
+        let mut part = vec![0f32; n * n];
+        ssyrk_lower(n, self.pending, &self.staged, &mut part);
+        hess_accumulate(&mut self.sum, &part, n as I64);
+        self.pending = 0;
+    }
+
+    /// CudaHessian::flushed: every read submits the staged rows first.
+    pub(super) fn flush(&mut self) {
+        if self.pending > 0 {
+            self.submit();
+        }
     }
 
     fn scale(&self) -> f64 {
@@ -343,6 +365,7 @@ pub(super) fn quantize_int(
     let (hsum, scale, raw_diag, nonfinite): (Vec<f64>, f64, Vec<f64>, bool) = match h {
         EmuSrc::Host(h) => (h.to_dense(), 1.0, (0..n).map(|i| h.get(i, i)).collect(), h.has_nonfinite()),
         EmuSrc::Dev(h) => {
+            assert_eq!(h.pending, 0, "flush the emulated Hessian before reading it");
             let mut flag = 0;
             lower_nonfinite(&mut flag, &h.sum, n as I64);
             let mut d = vec![0f64; n];
@@ -589,17 +612,24 @@ mod tests {
         }
     }
 
-    /// The emulated device Hessian is the CPU's (f32 within a 4096-row batch, f64 across).
+    /// The emulated device Hessian is the CPU's (f32 within a batch of ≤ 4096 rows, f64
+    /// across), with the device's batches cut across calls (7 rows, then pieces of 600, one
+    /// call crossing two batch boundaries, and a partial batch flushed at the read).
     #[test]
     fn emulated_hessian_is_the_cpu_hessian() {
         let n = 40;
-        let (_, x) = problem(1, n, 4200, &[]);
+        let (_, x) = problem(1, n, 9000, &[]);
         let mut h = Hessian::new(n);
         let mut e = EmuHessian::new(n);
-        h.add(&x[..7 * n], 7);
-        e.add(&x[..7 * n], 7);
-        h.add(&x[7 * n..], 4193);
-        e.add(&x[7 * n..], 4193);
+        let mut at = 0;
+        for rows in [7usize, 600, 600, 600, 5000, 1, 600, 600, 600, 392] {
+            h.add(&x[at * n..(at + rows) * n], rows);
+            e.add(&x[at * n..(at + rows) * n], rows);
+            at += rows;
+        }
+        assert_eq!(at, 9000);
+        assert_eq!(e.pending, 9000 % F32_ROWS);
+        e.flush();
         let d = h.to_dense();
         let max = d.iter().fold(0f64, |m, v| m.max(v.abs()));
         let mut diag = vec![0f64; n];
@@ -622,6 +652,7 @@ mod tests {
         hc.add(&x, tokens);
         let mut he = EmuHessian::new(cols);
         he.add(&x, tokens);
+        he.flush();
         let o = |group_size, act_order, static_groups, block_size| GptqOptions {
             group_size,
             act_order,

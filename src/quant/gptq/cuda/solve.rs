@@ -74,16 +74,20 @@ pub(super) fn quantize_int(
         ));
     }
     let n = cols;
-    let uploaded;
-    let (hsum, scale, raw_diag): (&CudaSlice<f64>, f64, Vec<f64>) = match h {
+    let f = match h {
         HSrc::Host(h) => {
             // The dense matrix is symmetric, so `build_m`'s lower-triangle reads find H itself.
-            uploaded = inner.stream.clone_htod(&h.to_dense()).map_err(cu("uploading the Hessian"))?;
-            (&uploaded, 1.0, (0..n).map(|i| h.get(i, i)).collect())
+            let uploaded = inner.stream.clone_htod(&h.to_dense()).map_err(cu("uploading the Hessian"))?;
+            let diag: Vec<f64> = (0..n).map(|i| h.get(i, i)).collect();
+            factor(inner, &uploaded, 1.0, &diag, n, opts.act_order, opts.damp)?
         }
-        HSrc::Dev(h) => (h.sum(), h.scale(), h.diag_locked(inner)?),
+        HSrc::Dev(h) => {
+            // The diagonal first: the sum's guard holds the Hessian's lock.
+            let diag = h.diag_locked(inner)?;
+            let sum = h.sum_locked(inner)?;
+            factor(inner, sum.sum(), h.scale(), &diag, n, opts.act_order, opts.damp)?
+        }
     };
-    let f = factor(inner, hsum, scale, &raw_diag, n, opts.act_order, opts.damp)?;
     sweep(inner, w, rows, n, &f, bits, sym, opts)
 }
 
