@@ -145,6 +145,31 @@ def tiny_gguf(tj, with_tensors=True):
     return gguf(kvs, tensors)
 
 
+def spm_vocab_gguf():
+    """A vocab-only SentencePiece GGUF (tokenizer.ggml.model = "llama"): control tokens, the
+    256 byte tokens, a user-defined token, and a few scored pieces with ▁, as llama.cpp's
+    converter writes a Llama-2 vocabulary, in miniature."""
+    toks = [("<unk>", 0.0, 2), ("<s>", 0.0, 3), ("</s>", 0.0, 3)]
+    toks += [(f"<0x{b:02X}>", 0.0, 6) for b in range(256)]
+    pieces = ["\u2581", "e", "t", "h", "\u2581t", "he", "\u2581the", "\u2581a", "in", "\u2581\u2581", "ll", "o",
+              "\u2581he", "llo", "\u2581hello", "w", "r", "d", "\u2581w", "or", "\u2581wor", "ld", "\u2581world"]
+    toks += [(t, -float(i), 1) for i, t in enumerate(pieces)]
+    toks += [("<|user|>", 0.0, 4)]
+    kvs = [
+        ("general.architecture", STR, "llama"),
+        ("tokenizer.ggml.model", STR, "llama"),
+        ("tokenizer.ggml.tokens", ARR, (STR, [t for t, _, _ in toks])),
+        ("tokenizer.ggml.scores", ARR, (F32, [s for _, s, _ in toks])),
+        ("tokenizer.ggml.token_type", ARR, (I32, [ty for _, _, ty in toks])),
+        ("tokenizer.ggml.bos_token_id", U32, 1),
+        ("tokenizer.ggml.eos_token_id", U32, 2),
+        ("tokenizer.ggml.unknown_token_id", U32, 0),
+        ("tokenizer.ggml.add_bos_token", BOOL, True),
+        ("tokenizer.ggml.add_space_prefix", BOOL, True),
+    ]
+    return gguf(kvs, [])
+
+
 def every_value_type_gguf():
     kvs = [
         ("u8", U8, 255), ("i8", I8, -128), ("u16", U16, 65535), ("i16", I16, -32768),
@@ -218,6 +243,7 @@ def main():
     llama3["model"] = dict(tj["model"], ignore_merges=True)
     write("tokenizer_metadata", "tokenizer-300-llama-bpe.json", json.dumps(llama3, ensure_ascii=False))
     write("tokenizer_metadata", "tiny-metadata-only.gguf", tiny_gguf(tj, with_tensors=False))
+    write("tokenizer_metadata", "spm-vocab-only.gguf", spm_vocab_gguf())
 
     # block_decoders: [type index, mode, output length, blocks...]; the type index follows
     # GgmlType::ALL filtered by quant::can_decode (fuzz/src/lib.rs, decodable_types).

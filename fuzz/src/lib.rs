@@ -14,7 +14,7 @@ use std::path::Path;
 
 use qforge::formats::gguf::{GgufHeader, GgufWriter, Value};
 use qforge::formats::safetensors::{parse_index, SafetensorsHeader};
-use qforge::formats::tokenizer::BpeVocab;
+use qforge::formats::tokenizer::Vocab;
 use qforge::model::{names, ModelConfig};
 use qforge::quant;
 use qforge::runtime::tokenizer::TextTokenizer;
@@ -209,9 +209,9 @@ fn check_config(cfg: &ModelConfig) {
     assert_eq!(&back, cfg, "config changed in a config.json round trip");
 }
 
-/// `tokenizer_metadata`: GGUF tokenizer metadata → BpeVocab → the runtime's tokenizer (the
+/// `tokenizer_metadata`: GGUF tokenizer metadata → Vocab → the runtime's tokenizer (the
 /// path `TextTokenizer::for_model` takes for a GGUF), and `tokenizer.json` (optionally
-/// followed by a NUL byte and `tokenizer_config.json`) → BpeVocab → GGUF metadata and back.
+/// followed by a NUL byte and `tokenizer_config.json`) → Vocab → GGUF metadata and back.
 pub fn tokenizer_metadata(data: &[u8]) -> bool {
     budget::run(data.len(), 256, || tokenizer_metadata_inner(data))
 }
@@ -219,7 +219,7 @@ pub fn tokenizer_metadata(data: &[u8]) -> bool {
 fn tokenizer_metadata_inner(data: &[u8]) -> bool {
     let mut ok = false;
     if let Ok(h) = GgufHeader::parse(data, Path::new("fuzz.gguf")) {
-        if let Ok(vocab) = BpeVocab::from_gguf(&h) {
+        if let Ok(vocab) = Vocab::from_gguf(&h) {
             ok |= exercise_vocab(vocab);
         }
     }
@@ -234,7 +234,7 @@ fn tokenizer_metadata_inner(data: &[u8]) -> bool {
         // bounded by the file size); a `vocab_size` in the fuzzed tokenizer_config stands in
         // for it, bounded the same way. 0: unknown.
         let vocab_size = tcfg.get("vocab_size").and_then(serde_json::Value::as_u64).unwrap_or(0) as usize;
-        if let Ok(vocab) = BpeVocab::from_hf_json(&tj, &tcfg, &config, vocab_size.min(4 * data.len())) {
+        if let Ok(vocab) = Vocab::from_hf_json(&tj, &tcfg, &config, vocab_size.min(4 * data.len())) {
             ok |= exercise_vocab(vocab);
         }
     }
@@ -243,13 +243,13 @@ fn tokenizer_metadata_inner(data: &[u8]) -> bool {
 
 /// Build the runtime tokenizer from a vocabulary and use it; also check that the GGUF
 /// metadata written for the vocabulary reads back as the same vocabulary.
-fn exercise_vocab(vocab: BpeVocab) -> bool {
+fn exercise_vocab(vocab: Vocab) -> bool {
     let mut w = GgufWriter::new();
     for (k, v) in vocab.to_gguf() {
         w.set(k, v);
     }
     let h = GgufHeader::parse(&w.header_bytes(), Path::new("vocab.gguf")).expect("the writer's header parses");
-    let back = BpeVocab::from_gguf(&h).expect("written tokenizer metadata reads back");
+    let back = Vocab::from_gguf(&h).expect("written tokenizer metadata reads back");
     // `from_gguf` drops special ids that point past the vocabulary; what remains must agree.
     assert_eq!(back.tokens, vocab.tokens);
     assert_eq!(back.token_types, vocab.token_types);

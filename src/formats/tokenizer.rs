@@ -33,29 +33,180 @@ const KNOWN_SPLIT_REGEXES: &[(&str, &str)] = &[
     ),
 ];
 
-/// The byte-level BPE vocabulary as GGUF stores it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BpeVocab {
-    /// llama.cpp's pre-tokenizer name (`gpt-2`, `llama-bpe`, `qwen2`).
-    pub pre: String,
-    pub tokens: Vec<String>,
-    pub token_types: Vec<i32>,
-    /// "left right" pairs in merge priority order.
-    pub merges: Vec<String>,
-    pub bos: Option<u32>,
-    pub eos: Option<u32>,
-    pub pad: Option<u32>,
-    pub add_bos: bool,
-    pub add_eos: bool,
-    /// llama-bpe vocabularies set `ignore_merges` (a whole word in the vocab wins).
+/// GPT-2's pre-tokenizer regex, as llama.cpp writes it (the base of several others).
+const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+const LLAMA3_REGEX: &str = KNOWN_SPLIT_REGEXES[0].1;
+const QWEN2_REGEX: &str = KNOWN_SPLIT_REGEXES[1].1;
+const BLOOM_REGEX: &str = r" ?[^(\s|.,!?…。，、।۔،)]+";
+
+/// How llama.cpp pre-tokenizes a BPE vocabulary, by `tokenizer.ggml.pre` name (its
+/// llama-vocab.cpp): the regexes applied in turn, each splitting every piece the ones before
+/// left, matches and the text between them both kept (Hugging Face's `Split` with
+/// `Isolated`), and whether a piece that is itself a token skips the merges.
+/// Where llama.cpp rewrote a tokenizer.json regex for its own engine (`(?i:…)`, `\p{Lu}`),
+/// the original is used: the same language.
+pub struct PreTokenizer {
+    pub names: &'static [&'static str],
+    pub regexes: &'static [&'static str],
     pub ignore_merges: bool,
 }
 
-impl BpeVocab {
+pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
+    PreTokenizer {
+        names: &["default"],
+        regexes: &[r"[\p{P}\$\+<=>\^~\|]+", GPT2_REGEX, r"\p{N}+", "[0-9][0-9][0-9]"],
+        ignore_merges: false,
+    },
+    PreTokenizer {
+        names: &["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2"],
+        regexes: &[LLAMA3_REGEX],
+        ignore_merges: true,
+    },
+    PreTokenizer { names: &["dbrx", "smaug-bpe", "glm4", "chatglm-bpe"], regexes: &[LLAMA3_REGEX], ignore_merges: false },
+    PreTokenizer {
+        names: &["deepseek-llm"],
+        // Code points that Unicode normalization would change (U+1F7D, U+1FD3, U+1FDB,
+        // U+1FBE, U+2126, U+212A) are written as escapes, so that no editor can turn them into
+        // their canonical equivalents and break the ranges.
+        regexes: &[
+            "[\r\n]",
+            "\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-\u{1F7D}ᾀ-ᾴᾶ-ᾼ\u{1FBE}ῂ-ῄῆ-ῌῐ-\u{1FD3}ῖ-\u{1FDB}ῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤ\u{2126}ℨ\u{212A}-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+",
+            "\\s?[!-/:-~！-／：-～‘-‟　-。]+",
+            "\\s+$",
+            "[一-龥ࠀ-一가-퟿]+",
+            "\\p{N}+",
+        ],
+        ignore_merges: false,
+    },
+    PreTokenizer {
+        names: &["deepseek-coder"],
+        regexes: &["[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", "[一-龥ࠀ-一가-퟿]+", r"\p{N}"],
+        ignore_merges: false,
+    },
+    PreTokenizer {
+        names: &["deepseek-v3", "hunyuan-dense"],
+        regexes: &[
+            r"\p{N}{1,3}",
+            "[一-龥぀-ゟ゠-ヿ]+",
+            r##"[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"##,
+        ],
+        ignore_merges: false,
+    },
+    PreTokenizer {
+        names: &["falcon"],
+        regexes: &[r"[\p{P}\$\+<=>\^~\|`]+", GPT2_REGEX, "[0-9][0-9][0-9]"],
+        ignore_merges: false,
+    },
+    PreTokenizer {
+        names: &["starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b"],
+        regexes: &[r"\p{N}", GPT2_REGEX],
+        ignore_merges: false,
+    },
+    PreTokenizer {
+        names: &[
+            "gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de", "a.x-4.0", "mellum",
+            "jina-v1-en", "jina-v2-code", "roberta-bpe", "exaone4", "mpt", "olmo", "jais", "trillion",
+            "granite-docling",
+        ],
+        regexes: &[GPT2_REGEX],
+        ignore_merges: false,
+    },
+    PreTokenizer {
+        names: &["qwen2", "deepseek-r1-qwen", "kormo", "megrez", "stablelm2", "hunyuan", "grok-2"],
+        regexes: &[QWEN2_REGEX],
+        ignore_merges: false,
+    },
+    PreTokenizer { names: &["poro-chat", "bloom", "gpt3-finnish"], regexes: &[BLOOM_REGEX], ignore_merges: false },
+    PreTokenizer { names: &["viking"], regexes: &[BLOOM_REGEX, r"\p{N}"], ignore_merges: false },
+    PreTokenizer {
+        names: &["tekken"],
+        regexes: &[
+            r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        ],
+        ignore_merges: true,
+    },
+    PreTokenizer {
+        names: &["gpt-4o", "llama4", "minimax-m2"],
+        regexes: &[
+            r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        ],
+        ignore_merges: false,
+    },
+    PreTokenizer {
+        names: &["chameleon"],
+        regexes: &[
+            r"<sentinel:[0-9]+>",
+            r"(IMGIMG)((A|B|C|D|E|F|G|H|I){1,4})Z",
+            r"([\t\n]|    |  )",
+            r"\p{N}",
+            r"[\p{P}!-/:-@\[-`{-~]",
+            GPT2_REGEX,
+        ],
+        ignore_merges: false,
+    },
+    PreTokenizer {
+        names: &["bailingmoe", "bailingmoe2", "llada-moe"],
+        regexes: &[
+            r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+",
+        ],
+        ignore_merges: false,
+    },
+    PreTokenizer {
+        names: &["seed-coder"],
+        regexes: &[
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+",
+        ],
+        ignore_merges: false,
+    },
+];
+
+/// The pre-tokenizer llama.cpp uses for `name`.
+pub fn pre_tokenizer(name: &str) -> Option<&'static PreTokenizer> {
+    PRE_TOKENIZERS.iter().find(|p| p.names.contains(&name))
+}
+
+fn supported_pre_names() -> String {
+    PRE_TOKENIZERS.iter().flat_map(|p| p.names.iter().copied()).collect::<Vec<_>>().join(", ")
+}
+
+/// The tokenizer model of a vocabulary (`tokenizer.ggml.model`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VocabModel {
+    /// Byte-level BPE (`gpt2`): merges over bytes mapped to printable characters.
+    Bpe,
+    /// SentencePiece (`llama`): score-driven merges over UTF-8 characters, byte fallback.
+    Spm,
+}
+
+/// A tokenizer vocabulary as GGUF stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vocab {
+    pub model: VocabModel,
+    /// llama.cpp's pre-tokenizer name (`gpt-2`, `llama-bpe`, `qwen2`, …; BPE only).
+    pub pre: String,
+    pub tokens: Vec<String>,
+    pub token_types: Vec<i32>,
+    /// Per-token scores (SPM: the merge priorities; empty for BPE).
+    pub scores: Vec<f32>,
+    /// "left right" pairs in merge priority order (BPE).
+    pub merges: Vec<String>,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub unk: Option<u32>,
+    pub pad: Option<u32>,
+    pub add_bos: bool,
+    pub add_eos: bool,
+    /// SPM: a space is put before the text (and after each user-defined token).
+    pub add_space_prefix: bool,
+    /// A pre-tokenized piece that is itself a token skips the merges (llama-bpe, tekken).
+    pub ignore_merges: bool,
+}
+
+impl Vocab {
     /// Read `tokenizer.json` (and `tokenizer_config.json` if present) from a model directory.
     /// `vocab_size` pads the token list with unused `[PADn]` entries, as llama.cpp does when
     /// the embedding matrix is larger than the vocabulary.
-    pub fn from_hf_dir(dir: &Path, vocab_size: usize, config: &Json) -> Result<BpeVocab> {
+    pub fn from_hf_dir(dir: &Path, vocab_size: usize, config: &Json) -> Result<Vocab> {
         let path = dir.join("tokenizer.json");
         if !path.exists() {
             return Err(Error::Tokenizer(format!("{}: missing tokenizer.json", dir.display())));
@@ -67,7 +218,7 @@ impl BpeVocab {
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))
     }
 
-    pub fn from_hf_json(tj: &Json, tcfg: &Json, config: &Json, vocab_size: usize) -> Result<BpeVocab> {
+    pub fn from_hf_json(tj: &Json, tcfg: &Json, config: &Json, vocab_size: usize) -> Result<Vocab> {
         let model = tj.get("model").ok_or_else(|| Error::Tokenizer("no \"model\" section".into()))?;
         let mtype = model.get("type").and_then(Json::as_str).unwrap_or("BPE");
         if mtype != "BPE" {
@@ -161,8 +312,12 @@ impl BpeVocab {
             tokens.iter().position(|t| t == content).map(|i| i as u32)
         };
         let cfg_id = |key: &str| config.get(key).and_then(Json::as_u64).and_then(|v| u32::try_from(v).ok());
-        Ok(BpeVocab {
+        Ok(Vocab {
+            model: VocabModel::Bpe,
             pre,
+            scores: Vec::new(),
+            unk: None,
+            add_space_prefix: false,
             bos: token_id("bos_token").or_else(|| cfg_id("bos_token_id")),
             eos: token_id("eos_token").or_else(|| cfg_id("eos_token_id")),
             pad: token_id("pad_token").or_else(|| cfg_id("pad_token_id")),
@@ -177,19 +332,33 @@ impl BpeVocab {
 
     /// The GGUF metadata entries, in llama.cpp's order.
     pub fn to_gguf(&self) -> Vec<(&'static str, Value)> {
-        let mut kv = vec![
-            ("tokenizer.ggml.model", Value::String("gpt2".into())),
-            ("tokenizer.ggml.pre", Value::String(self.pre.clone())),
-            ("tokenizer.ggml.tokens", Value::string_array(self.tokens.iter().cloned())),
-            (
-                "tokenizer.ggml.token_type",
-                Value::Array(ValueType::I32, self.token_types.iter().map(|&t| Value::I32(t)).collect()),
-            ),
-            ("tokenizer.ggml.merges", Value::string_array(self.merges.iter().cloned())),
-        ];
+        let mut kv = match self.model {
+            VocabModel::Bpe => vec![
+                ("tokenizer.ggml.model", Value::String("gpt2".into())),
+                ("tokenizer.ggml.pre", Value::String(self.pre.clone())),
+                ("tokenizer.ggml.tokens", Value::string_array(self.tokens.iter().cloned())),
+            ],
+            VocabModel::Spm => vec![
+                ("tokenizer.ggml.model", Value::String("llama".into())),
+                ("tokenizer.ggml.pre", Value::String("default".into())),
+                ("tokenizer.ggml.tokens", Value::string_array(self.tokens.iter().cloned())),
+                (
+                    "tokenizer.ggml.scores",
+                    Value::Array(ValueType::F32, self.scores.iter().map(|&s| Value::F32(s)).collect()),
+                ),
+            ],
+        };
+        kv.push((
+            "tokenizer.ggml.token_type",
+            Value::Array(ValueType::I32, self.token_types.iter().map(|&t| Value::I32(t)).collect()),
+        ));
+        if self.model == VocabModel::Bpe {
+            kv.push(("tokenizer.ggml.merges", Value::string_array(self.merges.iter().cloned())));
+        }
         for (key, id) in [
             ("tokenizer.ggml.bos_token_id", self.bos),
             ("tokenizer.ggml.eos_token_id", self.eos),
+            ("tokenizer.ggml.unknown_token_id", self.unk),
             ("tokenizer.ggml.padding_token_id", self.pad),
         ] {
             if let Some(id) = id {
@@ -198,19 +367,25 @@ impl BpeVocab {
         }
         kv.push(("tokenizer.ggml.add_bos_token", Value::Bool(self.add_bos)));
         kv.push(("tokenizer.ggml.add_eos_token", Value::Bool(self.add_eos)));
+        if self.model == VocabModel::Spm {
+            kv.push(("tokenizer.ggml.add_space_prefix", Value::Bool(self.add_space_prefix)));
+        }
         kv
     }
 
     /// Read the vocabulary back from GGUF metadata.
-    pub fn from_gguf(h: &GgufHeader) -> Result<BpeVocab> {
+    pub fn from_gguf(h: &GgufHeader) -> Result<Vocab> {
         let model = h.get("tokenizer.ggml.model").and_then(Value::as_str).ok_or_else(|| {
             Error::Tokenizer("the GGUF carries no tokenizer (tokenizer.ggml.model is missing)".into())
         })?;
-        if model != "gpt2" {
-            return Err(Error::Unsupported(format!(
-                "GGUF tokenizer model {model:?} is not supported (qforge handles byte-level BPE, \"gpt2\")"
-            )));
-        }
+        let model = match model {
+            "gpt2" => VocabModel::Bpe,
+            "llama" => VocabModel::Spm,
+            other => return Err(Error::Unsupported(format!(
+                "GGUF tokenizer model {other:?} is not supported (supported: \"gpt2\" = byte-level BPE, \"llama\" = \
+                     SentencePiece)"
+            ))),
+        };
         let strings = |key: &str| -> Result<Vec<String>> {
             let arr =
                 h.get(key).and_then(Value::as_array).ok_or_else(|| Error::Tokenizer(format!("{key} is missing")))?;
@@ -239,37 +414,77 @@ impl BpeVocab {
                 .and_then(|v| u32::try_from(v).ok())
                 .filter(|&v| (v as usize) < tokens.len())
         };
-        let pre = h.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default").to_string();
-        Ok(BpeVocab {
-            ignore_merges: pre == "llama-bpe",
+        let flag = |k: &str, default: bool| h.get(k).and_then(Value::as_bool).unwrap_or(default);
+        let spm = model == VocabModel::Spm;
+        let (pre, ignore_merges) = if spm {
+            ("default".to_string(), false)
+        } else {
+            let pre = h.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
+            let p = pre_tokenizer(pre).ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "GGUF pre-tokenizer {pre:?} is not supported (supported: {})",
+                    supported_pre_names()
+                ))
+            })?;
+            (pre.to_string(), p.ignore_merges)
+        };
+        let scores = match h.get("tokenizer.ggml.scores").and_then(Value::as_array) {
+            Some(a) => {
+                let s: Vec<f32> = a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect();
+                if s.len() != tokens.len() {
+                    return Err(Error::Tokenizer(format!("{} scores for {} tokens", s.len(), tokens.len())));
+                }
+                s
+            }
+            None if spm => vec![0.0; tokens.len()],
+            None => Vec::new(),
+        };
+        // llama.cpp's defaults for SentencePiece vocabularies: <unk> 0, <s> 1, </s> 2, BOS added,
+        // a space put before the text.
+        let or_spm = |v: Option<u32>, d: u32| v.or(if spm && (d as usize) < tokens.len() { Some(d) } else { None });
+        Ok(Vocab {
+            model,
+            ignore_merges,
             pre,
-            bos: id("tokenizer.ggml.bos_token_id"),
-            eos: id("tokenizer.ggml.eos_token_id"),
+            bos: or_spm(id("tokenizer.ggml.bos_token_id"), 1),
+            eos: or_spm(id("tokenizer.ggml.eos_token_id"), 2),
+            unk: or_spm(id("tokenizer.ggml.unknown_token_id"), 0),
             pad: id("tokenizer.ggml.padding_token_id"),
-            add_bos: h.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(false),
-            add_eos: h.get("tokenizer.ggml.add_eos_token").and_then(Value::as_bool).unwrap_or(false),
+            add_bos: flag("tokenizer.ggml.add_bos_token", spm),
+            add_eos: flag("tokenizer.ggml.add_eos_token", false),
+            add_space_prefix: flag("tokenizer.ggml.add_space_prefix", spm),
             tokens,
             token_types,
+            scores,
             merges,
         })
     }
 
     /// A Hugging Face `tokenizer.json` equivalent to this vocabulary.
     pub fn to_hf_json(&self) -> Result<Json> {
+        if self.model == VocabModel::Spm {
+            return Err(Error::Unsupported(
+                "a SentencePiece vocabulary has no tokenizer.json equivalent yet (qforge tokenizes it natively)".into(),
+            ));
+        }
+        let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
         let pre_tokenizer = match self.pre.as_str() {
-            "gpt-2" | "default" => {
-                json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})
-            }
+            // Hugging Face's own GPT-2 regex (the same split as llama.cpp's).
+            "gpt-2" => byte_level(true),
             name => {
-                let regex = KNOWN_SPLIT_REGEXES
+                let p = pre_tokenizer(name).ok_or_else(|| {
+                    Error::Unsupported(format!(
+                        "GGUF pre-tokenizer {name:?} is not supported (supported: {})",
+                        supported_pre_names()
+                    ))
+                })?;
+                let mut parts: Vec<Json> = p
+                    .regexes
                     .iter()
-                    .find(|(n, _)| *n == name)
-                    .map(|(_, r)| *r)
-                    .ok_or_else(|| Error::Unsupported(format!("GGUF pre-tokenizer {name:?} is not supported")))?;
-                json!({"type": "Sequence", "pretokenizers": [
-                    {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
-                    {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
-                ]})
+                    .map(|r| json!({"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": false}))
+                    .collect();
+                parts.push(byte_level(false));
+                json!({"type": "Sequence", "pretokenizers": parts})
             }
         };
         let mut vocab = serde_json::Map::new();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::formats::gguf::{GgufFile, Value};
 use crate::formats::safetensors::HfCheckpoint;
-use crate::formats::tokenizer::BpeVocab;
+use crate::formats::tokenizer::Vocab;
 use crate::ggml_type::GgmlType;
 use crate::model::names;
 use crate::model::ModelConfig;
@@ -208,10 +208,10 @@ impl ModelFile {
     }
 
     /// The tokenizer vocabulary (from tokenizer.json, or from GGUF metadata).
-    pub fn vocab(&self) -> Result<BpeVocab> {
+    pub fn vocab(&self) -> Result<Vocab> {
         match self {
-            ModelFile::Hf(c) => BpeVocab::from_hf_dir(&c.dir, c.config.vocab_size, &c.config_json),
-            ModelFile::Gguf { file, .. } => BpeVocab::from_gguf(&file.header),
+            ModelFile::Hf(c) => Vocab::from_hf_dir(&c.dir, c.config.vocab_size, &c.config_json),
+            ModelFile::Gguf { file, .. } => Vocab::from_gguf(&file.header),
         }
     }
 

@@ -4,6 +4,7 @@
 pub mod matrix;
 pub mod model;
 pub mod simd;
+pub mod spm;
 pub mod tokenizer;
 
 pub use matrix::Matrix;

@@ -1,14 +1,22 @@
-//! Text ↔ token ids with the `tokenizers` crate. A Hugging Face directory uses its own
-//! tokenizer.json; a GGUF's tokenizer is rebuilt from its `tokenizer.ggml.*` metadata (the
-//! authoritative copy: a tokenizer.json lying beside a GGUF may belong to another model).
+//! Text ↔ token ids. A Hugging Face directory uses its own tokenizer.json (through the
+//! `tokenizers` crate); a GGUF's tokenizer is rebuilt from its `tokenizer.ggml.*` metadata
+//! (the authoritative copy: a tokenizer.json lying beside a GGUF may belong to another model):
+//! byte-level BPE through `tokenizers` with llama.cpp's pre-tokenizer for the vocabulary,
+//! SentencePiece natively (`spm.rs`, llama.cpp's algorithm).
 
 use crate::error::{Error, Result};
-use crate::formats::tokenizer::BpeVocab;
+use crate::formats::tokenizer::{Vocab, VocabModel};
 use crate::model::ModelFile;
+use crate::runtime::spm::Spm;
 
 pub struct TextTokenizer {
-    inner: tokenizers::Tokenizer,
-    pub vocab: BpeVocab,
+    engine: Engine,
+    pub vocab: Vocab,
+}
+
+enum Engine {
+    Hf(Box<tokenizers::Tokenizer>),
+    Spm(Box<Spm>),
 }
 
 impl TextTokenizer {
@@ -22,21 +30,27 @@ impl TextTokenizer {
             }
             ModelFile::Gguf { .. } => return Self::from_vocab(vocab),
         };
-        Ok(TextTokenizer { inner, vocab })
+        Ok(TextTokenizer { engine: Engine::Hf(Box::new(inner)), vocab })
     }
 
     /// A tokenizer rebuilt from a vocabulary alone (what a GGUF's metadata holds).
-    pub fn from_vocab(vocab: BpeVocab) -> Result<TextTokenizer> {
-        let json = serde_json::to_vec(&vocab.to_hf_json()?).map_err(|e| Error::Tokenizer(e.to_string()))?;
-        let inner = tokenizers::Tokenizer::from_bytes(json).map_err(|e| Error::Tokenizer(e.to_string()))?;
-        Ok(TextTokenizer { inner, vocab })
+    pub fn from_vocab(vocab: Vocab) -> Result<TextTokenizer> {
+        let engine = match vocab.model {
+            VocabModel::Spm => Engine::Spm(Box::new(Spm::new(&vocab)?)),
+            VocabModel::Bpe => {
+                let json = serde_json::to_vec(&vocab.to_hf_json()?).map_err(|e| Error::Tokenizer(e.to_string()))?;
+                let inner = tokenizers::Tokenizer::from_bytes(json).map_err(|e| Error::Tokenizer(e.to_string()))?;
+                Engine::Hf(Box::new(inner))
+            }
+        };
+        Ok(TextTokenizer { engine, vocab })
     }
 
     /// Token ids of `text` without special tokens, plus BOS when the model asks for it
     /// (`add_bos_token`).
     ///
-    /// Long texts are encoded in pieces: `tokenizers` keeps ~100 bytes of bookkeeping per
-    /// input byte while encoding (150 MB for WikiText-2's 1.3 MB), so the text is cut at
+    /// Long texts are encoded in pieces (BPE): `tokenizers` keeps ~100 bytes of bookkeeping
+    /// per input byte while encoding (150 MB for WikiText-2's 1.3 MB), so the text is cut at
     /// boundaries where every supported pre-tokenizer splits anyway, and the ids are the same
     /// as encoding it whole (checked on WikiText-2 in tests/tokenizer.rs).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
@@ -48,6 +62,12 @@ impl TextTokenizer {
     /// whole, so these ids are exactly a prefix of the whole text's; `perplexity --max-windows
     /// 10` on a large text then reads only what it scores.
     pub fn encode_prefix(&self, text: &str, min_tokens: usize) -> Result<Vec<u32>> {
+        let inner = match &self.engine {
+            // SentencePiece puts a space before the text, so pieces would not tokenize as the
+            // whole: one pass (its bookkeeping is a few dozen bytes per character).
+            Engine::Spm(spm) => return spm.encode(text, true),
+            Engine::Hf(inner) => inner,
+        };
         let mut ids = Vec::with_capacity((text.len() / 3 + 1).min(min_tokens.saturating_add(CHUNK_BYTES)));
         if self.vocab.add_bos {
             if let Some(b) = self.vocab.bos {
@@ -55,7 +75,7 @@ impl TextTokenizer {
             }
         }
         for piece in safe_pieces(text, CHUNK_BYTES) {
-            let enc = self.inner.encode(piece, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+            let enc = inner.encode(piece, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
             ids.extend_from_slice(enc.get_ids());
             if ids.len() >= min_tokens {
                 break;
@@ -64,14 +84,23 @@ impl TextTokenizer {
         Ok(ids)
     }
 
-    /// Encode in one call, however long the text (for tests of [`Self::encode`]).
+    /// Ids of `text` in one call with no special tokens added (llama.cpp's `add_special =
+    /// false`, `parse_special = false`), however long the text.
     pub fn encode_whole(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
-        Ok(enc.get_ids().to_vec())
+        match &self.engine {
+            Engine::Spm(spm) => spm.encode(text, false),
+            Engine::Hf(inner) => {
+                let enc = inner.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+                Ok(enc.get_ids().to_vec())
+            }
+        }
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, true).map_err(|e| Error::Tokenizer(e.to_string()))
+        match &self.engine {
+            Engine::Spm(spm) => Ok(spm.decode(ids)),
+            Engine::Hf(inner) => inner.decode(ids, true).map_err(|e| Error::Tokenizer(e.to_string())),
+        }
     }
 
     pub fn vocab_size(&self) -> usize {

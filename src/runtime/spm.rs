@@ -1,0 +1,285 @@
+//! SentencePiece-style tokenization (`tokenizer.ggml.model = "llama"`), exactly as llama.cpp's
+//! `llm_tokenizer_spm` does it, so that ids match llama.cpp's token for token:
+//!
+//! 1. user-defined tokens are cut out of the text first (llama.cpp does this even when special
+//!    tokens are not parsed; control and unknown tokens are left as text);
+//! 2. each remaining piece gets a leading space when it starts the text or follows a token
+//!    cut out in step 1 (`add_space_prefix`), and every space becomes `▁`;
+//! 3. the piece is split into UTF-8 characters, and the adjacent pair whose concatenation is
+//!    the vocabulary token with the highest score is merged, again and again (ties: the
+//!    leftmost pair);
+//! 4. a symbol that is not a token is emitted as byte tokens `<0xNN>` (byte fallback), or as
+//!    the unknown token where the vocabulary has no byte tokens.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
+
+use crate::error::{Error, Result};
+use crate::formats::tokenizer::{token_type, Vocab};
+
+/// `▁` (U+2581), SentencePiece's visible space.
+const SPACE: &str = "\u{2581}";
+
+pub struct Spm {
+    token_to_id: HashMap<Vec<u8>, u32>,
+    scores: Vec<f32>,
+    types: Vec<i32>,
+    tokens: Vec<String>,
+    byte_tokens: Vec<Option<u32>>,
+    unk: Option<u32>,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    add_bos: bool,
+    add_eos: bool,
+    add_space_prefix: bool,
+    /// User-defined tokens, longest first (llama.cpp's order for cutting them out).
+    user_defined: Vec<(String, u32)>,
+}
+
+/// A symbol of the merge: `n` bytes of the text from `start`, linked to its neighbours.
+#[derive(Clone, Copy)]
+struct Symbol {
+    prev: isize,
+    next: isize,
+    start: usize,
+    n: usize,
+}
+
+/// A candidate merge of `left` and its right neighbour into a token of `score`.
+struct Bigram {
+    left: usize,
+    right: usize,
+    score: f32,
+    size: usize,
+}
+
+impl PartialEq for Bigram {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+impl Eq for Bigram {}
+impl PartialOrd for Bigram {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Bigram {
+    /// The heap's maximum is the highest score, then the leftmost pair.
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.score.total_cmp(&o.score).then_with(|| o.left.cmp(&self.left))
+    }
+}
+
+/// A piece of the input: text to tokenize, or a token cut out of it.
+enum Fragment<'a> {
+    Text(&'a str),
+    Token(u32),
+}
+
+impl Spm {
+    pub fn new(v: &Vocab) -> Result<Spm> {
+        let n = v.tokens.len();
+        if v.scores.len() != n || v.token_types.len() != n {
+            return Err(Error::Tokenizer(format!(
+                "SPM vocabulary: {} tokens, {} scores, {} token types",
+                n,
+                v.scores.len(),
+                v.token_types.len()
+            )));
+        }
+        // Later duplicates win, as in llama.cpp's token_to_id map.
+        let mut token_to_id = HashMap::with_capacity(n);
+        for (i, t) in v.tokens.iter().enumerate() {
+            token_to_id.insert(t.as_bytes().to_vec(), i as u32);
+        }
+        let byte_tokens =
+            (0..=255u8).map(|b| token_to_id.get(format!("<0x{b:02X}>").as_bytes()).copied()).collect::<Vec<_>>();
+        let mut user_defined: Vec<(String, u32)> = v
+            .tokens
+            .iter()
+            .zip(&v.token_types)
+            .enumerate()
+            .filter(|(_, (t, &ty))| ty == token_type::USER_DEFINED && !t.is_empty())
+            .map(|(i, (t, _))| (t.clone(), i as u32))
+            .collect();
+        user_defined.sort_by_key(|t| std::cmp::Reverse(t.0.len()));
+        Ok(Spm {
+            token_to_id,
+            scores: v.scores.clone(),
+            types: v.token_types.clone(),
+            tokens: v.tokens.clone(),
+            byte_tokens,
+            unk: v.unk,
+            bos: v.bos,
+            eos: v.eos,
+            add_bos: v.add_bos,
+            add_eos: v.add_eos,
+            add_space_prefix: v.add_space_prefix,
+            user_defined,
+        })
+    }
+
+    /// Token ids of `text`; with `add_special`, BOS/EOS as the vocabulary asks (llama.cpp's
+    /// `add_special`). Special-token text in the input is never parsed as a control token.
+    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+        let mut out = Vec::with_capacity(text.len() / 3 + 2);
+        if add_special && self.add_bos {
+            out.extend(self.bos);
+        }
+        let mut prev_special = true;
+        let mut buf = String::new();
+        for f in self.partition(text) {
+            match f {
+                Fragment::Text(t) => {
+                    buf.clear();
+                    if self.add_space_prefix && prev_special {
+                        buf.push(' ');
+                    }
+                    buf.push_str(t);
+                    let escaped = buf.replace(' ', SPACE);
+                    self.tokenize(escaped.as_bytes(), &mut out)?;
+                    prev_special = false;
+                }
+                Fragment::Token(id) => {
+                    out.push(id);
+                    prev_special = true;
+                }
+            }
+        }
+        if add_special && self.add_eos {
+            out.extend(self.eos);
+        }
+        Ok(out)
+    }
+
+    /// The text with the user-defined tokens cut out (longest token first, each over all
+    /// pieces left by the ones before, as llama.cpp's tokenizer_st_partition).
+    fn partition<'a>(&self, text: &'a str) -> Vec<Fragment<'a>> {
+        let mut frags = if text.is_empty() { Vec::new() } else { vec![Fragment::Text(text)] };
+        for (tok, id) in &self.user_defined {
+            if !frags.iter().any(|f| matches!(f, Fragment::Text(t) if t.contains(tok.as_str()))) {
+                continue;
+            }
+            let mut next = Vec::with_capacity(frags.len() + 2);
+            for f in frags {
+                let Fragment::Text(mut t) = f else {
+                    next.push(f);
+                    continue;
+                };
+                while let Some(at) = t.find(tok.as_str()) {
+                    if at > 0 {
+                        next.push(Fragment::Text(&t[..at]));
+                    }
+                    next.push(Fragment::Token(*id));
+                    t = &t[at + tok.len()..];
+                }
+                if !t.is_empty() {
+                    next.push(Fragment::Text(t));
+                }
+            }
+            frags = next;
+        }
+        frags
+    }
+
+    /// The merge loop over one escaped piece of text.
+    fn tokenize(&self, text: &[u8], out: &mut Vec<u32>) -> Result<()> {
+        let mut syms: Vec<Symbol> = Vec::with_capacity(text.len());
+        let mut offs = 0;
+        while offs < text.len() {
+            let n = utf8_len(text[offs]).min(text.len() - offs);
+            let i = syms.len() as isize;
+            offs += n;
+            syms.push(Symbol { prev: i - 1, next: if offs == text.len() { -1 } else { i + 1 }, start: offs - n, n });
+        }
+        let mut heap = BinaryHeap::new();
+        // For symbols that are not tokens themselves: which pair they were merged from.
+        let mut rev_merge: HashMap<&[u8], (usize, usize)> = HashMap::new();
+        let try_add = |l: isize, r: isize, syms: &[Symbol], heap: &mut BinaryHeap<Bigram>, rev: &mut HashMap<_, _>| {
+            if l < 0 || r < 0 {
+                return;
+            }
+            let (l, r) = (l as usize, r as usize);
+            let piece = &text[syms[l].start..syms[l].start + syms[l].n + syms[r].n];
+            let Some(&id) = self.token_to_id.get(piece) else { return };
+            heap.push(Bigram { left: l, right: r, score: self.scores[id as usize], size: piece.len() });
+            rev.insert(piece, (l, r));
+        };
+        for i in 1..syms.len() {
+            try_add(i as isize - 1, i as isize, &syms, &mut heap, &mut rev_merge);
+        }
+        while let Some(b) = heap.pop() {
+            let (l, r) = (syms[b.left], syms[b.right]);
+            if l.n == 0 || r.n == 0 || l.n + r.n != b.size {
+                continue; // one side was merged elsewhere since
+            }
+            syms[b.left].n += r.n;
+            syms[b.right].n = 0;
+            syms[b.left].next = r.next;
+            if r.next >= 0 {
+                syms[r.next as usize].prev = b.left as isize;
+            }
+            let (prev, next) = (syms[b.left].prev, syms[b.left].next);
+            try_add(prev, b.left as isize, &syms, &mut heap, &mut rev_merge);
+            try_add(b.left as isize, next, &syms, &mut heap, &mut rev_merge);
+        }
+        let mut i = if syms.is_empty() { -1 } else { 0 };
+        let mut stack = Vec::new();
+        while i >= 0 {
+            stack.push(i as usize);
+            // Resegment: a token as it is, else the pair it was merged from, else bytes.
+            while let Some(s) = stack.pop() {
+                let piece = &text[syms[s].start..syms[s].start + syms[s].n];
+                if let Some(&id) = self.token_to_id.get(piece) {
+                    out.push(id);
+                } else if let Some(&(a, b)) = rev_merge.get(piece) {
+                    stack.push(b);
+                    stack.push(a);
+                } else {
+                    for &byte in piece {
+                        out.push(self.byte_token(byte)?);
+                    }
+                }
+            }
+            i = syms[i as usize].next;
+        }
+        Ok(())
+    }
+
+    fn byte_token(&self, b: u8) -> Result<u32> {
+        self.byte_tokens[b as usize].or(self.unk).ok_or_else(|| {
+            Error::Tokenizer(format!("SPM vocabulary has no byte token <0x{b:02X}> and no unknown token"))
+        })
+    }
+
+    /// Text of `ids` (llama.cpp's token_to_piece without special tokens, then the leading
+    /// space that `add_space_prefix` put there removed).
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let mut bytes = Vec::with_capacity(ids.len() * 4);
+        for &id in ids {
+            let Some(tok) = self.tokens.get(id as usize) else { continue };
+            match self.types[id as usize] {
+                token_type::NORMAL => bytes.extend_from_slice(tok.replace(SPACE, " ").as_bytes()),
+                token_type::USER_DEFINED => bytes.extend_from_slice(tok.as_bytes()),
+                token_type::UNKNOWN => bytes.extend_from_slice("\u{2585}".as_bytes()),
+                token_type::BYTE => match self.byte_tokens.iter().position(|&t| t == Some(id)) {
+                    Some(b) => bytes.push(b as u8),
+                    None => bytes.extend_from_slice(tok.as_bytes()),
+                },
+                _ => {} // control and unused tokens have no text
+            }
+        }
+        if self.add_space_prefix && bytes.first() == Some(&b' ') {
+            bytes.remove(0);
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// Bytes of the UTF-8 sequence a lead byte starts (llama.cpp's unicode_len_utf8: a stray
+/// continuation byte counts as one).
+fn utf8_len(b: u8) -> usize {
+    const LEN: [usize; 16] = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4];
+    LEN[(b >> 4) as usize]
+}

@@ -1,0 +1,149 @@
+//! llama.cpp's own tokenizer conformance suite (`../shared/fixtures/vocab`, from llama.cpp's
+//! `models/` folder): for each vocab-only GGUF, every test string must tokenize to exactly the
+//! ids llama.cpp's test-tokenizer-0 expects (no BOS/EOS added, special-token text taken as
+//! text), and the ids must detokenize back to the string wherever llama.cpp's do.
+
+mod common;
+
+use std::path::PathBuf;
+
+use qforge::formats::gguf::GgufHeader;
+use qforge::formats::tokenizer::Vocab;
+use qforge::runtime::TextTokenizer;
+
+fn vocab_dir() -> PathBuf {
+    let dir = std::env::var_os("QFORGE_SHARED_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| common::root().join("../shared/fixtures"))
+        .join("vocab");
+    assert!(
+        dir.join("ggml-vocab-gpt-2.gguf").exists(),
+        "llama.cpp's vocab suite not found at {} (set QFORGE_SHARED_FIXTURES to the shared fixtures folder)",
+        dir.display()
+    );
+    dir
+}
+
+/// (input, expected ids) of every case of `name`.
+fn cases(name: &str) -> Vec<(String, Vec<u32>)> {
+    let dir = vocab_dir();
+    let inp = std::fs::read_to_string(dir.join(format!("ggml-vocab-{name}.gguf.inp"))).unwrap();
+    let out = std::fs::read_to_string(dir.join(format!("ggml-vocab-{name}.gguf.out"))).unwrap();
+    let mut texts: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
+    assert_eq!(texts.pop(), Some(""), "{name}: the .inp file ends with a separator");
+    let ids: Vec<Vec<u32>> = out.lines().map(|l| l.split_whitespace().map(|t| t.parse().unwrap()).collect()).collect();
+    assert_eq!(texts.len(), ids.len(), "{name}: {} inputs, {} outputs", texts.len(), ids.len());
+    texts.into_iter().map(str::to_string).zip(ids).collect()
+}
+
+fn tokenizer(name: &str) -> TextTokenizer {
+    let path = vocab_dir().join(format!("ggml-vocab-{name}.gguf"));
+    let bytes = std::fs::read(&path).unwrap();
+    let h = GgufHeader::parse(&bytes, &path).unwrap();
+    TextTokenizer::from_vocab(Vocab::from_gguf(&h).unwrap()).unwrap()
+}
+
+fn check(name: &str) {
+    let tok = tokenizer(name);
+    let mut bad = Vec::new();
+    let all = cases(name);
+    for (text, want) in &all {
+        let got = tok.encode_whole(text).unwrap();
+        if &got != want {
+            bad.push(format!("  {text:?}\n    want {want:?}\n    got  {got:?}"));
+        }
+    }
+    println!("{name}: {}/{} cases equal llama.cpp's ids", all.len() - bad.len(), all.len());
+    assert!(bad.is_empty(), "{name}: {} of {} cases differ from llama.cpp:\n{}", bad.len(), all.len(), bad.join("\n"));
+}
+
+#[test]
+fn llama_spm() {
+    check("llama-spm");
+}
+
+#[test]
+fn phi_3() {
+    check("phi-3");
+}
+
+#[test]
+fn llama_bpe() {
+    check("llama-bpe");
+}
+
+#[test]
+fn qwen2() {
+    check("qwen2");
+}
+
+#[test]
+fn gpt_2() {
+    check("gpt-2");
+}
+
+#[test]
+fn falcon() {
+    check("falcon");
+}
+
+#[test]
+fn starcoder() {
+    check("starcoder");
+}
+
+#[test]
+fn deepseek_llm() {
+    check("deepseek-llm");
+}
+
+#[test]
+fn mpt() {
+    check("mpt");
+}
+
+/// The real-model path: SentencePiece text round trip and BOS handling through `encode`.
+#[test]
+fn spm_encode_adds_bos_and_decodes_back() {
+    let tok = tokenizer("llama-spm");
+    let text = "Hello world\n  indented\tline ½ 🦙 and unknown-ish 龖";
+    let ids = tok.encode(text).unwrap();
+    assert_eq!(ids[0], 1, "Llama-2 vocabularies add <s>");
+    assert_eq!(&ids[1..], &tok.encode_whole(text).unwrap()[..]);
+    assert_eq!(tok.decode(&ids).unwrap(), text);
+}
+
+#[test]
+fn bad_vocabularies_are_clear_errors() {
+    let path = vocab_dir().join("ggml-vocab-phi-3.gguf");
+    let bytes = std::fs::read(&path).unwrap();
+    let spm = Vocab::from_gguf(&GgufHeader::parse(&bytes, &path).unwrap()).unwrap();
+    let err = |v: Vocab| TextTokenizer::from_vocab(v).err().expect("must fail").to_string();
+    let mut v = spm.clone();
+    v.scores.pop();
+    assert!(err(v).contains("scores"));
+
+    let path = vocab_dir().join("ggml-vocab-gpt-2.gguf");
+    let bytes = std::fs::read(&path).unwrap();
+    let mut bpe = Vocab::from_gguf(&GgufHeader::parse(&bytes, &path).unwrap()).unwrap();
+    bpe.pre = "no-such-pre".into();
+    let e = err(bpe);
+    assert!(e.contains("\"no-such-pre\"") && e.contains("smollm") && e.contains("deepseek-llm"), "{e}");
+}
+
+/// A GGUF whose pre-tokenizer llama.cpp does not know: one line naming it and the supported
+/// ones, exit 1, no panic (the tiny model's "gpt-2" patched to "gpt-x").
+#[test]
+fn unknown_pre_tokenizer_in_a_gguf_is_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("t.gguf");
+    common::qforge_ok(&[&"-q", &"convert", &common::tiny(), &"-o", &p, &"--outtype", &"q8_0"]);
+    let mut b = std::fs::read(&p).unwrap();
+    let key = b"tokenizer.ggml.pre";
+    let at = b.windows(key.len()).position(|w| w == key).unwrap() + key.len() + 4 + 8;
+    assert_eq!(&b[at..at + 5], b"gpt-2");
+    b[at..at + 5].copy_from_slice(b"gpt-x");
+    std::fs::write(&p, &b).unwrap();
+    let e = common::qforge_err(&[&"perplexity", &p, &"--text", &common::wiki(), &"--max-windows", &"1"]);
+    assert!(e.contains("\"gpt-x\"") && e.contains("supported: default, llama3"), "{e}");
+}
