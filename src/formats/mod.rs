@@ -4,6 +4,7 @@
 pub mod gguf;
 pub mod imatrix;
 pub mod mapped;
+pub mod pre_tokenizers;
 pub mod safetensors;
 pub mod st_writer;
 pub mod tokenizer;

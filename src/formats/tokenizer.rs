@@ -8,6 +8,7 @@ use serde_json::{json, Value as Json};
 
 use crate::error::{Error, Result};
 use crate::formats::gguf::{GgufHeader, Value, ValueType};
+use crate::formats::pre_tokenizers::PRE_TOKENIZERS;
 use crate::formats::safetensors::read_json;
 
 /// llama.cpp's `llama_token_type`.
@@ -33,140 +34,37 @@ const KNOWN_SPLIT_REGEXES: &[(&str, &str)] = &[
     ),
 ];
 
-/// GPT-2's pre-tokenizer regex, as llama.cpp writes it (the base of several others).
-const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
-const LLAMA3_REGEX: &str = KNOWN_SPLIT_REGEXES[0].1;
-const QWEN2_REGEX: &str = KNOWN_SPLIT_REGEXES[1].1;
-const BLOOM_REGEX: &str = r" ?[^(\s|.,!?…。，、।۔،)]+";
-
-/// How llama.cpp pre-tokenizes a BPE vocabulary, by `tokenizer.ggml.pre` name (its
-/// llama-vocab.cpp): the regexes applied in turn, each splitting every piece the ones before
-/// left, matches and the text between them both kept (Hugging Face's `Split` with
-/// `Isolated`), and whether a piece that is itself a token skips the merges.
-/// Where llama.cpp rewrote a tokenizer.json regex for its own engine (`(?i:…)`, `\p{Lu}`),
-/// the original is used: the same language.
+/// How llama.cpp pre-tokenizes a BPE vocabulary, by `tokenizer.ggml.pre` name: the regexes
+/// applied in turn, each splitting every piece the ones before left, matches and the text
+/// between them both kept (Hugging Face's `Split` with `Isolated`), and whether a piece that
+/// is itself a token skips the merges. The table (`pre_tokenizers.rs`) is generated from
+/// llama.cpp's source by tools/gen_pre_tokenizers.py, regexes exactly as llama.cpp runs them.
 pub struct PreTokenizer {
     pub names: &'static [&'static str],
+    /// llama.cpp's pre-tokenizer type (several names share one).
+    pub kind: &'static str,
+    /// Empty where llama.cpp splits with hand-written code instead of a regex.
     pub regexes: &'static [&'static str],
     pub ignore_merges: bool,
 }
 
-pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
-    PreTokenizer {
-        names: &["default"],
-        regexes: &[r"[\p{P}\$\+<=>\^~\|]+", GPT2_REGEX, r"\p{N}+", "[0-9][0-9][0-9]"],
-        ignore_merges: false,
-    },
-    PreTokenizer {
-        names: &["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2"],
-        regexes: &[LLAMA3_REGEX],
-        ignore_merges: true,
-    },
-    PreTokenizer { names: &["dbrx", "smaug-bpe", "glm4", "chatglm-bpe"], regexes: &[LLAMA3_REGEX], ignore_merges: false },
-    PreTokenizer {
-        names: &["deepseek-llm"],
-        // Code points that Unicode normalization would change (U+1F7D, U+1FD3, U+1FDB,
-        // U+1FBE, U+2126, U+212A) are written as escapes, so that no editor can turn them into
-        // their canonical equivalents and break the ranges.
-        regexes: &[
-            "[\r\n]",
-            "\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-\u{1F7D}ᾀ-ᾴᾶ-ᾼ\u{1FBE}ῂ-ῄῆ-ῌῐ-\u{1FD3}ῖ-\u{1FDB}ῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤ\u{2126}ℨ\u{212A}-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+",
-            "\\s?[!-/:-~！-／：-～‘-‟　-。]+",
-            "\\s+$",
-            "[一-龥ࠀ-一가-퟿]+",
-            "\\p{N}+",
-        ],
-        ignore_merges: false,
-    },
-    PreTokenizer {
-        names: &["deepseek-coder"],
-        regexes: &["[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", "[一-龥ࠀ-一가-퟿]+", r"\p{N}"],
-        ignore_merges: false,
-    },
-    PreTokenizer {
-        names: &["deepseek-v3", "hunyuan-dense"],
-        regexes: &[
-            r"\p{N}{1,3}",
-            "[一-龥぀-ゟ゠-ヿ]+",
-            r##"[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"##,
-        ],
-        ignore_merges: false,
-    },
-    PreTokenizer {
-        names: &["falcon"],
-        regexes: &[r"[\p{P}\$\+<=>\^~\|`]+", GPT2_REGEX, "[0-9][0-9][0-9]"],
-        ignore_merges: false,
-    },
-    PreTokenizer {
-        names: &["starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b"],
-        regexes: &[r"\p{N}", GPT2_REGEX],
-        ignore_merges: false,
-    },
-    PreTokenizer {
-        names: &[
-            "gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de", "a.x-4.0", "mellum",
-            "jina-v1-en", "jina-v2-code", "roberta-bpe", "exaone4", "mpt", "olmo", "jais", "trillion",
-            "granite-docling",
-        ],
-        regexes: &[GPT2_REGEX],
-        ignore_merges: false,
-    },
-    PreTokenizer {
-        names: &["qwen2", "deepseek-r1-qwen", "kormo", "megrez", "stablelm2", "hunyuan", "grok-2"],
-        regexes: &[QWEN2_REGEX],
-        ignore_merges: false,
-    },
-    PreTokenizer { names: &["poro-chat", "bloom", "gpt3-finnish"], regexes: &[BLOOM_REGEX], ignore_merges: false },
-    PreTokenizer { names: &["viking"], regexes: &[BLOOM_REGEX, r"\p{N}"], ignore_merges: false },
-    PreTokenizer {
-        names: &["tekken"],
-        regexes: &[
-            r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-        ],
-        ignore_merges: true,
-    },
-    PreTokenizer {
-        names: &["gpt-4o", "llama4", "minimax-m2"],
-        regexes: &[
-            r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-        ],
-        ignore_merges: false,
-    },
-    PreTokenizer {
-        names: &["chameleon"],
-        regexes: &[
-            r"<sentinel:[0-9]+>",
-            r"(IMGIMG)((A|B|C|D|E|F|G|H|I){1,4})Z",
-            r"([\t\n]|    |  )",
-            r"\p{N}",
-            r"[\p{P}!-/:-@\[-`{-~]",
-            GPT2_REGEX,
-        ],
-        ignore_merges: false,
-    },
-    PreTokenizer {
-        names: &["bailingmoe", "bailingmoe2", "llada-moe"],
-        regexes: &[
-            r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+",
-        ],
-        ignore_merges: false,
-    },
-    PreTokenizer {
-        names: &["seed-coder"],
-        regexes: &[
-            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+",
-        ],
-        ignore_merges: false,
-    },
-];
-
-/// The pre-tokenizer llama.cpp uses for `name`.
-pub fn pre_tokenizer(name: &str) -> Option<&'static PreTokenizer> {
-    PRE_TOKENIZERS.iter().find(|p| p.names.contains(&name))
-}
-
-fn supported_pre_names() -> String {
-    PRE_TOKENIZERS.iter().flat_map(|p| p.names.iter().copied()).collect::<Vec<_>>().join(", ")
+/// The pre-tokenizer llama.cpp uses for `name`, or why there is none.
+pub fn pre_tokenizer(name: &str) -> Result<&'static PreTokenizer> {
+    match PRE_TOKENIZERS.iter().find(|p| p.names.contains(&name)) {
+        Some(p) if !p.regexes.is_empty() => Ok(p),
+        Some(_) => Err(Error::Unsupported(format!(
+            "GGUF pre-tokenizer {name:?} is split by hand-written code in llama.cpp, which qforge does not have yet"
+        ))),
+        None => Err(Error::Unsupported(format!(
+            "GGUF pre-tokenizer {name:?} is not supported (supported: {})",
+            PRE_TOKENIZERS
+                .iter()
+                .filter(|p| !p.regexes.is_empty())
+                .flat_map(|p| p.names.iter().copied())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
 }
 
 /// The tokenizer model of a vocabulary (`tokenizer.ggml.model`).
@@ -381,10 +279,12 @@ impl Vocab {
         let model = match model {
             "gpt2" => VocabModel::Bpe,
             "llama" => VocabModel::Spm,
-            other => return Err(Error::Unsupported(format!(
+            other => {
+                return Err(Error::Unsupported(format!(
                 "GGUF tokenizer model {other:?} is not supported (supported: \"gpt2\" = byte-level BPE, \"llama\" = \
                      SentencePiece)"
-            ))),
+            )))
+            }
         };
         let strings = |key: &str| -> Result<Vec<String>> {
             let arr =
@@ -420,12 +320,7 @@ impl Vocab {
             ("default".to_string(), false)
         } else {
             let pre = h.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
-            let p = pre_tokenizer(pre).ok_or_else(|| {
-                Error::Unsupported(format!(
-                    "GGUF pre-tokenizer {pre:?} is not supported (supported: {})",
-                    supported_pre_names()
-                ))
-            })?;
+            let p = pre_tokenizer(pre)?;
             (pre.to_string(), p.ignore_merges)
         };
         let scores = match h.get("tokenizer.ggml.scores").and_then(Value::as_array) {
@@ -472,12 +367,7 @@ impl Vocab {
             // Hugging Face's own GPT-2 regex (the same split as llama.cpp's).
             "gpt-2" => byte_level(true),
             name => {
-                let p = pre_tokenizer(name).ok_or_else(|| {
-                    Error::Unsupported(format!(
-                        "GGUF pre-tokenizer {name:?} is not supported (supported: {})",
-                        supported_pre_names()
-                    ))
-                })?;
+                let p = pre_tokenizer(name)?;
                 let mut parts: Vec<Json> = p
                     .regexes
                     .iter()

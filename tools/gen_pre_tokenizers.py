@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Write src/formats/pre_tokenizers.rs: llama.cpp's BPE pre-tokenizers as data.
+
+Reads llama.cpp's src/llama-vocab.cpp (the copy vendored in the llama-cpp-python sdist that
+tools/bench_ppl.sh builds) and extracts two of its tables: `tokenizer.ggml.pre` name → pre-
+tokenizer type and flags (in `llama_vocab::impl::load`), and type → the regexes that split
+the text before the merges (in the `llm_tokenizer_bpe` constructor). The Rust table keeps
+every regex exactly as llama.cpp runs it, with every non-ASCII character written as an
+escape, so that no editor's Unicode normalization can change a character range.
+
+Types whose regex only triggers a hand-written splitter in llama.cpp's unicode.cpp, with no
+regex equivalent, are listed without regexes (qforge refuses them with a clear error).
+
+usage: tools/gen_pre_tokenizers.py path/to/llama-vocab.cpp [LABEL]
+  e.g. pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36, unpack, then
+  tools/gen_pre_tokenizers.py llama_cpp_python-0.3.36/vendor/llama.cpp/src/llama-vocab.cpp 0.3.36
+"""
+
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "src/formats/pre_tokenizers.rs")
+# Regexes that llama.cpp's unicode.cpp answers with a splitter that is not a regex.
+CUSTOM_ONLY = {"\\p{Han}+", "\\p{AFMoE_digits}"}
+
+
+def cpp_literals(block):
+    """The string literals of a C++ block, adjacent ones concatenated, comments skipped."""
+    out, i, cur, in_item = [], 0, None, False
+    while i < len(block):
+        c = block[i]
+        if block.startswith("//", i):
+            i = block.index("\n", i) if "\n" in block[i:] else len(block)
+            continue
+        if c == '"':
+            j, buf = i + 1, bytearray()
+            while block[j] != '"':
+                if block[j] == "\\":
+                    e = block[j + 1]
+                    if e in "\\\"'?":
+                        buf += e.encode()
+                        j += 2
+                    elif e in "nrt0":
+                        buf += {"n": b"\n", "r": b"\r", "t": b"\t", "0": b"\0"}[e]
+                        j += 2
+                    elif e in "uU":
+                        n = 4 if e == "u" else 8
+                        buf += chr(int(block[j + 2:j + 2 + n], 16)).encode()
+                        j += 2 + n
+                    else:
+                        raise ValueError(f"escape \\{e} at {block[j - 20:j + 20]!r}")
+                else:
+                    buf += block[j].encode()
+                    j += 1
+            s = buf.decode()
+            cur = s if cur is None else cur + s
+            i = j + 1
+            continue
+        if c == "," and cur is not None:
+            out.append(cur)
+            cur = None
+        i += 1
+    if cur is not None:
+        out.append(cur)
+    return out
+
+
+def names_table(src):
+    start = src.index('tokenizer_pre == "default"')
+    blk = src[src.rindex("if (type == LLAMA_VOCAB_TYPE_BPE)", 0, start):src.index("} else if (type == LLAMA_VOCAB_TYPE_SPM)", start)]
+    rows = []
+    for part in re.split(r"\}\s*else if\s*\(", blk):
+        names = re.findall(r'tokenizer_pre == "([^"]+)"', part)
+        ty = re.findall(r"pre_type\s*=\s*LLAMA_VOCAB_PRE_TYPE_(\w+)", part)
+        if not names or not ty:
+            continue
+        ignore = bool(re.search(r"ignore_merges\s*=\s*true", part))
+        rows.append((names, ty[0], ignore))
+    return rows
+
+
+def regex_table(src):
+    ctor = src.index("struct llm_tokenizer_bpe : llm_tokenizer {")
+    sw = src.index("switch (vocab.get_pre_type())", ctor)
+    end = src.index("std::vector<std::string> regex_exprs;", sw)
+    body = src[sw:end]
+    table, pending = {}, []
+    for m in re.finditer(r"case LLAMA_VOCAB_PRE_TYPE_(\w+):|default:|regex_exprs\s*=\s*\{(.*?)\};", body, re.S):
+        if m.group(0).startswith("case"):
+            pending.append(m.group(1))
+        elif m.group(0) == "default:":
+            pending.append("DEFAULT")
+        else:
+            for t in pending:
+                table[t] = cpp_literals(m.group(2))
+            pending = []
+    return table
+
+
+def rust_str(s):
+    out = []
+    for ch in s:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == '"':
+            out.append('\\"')
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) > 0x7E:
+            out.append(f"\\u{{{ord(ch):X}}}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def main():
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    src = open(sys.argv[1], encoding="utf-8").read()
+    label = sys.argv[2] if len(sys.argv) > 2 else os.path.basename(sys.argv[1])
+    names, regexes = names_table(src), regex_table(src)
+    lines = [
+        f"//! llama.cpp's BPE pre-tokenizers (llama-vocab.cpp of llama-cpp-python {label}), as data.",
+        "//! GENERATED by tools/gen_pre_tokenizers.py: regenerate rather than edit.",
+        "",
+        "use super::tokenizer::PreTokenizer;",
+        "",
+        "pub const PRE_TOKENIZERS: &[PreTokenizer] = &[",
+    ]
+    for ns, ty, ignore in names:
+        rx = regexes.get(ty)
+        if rx is None:
+            sys.exit(f"no regexes for type {ty} ({ns})")
+        custom = any(r in CUSTOM_ONLY for r in rx)
+        lines.append("    PreTokenizer {")
+        lines.append("        names: &[" + ", ".join(rust_str(n) for n in ns) + "],")
+        lines.append(f"        kind: {rust_str(ty.lower())},")
+        if custom:
+            lines.append("        regexes: &[], // llama.cpp splits this one with hand-written code, not a regex")
+        else:
+            lines.append("        regexes: &[")
+            for r in rx:
+                lines.append(f"            {rust_str(r)},")
+            lines.append("        ],")
+        lines.append(f"        ignore_merges: {'true' if ignore else 'false'},")
+        lines.append("    },")
+    lines.append("];")
+    open(OUT, "w").write("\n".join(lines) + "\n")
+    print(f"{OUT}: {sum(len(n) for n, _, _ in names)} names, {len(names)} entries")
+
+
+if __name__ == "__main__":
+    main()
