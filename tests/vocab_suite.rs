@@ -179,3 +179,30 @@ fn unknown_pre_tokenizer_in_a_gguf_is_one_line() {
     assert!(e.contains("\"gpt-x\"") && e.contains("supported: default,") && e.contains("smollm"), "{e}");
     assert_eq!(e.lines().count(), 1, "{e}");
 }
+
+/// `qforge tokenize` on vocab-only GGUFs: the suite's ids with `--no-special`, BOS as the
+/// vocabulary asks without it, `--ids` back to the text, and clean errors.
+#[test]
+fn tokenize_command() {
+    let json = |args: &[&dyn AsRef<std::ffi::OsStr>]| -> serde_json::Value {
+        serde_json::from_str(&common::qforge_ok(args)).unwrap()
+    };
+    for name in ["llama-spm", "starcoder"] {
+        let gguf = vocab_dir().join(format!("ggml-vocab-{name}.gguf"));
+        for (text, want) in cases(name).into_iter().filter(|(t, _)| !t.is_empty()).take(12) {
+            let j = json(&[&"--json", &"tokenize", &gguf, &"--text", &text, &"--no-special"]);
+            let got: Vec<u32> = serde_json::from_value(j["ids"].clone()).unwrap();
+            assert_eq!(got, want, "{name} {text:?}");
+        }
+    }
+    let spm = vocab_dir().join("ggml-vocab-llama-spm.gguf");
+    let j = json(&[&"--json", &"tokenize", &spm, &"--text", &"Hello world"]);
+    assert_eq!(j["ids"], serde_json::json!([1, 15043, 3186]));
+    assert_eq!(j["pieces"], serde_json::json!(["<s>", "\u{2581}Hello", "\u{2581}world"]));
+    let j = json(&[&"--json", &"tokenize", &spm, &"--ids", &"1,15043 3186"]);
+    assert_eq!(j["text"], "Hello world");
+    let e = common::qforge_err(&[&"tokenize", &spm, &"--ids", &"5 99999999"]);
+    assert!(e.contains("99999999") && e.contains("32000"), "{e}");
+    let e = common::qforge_err(&[&"tokenize", &spm, &"--ids", &"x"]);
+    assert!(e.contains("\"x\""), "{e}");
+}

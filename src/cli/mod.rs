@@ -12,6 +12,7 @@ mod quantize_awq;
 mod quantize_gptq;
 mod quantize_nf4;
 mod session;
+mod tokenize;
 mod ui;
 mod verify;
 
@@ -30,7 +31,8 @@ pub use ui::Ui;
                   qforge quantize models/tiny-llama -o tiny-q4_k_m.gguf --type Q4_K_M\n  \
                   qforge compare models/tiny-llama tiny-q4_k_m.gguf --text wiki.test.raw\n  \
                   qforge inspect tiny-f16.gguf --json | jq '.tensors | length'\n  \
-                  qforge convert tiny-f16.gguf -o tiny-hf --to hf"
+                  qforge convert tiny-f16.gguf -o tiny-hf --to hf\n  \
+                  qforge tokenize tiny-f16.gguf --text 'Hello world' --json"
 )]
 pub struct Cli {
     /// No progress bars or notes on stderr (errors are still printed).
@@ -59,6 +61,7 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     Generate(generate::GenerateArgs),
     Imatrix(imatrix::ImatrixArgs),
+    Tokenize(tokenize::TokenizeArgs),
 }
 
 /// Run the CLI and return the process exit code: 0 success, 1 failure, 2 bad usage,
@@ -101,6 +104,7 @@ pub fn main() -> i32 {
         Command::Verify(a) => verify::run(a, &ui),
         Command::Generate(a) => generate::run(a, &ui),
         Command::Imatrix(a) => imatrix::run(a, &ui),
+        Command::Tokenize(a) => tokenize::run(a, &ui),
     };
     // An input truncated while mapped was read as zeros from then on: whatever the command
     // computed is garbage, even if it "succeeded" (perplexity, compare...).

@@ -96,6 +96,20 @@ impl TextTokenizer {
         }
     }
 
+    /// [`Self::encode_whole`] with BOS and EOS added as the vocabulary asks (llama.cpp's
+    /// `add_special = true`).
+    pub fn encode_with_special(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        if self.vocab.add_bos {
+            ids.extend(self.vocab.bos);
+        }
+        ids.extend(self.encode_whole(text)?);
+        if self.vocab.add_eos {
+            ids.extend(self.vocab.eos);
+        }
+        Ok(ids)
+    }
+
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         match &self.engine {
             Engine::Spm(spm) => Ok(spm.decode(ids)),
