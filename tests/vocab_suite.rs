@@ -1,5 +1,6 @@
-//! llama.cpp's own tokenizer conformance suite (`../shared/fixtures/vocab`, from llama.cpp's
-//! `models/` folder): for each vocab-only GGUF, every test string must tokenize to exactly the
+//! llama.cpp's own tokenizer conformance suite (`../shared/fixtures/vocab`, and three newer
+//! vocabularies of the same suite in `tests/fixtures/vocab`, from llama.cpp's `models/`
+//! folder): for each vocab-only GGUF, every test string must tokenize to exactly the
 //! ids llama.cpp's test-tokenizer-0 expects (no BOS/EOS added, special-token text taken as
 //! text), and the ids must detokenize back to the string wherever llama.cpp's do.
 
@@ -24,9 +25,20 @@ fn vocab_dir() -> PathBuf {
     dir
 }
 
+/// Where `name`'s files are: the vocabularies committed here (newer entries of the same suite,
+/// from the llama.cpp that llama-cpp-python 0.3.36 vendors), else the shared fixtures.
+fn dir_of(name: &str) -> PathBuf {
+    let here = common::root().join("tests/fixtures/vocab");
+    if here.join(format!("ggml-vocab-{name}.gguf")).exists() {
+        here
+    } else {
+        vocab_dir()
+    }
+}
+
 /// (input, expected ids) of every case of `name`.
 fn cases(name: &str) -> Vec<(String, Vec<u32>)> {
-    let dir = vocab_dir();
+    let dir = dir_of(name);
     let inp = std::fs::read_to_string(dir.join(format!("ggml-vocab-{name}.gguf.inp"))).unwrap();
     let out = std::fs::read_to_string(dir.join(format!("ggml-vocab-{name}.gguf.out"))).unwrap();
     let mut texts: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
@@ -37,7 +49,7 @@ fn cases(name: &str) -> Vec<(String, Vec<u32>)> {
 }
 
 fn tokenizer(name: &str) -> TextTokenizer {
-    let path = vocab_dir().join(format!("ggml-vocab-{name}.gguf"));
+    let path = dir_of(name).join(format!("ggml-vocab-{name}.gguf"));
     let bytes = std::fs::read(&path).unwrap();
     let h = GgufHeader::parse(&bytes, &path).unwrap();
     TextTokenizer::from_vocab(Vocab::from_gguf(&h).unwrap()).unwrap()
@@ -100,6 +112,21 @@ fn deepseek_llm() {
 #[test]
 fn mpt() {
     check("mpt");
+}
+
+#[test]
+fn deepseek_coder() {
+    check("deepseek-coder");
+}
+
+#[test]
+fn refact() {
+    check("refact");
+}
+
+#[test]
+fn qwen35() {
+    check("qwen35");
 }
 
 /// The real-model path: SentencePiece text round trip and BOS handling through `encode`.
