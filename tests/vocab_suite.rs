@@ -233,3 +233,41 @@ fn tokenize_command() {
     let e = common::qforge_err(&[&"tokenize", &spm, &"--ids", &"x"]);
     assert!(e.contains("\"x\""), "{e}");
 }
+
+/// The converter's pre-tokenizer identification (convert_hf_to_gguf.py's hash of the check
+/// text's ids): the tokenizer.json qforge rebuilds from a suite vocabulary whose original adds
+/// no BOS tokenizes the check text as the original does, so its hash must be the one in
+/// llama.cpp's table and name the same pre-tokenizer.
+#[test]
+fn converter_hash_identifies_the_pre_tokenizer() {
+    use qforge::formats::tokenizer::identify_pre;
+    for name in ["gpt-2", "starcoder", "falcon", "mpt", "qwen2", "refact"] {
+        let path = dir_of(name).join(format!("ggml-vocab-{name}.gguf"));
+        let bytes = std::fs::read(&path).unwrap();
+        let v = Vocab::from_gguf(&GgufHeader::parse(&bytes, &path).unwrap()).unwrap();
+        let (pre, hash) = identify_pre(&v.to_hf_json().unwrap()).unwrap();
+        assert_eq!(pre, Some(name), "{name}: hash {hash}");
+    }
+}
+
+/// A tokenizer.json whose hash llama.cpp does not know: recognized by its structure when it
+/// is exactly a pre-tokenizer llama.cpp implements (the tiny fixture: GPT-2's, as llama.cpp's
+/// converter wrote it), refused with the hash and what to do otherwise.
+#[test]
+fn unknown_hash_falls_back_to_the_structure_or_is_refused() {
+    use qforge::formats::tokenizer::identify_pre;
+    let tj: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(common::tiny().join("tokenizer.json")).unwrap()).unwrap();
+    let (pre, hash) = identify_pre(&tj).unwrap();
+    assert_eq!(pre, None, "{hash}");
+    let cfg = serde_json::json!({});
+    assert_eq!(Vocab::from_hf_json(&tj, &cfg, &cfg, 8192).unwrap().pre, "gpt-2");
+    let mut odd = tj.clone();
+    odd["pre_tokenizer"] = serde_json::json!({"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": "\\p{L}+|\\s"}, "behavior": "Isolated", "invert": false},
+        {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]});
+    let e = Vocab::from_hf_json(&odd, &cfg, &cfg, 8192).unwrap_err().to_string();
+    assert!(e.contains("not recognized") && e.contains("gen_pre_tokenizers.py"), "{e}");
+    let (_, odd_hash) = identify_pre(&odd).unwrap();
+    assert!(e.contains(&odd_hash), "{e}");
+}

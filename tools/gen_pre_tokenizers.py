@@ -11,10 +11,17 @@ escape, so that no editor's Unicode normalization can change a character range.
 Types whose regex only triggers a hand-written splitter in llama.cpp's unicode.cpp, with no
 regex equivalent, are listed without regexes (qforge refuses them with a clear error).
 
-usage: tools/gen_pre_tokenizers.py path/to/llama-vocab.cpp [LABEL]
+From the converter (convert_hf_to_gguf.py, or conversion/base.py where it was split up) it
+takes how a Hugging Face tokenizer's pre-tokenizer is identified: the check text, and the
+table of SHA-256 hashes of its token ids → `tokenizer.ggml.pre` name.
+
+usage: tools/gen_pre_tokenizers.py LLAMA_VOCAB_CPP CONVERTER_PY [LABEL]
   e.g. pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36, unpack, then
-  tools/gen_pre_tokenizers.py llama_cpp_python-0.3.36/vendor/llama.cpp/src/llama-vocab.cpp 0.3.36
+  tools/gen_pre_tokenizers.py L/src/llama-vocab.cpp L/conversion/base.py 0.3.36
+  with L = llama_cpp_python-0.3.36/vendor/llama.cpp
 """
+
+import ast
 
 import os
 import re
@@ -99,6 +106,18 @@ def regex_table(src):
     return table
 
 
+def converter_tables(src):
+    """(check text, [(sha256 hex, pre name)]) from get_vocab_base_pre."""
+    i = src.index("def get_vocab_base_pre")
+    j = src.index("chktxt = ", i)
+    text = ast.literal_eval(src[j + len("chktxt = "):src.index("\n", j)])
+    end = src.index("if res is None", i)
+    pairs = re.findall(r'if chkhsh == "([0-9a-f]{64})":\s*\n(?:\s*#[^\n]*\n)*\s*res = "([^"]+)"', src[i:end])
+    if src[i:end].count("chkhsh ==") != len(pairs):
+        sys.exit("could not read every hash of get_vocab_base_pre")
+    return text, pairs
+
+
 def rust_str(s):
     out = []
     for ch in s:
@@ -120,10 +139,11 @@ def rust_str(s):
 
 
 def main():
-    if len(sys.argv) < 2:
+    if len(sys.argv) < 3:
         sys.exit(__doc__)
     src = open(sys.argv[1], encoding="utf-8").read()
-    label = sys.argv[2] if len(sys.argv) > 2 else os.path.basename(sys.argv[1])
+    check_text, hashes = converter_tables(open(sys.argv[2], encoding="utf-8").read())
+    label = sys.argv[3] if len(sys.argv) > 3 else os.path.basename(sys.argv[1])
     names, regexes = names_table(src), regex_table(src)
     lines = [
         f"//! llama.cpp's BPE pre-tokenizers (llama-vocab.cpp of llama-cpp-python {label}), as data.",
@@ -151,8 +171,20 @@ def main():
         lines.append(f"        ignore_merges: {'true' if ignore else 'false'},")
         lines.append("    },")
     lines.append("];")
+    lines += [
+        "",
+        "/// The text convert_hf_to_gguf.py encodes (special tokens added, as `tokenizer.encode`",
+        "/// does) to identify a Hugging Face tokenizer's pre-tokenizer.",
+        f"pub const CHECK_TEXT: &str = {rust_str(check_text)};",
+        "",
+        "/// SHA-256 of the check text's ids, written as Python prints the list (`[1, 2, 3]`) →",
+        "/// `tokenizer.ggml.pre` name (several models share a name).",
+        "pub const PRE_HASHES: &[(&str, &str)] = &[",
+    ]
+    lines += [f"    ({rust_str(h)}, {rust_str(n)})," for h, n in hashes]
+    lines.append("];")
     open(OUT, "w").write("\n".join(lines) + "\n")
-    print(f"{OUT}: {sum(len(n) for n, _, _ in names)} names, {len(names)} entries")
+    print(f"{OUT}: {sum(len(n) for n, _, _ in names)} names, {len(names)} entries, {len(hashes)} hashes")
 
 
 if __name__ == "__main__":

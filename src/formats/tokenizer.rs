@@ -8,7 +8,7 @@ use serde_json::{json, Value as Json};
 
 use crate::error::{Error, Result};
 use crate::formats::gguf::{GgufHeader, Value, ValueType};
-use crate::formats::pre_tokenizers::PRE_TOKENIZERS;
+use crate::formats::pre_tokenizers::{CHECK_TEXT, PRE_HASHES, PRE_TOKENIZERS};
 use crate::formats::safetensors::read_json;
 
 /// llama.cpp's `llama_token_type`.
@@ -139,7 +139,19 @@ impl Vocab {
                 )))
             }
         }
-        let pre = detect_pre(tj.get("pre_tokenizer").unwrap_or(&Json::Null))?;
+        let pre = match identify_pre(tj)? {
+            (Some(name), _) => name.to_string(),
+            // Not in llama.cpp's table (its converter refuses such a tokenizer). A pre-tokenizer
+            // that is exactly one llama.cpp implements is still recognized by its structure.
+            (None, hash) => detect_pre(tj.get("pre_tokenizer").unwrap_or(&Json::Null)).map_err(|e| {
+                Error::Unsupported(format!(
+                    "the BPE pre-tokenizer was not recognized: the hash of its ids for the check text ({hash}) is \
+                     not in llama.cpp's table (convert_hf_to_gguf.py refuses it too), and {e}. If llama.cpp \
+                     supports this model in a newer version, regenerate qforge's table with \
+                     tools/gen_pre_tokenizers.py"
+                ))
+            })?,
+        };
 
         let vocab = model
             .get("vocab")
@@ -427,7 +439,22 @@ impl Vocab {
     }
 }
 
-/// Map a `tokenizer.json` pre-tokenizer onto llama.cpp's `tokenizer.ggml.pre` name, or refuse.
+/// The `tokenizer.ggml.pre` name llama.cpp's converter gives this tokenizer.json, found as
+/// convert_hf_to_gguf.py finds it: the check text is encoded with special tokens added, the
+/// ids are written as Python prints a list, and the SHA-256 of that is looked up in llama.cpp's
+/// table. Returns the name (None when the hash is not in the table) and the hash.
+pub fn identify_pre(tj: &Json) -> Result<(Option<&'static str>, String)> {
+    use sha2::{Digest, Sha256};
+    let bytes = serde_json::to_vec(tj).map_err(|e| Error::Tokenizer(e.to_string()))?;
+    let tok = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| Error::Tokenizer(e.to_string()))?;
+    let enc = tok.encode(CHECK_TEXT, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
+    let list = format!("[{}]", enc.get_ids().iter().map(u32::to_string).collect::<Vec<_>>().join(", "));
+    let hash: String = Sha256::digest(list.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    Ok((PRE_HASHES.iter().find(|(h, _)| *h == hash).map(|&(_, n)| n), hash))
+}
+
+/// Map a `tokenizer.json` pre-tokenizer onto llama.cpp's `tokenizer.ggml.pre` name by its
+/// structure (a bare GPT-2 ByteLevel, or the Llama-3/Qwen2 split regex), or refuse.
 fn detect_pre(pre: &Json) -> Result<String> {
     let ty = pre.get("type").and_then(Json::as_str).unwrap_or("");
     if ty == "ByteLevel" {
