@@ -64,6 +64,12 @@ fn check(name: &str) {
         if &got != want {
             bad.push(format!("  {text:?}\n    want {want:?}\n    got  {got:?}"));
         }
+        // Every case of the suite round-trips (byte-level BPE is lossless; SentencePiece drops
+        // the space it put before the text).
+        let back = tok.decode(want).unwrap();
+        if &back != text {
+            bad.push(format!("  {text:?}\n    decodes to {back:?}"));
+        }
     }
     println!("{name}: {}/{} cases equal llama.cpp's ids", all.len() - bad.len(), all.len());
     assert!(bad.is_empty(), "{name}: {} of {} cases differ from llama.cpp:\n{}", bad.len(), all.len(), bad.join("\n"));
@@ -271,3 +277,4 @@ fn unknown_hash_falls_back_to_the_structure_or_is_refused() {
     let (_, odd_hash) = identify_pre(&odd).unwrap();
     assert!(e.contains(&odd_hash), "{e}");
 }
+
