@@ -278,3 +278,60 @@ fn unknown_hash_falls_back_to_the_structure_or_is_refused() {
     assert!(e.contains(&odd_hash), "{e}");
 }
 
+/// Chat prompts: the template's special-token text becomes those tokens (llama.cpp's
+/// parse_special), and BOS is not doubled when the template writes it.
+#[test]
+fn chat_prompts_parse_special_tokens() {
+    use qforge::runtime::chat::{render, Message};
+    let chatml = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + \
+                  '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+    let qwen = tokenizer("qwen2");
+    let text = render(chatml, &[Message { role: "user", content: "Hi there" }], "", "", true).unwrap();
+    let ids = qwen.encode_chat(&text).unwrap();
+    let (start, end) = (151_644u32, 151_645u32);
+    assert_eq!(qwen.vocab.tokens[start as usize], "<|im_start|>");
+    assert_eq!(ids.iter().filter(|&&i| i == start).count(), 2, "{ids:?}");
+    assert_eq!(ids.iter().filter(|&&i| i == end).count(), 1, "{ids:?}");
+    assert_eq!(ids[0], start);
+    // As plain text (no parse_special) the same string has no special token at all.
+    assert!(!qwen.encode_whole(&text).unwrap().contains(&start));
+
+    let spm = tokenizer("llama-spm");
+    let llama2 =
+        "{{ bos_token }}{% for m in messages %}{{ '[INST] ' + m['content'].strip() + ' [/INST]' }}{% endfor %}";
+    let text = render(llama2, &[Message { role: "user", content: " Hello " }], "<s>", "</s>", true).unwrap();
+    let ids = spm.encode_chat(&text).unwrap();
+    assert_eq!(ids[0], 1, "{ids:?}");
+    assert_ne!(ids[1], 1, "BOS doubled: {ids:?}");
+    assert_eq!(spm.decode(&ids).unwrap(), "[INST] Hello [/INST]");
+}
+
+/// The chat template travels: tokenizer_config.json → GGUF `tokenizer.chat_template` → back.
+#[test]
+fn chat_template_is_converted_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let hf = dir.path().join("hf");
+    std::fs::create_dir(&hf).unwrap();
+    for f in std::fs::read_dir(common::tiny()).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, hf.join(f.file_name().unwrap())).unwrap();
+    }
+    let cfg_path = hf.join("tokenizer_config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    let template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}";
+    cfg["chat_template"] = serde_json::json!(template);
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let gguf = dir.path().join("t.gguf");
+    common::qforge_ok(&[&"-q", &"convert", &hf, &"-o", &gguf]);
+    let j: serde_json::Value = serde_json::from_str(&common::qforge_ok(&[&"--json", &"inspect", &gguf])).unwrap();
+    assert_eq!(j["metadata"]["tokenizer.chat_template"], template);
+    let back = dir.path().join("back");
+    common::qforge_ok(&[&"-q", &"convert", &gguf, &"-o", &back, &"--to", &"hf"]);
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(back.join("tokenizer_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["chat_template"], template);
+    // generate --chat renders it; a model without a template says so.
+    common::qforge_ok(&[&"generate", &gguf, &"--chat", &"--prompt", &"Hello", &"-n", &"3"]);
+    let e = common::qforge_err(&[&"generate", &common::tiny(), &"--chat", &"--prompt", &"Hello"]);
+    assert!(e.contains("no chat template"), "{e}");
+}

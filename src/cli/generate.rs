@@ -6,13 +6,16 @@ use clap::Args;
 
 use super::session::Loaded;
 use super::Ui;
+use crate::formats::tokenizer::token_type;
+use crate::runtime::chat::{self, Message};
 use crate::runtime::{KvCache, LlamaModel};
 
 /// Generate text from a prompt (greedy at --temperature 0, else sampled), streamed to stdout.
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  \
     qforge generate models/tiny-llama --prompt 'The history of' -n 40\n  \
-    qforge generate tiny-q8_0.gguf --prompt 'def main' --temperature 0.8 --top-p 0.9 --seed 7")]
+    qforge generate tiny-q8_0.gguf --prompt 'def main' --temperature 0.8 --top-p 0.9 --seed 7\n  \
+    qforge generate SmolLM2-135M-Instruct.Q4_1.gguf --chat --prompt 'What is the capital of France?'")]
 pub struct GenerateArgs {
     pub model: PathBuf,
     #[arg(long)]
@@ -31,6 +34,14 @@ pub struct GenerateArgs {
     pub top_p: f32,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Take the prompt as a user message and apply the model's chat template
+    /// (`tokenizer.chat_template`), as an instruct model expects; prints only the answer,
+    /// which ends at the end-of-turn token.
+    #[arg(long)]
+    pub chat: bool,
+    /// With --chat: a system message before the user's.
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
 }
 
 /// SplitMix64: a tiny, well-mixed generator, enough for sampling.
@@ -83,7 +94,23 @@ fn sample(logits: &[f32], args: &GenerateArgs, rng: &mut Rng) -> u32 {
 pub fn run(args: &GenerateArgs, _ui: &Ui) -> Result<()> {
     let loaded = Loaded::open(&args.model)?;
     let model = LlamaModel::load(&loaded.file)?;
-    let prompt = loaded.tokenizer.encode(&args.prompt)?;
+    let tok = &loaded.tokenizer;
+    let prompt = if args.chat {
+        let template = tok.vocab.chat_template.as_deref().ok_or_else(|| {
+            anyhow::anyhow!("--chat: the model has no chat template (tokenizer.chat_template / chat_template)")
+        })?;
+        let name =
+            |id: Option<u32>| id.and_then(|i| tok.vocab.tokens.get(i as usize)).map(String::as_str).unwrap_or("");
+        let mut messages = Vec::new();
+        if let Some(system) = &args.system {
+            messages.push(Message { role: "system", content: system });
+        }
+        messages.push(Message { role: "user", content: &args.prompt });
+        let text = chat::render(template, &messages, name(tok.vocab.bos), name(tok.vocab.eos), true)?;
+        tok.encode_chat(&text)?
+    } else {
+        tok.encode(&args.prompt)?
+    };
     if prompt.is_empty() {
         bail!("the prompt is empty");
     }
@@ -100,15 +127,19 @@ pub fn run(args: &GenerateArgs, _ui: &Ui) -> Result<()> {
     let mut generated = Vec::new();
     let mut printed = 0;
     let mut out = std::io::stdout().lock();
-    write!(out, "{}", args.prompt)?;
+    if !args.chat {
+        write!(out, "{}", args.prompt)?;
+    }
     for step in 0..n {
-        if Some(next) == loaded.tokenizer.vocab.eos {
+        // A chat answer also ends at any other control token (end of turn, <|im_end|>, …).
+        let control = tok.vocab.token_types.get(next as usize) == Some(&token_type::CONTROL);
+        if Some(next) == tok.vocab.eos || (args.chat && control) {
             break;
         }
         generated.push(next);
         // Decode the whole continuation and print what is new, so multi-byte characters
         // split across tokens come out whole.
-        let text = loaded.tokenizer.decode(&generated)?;
+        let text = tok.decode(&generated)?;
         if text.len() > printed && !text.ends_with('\u{FFFD}') {
             write!(out, "{}", &text[printed..])?;
             out.flush()?;

@@ -98,6 +98,8 @@ pub struct Vocab {
     pub add_space_prefix: bool,
     /// A pre-tokenized piece that is itself a token skips the merges (llama-bpe, tekken).
     pub ignore_merges: bool,
+    /// The Jinja chat template (`tokenizer.chat_template`; transformers' `chat_template`).
+    pub chat_template: Option<String>,
 }
 
 impl Vocab {
@@ -112,8 +114,16 @@ impl Vocab {
         let tj = read_json(&path)?;
         let cfg_path = dir.join("tokenizer_config.json");
         let tcfg = if cfg_path.exists() { read_json(&cfg_path)? } else { json!({}) };
-        Self::from_hf_json(&tj, &tcfg, config, vocab_size)
-            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))
+        let mut v = Self::from_hf_json(&tj, &tcfg, config, vocab_size)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        // Newer transformers save the template beside tokenizer_config.json.
+        let jinja = dir.join("chat_template.jinja");
+        if v.chat_template.is_none() && jinja.is_file() {
+            v.chat_template = Some(
+                std::fs::read_to_string(&jinja).map_err(|e| Error::Tokenizer(format!("{}: {e}", jinja.display())))?,
+            );
+        }
+        Ok(v)
     }
 
     pub fn from_hf_json(tj: &Json, tcfg: &Json, config: &Json, vocab_size: usize) -> Result<Vocab> {
@@ -234,6 +244,7 @@ impl Vocab {
             add_bos: tcfg.get("add_bos_token").and_then(Json::as_bool).unwrap_or(false),
             add_eos: tcfg.get("add_eos_token").and_then(Json::as_bool).unwrap_or(false),
             ignore_merges: model.get("ignore_merges").and_then(Json::as_bool).unwrap_or(false),
+            chat_template: hf_chat_template(tcfg),
             tokens,
             token_types,
             merges,
@@ -279,6 +290,9 @@ impl Vocab {
         kv.push(("tokenizer.ggml.add_eos_token", Value::Bool(self.add_eos)));
         if self.model == VocabModel::Spm {
             kv.push(("tokenizer.ggml.add_space_prefix", Value::Bool(self.add_space_prefix)));
+        }
+        if let Some(t) = &self.chat_template {
+            kv.push(("tokenizer.chat_template", Value::String(t.clone())));
         }
         kv
     }
@@ -360,6 +374,7 @@ impl Vocab {
             add_bos: flag("tokenizer.ggml.add_bos_token", spm),
             add_eos: flag("tokenizer.ggml.add_eos_token", false),
             add_space_prefix: flag("tokenizer.ggml.add_space_prefix", spm),
+            chat_template: h.get("tokenizer.chat_template").and_then(Value::as_str).map(str::to_string),
             tokens,
             token_types,
             scores,
@@ -427,7 +442,7 @@ impl Vocab {
     /// `tokenizer_config.json` for a Hugging Face directory.
     pub fn to_hf_tokenizer_config(&self, model_max_length: usize) -> Json {
         let name = |id: Option<u32>| id.and_then(|i| self.tokens.get(i as usize)).cloned();
-        json!({
+        let mut cfg = json!({
             "bos_token": name(self.bos),
             "eos_token": name(self.eos),
             "pad_token": name(self.pad),
@@ -435,7 +450,25 @@ impl Vocab {
             "add_eos_token": self.add_eos,
             "model_max_length": model_max_length,
             "tokenizer_class": "PreTrainedTokenizerFast",
-        })
+        });
+        if let Some(t) = &self.chat_template {
+            cfg["chat_template"] = json!(t);
+        }
+        cfg
+    }
+}
+
+/// The chat template of a tokenizer_config.json: a string, or (older transformers) a list of
+/// named templates of which llama.cpp's converter writes the one named "default".
+fn hf_chat_template(tcfg: &Json) -> Option<String> {
+    match tcfg.get("chat_template")? {
+        Json::String(t) => Some(t.clone()),
+        Json::Array(list) => list
+            .iter()
+            .find(|t| t.get("name").and_then(Json::as_str) == Some("default"))
+            .and_then(|t| t.get("template").and_then(Json::as_str))
+            .map(str::to_string),
+        _ => None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! The CPU inference runtime: weights in their stored formats, the forward pass, and
 //! tokenization.
 
+pub mod chat;
 pub mod matrix;
 pub mod model;
 pub mod simd;

@@ -34,6 +34,8 @@ pub struct Spm {
     add_space_prefix: bool,
     /// User-defined tokens, longest first (llama.cpp's order for cutting them out).
     user_defined: Vec<(String, u32)>,
+    /// The same with control and unknown tokens, cut out too when special tokens are parsed.
+    special: Vec<(String, u32)>,
 }
 
 /// A symbol of the merge: `n` bytes of the text from `start`, linked to its neighbours.
@@ -95,15 +97,20 @@ impl Spm {
         }
         let byte_tokens =
             (0..=255u8).map(|b| token_to_id.get(format!("<0x{b:02X}>").as_bytes()).copied()).collect::<Vec<_>>();
-        let mut user_defined: Vec<(String, u32)> = v
-            .tokens
-            .iter()
-            .zip(&v.token_types)
-            .enumerate()
-            .filter(|(_, (t, &ty))| ty == token_type::USER_DEFINED && !t.is_empty())
-            .map(|(i, (t, _))| (t.clone(), i as u32))
-            .collect();
-        user_defined.sort_by_key(|t| std::cmp::Reverse(t.0.len()));
+        let cut = |types: &[i32]| {
+            let mut list: Vec<(String, u32)> = v
+                .tokens
+                .iter()
+                .zip(&v.token_types)
+                .enumerate()
+                .filter(|(_, (t, ty))| types.contains(ty) && !t.is_empty())
+                .map(|(i, (t, _))| (t.clone(), i as u32))
+                .collect();
+            list.sort_by_key(|t| std::cmp::Reverse(t.0.len()));
+            list
+        };
+        let user_defined = cut(&[token_type::USER_DEFINED]);
+        let special = cut(&[token_type::USER_DEFINED, token_type::CONTROL, token_type::UNKNOWN]);
         Ok(Spm {
             token_to_id,
             scores: v.scores.clone(),
@@ -117,19 +124,31 @@ impl Spm {
             add_eos: v.add_eos,
             add_space_prefix: v.add_space_prefix,
             user_defined,
+            special,
         })
     }
 
     /// Token ids of `text`; with `add_special`, BOS/EOS as the vocabulary asks (llama.cpp's
     /// `add_special`). Special-token text in the input is never parsed as a control token.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+        self.encode_with(text, add_special, false)
+    }
+
+    /// [`Spm::encode`] with control-token text (`<s>`, `<|user|>`) taken as those tokens, as
+    /// llama.cpp's `parse_special` (for prompts made by a chat template).
+    pub fn encode_parse_special(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+        self.encode_with(text, add_special, true)
+    }
+
+    fn encode_with(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
         if add_special && self.add_bos {
             out.extend(self.bos);
         }
         let mut prev_special = true;
         let mut buf = String::new();
-        for f in self.partition(text) {
+        let cut = if parse_special { &self.special } else { &self.user_defined };
+        for f in partition(text, cut) {
             match f {
                 Fragment::Text(t) => {
                     buf.clear();
@@ -151,36 +170,6 @@ impl Spm {
             out.extend(self.eos);
         }
         Ok(out)
-    }
-
-    /// The text with the user-defined tokens cut out (longest token first, each over all
-    /// pieces left by the ones before, as llama.cpp's tokenizer_st_partition).
-    fn partition<'a>(&self, text: &'a str) -> Vec<Fragment<'a>> {
-        let mut frags = if text.is_empty() { Vec::new() } else { vec![Fragment::Text(text)] };
-        for (tok, id) in &self.user_defined {
-            if !frags.iter().any(|f| matches!(f, Fragment::Text(t) if t.contains(tok.as_str()))) {
-                continue;
-            }
-            let mut next = Vec::with_capacity(frags.len() + 2);
-            for f in frags {
-                let Fragment::Text(mut t) = f else {
-                    next.push(f);
-                    continue;
-                };
-                while let Some(at) = t.find(tok.as_str()) {
-                    if at > 0 {
-                        next.push(Fragment::Text(&t[..at]));
-                    }
-                    next.push(Fragment::Token(*id));
-                    t = &t[at + tok.len()..];
-                }
-                if !t.is_empty() {
-                    next.push(Fragment::Text(t));
-                }
-            }
-            frags = next;
-        }
-        frags
     }
 
     /// The merge loop over one escaped piece of text.
@@ -275,6 +264,36 @@ impl Spm {
         }
         String::from_utf8_lossy(&bytes).into_owned()
     }
+}
+
+/// The text with the tokens of `cut` taken out (longest first, each over all pieces left by
+/// the ones before, as llama.cpp's tokenizer_st_partition).
+fn partition<'a>(text: &'a str, cut: &[(String, u32)]) -> Vec<Fragment<'a>> {
+    let mut frags = if text.is_empty() { Vec::new() } else { vec![Fragment::Text(text)] };
+    for (tok, id) in cut {
+        if !frags.iter().any(|f| matches!(f, Fragment::Text(t) if t.contains(tok.as_str()))) {
+            continue;
+        }
+        let mut next = Vec::with_capacity(frags.len() + 2);
+        for f in frags {
+            let Fragment::Text(mut t) = f else {
+                next.push(f);
+                continue;
+            };
+            while let Some(at) = t.find(tok.as_str()) {
+                if at > 0 {
+                    next.push(Fragment::Text(&t[..at]));
+                }
+                next.push(Fragment::Token(*id));
+                t = &t[at + tok.len()..];
+            }
+            if !t.is_empty() {
+                next.push(Fragment::Text(t));
+            }
+        }
+        frags = next;
+    }
+    frags
 }
 
 /// Bytes of the UTF-8 sequence a lead byte starts (llama.cpp's unicode_len_utf8: a stray

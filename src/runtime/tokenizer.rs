@@ -15,33 +15,48 @@ pub struct TextTokenizer {
 }
 
 enum Engine {
-    Hf(Box<tokenizers::Tokenizer>),
+    /// Byte-level BPE through `tokenizers`, twice: `plain` knows only the user-defined added
+    /// tokens (special-token text in ordinary text stays text, as llama.cpp tokenizes it
+    /// without `parse_special`), `special` knows them all (chat prompts).
+    Hf {
+        plain: Box<tokenizers::Tokenizer>,
+        special: Box<tokenizers::Tokenizer>,
+    },
     Spm(Box<Spm>),
+}
+
+/// Both `tokenizers` instances of [`Engine::Hf`] from one tokenizer.json.
+fn hf_engine(json: &serde_json::Value) -> Result<Engine> {
+    let build = |j: &serde_json::Value| -> Result<Box<tokenizers::Tokenizer>> {
+        let bytes = serde_json::to_vec(j).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(Box::new(tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| Error::Tokenizer(e.to_string()))?))
+    };
+    let mut plain = json.clone();
+    if let Some(added) = plain.get_mut("added_tokens").and_then(serde_json::Value::as_array_mut) {
+        added.retain(|t| !t.get("special").and_then(serde_json::Value::as_bool).unwrap_or(false));
+    }
+    Ok(Engine::Hf { plain: build(&plain)?, special: build(json)? })
 }
 
 impl TextTokenizer {
     pub fn for_model(model: &ModelFile) -> Result<TextTokenizer> {
         let vocab = model.vocab()?;
-        let inner = match model {
+        let engine = match model {
             ModelFile::Hf(c) => {
                 let path = c.dir.join("tokenizer.json");
-                tokenizers::Tokenizer::from_file(&path)
-                    .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?
+                let json = crate::formats::safetensors::read_json(&path)?;
+                hf_engine(&json).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?
             }
             ModelFile::Gguf { .. } => return Self::from_vocab(vocab),
         };
-        Ok(TextTokenizer { engine: Engine::Hf(Box::new(inner)), vocab })
+        Ok(TextTokenizer { engine, vocab })
     }
 
     /// A tokenizer rebuilt from a vocabulary alone (what a GGUF's metadata holds).
     pub fn from_vocab(vocab: Vocab) -> Result<TextTokenizer> {
         let engine = match vocab.model {
             VocabModel::Spm => Engine::Spm(Box::new(Spm::new(&vocab)?)),
-            VocabModel::Bpe => {
-                let json = serde_json::to_vec(&vocab.to_hf_json()?).map_err(|e| Error::Tokenizer(e.to_string()))?;
-                let inner = tokenizers::Tokenizer::from_bytes(json).map_err(|e| Error::Tokenizer(e.to_string()))?;
-                Engine::Hf(Box::new(inner))
-            }
+            VocabModel::Bpe => hf_engine(&vocab.to_hf_json()?)?,
         };
         Ok(TextTokenizer { engine, vocab })
     }
@@ -66,7 +81,7 @@ impl TextTokenizer {
             // SentencePiece puts a space before the text, so pieces would not tokenize as the
             // whole: one pass (its bookkeeping is a few dozen bytes per character).
             Engine::Spm(spm) => return spm.encode(text, true),
-            Engine::Hf(inner) => inner,
+            Engine::Hf { plain, .. } => plain,
         };
         let mut ids = Vec::with_capacity((text.len() / 3 + 1).min(min_tokens.saturating_add(CHUNK_BYTES)));
         if self.vocab.add_bos {
@@ -89,8 +104,8 @@ impl TextTokenizer {
     pub fn encode_whole(&self, text: &str) -> Result<Vec<u32>> {
         match &self.engine {
             Engine::Spm(spm) => spm.encode(text, false),
-            Engine::Hf(inner) => {
-                let enc = inner.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+            Engine::Hf { plain, .. } => {
+                let enc = plain.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
                 Ok(enc.get_ids().to_vec())
             }
         }
@@ -110,10 +125,29 @@ impl TextTokenizer {
         Ok(ids)
     }
 
+    /// Ids of a prompt made by a chat template: special-token text in it (`<|im_start|>`,
+    /// `<s>`) is taken as those tokens (llama.cpp's `parse_special`), and BOS is added when the
+    /// vocabulary asks for it unless the template already put it first.
+    pub fn encode_chat(&self, prompt: &str) -> Result<Vec<u32>> {
+        let bos_text = self.vocab.bos.and_then(|b| self.vocab.tokens.get(b as usize)).map(String::as_str);
+        let add_bos = self.vocab.add_bos && !bos_text.is_some_and(|t| !t.is_empty() && prompt.starts_with(t));
+        let mut ids = Vec::new();
+        if add_bos {
+            ids.extend(self.vocab.bos);
+        }
+        match &self.engine {
+            Engine::Spm(spm) => ids.extend(spm.encode_parse_special(prompt, false)?),
+            Engine::Hf { special, .. } => ids.extend_from_slice(
+                special.encode(prompt, false).map_err(|e| Error::Tokenizer(e.to_string()))?.get_ids(),
+            ),
+        }
+        Ok(ids)
+    }
+
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         match &self.engine {
             Engine::Spm(spm) => Ok(spm.decode(ids)),
-            Engine::Hf(inner) => inner.decode(ids, true).map_err(|e| Error::Tokenizer(e.to_string())),
+            Engine::Hf { special, .. } => special.decode(ids, true).map_err(|e| Error::Tokenizer(e.to_string())),
         }
     }
 
