@@ -13,16 +13,7 @@ use qforge::formats::tokenizer::Vocab;
 use qforge::runtime::TextTokenizer;
 
 fn vocab_dir() -> PathBuf {
-    let dir = std::env::var_os("QFORGE_SHARED_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| common::root().join("../shared/fixtures"))
-        .join("vocab");
-    assert!(
-        dir.join("ggml-vocab-gpt-2.gguf").exists(),
-        "llama.cpp's vocab suite not found at {} (set QFORGE_SHARED_FIXTURES to the shared fixtures folder)",
-        dir.display()
-    );
-    dir
+    common::shared_fixture("vocab", "ggml-vocab-gpt-2.gguf", "llama.cpp's vocab suite")
 }
 
 /// Where `name`'s files are: the vocabularies committed here (newer entries of the same suite,

@@ -21,19 +21,25 @@ pub fn golden(name: &str) -> PathBuf {
     root().join("golden").join(name)
 }
 
-/// The small model lives in ../shared (too big to commit). Tests that need it FAIL, loudly,
-/// when it is missing: a skipped check must never look like a passed one.
-pub fn small() -> PathBuf {
+/// `sub` of the shared fixtures folder (`../shared/fixtures`, or `QFORGE_SHARED_FIXTURES`),
+/// which must hold `probe`. Tests that need it FAIL, loudly, when it is missing: a skipped
+/// check must never look like a passed one.
+pub fn shared_fixture(sub: &str, probe: &str, what: &str) -> PathBuf {
     let dir = std::env::var_os("QFORGE_SHARED_FIXTURES")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("../shared/fixtures"))
-        .join("models/small-llama");
+        .join(sub);
     assert!(
-        dir.join("config.json").exists(),
-        "small-llama fixture not found at {} (set QFORGE_SHARED_FIXTURES to the shared fixtures folder)",
+        dir.join(probe).exists(),
+        "{what} not found at {} (set QFORGE_SHARED_FIXTURES to the shared fixtures folder)",
         dir.display()
     );
     dir
+}
+
+/// The small model lives in ../shared (too big to commit).
+pub fn small() -> PathBuf {
+    shared_fixture("models/small-llama", "config.json", "small-llama fixture")
 }
 
 pub fn qforge(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
