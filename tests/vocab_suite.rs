@@ -326,3 +326,23 @@ fn chat_template_is_converted_both_ways() {
     let e = common::qforge_err(&[&"generate", &common::tiny(), &"--chat", &"--prompt", &"Hello"]);
     assert!(e.contains("no chat template"), "{e}");
 }
+
+/// A SentencePiece vocabulary as a Hugging Face tokenizer.json (what `convert --to hf` writes):
+/// Hugging Face `tokenizers` gives llama.cpp's ids on the suite, and they decode back.
+#[test]
+fn spm_tokenizer_json_tokenizes_as_llama_cpp() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["llama-spm", "phi-3"] {
+        let path = dir_of(name).join(format!("ggml-vocab-{name}.gguf"));
+        let bytes = std::fs::read(&path).unwrap();
+        let v = Vocab::from_gguf(&GgufHeader::parse(&bytes, &path).unwrap()).unwrap();
+        let tj = dir.path().join(format!("{name}.json"));
+        std::fs::write(&tj, serde_json::to_vec(&v.to_hf_json().unwrap()).unwrap()).unwrap();
+        let base = dir_of(name).join(format!("ggml-vocab-{name}.gguf"));
+        let out = common::python(
+            "check_vocab_suite.py",
+            &[&tj, &base.with_extension("gguf.inp"), &base.with_extension("gguf.out")],
+        );
+        println!("{name}: {}", out.lines().last().unwrap_or(""));
+    }
+}

@@ -385,9 +385,7 @@ impl Vocab {
     /// A Hugging Face `tokenizer.json` equivalent to this vocabulary.
     pub fn to_hf_json(&self) -> Result<Json> {
         if self.model == VocabModel::Spm {
-            return Err(Error::Unsupported(
-                "a SentencePiece vocabulary has no tokenizer.json equivalent yet (qforge tokenizes it natively)".into(),
-            ));
+            return self.spm_hf_json();
         }
         let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
         let pre_tokenizer = match self.pre.as_str() {
@@ -435,6 +433,95 @@ impl Vocab {
                 "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
                 "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
                 "ignore_merges": self.ignore_merges, "vocab": vocab, "merges": merges,
+            },
+        }))
+    }
+
+    /// The tokenizer.json transformers writes for a SentencePiece model (its LlamaConverter):
+    /// BPE with byte fallback, the merges derived from the scores (every split of a token into
+    /// two tokens, highest-scoring result first, as its SentencePieceExtractor), `▁` for spaces
+    /// and a `▁` put before the text by the normalizer when `add_space_prefix`.
+    fn spm_hf_json(&self) -> Result<Json> {
+        let mut ids: HashMap<&str, usize> = HashMap::with_capacity(self.tokens.len());
+        for (i, t) in self.tokens.iter().enumerate() {
+            ids.entry(t.as_str()).or_insert(i);
+        }
+        let mut merges: Vec<(&str, &str, f32)> = Vec::new();
+        for (i, t) in self.tokens.iter().enumerate() {
+            if ids.get(t.as_str()) != Some(&i) {
+                continue; // a duplicate: Python's dict keeps the first position
+            }
+            let mut local: Vec<(&str, &str, f32)> = t
+                .char_indices()
+                .skip(1)
+                .map(|(at, _)| (&t[..at], &t[at..]))
+                .filter(|(l, r)| ids.contains_key(l) && ids.contains_key(r))
+                .map(|(l, r)| (l, r, self.scores.get(i).copied().unwrap_or(0.0)))
+                .collect();
+            local.sort_by_key(|&(l, r, _)| (ids[l], ids[r]));
+            merges.extend(local);
+        }
+        // Stable, highest score first.
+        merges.sort_by(|a, b| b.2.total_cmp(&a.2));
+        let space = "\u{2581}";
+        let mut vocab = serde_json::Map::new();
+        let mut added = Vec::new();
+        for (i, (tok, &ty)) in self.tokens.iter().zip(&self.token_types).enumerate() {
+            if matches!(ty, token_type::CONTROL | token_type::USER_DEFINED | token_type::UNKNOWN) {
+                added.push(json!({
+                    "id": i, "content": tok, "single_word": false, "lstrip": false, "rstrip": false,
+                    "normalized": false, "special": ty != token_type::USER_DEFINED,
+                }));
+            }
+            if ids.get(tok.as_str()) == Some(&i) {
+                vocab.insert(tok.clone(), json!(i));
+            }
+        }
+        let replace_space = json!({"type": "Replace", "pattern": {"String": " "}, "content": space});
+        let normalizer = if self.add_space_prefix {
+            json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": space}, replace_space]})
+        } else {
+            replace_space
+        };
+        let mut decoders = vec![
+            json!({"type": "Replace", "pattern": {"String": space}, "content": " "}),
+            json!({"type": "ByteFallback"}),
+            json!({"type": "Fuse"}),
+        ];
+        if self.add_space_prefix {
+            decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+        }
+        let name = |id: Option<u32>| id.and_then(|i| self.tokens.get(i as usize)).cloned();
+        let mut single = Vec::new();
+        let mut specials = serde_json::Map::new();
+        for (on, id) in [(self.add_bos, self.bos), (true, None), (self.add_eos, self.eos)] {
+            match (on, id, name(id)) {
+                (true, None, _) => single.push(json!({"Sequence": {"id": "A", "type_id": 0}})),
+                (true, Some(i), Some(n)) => {
+                    single.push(json!({"SpecialToken": {"id": n, "type_id": 0}}));
+                    specials.insert(n.clone(), json!({"id": n, "ids": [i], "tokens": [n]}));
+                }
+                _ => {}
+            }
+        }
+        let post = if specials.is_empty() {
+            Json::Null
+        } else {
+            json!({"type": "TemplateProcessing", "single": single, "pair": single, "special_tokens": specials})
+        };
+        Ok(json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": normalizer,
+            "pre_tokenizer": null,
+            "post_processor": post,
+            "decoder": {"type": "Sequence", "decoders": decoders},
+            "model": {
+                "type": "BPE", "dropout": null, "unk_token": name(self.unk), "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                "vocab": vocab, "merges": merges.iter().map(|(l, r, _)| json!([l, r])).collect::<Vec<_>>(),
             },
         }))
     }
