@@ -346,3 +346,52 @@ fn spm_tokenizer_json_tokenizes_as_llama_cpp() {
         println!("{name}: {}", out.lines().last().unwrap_or(""));
     }
 }
+
+/// A SentencePiece checkpoint (`tokenizer.model`, the tiny model's weights with the first 8192
+/// pieces of the Llama-2 vocabulary): `convert` writes llama.cpp's SentencePiece metadata, and
+/// the GGUF tokenizes WikiText exactly as the `sentencepiece` package does with that model.
+#[test]
+fn sentencepiece_checkpoint_converts_and_tokenizes_as_sentencepiece() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = tokenizer("llama-spm").vocab;
+    let n = 8192;
+    let pieces: Vec<serde_json::Value> =
+        (0..n).map(|i| serde_json::json!([src.tokens[i], src.scores[i], src.token_types[i]])).collect();
+    let pieces_json = dir.path().join("pieces.json");
+    std::fs::write(&pieces_json, serde_json::to_vec(&pieces).unwrap()).unwrap();
+    let hf = dir.path().join("hf");
+    std::fs::create_dir(&hf).unwrap();
+    for f in std::fs::read_dir(common::tiny()).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, hf.join(f.file_name().unwrap())).unwrap();
+    }
+    let model = hf.join("tokenizer.model");
+    common::python("check_sentencepiece.py", &[&"make", &pieces_json, &model]);
+    let gguf = dir.path().join("t.gguf");
+    common::qforge_ok(&[&"-q", &"convert", &hf, &"-o", &gguf]);
+    let j: serde_json::Value = serde_json::from_str(&common::qforge_ok(&[&"--json", &"inspect", &gguf])).unwrap();
+    assert_eq!(j["metadata"]["tokenizer.ggml.model"], "llama");
+    assert_eq!(j["metadata"]["tokenizer.ggml.pre"], "default");
+    assert_eq!(j["metadata_types"]["tokenizer.ggml.scores"], "ARRAY");
+    let bytes = std::fs::read(&gguf).unwrap();
+    let v = Vocab::from_gguf(&GgufHeader::parse(&bytes, &gguf).unwrap()).unwrap();
+    assert_eq!(&v.tokens[..], &src.tokens[..n]);
+    assert_eq!(&v.scores[..], &src.scores[..n]);
+    assert_eq!(&v.token_types[..], &src.token_types[..n]);
+    assert_eq!((v.bos, v.eos, v.unk), (Some(1), Some(2), Some(0)));
+
+    let text = std::fs::read_to_string(common::wiki()).unwrap();
+    let cut = (0..=30_000).rev().find(|&i| text.is_char_boundary(i)).unwrap();
+    let sample = dir.path().join("sample.txt");
+    std::fs::write(&sample, &text[..cut]).unwrap();
+    let want: Vec<u32> =
+        serde_json::from_str(&common::python("check_sentencepiece.py", &[&"encode", &model, &sample])).unwrap();
+    let got: serde_json::Value =
+        serde_json::from_str(&common::qforge_ok(&[&"--json", &"tokenize", &gguf, &"--file", &sample, &"--no-special"]))
+            .unwrap();
+    let got: Vec<u32> = serde_json::from_value(got["ids"].clone()).unwrap();
+    assert!(want.len() > 5000, "{}", want.len());
+    let first = got.iter().zip(&want).position(|(a, b)| a != b);
+    assert_eq!(got.len(), want.len(), "first difference at {first:?}");
+    assert_eq!(first, None);
+}

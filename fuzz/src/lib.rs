@@ -210,14 +210,19 @@ fn check_config(cfg: &ModelConfig) {
 }
 
 /// `tokenizer_metadata`: GGUF tokenizer metadata → Vocab → the runtime's tokenizer (the
-/// path `TextTokenizer::for_model` takes for a GGUF), and `tokenizer.json` (optionally
-/// followed by a NUL byte and `tokenizer_config.json`) → Vocab → GGUF metadata and back.
+/// path `TextTokenizer::for_model` takes for a GGUF), `tokenizer.json` (optionally
+/// followed by a NUL byte and `tokenizer_config.json`) → Vocab → GGUF metadata and back, and
+/// the same bytes as a SentencePiece `tokenizer.model`.
 pub fn tokenizer_metadata(data: &[u8]) -> bool {
     budget::run(data.len(), 256, || tokenizer_metadata_inner(data))
 }
 
 fn tokenizer_metadata_inner(data: &[u8]) -> bool {
     let mut ok = false;
+    // A SentencePiece tokenizer.model (protobuf) read by hand.
+    if let Ok(m) = qforge::formats::sentencepiece::SentencePieceModel::parse(data) {
+        ok |= !m.pieces.is_empty();
+    }
     if let Ok(h) = GgufHeader::parse(data, Path::new("fuzz.gguf")) {
         if let Ok(vocab) = Vocab::from_gguf(&h) {
             ok |= exercise_vocab(vocab);

@@ -6,5 +6,6 @@ pub mod imatrix;
 pub mod mapped;
 pub mod pre_tokenizers;
 pub mod safetensors;
+pub mod sentencepiece;
 pub mod st_writer;
 pub mod tokenizer;

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::formats::gguf::{GgufHeader, Value, ValueType};
 use crate::formats::pre_tokenizers::{CHECK_TEXT, PRE_HASHES, PRE_TOKENIZERS};
 use crate::formats::safetensors::read_json;
+use crate::formats::sentencepiece::SentencePieceModel;
 
 /// llama.cpp's `llama_token_type`.
 pub mod token_type {
@@ -107,6 +108,12 @@ impl Vocab {
     /// `vocab_size` pads the token list with unused `[PADn]` entries, as llama.cpp does when
     /// the embedding matrix is larger than the vocabulary.
     pub fn from_hf_dir(dir: &Path, vocab_size: usize, config: &Json) -> Result<Vocab> {
+        // As convert_hf_to_gguf.py: a SentencePiece model file wins over tokenizer.json.
+        let spm = dir.join("tokenizer.model");
+        if spm.is_file() {
+            return Self::from_sentencepiece_dir(dir, vocab_size, config)
+                .map_err(|e| Error::Tokenizer(format!("{}: {e}", spm.display())));
+        }
         let path = dir.join("tokenizer.json");
         if !path.exists() {
             return Err(Error::Tokenizer(format!("{}: missing tokenizer.json", dir.display())));
@@ -124,6 +131,96 @@ impl Vocab {
             );
         }
         Ok(v)
+    }
+
+    /// A SentencePiece checkpoint (`tokenizer.model`), as convert_hf_to_gguf.py's
+    /// `_set_vocab_sentencepiece` reads it: the pieces with their scores and types, padded to
+    /// `vocab_size` with unused `[PADn]`; `added_tokens.json` and tokenizer_config.json's
+    /// `added_tokens_decoder` as user-defined (or control, when special) tokens of score -1000;
+    /// special ids, add_bos/add_eos and the chat template from tokenizer_config.json.
+    pub fn from_sentencepiece_dir(dir: &Path, vocab_size: usize, config: &Json) -> Result<Vocab> {
+        let bytes = std::fs::read(dir.join("tokenizer.model")).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let sp = SentencePieceModel::parse(&bytes)?;
+        if sp.model_type != 2 {
+            return Err(Error::Unsupported(format!(
+                "SentencePiece model type {} (llama.cpp's \"llama\" tokenizer is SentencePiece BPE, type 2; unigram \
+                 models are its \"t5\"/UGM tokenizer, which qforge does not have)",
+                sp.model_type
+            )));
+        }
+        const MAX_VOCAB: usize = 1 << 24;
+        let n = if vocab_size > 0 { vocab_size } else { sp.pieces.len() };
+        if n > MAX_VOCAB {
+            return Err(Error::Tokenizer(format!("vocabulary of {n} tokens is absurd")));
+        }
+        let mut tokens: Vec<String> = (0..n).map(|i| format!("[PAD{i}]")).collect();
+        let mut scores = vec![-10000f32; n];
+        let mut token_types = vec![token_type::UNUSED; n];
+        for (i, (piece, score, ty)) in sp.pieces.iter().enumerate().take(n) {
+            tokens[i] = piece.clone();
+            scores[i] = *score;
+            // SentencePiece's type numbers are llama.cpp's. Only unknown, control, unused and
+            // byte pieces keep theirs (user-defined pieces of the model become normal ones).
+            token_types[i] = match *ty {
+                t @ (token_type::UNKNOWN | token_type::CONTROL | token_type::UNUSED | token_type::BYTE) => t,
+                _ => token_type::NORMAL,
+            };
+        }
+        let added = dir.join("added_tokens.json");
+        if added.is_file() {
+            let j = read_json(&added)?;
+            for (text, id) in j.as_object().into_iter().flatten() {
+                if let Some(id) = id.as_u64().map(|v| v as usize).filter(|&v| v < n) {
+                    tokens[id] = text.clone();
+                    scores[id] = -1000.0;
+                    token_types[id] = token_type::USER_DEFINED;
+                }
+            }
+        }
+        let cfg_path = dir.join("tokenizer_config.json");
+        let tcfg = if cfg_path.exists() { read_json(&cfg_path)? } else { json!({}) };
+        for (id, data) in tcfg.get("added_tokens_decoder").and_then(Json::as_object).into_iter().flatten() {
+            let (Some(id), Some(content)) =
+                (id.parse::<usize>().ok().filter(|&v| v < n), data.get("content").and_then(Json::as_str))
+            else {
+                continue;
+            };
+            let special = data.get("special").and_then(Json::as_bool).unwrap_or(false) || looks_special(content);
+            scores[id] = -1000.0;
+            if special {
+                token_types[id] = token_type::CONTROL;
+                tokens[id] = content.to_string();
+            } else {
+                token_types[id] = token_type::USER_DEFINED;
+                tokens[id] = content.replace('\u{2581}', " ");
+            }
+        }
+        let token_id = |key: &str| -> Option<u32> {
+            let v = tcfg.get(key)?;
+            let content = v.as_str().or_else(|| v.get("content").and_then(Json::as_str))?;
+            tokens.iter().position(|t| t == content).map(|i| i as u32)
+        };
+        let cfg_id = |key: &str| {
+            config.get(key).and_then(Json::as_u64).and_then(|v| u32::try_from(v).ok()).filter(|&v| (v as usize) < n)
+        };
+        let first_of = |ty: i32| token_types.iter().position(|&t| t == ty).map(|i| i as u32);
+        Ok(Vocab {
+            model: VocabModel::Spm,
+            pre: "default".into(),
+            bos: token_id("bos_token").or_else(|| cfg_id("bos_token_id")),
+            eos: token_id("eos_token").or_else(|| cfg_id("eos_token_id")),
+            unk: token_id("unk_token").or_else(|| first_of(token_type::UNKNOWN)),
+            pad: token_id("pad_token").or_else(|| cfg_id("pad_token_id")),
+            add_bos: tcfg.get("add_bos_token").and_then(Json::as_bool).unwrap_or(true),
+            add_eos: tcfg.get("add_eos_token").and_then(Json::as_bool).unwrap_or(false),
+            add_space_prefix: sp.add_dummy_prefix,
+            ignore_merges: false,
+            chat_template: hf_chat_template(&tcfg),
+            merges: Vec::new(),
+            tokens,
+            token_types,
+            scores,
+        })
     }
 
     pub fn from_hf_json(tj: &Json, tcfg: &Json, config: &Json, vocab_size: usize) -> Result<Vocab> {
@@ -288,8 +385,10 @@ impl Vocab {
         }
         kv.push(("tokenizer.ggml.add_bos_token", Value::Bool(self.add_bos)));
         kv.push(("tokenizer.ggml.add_eos_token", Value::Bool(self.add_eos)));
-        if self.model == VocabModel::Spm {
-            kv.push(("tokenizer.ggml.add_space_prefix", Value::Bool(self.add_space_prefix)));
+        // llama.cpp assumes the space prefix for SentencePiece; its converter writes the key
+        // only for models that turn it off.
+        if self.model == VocabModel::Spm && !self.add_space_prefix {
+            kv.push(("tokenizer.ggml.add_space_prefix", Value::Bool(false)));
         }
         if let Some(t) = &self.chat_template {
             kv.push(("tokenizer.chat_template", Value::String(t.clone())));
@@ -543,6 +642,16 @@ impl Vocab {
         }
         cfg
     }
+}
+
+/// convert_hf_to_gguf.py's `does_token_look_special`: control-looking added tokens are control
+/// tokens even when not marked special.
+fn looks_special(t: &str) -> bool {
+    let control = matches!(t, "<pad>" | "<mask>" | "<2mass>" | "[@BOS@]");
+    control
+        || (t.starts_with("<|") && t.ends_with("|>"))
+        || (t.starts_with("<\u{ff5c}") && t.ends_with("\u{ff5c}>"))
+        || (t.starts_with("<unused") && t.ends_with('>'))
 }
 
 /// The chat template of a tokenizer_config.json: a string, or (older transformers) a list of
