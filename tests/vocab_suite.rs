@@ -395,3 +395,24 @@ fn sentencepiece_checkpoint_converts_and_tokenizes_as_sentencepiece() {
     assert_eq!(got.len(), want.len(), "first difference at {first:?}");
     assert_eq!(first, None);
 }
+
+/// Long texts are encoded in pieces cut where every pre-tokenizer splits anyway
+/// (`safe_pieces`, also what `perplexity` does): the ids equal the whole text's, on all of
+/// WikiText-2, for every BPE vocabulary of the suite (one pre-tokenizer each).
+#[test]
+fn pieces_tokenize_as_the_whole_text() {
+    let text = std::fs::read_to_string(common::wiki()).unwrap();
+    for name in
+        ["llama-bpe", "qwen2", "gpt-2", "falcon", "starcoder", "deepseek-llm", "deepseek-coder", "refact", "qwen35"]
+    {
+        let tok = tokenizer(name);
+        let whole = tok.encode_whole(&text).unwrap();
+        let plain = tok.encode_plain(&text).unwrap();
+        let first = plain.iter().zip(&whole).position(|(a, b)| a != b);
+        assert!(plain.len() == whole.len() && first.is_none(), "{name}: pieces differ from the whole at {first:?}");
+        // `encode_prefix` (what perplexity reads) adds BOS where the vocabulary asks.
+        let prefix = tok.encode_prefix(&text, 1000).unwrap();
+        let prefix = if tok.vocab.add_bos { &prefix[1..] } else { &prefix[..] };
+        assert!(prefix.len() >= 999 && prefix == &whole[..prefix.len()], "{name}: prefix");
+    }
+}

@@ -58,10 +58,12 @@ pub fn run(args: &TokenizeArgs, ui: &Ui) -> Result<()> {
         }
         (None, None) => bail!("give --text, --file or --ids"),
     };
-    let ids = if args.no_special { tok.encode_whole(&text)? } else { tok.encode_with_special(&text)? };
+    let start = std::time::Instant::now();
+    let ids = if args.no_special { tok.encode_plain(&text)? } else { tok.encode_with_special(&text)? };
+    let seconds = start.elapsed().as_secs_f64();
     let pieces: Vec<&str> = ids.iter().map(|&i| tok.vocab.tokens[i as usize].as_str()).collect();
     if ui.json {
-        ui.print_json(&json!({ "ids": ids, "pieces": pieces, "count": ids.len() }));
+        ui.print_json(&json!({ "ids": ids, "pieces": pieces, "count": ids.len(), "seconds": seconds }));
     } else {
         for (id, piece) in ids.iter().zip(&pieces) {
             println!("{id:>7} -> {piece:?}");

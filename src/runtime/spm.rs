@@ -12,7 +12,9 @@
 //!    the unknown token where the vocabulary has no byte tokens.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+use ahash::AHashMap;
 
 use crate::error::{Error, Result};
 use crate::formats::tokenizer::{token_type, Vocab};
@@ -21,7 +23,7 @@ use crate::formats::tokenizer::{token_type, Vocab};
 const SPACE: &str = "\u{2581}";
 
 pub struct Spm {
-    token_to_id: HashMap<Vec<u8>, u32>,
+    token_to_id: AHashMap<Vec<u8>, u32>,
     scores: Vec<f32>,
     types: Vec<i32>,
     tokens: Vec<String>,
@@ -91,7 +93,7 @@ impl Spm {
             )));
         }
         // Later duplicates win, as in llama.cpp's token_to_id map.
-        let mut token_to_id = HashMap::with_capacity(n);
+        let mut token_to_id = AHashMap::with_capacity(n);
         for (i, t) in v.tokens.iter().enumerate() {
             token_to_id.insert(t.as_bytes().to_vec(), i as u32);
         }
@@ -183,9 +185,7 @@ impl Spm {
             syms.push(Symbol { prev: i - 1, next: if offs == text.len() { -1 } else { i + 1 }, start: offs - n, n });
         }
         let mut heap = BinaryHeap::new();
-        // For symbols that are not tokens themselves: which pair they were merged from.
-        let mut rev_merge: HashMap<&[u8], (usize, usize)> = HashMap::new();
-        let try_add = |l: isize, r: isize, syms: &[Symbol], heap: &mut BinaryHeap<Bigram>, rev: &mut HashMap<_, _>| {
+        let try_add = |l: isize, r: isize, syms: &[Symbol], heap: &mut BinaryHeap<Bigram>| {
             if l < 0 || r < 0 {
                 return;
             }
@@ -193,10 +193,9 @@ impl Spm {
             let piece = &text[syms[l].start..syms[l].start + syms[l].n + syms[r].n];
             let Some(&id) = self.token_to_id.get(piece) else { return };
             heap.push(Bigram { left: l, right: r, score: self.scores[id as usize], size: piece.len() });
-            rev.insert(piece, (l, r));
         };
         for i in 1..syms.len() {
-            try_add(i as isize - 1, i as isize, &syms, &mut heap, &mut rev_merge);
+            try_add(i as isize - 1, i as isize, &syms, &mut heap);
         }
         while let Some(b) = heap.pop() {
             let (l, r) = (syms[b.left], syms[b.right]);
@@ -210,28 +209,26 @@ impl Spm {
                 syms[r.next as usize].prev = b.left as isize;
             }
             let (prev, next) = (syms[b.left].prev, syms[b.left].next);
-            try_add(prev, b.left as isize, &syms, &mut heap, &mut rev_merge);
-            try_add(b.left as isize, next, &syms, &mut heap, &mut rev_merge);
+            try_add(prev, b.left as isize, &syms, &mut heap);
+            try_add(b.left as isize, next, &syms, &mut heap);
         }
+        // Every merged symbol is a token (a pair is only queued when its text is one), so
+        // llama.cpp's "resegment" reduces to: a token as it is, else (a single character
+        // missing from the vocabulary) its bytes. Its reverse-merge table only matters for
+        // invalid UTF-8, which a &str cannot hold.
         let mut i = if syms.is_empty() { -1 } else { 0 };
-        let mut stack = Vec::new();
         while i >= 0 {
-            stack.push(i as usize);
-            // Resegment: a token as it is, else the pair it was merged from, else bytes.
-            while let Some(s) = stack.pop() {
-                let piece = &text[syms[s].start..syms[s].start + syms[s].n];
-                if let Some(&id) = self.token_to_id.get(piece) {
-                    out.push(id);
-                } else if let Some(&(a, b)) = rev_merge.get(piece) {
-                    stack.push(b);
-                    stack.push(a);
-                } else {
+            let s = syms[i as usize];
+            let piece = &text[s.start..s.start + s.n];
+            match self.token_to_id.get(piece) {
+                Some(&id) => out.push(id),
+                None => {
                     for &byte in piece {
                         out.push(self.byte_token(byte)?);
                     }
                 }
             }
-            i = syms[i as usize].next;
+            i = s.next;
         }
         Ok(())
     }

@@ -99,6 +99,22 @@ impl TextTokenizer {
         Ok(ids)
     }
 
+    /// Ids of `text` with no special tokens added (llama.cpp's `add_special = false`,
+    /// `parse_special = false`): [`Self::encode_whole`]'s ids, the pieces of a long BPE text
+    /// encoded side by side (rayon; the pieces tokenize as the whole, see [`safe_pieces`]).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        let plain = match &self.engine {
+            Engine::Spm(spm) => return spm.encode(text, false),
+            Engine::Hf { plain, .. } => plain,
+        };
+        use rayon::prelude::*;
+        let parts: Vec<Vec<u32>> = safe_pieces(text, CHUNK_BYTES)
+            .par_iter()
+            .map(|p| plain.encode(*p, false).map(|e| e.get_ids().to_vec()).map_err(|e| Error::Tokenizer(e.to_string())))
+            .collect::<Result<_>>()?;
+        Ok(parts.concat())
+    }
+
     /// Ids of `text` in one call with no special tokens added (llama.cpp's `add_special =
     /// false`, `parse_special = false`), however long the text.
     pub fn encode_whole(&self, text: &str) -> Result<Vec<u32>> {
@@ -118,7 +134,7 @@ impl TextTokenizer {
         if self.vocab.add_bos {
             ids.extend(self.vocab.bos);
         }
-        ids.extend(self.encode_whole(text)?);
+        ids.extend(self.encode_plain(text)?);
         if self.vocab.add_eos {
             ids.extend(self.vocab.eos);
         }
