@@ -416,3 +416,41 @@ fn pieces_tokenize_as_the_whole_text() {
         assert!(prefix.len() >= 999 && prefix == &whole[..prefix.len()], "{name}: prefix");
     }
 }
+
+/// Text that is not UTF-8 (`tokenize --file`), tokenized as llama.cpp does: SentencePiece by
+/// lead bytes with byte fallback, byte-level BPE with one U+FFFD per invalid byte. The expected
+/// ids are llama.cpp's (llama-cpp-python 0.3.36, `Llama(vocab_only=True).tokenize(bytes,
+/// add_bos=False, special=False)`, 2026-12-04).
+#[test]
+fn invalid_utf8_tokenizes_as_llama_cpp() {
+    let inputs: [&[u8]; 5] = [b"abc\xffdef", b"x\xc3", b"\xe2\x82 y", b"\x80\x80z", b"ok \xf0\x9f\xa6 llama"];
+    let expected: [(&str, [&[u32]; 5]); 3] = [
+        (
+            "llama-spm",
+            [
+                &[25638, 258, 103, 104, 105],
+                &[921, 198],
+                &[29871, 229, 133, 229, 153, 132, 29891],
+                &[29871, 131, 131, 29920],
+                &[3431, 29871, 243, 162, 169, 229, 153, 132, 645, 3304],
+            ],
+        ),
+        ("llama-bpe", [&[13997, 5809, 755], &[87, 5809], &[10178, 379], &[10178, 89], &[564, 220, 58432, 94776]]),
+        ("gpt-2", [&[39305, 4210, 4299], &[87, 4210], &[6353, 331], &[6353, 89], &[482, 220, 48585, 32660, 1689]]),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (name, want) in expected {
+        let tok = tokenizer(name);
+        for (input, want) in inputs.iter().zip(want) {
+            assert_eq!(tok.encode_plain_bytes(input).unwrap(), want, "{name} {input:?}");
+        }
+        // Through the CLI, from a file.
+        let f = dir.path().join("t.bin");
+        std::fs::write(&f, inputs[0]).unwrap();
+        let gguf = dir_of(name).join(format!("ggml-vocab-{name}.gguf"));
+        let j: serde_json::Value =
+            serde_json::from_str(&common::qforge_ok(&[&"--json", &"tokenize", &gguf, &"--file", &f, &"--no-special"]))
+                .unwrap();
+        assert_eq!(j["ids"], serde_json::json!(want[0]), "{name}");
+    }
+}

@@ -24,7 +24,8 @@ pub struct TokenizeArgs {
     /// The text to tokenize.
     #[arg(long, conflicts_with_all = ["file", "ids"], required_unless_present_any = ["file", "ids"])]
     pub text: Option<String>,
-    /// Tokenize this file's contents (UTF-8, read as is: no newline conversion).
+    /// Tokenize this file's contents, read as is (no newline conversion; bytes that are not
+    /// UTF-8 are tokenized as llama.cpp does: byte tokens, or U+FFFD for byte-level BPE).
     #[arg(long, conflicts_with = "ids")]
     pub file: Option<PathBuf>,
     /// Detokenize these ids (separated by spaces or commas) instead.
@@ -48,18 +49,14 @@ pub fn run(args: &TokenizeArgs, ui: &Ui) -> Result<()> {
         }
         return Ok(());
     }
-    let text = match (&args.text, &args.file) {
-        (Some(t), _) => t.clone(),
-        (None, Some(f)) => {
-            let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
-            String::from_utf8(bytes).map_err(|e| {
-                anyhow::anyhow!("{}: not UTF-8 (byte {} is invalid)", f.display(), e.utf8_error().valid_up_to())
-            })?
-        }
+    // Files are taken as bytes: text that is not UTF-8 is tokenized as llama.cpp does it.
+    let text: Vec<u8> = match (&args.text, &args.file) {
+        (Some(t), _) => t.clone().into_bytes(),
+        (None, Some(f)) => std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?,
         (None, None) => bail!("give --text, --file or --ids"),
     };
     let start = std::time::Instant::now();
-    let ids = if args.no_special { tok.encode_plain(&text)? } else { tok.encode_with_special(&text)? };
+    let ids = if args.no_special { tok.encode_plain_bytes(&text)? } else { tok.encode_with_special(&text)? };
     let seconds = start.elapsed().as_secs_f64();
     let pieces: Vec<&str> = ids.iter().map(|&i| tok.vocab.tokens[i as usize].as_str()).collect();
     if ui.json {

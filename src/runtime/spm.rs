@@ -77,7 +77,7 @@ impl Ord for Bigram {
 
 /// A piece of the input: text to tokenize, or a token cut out of it.
 enum Fragment<'a> {
-    Text(&'a str),
+    Text(&'a [u8]),
     Token(u32),
 }
 
@@ -133,33 +133,40 @@ impl Spm {
     /// Token ids of `text`; with `add_special`, BOS/EOS as the vocabulary asks (llama.cpp's
     /// `add_special`). Special-token text in the input is never parsed as a control token.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
-        self.encode_with(text, add_special, false)
+        self.encode_bytes(text.as_bytes(), add_special, false)
     }
 
     /// [`Spm::encode`] with control-token text (`<s>`, `<|user|>`) taken as those tokens, as
     /// llama.cpp's `parse_special` (for prompts made by a chat template).
     pub fn encode_parse_special(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
-        self.encode_with(text, add_special, true)
+        self.encode_bytes(text.as_bytes(), add_special, true)
     }
 
-    fn encode_with(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
+    /// The same over raw bytes, which need not be UTF-8: llama.cpp splits them into symbols by
+    /// their lead bytes and emits what is no token as byte tokens, and so does this.
+    pub fn encode_bytes(&self, text: &[u8], add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
         if add_special && self.add_bos {
             out.extend(self.bos);
         }
         let mut prev_special = true;
-        let mut buf = String::new();
+        let mut escaped = Vec::new();
         let cut = if parse_special { &self.special } else { &self.user_defined };
         for f in partition(text, cut) {
             match f {
                 Fragment::Text(t) => {
-                    buf.clear();
+                    escaped.clear();
                     if self.add_space_prefix && prev_special {
-                        buf.push(' ');
+                        escaped.extend_from_slice(SPACE.as_bytes());
                     }
-                    buf.push_str(t);
-                    let escaped = buf.replace(' ', SPACE);
-                    self.tokenize(escaped.as_bytes(), &mut out)?;
+                    for &b in t {
+                        if b == b' ' {
+                            escaped.extend_from_slice(SPACE.as_bytes());
+                        } else {
+                            escaped.push(b);
+                        }
+                    }
+                    self.tokenize(&escaped, &mut out)?;
                     prev_special = false;
                 }
                 Fragment::Token(id) => {
@@ -265,10 +272,11 @@ impl Spm {
 
 /// The text with the tokens of `cut` taken out (longest first, each over all pieces left by
 /// the ones before, as llama.cpp's tokenizer_st_partition).
-fn partition<'a>(text: &'a str, cut: &[(String, u32)]) -> Vec<Fragment<'a>> {
+fn partition<'a>(text: &'a [u8], cut: &[(String, u32)]) -> Vec<Fragment<'a>> {
     let mut frags = if text.is_empty() { Vec::new() } else { vec![Fragment::Text(text)] };
     for (tok, id) in cut {
-        if !frags.iter().any(|f| matches!(f, Fragment::Text(t) if t.contains(tok.as_str()))) {
+        let finder = memchr::memmem::Finder::new(tok.as_bytes());
+        if !frags.iter().any(|f| matches!(f, Fragment::Text(t) if finder.find(t).is_some())) {
             continue;
         }
         let mut next = Vec::with_capacity(frags.len() + 2);
@@ -277,7 +285,7 @@ fn partition<'a>(text: &'a str, cut: &[(String, u32)]) -> Vec<Fragment<'a>> {
                 next.push(f);
                 continue;
             };
-            while let Some(at) = t.find(tok.as_str()) {
+            while let Some(at) = finder.find(t) {
                 if at > 0 {
                     next.push(Fragment::Text(&t[..at]));
                 }

@@ -115,6 +115,18 @@ impl TextTokenizer {
         Ok(parts.concat())
     }
 
+    /// [`Self::encode_plain`] of bytes that need not be UTF-8, as llama.cpp tokenizes them:
+    /// SentencePiece splits the raw bytes by their lead bytes (what is no token becomes byte
+    /// tokens); byte-level BPE first replaces every byte that does not start a valid UTF-8
+    /// sequence by U+FFFD, one each (llama.cpp's unicode_cpts_from_utf8).
+    pub fn encode_plain_bytes(&self, bytes: &[u8]) -> Result<Vec<u32>> {
+        match (&self.engine, std::str::from_utf8(bytes)) {
+            (_, Ok(text)) => self.encode_plain(text),
+            (Engine::Spm(spm), Err(_)) => spm.encode_bytes(bytes, false, false),
+            (Engine::Hf { .. }, Err(_)) => self.encode_plain(&replace_invalid_bytes(bytes)),
+        }
+    }
+
     /// Ids of `text` in one call with no special tokens added (llama.cpp's `add_special =
     /// false`, `parse_special = false`), however long the text.
     pub fn encode_whole(&self, text: &str) -> Result<Vec<u32>> {
@@ -127,14 +139,14 @@ impl TextTokenizer {
         }
     }
 
-    /// [`Self::encode_whole`] with BOS and EOS added as the vocabulary asks (llama.cpp's
+    /// [`Self::encode_plain_bytes`] with BOS and EOS added as the vocabulary asks (llama.cpp's
     /// `add_special = true`).
-    pub fn encode_with_special(&self, text: &str) -> Result<Vec<u32>> {
+    pub fn encode_with_special(&self, text: &[u8]) -> Result<Vec<u32>> {
         let mut ids = Vec::new();
         if self.vocab.add_bos {
             ids.extend(self.vocab.bos);
         }
-        ids.extend(self.encode_plain(text)?);
+        ids.extend(self.encode_plain_bytes(text)?);
         if self.vocab.add_eos {
             ids.extend(self.vocab.eos);
         }
@@ -173,6 +185,27 @@ impl TextTokenizer {
 }
 
 const CHUNK_BYTES: usize = 32 * 1024;
+
+/// `bytes` as text with each byte that does not start a valid UTF-8 sequence replaced by
+/// U+FFFD, one per byte (so a truncated sequence gives one per byte it has, as in llama.cpp).
+fn replace_invalid_bytes(mut bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() + 8);
+    while !bytes.is_empty() {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => {
+                out.push_str(s);
+                break;
+            }
+            Err(e) => {
+                let ok = e.valid_up_to();
+                out.push_str(std::str::from_utf8(&bytes[..ok]).unwrap_or_default());
+                out.push('\u{FFFD}');
+                bytes = &bytes[ok + 1..];
+            }
+        }
+    }
+    out
+}
 
 /// Split `text` into pieces of about `target` bytes, cutting only between an ASCII letter,
 /// digit or punctuation mark and a space that starts a word (`word| next`). The GPT-2,
