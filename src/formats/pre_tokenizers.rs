@@ -81,10 +81,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
     PreTokenizer {
         names: &["youtu"],
         kind: "youtu",
-        regexes: &[
-            "[\u{AC00}-\u{D7A3}\u{3131}-\u{318E}]+|[\u{FF01}\u{2026}\u{201C}\u{201D}\u{2018}\u{2019}\u{2014}\u{FF1A}\u{FF1B}\u{FF0C}\u{3001}-\u{303F}\u{FE30}-\u{FE4F}]+|[\u{3105}-\u{312F}]+|[\u{4E00}-\u{9FA5}\u{3040}-\u{309F}\u{30A0}-\u{30FF}]+",
-            "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
-        ],
+        regexes: &[], // llama.cpp's handling is not its regexes alone (see the generator)
         ignore_merges: true,
     },
     PreTokenizer {
@@ -133,17 +130,13 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
     PreTokenizer {
         names: &["gemma4", "granite-embed-multi-311m"],
         kind: "gemma4",
-        regexes: &[
-            "[^\\n]+|[\\n]+",
-        ],
+        regexes: &[], // llama.cpp's handling is not its regexes alone (see the generator)
         ignore_merges: false,
     },
     PreTokenizer {
         names: &["sarvam-moe"],
         kind: "sarvam_moe",
-        regexes: &[
-            "[^\\n]+|[\\n]+",
-        ],
+        regexes: &[], // llama.cpp's handling is not its regexes alone (see the generator)
         ignore_merges: false,
     },
     PreTokenizer {
@@ -385,10 +378,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
     PreTokenizer {
         names: &["tiny_aya", "cohere2moe"],
         kind: "tiny_aya",
-        regexes: &[
-            "\\d{1,3}(?=(?:\\d{3})*\\b)",
-            "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
-        ],
+        regexes: &[], // llama.cpp's handling is not its regexes alone (see the generator)
         ignore_merges: false,
     },
     PreTokenizer {
@@ -473,7 +463,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
     PreTokenizer {
         names: &["kimi-k2"],
         kind: "kimi_k2",
-        regexes: &[], // llama.cpp splits this one with hand-written code, not a regex
+        regexes: &[], // llama.cpp's handling is not its regexes alone (see the generator)
         ignore_merges: false,
     },
     PreTokenizer {
@@ -495,7 +485,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
     PreTokenizer {
         names: &["afmoe"],
         kind: "afmoe",
-        regexes: &[], // llama.cpp splits this one with hand-written code, not a regex
+        regexes: &[], // llama.cpp's handling is not its regexes alone (see the generator)
         ignore_merges: false,
     },
     PreTokenizer {

@@ -44,7 +44,8 @@ pub struct PreTokenizer {
     pub names: &'static [&'static str],
     /// llama.cpp's pre-tokenizer type (several names share one).
     pub kind: &'static str,
-    /// Empty where llama.cpp splits with hand-written code instead of a regex.
+    /// Empty where llama.cpp's handling is more than these regexes (a hand-written splitter,
+    /// merges over raw UTF-8): qforge refuses those names.
     pub regexes: &'static [&'static str],
     pub ignore_merges: bool,
 }
@@ -54,7 +55,8 @@ pub fn pre_tokenizer(name: &str) -> Result<&'static PreTokenizer> {
     match PRE_TOKENIZERS.iter().find(|p| p.names.contains(&name)) {
         Some(p) if !p.regexes.is_empty() => Ok(p),
         Some(_) => Err(Error::Unsupported(format!(
-            "GGUF pre-tokenizer {name:?} is split by hand-written code in llama.cpp, which qforge does not have yet"
+            "GGUF pre-tokenizer {name:?} needs llama.cpp's own handling (a hand-written splitter or merges over raw \
+             UTF-8), which qforge does not reproduce yet"
         ))),
         None => Err(Error::Unsupported(format!(
             "GGUF pre-tokenizer {name:?} is not supported (supported: {})",
