@@ -39,6 +39,17 @@ fn cases(name: &str) -> Vec<(String, Vec<u32>)> {
     texts.into_iter().map(str::to_string).zip(ids).collect()
 }
 
+/// A copy of the tiny model's directory in `dir` (to change its tokenizer files).
+fn copy_of_tiny(dir: &std::path::Path) -> PathBuf {
+    let hf = dir.join("hf");
+    std::fs::create_dir(&hf).unwrap();
+    for f in std::fs::read_dir(common::tiny()).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, hf.join(f.file_name().unwrap())).unwrap();
+    }
+    hf
+}
+
 fn tokenizer(name: &str) -> TextTokenizer {
     let path = dir_of(name).join(format!("ggml-vocab-{name}.gguf"));
     let bytes = std::fs::read(&path).unwrap();
@@ -301,12 +312,7 @@ fn chat_prompts_parse_special_tokens() {
 #[test]
 fn chat_template_is_converted_both_ways() {
     let dir = tempfile::tempdir().unwrap();
-    let hf = dir.path().join("hf");
-    std::fs::create_dir(&hf).unwrap();
-    for f in std::fs::read_dir(common::tiny()).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, hf.join(f.file_name().unwrap())).unwrap();
-    }
+    let hf = copy_of_tiny(dir.path());
     let cfg_path = hf.join("tokenizer_config.json");
     let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
     let template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}";
@@ -359,12 +365,7 @@ fn sentencepiece_checkpoint_converts_and_tokenizes_as_sentencepiece() {
         (0..n).map(|i| serde_json::json!([src.tokens[i], src.scores[i], src.token_types[i]])).collect();
     let pieces_json = dir.path().join("pieces.json");
     std::fs::write(&pieces_json, serde_json::to_vec(&pieces).unwrap()).unwrap();
-    let hf = dir.path().join("hf");
-    std::fs::create_dir(&hf).unwrap();
-    for f in std::fs::read_dir(common::tiny()).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, hf.join(f.file_name().unwrap())).unwrap();
-    }
+    let hf = copy_of_tiny(dir.path());
     let model = hf.join("tokenizer.model");
     common::python("check_sentencepiece.py", &[&"make", &pieces_json, &model]);
     let gguf = dir.path().join("t.gguf");

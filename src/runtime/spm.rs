@@ -256,9 +256,13 @@ impl Spm {
                 token_type::NORMAL => bytes.extend_from_slice(tok.replace(SPACE, " ").as_bytes()),
                 token_type::USER_DEFINED => bytes.extend_from_slice(tok.as_bytes()),
                 token_type::UNKNOWN => bytes.extend_from_slice("\u{2585}".as_bytes()),
-                token_type::BYTE => match self.byte_tokens.iter().position(|&t| t == Some(id)) {
-                    Some(b) => bytes.push(b as u8),
-                    None => bytes.extend_from_slice(tok.as_bytes()),
+                // "<0xNN>": the byte itself.
+                token_type::BYTE => match tok.strip_prefix("<0x").and_then(|t| t.strip_suffix('>')) {
+                    Some(hex) if hex.len() == 2 => match u8::from_str_radix(hex, 16) {
+                        Ok(b) => bytes.push(b),
+                        Err(_) => bytes.extend_from_slice(tok.as_bytes()),
+                    },
+                    _ => bytes.extend_from_slice(tok.as_bytes()),
                 },
                 _ => {} // control and unused tokens have no text
             }
