@@ -333,29 +333,40 @@ fn chat_template_is_converted_both_ways() {
     assert!(e.contains("no chat template"), "{e}");
 }
 
-/// A SentencePiece vocabulary as a Hugging Face tokenizer.json (what `convert --to hf` writes):
-/// Hugging Face `tokenizers` gives llama.cpp's ids on the suite, and they decode back.
+/// A vocabulary as the Hugging Face tokenizer files `convert --to hf` writes (tokenizer.json,
+/// tokenizer_config.json): `tokenizers` and transformers' AutoTokenizer both give llama.cpp's
+/// ids on the suite, and they decode back; transformers adds BOS where llama.cpp does.
 #[test]
-fn spm_tokenizer_json_tokenizes_as_llama_cpp() {
+fn exported_tokenizer_tokenizes_as_llama_cpp_in_transformers() {
     let dir = tempfile::tempdir().unwrap();
-    for name in ["llama-spm", "phi-3"] {
+    for name in ["llama-spm", "phi-3", "llama-bpe", "qwen2", "gpt-2", "deepseek-llm", "starcoder"] {
         let path = dir_of(name).join(format!("ggml-vocab-{name}.gguf"));
         let bytes = std::fs::read(&path).unwrap();
         let v = Vocab::from_gguf(&GgufHeader::parse(&bytes, &path).unwrap()).unwrap();
-        let tj = dir.path().join(format!("{name}.json"));
+        let hf = dir.path().join(name);
+        std::fs::create_dir(&hf).unwrap();
+        let tj = hf.join("tokenizer.json");
         std::fs::write(&tj, serde_json::to_vec(&v.to_hf_json().unwrap()).unwrap()).unwrap();
-        let base = dir_of(name).join(format!("ggml-vocab-{name}.gguf"));
-        let out = common::python(
-            "check_vocab_suite.py",
-            &[&tj, &base.with_extension("gguf.inp"), &base.with_extension("gguf.out")],
-        );
-        println!("{name}: {}", out.lines().last().unwrap_or(""));
+        let cfg = v.to_hf_tokenizer_config(4096);
+        std::fs::write(hf.join("tokenizer_config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+        let (inp, out) = (path.with_extension("gguf.inp"), path.with_extension("gguf.out"));
+        if v.model == qforge::formats::tokenizer::VocabModel::Spm {
+            let res = common::python("check_vocab_suite.py", &[&tj, &inp, &out]);
+            println!("{name} tokenizers: {}", res.lines().last().unwrap_or(""));
+        }
+        let bos = match (v.adds_bos(), v.bos) {
+            (true, Some(b)) => b.to_string(),
+            _ => "none".to_string(),
+        };
+        let res = common::python("check_vocab_suite.py", &[&"--transformers", &hf, &inp, &out, &bos]);
+        println!("{name} transformers: {}", res.lines().last().unwrap_or(""));
     }
 }
 
-/// A SentencePiece checkpoint (`tokenizer.model`, the tiny model's weights with the first 8192
-/// pieces of the Llama-2 vocabulary): `convert` writes llama.cpp's SentencePiece metadata, and
-/// the GGUF tokenizes WikiText exactly as the `sentencepiece` package does with that model.
+/// A SentencePiece checkpoint (only `tokenizer.model`, the tiny model's weights with the first
+/// 8192 pieces of the Llama-2 vocabulary): `convert` writes llama.cpp's SentencePiece metadata
+/// (every tokenizer key as the converter's, tests/py/check_hf_vocab.py), and the GGUF and the
+/// checkpoint itself tokenize WikiText exactly as the `sentencepiece` package does.
 #[test]
 fn sentencepiece_checkpoint_converts_and_tokenizes_as_sentencepiece() {
     let dir = tempfile::tempdir().unwrap();
@@ -366,10 +377,18 @@ fn sentencepiece_checkpoint_converts_and_tokenizes_as_sentencepiece() {
     let pieces_json = dir.path().join("pieces.json");
     std::fs::write(&pieces_json, serde_json::to_vec(&pieces).unwrap()).unwrap();
     let hf = copy_of_tiny(dir.path());
+    std::fs::remove_file(hf.join("tokenizer.json")).unwrap();
+    // tokenizer_config.json names <s> and </s>, but with no tokenizer.json they are no added
+    // tokens: the converter takes config.json's ids.
+    let cfg_path = hf.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    (cfg["bos_token_id"], cfg["eos_token_id"], cfg["pad_token_id"]) = (1.into(), 2.into(), serde_json::Value::Null);
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
     let model = hf.join("tokenizer.model");
     common::python("check_sentencepiece.py", &[&"make", &pieces_json, &model]);
     let gguf = dir.path().join("t.gguf");
     common::qforge_ok(&[&"-q", &"convert", &hf, &"-o", &gguf]);
+    println!("{}", common::python("check_hf_vocab.py", &[&hf, &gguf]).trim_end());
     let j: serde_json::Value = serde_json::from_str(&common::qforge_ok(&[&"--json", &"inspect", &gguf])).unwrap();
     assert_eq!(j["metadata"]["tokenizer.ggml.model"], "llama");
     assert_eq!(j["metadata"]["tokenizer.ggml.pre"], "default");
@@ -387,14 +406,22 @@ fn sentencepiece_checkpoint_converts_and_tokenizes_as_sentencepiece() {
     std::fs::write(&sample, &text[..cut]).unwrap();
     let want: Vec<u32> =
         serde_json::from_str(&common::python("check_sentencepiece.py", &[&"encode", &model, &sample])).unwrap();
-    let got: serde_json::Value =
-        serde_json::from_str(&common::qforge_ok(&[&"--json", &"tokenize", &gguf, &"--file", &sample, &"--no-special"]))
-            .unwrap();
-    let got: Vec<u32> = serde_json::from_value(got["ids"].clone()).unwrap();
     assert!(want.len() > 5000, "{}", want.len());
-    let first = got.iter().zip(&want).position(|(a, b)| a != b);
-    assert_eq!(got.len(), want.len(), "first difference at {first:?}");
-    assert_eq!(first, None);
+    for model in [&gguf, &hf] {
+        let got: serde_json::Value = serde_json::from_str(&common::qforge_ok(&[
+            &"--json",
+            &"tokenize",
+            model,
+            &"--file",
+            &sample,
+            &"--no-special",
+        ]))
+        .unwrap();
+        let got: Vec<u32> = serde_json::from_value(got["ids"].clone()).unwrap();
+        let first = got.iter().zip(&want).position(|(a, b)| a != b);
+        assert_eq!(got.len(), want.len(), "{}: first difference at {first:?}", model.display());
+        assert_eq!(first, None);
+    }
 }
 
 /// Long texts are encoded in pieces cut where every pre-tokenizer splits anyway
@@ -413,7 +440,7 @@ fn pieces_tokenize_as_the_whole_text() {
         assert!(plain.len() == whole.len() && first.is_none(), "{name}: pieces differ from the whole at {first:?}");
         // `encode_prefix` (what perplexity reads) adds BOS where the vocabulary asks.
         let prefix = tok.encode_prefix(&text, 1000).unwrap();
-        let prefix = if tok.vocab.add_bos { &prefix[1..] } else { &prefix[..] };
+        let prefix = if tok.vocab.adds_bos() { &prefix[1..] } else { &prefix[..] };
         assert!(prefix.len() >= 999 && prefix == &whole[..prefix.len()], "{name}: prefix");
     }
 }

@@ -88,7 +88,9 @@ def names_table(src):
         if not names or not ty:
             continue
         ignore = bool(re.search(r"ignore_merges\s*=\s*true", part))
-        rows.append((names, ty[0], ignore))
+        # llama.cpp's BPE default is no BOS; these names turn it on unless the GGUF says.
+        add_bos = bool(re.search(r"add_bos\s*=\s*true", part))
+        rows.append((names, ty[0], ignore, add_bos))
     return rows
 
 
@@ -157,7 +159,7 @@ def main():
         "",
         "pub const PRE_TOKENIZERS: &[PreTokenizer] = &[",
     ]
-    for ns, ty, ignore in names:
+    for ns, ty, ignore, add_bos in names:
         rx = regexes.get(ty)
         if rx is None:
             sys.exit(f"no regexes for type {ty} ({ns})")
@@ -173,6 +175,7 @@ def main():
                 lines.append(f"            {rust_str(r)},")
             lines.append("        ],")
         lines.append(f"        ignore_merges: {'true' if ignore else 'false'},")
+        lines.append(f"        add_bos: {'true' if add_bos else 'false'},")
         lines.append("    },")
     lines.append("];")
     lines += [
@@ -188,7 +191,7 @@ def main():
     lines += [f"    ({rust_str(h)}, {rust_str(n)})," for h, n in hashes]
     lines.append("];")
     open(OUT, "w").write("\n".join(lines) + "\n")
-    print(f"{OUT}: {sum(len(n) for n, _, _ in names)} names, {len(names)} entries, {len(hashes)} hashes")
+    print(f"{OUT}: {sum(len(r[0]) for r in names)} names, {len(names)} entries, {len(hashes)} hashes")
 
 
 if __name__ == "__main__":

@@ -251,7 +251,7 @@ fn tokenizer_metadata_inner(data: &[u8]) -> bool {
 fn exercise_vocab(vocab: Vocab) -> bool {
     let mut w = GgufWriter::new();
     for (k, v) in vocab.to_gguf() {
-        w.set(k, v);
+        w.set(&k, v);
     }
     let h = GgufHeader::parse(&w.header_bytes(), Path::new("vocab.gguf")).expect("the writer's header parses");
     let back = Vocab::from_gguf(&h).expect("written tokenizer metadata reads back");

@@ -94,7 +94,7 @@ pub fn plan_with(model: &ModelFile, types: &dyn TypePlan, name: Option<String>) 
     w.set(&k("rope.dimension_count"), Value::U32(cfg.head_dim as u32));
     w.set("general.quantization_version", Value::U32(2));
     for (key, v) in vocab.to_gguf() {
-        w.set(key, v);
+        w.set(&key, v);
     }
 
     let tensors = model.tensors()?;

@@ -14,6 +14,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "[0-9][0-9][0-9]",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["minicpm5"],
@@ -23,6 +24,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}+| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
         ],
         ignore_merges: true,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "jina-v5-nano"],
@@ -31,6 +33,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
         ],
         ignore_merges: true,
+        add_bos: true,
     },
     PreTokenizer {
         names: &["deepseek-llm"],
@@ -44,6 +47,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "\\p{N}+",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["deepseek-coder"],
@@ -56,6 +60,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "\\p{N}",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["deepseek-v3"],
@@ -66,6 +71,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["spark2_5"],
@@ -77,12 +83,14 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "\\p{N}",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["youtu"],
         kind: "youtu",
         regexes: &[], // llama.cpp's handling is not its regexes alone (see the generator)
         ignore_merges: true,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["falcon"],
@@ -93,6 +101,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "[0-9][0-9][0-9]",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["mpt"],
@@ -101,6 +110,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["starcoder"],
@@ -110,6 +120,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de", "a.x-4.0", "mellum", "modern-bert"],
@@ -118,6 +129,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["jais-2"],
@@ -126,18 +138,21 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s{512}(?!\\S)|\\s{256}(?!\\S)|\\s{128}(?!\\S)|\\s{64}(?!\\S)|\\s{32}(?!\\S)|\\s{16}(?!\\S)|\\s{8}(?!\\S)|\\s{4}(?!\\S)|\\s{1,2}(?!\\S)|\\s{1}",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["gemma4", "granite-embed-multi-311m"],
         kind: "gemma4",
         regexes: &[], // llama.cpp's handling is not its regexes alone (see the generator)
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["sarvam-moe"],
         kind: "sarvam_moe",
         regexes: &[], // llama.cpp's handling is not its regexes alone (see the generator)
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["jina-v1-en", "jina-v2-code", "roberta-bpe"],
@@ -146,6 +161,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["whitespace"],
@@ -154,6 +170,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "\\S+",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["refact"],
@@ -163,6 +180,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["command-r"],
@@ -172,6 +190,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2"],
@@ -180,6 +199,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["qwen35"],
@@ -188,6 +208,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?[\\p{L}\\p{M}]+|\\p{N}| ?[^\\s\\p{L}\\p{M}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["stablelm2"],
@@ -196,6 +217,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["olmo"],
@@ -204,6 +226,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["dbrx"],
@@ -212,6 +235,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["smaug-bpe"],
@@ -220,6 +244,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["poro-chat"],
@@ -228,6 +253,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             " ?[^(\\s|.,!?\u{2026}\u{3002}\u{FF0C}\u{3001}\u{964}\u{6D4}\u{60C})]+",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["chatglm-bpe"],
@@ -236,6 +262,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["glm4", "glm5"],
@@ -244,6 +271,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
         ],
         ignore_merges: true,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["viking"],
@@ -253,6 +281,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "\\p{N}",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["jais"],
@@ -261,6 +290,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["tekken"],
@@ -269,6 +299,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "[^\\r\\n\\p{L}\\p{N}]?((?=[\\p{L}])([^a-z]))*((?=[\\p{L}])([^A-Z]))+|[^\\r\\n\\p{L}\\p{N}]?((?=[\\p{L}])([^a-z]))+((?=[\\p{L}])([^A-Z]))*|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
         ],
         ignore_merges: true,
+        add_bos: true,
     },
     PreTokenizer {
         names: &["smollm"],
@@ -278,6 +309,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["codeshell"],
@@ -287,6 +319,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["bloom"],
@@ -295,6 +328,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             " ?[^(\\s|.,!?\u{2026}\u{3002}\u{FF0C}\u{3001}\u{964}\u{6D4}\u{60C})]+",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["gpt3-finnish"],
@@ -303,6 +337,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             " ?[^(\\s|.,!?\u{2026}\u{3002}\u{FF0C}\u{3001}\u{964}\u{6D4}\u{60C})]+",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["exaone"],
@@ -312,6 +347,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["exaone4"],
@@ -320,6 +356,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["exaone-moe"],
@@ -328,6 +365,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?(?:\\p{L}\\p{M}*(?: \\p{L}\\p{M}*)*)+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]?|\\s*[\\r\\n]|\\s+(?!\\S)|\\s+",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["chameleon"],
@@ -341,6 +379,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)",
         ],
         ignore_merges: false,
+        add_bos: true,
     },
     PreTokenizer {
         names: &["minerva-7b"],
@@ -350,6 +389,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["megrez"],
@@ -358,6 +398,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["gpt-4o", "llama4", "kanana2", "talkie"],
@@ -366,6 +407,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "[^\\r\\n\\p{L}\\p{N}]?((?=[\\p{L}])([^a-z]))*((?=[\\p{L}])([^A-Z]))+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\\r\\n\\p{L}\\p{N}]?((?=[\\p{L}])([^a-z]))+((?=[\\p{L}])([^A-Z]))*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["granite-embed-multi-97m"],
@@ -374,12 +416,14 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "[^\\r\\n\\p{L}\\p{N}]?((?=[\\p{L}\\p{M}])([^a-z]))*((?=[\\p{L}\\p{M}])([^A-Z]))+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\\r\\n\\p{L}\\p{N}]?((?=[\\p{L}\\p{M}])([^a-z]))+((?=[\\p{L}\\p{M}])([^A-Z]))*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
         ],
         ignore_merges: true,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["tiny_aya", "cohere2moe"],
         kind: "tiny_aya",
         regexes: &[], // llama.cpp's handling is not its regexes alone (see the generator)
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["superbpe"],
@@ -389,6 +433,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "(?=(\\d{3})+(?!\\d))",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["trillion"],
@@ -397,6 +442,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["granite-docling"],
@@ -405,6 +451,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["bailingmoe", "bailingmoe2", "llada-moe"],
@@ -413,6 +460,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]|\\s+(?!\\S)|\\s+",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["seed-coder"],
@@ -421,6 +469,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1}| ?[^\\s\\p{L}\\p{N}\\r\\n]+|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["hunyuan"],
@@ -429,6 +478,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["hunyuan-dense"],
@@ -439,6 +489,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["hy_v4"],
@@ -449,6 +500,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["joyai-llm"],
@@ -459,12 +511,14 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["kimi-k2"],
         kind: "kimi_k2",
         regexes: &[], // llama.cpp's handling is not its regexes alone (see the generator)
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["ufakzeka"],
@@ -473,6 +527,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["grok-2"],
@@ -481,12 +536,14 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["afmoe"],
         kind: "afmoe",
         regexes: &[], // llama.cpp's handling is not its regexes alone (see the generator)
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["laguna"],
@@ -496,6 +553,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["minimax-m2"],
@@ -504,6 +562,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "[^\\r\\n\\p{L}\\p{N}]?((?=[\\p{L}])([^a-z]))*((?=[\\p{L}])([^A-Z]))+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\\r\\n\\p{L}\\p{N}]?((?=[\\p{L}])([^a-z]))+((?=[\\p{L}])([^A-Z]))*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["solar-open"],
@@ -512,6 +571,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
     PreTokenizer {
         names: &["mellum2"],
@@ -521,6 +581,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
             "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)",
         ],
         ignore_merges: false,
+        add_bos: false,
     },
 ];
 

@@ -122,9 +122,9 @@ impl Spm {
             unk: v.unk,
             bos: v.bos,
             eos: v.eos,
-            add_bos: v.add_bos,
-            add_eos: v.add_eos,
-            add_space_prefix: v.add_space_prefix,
+            add_bos: v.adds_bos(),
+            add_eos: v.adds_eos(),
+            add_space_prefix: v.space_prefix(),
             user_defined,
             special,
         })

@@ -42,6 +42,8 @@ impl TextTokenizer {
     pub fn for_model(model: &ModelFile) -> Result<TextTokenizer> {
         let vocab = model.vocab()?;
         let engine = match model {
+            // A checkpoint with only tokenizer.model runs its SentencePiece vocabulary natively.
+            ModelFile::Hf(c) if !c.dir.join("tokenizer.json").is_file() => return Self::from_vocab(vocab),
             ModelFile::Hf(c) => {
                 let path = c.dir.join("tokenizer.json");
                 let json = crate::formats::safetensors::read_json(&path)?;
@@ -84,7 +86,7 @@ impl TextTokenizer {
             Engine::Hf { plain, .. } => plain,
         };
         let mut ids = Vec::with_capacity((text.len() / 3 + 1).min(min_tokens.saturating_add(CHUNK_BYTES)));
-        if self.vocab.add_bos {
+        if self.vocab.adds_bos() {
             if let Some(b) = self.vocab.bos {
                 ids.push(b);
             }
@@ -143,11 +145,11 @@ impl TextTokenizer {
     /// `add_special = true`).
     pub fn encode_with_special(&self, text: &[u8]) -> Result<Vec<u32>> {
         let mut ids = Vec::new();
-        if self.vocab.add_bos {
+        if self.vocab.adds_bos() {
             ids.extend(self.vocab.bos);
         }
         ids.extend(self.encode_plain_bytes(text)?);
-        if self.vocab.add_eos {
+        if self.vocab.adds_eos() {
             ids.extend(self.vocab.eos);
         }
         Ok(ids)
@@ -158,7 +160,7 @@ impl TextTokenizer {
     /// vocabulary asks for it unless the template already put it first.
     pub fn encode_chat(&self, prompt: &str) -> Result<Vec<u32>> {
         let bos_text = self.vocab.bos.and_then(|b| self.vocab.tokens.get(b as usize)).map(String::as_str);
-        let add_bos = self.vocab.add_bos && !bos_text.is_some_and(|t| !t.is_empty() && prompt.starts_with(t));
+        let add_bos = self.vocab.adds_bos() && !bos_text.is_some_and(|t| !t.is_empty() && prompt.starts_with(t));
         let mut ids = Vec::new();
         if add_bos {
             ids.extend(self.vocab.bos);
