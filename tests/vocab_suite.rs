@@ -17,10 +17,30 @@ fn vocab_dir() -> PathBuf {
 }
 
 /// Where `name`'s files are: the vocabularies committed here (newer entries of the same suite,
-/// from the llama.cpp that llama-cpp-python 0.3.36 vendors), else the shared fixtures.
+/// from the llama.cpp that llama-cpp-python 0.3.36 vendors), else the shared fixtures. A GGUF
+/// committed xz-compressed (gemma-4: 15.8 MB, 3.0 MB compressed) is unpacked once, with its
+/// .inp/.out, into the target directory.
 fn dir_of(name: &str) -> PathBuf {
     let here = common::root().join("tests/fixtures/vocab");
-    if here.join(format!("ggml-vocab-{name}.gguf")).exists() {
+    let file = format!("ggml-vocab-{name}.gguf");
+    let xz = here.join(format!("{file}.xz"));
+    if xz.exists() {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("vocab");
+        std::fs::create_dir_all(&dir).unwrap();
+        for ext in ["inp", "out"] {
+            std::fs::copy(here.join(format!("{file}.{ext}")), dir.join(format!("{file}.{ext}"))).unwrap();
+        }
+        if !dir.join(&file).exists() {
+            // Unpacked under a name of its own, then renamed: tests run side by side.
+            let tmp = dir.join(format!("{file}.{}.part", std::process::id()));
+            let py = "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))";
+            let ok = std::process::Command::new("python3").args(["-c", py]).arg(&xz).arg(&tmp).status().unwrap();
+            assert!(ok.success(), "cannot unpack {}", xz.display());
+            std::fs::rename(&tmp, dir.join(&file)).unwrap();
+        }
+        return dir;
+    }
+    if here.join(&file).exists() {
         here
     } else {
         vocab_dir()
@@ -33,7 +53,10 @@ fn cases(name: &str) -> Vec<(String, Vec<u32>)> {
     let inp = std::fs::read_to_string(dir.join(format!("ggml-vocab-{name}.gguf.inp"))).unwrap();
     let out = std::fs::read_to_string(dir.join(format!("ggml-vocab-{name}.gguf.out"))).unwrap();
     let mut texts: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
-    assert_eq!(texts.pop(), Some(""), "{name}: the .inp file ends with a separator");
+    // Most suites end with a separator (gemma-4's does not).
+    if texts.last() == Some(&"") {
+        texts.pop();
+    }
     let ids: Vec<Vec<u32>> = out.lines().map(|l| l.split_whitespace().map(|t| t.parse().unwrap()).collect()).collect();
     assert_eq!(texts.len(), ids.len(), "{name}: {} inputs, {} outputs", texts.len(), ids.len());
     texts.into_iter().map(str::to_string).zip(ids).collect()
@@ -137,6 +160,11 @@ fn qwen35() {
     check("qwen35");
 }
 
+#[test]
+fn gemma_4() {
+    check("gemma-4");
+}
+
 /// The real-model path: SentencePiece text round trip and BOS handling through `encode`.
 #[test]
 fn spm_encode_adds_bos_and_decodes_back() {
@@ -168,7 +196,8 @@ fn bad_vocabularies_are_clear_errors() {
 
 /// Every pre-tokenizer of llama.cpp's table builds a working tokenizer here (its regexes
 /// compile in the `tokenizers` crate's engine) and splits a mixed text; the ones llama.cpp
-/// handles with its own code (a hand-written splitter, raw-UTF-8 merges) are refused by name.
+/// handles with its own code (a hand-written splitter, raw-UTF-8 merges after other regexes
+/// than newline runs) are refused by name.
 #[test]
 fn every_pre_tokenizer_in_the_table_works() {
     use qforge::formats::pre_tokenizers::PRE_TOKENIZERS;
@@ -184,9 +213,14 @@ fn every_pre_tokenizer_in_the_table_works() {
             match TextTokenizer::from_vocab(v) {
                 Ok(tok) => {
                     let ids = tok.encode_whole(text).unwrap();
-                    assert_eq!(tok.decode(&ids).unwrap(), text, "{name}: byte-level BPE round trip");
+                    // Raw-UTF-8 merges cannot round-trip GPT-2's byte alphabet (in llama.cpp
+                    // neither); gemma-4's own suite covers them.
+                    if !p.raw_utf8 {
+                        assert_eq!(tok.decode(&ids).unwrap(), text, "{name}: byte-level BPE round trip");
+                    }
                     supported += 1;
                 }
+                Err(e) if p.raw_utf8 => assert!(e.to_string().contains("raw UTF-8"), "{name}: {e}"),
                 Err(e) => {
                     assert!(p.regexes.is_empty(), "{name}: {e}");
                     assert!(e.to_string().contains("own handling"), "{name}: {e}");
@@ -194,7 +228,7 @@ fn every_pre_tokenizer_in_the_table_works() {
             }
         }
     }
-    assert!(supported >= 80, "only {supported} names work");
+    assert!(supported >= 90, "only {supported} names work");
 }
 
 /// A GGUF whose pre-tokenizer llama.cpp does not know: one line naming it and the supported

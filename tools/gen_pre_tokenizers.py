@@ -29,12 +29,31 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "src/formats/pre_tokenizers.rs")
-# Regexes that llama.cpp's unicode.cpp answers with a splitter that is not a regex.
-CUSTOM_ONLY = {"\\p{Han}+", "\\p{AFMoE_digits}"}
-# Types whose regexes alone do not give llama.cpp's ids (tools/check_pre_tokenizers.py, with
-# llama-cpp-python 0.3.36): gemma4 and sarvam_moe merge raw UTF-8 (no byte-level mapping);
-# tiny_aya's digit regex is answered by a hand-written splitter; youtu differs on WikiText.
-NOT_REPRODUCED = {"GEMMA4", "SARVAM_MOE", "TINY_AYA", "YOUTU"}
+# Regexes that llama.cpp's unicode.cpp answers with a hand-written splitter instead of running
+# them, and the regex (for the `tokenizers` crate's engine) that splits exactly as that code:
+# - "\\p{Han}+" triggers Kimi-K2's splitter. It follows the K2 regex of tokenization_kimi.py
+#   (quoted in unicode.cpp) but, like llama.cpp's regexes, knows letters only as \\p{L}: a
+#   word is any run of non-Han letters (Han: unicode_cpt_is_han's ranges);
+# - AFMoE's and tiny_aya's digit triggers run one splitter: a run of \\p{N} cut into groups of
+#   three from the right (the leading group 1-2 digits).
+HAN = ("\\x{4E00}-\\x{9FFF}\\x{3400}-\\x{4DBF}\\x{20000}-\\x{2A6DF}\\x{2A700}-\\x{2B73F}"
+       "\\x{2B740}-\\x{2B81F}\\x{2B820}-\\x{2CEAF}\\x{2CEB0}-\\x{2EBEF}\\x{F900}-\\x{FAFF}"
+       "\\x{2F800}-\\x{2FA1F}")
+DIGITS_FROM_RIGHT = "\\p{N}{1,3}(?=(?:\\p{N}{3})*(?!\\p{N}))"
+CUSTOM_EQUIVALENT = {
+    "\\p{Han}+": f"[{HAN}]+|[^\\r\\n\\p{{L}}\\p{{N}}]?[\\p{{L}}&&[^{HAN}]]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+                  "|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+    "\\p{AFMoE_digits}": DIGITS_FROM_RIGHT,
+    "\\d{1,3}(?=(?:\\d{3})*\\b)": DIGITS_FROM_RIGHT,
+}
+# llama.cpp's regex engine knows the letter subcategories only as letters (unicode_regex_split
+# maps \\p{Lu}, \\p{Ll}, \\p{Lt}, \\p{Lm}, \\p{Lo} all to LETTER): so does the table.
+LETTER_SUBCATEGORIES = re.compile(r"\\p\{L[ultmo]\}")
+CUSTOM_ONLY = set()
+# Types whose regexes alone do not give llama.cpp's ids (none now; tools/check_pre_tokenizers.py
+# with llama-cpp-python 0.3.36 compares every entry). gemma4 and sarvam_moe merge raw UTF-8:
+# qforge's SentencePiece engine runs them in merge-rank mode (flagged `raw_utf8`).
+NOT_REPRODUCED = set()
 
 
 def cpp_literals(block):
@@ -88,9 +107,10 @@ def names_table(src):
         if not names or not ty:
             continue
         ignore = bool(re.search(r"ignore_merges\s*=\s*true", part))
+        escape = bool(re.search(r"escape_whitespaces\s*=\s*true", part))
         # llama.cpp's BPE default is no BOS; these names turn it on unless the GGUF says.
         add_bos = bool(re.search(r"add_bos\s*=\s*true", part))
-        rows.append((names, ty[0], ignore, add_bos))
+        rows.append((names, ty[0], ignore, add_bos, escape))
     return rows
 
 
@@ -106,8 +126,12 @@ def regex_table(src):
         elif m.group(0) == "default:":
             pending.append("DEFAULT")
         else:
+            # `byte_encode = false` after the regexes: merges over raw UTF-8 (SentencePiece-style
+            # BPE with `▁` spaces and <0xNN> byte tokens) instead of GPT-2's byte alphabet.
+            rest = body[m.end():body.find("break;", m.end())]
+            raw = bool(re.search(r"byte_encode\s*=\s*false", rest))
             for t in pending:
-                table[t] = cpp_literals(m.group(2))
+                table[t] = (cpp_literals(m.group(2)), raw)
             pending = []
     return table
 
@@ -159,10 +183,11 @@ def main():
         "",
         "pub const PRE_TOKENIZERS: &[PreTokenizer] = &[",
     ]
-    for ns, ty, ignore, add_bos in names:
-        rx = regexes.get(ty)
-        if rx is None:
+    for ns, ty, ignore, add_bos, escape in names:
+        if ty not in regexes:
             sys.exit(f"no regexes for type {ty} ({ns})")
+        rx, raw = regexes[ty]
+        rx = [LETTER_SUBCATEGORIES.sub(r"\\p{L}", CUSTOM_EQUIVALENT.get(r, r)) for r in rx]
         custom = any(r in CUSTOM_ONLY for r in rx) or ty in NOT_REPRODUCED
         lines.append("    PreTokenizer {")
         lines.append("        names: &[" + ", ".join(rust_str(n) for n in ns) + "],")
@@ -176,6 +201,8 @@ def main():
             lines.append("        ],")
         lines.append(f"        ignore_merges: {'true' if ignore else 'false'},")
         lines.append(f"        add_bos: {'true' if add_bos else 'false'},")
+        lines.append(f"        raw_utf8: {'true' if raw else 'false'},")
+        lines.append(f"        escape_spaces: {'true' if escape else 'false'},")
         lines.append("    },")
     lines.append("];")
     lines += [

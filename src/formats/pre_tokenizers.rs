@@ -15,6 +15,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["minicpm5"],
@@ -25,6 +27,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: true,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "jina-v5-nano"],
@@ -34,6 +38,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: true,
         add_bos: true,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["deepseek-llm"],
@@ -48,6 +54,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["deepseek-coder"],
@@ -61,6 +69,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["deepseek-v3"],
@@ -72,6 +82,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["spark2_5"],
@@ -84,13 +96,20 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["youtu"],
         kind: "youtu",
-        regexes: &[], // llama.cpp's handling is not its regexes alone (see the generator)
+        regexes: &[
+            "[\u{AC00}-\u{D7A3}\u{3131}-\u{318E}]+|[\u{FF01}\u{2026}\u{201C}\u{201D}\u{2018}\u{2019}\u{2014}\u{FF1A}\u{FF1B}\u{FF0C}\u{3001}-\u{303F}\u{FE30}-\u{FE4F}]+|[\u{3105}-\u{312F}]+|[\u{4E00}-\u{9FA5}\u{3040}-\u{309F}\u{30A0}-\u{30FF}]+",
+            "[^\\r\\n\\p{L}\\p{N}]?[\\p{L}\\p{L}\\p{L}\\p{L}\\p{M}]*[\\p{L}\\p{L}\\p{L}\\p{M}]+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\\r\\n\\p{L}\\p{N}]?[\\p{L}\\p{L}\\p{L}\\p{L}\\p{M}]+[\\p{L}\\p{L}\\p{L}\\p{M}]*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+        ],
         ignore_merges: true,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["falcon"],
@@ -102,6 +121,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["mpt"],
@@ -111,6 +132,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["starcoder"],
@@ -121,6 +144,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de", "a.x-4.0", "mellum", "modern-bert"],
@@ -130,6 +155,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["jais-2"],
@@ -139,20 +166,30 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["gemma4", "granite-embed-multi-311m"],
         kind: "gemma4",
-        regexes: &[], // llama.cpp's handling is not its regexes alone (see the generator)
+        regexes: &[
+            "[^\\n]+|[\\n]+",
+        ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: true,
+        escape_spaces: true,
     },
     PreTokenizer {
         names: &["sarvam-moe"],
         kind: "sarvam_moe",
-        regexes: &[], // llama.cpp's handling is not its regexes alone (see the generator)
+        regexes: &[
+            "[^\\n]+|[\\n]+",
+        ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: true,
+        escape_spaces: true,
     },
     PreTokenizer {
         names: &["jina-v1-en", "jina-v2-code", "roberta-bpe"],
@@ -162,6 +199,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["whitespace"],
@@ -171,6 +210,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: true,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["refact"],
@@ -181,6 +222,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["command-r"],
@@ -191,6 +234,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2"],
@@ -200,6 +245,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["qwen35"],
@@ -209,6 +256,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["stablelm2"],
@@ -218,6 +267,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["olmo"],
@@ -227,6 +278,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["dbrx"],
@@ -236,6 +289,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["smaug-bpe"],
@@ -245,6 +300,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["poro-chat"],
@@ -254,6 +311,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["chatglm-bpe"],
@@ -263,6 +322,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["glm4", "glm5"],
@@ -272,6 +333,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: true,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["viking"],
@@ -282,6 +345,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["jais"],
@@ -291,6 +356,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["tekken"],
@@ -300,6 +367,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: true,
         add_bos: true,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["smollm"],
@@ -310,6 +379,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["codeshell"],
@@ -320,6 +391,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["bloom"],
@@ -329,6 +402,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["gpt3-finnish"],
@@ -338,6 +413,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["exaone"],
@@ -348,6 +425,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["exaone4"],
@@ -357,6 +436,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["exaone-moe"],
@@ -366,6 +447,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["chameleon"],
@@ -380,6 +463,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: true,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["minerva-7b"],
@@ -390,6 +475,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["megrez"],
@@ -399,6 +486,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["gpt-4o", "llama4", "kanana2", "talkie"],
@@ -408,6 +497,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["granite-embed-multi-97m"],
@@ -417,13 +508,20 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: true,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["tiny_aya", "cohere2moe"],
         kind: "tiny_aya",
-        regexes: &[], // llama.cpp's handling is not its regexes alone (see the generator)
+        regexes: &[
+            "\\p{N}{1,3}(?=(?:\\p{N}{3})*(?!\\p{N}))",
+            "[^\\r\\n\\p{L}\\p{N}]?[\\p{L}\\p{L}\\p{L}\\p{L}\\p{M}]*[\\p{L}\\p{L}\\p{L}\\p{M}]+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\\r\\n\\p{L}\\p{N}]?[\\p{L}\\p{L}\\p{L}\\p{L}\\p{M}]+[\\p{L}\\p{L}\\p{L}\\p{M}]*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+        ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["superbpe"],
@@ -434,6 +532,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["trillion"],
@@ -443,6 +543,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["granite-docling"],
@@ -452,6 +554,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["bailingmoe", "bailingmoe2", "llada-moe"],
@@ -461,6 +565,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["seed-coder"],
@@ -470,6 +576,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["hunyuan"],
@@ -479,6 +587,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["hunyuan-dense"],
@@ -490,6 +600,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["hy_v4"],
@@ -501,6 +613,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["joyai-llm"],
@@ -512,13 +626,19 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["kimi-k2"],
         kind: "kimi_k2",
-        regexes: &[], // llama.cpp's handling is not its regexes alone (see the generator)
+        regexes: &[
+            "[\\x{4E00}-\\x{9FFF}\\x{3400}-\\x{4DBF}\\x{20000}-\\x{2A6DF}\\x{2A700}-\\x{2B73F}\\x{2B740}-\\x{2B81F}\\x{2B820}-\\x{2CEAF}\\x{2CEB0}-\\x{2EBEF}\\x{F900}-\\x{FAFF}\\x{2F800}-\\x{2FA1F}]+|[^\\r\\n\\p{L}\\p{N}]?[\\p{L}&&[^\\x{4E00}-\\x{9FFF}\\x{3400}-\\x{4DBF}\\x{20000}-\\x{2A6DF}\\x{2A700}-\\x{2B73F}\\x{2B740}-\\x{2B81F}\\x{2B820}-\\x{2CEAF}\\x{2CEB0}-\\x{2EBEF}\\x{F900}-\\x{FAFF}\\x{2F800}-\\x{2FA1F}]]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+        ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["ufakzeka"],
@@ -528,6 +648,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["grok-2"],
@@ -537,13 +659,21 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["afmoe"],
         kind: "afmoe",
-        regexes: &[], // llama.cpp's handling is not its regexes alone (see the generator)
+        regexes: &[
+            "\\p{N}{1,3}(?=(?:\\p{N}{3})*(?!\\p{N}))",
+            "[\u{4E00}-\u{9FFF}\u{3400}-\u{4DBF}\u{8C48}-\u{FAFF}\u{3040}-\u{309F}\u{30A0}-\u{30FF}\u{FF65}-\u{FF9F}\u{2F00}-\u{2FDF}\u{E40}-\u{E7F}\u{E80}-\u{EFF}\u{1780}-\u{17FF}\u{1000}-\u{109F}\u{AA60}-\u{AA7F}\u{A9E0}-\u{A9FF}\u{AC00}-\u{D7AF}\u{1100}-\u{11FF}]+",
+            "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\\r\\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+        ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["laguna"],
@@ -554,6 +684,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["minimax-m2"],
@@ -563,6 +695,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["solar-open"],
@@ -572,6 +706,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
     PreTokenizer {
         names: &["mellum2"],
@@ -582,6 +718,8 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        raw_utf8: false,
+        escape_spaces: false,
     },
 ];
 

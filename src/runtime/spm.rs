@@ -10,6 +10,12 @@
 //!    leftmost pair);
 //! 4. a symbol that is not a token is emitted as byte tokens `<0xNN>` (byte fallback), or as
 //!    the unknown token where the vocabulary has no byte tokens.
+//!
+//! SentencePiece-style BPE (Gemma 4, sarvam-moe: `raw_utf8` pre-tokenizers) runs the same loop
+//! with llama.cpp's `llm_tokenizer_bpe` rules instead: the pair merged next is the one of lowest
+//! merge rank (ties: leftmost), merged whether or not the result is a token; the text is split
+//! into runs of newlines and of other characters first (Gemma 4: a run of newlines that is a
+//! token stays whole); no space prefix; a symbol that is no token becomes its `<0xNN>` tokens.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -17,7 +23,7 @@ use std::collections::BinaryHeap;
 use ahash::AHashMap;
 
 use crate::error::{Error, Result};
-use crate::formats::tokenizer::{token_type, Vocab};
+use crate::formats::tokenizer::{token_type, PreTokenizer, Vocab};
 
 /// `▁` (U+2581), SentencePiece's visible space.
 const SPACE: &str = "\u{2581}";
@@ -38,6 +44,13 @@ pub struct Spm {
     user_defined: Vec<(String, u32)>,
     /// The same with control and unknown tokens, cut out too when special tokens are parsed.
     special: Vec<(String, u32)>,
+    /// SentencePiece-style BPE: merge ranks keyed by `left ++ 0xFF ++ right` (0xFF never
+    /// occurs in UTF-8 text). None: SentencePiece (merges by the score of the result).
+    ranks: Option<AHashMap<Vec<u8>, u32>>,
+    /// Spaces become `▁` (SentencePiece always; BPE where the pre-tokenizer says).
+    escape_spaces: bool,
+    /// Gemma 4: a run of newlines that is itself a token is not merged from characters.
+    whole_newline_runs: bool,
 }
 
 /// A symbol of the merge: `n` bytes of the text from `start`, linked to its neighbours.
@@ -114,6 +127,9 @@ impl Spm {
         let user_defined = cut(&[token_type::USER_DEFINED]);
         let special = cut(&[token_type::USER_DEFINED, token_type::CONTROL, token_type::UNKNOWN]);
         Ok(Spm {
+            ranks: None,
+            escape_spaces: true,
+            whole_newline_runs: false,
             token_to_id,
             scores: v.scores.clone(),
             types: v.token_types.clone(),
@@ -128,6 +144,33 @@ impl Spm {
             user_defined,
             special,
         })
+    }
+
+    /// SentencePiece-style BPE (a `raw_utf8` pre-tokenizer: Gemma 4, sarvam-moe): the merges
+    /// of the vocabulary by rank; `pre` is its pre-tokenizer entry.
+    pub fn raw_bpe(v: &Vocab, pre: &PreTokenizer) -> Result<Spm> {
+        let mut v = v.clone();
+        if v.scores.len() != v.tokens.len() {
+            v.scores = vec![0.0; v.tokens.len()];
+        }
+        let mut ranks = AHashMap::with_capacity(v.merges.len());
+        for (rank, m) in v.merges.iter().enumerate() {
+            // llama.cpp splits at the first space after the first byte (a part may start with one).
+            let m = m.as_bytes();
+            let Some(at) = m.iter().skip(1).position(|&b| b == b' ').map(|i| i + 1) else { continue };
+            let mut key = Vec::with_capacity(m.len());
+            key.extend_from_slice(&m[..at]);
+            key.push(0xFF);
+            key.extend_from_slice(&m[at + 1..]);
+            // The first rule for a pair wins, as llama.cpp's emplace.
+            ranks.entry(key).or_insert(rank as u32);
+        }
+        let mut spm = Spm::new(&v)?;
+        spm.ranks = Some(ranks);
+        spm.escape_spaces = pre.escape_spaces;
+        spm.whole_newline_runs = pre.kind == "gemma4";
+        spm.add_space_prefix = false;
+        Ok(spm)
     }
 
     /// Token ids of `text`; with `add_special`, BOS/EOS as the vocabulary asks (llama.cpp's
@@ -160,13 +203,17 @@ impl Spm {
                         escaped.extend_from_slice(SPACE.as_bytes());
                     }
                     for &b in t {
-                        if b == b' ' {
+                        if b == b' ' && self.escape_spaces {
                             escaped.extend_from_slice(SPACE.as_bytes());
                         } else {
                             escaped.push(b);
                         }
                     }
-                    self.tokenize(&escaped, &mut out)?;
+                    if self.ranks.is_some() {
+                        self.tokenize_newline_runs(&escaped, &mut out)?;
+                    } else {
+                        self.tokenize(&escaped, &mut out)?;
+                    }
                     prev_special = false;
                 }
                 Fragment::Token(id) => {
@@ -181,6 +228,23 @@ impl Spm {
         Ok(out)
     }
 
+    /// BPE's pre-tokenization for raw UTF-8 (`[^\n]+|[\n]+`): each run of newlines and each
+    /// run of other characters merged on its own.
+    fn tokenize_newline_runs(&self, text: &[u8], out: &mut Vec<u32>) -> Result<()> {
+        let mut start = 0;
+        while start < text.len() {
+            let newline = text[start] == b'\n';
+            let len = text[start..].iter().position(|&b| (b == b'\n') != newline).unwrap_or(text.len() - start);
+            let run = &text[start..start + len];
+            match self.token_to_id.get(run) {
+                Some(&id) if newline && self.whole_newline_runs => out.push(id),
+                _ => self.tokenize(run, out)?,
+            }
+            start += len;
+        }
+        Ok(())
+    }
+
     /// The merge loop over one escaped piece of text.
     fn tokenize(&self, text: &[u8], out: &mut Vec<u32>) -> Result<()> {
         let mut syms: Vec<Symbol> = Vec::with_capacity(text.len());
@@ -192,14 +256,33 @@ impl Spm {
             syms.push(Symbol { prev: i - 1, next: if offs == text.len() { -1 } else { i + 1 }, start: offs - n, n });
         }
         let mut heap = BinaryHeap::new();
-        let try_add = |l: isize, r: isize, syms: &[Symbol], heap: &mut BinaryHeap<Bigram>| {
+        let mut key = Vec::new();
+        let mut try_add = |l: isize, r: isize, syms: &[Symbol], heap: &mut BinaryHeap<Bigram>| {
             if l < 0 || r < 0 {
                 return;
             }
             let (l, r) = (l as usize, r as usize);
-            let piece = &text[syms[l].start..syms[l].start + syms[l].n + syms[r].n];
-            let Some(&id) = self.token_to_id.get(piece) else { return };
-            heap.push(Bigram { left: l, right: r, score: self.scores[id as usize], size: piece.len() });
+            let (ls, rs) = (syms[l], syms[r]);
+            let piece = &text[ls.start..ls.start + ls.n + rs.n];
+            // The heap pops the highest score: SentencePiece's score of the merged token, or
+            // minus BPE's merge rank (exact in f32: ranks stay below 2^24).
+            let score = match &self.ranks {
+                None => match self.token_to_id.get(piece) {
+                    Some(&id) => self.scores[id as usize],
+                    None => return,
+                },
+                Some(ranks) => {
+                    key.clear();
+                    key.extend_from_slice(&text[ls.start..ls.start + ls.n]);
+                    key.push(0xFF);
+                    key.extend_from_slice(&text[rs.start..rs.start + rs.n]);
+                    match ranks.get(&key) {
+                        Some(&rank) => -(rank as f32),
+                        None => return,
+                    }
+                }
+            };
+            heap.push(Bigram { left: l, right: r, score, size: piece.len() });
         };
         for i in 1..syms.len() {
             try_add(i as isize - 1, i as isize, &syms, &mut heap);
@@ -219,16 +302,18 @@ impl Spm {
             try_add(prev, b.left as isize, &syms, &mut heap);
             try_add(b.left as isize, next, &syms, &mut heap);
         }
-        // Every merged symbol is a token (a pair is only queued when its text is one), so
-        // llama.cpp's "resegment" reduces to: a token as it is, else (a single character
-        // missing from the vocabulary) its bytes. Its reverse-merge table only matters for
-        // invalid UTF-8, which a &str cannot hold.
+        // SentencePiece: every merged symbol is a token (a pair is only queued when its text is
+        // one), so llama.cpp's "resegment" reduces to: a token as it is, else (a single
+        // character missing from the vocabulary) its bytes. Its reverse-merge table only
+        // matters for invalid UTF-8, which a &str cannot hold. BPE: a symbol that is no token
+        // becomes its byte tokens, and a byte without one is dropped (as llama.cpp does).
         let mut i = if syms.is_empty() { -1 } else { 0 };
         while i >= 0 {
             let s = syms[i as usize];
             let piece = &text[s.start..s.start + s.n];
             match self.token_to_id.get(piece) {
                 Some(&id) => out.push(id),
+                None if self.ranks.is_some() => out.extend(piece.iter().filter_map(|&b| self.byte_tokens[b as usize])),
                 None => {
                     for &byte in piece {
                         out.push(self.byte_token(byte)?);

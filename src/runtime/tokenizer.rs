@@ -5,7 +5,7 @@
 //! SentencePiece natively (`spm.rs`, llama.cpp's algorithm).
 
 use crate::error::{Error, Result};
-use crate::formats::tokenizer::{Vocab, VocabModel};
+use crate::formats::tokenizer::{pre_tokenizer, Vocab, VocabModel};
 use crate::model::ModelFile;
 use crate::runtime::spm::Spm;
 
@@ -58,7 +58,11 @@ impl TextTokenizer {
     pub fn from_vocab(vocab: Vocab) -> Result<TextTokenizer> {
         let engine = match vocab.model {
             VocabModel::Spm => Engine::Spm(Box::new(Spm::new(&vocab)?)),
-            VocabModel::Bpe => hf_engine(&vocab.to_hf_json()?)?,
+            // BPE over raw UTF-8 (SentencePiece-style): the SentencePiece engine in rank mode.
+            VocabModel::Bpe | VocabModel::Gemma4 if pre_tokenizer(&vocab.pre)?.raw_utf8 => {
+                Engine::Spm(Box::new(Spm::raw_bpe(&vocab, pre_tokenizer(&vocab.pre)?)?))
+            }
+            VocabModel::Bpe | VocabModel::Gemma4 => hf_engine(&vocab.to_hf_json()?)?,
         };
         Ok(TextTokenizer { engine, vocab })
     }

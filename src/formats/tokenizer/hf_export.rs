@@ -10,8 +10,18 @@ use crate::error::{Error, Result};
 
 impl Vocab {
     pub fn to_hf_json(&self) -> Result<Json> {
-        if self.model == VocabModel::Spm {
-            return self.spm_hf_json();
+        match self.model {
+            VocabModel::Spm => return self.spm_hf_json(),
+            VocabModel::Gemma4 => {
+                return Err(Error::Unsupported("exporting a Gemma 4 tokenizer as tokenizer.json".into()))
+            }
+            VocabModel::Bpe if pre_tokenizer(&self.pre)?.raw_utf8 => {
+                return Err(Error::Unsupported(format!(
+                    "exporting a {:?} (raw UTF-8 BPE) tokenizer as tokenizer.json",
+                    self.pre
+                )))
+            }
+            VocabModel::Bpe => {}
         }
         let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
         let pre_tokenizer = match self.pre.as_str() {

@@ -39,21 +39,42 @@ pub struct PreTokenizer {
     /// llama.cpp adds BOS for this pre-tokenizer unless the GGUF says otherwise (its BPE
     /// default is no BOS).
     pub add_bos: bool,
+    /// Merges over raw UTF-8 characters with `<0xNN>` byte tokens (SentencePiece-style BPE:
+    /// gemma4, sarvam-moe) instead of GPT-2's byte alphabet.
+    pub raw_utf8: bool,
+    /// Spaces are written `▁` before the merges (with `raw_utf8`).
+    pub escape_spaces: bool,
+}
+
+/// The only split the raw-UTF-8 entries use: runs of newlines and runs of anything else.
+pub const NEWLINE_RUNS: &str = "[^\\n]+|[\\n]+";
+
+impl PreTokenizer {
+    /// Whether qforge reproduces llama.cpp's handling: regexes (the table holds none where
+    /// llama.cpp's is more than that), and raw-UTF-8 merges only after the newline split
+    /// (the SentencePiece engine's).
+    pub fn supported(&self) -> bool {
+        !self.regexes.is_empty() && (!self.raw_utf8 || self.regexes == [NEWLINE_RUNS])
+    }
 }
 
 /// The pre-tokenizer llama.cpp uses for `name`, or why there is none.
 pub fn pre_tokenizer(name: &str) -> Result<&'static PreTokenizer> {
     match PRE_TOKENIZERS.iter().find(|p| p.names.contains(&name)) {
-        Some(p) if !p.regexes.is_empty() => Ok(p),
+        Some(p) if p.supported() => Ok(p),
+        Some(p) if p.raw_utf8 => Err(Error::Unsupported(format!(
+            "GGUF pre-tokenizer {name:?} (merges over raw UTF-8 after the regexes {:?}) is not supported",
+            p.regexes
+        ))),
         Some(_) => Err(Error::Unsupported(format!(
-            "GGUF pre-tokenizer {name:?} needs llama.cpp's own handling (a hand-written splitter or merges over raw \
-             UTF-8), which qforge does not reproduce yet"
+            "GGUF pre-tokenizer {name:?} needs llama.cpp's own handling (a hand-written splitter), which qforge \
+             does not reproduce yet"
         ))),
         None => Err(Error::Unsupported(format!(
             "GGUF pre-tokenizer {name:?} is not supported (supported: {})",
             PRE_TOKENIZERS
                 .iter()
-                .filter(|p| !p.regexes.is_empty())
+                .filter(|p| p.supported())
                 .flat_map(|p| p.names.iter().copied())
                 .collect::<Vec<_>>()
                 .join(", ")
@@ -68,6 +89,9 @@ pub enum VocabModel {
     Bpe,
     /// SentencePiece (`llama`): score-driven merges over UTF-8 characters, byte fallback.
     Spm,
+    /// Gemma 4's (`gemma4`): BPE merges (by rank) over UTF-8 characters, `▁` for spaces,
+    /// `<0xNN>` byte tokens; the pre-tokenizer is always `gemma4`.
+    Gemma4,
 }
 
 /// A tokenizer vocabulary as GGUF stores it.
@@ -116,6 +140,7 @@ impl Vocab {
         let (model, pre) = match self.model {
             VocabModel::Bpe => ("gpt2", self.pre.as_str()),
             VocabModel::Spm => ("llama", "default"),
+            VocabModel::Gemma4 => ("gemma4", "gemma4"),
         };
         put("tokenizer.ggml.model", Value::String(model.into()));
         put("tokenizer.ggml.pre", Value::String(pre.into()));
@@ -130,7 +155,7 @@ impl Vocab {
             "tokenizer.ggml.token_type",
             Value::Array(ValueType::I32, self.token_types.iter().map(|&t| Value::I32(t)).collect()),
         );
-        if self.model == VocabModel::Bpe {
+        if self.model != VocabModel::Spm {
             put("tokenizer.ggml.merges", Value::string_array(self.merges.iter().cloned()));
         }
         for (key, id) in [
@@ -173,9 +198,14 @@ impl Vocab {
     /// Whether BOS is put before the text: the metadata's flag, else llama.cpp's default
     /// (SentencePiece: yes; BPE: what the pre-tokenizer's entry says).
     pub fn adds_bos(&self) -> bool {
+        let pre = pre_tokenizer(&self.pre).ok();
+        // llama.cpp turns BOS on for Gemma 4 whatever the metadata says.
+        if pre.is_some_and(|p| p.kind == "gemma4") {
+            return true;
+        }
         self.add_bos.unwrap_or(match self.model {
             VocabModel::Spm => true,
-            VocabModel::Bpe => pre_tokenizer(&self.pre).is_ok_and(|p| p.add_bos),
+            VocabModel::Bpe | VocabModel::Gemma4 => pre.is_some_and(|p| p.add_bos),
         })
     }
 
@@ -197,10 +227,11 @@ impl Vocab {
         let model = match model {
             "gpt2" => VocabModel::Bpe,
             "llama" => VocabModel::Spm,
+            "gemma4" => VocabModel::Gemma4,
             other => {
                 return Err(Error::Unsupported(format!(
                 "GGUF tokenizer model {other:?} is not supported (supported: \"gpt2\" = byte-level BPE, \"llama\" = \
-                     SentencePiece)"
+                     SentencePiece, \"gemma4\")"
             )))
             }
         };
@@ -234,12 +265,14 @@ impl Vocab {
         };
         let flag = |k: &str| h.get(k).and_then(Value::as_bool);
         let spm = model == VocabModel::Spm;
-        let (pre, ignore_merges) = if spm {
-            ("default".to_string(), false)
-        } else {
-            let pre = h.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
-            let p = pre_tokenizer(pre)?;
-            (pre.to_string(), p.ignore_merges)
+        let (pre, ignore_merges) = match model {
+            VocabModel::Spm => ("default".to_string(), false),
+            VocabModel::Gemma4 => ("gemma4".to_string(), false),
+            VocabModel::Bpe => {
+                let pre = h.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
+                let p = pre_tokenizer(pre)?;
+                (pre.to_string(), p.ignore_merges)
+            }
         };
         let scores = match h.get("tokenizer.ggml.scores").and_then(Value::as_array) {
             Some(a) => {
@@ -253,8 +286,14 @@ impl Vocab {
             None => Vec::new(),
         };
         // llama.cpp's default ids: SentencePiece <unk> 0, <s> 1, </s> 2; BPE BOS = EOS = 11.
+        // (Gemma 4: none.)
         let or_default = |v: Option<u32>, spm_id: u32, bpe_id: Option<u32>| {
-            v.or(if spm { Some(spm_id) } else { bpe_id }).filter(|&d| (d as usize) < tokens.len())
+            let default = match model {
+                VocabModel::Spm => Some(spm_id),
+                VocabModel::Bpe => bpe_id,
+                VocabModel::Gemma4 => None,
+            };
+            v.or(default).filter(|&d| (d as usize) < tokens.len())
         };
         let mut named_chat_templates = Vec::new();
         for name in h.get("tokenizer.chat_templates").and_then(Value::as_array).into_iter().flatten() {
