@@ -187,8 +187,26 @@ impl Vocab {
             "model_max_length": model_max_length,
             "tokenizer_class": "PreTrainedTokenizerFast",
         });
-        if let Some(t) = &self.chat_template {
-            cfg["chat_template"] = json!(t);
+        for (key, id) in [("unk_token", self.unk), ("sep_token", self.sep), ("mask_token", self.mask)] {
+            if let Some(n) = name(id) {
+                cfg[key] = json!(n);
+            }
+        }
+        // Only "off" travels (llama.cpp's converter reads it back into add_space_prefix); "on"
+        // would make transformers rewrite the pre-tokenizer of a byte-level tokenizer.
+        if self.add_space_prefix == Some(false) {
+            cfg["add_prefix_space"] = json!(false);
+        }
+        match (&self.chat_template, self.named_chat_templates.is_empty()) {
+            (Some(t), true) => cfg["chat_template"] = json!(t),
+            (default, _) => {
+                // Several templates: transformers' (and the converter's) list of named ones.
+                let mut list: Vec<Json> = default.iter().map(|t| json!({"name": "default", "template": t})).collect();
+                list.extend(self.named_chat_templates.iter().map(|(n, t)| json!({"name": n, "template": t})));
+                if !list.is_empty() {
+                    cfg["chat_template"] = Json::Array(list);
+                }
+            }
         }
         cfg
     }
