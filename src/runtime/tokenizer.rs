@@ -5,7 +5,7 @@
 //! SentencePiece natively (`spm.rs`, llama.cpp's algorithm).
 
 use crate::error::{Error, Result};
-use crate::formats::tokenizer::{pre_tokenizer, Vocab, VocabModel};
+use crate::formats::tokenizer::{hf_tokenizer, pre_tokenizer, Vocab, VocabModel};
 use crate::model::ModelFile;
 use crate::runtime::spm::Spm;
 
@@ -27,10 +27,7 @@ enum Engine {
 
 /// Both `tokenizers` instances of [`Engine::Hf`] from one tokenizer.json.
 fn hf_engine(json: &serde_json::Value) -> Result<Engine> {
-    let build = |j: &serde_json::Value| -> Result<Box<tokenizers::Tokenizer>> {
-        let bytes = serde_json::to_vec(j).map_err(|e| Error::Tokenizer(e.to_string()))?;
-        Ok(Box::new(tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| Error::Tokenizer(e.to_string()))?))
-    };
+    let build = |j: &serde_json::Value| -> Result<Box<tokenizers::Tokenizer>> { Ok(Box::new(hf_tokenizer(j)?)) };
     let mut plain = json.clone();
     if let Some(added) = plain.get_mut("added_tokens").and_then(serde_json::Value::as_array_mut) {
         added.retain(|t| !t.get("special").and_then(serde_json::Value::as_bool).unwrap_or(false));

@@ -519,8 +519,7 @@ fn looks_special(t: &str) -> bool {
 /// table. Returns the name (None when the hash is not in the table) and the hash.
 pub fn identify_pre(tj: &Json) -> Result<(Option<&'static str>, String)> {
     use sha2::{Digest, Sha256};
-    let bytes = serde_json::to_vec(tj).map_err(|e| Error::Tokenizer(e.to_string()))?;
-    let tok = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| Error::Tokenizer(e.to_string()))?;
+    let tok = super::hf_tokenizer(tj)?;
     let enc = tok.encode(CHECK_TEXT, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
     let list = format!("[{}]", enc.get_ids().iter().map(u32::to_string).collect::<Vec<_>>().join(", "));
     let hash: String = Sha256::digest(list.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();

@@ -327,3 +327,33 @@ impl Vocab {
         })
     }
 }
+
+/// A `tokenizers` tokenizer from a tokenizer.json, never a panic: the library indexes some
+/// inputs without checking them (a BPE `continuing_subword_prefix` longer than a merge's right
+/// part panics while loading: huggingface/tokenizers#2198, found by the `tokenizer_metadata`
+/// fuzzer), so those are refused here with a clear error, and any other panic while loading
+/// becomes an error too.
+pub fn hf_tokenizer(tj: &serde_json::Value) -> Result<tokenizers::Tokenizer> {
+    use serde_json::Value as Json;
+    let model = tj.get("model");
+    if let Some(prefix) = model.and_then(|m| m.get("continuing_subword_prefix")).and_then(Json::as_str) {
+        for m in model.and_then(|m| m.get("merges")).and_then(Json::as_array).into_iter().flatten() {
+            let right = match m {
+                Json::String(s) => s.split_once(' ').map(|(_, r)| r),
+                Json::Array(pair) => pair.get(1).and_then(Json::as_str),
+                _ => None,
+            };
+            if right.is_some_and(|r| !r.starts_with(prefix)) {
+                return Err(Error::Tokenizer(format!(
+                    "BPE merge {m} does not start its right part with the continuing_subword_prefix {prefix:?}"
+                )));
+            }
+        }
+    }
+    let bytes = serde_json::to_vec(tj).map_err(|e| Error::Tokenizer(e.to_string()))?;
+    match std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(bytes)) {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(Error::Tokenizer(e.to_string())),
+        Err(_) => Err(Error::Tokenizer("the tokenizers library could not load this tokenizer.json".into())),
+    }
+}
