@@ -20,6 +20,12 @@ Q=$PWD/target/release/qforge
 find_vocab() {
   for d in tests/fixtures/vocab "$SHARED/vocab"; do
     [ -f "$d/ggml-vocab-$1.gguf" ] && { echo "$d/ggml-vocab-$1.gguf"; return; }
+    # Committed xz-compressed (gemma-4): unpacked once into target/tmp/vocab, as the tests do.
+    if [ -f "$d/ggml-vocab-$1.gguf.xz" ]; then
+      mkdir -p target/tmp/vocab
+      [ -f "target/tmp/vocab/ggml-vocab-$1.gguf" ] || xz -dc "$d/ggml-vocab-$1.gguf.xz" > "target/tmp/vocab/ggml-vocab-$1.gguf"
+      echo "target/tmp/vocab/ggml-vocab-$1.gguf"; return
+    fi
   done
   echo "vocab $1 not found" >&2; exit 1
 }
