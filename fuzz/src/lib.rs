@@ -205,8 +205,11 @@ fn check_config(cfg: &ModelConfig) {
     for (_, shape) in cfg.expected_tensors().take(64) {
         let _ = shape.iter().product::<usize>();
     }
-    let back = ModelConfig::from_hf_json(&cfg.to_hf_json("bfloat16")).expect("a valid config round-trips");
-    assert_eq!(&back, cfg, "config changed in a config.json round trip");
+    // A GGUF's RoPE divisors that match no Llama-3 parameters have no config.json form.
+    if let Ok(json) = cfg.to_hf_json("bfloat16") {
+        let back = ModelConfig::from_hf_json(&json).expect("a valid config round-trips");
+        assert_eq!(&back, cfg, "config changed in a config.json round trip");
+    }
 }
 
 /// `tokenizer_metadata`: GGUF tokenizer metadata → Vocab → the runtime's tokenizer (the

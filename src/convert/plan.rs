@@ -592,6 +592,7 @@ mod tests {
             ffn_size: ffn,
             rms_eps: 1e-5,
             rope_theta: 10000.0,
+            rope_scaling: crate::model::config::RopeScaling::None,
             tie_embeddings: tied,
             vocab_size: vocab,
             context_length: 2048,

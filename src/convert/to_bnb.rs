@@ -174,6 +174,9 @@ fn write_safetensors(w: &Writer<'_, '_>, path: &Path, offsets: &[Option<f32>]) -
     let mut plan: Vec<Planned> = Vec::new();
     let mut quantized_bytes = 0u64;
     for (i, t) in w.tensors.iter().enumerate() {
+        if names::is_generated_gguf(&t.name) {
+            continue;
+        }
         let hf = names::gguf_to_hf(&t.name)?;
         if !is_quantized_linear(&t.name) {
             let entry = StEntry { name: hf, dtype: st_dtype(w.dtype), shape: t.shape.clone() };
@@ -336,7 +339,7 @@ pub fn write(model: &ModelFile, out_dir: &Path, opts: &BnbOptions, progress: &Pr
     let td = torch_dtype(dtype);
     let mut config = match model {
         ModelFile::Hf(c) => c.config_json.clone(),
-        ModelFile::Gguf { config, .. } => config.to_hf_json(td),
+        ModelFile::Gguf { config, .. } => config.to_hf_json(td)?,
     };
     if let Some(obj) = config.as_object_mut() {
         obj.insert("quantization_config".into(), quantization_config(opts, td));

@@ -86,6 +86,9 @@ pub fn plan_with(model: &ModelFile, types: &dyn TypePlan, name: Option<String>) 
     w.set(&k("attention.head_count"), Value::U32(cfg.n_heads as u32));
     w.set(&k("attention.head_count_kv"), Value::U32(cfg.n_kv_heads as u32));
     w.set(&k("rope.freq_base"), Value::F32(cfg.rope_theta));
+    for (key, v) in cfg.rope_scaling.gguf_keys() {
+        w.set(&k(key), v);
+    }
     w.set(&k("attention.layer_norm_rms_epsilon"), Value::F32(cfg.rms_eps));
     w.set(&k("attention.key_length"), Value::U32(cfg.head_dim as u32));
     w.set(&k("attention.value_length"), Value::U32(cfg.head_dim as u32));

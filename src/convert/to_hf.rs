@@ -106,7 +106,9 @@ pub fn write(model: &ModelFile, out_dir: &Path, opts: &HfOptions, progress: &Pro
     let error = Mutex::new(None);
     let mut views = Vec::with_capacity(tensors.len());
     let mut bytes = 0u64;
-    for t in tensors {
+    // Before any work: a config.json that cannot be written stops the export here.
+    let config_json = cfg.to_hf_json(torch_dtype)?;
+    for t in tensors.into_iter().filter(|t| !names::is_generated_gguf(&t.name)) {
         let hf_name = names::gguf_to_hf(&t.name)?;
         // Norms stay F32 in GGUF; keep them in the main dtype in HF files like the originals.
         let dtype = if t.shape.len() < 2 && opts.dtype.is_none() { main_dtype } else { pick(t.ggml_type) };
@@ -139,7 +141,7 @@ pub fn write(model: &ModelFile, out_dir: &Path, opts: &HfOptions, progress: &Pro
         let text = serde_json::to_string_pretty(v).map_err(|e| Error::io(&p, std::io::Error::other(e)))?;
         std::fs::write(&p, text + "\n").map_err(|e| Error::io(&p, e))
     };
-    write_json("config.json", &cfg.to_hf_json(torch_dtype))?;
+    write_json("config.json", &config_json)?;
     write_json("tokenizer.json", &vocab.to_hf_json()?)?;
     write_json("tokenizer_config.json", &vocab.to_hf_tokenizer_config(cfg.context_length))?;
     dir.commit()?;

@@ -75,7 +75,7 @@ pub fn write_replacing(
     let cfg = model.config();
     let from = model.qk_layout();
     let mut out: Vec<(String, OutTensor<'_>)> = Vec::new();
-    for t in model.tensors()? {
+    for t in model.tensors()?.into_iter().filter(|t| !names::is_generated_gguf(&t.name)) {
         let hf_name = names::gguf_to_hf(&t.name)?;
         if let Some(parts) = linears.remove(&t.name) {
             let prefix = hf_name.strip_suffix(".weight").unwrap_or(&hf_name).to_string();
@@ -138,7 +138,7 @@ pub fn write_replacing(
     // model), else rebuilt from the GGUF metadata.
     let mut config = match model {
         ModelFile::Hf(c) => c.config_json.clone(),
-        ModelFile::Gguf { .. } => cfg.to_hf_json("float16"),
+        ModelFile::Gguf { .. } => cfg.to_hf_json("float16")?,
     };
     if let Some(obj) = config.as_object_mut() {
         obj.insert("quantization_config".into(), quant_config);

@@ -121,6 +121,9 @@ pub struct HfCheckpoint {
     files: Vec<SafetensorsFile>,
     /// Tensor name → index into `files`, in name order.
     index: BTreeMap<String, usize>,
+    /// The RoPE divisors llama.cpp's converter computes from `rope_scaling` (llama3), as the
+    /// little-endian F32 bytes of GGUF's `rope_freqs.weight`; empty when there are none.
+    pub rope_freqs: Vec<u8>,
 }
 
 impl HfCheckpoint {
@@ -174,7 +177,12 @@ impl HfCheckpoint {
                 dir.display()
             )));
         }
-        Ok(HfCheckpoint { dir: dir.to_path_buf(), config, config_json, quant, files, index })
+        let rope_freqs = config
+            .rope_scaling
+            .freq_factors(config.rope_theta, config.head_dim)
+            .map(|f| f.iter().flat_map(|v| v.to_le_bytes()).collect())
+            .unwrap_or_default();
+        Ok(HfCheckpoint { dir: dir.to_path_buf(), config, config_json, quant, files, index, rope_freqs })
     }
 
     /// Tensor names in sorted order (the order llama.cpp's converter emits them).

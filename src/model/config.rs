@@ -5,6 +5,8 @@ use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
 use crate::formats::gguf::{GgufHeader, Value};
+pub use crate::model::rope::RopeScaling;
+use crate::model::rope::ROPE_FREQS;
 
 /// The decoder families qforge supports. All are LLaMA-shaped: RMSNorm, RoPE, SwiGLU, GQA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +81,7 @@ pub struct ModelConfig {
     pub ffn_size: usize,
     pub rms_eps: f32,
     pub rope_theta: f32,
+    pub rope_scaling: RopeScaling,
     pub tie_embeddings: bool,
     pub vocab_size: usize,
     pub context_length: usize,
@@ -135,16 +138,7 @@ impl ModelConfig {
             .or_else(|| json.get("rope_theta"))
             .and_then(Json::as_f64)
             .unwrap_or(10000.0);
-        let rope_type = rope
-            .and_then(|r| r.get("rope_type").or_else(|| r.get("type")))
-            .or_else(|| json.get("rope_scaling").and_then(|s| s.get("rope_type").or_else(|| s.get("type"))))
-            .and_then(Json::as_str)
-            .unwrap_or("default");
-        if rope_type != "default" {
-            return Err(Error::Unsupported(format!(
-                "RoPE scaling type {rope_type:?} is not supported yet (only plain RoPE)"
-            )));
-        }
+        let rope_scaling = RopeScaling::from_hf(json)?;
 
         let cfg = ModelConfig {
             arch,
@@ -156,6 +150,7 @@ impl ModelConfig {
             ffn_size: usize_field("intermediate_size")?,
             rms_eps: json.get("rms_norm_eps").and_then(Json::as_f64).unwrap_or(1e-6) as f32,
             rope_theta: rope_theta as f32,
+            rope_scaling,
             tie_embeddings: json.get("tie_word_embeddings").and_then(Json::as_bool).unwrap_or(false),
             vocab_size: usize_field("vocab_size")?,
             context_length: opt_usize("max_position_embeddings").unwrap_or(2048),
@@ -201,6 +196,23 @@ impl ModelConfig {
             .or_else(|| h.tensor("token_embd.weight").map(|t| t.ne.get(1).copied().unwrap_or(0) as usize))
             .ok_or_else(|| Error::InvalidModel("cannot tell the vocabulary size".into()))?;
         let id = |k: &str| h.get(k).and_then(Value::as_u64).and_then(|v| u32::try_from(v).ok());
+        let rope_theta = h.get(&key("rope.freq_base")).and_then(Value::as_f64).unwrap_or(10000.0) as f32;
+        // rope_freqs.weight's values are read with the tensors (`ModelFile::open` then calls
+        // `with_rope_freqs`); until then the scaling is "some factors".
+        let rope_scaling = RopeScaling::from_gguf(
+            h.get(&key("rope.scaling.type")).and_then(Value::as_str),
+            h.get(&key("rope.scaling.factor")).and_then(Value::as_f64),
+            None,
+            rope_theta,
+            head_dim,
+        )
+        .map(|s| {
+            if h.tensor(ROPE_FREQS).is_some() && s == RopeScaling::None {
+                RopeScaling::FreqFactors
+            } else {
+                s
+            }
+        })?;
         let cfg = ModelConfig {
             arch,
             hidden_size,
@@ -210,7 +222,8 @@ impl ModelConfig {
             head_dim,
             ffn_size: req("feed_forward_length")?,
             rms_eps: h.get(&key("attention.layer_norm_rms_epsilon")).and_then(Value::as_f64).unwrap_or(1e-5) as f32,
-            rope_theta: h.get(&key("rope.freq_base")).and_then(Value::as_f64).unwrap_or(10000.0) as f32,
+            rope_theta,
+            rope_scaling,
             tie_embeddings: h.tensor("output.weight").is_none(),
             vocab_size,
             context_length: h.get(&key("context_length")).and_then(Value::as_u64).map(|v| v as usize).unwrap_or(2048),
@@ -220,6 +233,34 @@ impl ModelConfig {
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The scaling a GGUF's `rope_freqs.weight` (its F32 values) describes, with the
+    /// metadata's scaling keys (`h`).
+    pub fn with_rope_freqs(mut self, h: &GgufHeader, values: &[f32]) -> Result<ModelConfig> {
+        let arch = self.arch.gguf_name();
+        if values.len() != self.head_dim / 2 {
+            return Err(Error::tensor(
+                ROPE_FREQS,
+                format!("{} values for a head dimension of {}", values.len(), self.head_dim),
+            ));
+        }
+        if values.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+            return Err(Error::tensor(ROPE_FREQS, "holds a value that is not a positive number"));
+        }
+        self.rope_scaling = RopeScaling::from_gguf(
+            h.get(&format!("{arch}.rope.scaling.type")).and_then(Value::as_str),
+            h.get(&format!("{arch}.rope.scaling.factor")).and_then(Value::as_f64),
+            Some(values),
+            self.rope_theta,
+            self.head_dim,
+        )?;
+        Ok(self)
+    }
+
+    /// Whether the model has a `rope_freqs.weight` tensor (per-frequency RoPE divisors).
+    pub fn has_rope_freqs(&self) -> bool {
+        matches!(self.rope_scaling, RopeScaling::Llama3 { .. } | RopeScaling::FreqFactors)
     }
 
     /// Reject configurations no model can have, before any shape arithmetic uses them.
@@ -292,15 +333,21 @@ impl ModelConfig {
             l
         });
         let output = (!self.tie_embeddings).then(|| ("output.weight".to_string(), vec![v, h]));
-        std::iter::once(("token_embd.weight".to_string(), vec![v, h]))
+        // llama.cpp's converter writes the RoPE divisors first.
+        let rope_freqs = self.has_rope_freqs().then(|| (ROPE_FREQS.to_string(), vec![self.head_dim / 2]));
+        rope_freqs
+            .into_iter()
+            .chain(std::iter::once(("token_embd.weight".to_string(), vec![v, h])))
             .chain(layers)
             .chain(std::iter::once(("output_norm.weight".to_string(), vec![h])))
             .chain(output)
     }
 
     /// config.json for a Hugging Face directory holding this model.
-    pub fn to_hf_json(&self, torch_dtype: &str) -> Json {
-        serde_json::json!({
+    pub fn to_hf_json(&self, torch_dtype: &str) -> Result<Json> {
+        let theta = shortest_f64(self.rope_theta);
+        let rope_parameters = self.rope_scaling.hf_parameters(theta)?;
+        Ok(serde_json::json!({
             "architectures": [self.arch.hf_class()],
             "model_type": self.arch.hf_model_type(),
             "hidden_size": self.hidden_size,
@@ -311,8 +358,8 @@ impl ModelConfig {
             "head_dim": self.head_dim,
             "hidden_act": "silu",
             "rms_norm_eps": shortest_f64(self.rms_eps),
-            "rope_theta": shortest_f64(self.rope_theta),
-            "rope_parameters": {"rope_theta": shortest_f64(self.rope_theta), "rope_type": "default"},
+            "rope_theta": theta,
+            "rope_parameters": rope_parameters,
             "max_position_embeddings": self.context_length,
             "tie_word_embeddings": self.tie_embeddings,
             "vocab_size": self.vocab_size,
@@ -323,7 +370,7 @@ impl ModelConfig {
             "torch_dtype": torch_dtype,
             "dtype": torch_dtype,
             "use_cache": true,
-        })
+        }))
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod names;
+pub mod rope;
 pub mod source;
 
 pub use config::{Arch, ModelConfig};

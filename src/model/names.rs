@@ -44,6 +44,12 @@ pub fn hf_to_gguf(name: &str) -> Result<String> {
     Err(Error::Unsupported(format!("cannot map tensor {name:?} to a GGUF name")))
 }
 
+/// GGUF tensors computed from config.json rather than stored in a Hugging Face checkpoint
+/// (the RoPE divisors of `rope_scaling`): the HF writers leave them out.
+pub fn is_generated_gguf(name: &str) -> bool {
+    name == crate::model::rope::ROPE_FREQS
+}
+
 /// Map a GGUF tensor name back to its Hugging Face name.
 pub fn gguf_to_hf(name: &str) -> Result<String> {
     if let Some((h, _)) = GLOBAL_MAP.iter().find(|(_, g)| *g == name) {

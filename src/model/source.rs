@@ -10,6 +10,7 @@ use crate::formats::safetensors::HfCheckpoint;
 use crate::formats::tokenizer::Vocab;
 use crate::ggml_type::GgmlType;
 use crate::model::names;
+use crate::model::rope::ROPE_FREQS;
 use crate::model::ModelConfig;
 use crate::quant::packed::{Packed, Part};
 
@@ -67,11 +68,25 @@ impl ModelFile {
             ));
         }
         let file = GgufFile::open(path)?;
-        let config = ModelConfig::from_gguf(&file.header).map_err(|e| match e {
-            Error::InvalidModel(m) => Error::InvalidModel(format!("{}: {m}", path.display())),
-            Error::Unsupported(m) => Error::Unsupported(format!("{}: {m}", path.display())),
-            other => other,
-        })?;
+        let config = ModelConfig::from_gguf(&file.header)
+            .and_then(|c| match file.header.tensor(ROPE_FREQS) {
+                // The RoPE divisors are data: read them to know the scaling.
+                Some(t) if t.ggml_type == GgmlType::F32 => {
+                    let values: Vec<f32> = file
+                        .tensor_data(t)
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect();
+                    c.with_rope_freqs(&file.header, &values)
+                }
+                Some(t) => Err(Error::tensor(ROPE_FREQS, format!("stored as {}, not F32", t.ggml_type))),
+                None => Ok(c),
+            })
+            .map_err(|e| match e {
+                Error::InvalidModel(m) => Error::InvalidModel(format!("{}: {m}", path.display())),
+                Error::Unsupported(m) => Error::Unsupported(format!("{}: {m}", path.display())),
+                other => other,
+            })?;
         Ok(ModelFile::Gguf { file, config })
     }
 
@@ -108,6 +123,16 @@ impl ModelFile {
         match self {
             ModelFile::Hf(c) => {
                 let mut out = Vec::new();
+                // Computed from config.json, first as llama.cpp's converter writes it.
+                if !c.rope_freqs.is_empty() {
+                    out.push(TensorRef {
+                        name: crate::model::rope::ROPE_FREQS.to_string(),
+                        ggml_type: GgmlType::F32,
+                        shape: vec![c.rope_freqs.len() / 4],
+                        data: &c.rope_freqs,
+                        packed: None,
+                    });
+                }
                 // Parts of packed (quantized) weights, by layer prefix, in name order.
                 let mut packed: Vec<(String, Vec<Part<'_>>)> = Vec::new();
                 for hf_name in c.names() {

@@ -118,8 +118,17 @@ impl<'a> LlamaModel<'a> {
         }
         let output = if cfg.tie_embeddings { None } else { Some(mat("output.weight")?) };
         let half = cfg.head_dim / 2;
-        let inv_freq: Vec<f32> =
-            (0..half).map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f32 / cfg.head_dim as f32)).collect();
+        // RoPE scaling as llama.cpp applies it: each frequency divided by its rope_freqs.weight
+        // value (llama3), every one multiplied by freq_scale (linear).
+        let divisors = if cfg.has_rope_freqs() { Some(vec_(crate::model::rope::ROPE_FREQS)?) } else { None };
+        let scale = cfg.rope_scaling.freq_scale();
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| {
+                let f = 1.0 / cfg.rope_theta.powf((2 * i) as f32 / cfg.head_dim as f32);
+                let f = divisors.as_ref().map_or(f, |d| f / d[i]);
+                f * scale
+            })
+            .collect();
 
         Ok(LlamaModel {
             rope_layout: file.qk_layout(),

@@ -1,0 +1,145 @@
+//! Architecture features against transformers: tiny random-initialized checkpoints made by
+//! tools/make_arch_fixtures.py (tests/fixtures/arch/), their goldens (transformers' f32 logits at
+//! chosen positions of a 96-token WikiText window, and the window's mean NLL) in golden/.
+//! Each variant runs from the Hugging Face directory, from the F32 GGUF `convert` writes, and
+//! from that GGUF converted back to a Hugging Face directory.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use qforge::formats::safetensors::SafetensorsFile;
+use qforge::model::ModelFile;
+use qforge::runtime::{KvCache, LlamaModel};
+use serde_json::{json, Value as Json};
+
+struct Golden {
+    ids: Vec<u32>,
+    positions: Vec<usize>,
+    logits: Vec<f32>,
+    nll: f64,
+}
+
+fn golden_of(name: &str) -> Golden {
+    let f = SafetensorsFile::open(&golden(&format!("arch_{name}.safetensors"))).unwrap();
+    let i64s = |n: &str| -> Vec<i64> {
+        f.tensor(n).unwrap().data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
+    };
+    let logits = f.tensor("logits").unwrap().data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()));
+    let nll = f.tensor("nll").unwrap().data;
+    Golden {
+        ids: i64s("input_ids").into_iter().map(|v| v as u32).collect(),
+        positions: i64s("positions").into_iter().map(|v| v as usize).collect(),
+        logits: logits.collect(),
+        nll: f64::from_le_bytes(nll[..8].try_into().unwrap()),
+    }
+}
+
+/// The fixture `base` copied into `dir` with `override_` merged into its config.json.
+fn variant(dir: &Path, base: &str, override_: &Json) -> PathBuf {
+    let src = root().join("tests/fixtures/arch").join(base);
+    let hf = dir.join("hf");
+    std::fs::create_dir_all(&hf).unwrap();
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, hf.join(f.file_name().unwrap())).unwrap();
+    }
+    let p = hf.join("config.json");
+    let mut cfg: Json = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    for (k, v) in override_.as_object().unwrap() {
+        cfg[k] = v.clone();
+    }
+    std::fs::write(&p, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    hf
+}
+
+/// Max |a-b| / max |b| of the logits at the golden positions.
+fn logits_error(model: &Path, g: &Golden) -> f64 {
+    let file = ModelFile::open(model).unwrap();
+    let m = LlamaModel::load(&file).unwrap();
+    let mut cache = KvCache::new(&m.config, g.ids.len());
+    let all = m.forward(&g.ids, &mut cache).unwrap();
+    let v = m.vocab_size();
+    let ours: Vec<f32> = g.positions.iter().flat_map(|&p| all[p * v..(p + 1) * v].iter().copied()).collect();
+    assert_eq!(ours.len(), g.logits.len());
+    let max_ref = g.logits.iter().fold(0f64, |m, &x| m.max(x.abs() as f64));
+    ours.iter().zip(&g.logits).fold(0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs())) / max_ref
+}
+
+/// `perplexity` over the golden's window: its mean NLL.
+fn nll_of(model: &Path) -> f64 {
+    let out =
+        qforge_ok(&[&"--json", &"perplexity", &model, &"--text", &wiki(), &"--ctx", &"96", &"--max-windows", &"1"]);
+    let j: Json = serde_json::from_str(&out).unwrap();
+    j["nll_mean"].as_f64().unwrap()
+}
+
+fn check_variant(golden_name: &str, override_: Json, expect_gguf: impl Fn(&Json)) {
+    let g = golden_of(golden_name);
+    let dir = tempfile::tempdir().unwrap();
+    let hf = variant(dir.path(), "llama-rope", &override_);
+    let gguf = dir.path().join("f32.gguf");
+    qforge_ok(&[&"-q", &"convert", &hf, &"-o", &gguf, &"--outtype", &"f32"]);
+    let info: Json = serde_json::from_str(&qforge_ok(&[&"--json", &"inspect", &gguf])).unwrap();
+    expect_gguf(&info);
+    let back = dir.path().join("back");
+    qforge_ok(&[&"-q", &"convert", &gguf, &"-o", &back, &"--to", &"hf", &"--outtype", &"f32"]);
+    for (what, path) in [("HF", &hf), ("GGUF", &gguf), ("GGUF→HF", &back)] {
+        let e = logits_error(path, &g);
+        let nll = nll_of(path);
+        eprintln!("{golden_name} {what}: logits relative error {e:.2e}, NLL {nll:.6} (transformers {:.6})", g.nll);
+        assert!(e <= 1e-5, "{golden_name} {what}: relative error {e}");
+        assert!((nll - g.nll).abs() <= 1e-4 * g.nll, "{golden_name} {what}: NLL {nll} vs {}", g.nll);
+    }
+    // The round trip keeps the scaling in config.json.
+    let cfg: Json = serde_json::from_slice(&std::fs::read(back.join("config.json")).unwrap()).unwrap();
+    let want = override_["rope_scaling"].clone();
+    for (k, v) in want.as_object().into_iter().flatten() {
+        assert_eq!(&cfg["rope_parameters"][k], v, "{golden_name}: rope_parameters.{k} after GGUF → HF");
+    }
+}
+
+fn tensor_names(info: &Json) -> Vec<String> {
+    info["tensors"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn plain_rope_matches_transformers() {
+    check_variant("llama-rope", json!({}), |info| {
+        assert!(!tensor_names(info).contains(&"rope_freqs.weight".to_string()));
+    });
+}
+
+/// Llama 3.x scaling: llama.cpp's converter writes the per-frequency divisors as the F32
+/// tensor rope_freqs.weight, first; qforge too, and reads the parameters back from it.
+#[test]
+fn llama3_rope_scaling_matches_transformers() {
+    let scaling = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 32});
+    check_variant("llama-rope-llama3", json!({"rope_scaling": scaling}), |info| {
+        let names = tensor_names(info);
+        assert_eq!(names[0], "rope_freqs.weight", "{names:?}");
+        let t = &info["tensors"][0];
+        assert_eq!((t["type"].as_str(), &t["shape"]), (Some("F32"), &json!([8])), "{t}");
+        assert!(info["metadata"].get("llama.rope.scaling.type").is_none());
+    });
+}
+
+#[test]
+fn linear_rope_scaling_matches_transformers() {
+    check_variant("llama-rope-linear", json!({"rope_scaling": {"rope_type": "linear", "factor": 4.0}}), |info| {
+        assert_eq!(info["metadata"]["llama.rope.scaling.type"], "linear");
+        assert_eq!(info["metadata"]["llama.rope.scaling.factor"], 4.0);
+    });
+}
+
+/// A RoPE type qforge does not implement is refused by name, with the supported list.
+#[test]
+fn unsupported_rope_type_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let hf = variant(dir.path(), "llama-rope", &json!({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}));
+    let e = qforge_err(&[&"inspect", &hf]);
+    assert!(e.contains("\"yarn\"") && e.contains("llama3") && e.contains("linear"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+}

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Tiny random-initialized Hugging Face checkpoints and their transformers goldens, one per
+architecture feature qforge supports beyond plain LLaMA (issue: real architectures).
+
+For each fixture: a checkpoint directory under tests/fixtures/arch/NAME (config.json,
+model.safetensors in bf16, the tiny-llama byte-level BPE tokenizer files) made with
+transformers from a fixed seed, and golden/arch_NAME.safetensors with transformers' f32
+output on the first CTX tokens of WikiText-2: `input_ids`, `logits` at the positions in
+`positions` (all 8192 vocabulary entries), and `nll` (mean negative log-likelihood of tokens
+1..CTX-1 given the ones before, qforge's perplexity protocol for one window).
+
+Variants that share weights (the RoPE scalings of one LLaMA) are separate goldens over one
+checkpoint: `variants` maps a golden name to the config.json keys it overrides.
+
+Needs torch + transformers (a large download; CI only reads what this writes).
+usage: tools/make_arch_fixtures.py [NAME...]
+"""
+import json
+import os
+import shutil
+import sys
+
+import torch
+from safetensors.torch import save_file
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOKENIZER = os.path.join(ROOT, "tests/fixtures/tiny-llama")
+WIKI = os.path.join(ROOT, "tests/fixtures/text/wiki.test.raw")
+CTX = 96
+POSITIONS = [0, 1, 2, 3, 40, 41, 88, 89, 90, 91, 92, 93, 94, 95]
+
+FIXTURES = {
+    # LLaMA with RoPE scaling. head_dim 16 and an original context of 32 put the frequencies
+    # on both sides of llama3's wavelength band and the test context (96) past it.
+    "llama-rope": {
+        "config": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=16, max_position_embeddings=256, rope_theta=10000.0,
+                       rms_norm_eps=1e-5, tie_word_embeddings=True, initializer_range=0.1, bos_token_id=0, eos_token_id=1,
+                       pad_token_id=2),
+        "variants": {
+            "llama-rope-llama3": {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                   "high_freq_factor": 4.0,
+                                                   "original_max_position_embeddings": 32}},
+            "llama-rope-linear": {"rope_scaling": {"rope_type": "linear", "factor": 4.0}},
+        },
+    },
+}
+
+
+def tokens():
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    text = open(WIKI, "rb").read().decode("utf-8")[:4000]
+    ids = tok.encode(text, add_special_tokens=False)[:CTX]
+    assert len(ids) == CTX
+    return torch.tensor([ids])
+
+
+def golden(model, ids, path):
+    with torch.no_grad():
+        logits = model(ids).logits[0].float()
+    nll = torch.nn.functional.cross_entropy(logits[:-1], ids[0, 1:]).item()
+    save_file({"input_ids": ids[0].to(torch.int64), "logits": logits[POSITIONS].contiguous(),
+               "positions": torch.tensor(POSITIONS, dtype=torch.int64),
+               "nll": torch.tensor([nll], dtype=torch.float64)}, path)
+    return nll
+
+
+def make(name, spec, ids):
+    out = os.path.join(ROOT, "tests/fixtures/arch", name)
+    shutil.rmtree(out, ignore_errors=True)
+    torch.manual_seed(1234)
+    cfg = LlamaConfig(vocab_size=8192, **spec["config"])
+    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    # Random init is close to uniform; larger norms make the logits differ more per token.
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("norm.weight"):
+                p.copy_(1.0 + 0.5 * torch.randn_like(p))
+    model.save_pretrained(out, safe_serialization=True)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(TOKENIZER, f), out)
+    # Goldens from a model built in f32 from the saved config (plus the variant's keys) with
+    # the saved weights: a model cast to bf16 and back would also carry a bf16-rounded RoPE
+    # inv_freq buffer, which is not part of the checkpoint.
+    weights = {k: v.float() for k, v in model.state_dict().items()}
+    for variant, override in [(name, {})] + list(spec.get("variants", {}).items()):
+        cfg_v = json.load(open(os.path.join(out, "config.json")))
+        cfg_v.update(override)
+        vcfg = LlamaConfig(**{k: v for k, v in cfg_v.items() if k not in ("architectures", "transformers_version")})
+        vm = LlamaForCausalLM(vcfg).float()
+        vm.load_state_dict(weights)
+        nll = golden(vm.eval(), ids, os.path.join(ROOT, "golden", f"arch_{variant}.safetensors"))
+        print(f"{variant}: nll {nll:.6f}")
+
+
+def main():
+    names = sys.argv[1:] or list(FIXTURES)
+    ids = tokens()
+    for n in names:
+        make(n, FIXTURES[n], ids)
+
+
+if __name__ == "__main__":
+    main()
