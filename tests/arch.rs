@@ -143,3 +143,65 @@ fn unsupported_rope_type_is_named() {
     assert!(e.contains("\"yarn\"") && e.contains("llama3") && e.contains("linear"), "{e}");
     assert_eq!(e.trim().lines().count(), 1, "{e}");
 }
+
+/// config.json as transformers 4.x writes it (top-level `rope_theta`, `"rope_scaling": null`,
+/// `torch_dtype`), plus `"quantization_config": null` (what transformers 5 saves after loading
+/// a quantized model with its quantization cleared): read as the same model.
+#[test]
+fn transformers_4_style_config_is_the_same_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let hf = variant(dir.path(), "llama-rope", &json!({}));
+    let p = hf.join("config.json");
+    let mut cfg: Json = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    let obj = cfg.as_object_mut().unwrap();
+    obj.remove("rope_parameters");
+    obj.remove("dtype");
+    obj.insert("rope_theta".into(), json!(10000.0));
+    obj.insert("rope_scaling".into(), Json::Null);
+    obj.insert("torch_dtype".into(), json!("bfloat16"));
+    obj.insert("quantization_config".into(), Json::Null);
+    std::fs::write(&p, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    let e = logits_error(&hf, &golden_of("llama-rope"));
+    assert!(e <= 1e-5, "relative error {e}");
+}
+
+/// Widths that K-quants' 256-column blocks do not divide: the fallbacks are reported once per
+/// kind (not once per tensor) on stderr, every one in the JSON report.
+#[test]
+fn k_quant_fallbacks_are_one_line_per_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q.gguf");
+    let src = root().join("tests/fixtures/arch/llama-rope");
+    let o = qforge(&[&"--json", &"quantize", &src, &"-o", &out, &"--type", &"q4_k_m"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("falling back")).collect();
+    let j: Json = serde_json::from_slice(&o.stdout).unwrap();
+    let all = j["fallbacks"].as_array().unwrap().len();
+    assert!(all >= 10 && warnings.len() <= 5, "{all} fallbacks in {} lines:\n{stderr}", warnings.len());
+    assert!(warnings.iter().any(|w| w.contains("more tensors")), "{stderr}");
+}
+
+/// A group size that does not divide a width is refused before any work, naming the largest
+/// power of two that fits every linear (hidden 64 here: 32 for an asked 48).
+#[test]
+fn group_size_that_does_not_divide_suggests_one_that_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = root().join("tests/fixtures/arch/llama-rope");
+    for method in ["gptq", "awq"] {
+        let format = format!("hf-{method}");
+        let e = qforge_err(&[
+            &"quantize",
+            &src,
+            &"-o",
+            &dir.path().join(method),
+            &"--method",
+            &method,
+            &"--format",
+            &format,
+            &"--group-size",
+            &"48",
+        ]);
+        assert!(e.contains("--group-size 32") && e.contains("64 input columns"), "{method}: {e}");
+    }
+}

@@ -239,9 +239,7 @@ fn run_rtn(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     }
     let imatrix_json = imatrix_encoder.as_ref().map(|(_, u)| json!(u));
     let report_plan = plan_report(&model, &header)?;
-    for n in &header.notes {
-        ui.warn(n);
-    }
+    ui.warn_per_kind(&header.notes);
 
     if args.dry_run {
         if ui.json {
@@ -463,4 +461,21 @@ impl PlanReport {
             println!("{} tensor(s) fell back to another type (see warnings)", self.notes.len());
         }
     }
+}
+
+/// A group size every linear's input width divides, or an error naming the width and the
+/// group size that would fit: the largest power of two up to the one asked for that divides
+/// every width (SmolLM2-135M's 576 and 1536 take 64, not the default 128).
+pub(crate) fn check_group_size(cfg: &crate::model::ModelConfig, group_size: Option<usize>) -> Result<()> {
+    let Some(g) = group_size else { return Ok(()) };
+    let widths = [("hidden size", cfg.hidden_size), ("attention width", cfg.q_dim()), ("FFN width", cfg.ffn_size)];
+    if let Some((what, w)) = widths.iter().find(|(_, w)| w % g != 0) {
+        let fits = (0..=g.ilog2()).rev().map(|e| 1usize << e).find(|p| widths.iter().all(|(_, w)| w % p == 0));
+        bail!(
+            "--group-size {g} does not divide the model's {what} ({w} input columns); use --group-size {} (the \
+             largest power of two up to {g} that divides every linear's width) or -1 (one group per row)",
+            fits.unwrap_or(1)
+        );
+    }
+    Ok(())
 }

@@ -121,9 +121,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         Format::Gguf => {
             let plan = build_plan(args)?;
             let header = to_gguf::plan_with(file, &plan, args.name.clone())?;
-            for n in &header.notes {
-                ui.warn(n);
-            }
+            ui.warn_per_kind(&header.notes);
             let types: HashMap<String, GgmlType> =
                 header.writer.tensors().iter().map(|t| (t.name.clone(), t.ggml_type)).collect();
             gguf_header = Some(header);
@@ -228,23 +226,18 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
 
 /// The gemm layout packs 8 output rows per word and needs whole groups in every row.
 fn check_awq_shapes(cfg: &ModelConfig, group_size: Option<usize>) -> Result<()> {
-    for (what, rows, cols) in [
-        ("q_proj", cfg.q_dim(), cfg.hidden_size),
-        ("k/v_proj", cfg.kv_dim(), cfg.hidden_size),
-        ("o_proj", cfg.hidden_size, cfg.q_dim()),
-        ("gate/up_proj", cfg.ffn_size, cfg.hidden_size),
-        ("down_proj", cfg.hidden_size, cfg.ffn_size),
+    for (what, rows) in [
+        ("q_proj", cfg.q_dim()),
+        ("k/v_proj", cfg.kv_dim()),
+        ("o_proj", cfg.hidden_size),
+        ("gate/up_proj", cfg.ffn_size),
+        ("down_proj", cfg.hidden_size),
     ] {
         if rows % 8 != 0 {
             bail!("{what} has {rows} output features, not a multiple of 8: it cannot be packed as AWQ gemm");
         }
-        if let Some(gs) = group_size {
-            if cols % gs != 0 {
-                bail!("{what} has {cols} input features, not a multiple of --group-size {gs}");
-            }
-        }
     }
-    Ok(())
+    super::quantize::check_group_size(cfg, group_size)
 }
 
 /// Hands the GGUF writer AWQ's blocks and folded vectors, rows in the file's layout.

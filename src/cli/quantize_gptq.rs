@@ -69,6 +69,9 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let loaded = Loaded::open(&args.input)?;
     let file = &loaded.file;
     let cfg = file.config().clone();
+    if format == Format::HfGptq {
+        super::quantize::check_group_size(&cfg, group_size)?;
+    }
     let calib_opts =
         CalibOptions { path: args.calib.calib.clone(), nsamples: args.calib.nsamples, seqlen: args.calib.seqlen };
     let calib = Calibration::load(&loaded.tokenizer, cfg.context_length, &calib_opts).context("calibration")?;
@@ -82,9 +85,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         Format::Gguf => {
             let plan = build_plan(args)?;
             let header = to_gguf::plan_with(file, &plan, args.name.clone())?;
-            for n in &header.notes {
-                ui.warn(n);
-            }
+            ui.warn_per_kind(&header.notes);
             let types: HashMap<String, GgmlType> =
                 header.writer.tensors().iter().map(|t| (t.name.clone(), t.ggml_type)).collect();
             gguf_header = Some(header);

@@ -56,6 +56,35 @@ impl Ui {
         eprintln!("qforge: warning: {}", msg.as_ref());
     }
 
+    /// Per-tensor notes ("NAME: what happened") as one warning per kind of event, naming the
+    /// first tensors and counting the rest (a model with 30 layers would otherwise print 200
+    /// lines about the same fallback); every note with `-v`.
+    pub fn warn_per_kind(&self, notes: &[String]) {
+        if self.verbose {
+            notes.iter().for_each(|n| self.warn(n));
+            return;
+        }
+        let mut kinds: Vec<(&str, Vec<&str>)> = Vec::new();
+        for n in notes {
+            let (name, what) = n.split_once(": ").unwrap_or(("", n));
+            match kinds.iter_mut().find(|(w, _)| *w == what) {
+                Some((_, names)) => names.push(name),
+                None => kinds.push((what, vec![name])),
+            }
+        }
+        for (what, names) in kinds {
+            match names.as_slice() {
+                [one] if one.is_empty() => self.warn(what),
+                [one] => self.warn(format!("{one}: {what}")),
+                [a, b] => self.warn(format!("{a}, {b}: {what}")),
+                [a, b, rest @ ..] => {
+                    self.warn(format!("{a}, {b} and {} more tensors: {what} (-v lists them)", rest.len()))
+                }
+                [] => {}
+            }
+        }
+    }
+
     pub fn detail(&self, msg: impl AsRef<str>) {
         if self.verbose && !self.quiet {
             eprintln!("qforge: {}", msg.as_ref());

@@ -36,7 +36,9 @@ pub enum Scheme {
 impl Scheme {
     /// The scheme of a checkpoint, `None` for an unquantized one.
     pub fn from_config(config: &Value) -> Result<Option<Scheme>> {
-        let Some(q) = config.get("quantization_config") else { return Ok(None) };
+        // transformers 5 writes `"quantization_config": null` when a model loaded from a
+        // quantized file is saved with its quantization cleared (the usual way to dequantize).
+        let Some(q) = config.get("quantization_config").filter(|q| !q.is_null()) else { return Ok(None) };
         let method = q.get("quant_method").and_then(Value::as_str).unwrap_or("");
         let int = |k: &str| q.get(k).and_then(Value::as_i64);
         match method {
