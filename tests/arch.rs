@@ -76,9 +76,13 @@ fn nll_of(model: &Path) -> f64 {
 }
 
 fn check_variant(golden_name: &str, override_: Json, expect_gguf: impl Fn(&Json)) {
+    check_fixture("llama-rope", golden_name, override_, expect_gguf)
+}
+
+fn check_fixture(base: &str, golden_name: &str, override_: Json, expect_gguf: impl Fn(&Json)) {
     let g = golden_of(golden_name);
     let dir = tempfile::tempdir().unwrap();
-    let hf = variant(dir.path(), "llama-rope", &override_);
+    let hf = variant(dir.path(), base, &override_);
     let gguf = dir.path().join("f32.gguf");
     qforge_ok(&[&"-q", &"convert", &hf, &"-o", &gguf, &"--outtype", &"f32"]);
     let info: Json = serde_json::from_str(&qforge_ok(&[&"--json", &"inspect", &gguf])).unwrap();
@@ -131,6 +135,20 @@ fn linear_rope_scaling_matches_transformers() {
     check_variant("llama-rope-linear", json!({"rope_scaling": {"rope_type": "linear", "factor": 4.0}}), |info| {
         assert_eq!(info["metadata"]["llama.rope.scaling.type"], "linear");
         assert_eq!(info["metadata"]["llama.rope.scaling.factor"], 4.0);
+    });
+}
+
+/// Qwen3: per-head q/k RMSNorm (attn_q_norm / attn_k_norm in GGUF), an attention width
+/// (heads × head_dim = 128) other than the hidden size (64), GGUF architecture `qwen3`.
+#[test]
+fn qwen3_matches_transformers() {
+    check_fixture("qwen3", "qwen3", json!({}), |info| {
+        assert_eq!(info["metadata"]["general.architecture"], "qwen3");
+        let names = tensor_names(info);
+        for n in ["blk.0.attn_q_norm.weight", "blk.1.attn_k_norm.weight"] {
+            assert!(names.contains(&n.to_string()), "{n} missing: {names:?}");
+        }
+        assert_eq!(info["metadata"]["qwen3.attention.key_length"], 32);
     });
 }
 

@@ -22,7 +22,9 @@ import sys
 
 import torch
 from safetensors.torch import save_file
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+CLASSES = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen3": (Qwen3Config, Qwen3ForCausalLM)}
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENIZER = os.path.join(ROOT, "tests/fixtures/tiny-llama")
@@ -34,6 +36,7 @@ FIXTURES = {
     # LLaMA with RoPE scaling. head_dim 16 and an original context of 32 put the frequencies
     # on both sides of llama3's wavelength band and the test context (96) past it.
     "llama-rope": {
+        "class": "llama",
         "config": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                        num_key_value_heads=2, head_dim=16, max_position_embeddings=256, rope_theta=10000.0,
                        rms_norm_eps=1e-5, tie_word_embeddings=True, initializer_range=0.1, bos_token_id=0, eos_token_id=1,
@@ -44,6 +47,15 @@ FIXTURES = {
                                                    "original_max_position_embeddings": 32}},
             "llama-rope-linear": {"rope_scaling": {"rope_type": "linear", "factor": 4.0}},
         },
+    },
+    # Qwen3: per-head q/k RMSNorm; head_dim 32 with hidden 64 and 4 heads, so the attention
+    # width (128) differs from the hidden size, as in the real Qwen3 models.
+    "qwen3": {
+        "class": "qwen3",
+        "config": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=32, max_position_embeddings=256, rope_theta=1000000.0,
+                       rms_norm_eps=1e-6, tie_word_embeddings=True, initializer_range=0.1, bos_token_id=0,
+                       eos_token_id=1, pad_token_id=2),
     },
 }
 
@@ -70,8 +82,9 @@ def make(name, spec, ids):
     out = os.path.join(ROOT, "tests/fixtures/arch", name)
     shutil.rmtree(out, ignore_errors=True)
     torch.manual_seed(1234)
-    cfg = LlamaConfig(vocab_size=8192, **spec["config"])
-    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    config_class, model_class = CLASSES[spec["class"]]
+    cfg = config_class(vocab_size=8192, **spec["config"])
+    model = model_class(cfg).to(torch.bfloat16)
     # Random init is close to uniform; larger norms make the logits differ more per token.
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -87,8 +100,8 @@ def make(name, spec, ids):
     for variant, override in [(name, {})] + list(spec.get("variants", {}).items()):
         cfg_v = json.load(open(os.path.join(out, "config.json")))
         cfg_v.update(override)
-        vcfg = LlamaConfig(**{k: v for k, v in cfg_v.items() if k not in ("architectures", "transformers_version")})
-        vm = LlamaForCausalLM(vcfg).float()
+        vcfg = config_class(**{k: v for k, v in cfg_v.items() if k not in ("architectures", "transformers_version")})
+        vm = model_class(vcfg).float()
         vm.load_state_dict(weights)
         nll = golden(vm.eval(), ids, os.path.join(ROOT, "golden", f"arch_{variant}.safetensors"))
         print(f"{variant}: nll {nll:.6f}")

@@ -377,6 +377,8 @@ impl State {
         let is_70b = match config.arch {
             Arch::Llama | Arch::Mistral => n_layers == 80 && config.n_heads != config.n_kv_heads,
             Arch::Qwen2 => n_layers == 80,
+            // llama.cpp sizes Qwen3 by its layer count without a 70B case.
+            Arch::Qwen3 => false,
         };
         State {
             // llama.cpp assumes tied embeddings until it sees output.weight.

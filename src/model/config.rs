@@ -15,6 +15,8 @@ pub enum Arch {
     Mistral,
     /// Qwen2: q/k/v projections carry biases; llama.cpp keeps the HF (NeoX) RoPE layout.
     Qwen2,
+    /// Qwen3: no biases; each head of q and k is RMS-normed (its own weights) before RoPE.
+    Qwen3,
 }
 
 impl Arch {
@@ -24,6 +26,7 @@ impl Arch {
             Arch::Llama => "LlamaForCausalLM",
             Arch::Mistral => "MistralForCausalLM",
             Arch::Qwen2 => "Qwen2ForCausalLM",
+            Arch::Qwen3 => "Qwen3ForCausalLM",
         }
     }
 
@@ -32,6 +35,7 @@ impl Arch {
             Arch::Llama => "llama",
             Arch::Mistral => "mistral",
             Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
         }
     }
 
@@ -40,6 +44,7 @@ impl Arch {
         match self {
             Arch::Llama | Arch::Mistral => "llama",
             Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
         }
     }
 
@@ -52,11 +57,17 @@ impl Arch {
         matches!(self, Arch::Qwen2)
     }
 
+    /// Per-head RMSNorm of q and k before RoPE (`attn_q_norm`, `attn_k_norm`).
+    pub fn has_qk_norm(self) -> bool {
+        matches!(self, Arch::Qwen3)
+    }
+
     fn from_hf_class(name: &str) -> Option<Arch> {
         match name {
             "LlamaForCausalLM" => Some(Arch::Llama),
             "MistralForCausalLM" => Some(Arch::Mistral),
             "Qwen2ForCausalLM" => Some(Arch::Qwen2),
+            "Qwen3ForCausalLM" => Some(Arch::Qwen3),
             _ => None,
         }
     }
@@ -65,6 +76,7 @@ impl Arch {
         match name {
             "llama" => Some(Arch::Llama),
             "qwen2" => Some(Arch::Qwen2),
+            "qwen3" => Some(Arch::Qwen3),
             _ => None,
         }
     }
@@ -102,7 +114,7 @@ impl ModelConfig {
         let arch = Arch::from_hf_class(class).ok_or_else(|| {
             Error::Unsupported(format!(
                 "unsupported architecture {class:?} (qforge supports LlamaForCausalLM, \
-                 MistralForCausalLM, Qwen2ForCausalLM)"
+                 MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)"
             ))
         })?;
 
@@ -169,7 +181,9 @@ impl ModelConfig {
             .and_then(Value::as_str)
             .ok_or_else(|| Error::InvalidModel("GGUF has no general.architecture".into()))?;
         let arch = Arch::from_gguf(arch_name).ok_or_else(|| {
-            Error::Unsupported(format!("unsupported GGUF architecture {arch_name:?} (qforge supports llama, qwen2)"))
+            Error::Unsupported(format!(
+                "unsupported GGUF architecture {arch_name:?} (qforge supports llama, qwen2, qwen3)"
+            ))
         })?;
         let key = |k: &str| format!("{arch_name}.{k}");
         let req = |k: &str| -> Result<usize> {
@@ -324,6 +338,10 @@ impl ModelConfig {
                 l.push((b("attn_q.bias"), vec![q]));
                 l.push((b("attn_k.bias"), vec![kv]));
                 l.push((b("attn_v.bias"), vec![kv]));
+            }
+            if self.arch.has_qk_norm() {
+                l.push((b("attn_q_norm.weight"), vec![self.head_dim]));
+                l.push((b("attn_k_norm.weight"), vec![self.head_dim]));
             }
             l.push((b("attn_output.weight"), vec![h, q]));
             l.push((b("ffn_norm.weight"), vec![h]));

@@ -20,6 +20,9 @@ struct Layer<'a> {
     bq: Option<Vec<f32>>,
     bk: Option<Vec<f32>>,
     bv: Option<Vec<f32>>,
+    /// Per-head RMSNorm weights of q and k (Qwen3).
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
     wo: Matrix<'a>,
     ffn_norm: Vec<f32>,
     w_gate: Matrix<'a>,
@@ -101,7 +104,16 @@ impl<'a> LlamaModel<'a> {
                     Ok(None)
                 }
             };
+            let qk_norm = |s: &str| -> Result<Option<Vec<f32>>> {
+                if cfg.arch.has_qk_norm() {
+                    Ok(Some(vec_(&n(s))?))
+                } else {
+                    Ok(None)
+                }
+            };
             layers.push(Layer {
+                q_norm: qk_norm("attn_q_norm.weight")?,
+                k_norm: qk_norm("attn_k_norm.weight")?,
                 attn_norm: vec_(&n("attn_norm.weight"))?,
                 wq: mat(&n("attn_q.weight"))?,
                 wk: mat(&n("attn_k.weight"))?,
@@ -209,6 +221,24 @@ impl<'a> LlamaModel<'a> {
             .unzip()
     }
 
+    /// Qwen3's per-head RMSNorm of q and k (each head_dim slice normed with the same
+    /// weights), in place; nothing for architectures without it.
+    fn head_norms(&self, q: &mut [f32], k: &mut [f32], q_norm: Option<&[f32]>, k_norm: Option<&[f32]>) {
+        let eps = self.config.rms_eps;
+        for (x, w) in [(q, q_norm), (k, k_norm)] {
+            if let Some(w) = w {
+                let normed = rms_norm(x, w, eps);
+                x.copy_from_slice(&normed);
+            }
+        }
+    }
+
+    /// The q/k head-norm weights of layer `li` (Qwen3), for code that runs the attention
+    /// block with its own matrices (AWQ).
+    pub(crate) fn qk_norms(&self, li: usize) -> (Option<&[f32]>, Option<&[f32]>) {
+        self.layers.get(li).map_or((None, None), |l| (l.q_norm.as_deref(), l.k_norm.as_deref()))
+    }
+
     pub fn n_layers(&self) -> usize {
         self.layers.len()
     }
@@ -242,6 +272,7 @@ impl<'a> LlamaModel<'a> {
         add_bias(&mut q, layer.bq.as_deref());
         add_bias(&mut k, layer.bk.as_deref());
         add_bias(&mut v, layer.bv.as_deref());
+        self.head_norms(&mut q, &mut k, layer.q_norm.as_deref(), layer.k_norm.as_deref());
         self.rope(&mut q, cfg.n_heads, cos, sin);
         self.rope(&mut k, cfg.n_kv_heads, cos, sin);
         k_cache.extend_from_slice(&k);
@@ -355,6 +386,7 @@ impl<'a> LlamaModel<'a> {
         add_bias(&mut q, w.bq);
         add_bias(&mut k, w.bk);
         add_bias(&mut v, w.bv);
+        self.head_norms(&mut q, &mut k, w.q_norm, w.k_norm);
         self.rope(&mut q, cfg.n_heads, cos, sin);
         self.rope(&mut k, cfg.n_kv_heads, cos, sin);
         let attn = self.attention(&q, &k, &v, n, 0);
@@ -468,6 +500,8 @@ pub(crate) struct AttnWeights<'w, 'a> {
     pub bq: Option<&'w [f32]>,
     pub bk: Option<&'w [f32]>,
     pub bv: Option<&'w [f32]>,
+    pub q_norm: Option<&'w [f32]>,
+    pub k_norm: Option<&'w [f32]>,
 }
 
 fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {

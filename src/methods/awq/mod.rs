@@ -154,8 +154,10 @@ impl AwqMethod {
             m(&l.wv, l.kv_dim, l.hidden)?,
             m(&l.wo, l.hidden, l.q_dim)?,
         );
+        let (q_norm, k_norm) = model.qk_norms(l.index);
         let run = |q: &Matrix<'_>, k: &Matrix<'_>, v: &Matrix<'_>, xn: &[f32]| {
-            let w = AttnWeights { q, k, v, o: &o, bq: l.bq.as_deref(), bk: l.bk.as_deref(), bv: l.bv.as_deref() };
+            let (bq, bk, bv) = (l.bq.as_deref(), l.bk.as_deref(), l.bv.as_deref());
+            let w = AttnWeights { q, k, v, o: &o, bq, bk, bv, q_norm, k_norm };
             model.attention_block(xn, n, &w, (&rope.0, &rope.1))
         };
         let reference: Vec<Vec<f32>> = xns.iter().map(|x| run(&q, &k, &v, x)).collect::<Result<_>>()?;
