@@ -1,5 +1,6 @@
-//! The LLaMA-family forward pass (llama, mistral, qwen2): RMSNorm, RoPE, grouped-query
-//! causal attention with a KV cache, SwiGLU. Everything is computed in f32, following the
+//! The LLaMA-family forward pass (llama, mistral, qwen2, qwen3): RMSNorm, RoPE (optionally
+//! scaled: linear, llama3), grouped-query causal attention with a KV cache (Qwen3: q/k heads
+//! RMS-normed first), SwiGLU. Everything is computed in f32, following the
 //! Hugging Face reference implementation's order of operations.
 
 use faer::linalg::matmul::matmul;
