@@ -143,11 +143,12 @@ fn gptq_bad_input() {
         qforge_err(&a);
         assert!(!o.exists());
     }
-    // A group size that does not divide the rows: a clear error naming the layer.
+    // A group size that does not divide the rows: a clear error before any calibration,
+    // naming the width and a group size that fits.
     let o = tmp.path().join("z");
     let e =
         qforge_err(&[&"quantize", &t, &"--method", &"gptq", &"-o", &o, &"--group-size", &"96", &"--nsamples", &"2"]);
-    assert!(e.contains("layer 0"), "{e}");
+    assert!(e.contains("--group-size 96 does not divide") && e.contains("use --group-size 64"), "{e}");
     assert!(!o.exists());
 }
 
