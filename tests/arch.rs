@@ -98,7 +98,7 @@ fn check_fixture(base: &str, golden_name: &str, override_: Json, expect_gguf: im
     }
     // The round trip keeps the scaling in config.json.
     let cfg: Json = serde_json::from_slice(&std::fs::read(back.join("config.json")).unwrap()).unwrap();
-    let want = override_["rope_scaling"].clone();
+    let want = override_.get("rope_scaling").or_else(|| override_.get("rope_parameters")).cloned().unwrap_or_default();
     for (k, v) in want.as_object().into_iter().flatten() {
         assert_eq!(&cfg["rope_parameters"][k], v, "{golden_name}: rope_parameters.{k} after GGUF → HF");
     }
@@ -156,10 +156,18 @@ fn qwen3_matches_transformers() {
 #[test]
 fn unsupported_rope_type_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let hf = variant(dir.path(), "llama-rope", &json!({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}));
+    let hf = variant(dir.path(), "llama-rope", &json!({"rope_scaling": {"rope_type": "longrope", "factor": 4.0}}));
     let e = qforge_err(&[&"inspect", &hf]);
-    assert!(e.contains("\"yarn\"") && e.contains("llama3") && e.contains("linear"), "{e}");
+    assert!(e.contains("\"longrope\"") && e.contains("llama3") && e.contains("yarn"), "{e}");
     assert_eq!(e.trim().lines().count(), 1, "{e}");
+    // YaRN with an attention factor of its own (which transformers and llama.cpp apply
+    // differently): refused, naming the key.
+    let dir = tempfile::tempdir().unwrap();
+    let yarn =
+        json!({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "attention_factor": 1.2});
+    let hf = variant(dir.path(), "qwen2", &json!({"rope_scaling": yarn}));
+    let e = qforge_err(&[&"inspect", &hf]);
+    assert!(e.contains("attention_factor"), "{e}");
 }
 
 /// config.json as transformers 4.x writes it (top-level `rope_theta`, `"rope_scaling": null`,
@@ -222,4 +230,20 @@ fn group_size_that_does_not_divide_suggests_one_that_does() {
         ]);
         assert!(e.contains("--group-size 32") && e.contains("64 input columns"), "{method}: {e}");
     }
+}
+
+/// Qwen2 (q/k/v biases), plain and with YaRN (Qwen2.5's long-context setting): the blended
+/// frequencies and the cos/sin scale, from HF, GGUF (`rope.scaling.*` keys) and back.
+#[test]
+fn qwen2_plain_and_yarn_match_transformers() {
+    check_fixture("qwen2", "qwen2", json!({}), |info| {
+        assert_eq!(info["metadata"]["general.architecture"], "qwen2");
+    });
+    let yarn =
+        json!({"rope_type": "yarn", "factor": 4.0, "rope_theta": 1000000.0, "original_max_position_embeddings": 32});
+    check_fixture("qwen2", "qwen2-yarn", json!({"rope_parameters": yarn}), |info| {
+        assert_eq!(info["metadata"]["qwen2.rope.scaling.type"], "yarn");
+        assert_eq!(info["metadata"]["qwen2.rope.scaling.factor"], 4.0);
+        assert_eq!(info["metadata"]["qwen2.rope.scaling.original_context_length"], 32);
+    });
 }

@@ -8,7 +8,9 @@ two F32 files; exit 1 if an F32 NLL differs by more than 1e-4 relative.
 
 The fixtures' tokenizer (the trained tiny-llama BPE) is not in llama.cpp's pre-tokenizer hash
 table, so convert_hf_to_gguf.py runs with its pre-tokenizer named "gpt-2" (what qforge
-detects from the tokenizer's structure); nothing else is changed.
+detects from the tokenizer's structure), and loads it as a plain PreTrainedTokenizerFast
+(transformers 5 would pick Qwen2Tokenizer for a qwen2 config, which adds a token); nothing
+else is changed.
 
 Needs: torch, transformers, llama-cpp-python, the llama.cpp sources of the pinned
 llama-cpp-python sdist (tools/bench_ppl.sh), qforge's release build.
@@ -40,6 +42,11 @@ def pre(self, tokenizer):
     except NotImplementedError:
         return "gpt-2"
 base.TextModel.get_vocab_base_pre = pre
+# transformers 5 picks the tokenizer class from the model type (Qwen2Tokenizer adds a token of
+# its own); the fixtures' tokenizer is a plain tokenizer.json.
+import transformers
+transformers.AutoTokenizer.from_pretrained = staticmethod(
+    lambda path, *a, **k: transformers.PreTrainedTokenizerFast.from_pretrained(path))
 import runpy
 runpy.run_path(sys.argv[0], run_name="__main__")
 """

@@ -22,9 +22,11 @@ import sys
 
 import torch
 from safetensors.torch import save_file
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+from transformers import (AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+                          Qwen3ForCausalLM)
 
-CLASSES = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen3": (Qwen3Config, Qwen3ForCausalLM)}
+CLASSES = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+           "qwen3": (Qwen3Config, Qwen3ForCausalLM)}
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENIZER = os.path.join(ROOT, "tests/fixtures/tiny-llama")
@@ -46,6 +48,20 @@ FIXTURES = {
                                                    "high_freq_factor": 4.0,
                                                    "original_max_position_embeddings": 32}},
             "llama-rope-linear": {"rope_scaling": {"rope_type": "linear", "factor": 4.0}},
+        },
+    },
+    # Qwen2 (q/k/v biases) with YaRN, as Qwen2.5 configures it for long contexts: original
+    # context 32, so the test window (96) is past it.
+    "qwen2": {
+        "class": "qwen2",
+        "config": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, max_position_embeddings=256, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                       tie_word_embeddings=True, initializer_range=0.1, bos_token_id=0, eos_token_id=1,
+                       pad_token_id=2),
+        "variants": {
+            # transformers 5's layout: the scaling inside rope_parameters, with the theta.
+            "qwen2-yarn": {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1000000.0,
+                                               "original_max_position_embeddings": 32}},
         },
     },
     # Qwen3: per-head q/k RMSNorm; head_dim 32 with hidden 64 and 4 heads, so the attention
@@ -90,6 +106,8 @@ def make(name, spec, ids):
         for n, p in model.named_parameters():
             if n.endswith("norm.weight"):
                 p.copy_(1.0 + 0.5 * torch.randn_like(p))
+            elif n.endswith("bias"):  # zero at init: make them count
+                p.copy_(0.5 * torch.randn_like(p))
     model.save_pretrained(out, safe_serialization=True)
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(os.path.join(TOKENIZER, f), out)

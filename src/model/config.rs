@@ -6,7 +6,7 @@ use serde_json::Value as Json;
 use crate::error::{Error, Result};
 use crate::formats::gguf::{GgufHeader, Value};
 pub use crate::model::rope::RopeScaling;
-use crate::model::rope::ROPE_FREQS;
+use crate::model::rope::{GgufRopeKeys, ROPE_FREQS};
 
 /// The decoder families qforge supports. All are LLaMA-shaped: RMSNorm, RoPE, SwiGLU, GQA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +144,9 @@ impl ModelConfig {
 
         // transformers v5 moved rope settings into `rope_parameters`; older files have
         // `rope_theta` and `rope_scaling` at the top level.
-        let rope = json.get("rope_parameters");
+        // As transformers 5: a `rope_scaling` object replaces `rope_parameters` (theta then comes
+        // from it or from the top level).
+        let rope = json.get("rope_scaling").filter(|s| s.is_object()).or_else(|| json.get("rope_parameters"));
         let rope_theta = rope
             .and_then(|r| r.get("rope_theta"))
             .or_else(|| json.get("rope_theta"))
@@ -213,20 +215,14 @@ impl ModelConfig {
         let rope_theta = h.get(&key("rope.freq_base")).and_then(Value::as_f64).unwrap_or(10000.0) as f32;
         // rope_freqs.weight's values are read with the tensors (`ModelFile::open` then calls
         // `with_rope_freqs`); until then the scaling is "some factors".
-        let rope_scaling = RopeScaling::from_gguf(
-            h.get(&key("rope.scaling.type")).and_then(Value::as_str),
-            h.get(&key("rope.scaling.factor")).and_then(Value::as_f64),
-            None,
-            rope_theta,
-            head_dim,
-        )
-        .map(|s| {
-            if h.tensor(ROPE_FREQS).is_some() && s == RopeScaling::None {
-                RopeScaling::FreqFactors
-            } else {
-                s
-            }
-        })?;
+        let rope_scaling =
+            RopeScaling::from_gguf(&GgufRopeKeys::read(h, arch_name), None, rope_theta, head_dim).map(|s| {
+                if h.tensor(ROPE_FREQS).is_some() && s == RopeScaling::None {
+                    RopeScaling::FreqFactors
+                } else {
+                    s
+                }
+            })?;
         let cfg = ModelConfig {
             arch,
             hidden_size,
@@ -262,13 +258,8 @@ impl ModelConfig {
         if values.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
             return Err(Error::tensor(ROPE_FREQS, "holds a value that is not a positive number"));
         }
-        self.rope_scaling = RopeScaling::from_gguf(
-            h.get(&format!("{arch}.rope.scaling.type")).and_then(Value::as_str),
-            h.get(&format!("{arch}.rope.scaling.factor")).and_then(Value::as_f64),
-            Some(values),
-            self.rope_theta,
-            self.head_dim,
-        )?;
+        self.rope_scaling =
+            RopeScaling::from_gguf(&GgufRopeKeys::read(h, arch), Some(values), self.rope_theta, self.head_dim)?;
         Ok(self)
     }
 

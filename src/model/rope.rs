@@ -8,6 +8,11 @@
 //!   wavelengths, `factor` for long ones, smoothly in between. llama.cpp's converter stores
 //!   those per-frequency factors as the F32 tensor `rope_freqs.weight`; qforge writes the same
 //!   tensor, and reading a GGUF recovers the parameters from it (for config.json).
+//! - `yarn` (Qwen2.5 and others): frequencies blended between interpolated (÷ factor) and
+//!   original along a ramp between the "correction dimensions" of `beta_fast`/`beta_slow`, and
+//!   cos/sin multiplied by 0.1·ln(factor) + 1. transformers and llama.cpp agree on this when the
+//!   config sets no `attention_factor`/`mscale` of its own (they then differ, so those are
+//!   refused).
 
 use serde_json::{json, Value as Json};
 
@@ -15,6 +20,37 @@ use crate::error::{Error, Result};
 
 /// The GGUF tensor holding per-frequency divisors.
 pub const ROPE_FREQS: &str = "rope_freqs.weight";
+
+/// The `{arch}.rope.scaling.*` keys of a GGUF.
+#[derive(Debug, Clone, Default)]
+pub struct GgufRopeKeys {
+    pub scaling_type: Option<String>,
+    pub factor: Option<f64>,
+    pub original_context: Option<usize>,
+    pub yarn_beta_fast: Option<f64>,
+    pub yarn_beta_slow: Option<f64>,
+    pub yarn_attn_factor: Option<f64>,
+    pub yarn_ext_factor: Option<f64>,
+}
+
+impl GgufRopeKeys {
+    pub fn read(h: &crate::formats::gguf::GgufHeader, arch: &str) -> GgufRopeKeys {
+        use crate::formats::gguf::Value;
+        let f = |k: &str| h.get(&format!("{arch}.rope.scaling.{k}")).and_then(Value::as_f64);
+        GgufRopeKeys {
+            scaling_type: h.get(&format!("{arch}.rope.scaling.type")).and_then(Value::as_str).map(str::to_string),
+            factor: f("factor"),
+            original_context: h
+                .get(&format!("{arch}.rope.scaling.original_context_length"))
+                .and_then(Value::as_u64)
+                .map(|v| v as usize),
+            yarn_beta_fast: f("yarn_beta_fast"),
+            yarn_beta_slow: f("yarn_beta_slow"),
+            yarn_attn_factor: f("yarn_attn_factor"),
+            yarn_ext_factor: f("yarn_ext_factor"),
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
@@ -28,12 +64,18 @@ pub enum RopeScaling {
         high_freq_factor: f32,
         original_context: usize,
     },
+    Yarn {
+        factor: f32,
+        original_context: usize,
+        beta_fast: f32,
+        beta_slow: f32,
+    },
     /// A GGUF's `rope_freqs.weight` whose values no Llama-3 parameters reproduce: the runtime
     /// uses them as they are; exporting to Hugging Face is refused.
     FreqFactors,
 }
 
-const SUPPORTED: &str = "supported: default, linear, llama3";
+const SUPPORTED: &str = "supported: default, linear, llama3, yarn";
 
 impl RopeScaling {
     /// From config.json: `rope_scaling` (transformers 4.x) or `rope_parameters` (5.x), whose
@@ -76,6 +118,39 @@ impl RopeScaling {
                     original_context: orig as usize,
                 })
             }
+            "yarn" => {
+                for key in ["attention_factor", "attn_factor", "mscale", "mscale_all_dim", "extrapolation_factor"] {
+                    if params.get(key).is_some_and(|v| !v.is_null()) {
+                        return Err(Error::Unsupported(format!(
+                            "YaRN RoPE scaling with {key:?} (transformers and llama.cpp apply it differently; qforge \
+                             supports YaRN without it)"
+                        )));
+                    }
+                }
+                if params.get("truncate").and_then(Json::as_bool) == Some(false) {
+                    return Err(Error::Unsupported("YaRN RoPE scaling with \"truncate\": false".into()));
+                }
+                let orig = num("original_max_position_embeddings")
+                    .or_else(|| json.get("original_max_position_embeddings").and_then(Json::as_f64))
+                    .filter(|&o| (1.0..1e9).contains(&o))
+                    .ok_or_else(|| {
+                        Error::InvalidModel(
+                            "config.json: YaRN RoPE scaling without original_max_position_embeddings".into(),
+                        )
+                    })?;
+                let beta = |key: &str, default: f64| -> Result<f32> {
+                    match num(key).filter(|&b| b != 0.0).unwrap_or(default) {
+                        b if b.is_finite() && b > 0.0 => Ok(b as f32),
+                        b => Err(Error::InvalidModel(format!("config.json: YaRN {key} {b}"))),
+                    }
+                };
+                Ok(RopeScaling::Yarn {
+                    factor: factor(None)?,
+                    original_context: orig as usize,
+                    beta_fast: beta("beta_fast", 32.0)?,
+                    beta_slow: beta("beta_slow", 1.0)?,
+                })
+            }
             other => Err(Error::Unsupported(format!("RoPE scaling type {other:?} is not supported ({SUPPORTED})"))),
         }
     }
@@ -83,21 +158,40 @@ impl RopeScaling {
     /// From GGUF metadata (`scaling_type`, `scaling_factor`: the `{arch}.rope.scaling.*` keys)
     /// and the values of `rope_freqs.weight` if the file has it.
     pub fn from_gguf(
-        scaling_type: Option<&str>,
-        scaling_factor: Option<f64>,
+        keys: &GgufRopeKeys,
         freq_factors: Option<&[f32]>,
         theta: f32,
         head_dim: usize,
     ) -> Result<RopeScaling> {
-        match (scaling_type.unwrap_or("none"), freq_factors) {
+        let scaling_factor = keys.factor;
+        match (keys.scaling_type.as_deref().unwrap_or("none"), freq_factors) {
             ("none", None) => Ok(RopeScaling::None),
             ("none", Some(f)) => Ok(fit_llama3(f, theta, head_dim).unwrap_or(RopeScaling::FreqFactors)),
             ("linear", None) => match scaling_factor {
                 Some(f) if f.is_finite() && f > 0.0 => Ok(RopeScaling::Linear { factor: f as f32 }),
                 _ => Err(Error::InvalidModel(format!("linear RoPE scaling with factor {scaling_factor:?}"))),
             },
-            ("linear", Some(_)) => {
-                Err(Error::Unsupported("linear RoPE scaling together with rope_freqs.weight".into()))
+            ("yarn", None) => {
+                if keys.yarn_attn_factor.is_some_and(|a| a != 1.0) || keys.yarn_ext_factor.is_some_and(|e| e != 1.0) {
+                    return Err(Error::Unsupported(
+                        "YaRN RoPE scaling with its own attention or extrapolation factor".into(),
+                    ));
+                }
+                let factor = scaling_factor.filter(|f| f.is_finite() && *f > 0.0);
+                let (Some(factor), Some(orig)) = (factor, keys.original_context) else {
+                    return Err(Error::InvalidModel(
+                        "YaRN RoPE scaling without a factor or an original context length".into(),
+                    ));
+                };
+                let beta = |b: Option<f64>, d: f32| b.map_or(d, |b| b as f32);
+                let (beta_fast, beta_slow) = (beta(keys.yarn_beta_fast, 32.0), beta(keys.yarn_beta_slow, 1.0));
+                if !(beta_fast.is_finite() && beta_slow.is_finite() && beta_fast > 0.0 && beta_slow > 0.0 && orig > 0) {
+                    return Err(Error::InvalidModel("YaRN RoPE scaling with invalid parameters".into()));
+                }
+                Ok(RopeScaling::Yarn { factor: factor as f32, original_context: orig, beta_fast, beta_slow })
+            }
+            ("linear" | "yarn", Some(_)) => {
+                Err(Error::Unsupported("linear or YaRN RoPE scaling together with rope_freqs.weight".into()))
             }
             (other, _) => {
                 Err(Error::Unsupported(format!("GGUF RoPE scaling type {other:?} is not supported ({SUPPORTED})")))
@@ -112,26 +206,65 @@ impl RopeScaling {
         else {
             return None;
         };
-        let orig = original_context as f32;
-        let (low_wavelen, high_wavelen) = (orig / low, orig / high);
+        Some(llama3_factors(factor, low, high, original_context, theta, head_dim))
+    }
+
+    /// The divisor of each frequency the runtime applies: llama3's (also what
+    /// `rope_freqs.weight` stores) or YaRN's blend, 1 / ((1 - e)/factor + e) with `e` the
+    /// extrapolation share of the ramp.
+    pub fn runtime_divisors(&self, theta: f32, head_dim: usize) -> Option<Vec<f32>> {
+        let RopeScaling::Yarn { factor, original_context, beta_fast, beta_slow } = *self else {
+            return self.freq_factors(theta, head_dim);
+        };
+        // The correction range (in pair indices), as both transformers and ggml compute it.
+        let corr = |rot: f32| {
+            head_dim as f32 * (original_context as f32 / (rot * 2.0 * std::f32::consts::PI)).ln() / (2.0 * theta.ln())
+        };
+        let low = corr(beta_fast).floor().max(0.0);
+        let high = corr(beta_slow).ceil().min(head_dim as f32 - 1.0);
         Some(
             (0..head_dim / 2)
                 .map(|i| {
-                    let freq = 1.0 / theta.powf((2 * i) as f32 / head_dim as f32);
-                    let wavelen = 2.0 * std::f32::consts::PI / freq;
-                    if wavelen < high_wavelen {
-                        1.0
-                    } else if wavelen > low_wavelen {
-                        factor
-                    } else {
-                        let smooth = (orig / wavelen - low) / (high - low);
-                        1.0 / ((1.0 - smooth) / factor + smooth)
-                    }
+                    let ramp = ((i as f32 - low) / (high - low).max(0.001)).clamp(0.0, 1.0);
+                    let extrapolation = 1.0 - ramp;
+                    1.0 / ((1.0 - extrapolation) / factor + extrapolation)
                 })
                 .collect(),
         )
     }
 
+    /// The factor YaRN multiplies cos and sin with (1 otherwise).
+    pub fn attention_scale(&self) -> f32 {
+        match *self {
+            RopeScaling::Yarn { factor, .. } if factor > 1.0 => 0.1 * factor.ln() + 1.0,
+            _ => 1.0,
+        }
+    }
+}
+
+/// Llama 3's per-frequency divisors (in f32, as torch computes them in the converter).
+fn llama3_factors(factor: f32, low: f32, high: f32, original_context: usize, theta: f32, head_dim: usize) -> Vec<f32> {
+    {
+        let orig = original_context as f32;
+        let (low_wavelen, high_wavelen) = (orig / low, orig / high);
+        (0..head_dim / 2)
+            .map(|i| {
+                let freq = 1.0 / theta.powf((2 * i) as f32 / head_dim as f32);
+                let wavelen = 2.0 * std::f32::consts::PI / freq;
+                if wavelen < high_wavelen {
+                    1.0
+                } else if wavelen > low_wavelen {
+                    factor
+                } else {
+                    let smooth = (orig / wavelen - low) / (high - low);
+                    1.0 / ((1.0 - smooth) / factor + smooth)
+                }
+            })
+            .collect()
+    }
+}
+
+impl RopeScaling {
     /// llama.cpp's `freq_scale`: positions are multiplied by it.
     pub fn freq_scale(&self) -> f32 {
         match *self {
@@ -147,6 +280,13 @@ impl RopeScaling {
             RopeScaling::Linear { factor } => {
                 vec![("rope.scaling.type", Value::String("linear".into())), ("rope.scaling.factor", Value::F32(factor))]
             }
+            RopeScaling::Yarn { factor, original_context, beta_fast, beta_slow } => vec![
+                ("rope.scaling.type", Value::String("yarn".into())),
+                ("rope.scaling.factor", Value::F32(factor)),
+                ("rope.scaling.original_context_length", Value::U32(original_context as u32)),
+                ("rope.scaling.yarn_beta_fast", Value::F32(beta_fast)),
+                ("rope.scaling.yarn_beta_slow", Value::F32(beta_slow)),
+            ],
             _ => Vec::new(),
         }
     }
@@ -162,6 +302,11 @@ impl RopeScaling {
                 "rope_theta": theta, "rope_type": "llama3", "factor": shortest(factor),
                 "low_freq_factor": shortest(low_freq_factor), "high_freq_factor": shortest(high_freq_factor),
                 "original_max_position_embeddings": original_context,
+            }),
+            RopeScaling::Yarn { factor, original_context, beta_fast, beta_slow } => json!({
+                "rope_theta": theta, "rope_type": "yarn", "factor": shortest(factor),
+                "original_max_position_embeddings": original_context, "beta_fast": shortest(beta_fast),
+                "beta_slow": shortest(beta_slow),
             }),
             RopeScaling::FreqFactors => {
                 return Err(Error::Unsupported(

@@ -41,6 +41,8 @@ pub struct LlamaModel<'a> {
     output: Option<Matrix<'a>>,
     /// inv_freq[i] = theta^(-2i/head_dim), in f32 as PyTorch computes it.
     inv_freq: Vec<f32>,
+    /// cos and sin are multiplied by this (YaRN's attention scale; 1 otherwise).
+    rope_scale: f32,
 }
 
 /// Keys and values of every layer for the positions seen so far.
@@ -132,8 +134,12 @@ impl<'a> LlamaModel<'a> {
         let output = if cfg.tie_embeddings { None } else { Some(mat("output.weight")?) };
         let half = cfg.head_dim / 2;
         // RoPE scaling as llama.cpp applies it: each frequency divided by its rope_freqs.weight
-        // value (llama3), every one multiplied by freq_scale (linear).
-        let divisors = if cfg.has_rope_freqs() { Some(vec_(crate::model::rope::ROPE_FREQS)?) } else { None };
+        // value (llama3) or YaRN's blend, every one multiplied by freq_scale (linear).
+        let divisors = if cfg.has_rope_freqs() {
+            Some(vec_(crate::model::rope::ROPE_FREQS)?)
+        } else {
+            cfg.rope_scaling.runtime_divisors(cfg.rope_theta, cfg.head_dim)
+        };
         let scale = cfg.rope_scaling.freq_scale();
         let inv_freq: Vec<f32> = (0..half)
             .map(|i| {
@@ -144,6 +150,7 @@ impl<'a> LlamaModel<'a> {
             .collect();
 
         Ok(LlamaModel {
+            rope_scale: cfg.rope_scaling.attention_scale(),
             rope_layout: file.qk_layout(),
             embed: mat("token_embd.weight")?,
             norm: vec_("output_norm.weight")?,
@@ -218,7 +225,7 @@ impl<'a> LlamaModel<'a> {
     pub fn rope_tables(&self, pos0: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
         (pos0..pos0 + n)
             .flat_map(|p| self.inv_freq.iter().map(move |&f| p as f32 * f))
-            .map(|a| (a.cos(), a.sin()))
+            .map(|a| (a.cos() * self.rope_scale, a.sin() * self.rope_scale))
             .unzip()
     }
 
