@@ -74,7 +74,7 @@ impl Ui {
         }
         for (what, names) in kinds {
             match names.as_slice() {
-                [one] if one.is_empty() => self.warn(what),
+                [""] => self.warn(what),
                 [one] => self.warn(format!("{one}: {what}")),
                 [a, b] => self.warn(format!("{a}, {b}: {what}")),
                 [a, b, rest @ ..] => {

@@ -105,7 +105,7 @@ impl RopeScaling {
                 let low = num("low_freq_factor").unwrap_or(1.0);
                 let high = num("high_freq_factor").unwrap_or(4.0);
                 let orig = num("original_max_position_embeddings").unwrap_or(8192.0);
-                if !(low.is_finite() && high.is_finite() && low > 0.0 && high > low && orig >= 1.0 && orig < 1e9) {
+                if !(low.is_finite() && high.is_finite() && low > 0.0 && high > low && (1.0..1e9).contains(&orig)) {
                     return Err(Error::InvalidModel(format!(
                         "config.json: llama3 RoPE scaling with low_freq_factor {low}, high_freq_factor {high}, \
                          original_max_position_embeddings {orig}"

@@ -4,6 +4,7 @@
 //! - for LLaMA-family classes, a tokenizer.json that is SentencePiece-style BPE (byte
 //!   fallback) with no tokenizer.model (`_set_vocab_llama_hf`, gguf-py's `LlamaHfVocab`);
 //! - otherwise byte-level BPE (`_set_vocab_gpt2`), its pre-tokenizer identified by hash.
+//!
 //! Special tokens come from `special_vocab` (gguf-py's `SpecialVocab`) in every case.
 
 use std::collections::HashMap;
