@@ -105,6 +105,12 @@ impl Spm {
                 v.token_types.len()
             )));
         }
+        Self::build(v, v.scores.clone())
+    }
+
+    /// The engine over `v`'s tokens with these merge scores (token types checked by callers).
+    fn build(v: &Vocab, scores: Vec<f32>) -> Result<Spm> {
+        let n = v.tokens.len();
         // Later duplicates win, as in llama.cpp's token_to_id map.
         let mut token_to_id = AHashMap::with_capacity(n);
         for (i, t) in v.tokens.iter().enumerate() {
@@ -131,7 +137,7 @@ impl Spm {
             escape_spaces: true,
             whole_newline_runs: false,
             token_to_id,
-            scores: v.scores.clone(),
+            scores,
             types: v.token_types.clone(),
             tokens: v.tokens.clone(),
             byte_tokens,
@@ -149,9 +155,12 @@ impl Spm {
     /// SentencePiece-style BPE (a `raw_utf8` pre-tokenizer: Gemma 4, sarvam-moe): the merges
     /// of the vocabulary by rank; `pre` is its pre-tokenizer entry.
     pub fn raw_bpe(v: &Vocab, pre: &PreTokenizer) -> Result<Spm> {
-        let mut v = v.clone();
-        if v.scores.len() != v.tokens.len() {
-            v.scores = vec![0.0; v.tokens.len()];
+        if v.token_types.len() != v.tokens.len() {
+            return Err(Error::Tokenizer(format!(
+                "BPE vocabulary: {} tokens, {} token types",
+                v.tokens.len(),
+                v.token_types.len()
+            )));
         }
         let mut ranks = AHashMap::with_capacity(v.merges.len());
         for (rank, m) in v.merges.iter().enumerate() {
@@ -165,7 +174,8 @@ impl Spm {
             // The first rule for a pair wins, as llama.cpp's emplace.
             ranks.entry(key).or_insert(rank as u32);
         }
-        let mut spm = Spm::new(&v)?;
+        // Merges go by rank: the scores (which a GGUF may or may not carry) are not used.
+        let mut spm = Spm::build(v, vec![0.0; v.tokens.len()])?;
         spm.ranks = Some(ranks);
         spm.escape_spaces = pre.escape_spaces;
         spm.whole_newline_runs = pre.kind == "gemma4";
