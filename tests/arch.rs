@@ -247,3 +247,117 @@ fn qwen2_plain_and_yarn_match_transformers() {
         assert_eq!(info["metadata"]["qwen2.rope.scaling.original_context_length"], 32);
     });
 }
+
+/// Gemma 2: GeGLU, √hidden embedding scale, sandwich norms stored as llama.cpp stores them
+/// (1 + w), soft-capped attention scores and logits, sliding window (24 < the 96-token window)
+/// on the even layers; a SentencePiece tokenizer.model written without the space prefix.
+#[test]
+fn gemma2_matches_transformers() {
+    check_fixture("gemma2", "gemma2", json!({}), |info| {
+        let m = &info["metadata"];
+        assert_eq!(m["general.architecture"], "gemma2");
+        assert_eq!(m["gemma2.attn_logit_softcapping"], 5.0);
+        assert_eq!(m["gemma2.final_logit_softcapping"], 3.0);
+        assert_eq!(m["gemma2.attention.sliding_window"], 24);
+        assert!(m.get("gemma2.attention.sliding_window_pattern").is_none(), "default pattern written: {m}");
+        assert_eq!(m["tokenizer.ggml.model"], "llama");
+        assert_eq!(m["tokenizer.ggml.add_space_prefix"], false);
+        let names = tensor_names(info);
+        for n in ["blk.0.post_attention_norm.weight", "blk.3.post_ffw_norm.weight", "blk.2.ffn_norm.weight"] {
+            assert!(names.contains(&n.to_string()), "{n} missing: {names:?}");
+        }
+    });
+}
+
+/// query_pre_attn_scalar other than head_dim: transformers' model from the HF directory; GGUF
+/// has no key for it and llama.cpp derives the scale from the shapes, so convert says so.
+#[test]
+fn gemma2_query_scalar_is_applied_and_its_loss_in_gguf_is_reported() {
+    let g = golden_of("gemma2-scalar");
+    let dir = tempfile::tempdir().unwrap();
+    let hf = variant(dir.path(), "gemma2", &json!({"query_pre_attn_scalar": 48}));
+    let e = logits_error(&hf, &g);
+    assert!(e <= 1e-5, "relative error {e}");
+    let out = qforge(&[&"convert", &hf, &"-o", &dir.path().join("g.gguf"), &"--outtype", &"f32"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("query_pre_attn_scalar 48") && stderr.contains("(32)"), "{stderr}");
+}
+
+/// Gemma 3 (text): q/k norms, five sliding-window layers then a global one, the global layers
+/// with linear RoPE scaling (GGUF's rope.scaling.*), the local ones with their own base.
+#[test]
+fn gemma3_matches_transformers() {
+    check_fixture("gemma3", "gemma3", json!({}), |info| {
+        let m = &info["metadata"];
+        assert_eq!(m["general.architecture"], "gemma3");
+        assert_eq!(m["gemma3.rope.scaling.type"], "linear");
+        assert_eq!(m["gemma3.rope.scaling.factor"], 4.0);
+        assert_eq!(m["gemma3.rope.freq_base"], 1000000.0);
+        assert_eq!(m["gemma3.attention.sliding_window"], 24);
+        // llama.cpp's defaults (local base 10000, pattern 6) are left implicit, as its converter does.
+        assert!(
+            m.get("gemma3.rope.freq_base_swa").is_none() && m.get("gemma3.attention.sliding_window_pattern").is_none()
+        );
+        assert!(m.get("gemma3.attn_logit_softcapping").is_none());
+        assert!(tensor_names(info).contains(&"blk.5.attn_q_norm.weight".to_string()));
+    });
+}
+
+/// What llama.cpp reads but its Gemma 3 converter does not write: a local RoPE base other
+/// than 10000 (`rope.freq_base_swa`) and a layer list other than the default pattern
+/// (`attention.sliding_window_pattern`, one bool per layer). Both survive GGUF → HF.
+#[test]
+fn gemma3_local_base_and_layer_list_travel_through_gguf() {
+    let params = json!({
+        "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 500.0}});
+    check_fixture("gemma3", "gemma3-local-base", json!({"rope_parameters": params}), |info| {
+        assert_eq!(info["metadata"]["gemma3.rope.freq_base_swa"], 500.0);
+    });
+    let types = json!([
+        "sliding_attention",
+        "full_attention",
+        "sliding_attention",
+        "sliding_attention",
+        "full_attention",
+        "sliding_attention"
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let hf = variant(dir.path(), "gemma3", &json!({"layer_types": types}));
+    let gguf = dir.path().join("f32.gguf");
+    qforge_ok(&[&"-q", &"convert", &hf, &"-o", &gguf, &"--outtype", &"f32"]);
+    let info: Json = serde_json::from_str(&qforge_ok(&[&"--json", &"inspect", &gguf])).unwrap();
+    let pattern = &info["metadata"]["gemma3.attention.sliding_window_pattern"];
+    assert_eq!(pattern, &json!([true, false, true, true, false, true]), "{}", info["metadata"]);
+    let back = dir.path().join("back");
+    qforge_ok(&[&"-q", &"convert", &gguf, &"-o", &back, &"--to", &"hf", &"--outtype", &"f32"]);
+    let cfg: Json = serde_json::from_slice(&std::fs::read(back.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["layer_types"], types);
+    let g = golden_of("gemma3-layers");
+    for path in [&hf, &gguf, &back] {
+        let e = logits_error(path, &g);
+        assert!(e <= 1e-5, "{}: relative error {e}", path.display());
+    }
+}
+
+/// Gemma 3's config.json as transformers 4 writes it: top-level rope_theta, rope_scaling (of
+/// the global layers), rope_local_base_freq and sliding_window_pattern.
+#[test]
+fn gemma3_transformers_4_style_config_is_the_same_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let hf = variant(dir.path(), "gemma3", &json!({}));
+    let p = hf.join("config.json");
+    let mut cfg: Json = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    let obj = cfg.as_object_mut().unwrap();
+    for k in ["rope_parameters", "layer_types"] {
+        obj.remove(k);
+    }
+    obj.insert("rope_theta".into(), json!(1000000.0));
+    obj.insert("rope_local_base_freq".into(), json!(10000.0));
+    obj.insert("rope_scaling".into(), json!({"rope_type": "linear", "factor": 4.0}));
+    obj.insert("sliding_window_pattern".into(), json!(6));
+    std::fs::write(&p, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    let e = logits_error(&hf, &golden_of("gemma3"));
+    assert!(e <= 1e-5, "relative error {e}");
+}

@@ -22,14 +22,19 @@ import sys
 
 import torch
 from safetensors.torch import save_file
-from transformers import (AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
-                          Qwen3ForCausalLM)
+from transformers import (AutoTokenizer, Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig,
+                          LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 CLASSES = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM),
-           "qwen3": (Qwen3Config, Qwen3ForCausalLM)}
+           "qwen3": (Qwen3Config, Qwen3ForCausalLM), "gemma2": (Gemma2Config, Gemma2ForCausalLM),
+           "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM)}
+# Gemma's RMSNorm scales by 1 + w.
+NORM_PLUS_ONE = {"gemma2", "gemma3"}
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENIZER = os.path.join(ROOT, "tests/fixtures/tiny-llama")
+# SentencePiece fixtures: the first 8192 pieces of llama.cpp's Llama-2 vocabulary test file.
+SPM_VOCAB = os.path.join(ROOT, "../shared/fixtures/vocab/ggml-vocab-llama-spm.gguf")
 WIKI = os.path.join(ROOT, "tests/fixtures/text/wiki.test.raw")
 CTX = 96
 POSITIONS = [0, 1, 2, 3, 40, 41, 88, 89, 90, 91, 92, 93, 94, 95]
@@ -66,6 +71,42 @@ FIXTURES = {
     },
     # Qwen3: per-head q/k RMSNorm; head_dim 32 with hidden 64 and 4 heads, so the attention
     # width (128) differs from the hidden size, as in the real Qwen3 models.
+    # Gemma 2: sandwich norms (1 + w), GeGLU, √hidden embedding scale, soft-capped scores and
+    # logits (caps small enough to bite at this scale), sliding window (24) shorter than the
+    # test context on the even layers, head_dim 32 ≠ hidden/heads. A SentencePiece
+    # tokenizer.model without the dummy prefix, as Gemma's. query_pre_attn_scalar equals
+    # head_dim in the base (what llama.cpp assumes); the variant tests the scalar itself.
+    "gemma2": {
+        "class": "gemma2",
+        "tokenizer": "spm",
+        "config": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=32, max_position_embeddings=256, rope_theta=10000.0,
+                       rms_norm_eps=1e-6, tie_word_embeddings=True, initializer_range=0.1, bos_token_id=1,
+                       eos_token_id=2, pad_token_id=0, query_pre_attn_scalar=32, sliding_window=24,
+                       attn_logit_softcapping=5.0, final_logit_softcapping=3.0),
+        "variants": {"gemma2-scalar": {"query_pre_attn_scalar": 48}},
+    },
+    # Gemma 3 (text): q/k norms, five sliding-window layers then a global one, the global layers
+    # with linear RoPE scaling and their own base (transformers 5's per-layer-type
+    # rope_parameters), byte-level BPE tokenizer.json (the converter's gpt2 path). Variants: the
+    # local layers with another base, and a layer list that is not the default pattern.
+    "gemma3": {
+        "class": "gemma3",
+        "config": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=32, max_position_embeddings=256, rms_norm_eps=1e-6,
+                       tie_word_embeddings=True, initializer_range=0.1, bos_token_id=0, eos_token_id=1,
+                       pad_token_id=2, query_pre_attn_scalar=32, sliding_window=24,
+                       rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0,
+                                                           "rope_theta": 1000000.0},
+                                        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}),
+        "variants": {
+            "gemma3-local-base": {"rope_parameters": {
+                "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000000.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 500.0}}},
+            "gemma3-layers": {"layer_types": ["sliding_attention", "full_attention", "sliding_attention",
+                                              "sliding_attention", "full_attention", "sliding_attention"]},
+        },
+    },
     "qwen3": {
         "class": "qwen3",
         "config": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -76,10 +117,35 @@ FIXTURES = {
 }
 
 
-def tokens():
-    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+def make_spm(out):
+    """tokenizer.model (+ tokenizer_config.json) from the Llama-2 pieces, without the dummy prefix."""
+    import gguf
+    sys.path.insert(0, os.path.join(ROOT, "tests/py"))
+    from check_sentencepiece import make as make_model
+    r = gguf.GGUFReader(SPM_VOCAB)
+    field = lambda k: r.fields[k]
+    toks = [bytes(field("tokenizer.ggml.tokens").parts[i]).decode() for i in field("tokenizer.ggml.tokens").data]
+    scores = [float(field("tokenizer.ggml.scores").parts[i][0]) for i in field("tokenizer.ggml.scores").data]
+    types = [int(field("tokenizer.ggml.token_type").parts[i][0]) for i in field("tokenizer.ggml.token_type").data]
+    pieces = os.path.join(out, "pieces.json")
+    json.dump([[t, s, ty] for t, s, ty in list(zip(toks, scores, types))[:8192]], open(pieces, "w"))
+    make_model(pieces, os.path.join(out, "tokenizer.model"), dummy_prefix=False)
+    os.remove(pieces)
+    json.dump({"tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "add_eos_token": False,
+               "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>"},
+              open(os.path.join(out, "tokenizer_config.json"), "w"), indent=2)
+
+
+def tokens(spec, out):
     text = open(WIKI, "rb").read().decode("utf-8")[:4000]
-    ids = tok.encode(text, add_special_tokens=False)[:CTX]
+    if spec.get("tokenizer") == "spm":
+        import sentencepiece
+        # With BOS first, as the tokenizer config asks (add_bos_token) and qforge's perplexity does.
+        bos = json.load(open(os.path.join(out, "config.json")))["bos_token_id"]
+        ids = [bos] + sentencepiece.SentencePieceProcessor(model_file=os.path.join(out, "tokenizer.model")).encode(text)
+    else:
+        ids = AutoTokenizer.from_pretrained(TOKENIZER).encode(text, add_special_tokens=False)
+    ids = ids[:CTX]
     assert len(ids) == CTX
     return torch.tensor([ids])
 
@@ -94,7 +160,7 @@ def golden(model, ids, path):
     return nll
 
 
-def make(name, spec, ids):
+def make(name, spec):
     out = os.path.join(ROOT, "tests/fixtures/arch", name)
     shutil.rmtree(out, ignore_errors=True)
     torch.manual_seed(1234)
@@ -104,13 +170,21 @@ def make(name, spec, ids):
     # Random init is close to uniform; larger norms make the logits differ more per token.
     with torch.no_grad():
         for n, p in model.named_parameters():
-            if n.endswith("norm.weight"):
+            if n.endswith("norm.weight") and spec["class"] in NORM_PLUS_ONE:
+                # Multiples of 2^-7 in [-0.5, 1): 1 + w is exact in bf16, so llama.cpp's converter
+                # (which adds 1 in the checkpoint's dtype) stores the same norms as transformers uses.
+                p.copy_(torch.clamp(torch.round(0.4 * torch.randn_like(p) * 128) / 128, -0.5, 0.984375))
+            elif n.endswith("norm.weight"):
                 p.copy_(1.0 + 0.5 * torch.randn_like(p))
             elif n.endswith("bias"):  # zero at init: make them count
                 p.copy_(0.5 * torch.randn_like(p))
     model.save_pretrained(out, safe_serialization=True)
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(os.path.join(TOKENIZER, f), out)
+    if spec.get("tokenizer") == "spm":
+        make_spm(out)
+    else:
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(os.path.join(TOKENIZER, f), out)
+    ids = tokens(spec, out)
     # Goldens from a model built in f32 from the saved config (plus the variant's keys) with
     # the saved weights: a model cast to bf16 and back would also carry a bf16-rounded RoPE
     # inv_freq buffer, which is not part of the checkpoint.
@@ -119,6 +193,7 @@ def make(name, spec, ids):
         cfg_v = json.load(open(os.path.join(out, "config.json")))
         cfg_v.update(override)
         vcfg = config_class(**{k: v for k, v in cfg_v.items() if k not in ("architectures", "transformers_version")})
+        vcfg._attn_implementation = "eager"  # soft-capping needs the eager attention
         vm = model_class(vcfg).float()
         vm.load_state_dict(weights)
         nll = golden(vm.eval(), ids, os.path.join(ROOT, "golden", f"arch_{variant}.safetensors"))
@@ -127,9 +202,8 @@ def make(name, spec, ids):
 
 def main():
     names = sys.argv[1:] or list(FIXTURES)
-    ids = tokens()
     for n in names:
-        make(n, FIXTURES[n], ids)
+        make(n, FIXTURES[n])
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ use std::path::Path;
 use qforge::formats::gguf::{GgufHeader, GgufWriter, Value};
 use qforge::formats::safetensors::{parse_index, SafetensorsHeader};
 use qforge::formats::tokenizer::Vocab;
-use qforge::model::{names, ModelConfig};
+use qforge::model::{names, Arch, ModelConfig};
 use qforge::quant;
 use qforge::runtime::tokenizer::TextTokenizer;
 use qforge::GgmlType;
@@ -110,7 +110,7 @@ fn safetensors_header_inner(data: &[u8]) -> bool {
             for name in h.names() {
                 let t = h.tensor(data, name).expect("a tensor the header accepted lies outside the file");
                 let n: usize = t.shape.iter().product();
-                let _ = names::hf_to_gguf(name);
+                let _ = names::hf_to_gguf(name, Arch::Gemma2);
                 if let Ok(ty) = t.ggml_type(name) {
                     // The header check guarantees bytes == dtype size × elements.
                     assert_eq!(t.data.len() as u64, ty.row_bytes(n as u64).unwrap(), "{name}");
@@ -127,7 +127,7 @@ fn safetensors_header_inner(data: &[u8]) -> bool {
         if let Ok(pairs) = parse_index(&json, Path::new("model.safetensors.index.json")) {
             for (tensor, shard) in pairs {
                 assert!(!shard.is_empty() && !shard.contains('/') && shard != "..", "{shard:?}");
-                let _ = names::hf_to_gguf(tensor);
+                let _ = names::hf_to_gguf(tensor, Arch::Llama);
             }
         }
     }
@@ -156,7 +156,7 @@ fn gguf_reader_inner(data: &[u8]) -> bool {
         if quant::can_decode(t.ggml_type) && n <= MAX_DECODE_WEIGHTS {
             quant::decode(t.ggml_type, bytes, n as usize).expect("a validated tensor decodes");
         }
-        let _ = names::gguf_to_hf(&t.name);
+        let _ = names::gguf_to_hf(&t.name, Arch::Gemma3);
     }
     let mut w = GgufWriter::new();
     for (k, v) in &h.metadata {

@@ -89,7 +89,7 @@ pub fn run(
     on_layer: &mut dyn FnMut(usize),
 ) -> Result<()> {
     let n = calib.seqlen;
-    let (cos, sin) = model.rope_tables(0, n);
+    let rope = model.rope_tables(0, n);
     let mut states: Vec<Vec<f32>> = calib.windows.iter().map(|w| model.embed_tokens(w)).collect::<Result<_>>()?;
     for li in 0..model.n_layers() {
         for group in stages.groups() {
@@ -98,7 +98,7 @@ pub fn run(
             for x in &states {
                 let mut x = x.clone();
                 let (mut k, mut v) = (Vec::new(), Vec::new());
-                model.layer_forward(li, &mut x, n, 0, (&cos, &sin), (&mut k, &mut v), &mut filter)?;
+                model.layer_forward(li, &mut x, n, 0, &rope, (&mut k, &mut v), &mut filter)?;
                 if let Some(e) = filter.error.take() {
                     return Err(e);
                 }
@@ -120,7 +120,7 @@ pub fn run(
         // The next layer's inputs: this layer's outputs with its quantized weights.
         for x in states.iter_mut() {
             let (mut k, mut v) = (Vec::new(), Vec::new());
-            model.layer_forward(li, x, n, 0, (&cos, &sin), (&mut k, &mut v), &mut crate::runtime::NoObserver)?;
+            model.layer_forward(li, x, n, 0, &rope, (&mut k, &mut v), &mut crate::runtime::NoObserver)?;
         }
         on_layer(li);
     }

@@ -80,7 +80,7 @@ fn inspect_hf(args: &InspectArgs) -> Result<Json> {
     for name in c.names() {
         let t = c.tensor(name).context("tensor vanished")?;
         tensors.push(json!({
-            "name": name, "gguf_name": names::hf_to_gguf(name).ok(), "type": format!("{:?}", t.dtype),
+            "name": name, "gguf_name": names::hf_to_gguf(name, c.config.arch).ok(), "type": format!("{:?}", t.dtype),
             "shape": t.shape, "bytes": t.data.len(),
         }));
     }

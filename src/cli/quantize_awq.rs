@@ -324,7 +324,9 @@ fn hf_vectors(
             Some(src) => names::reorder_rows(&v, 1, &src),
             None => v,
         };
-        let data: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        // Gemma's HF norms are offsets from 1.
+        let shift = if crate::convert::hf_norm_offset(cfg, &name) { 1.0 } else { 0.0 };
+        let data: Vec<u8> = v.iter().flat_map(|x| (x - shift).to_le_bytes()).collect();
         out.insert(name, OutTensor { dtype: Dtype::F32, shape: vec![n], data: Cow::Owned(data) });
     }
     Ok(out)

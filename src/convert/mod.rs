@@ -10,10 +10,57 @@ pub mod to_gguf;
 pub mod to_hf;
 pub mod to_hf_quant;
 
+use std::path::Path;
+
 use crate::error::{Error, Result};
 use crate::model::names;
-use crate::model::{ModelConfig, RopeLayout, TensorRef};
+use crate::model::{ModelConfig, ModelFile, RopeLayout, TensorRef};
 use crate::quant;
+
+/// Tokenizer and generation files copied from a Hugging Face source into an HF output.
+const HF_SIDE_FILES: [&str; 8] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "generation_config.json",
+    "chat_template.jinja",
+    "chat_template.json",
+];
+
+/// Write `v` as pretty JSON to `dir/name`.
+pub(crate) fn write_json(dir: &Path, name: &str, v: &serde_json::Value) -> Result<()> {
+    let p = dir.join(name);
+    let text = serde_json::to_string_pretty(v).map_err(|e| Error::io(&p, std::io::Error::other(e)))?;
+    std::fs::write(&p, text + "\n").map_err(|e| Error::io(&p, e))
+}
+
+/// The tokenizer files of a Hugging Face output directory: copied from a Hugging Face source,
+/// written from a GGUF's vocabulary otherwise (tokenizer.json, tokenizer_config.json, and
+/// tokenizer.model for a SentencePiece vocabulary).
+pub(crate) fn write_hf_side_files(model: &ModelFile, dir: &Path) -> Result<()> {
+    match model {
+        ModelFile::Hf(c) => {
+            for f in HF_SIDE_FILES {
+                let src = c.dir.join(f);
+                if src.is_file() {
+                    std::fs::copy(&src, dir.join(f)).map_err(|e| Error::io(&src, e))?;
+                }
+            }
+        }
+        ModelFile::Gguf { config, .. } => {
+            let vocab = model.vocab()?;
+            write_json(dir, "tokenizer.json", &vocab.to_hf_json()?)?;
+            write_json(dir, "tokenizer_config.json", &vocab.to_hf_tokenizer_config(config.context_length))?;
+            if let Some(bytes) = vocab.to_sentencepiece() {
+                let p = dir.join("tokenizer.model");
+                std::fs::write(&p, bytes).map_err(|e| Error::io(&p, e))?;
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Decode a tensor to f32 in the requested q/k row layout, refusing NaN/Inf unless allowed.
 pub fn tensor_to_f32(
@@ -28,6 +75,26 @@ pub fn tensor_to_f32(
         None => decode_plain(t)?,
     };
     finish_f32(t, values, config, from, to, allow_nonfinite)
+}
+
+/// A tensor as f32 in Hugging Face's conventions: q/k rows in rotate-half order, and Gemma's
+/// norms as offsets from 1 (`w`, where GGUF and qforge hold `1 + w`).
+pub fn tensor_to_hf_f32(
+    t: &TensorRef<'_>,
+    config: &ModelConfig,
+    from: RopeLayout,
+    allow_nonfinite: bool,
+) -> Result<Vec<f32>> {
+    let mut values = tensor_to_f32(t, config, from, RopeLayout::RotateHalf, allow_nonfinite)?;
+    if hf_norm_offset(config, &t.name) {
+        values.iter_mut().for_each(|v| *v -= 1.0);
+    }
+    Ok(values)
+}
+
+/// Whether the tensor's HF values differ from GGUF's by the norm offset of 1 (Gemma).
+pub fn hf_norm_offset(config: &ModelConfig, gguf_name: &str) -> bool {
+    config.arch.spec().norm_plus_one && names::is_norm_weight(gguf_name)
 }
 
 fn decode_plain(t: &TensorRef<'_>) -> Result<Vec<f32>> {

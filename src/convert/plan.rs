@@ -377,8 +377,8 @@ impl State {
         let is_70b = match config.arch {
             Arch::Llama | Arch::Mistral => n_layers == 80 && config.n_heads != config.n_kv_heads,
             Arch::Qwen2 => n_layers == 80,
-            // llama.cpp sizes Qwen3 by its layer count without a 70B case.
-            Arch::Qwen3 => false,
+            // llama.cpp sizes these by their layer counts, none of which is a 70B case.
+            Arch::Qwen3 | Arch::Gemma2 | Arch::Gemma3 => false,
         };
         State {
             // llama.cpp assumes tied embeddings until it sees output.weight.
@@ -601,6 +601,7 @@ mod tests {
             bos_token_id: None,
             eos_token_id: None,
             pad_token_id: None,
+            attn: Default::default(),
         }
     }
 

@@ -15,7 +15,7 @@ use indicatif::ProgressBar;
 use safetensors::Dtype;
 use serde_json::{json, Value};
 
-use super::tensor_to_f32;
+use super::tensor_to_hf_f32;
 use crate::error::{Error, Result};
 use crate::formats::st_writer::{StEntry, StWriter};
 use crate::ggml_type::GgmlType;
@@ -136,7 +136,7 @@ struct Writer<'m, 'a> {
 impl Writer<'_, '_> {
     /// The weight as f32 in Hugging Face row order.
     fn values(&self, t: &TensorRef<'_>) -> Result<Vec<f32>> {
-        tensor_to_f32(t, self.model.config(), self.model.qk_layout(), RopeLayout::RotateHalf, self.opts.allow_nonfinite)
+        tensor_to_hf_f32(t, self.model.config(), self.model.qk_layout(), self.opts.allow_nonfinite)
     }
 
     fn quantize(&self, t: &TensorRef<'_>) -> Result<Quantized> {
@@ -160,7 +160,8 @@ impl Writer<'_, '_> {
     /// and re-encoded.
     fn plain_bytes(&self, t: &TensorRef<'_>) -> Result<Vec<u8>> {
         let reorder = self.model.qk_layout() != RopeLayout::RotateHalf
-            && names::qk_heads(&t.name, self.model.config().n_heads, self.model.config().n_kv_heads).is_some();
+            && names::qk_heads(&t.name, self.model.config().n_heads, self.model.config().n_kv_heads).is_some()
+            || super::hf_norm_offset(self.model.config(), &t.name);
         if t.packed.is_none() && t.ggml_type == self.dtype && !reorder {
             return Ok(t.data.to_vec());
         }
@@ -177,7 +178,7 @@ fn write_safetensors(w: &Writer<'_, '_>, path: &Path, offsets: &[Option<f32>]) -
         if names::is_generated_gguf(&t.name) {
             continue;
         }
-        let hf = names::gguf_to_hf(&t.name)?;
+        let hf = names::gguf_to_hf(&t.name, w.model.config().arch)?;
         if !is_quantized_linear(&t.name) {
             let entry = StEntry { name: hf, dtype: st_dtype(w.dtype), shape: t.shape.clone() };
             plan.push(Planned { entry, source: Source::Plain(i) });
@@ -283,17 +284,6 @@ pub fn quantization_config(opts: &BnbOptions, compute_dtype: &str) -> Value {
     })
 }
 
-/// Tokenizer and generation files copied from a Hugging Face source.
-const HF_SIDE_FILES: [&str; 7] = [
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "generation_config.json",
-    "tokenizer.model",
-    "chat_template.jinja",
-    "chat_template.json",
-];
-
 pub fn write(model: &ModelFile, out_dir: &Path, opts: &BnbOptions, progress: &ProgressBar) -> Result<BnbSummary> {
     if !bnb::BLOCK_SIZES.contains(&opts.blocksize) {
         return Err(Error::InvalidArgument(format!(
@@ -331,11 +321,7 @@ pub fn write(model: &ModelFile, out_dir: &Path, opts: &BnbOptions, progress: &Pr
     let st_path = dir.path().join("model.safetensors");
     let (n_entries, bytes, quantized_bytes) = write_safetensors(&w, &st_path, &offsets)?;
 
-    let write_json = |name: &str, v: &Value| -> Result<()> {
-        let p = dir.path().join(name);
-        let text = serde_json::to_string_pretty(v).map_err(|e| Error::io(&p, std::io::Error::other(e)))?;
-        std::fs::write(&p, text + "\n").map_err(|e| Error::io(&p, e))
-    };
+    let write_json = |name: &str, v: &Value| super::write_json(dir.path(), name, v);
     let td = torch_dtype(dtype);
     let mut config = match model {
         ModelFile::Hf(c) => c.config_json.clone(),
@@ -345,22 +331,7 @@ pub fn write(model: &ModelFile, out_dir: &Path, opts: &BnbOptions, progress: &Pr
         obj.insert("quantization_config".into(), quantization_config(opts, td));
     }
     write_json("config.json", &config)?;
-    match model {
-        ModelFile::Hf(c) => {
-            for f in HF_SIDE_FILES {
-                let src = c.dir.join(f);
-                if src.is_file() {
-                    let dst = dir.path().join(f);
-                    std::fs::copy(&src, &dst).map_err(|e| Error::io(&src, e))?;
-                }
-            }
-        }
-        ModelFile::Gguf { .. } => {
-            let vocab = model.vocab()?;
-            write_json("tokenizer.json", &vocab.to_hf_json()?)?;
-            write_json("tokenizer_config.json", &vocab.to_hf_tokenizer_config(model.config().context_length))?;
-        }
-    }
+    super::write_hf_side_files(model, dir.path())?;
     // Read the directory back as qforge reads any checkpoint: every part of every quantized
     // weight is checked against its quant_state before the directory is published.
     let check = ModelFile::open(dir.path())?;

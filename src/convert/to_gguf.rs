@@ -11,6 +11,7 @@ use super::tensor_to_f32;
 use crate::error::{Error, Result};
 use crate::formats::gguf::{GgufFile, GgufWriter, Value};
 use crate::ggml_type::GgmlType;
+use crate::model::attn_variants::{scalar_of, AttnVariants};
 use crate::model::source::size_label;
 use crate::model::{names, ModelFile, RopeLayout};
 use crate::quant;
@@ -89,6 +90,9 @@ pub fn plan_with(model: &ModelFile, types: &dyn TypePlan, name: Option<String>) 
     for (key, v) in cfg.rope_scaling.gguf_keys() {
         w.set(&k(key), v);
     }
+    for (key, v) in cfg.attn.gguf_keys(cfg.arch, cfg.n_layers) {
+        w.set(&k(key), v);
+    }
     w.set(&k("attention.layer_norm_rms_epsilon"), Value::F32(cfg.rms_eps));
     w.set(&k("attention.key_length"), Value::U32(cfg.head_dim as u32));
     w.set(&k("attention.value_length"), Value::U32(cfg.head_dim as u32));
@@ -112,6 +116,19 @@ pub fn plan_with(model: &ModelFile, types: &dyn TypePlan, name: Option<String>) 
         )));
     }
     let mut notes = Vec::new();
+    if let Some(scale) = cfg.attn.query_scale {
+        let theirs =
+            AttnVariants::llama_cpp_query_scale(cfg.arch, cfg.n_layers, cfg.hidden_size, cfg.n_heads, cfg.head_dim);
+        if (scale - theirs).abs() > 1e-6 * theirs {
+            notes.push(format!(
+                "query_pre_attn_scalar {} is not what llama.cpp derives for this model ({}): GGUF stores no scale, \
+                 so llama.cpp and qforge will run this file with {}",
+                scalar_of(scale),
+                scalar_of(theirs),
+                scalar_of(theirs)
+            ));
+        }
+    }
     for (t, a) in tensors.iter().zip(assigned) {
         if !quant::can_encode(a.ggml_type) {
             return Err(Error::tensor(&t.name, format!("storing {} tensors is not supported", a.ggml_type)));

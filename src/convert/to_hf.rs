@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use indicatif::ProgressBar;
 use safetensors::{Dtype, View};
 
-use super::tensor_to_f32;
+use super::tensor_to_hf_f32;
 use crate::error::{Error, Result};
 use crate::ggml_type::GgmlType;
 use crate::model::{names, ModelConfig, ModelFile, RopeLayout, TensorRef};
@@ -55,7 +55,7 @@ impl View for LazyTensor<'_> {
     }
 
     fn data(&self) -> Cow<'_, [u8]> {
-        let result = tensor_to_f32(&self.src, self.config, self.from, RopeLayout::RotateHalf, self.allow_nonfinite)
+        let result = tensor_to_hf_f32(&self.src, self.config, self.from, self.allow_nonfinite)
             .and_then(|v| quant::encode(self.dtype, &v));
         self.progress.inc(self.src.stored_bytes() as u64);
         match result {
@@ -82,7 +82,8 @@ pub fn write(model: &ModelFile, out_dir: &Path, opts: &HfOptions, progress: &Pro
     }
     model.check_tensors()?;
     let cfg = model.config();
-    let vocab = model.vocab()?;
+    // A tokenizer that cannot be exported stops the export before any work.
+    model.vocab()?.to_hf_json()?;
     let tensors = model.tensors()?;
     let pick = |t: GgmlType| match opts.dtype {
         Some(d) => d,
@@ -109,7 +110,7 @@ pub fn write(model: &ModelFile, out_dir: &Path, opts: &HfOptions, progress: &Pro
     // Before any work: a config.json that cannot be written stops the export here.
     let config_json = cfg.to_hf_json(torch_dtype)?;
     for t in tensors.into_iter().filter(|t| !names::is_generated_gguf(&t.name)) {
-        let hf_name = names::gguf_to_hf(&t.name)?;
+        let hf_name = names::gguf_to_hf(&t.name, cfg.arch)?;
         // Norms stay F32 in GGUF; keep them in the main dtype in HF files like the originals.
         let dtype = if t.shape.len() < 2 && opts.dtype.is_none() { main_dtype } else { pick(t.ggml_type) };
         let view = LazyTensor {
@@ -136,14 +137,8 @@ pub fn write(model: &ModelFile, out_dir: &Path, opts: &HfOptions, progress: &Pro
     // permissions as the JSON files beside them.
     set_readable(&st_path)?;
 
-    let write_json = |name: &str, v: &serde_json::Value| -> Result<()> {
-        let p = dir.path().join(name);
-        let text = serde_json::to_string_pretty(v).map_err(|e| Error::io(&p, std::io::Error::other(e)))?;
-        std::fs::write(&p, text + "\n").map_err(|e| Error::io(&p, e))
-    };
-    write_json("config.json", &config_json)?;
-    write_json("tokenizer.json", &vocab.to_hf_json()?)?;
-    write_json("tokenizer_config.json", &vocab.to_hf_tokenizer_config(cfg.context_length))?;
+    super::write_json(dir.path(), "config.json", &config_json)?;
+    super::write_hf_side_files(model, dir.path())?;
     dir.commit()?;
     Ok(HfSummary { tensors: n_tensors, bytes, dtype: torch_dtype.into() })
 }

@@ -11,8 +11,8 @@ use indicatif::ProgressBar;
 use safetensors::{Dtype, View};
 use serde_json::Value;
 
-use super::tensor_to_f32;
 use super::to_hf::set_readable;
+use super::{hf_norm_offset, tensor_to_hf_f32};
 use crate::error::{Error, Result};
 use crate::ggml_type::GgmlType;
 use crate::model::{names, ModelFile, RopeLayout};
@@ -76,7 +76,7 @@ pub fn write_replacing(
     let from = model.qk_layout();
     let mut out: Vec<(String, OutTensor<'_>)> = Vec::new();
     for t in model.tensors()?.into_iter().filter(|t| !names::is_generated_gguf(&t.name)) {
-        let hf_name = names::gguf_to_hf(&t.name)?;
+        let hf_name = names::gguf_to_hf(&t.name, cfg.arch)?;
         if let Some(parts) = linears.remove(&t.name) {
             let prefix = hf_name.strip_suffix(".weight").unwrap_or(&hf_name).to_string();
             for (suffix, tensor) in parts {
@@ -91,7 +91,9 @@ pub fn write_replacing(
             out.push((hf_name, tensor));
             continue;
         }
-        let reorder = from != RopeLayout::RotateHalf && names::qk_heads(&t.name, cfg.n_heads, cfg.n_kv_heads).is_some();
+        let reorder = (from != RopeLayout::RotateHalf
+            && names::qk_heads(&t.name, cfg.n_heads, cfg.n_kv_heads).is_some())
+            || hf_norm_offset(cfg, &t.name);
         let tensor = match t.ggml_type {
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 if !reorder && t.packed.is_none() => OutTensor {
                 dtype: match t.ggml_type {
@@ -104,7 +106,7 @@ pub fn write_replacing(
             },
             _ => {
                 // Quantized GGUF input: store the decoded values as f16 (norms as f32).
-                let values = tensor_to_f32(&t, cfg, from, RopeLayout::RotateHalf, false)?;
+                let values = tensor_to_hf_f32(&t, cfg, from, false)?;
                 let ty = if t.shape.len() < 2 { GgmlType::F32 } else { GgmlType::F16 };
                 let data = quant::encode(ty, &values)?;
                 OutTensor {
@@ -129,11 +131,7 @@ pub fn write_replacing(
         .map_err(|e| Error::io(&st_path, std::io::Error::other(e.to_string())))?;
     progress.inc(bytes);
 
-    let write_json = |name: &str, v: &Value| -> Result<()> {
-        let p = dir.path().join(name);
-        let text = serde_json::to_string_pretty(v).map_err(|e| Error::io(&p, std::io::Error::other(e)))?;
-        std::fs::write(&p, text + "\n").map_err(|e| Error::io(&p, e))
-    };
+    let write_json = |name: &str, v: &Value| super::write_json(dir.path(), name, v);
     // config.json: the original one when there is one (it may carry fields qforge does not
     // model), else rebuilt from the GGUF metadata.
     let mut config = match model {
@@ -147,22 +145,7 @@ pub fn write_replacing(
     for (name, v) in &extra_json {
         write_json(name, v)?;
     }
-    match model {
-        ModelFile::Hf(c) => {
-            for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
-                let src = c.dir.join(f);
-                if src.is_file() {
-                    let dst = dir.path().join(f);
-                    std::fs::copy(&src, &dst).map_err(|e| Error::io(&src, e))?;
-                }
-            }
-        }
-        ModelFile::Gguf { .. } => {
-            let vocab = model.vocab()?;
-            write_json("tokenizer.json", &vocab.to_hf_json()?)?;
-            write_json("tokenizer_config.json", &vocab.to_hf_tokenizer_config(cfg.context_length))?;
-        }
-    }
+    super::write_hf_side_files(model, dir.path())?;
     set_readable(&st_path)?;
     dir.commit()?;
     Ok(HfQuantSummary { tensors: n_tensors, bytes })

@@ -124,6 +124,9 @@ pub struct HfCheckpoint {
     /// The RoPE divisors llama.cpp's converter computes from `rope_scaling` (llama3), as the
     /// little-endian F32 bytes of GGUF's `rope_freqs.weight`; empty when there are none.
     pub rope_freqs: Vec<u8>,
+    /// Norm weights of architectures whose HF norms scale by `1 + w` (Gemma), as the F32
+    /// bytes of `1 + w`: GGUF's convention, which qforge uses inside. By HF name.
+    pub shifted_norms: BTreeMap<String, Vec<u8>>,
 }
 
 impl HfCheckpoint {
@@ -182,7 +185,34 @@ impl HfCheckpoint {
             .freq_factors(config.rope_theta, config.head_dim)
             .map(|f| f.iter().flat_map(|v| v.to_le_bytes()).collect())
             .unwrap_or_default();
-        Ok(HfCheckpoint { dir: dir.to_path_buf(), config, config_json, quant, files, index, rope_freqs })
+        let mut ckpt = HfCheckpoint {
+            dir: dir.to_path_buf(),
+            config,
+            config_json,
+            quant,
+            files,
+            index,
+            rope_freqs,
+            shifted_norms: BTreeMap::new(),
+        };
+        if ckpt.config.arch.spec().norm_plus_one {
+            ckpt.shifted_norms = ckpt.plus_one_norms()?;
+        }
+        Ok(ckpt)
+    }
+
+    /// `1 + w` of every norm weight, as llama.cpp's converter stores Gemma's norms (computed in
+    /// f32 here, where the converter adds in the checkpoint's dtype and rounds a bf16 `w`).
+    fn plus_one_norms(&self) -> Result<BTreeMap<String, Vec<u8>>> {
+        let mut out = BTreeMap::new();
+        for name in self.names().filter(|n| crate::model::names::is_norm_weight(n)) {
+            let t = self.tensor(name).ok_or_else(|| Error::tensor(name, "listed but unreadable"))?;
+            let n = t.shape.iter().product();
+            let values =
+                crate::quant::decode(t.ggml_type(name)?, t.data, n).map_err(|e| Error::tensor(name, e.to_string()))?;
+            out.insert(name.to_string(), values.iter().flat_map(|v| (v + 1.0).to_le_bytes()).collect());
+        }
+        Ok(out)
     }
 
     /// Tensor names in sorted order (the order llama.cpp's converter emits them).

@@ -112,6 +112,67 @@ impl SentencePieceModel {
     }
 }
 
+/// What `tokenizer.model` needs besides the pieces: the special ids SentencePiece checks
+/// against the piece types when it loads a model (-1: none).
+#[derive(Debug, Clone, Copy)]
+pub struct SpecialIds {
+    pub unk: i64,
+    pub bos: i64,
+    pub eos: i64,
+    pub pad: i64,
+}
+
+impl SentencePieceModel {
+    /// The protobuf bytes of this model: a BPE model with byte fallback and the identity
+    /// normalizer (llama.cpp's tokenizer: no NFKC), as the `sentencepiece` package reads them.
+    pub fn to_bytes(&self, ids: SpecialIds) -> Vec<u8> {
+        let mut file = Vec::new();
+        for (text, score, ty) in &self.pieces {
+            let mut p = Vec::new();
+            bytes_field(1, text.as_bytes(), &mut p);
+            p.push(2 << 3 | 5);
+            p.extend_from_slice(&score.to_le_bytes());
+            varint_field(3, *ty as i64, &mut p);
+            bytes_field(1, &p, &mut file);
+        }
+        let mut trainer = Vec::new();
+        varint_field(3, self.model_type as i64, &mut trainer);
+        varint_field(4, self.pieces.len() as i64, &mut trainer);
+        varint_field(35, 1, &mut trainer); // byte_fallback
+        for (num, id) in [(40, ids.unk), (41, ids.bos), (42, ids.eos), (43, ids.pad)] {
+            varint_field(num, id, &mut trainer);
+        }
+        bytes_field(2, &trainer, &mut file);
+        let mut normalizer = Vec::new();
+        bytes_field(1, b"identity", &mut normalizer);
+        varint_field(3, self.add_dummy_prefix as i64, &mut normalizer);
+        varint_field(4, 0, &mut normalizer); // remove_extra_whitespaces
+        varint_field(5, 1, &mut normalizer); // escape_whitespaces
+        bytes_field(3, &normalizer, &mut file);
+        file
+    }
+}
+
+fn varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A varint field; negative int32 values are written as protobuf does (10 bytes).
+fn varint_field(num: u64, v: i64, out: &mut Vec<u8>) {
+    varint(num << 3, out);
+    varint(v as u64, out);
+}
+
+fn bytes_field(num: u64, body: &[u8], out: &mut Vec<u8>) {
+    varint(num << 3 | 2, out);
+    varint(body.len() as u64, out);
+    out.extend_from_slice(body);
+}
+
 /// One `SentencePiece` message: piece (1), score (2), type (3, default NORMAL).
 fn piece(b: &[u8]) -> Result<(String, f32, i32)> {
     let mut r = Reader { b, at: 0 };
@@ -137,20 +198,6 @@ fn piece(b: &[u8]) -> Result<(String, f32, i32)> {
 mod tests {
     use super::*;
 
-    fn varint(mut v: u64, out: &mut Vec<u8>) {
-        while v >= 0x80 {
-            out.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
-    }
-
-    fn bytes_field(num: u64, body: &[u8], out: &mut Vec<u8>) {
-        varint(num << 3 | 2, out);
-        varint(body.len() as u64, out);
-        out.extend_from_slice(body);
-    }
-
     #[test]
     fn parses_pieces_and_specs_and_refuses_garbage() {
         let mut file = Vec::new();
@@ -173,5 +220,8 @@ mod tests {
         }
         assert!(SentencePieceModel::parse(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
         assert!(SentencePieceModel::parse(b"").is_err());
+        // What qforge writes reads back the same.
+        let ids = SpecialIds { unk: 0, bos: -1, eos: 2, pad: -1 };
+        assert_eq!(SentencePieceModel::parse(&m.to_bytes(ids)).unwrap(), m);
     }
 }

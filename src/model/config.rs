@@ -5,82 +5,11 @@ use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
 use crate::formats::gguf::{GgufHeader, Value};
+use crate::model::arch::Activation;
+pub use crate::model::arch::Arch;
+pub use crate::model::attn_variants::AttnVariants;
 pub use crate::model::rope::RopeScaling;
 use crate::model::rope::{GgufRopeKeys, ROPE_FREQS};
-
-/// The decoder families qforge supports. All are LLaMA-shaped: RMSNorm, RoPE, SwiGLU, GQA.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arch {
-    Llama,
-    Mistral,
-    /// Qwen2: q/k/v projections carry biases; llama.cpp keeps the HF (NeoX) RoPE layout.
-    Qwen2,
-    /// Qwen3: no biases; each head of q and k is RMS-normed (its own weights) before RoPE.
-    Qwen3,
-}
-
-impl Arch {
-    /// The Hugging Face `architectures[0]` class name.
-    pub fn hf_class(self) -> &'static str {
-        match self {
-            Arch::Llama => "LlamaForCausalLM",
-            Arch::Mistral => "MistralForCausalLM",
-            Arch::Qwen2 => "Qwen2ForCausalLM",
-            Arch::Qwen3 => "Qwen3ForCausalLM",
-        }
-    }
-
-    pub fn hf_model_type(self) -> &'static str {
-        match self {
-            Arch::Llama => "llama",
-            Arch::Mistral => "mistral",
-            Arch::Qwen2 => "qwen2",
-            Arch::Qwen3 => "qwen3",
-        }
-    }
-
-    /// `general.architecture` in GGUF. llama.cpp runs Mistral as `llama`.
-    pub fn gguf_name(self) -> &'static str {
-        match self {
-            Arch::Llama | Arch::Mistral => "llama",
-            Arch::Qwen2 => "qwen2",
-            Arch::Qwen3 => "qwen3",
-        }
-    }
-
-    /// Whether GGUF stores q/k rows permuted to the interleaved RoPE layout.
-    pub fn gguf_permutes_qk(self) -> bool {
-        matches!(self, Arch::Llama | Arch::Mistral)
-    }
-
-    pub fn has_qkv_bias(self) -> bool {
-        matches!(self, Arch::Qwen2)
-    }
-
-    /// Per-head RMSNorm of q and k before RoPE (`attn_q_norm`, `attn_k_norm`).
-    pub fn has_qk_norm(self) -> bool {
-        matches!(self, Arch::Qwen3)
-    }
-
-    fn from_hf_class(name: &str) -> Option<Arch> {
-        match name {
-            "LlamaForCausalLM" => Some(Arch::Llama),
-            "MistralForCausalLM" => Some(Arch::Mistral),
-            "Qwen2ForCausalLM" => Some(Arch::Qwen2),
-            "Qwen3ForCausalLM" => Some(Arch::Qwen3),
-            _ => None,
-        }
-    }
-
-    fn from_gguf(name: &str) -> Option<Arch> {
-        match name {
-            "llama" => Some(Arch::Llama),
-            "qwen2" => Some(Arch::Qwen2),
-            "qwen3" => Some(Arch::Qwen3),
-            _ => None,
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
@@ -100,6 +29,8 @@ pub struct ModelConfig {
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
     pub pad_token_id: Option<u32>,
+    /// Attention beyond plain causal softmax(q·kᵀ/√d) (Gemma); the default for the others.
+    pub attn: AttnVariants,
 }
 
 impl ModelConfig {
@@ -113,8 +44,8 @@ impl ModelConfig {
             .ok_or_else(|| Error::InvalidModel("config.json names no architecture".into()))?;
         let arch = Arch::from_hf_class(class).ok_or_else(|| {
             Error::Unsupported(format!(
-                "unsupported architecture {class:?} (qforge supports LlamaForCausalLM, \
-                 MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)"
+                "unsupported architecture {class:?} (qforge supports {})",
+                Arch::supported_hf_classes()
             ))
         })?;
 
@@ -147,17 +78,37 @@ impl ModelConfig {
         // As transformers 5: a `rope_scaling` object replaces `rope_parameters` (theta then comes
         // from it or from the top level).
         let rope = json.get("rope_scaling").filter(|s| s.is_object()).or_else(|| json.get("rope_parameters"));
+        // Gemma 3 (transformers 5): one set of RoPE parameters per layer type; the global
+        // layers' set is the model's RoPE, the sliding layers' is read with the attention.
+        let (rope, rope_json) = match rope.and_then(|r| r.get("full_attention")) {
+            Some(full) => (Some(full), serde_json::json!({ "rope_parameters": full })),
+            None => (rope, json.clone()),
+        };
         let rope_theta = rope
             .and_then(|r| r.get("rope_theta"))
             .or_else(|| json.get("rope_theta"))
             .and_then(Json::as_f64)
             .unwrap_or(10000.0);
-        let rope_scaling = RopeScaling::from_hf(json)?;
+        let rope_scaling = RopeScaling::from_hf(&rope_json)?;
+        let n_layers = usize_field("num_hidden_layers")?;
+        let attn = AttnVariants::from_hf(json, arch, n_layers)?;
+        let act = json.get("hidden_activation").or_else(|| json.get("hidden_act")).and_then(Json::as_str);
+        let want = match arch.spec().activation {
+            Activation::Silu => ["silu", "swish"],
+            Activation::GeluTanh => ["gelu_pytorch_tanh", "gelu_new"],
+        };
+        if let Some(a) = act.filter(|a| !want.contains(a)) {
+            return Err(Error::Unsupported(format!(
+                "activation {a:?} in a {class} (qforge runs {} with {})",
+                arch.hf_class(),
+                want[0]
+            )));
+        }
 
         let cfg = ModelConfig {
             arch,
             hidden_size,
-            n_layers: usize_field("num_hidden_layers")?,
+            n_layers,
             n_heads,
             n_kv_heads,
             head_dim,
@@ -171,6 +122,7 @@ impl ModelConfig {
             bos_token_id: opt_id("bos_token_id"),
             eos_token_id: opt_id("eos_token_id"),
             pad_token_id: opt_id("pad_token_id"),
+            attn,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -184,7 +136,8 @@ impl ModelConfig {
             .ok_or_else(|| Error::InvalidModel("GGUF has no general.architecture".into()))?;
         let arch = Arch::from_gguf(arch_name).ok_or_else(|| {
             Error::Unsupported(format!(
-                "unsupported GGUF architecture {arch_name:?} (qforge supports llama, qwen2, qwen3)"
+                "unsupported GGUF architecture {arch_name:?} (qforge supports {})",
+                Arch::supported_gguf_names()
             ))
         })?;
         let key = |k: &str| format!("{arch_name}.{k}");
@@ -223,10 +176,12 @@ impl ModelConfig {
                     s
                 }
             })?;
+        let n_layers = req("block_count")?;
+        let attn = AttnVariants::from_gguf(h, arch, n_layers, hidden_size, n_heads, head_dim)?;
         let cfg = ModelConfig {
             arch,
             hidden_size,
-            n_layers: req("block_count")?,
+            n_layers,
             n_heads,
             n_kv_heads,
             head_dim,
@@ -240,6 +195,7 @@ impl ModelConfig {
             bos_token_id: id("tokenizer.ggml.bos_token_id"),
             eos_token_id: id("tokenizer.ggml.eos_token_id"),
             pad_token_id: id("tokenizer.ggml.padding_token_id"),
+            attn,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -335,6 +291,10 @@ impl ModelConfig {
                 l.push((b("attn_k_norm.weight"), vec![self.head_dim]));
             }
             l.push((b("attn_output.weight"), vec![h, q]));
+            if self.arch.spec().sandwich_norms {
+                l.push((b("post_attention_norm.weight"), vec![h]));
+                l.push((b("post_ffw_norm.weight"), vec![h]));
+            }
             l.push((b("ffn_norm.weight"), vec![h]));
             l.push((b("ffn_gate.weight"), vec![f, h]));
             l.push((b("ffn_up.weight"), vec![f, h]));
@@ -354,9 +314,20 @@ impl ModelConfig {
 
     /// config.json for a Hugging Face directory holding this model.
     pub fn to_hf_json(&self, torch_dtype: &str) -> Result<Json> {
+        let spec = self.arch.spec();
         let theta = shortest_f64(self.rope_theta);
-        let rope_parameters = self.rope_scaling.hf_parameters(theta)?;
-        Ok(serde_json::json!({
+        let mut rope_parameters = self.rope_scaling.hf_parameters(theta)?;
+        if let Some(local) = self.attn.swa_rope_theta {
+            rope_parameters = serde_json::json!({
+                "full_attention": rope_parameters,
+                "sliding_attention": {"rope_type": "default", "rope_theta": shortest_f64(local)},
+            });
+        }
+        let activation = match spec.activation {
+            Activation::Silu => "silu",
+            Activation::GeluTanh => "gelu_pytorch_tanh",
+        };
+        let mut config = serde_json::json!({
             "architectures": [self.arch.hf_class()],
             "model_type": self.arch.hf_model_type(),
             "hidden_size": self.hidden_size,
@@ -365,7 +336,7 @@ impl ModelConfig {
             "num_attention_heads": self.n_heads,
             "num_key_value_heads": self.n_kv_heads,
             "head_dim": self.head_dim,
-            "hidden_act": "silu",
+            "hidden_act": activation,
             "rms_norm_eps": shortest_f64(self.rms_eps),
             "rope_theta": theta,
             "rope_parameters": rope_parameters,
@@ -379,7 +350,14 @@ impl ModelConfig {
             "torch_dtype": torch_dtype,
             "dtype": torch_dtype,
             "use_cache": true,
-        }))
+        });
+        if spec.activation != Activation::Silu {
+            config["hidden_activation"] = activation.into();
+        }
+        for (k, v) in self.attn.hf_keys(self.arch, self.head_dim).as_object().into_iter().flatten() {
+            config[k] = v.clone();
+        }
+        Ok(config)
     }
 }
 

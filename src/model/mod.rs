@@ -1,6 +1,8 @@
 //! Model architecture descriptions: hyper-parameters, tensor naming, and a single view over
 //! the containers a model can come in.
 
+pub mod arch;
+pub mod attn_variants;
 pub mod config;
 pub mod names;
 pub mod rope;

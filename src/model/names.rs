@@ -1,10 +1,11 @@
 //! Tensor names: Hugging Face ↔ GGUF. qforge uses the GGUF names internally.
 
 use crate::error::{Error, Result};
+use crate::model::arch::Arch;
 
-/// Per-layer HF suffixes and their GGUF counterparts.
+/// Per-layer HF suffixes and their GGUF counterparts (the norms' are the architecture's:
+/// [`ArchSpec::norm_names`](crate::model::arch::ArchSpec::norm_names)).
 const LAYER_MAP: &[(&str, &str)] = &[
-    ("input_layernorm.weight", "attn_norm.weight"),
     ("self_attn.q_proj.weight", "attn_q.weight"),
     ("self_attn.k_proj.weight", "attn_k.weight"),
     ("self_attn.v_proj.weight", "attn_v.weight"),
@@ -14,7 +15,6 @@ const LAYER_MAP: &[(&str, &str)] = &[
     ("self_attn.q_norm.weight", "attn_q_norm.weight"),
     ("self_attn.k_norm.weight", "attn_k_norm.weight"),
     ("self_attn.o_proj.weight", "attn_output.weight"),
-    ("post_attention_layernorm.weight", "ffn_norm.weight"),
     ("mlp.gate_proj.weight", "ffn_gate.weight"),
     ("mlp.up_proj.weight", "ffn_up.weight"),
     ("mlp.down_proj.weight", "ffn_down.weight"),
@@ -31,19 +31,28 @@ pub fn is_ignorable_hf(name: &str) -> bool {
     name.ends_with("rotary_emb.inv_freq")
 }
 
+fn layer_map(arch: Arch) -> impl Iterator<Item = &'static (&'static str, &'static str)> {
+    arch.spec().norm_names.iter().chain(LAYER_MAP)
+}
+
 /// Map a Hugging Face tensor name to its GGUF name.
-pub fn hf_to_gguf(name: &str) -> Result<String> {
+pub fn hf_to_gguf(name: &str, arch: Arch) -> Result<String> {
     if let Some((_, g)) = GLOBAL_MAP.iter().find(|(h, _)| *h == name) {
         return Ok(g.to_string());
     }
     if let Some(rest) = name.strip_prefix("model.layers.") {
         if let Some((idx, suffix)) = rest.split_once('.') {
-            if let (Ok(i), Some((_, g))) = (idx.parse::<usize>(), LAYER_MAP.iter().find(|(h, _)| *h == suffix)) {
+            if let (Ok(i), Some((_, g))) = (idx.parse::<usize>(), layer_map(arch).find(|(h, _)| *h == suffix)) {
                 return Ok(format!("blk.{i}.{g}"));
             }
         }
     }
     Err(Error::Unsupported(format!("cannot map tensor {name:?} to a GGUF name")))
+}
+
+/// Norm weights (HF or GGUF name): Gemma stores them as offsets from 1 in HF files.
+pub fn is_norm_weight(name: &str) -> bool {
+    name.ends_with("norm.weight")
 }
 
 /// GGUF tensors computed from config.json rather than stored in a Hugging Face checkpoint
@@ -53,13 +62,13 @@ pub fn is_generated_gguf(name: &str) -> bool {
 }
 
 /// Map a GGUF tensor name back to its Hugging Face name.
-pub fn gguf_to_hf(name: &str) -> Result<String> {
+pub fn gguf_to_hf(name: &str, arch: Arch) -> Result<String> {
     if let Some((h, _)) = GLOBAL_MAP.iter().find(|(_, g)| *g == name) {
         return Ok(h.to_string());
     }
     if let Some(rest) = name.strip_prefix("blk.") {
         if let Some((idx, suffix)) = rest.split_once('.') {
-            if let (Ok(i), Some((h, _))) = (idx.parse::<usize>(), LAYER_MAP.iter().find(|(_, g)| *g == suffix)) {
+            if let (Ok(i), Some((h, _))) = (idx.parse::<usize>(), layer_map(arch).find(|(_, g)| *g == suffix)) {
                 return Ok(format!("model.layers.{i}.{h}"));
             }
         }
@@ -151,10 +160,17 @@ mod tests {
             "model.layers.0.self_attn.q_proj.bias",
             "lm_head.weight",
         ] {
-            assert_eq!(gguf_to_hf(&hf_to_gguf(hf).unwrap()).unwrap(), hf);
+            assert_eq!(gguf_to_hf(&hf_to_gguf(hf, Arch::Llama).unwrap(), Arch::Llama).unwrap(), hf);
         }
-        assert!(hf_to_gguf("model.layers.x.mlp.up_proj.weight").is_err());
-        assert!(hf_to_gguf("vision_tower.weight").is_err());
+        assert!(hf_to_gguf("model.layers.x.mlp.up_proj.weight", Arch::Llama).is_err());
+        assert!(hf_to_gguf("vision_tower.weight", Arch::Llama).is_err());
+        // The same HF norm is a different GGUF tensor in Gemma.
+        let post = "model.layers.2.post_attention_layernorm.weight";
+        assert_eq!(hf_to_gguf(post, Arch::Llama).unwrap(), "blk.2.ffn_norm.weight");
+        assert_eq!(hf_to_gguf(post, Arch::Gemma2).unwrap(), "blk.2.post_attention_norm.weight");
+        for g in ["blk.1.ffn_norm.weight", "blk.1.post_ffw_norm.weight", "blk.1.attn_q_norm.weight"] {
+            assert_eq!(hf_to_gguf(&gguf_to_hf(g, Arch::Gemma3).unwrap(), Arch::Gemma3).unwrap(), g);
+        }
     }
 
     #[test]

@@ -160,11 +160,15 @@ impl ModelFile {
                         }
                         continue;
                     }
+                    let (ggml_type, data) = match c.shifted_norms.get(hf_name) {
+                        Some(shifted) => (GgmlType::F32, shifted.as_slice()),
+                        None => (t.ggml_type(hf_name)?, t.data),
+                    };
                     out.push(TensorRef {
-                        name: names::hf_to_gguf(hf_name)?,
-                        ggml_type: t.ggml_type(hf_name)?,
+                        name: names::hf_to_gguf(hf_name, c.config.arch)?,
+                        ggml_type,
                         shape: t.shape.to_vec(),
-                        data: t.data,
+                        data,
                         packed: None,
                     });
                 }
@@ -172,7 +176,7 @@ impl ModelFile {
                 let mut groups = packed.into_iter();
                 for slot in out.iter_mut().filter(|t| t.name.is_empty()) {
                     let (Some((prefix, parts)), Some(scheme)) = (groups.next(), scheme.clone()) else { break };
-                    let name = names::hf_to_gguf(&format!("{prefix}.weight"))?;
+                    let name = names::hf_to_gguf(&format!("{prefix}.weight"), c.config.arch)?;
                     let p = Packed::new(&name, scheme, parts)?;
                     *slot = TensorRef {
                         shape: vec![p.rows, p.cols],

@@ -1,7 +1,8 @@
-//! The LLaMA-family forward pass (llama, mistral, qwen2, qwen3): RMSNorm, RoPE (optionally
-//! scaled: linear, llama3), grouped-query causal attention with a KV cache (Qwen3: q/k heads
-//! RMS-normed first), SwiGLU. Everything is computed in f32, following the
-//! Hugging Face reference implementation's order of operations.
+//! The forward pass of every architecture in the table (model::arch): RMSNorm, RoPE
+//! (optionally scaled: linear, llama3, yarn), grouped-query causal attention with a KV cache
+//! (Qwen3/Gemma 3: q/k heads RMS-normed first; Gemma: sliding-window layers, soft-capped
+//! scores and logits, sandwich norms, scaled embeddings), SwiGLU or GeGLU. Everything is
+//! computed in f32, following the Hugging Face reference implementation's order of operations.
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
@@ -10,6 +11,7 @@ use rayon::prelude::*;
 use super::matrix::Matrix;
 use super::simd;
 use crate::error::{Error, Result};
+use crate::model::arch::Activation;
 use crate::model::{ModelConfig, ModelFile, RopeLayout, TensorRef};
 use crate::quant;
 
@@ -25,6 +27,9 @@ struct Layer<'a> {
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
     wo: Matrix<'a>,
+    /// Norms of the attention and feed-forward outputs (Gemma's sandwich norms).
+    post_attn_norm: Option<Vec<f32>>,
+    post_ffn_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
     w_gate: Matrix<'a>,
     w_up: Matrix<'a>,
@@ -41,8 +46,28 @@ pub struct LlamaModel<'a> {
     output: Option<Matrix<'a>>,
     /// inv_freq[i] = theta^(-2i/head_dim), in f32 as PyTorch computes it.
     inv_freq: Vec<f32>,
+    /// The sliding-window layers' own frequencies (Gemma 3's local RoPE base, unscaled).
+    swa_inv_freq: Option<Vec<f32>>,
     /// cos and sin are multiplied by this (YaRN's attention scale; 1 otherwise).
     rope_scale: f32,
+}
+
+/// cos/sin of a run of positions (head_dim/2 values per position): the global layers' and,
+/// where the model has them, the sliding-window layers' own.
+pub struct RopeTables {
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+    swa: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+impl RopeTables {
+    /// The tables layer `li` of `cfg` rotates with.
+    fn for_layer(&self, cfg: &ModelConfig, li: usize) -> (&[f32], &[f32]) {
+        match &self.swa {
+            Some((c, s)) if cfg.attn.is_swa(li) => (c, s),
+            _ => (&self.cos, &self.sin),
+        }
+    }
 }
 
 /// Keys and values of every layer for the positions seen so far.
@@ -100,20 +125,18 @@ impl<'a> LlamaModel<'a> {
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
             let n = |s: &str| format!("blk.{i}.{s}");
-            let bias = |s: &str| -> Result<Option<Vec<f32>>> {
-                if cfg.arch.has_qkv_bias() {
+            // A vector the architecture has (`present`), or none.
+            let optional = |present: bool, s: &str| -> Result<Option<Vec<f32>>> {
+                if present {
                     Ok(Some(vec_(&n(s))?))
                 } else {
                     Ok(None)
                 }
             };
-            let qk_norm = |s: &str| -> Result<Option<Vec<f32>>> {
-                if cfg.arch.has_qk_norm() {
-                    Ok(Some(vec_(&n(s))?))
-                } else {
-                    Ok(None)
-                }
-            };
+            let spec = cfg.arch.spec();
+            let bias = |s: &str| optional(spec.qkv_bias, s);
+            let qk_norm = |s: &str| optional(spec.qk_norm, s);
+            let sandwich = |s: &str| optional(spec.sandwich_norms, s);
             layers.push(Layer {
                 q_norm: qk_norm("attn_q_norm.weight")?,
                 k_norm: qk_norm("attn_k_norm.weight")?,
@@ -125,6 +148,8 @@ impl<'a> LlamaModel<'a> {
                 bk: bias("attn_k.bias")?,
                 bv: bias("attn_v.bias")?,
                 wo: mat(&n("attn_output.weight"))?,
+                post_attn_norm: sandwich("post_attention_norm.weight")?,
+                post_ffn_norm: sandwich("post_ffw_norm.weight")?,
                 ffn_norm: vec_(&n("ffn_norm.weight"))?,
                 w_gate: mat(&n("ffn_gate.weight"))?,
                 w_up: mat(&n("ffn_up.weight"))?,
@@ -141,13 +166,15 @@ impl<'a> LlamaModel<'a> {
             cfg.rope_scaling.runtime_divisors(cfg.rope_theta, cfg.head_dim)
         };
         let scale = cfg.rope_scaling.freq_scale();
+        let plain = |theta: f32, i: usize| 1.0 / theta.powf((2 * i) as f32 / cfg.head_dim as f32);
         let inv_freq: Vec<f32> = (0..half)
             .map(|i| {
-                let f = 1.0 / cfg.rope_theta.powf((2 * i) as f32 / cfg.head_dim as f32);
+                let f = plain(cfg.rope_theta, i);
                 let f = divisors.as_ref().map_or(f, |d| f / d[i]);
                 f * scale
             })
             .collect();
+        let swa_inv_freq = cfg.attn.swa_rope_theta.map(|theta| (0..half).map(|i| plain(theta, i)).collect());
 
         Ok(LlamaModel {
             rope_scale: cfg.rope_scaling.attention_scale(),
@@ -157,6 +184,7 @@ impl<'a> LlamaModel<'a> {
             output,
             layers,
             inv_freq,
+            swa_inv_freq,
             config: cfg,
         })
     }
@@ -196,16 +224,20 @@ impl<'a> LlamaModel<'a> {
         }
         let mut x = self.embed_tokens(tokens)?;
         let pos0 = cache.len;
-        let (cos, sin) = self.rope_tables(pos0, n);
+        let rope = self.rope_tables(pos0, n);
         for li in 0..self.layers.len() {
             let (k_cache, v_cache) = (&mut cache.k[li], &mut cache.v[li]);
-            self.layer_forward(li, &mut x, n, pos0, (&cos, &sin), (k_cache, v_cache), observer)?;
+            self.layer_forward(li, &mut x, n, pos0, &rope, (k_cache, v_cache), observer)?;
         }
         cache.len += n;
         let xn = rms_norm(&x, &self.norm, cfg.rms_eps);
         let out = self.output.as_ref().unwrap_or(&self.embed);
         observer.observe(li_output(self.layers.len()), &[&out.name], &xn, n);
-        Ok(out.matmul(&xn, n))
+        let mut logits = out.matmul(&xn, n);
+        if let Some(cap) = cfg.attn.final_softcap {
+            logits.par_chunks_mut(4096).for_each(|c| soft_cap(c, cap));
+        }
+        Ok(logits)
     }
 
     /// The embeddings of `tokens` (n × hidden): the input of layer 0.
@@ -217,16 +249,25 @@ impl<'a> LlamaModel<'a> {
             }
             x.extend(self.embed.row(t as usize));
         }
+        // Gemma scales the embeddings by √hidden (in the activations' dtype: f32 here).
+        if self.config.arch.spec().embed_scale {
+            let s = (self.config.hidden_size as f32).sqrt();
+            x.iter_mut().for_each(|v| *v *= s);
+        }
         Ok(x)
     }
 
     /// cos/sin of positions `pos0..pos0+n` (head_dim/2 values per position), shared by q and
-    /// k of every layer.
-    pub fn rope_tables(&self, pos0: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
-        (pos0..pos0 + n)
-            .flat_map(|p| self.inv_freq.iter().map(move |&f| p as f32 * f))
-            .map(|a| (a.cos() * self.rope_scale, a.sin() * self.rope_scale))
-            .unzip()
+    /// k of every layer (of every sliding-window layer, where those rotate on their own).
+    pub fn rope_tables(&self, pos0: usize, n: usize) -> RopeTables {
+        let table = |inv_freq: &[f32], scale: f32| -> (Vec<f32>, Vec<f32>) {
+            (pos0..pos0 + n)
+                .flat_map(|p| inv_freq.iter().map(move |&f| p as f32 * f))
+                .map(|a| (a.cos() * scale, a.sin() * scale))
+                .unzip()
+        };
+        let (cos, sin) = table(&self.inv_freq, self.rope_scale);
+        RopeTables { cos, sin, swa: self.swa_inv_freq.as_deref().map(|f| table(f, 1.0)) }
     }
 
     /// Qwen3's per-head RMSNorm of q and k (each head_dim slice normed with the same
@@ -262,7 +303,7 @@ impl<'a> LlamaModel<'a> {
         x: &mut [f32],
         n: usize,
         pos0: usize,
-        (cos, sin): (&[f32], &[f32]),
+        rope: &RopeTables,
         (k_cache, v_cache): (&mut Vec<f32>, &mut Vec<f32>),
         observer: &mut dyn LinearObserver,
     ) -> Result<()> {
@@ -281,25 +322,44 @@ impl<'a> LlamaModel<'a> {
         add_bias(&mut k, layer.bk.as_deref());
         add_bias(&mut v, layer.bv.as_deref());
         self.head_norms(&mut q, &mut k, layer.q_norm.as_deref(), layer.k_norm.as_deref());
+        let (cos, sin) = rope.for_layer(cfg, li);
         self.rope(&mut q, cfg.n_heads, cos, sin);
         self.rope(&mut k, cfg.n_kv_heads, cos, sin);
         k_cache.extend_from_slice(&k);
         v_cache.extend_from_slice(&v);
-        let attn = self.attention(&q, k_cache, v_cache, n, pos0);
+        let attn = self.attention(li, &q, k_cache, v_cache, n, pos0);
         observer.observe(li, &[&layer.wo.name], &attn, n);
         let o = layer.wo.matmul(&attn, n);
-        add_in_place(x, &o);
+        self.add_residual(x, o, layer.post_attn_norm.as_deref());
 
         // Feed-forward block.
         let xn = rms_norm(x, &layer.ffn_norm, cfg.rms_eps);
         observer.observe(li, &[&layer.w_gate.name, &layer.w_up.name], &xn, n);
         let gate = layer.w_gate.matmul(&xn, n);
         let mut up = layer.w_up.matmul(&xn, n);
-        up.par_chunks_mut(4096).zip(gate.par_chunks(4096)).for_each(|(u, g)| simd::silu_mul(u, g));
+        self.activate(&mut up, &gate);
         observer.observe(li, &[&layer.w_down.name], &up, n);
         let down = layer.w_down.matmul(&up, n);
-        add_in_place(x, &down);
+        self.add_residual(x, down, layer.post_ffn_norm.as_deref());
         Ok(())
+    }
+
+    /// x += block output, RMS-normed first where the layer has a post-norm (Gemma).
+    fn add_residual(&self, x: &mut [f32], out: Vec<f32>, post_norm: Option<&[f32]>) {
+        let out = match post_norm {
+            Some(w) => rms_norm(&out, w, self.config.rms_eps),
+            None => out,
+        };
+        add_in_place(x, &out);
+    }
+
+    /// up ⊙= act(gate), the architecture's gated activation.
+    fn activate(&self, up: &mut [f32], gate: &[f32]) {
+        let act = match self.config.arch.spec().activation {
+            Activation::Silu => simd::silu_mul,
+            Activation::GeluTanh => simd::gelu_tanh_mul,
+        };
+        up.par_chunks_mut(4096).zip(gate.par_chunks(4096)).for_each(|(u, g)| act(u, g));
     }
 
     /// The weight matrix named `name` (GGUF name), if it is one of the model's linears.
@@ -370,11 +430,13 @@ impl<'a> LlamaModel<'a> {
     /// residual not added. AWQ's scale search runs this with candidate weights.
     pub(crate) fn attention_block(
         &self,
+        li: usize,
         xn: &[f32],
         n: usize,
         w: &AttnWeights<'_, '_>,
-        (cos, sin): (&[f32], &[f32]),
+        rope: &RopeTables,
     ) -> Result<Vec<f32>> {
+        let (cos, sin) = rope.for_layer(&self.config, li);
         let cfg = &self.config;
         let shapes_ok = xn.len() == n * cfg.hidden_size
             && (w.q.rows, w.q.cols) == (cfg.q_dim(), cfg.hidden_size)
@@ -397,7 +459,7 @@ impl<'a> LlamaModel<'a> {
         self.head_norms(&mut q, &mut k, w.q_norm, w.k_norm);
         self.rope(&mut q, cfg.n_heads, cos, sin);
         self.rope(&mut k, cfg.n_kv_heads, cos, sin);
-        let attn = self.attention(&q, &k, &v, n, 0);
+        let attn = self.attention(li, &q, &k, &v, n, 0);
         Ok(w.o.matmul(&attn, n))
     }
 
@@ -413,7 +475,7 @@ impl<'a> LlamaModel<'a> {
     ) -> Vec<f32> {
         let g = gate.matmul(xn, n);
         let mut u = up.matmul(xn, n);
-        u.par_chunks_mut(4096).zip(g.par_chunks(4096)).for_each(|(u, g)| simd::silu_mul(u, g));
+        self.activate(&mut u, &g);
         down.matmul(&u, n)
     }
 
@@ -450,13 +512,16 @@ impl<'a> LlamaModel<'a> {
         });
     }
 
-    /// Causal grouped-query attention of `n` new queries over all cached positions.
-    fn attention(&self, q: &[f32], k_all: &[f32], v_all: &[f32], n: usize, pos0: usize) -> Vec<f32> {
+    /// Causal grouped-query attention of layer `li`'s `n` new queries over all cached
+    /// positions (over the last `sliding_window` of them in a sliding-window layer).
+    fn attention(&self, li: usize, q: &[f32], k_all: &[f32], v_all: &[f32], n: usize, pos0: usize) -> Vec<f32> {
         let cfg = &self.config;
         let (hd, nh) = (cfg.head_dim, cfg.n_heads);
         let (kv_dim, q_dim) = (cfg.kv_dim(), cfg.q_dim());
         let group = nh / cfg.n_kv_heads;
-        let scale = 1.0 / (hd as f32).sqrt();
+        let scale = cfg.attn.query_scale.unwrap_or(1.0 / (hd as f32).sqrt());
+        let window = if cfg.attn.is_swa(li) { cfg.attn.sliding_window } else { None };
+        let cap = cfg.attn.attn_softcap;
         // Queries go in blocks so that each block only multiplies against the keys it can see:
         // causal masking then skips ~40% of the work for a full window, and (head, block)
         // tasks keep both cores busy even for models with few heads.
@@ -478,7 +543,13 @@ impl<'a> LlamaModel<'a> {
                 matmul(sm, Accum::Replace, qh, kh.transpose(), scale, Par::Seq);
                 for (r, row) in scores.chunks_exact_mut(visible).enumerate() {
                     let seen = pos0 + i0 + r + 1;
-                    softmax_in_place(&mut row[..seen]);
+                    // A query sees the keys at distance < window (itself included).
+                    let first = window.map_or(0, |w| seen.saturating_sub(w));
+                    if let Some(cap) = cap {
+                        soft_cap(&mut row[first..seen], cap);
+                    }
+                    softmax_in_place(&mut row[first..seen]);
+                    row[..first].fill(0.0);
                     row[seen..].fill(0.0);
                 }
                 let mut out = vec![0f32; rows * hd];
@@ -523,6 +594,13 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
         }
     });
     out
+}
+
+/// x ← cap·tanh(x/cap) (Gemma's soft-capping of attention scores and logits).
+fn soft_cap(x: &mut [f32], cap: f32) {
+    for v in x {
+        *v = cap * (*v / cap).tanh();
+    }
 }
 
 fn add_bias(x: &mut [f32], b: Option<&[f32]>) {

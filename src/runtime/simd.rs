@@ -158,9 +158,34 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// up[i] *= gelu_tanh(gate[i]) — the GeGLU activation (PyTorch's `gelu(approximate="tanh")`:
+    /// x/2·(1 + tanh(√(2/π)·(x + 0.044715·x³)))), with tanh from exp: 1 − 2/(e^{2u} + 1).
+    pub fn gelu_tanh_mul(up: &mut [f32], gate: &[f32]) {
+        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+        for (u, &g) in up.iter_mut().zip(gate) {
+            let inner = (SQRT_2_OVER_PI * (g + 0.044715 * g * g * g)).clamp(-40.0, 40.0);
+            let tanh = 1.0 - 2.0 / (exp_f32(2.0 * inner) + 1.0);
+            *u *= 0.5 * g * (1.0 + tanh);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gelu_tanh_matches_its_formula() {
+        let xs: Vec<f32> = (-400..400).map(|i| i as f32 * 0.031).collect();
+        let mut out = vec![1f32; xs.len()];
+        gelu_tanh_mul(&mut out, &xs);
+        for (&x, &o) in xs.iter().zip(&out) {
+            let x = x as f64;
+            let want = 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh());
+            assert!((o as f64 - want).abs() <= 1e-6 * want.abs().max(1.0), "gelu({x}) = {o}, want {want}");
+        }
+    }
 
     #[test]
     fn exp_is_accurate() {

@@ -39,8 +39,12 @@ impl TextTokenizer {
     pub fn for_model(model: &ModelFile) -> Result<TextTokenizer> {
         let vocab = model.vocab()?;
         let engine = match model {
-            // A checkpoint with only tokenizer.model runs its SentencePiece vocabulary natively.
-            ModelFile::Hf(c) if !c.dir.join("tokenizer.json").is_file() => return Self::from_vocab(vocab),
+            // A checkpoint with tokenizer.model runs its SentencePiece vocabulary natively: the
+            // vocabulary is read from it (as llama.cpp's converter reads it), so the checkpoint
+            // tokenizes as its GGUF does.
+            ModelFile::Hf(c) if !c.dir.join("tokenizer.json").is_file() || vocab.model == VocabModel::Spm => {
+                return Self::from_vocab(vocab)
+            }
             ModelFile::Hf(c) => {
                 let path = c.dir.join("tokenizer.json");
                 let json = crate::formats::safetensors::read_json(&path)?;

@@ -29,14 +29,14 @@ def length_delimited(num, body):
     return field(num, 2, varint(len(body)) + body)
 
 
-def make(pieces_json, out):
+def make(pieces_json, out, dummy_prefix=True):
     pieces = json.load(open(pieces_json, encoding="utf-8"))
     model = b""
     for piece, score, ty in pieces:
         p = length_delimited(1, piece.encode("utf-8")) + field(2, 5, struct.pack("<f", score)) + field(3, 0, varint(ty))
         model += length_delimited(1, p)
     trainer = field(3, 0, varint(2)) + field(4, 0, varint(len(pieces))) + field(35, 0, varint(1))
-    normalizer = (length_delimited(1, b"identity") + field(3, 0, varint(1)) + field(4, 0, varint(0))
+    normalizer = (length_delimited(1, b"identity") + field(3, 0, varint(int(dummy_prefix))) + field(4, 0, varint(0))
                   + field(5, 0, varint(1)))
     model += length_delimited(2, trainer) + length_delimited(3, normalizer)
     open(out, "wb").write(model)

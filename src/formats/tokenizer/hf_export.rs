@@ -7,6 +7,7 @@ use serde_json::{json, Value as Json};
 
 use super::{pre_tokenizer, token_type, Vocab, VocabModel};
 use crate::error::{Error, Result};
+use crate::formats::sentencepiece::{SentencePieceModel, SpecialIds};
 
 impl Vocab {
     pub fn to_hf_json(&self) -> Result<Json> {
@@ -173,6 +174,24 @@ impl Vocab {
             return None;
         }
         Some(json!({"type": "TemplateProcessing", "single": single, "pair": single, "special_tokens": specials}))
+    }
+
+    /// `tokenizer.model` of a SentencePiece vocabulary (`None` for the others): what a
+    /// SentencePiece checkpoint ships, and what llama.cpp's converter requires of some
+    /// architectures (Gemma 2).
+    pub fn to_sentencepiece(&self) -> Option<Vec<u8>> {
+        if self.model != VocabModel::Spm || self.scores.len() != self.tokens.len() {
+            return None;
+        }
+        let model = SentencePieceModel {
+            pieces: (0..self.tokens.len())
+                .map(|i| (self.tokens[i].clone(), self.scores[i], self.token_types.get(i).copied().unwrap_or(1)))
+                .collect(),
+            add_dummy_prefix: self.space_prefix(),
+            model_type: 2,
+        };
+        let id = |t: Option<u32>| t.map_or(-1, i64::from);
+        Some(model.to_bytes(SpecialIds { unk: id(self.unk), bos: id(self.bos), eos: id(self.eos), pad: id(self.pad) }))
     }
 
     /// `tokenizer_config.json` for a Hugging Face directory.

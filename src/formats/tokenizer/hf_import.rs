@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::formats::pre_tokenizers::{CHECK_TEXT, PRE_HASHES};
 use crate::formats::safetensors::read_json;
 use crate::formats::sentencepiece::SentencePieceModel;
+use crate::model::arch::{Arch, ArchSpec};
 
 /// Vocabularies beyond this are refused before anything is allocated for them.
 const MAX_VOCAB: usize = 1 << 24;
@@ -98,11 +99,10 @@ impl HfTokenizerFiles {
     }
 }
 
-/// The classes convert_hf_to_gguf.py converts with its `LlamaModel` (whose vocabulary rules
-/// differ: tokenizer.json-only SentencePiece, `add_prefix_space`, two vocabulary-size cases).
-fn is_llama_family(config: &Json) -> bool {
-    let class = config.get("architectures").and_then(|a| a.get(0)).and_then(Json::as_str).unwrap_or("");
-    matches!(class, "LlamaForCausalLM" | "LLaMAForCausalLM" | "MistralForCausalLM" | "MixtralForCausalLM")
+/// The architecture's description, if qforge runs it (its vocabulary rules: see `ArchSpec`).
+fn arch_spec(config: &Json) -> Option<&'static ArchSpec> {
+    let class = config.get("architectures").and_then(|a| a.get(0)).and_then(Json::as_str)?;
+    Arch::from_hf_class(class).map(Arch::spec)
 }
 
 /// SentencePiece-style BPE in a tokenizer.json (what transformers' LlamaConverter writes):
@@ -147,13 +147,18 @@ impl Vocab {
         if vocab_size > MAX_VOCAB {
             return Err(Error::Tokenizer(format!("vocabulary of {vocab_size} tokens is absurd")));
         }
-        let llama = is_llama_family(config);
+        let spec = arch_spec(config);
+        let llama = spec.is_some_and(|s| s.llama_vocab_rules);
         let mut v = match (&files.sentencepiece, &files.tokenizer_json) {
             (Some(bytes), _) => sentencepiece_vocab(bytes, files, config, vocab_size)?,
             (None, Some(tj)) if llama && is_llama_hf(tj) => llama_hf_vocab(tj, files, config, vocab_size)?,
             (None, Some(tj)) => bpe_vocab(tj, files, config, vocab_size)?,
             (None, None) => return Err(Error::Tokenizer("no tokenizer.json and no tokenizer.model".into())),
         };
+        // Gemma: the SentencePiece vocabulary is written without the space prefix.
+        if spec.is_some_and(|s| s.spm_no_space_prefix) && v.model == VocabModel::Spm {
+            v.add_space_prefix = Some(false);
+        }
         if llama {
             let tcfg = files.tokenizer_config.as_ref();
             if let Some(on) = tcfg.and_then(|c| c.get("add_prefix_space")).and_then(Json::as_bool) {

@@ -158,7 +158,7 @@ impl AwqMethod {
         let run = |q: &Matrix<'_>, k: &Matrix<'_>, v: &Matrix<'_>, xn: &[f32]| {
             let (bq, bk, bv) = (l.bq.as_deref(), l.bk.as_deref(), l.bv.as_deref());
             let w = AttnWeights { q, k, v, o: &o, bq, bk, bv, q_norm, k_norm };
-            model.attention_block(xn, n, &w, (&rope.0, &rope.1))
+            model.attention_block(l.index, xn, n, &w, &rope)
         };
         let reference: Vec<Vec<f32>> = xns.iter().map(|x| run(&q, &k, &v, x)).collect::<Result<_>>()?;
         let sal = self.salience(x_mean, &[(&l.wq, l.q_dim), (&l.wk, l.kv_dim), (&l.wv, l.kv_dim)], l.hidden, grids[0]);

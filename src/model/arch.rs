@@ -1,0 +1,223 @@
+//! One table describes each architecture qforge runs, in the spirit of llama.cpp's llama-arch:
+//! its Hugging Face class names, GGUF name, tensor-name differences and the features of its
+//! decoder layer. The config parser, tensor naming, runtime, converters and tokenizer import read
+//! the description; adding an architecture is one row here (plus its tests), and code paths
+//! for features not yet in the table.
+
+/// The decoder families qforge supports. All are pre-norm transformers with RoPE and a gated
+/// feed-forward block; [`ArchSpec`] says how each differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+    Gemma2,
+    Gemma3,
+}
+
+/// The gated feed-forward block's activation: `down(act(gate·x) ⊙ up·x)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// SiLU (SwiGLU), LLaMA and Qwen.
+    Silu,
+    /// GELU with the tanh approximation (`gelu_pytorch_tanh`, GeGLU), Gemma.
+    GeluTanh,
+}
+
+/// What distinguishes one architecture from plain LLaMA.
+#[derive(Debug)]
+pub struct ArchSpec {
+    pub arch: Arch,
+    /// `architectures[0]` in config.json; the first is the one qforge writes.
+    pub hf_classes: &'static [&'static str],
+    pub hf_model_type: &'static str,
+    /// `general.architecture` in GGUF (llama.cpp runs Mistral as `llama`).
+    pub gguf_name: &'static str,
+    /// GGUF stores q/k rows permuted to the interleaved RoPE layout (llama.cpp's `llama`);
+    /// the others keep the Hugging Face (NeoX, rotate-half) order.
+    pub gguf_permutes_qk: bool,
+    /// q/k/v projections carry biases (Qwen2).
+    pub qkv_bias: bool,
+    /// Each head of q and k is RMS-normed with its own weights before RoPE (Qwen3, Gemma 3).
+    pub qk_norm: bool,
+    /// Hugging Face norms scale by `1 + w` (Gemma's RMSNorm); GGUF stores `1 + w`, as
+    /// llama.cpp's converter writes it, so the runtime multiplies by the stored value.
+    pub norm_plus_one: bool,
+    /// Norms after the attention and feed-forward blocks as well as before (Gemma 2/3):
+    /// `x + post_norm(block(pre_norm(x)))`.
+    pub sandwich_norms: bool,
+    pub activation: Activation,
+    /// The embeddings are multiplied by √hidden_size before layer 0 (Gemma).
+    pub embed_scale: bool,
+    /// Every `swa_pattern`-th layer attends globally, the others through the sliding window
+    /// (llama.cpp's default pattern when GGUF does not list the layers); 0: no sliding window.
+    pub swa_pattern: usize,
+    /// Sliding-window layers use their own RoPE base without scaling (Gemma 3's local layers).
+    pub swa_own_rope: bool,
+    /// convert_hf_to_gguf.py converts this class with its `LlamaModel` (vocabulary rules for
+    /// tokenizer.json-only SentencePiece, `add_prefix_space`, special vocabulary sizes).
+    pub llama_vocab_rules: bool,
+    /// A SentencePiece vocabulary is written with `add_space_prefix = false` (Gemma).
+    pub spm_no_space_prefix: bool,
+    /// Hugging Face → GGUF names of the layer's norms (the rest of the names are shared).
+    pub norm_names: &'static [(&'static str, &'static str)],
+}
+
+const LLAMA_NORMS: &[(&str, &str)] =
+    &[("input_layernorm.weight", "attn_norm.weight"), ("post_attention_layernorm.weight", "ffn_norm.weight")];
+
+/// Gemma 2/3: HF's `post_attention_layernorm` is the attention block's post-norm, and the
+/// feed-forward block has its own pre- and post-norms.
+const GEMMA_NORMS: &[(&str, &str)] = &[
+    ("input_layernorm.weight", "attn_norm.weight"),
+    ("post_attention_layernorm.weight", "post_attention_norm.weight"),
+    ("pre_feedforward_layernorm.weight", "ffn_norm.weight"),
+    ("post_feedforward_layernorm.weight", "post_ffw_norm.weight"),
+];
+
+const LLAMA: ArchSpec = ArchSpec {
+    arch: Arch::Llama,
+    hf_classes: &["LlamaForCausalLM", "LLaMAForCausalLM"],
+    hf_model_type: "llama",
+    gguf_name: "llama",
+    gguf_permutes_qk: true,
+    qkv_bias: false,
+    qk_norm: false,
+    norm_plus_one: false,
+    sandwich_norms: false,
+    activation: Activation::Silu,
+    embed_scale: false,
+    swa_pattern: 0,
+    swa_own_rope: false,
+    llama_vocab_rules: true,
+    spm_no_space_prefix: false,
+    norm_names: LLAMA_NORMS,
+};
+
+/// The architecture table. `from_gguf` takes the first row with a GGUF name, so Llama comes
+/// before Mistral.
+pub const ARCHS: &[ArchSpec] = &[
+    LLAMA,
+    ArchSpec { arch: Arch::Mistral, hf_classes: &["MistralForCausalLM"], hf_model_type: "mistral", ..LLAMA },
+    ArchSpec {
+        arch: Arch::Qwen2,
+        hf_classes: &["Qwen2ForCausalLM"],
+        hf_model_type: "qwen2",
+        gguf_name: "qwen2",
+        gguf_permutes_qk: false,
+        qkv_bias: true,
+        llama_vocab_rules: false,
+        ..LLAMA
+    },
+    ArchSpec {
+        arch: Arch::Qwen3,
+        hf_classes: &["Qwen3ForCausalLM"],
+        hf_model_type: "qwen3",
+        gguf_name: "qwen3",
+        gguf_permutes_qk: false,
+        qk_norm: true,
+        llama_vocab_rules: false,
+        ..LLAMA
+    },
+    ArchSpec {
+        arch: Arch::Gemma2,
+        hf_classes: &["Gemma2ForCausalLM"],
+        hf_model_type: "gemma2",
+        gguf_name: "gemma2",
+        gguf_permutes_qk: false,
+        norm_plus_one: true,
+        sandwich_norms: true,
+        activation: Activation::GeluTanh,
+        embed_scale: true,
+        swa_pattern: 2,
+        llama_vocab_rules: false,
+        spm_no_space_prefix: true,
+        norm_names: GEMMA_NORMS,
+        ..LLAMA
+    },
+    ArchSpec {
+        arch: Arch::Gemma3,
+        hf_classes: &["Gemma3ForCausalLM"],
+        hf_model_type: "gemma3_text",
+        gguf_name: "gemma3",
+        gguf_permutes_qk: false,
+        qk_norm: true,
+        norm_plus_one: true,
+        sandwich_norms: true,
+        activation: Activation::GeluTanh,
+        embed_scale: true,
+        swa_pattern: 6,
+        swa_own_rope: true,
+        llama_vocab_rules: false,
+        spm_no_space_prefix: true,
+        norm_names: GEMMA_NORMS,
+        ..LLAMA
+    },
+];
+
+impl Arch {
+    pub fn spec(self) -> &'static ArchSpec {
+        ARCHS.iter().find(|s| s.arch == self).expect("every Arch has a row in ARCHS")
+    }
+
+    pub fn hf_class(self) -> &'static str {
+        self.spec().hf_classes[0]
+    }
+
+    pub fn hf_model_type(self) -> &'static str {
+        self.spec().hf_model_type
+    }
+
+    pub fn gguf_name(self) -> &'static str {
+        self.spec().gguf_name
+    }
+
+    pub fn gguf_permutes_qk(self) -> bool {
+        self.spec().gguf_permutes_qk
+    }
+
+    pub fn has_qkv_bias(self) -> bool {
+        self.spec().qkv_bias
+    }
+
+    pub fn has_qk_norm(self) -> bool {
+        self.spec().qk_norm
+    }
+
+    pub fn from_hf_class(name: &str) -> Option<Arch> {
+        ARCHS.iter().find(|s| s.hf_classes.contains(&name)).map(|s| s.arch)
+    }
+
+    pub fn from_gguf(name: &str) -> Option<Arch> {
+        ARCHS.iter().find(|s| s.gguf_name == name).map(|s| s.arch)
+    }
+
+    /// "A, B, C" of every supported class (for errors that list what is supported).
+    pub fn supported_hf_classes() -> String {
+        ARCHS.iter().map(|s| s.hf_classes[0]).collect::<Vec<_>>().join(", ")
+    }
+
+    pub fn supported_gguf_names() -> String {
+        let mut names: Vec<&str> = ARCHS.iter().map(|s| s.gguf_name).collect();
+        names.dedup();
+        names.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_arch_round_trips_through_its_names() {
+        for s in ARCHS {
+            assert_eq!(Arch::from_hf_class(s.hf_classes[0]), Some(s.arch));
+            assert_eq!(s.arch.spec().arch, s.arch);
+            let g = Arch::from_gguf(s.gguf_name).unwrap();
+            assert_eq!(g.gguf_name(), s.gguf_name);
+        }
+        assert_eq!(Arch::from_gguf("llama"), Some(Arch::Llama));
+        assert_eq!(Arch::from_hf_class("GPT2LMHeadModel"), None);
+    }
+}
