@@ -295,18 +295,17 @@ fn gemma3_matches_transformers() {
         assert_eq!(m["gemma3.rope.scaling.factor"], 4.0);
         assert_eq!(m["gemma3.rope.freq_base"], 1000000.0);
         assert_eq!(m["gemma3.attention.sliding_window"], 24);
-        // llama.cpp's defaults (local base 10000, pattern 6) are left implicit, as its converter does.
-        assert!(
-            m.get("gemma3.rope.freq_base_swa").is_none() && m.get("gemma3.attention.sliding_window_pattern").is_none()
-        );
+        assert_eq!(m["gemma3.rope.freq_base_swa"], 10000.0);
+        // The default pattern (every 6th layer global) is left implicit, as llama.cpp's converter does.
+        assert!(m.get("gemma3.attention.sliding_window_pattern").is_none());
         assert!(m.get("gemma3.attn_logit_softcapping").is_none());
         assert!(tensor_names(info).contains(&"blk.5.attn_q_norm.weight".to_string()));
     });
 }
 
-/// What llama.cpp reads but its Gemma 3 converter does not write: a local RoPE base other
-/// than 10000 (`rope.freq_base_swa`) and a layer list other than the default pattern
-/// (`attention.sliding_window_pattern`, one bool per layer). Both survive GGUF → HF.
+/// The local layers' own RoPE base (`rope.freq_base_swa`), and a layer list other than the
+/// default pattern (`attention.sliding_window_pattern`, one bool per layer: llama.cpp reads it,
+/// its converter does not write it). Both survive GGUF → HF.
 #[test]
 fn gemma3_local_base_and_layer_list_travel_through_gguf() {
     let params = json!({
@@ -360,4 +359,49 @@ fn gemma3_transformers_4_style_config_is_the_same_model() {
     std::fs::write(&p, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
     let e = logits_error(&hf, &golden_of("gemma3"));
     assert!(e <= 1e-5, "relative error {e}");
+}
+
+/// Every quantization method runs on Gemma 2 and 3 (sandwich norms, 1 + w norms, sliding
+/// windows) and GPTQ and AWQ beat round-to-nearest on the same grid; the Hugging Face AWQ
+/// checkpoint (whose folded norms go back to Gemma's `w` convention) stays close to f32.
+#[test]
+fn gemma_methods_beat_round_to_nearest() {
+    for arch in ["gemma2", "gemma3"] {
+        let dir = tempfile::tempdir().unwrap();
+        let m = root().join("tests/fixtures/arch").join(arch);
+        let cal: [&dyn AsRef<std::ffi::OsStr>; 4] = [&"--nsamples", &"16", &"--seqlen", &"96"];
+        let out = |name: &str| dir.path().join(name);
+        let kld = |cand: &Path| -> f64 {
+            let r = qforge_ok(&[
+                &"--json",
+                &"compare",
+                &m,
+                &cand,
+                &"--text",
+                &wiki(),
+                &"--ctx",
+                &"96",
+                &"--max-windows",
+                &"16",
+            ]);
+            serde_json::from_str::<Json>(&r).unwrap()["kld_mean"].as_f64().unwrap()
+        };
+        qforge_ok(&[&"-q", &"quantize", &m, &"-o", &out("rtn.gguf"), &"--type", &"q4_0"]);
+        let mut gptq: Vec<&dyn AsRef<std::ffi::OsStr>> =
+            vec![&"-q", &"quantize", &m, &"--method", &"gptq", &"--type", &"q4_0", &"-o"];
+        let gptq_out = out("gptq.gguf");
+        gptq.push(&gptq_out);
+        gptq.extend(cal);
+        qforge_ok(&gptq);
+        let awq_out = out("awq");
+        let mut awq: Vec<&dyn AsRef<std::ffi::OsStr>> =
+            vec![&"-q", &"quantize", &m, &"--method", &"awq", &"--format", &"hf-awq", &"--group-size", &"32", &"-o"];
+        awq.push(&awq_out);
+        awq.extend(cal);
+        qforge_ok(&awq);
+        let (rtn, gptq, awq) = (kld(&out("rtn.gguf")), kld(&gptq_out), kld(&awq_out));
+        eprintln!("{arch}: KLD Q4_0 RTN {rtn:.5}, GPTQ {gptq:.5}; hf-awq g32 {awq:.5}");
+        assert!(gptq < rtn, "{arch}: GPTQ {gptq} vs RTN {rtn}");
+        assert!(awq < rtn, "{arch}: AWQ g32 {awq} vs Q4_0 RTN {rtn}");
+    }
 }

@@ -244,3 +244,75 @@ fn peak_memory_is_file_size_plus_activations() {
         assert!(mb <= bound, "{t}: peak RSS {mb} MB above {bound} MB");
     }
 }
+
+/// `--protocol llama.cpp` is llama-perplexity's scoring: every window starts with BOS (the
+/// Gemma 2 fixture's vocabulary adds one) in place of its first token, and only positions
+/// ctx/2..ctx-2 are scored. Recomputed here from the library's forward pass.
+#[test]
+fn llama_cpp_protocol_scores_the_second_half_after_bos() {
+    use qforge::model::ModelFile;
+    use qforge::runtime::{KvCache, LlamaModel, TextTokenizer};
+    let model_dir = root().join("tests/fixtures/arch/gemma2");
+    let (ctx, windows) = (64usize, 3usize);
+    let run = |protocol: &str| {
+        let out = qforge_ok(&[
+            &"--json",
+            &"perplexity",
+            &model_dir,
+            &"--text",
+            &wiki(),
+            &"--ctx",
+            &ctx.to_string(),
+            &"--max-windows",
+            &windows.to_string(),
+            &"--protocol",
+            &protocol,
+        ]);
+        json(&out)
+    };
+    let ours = run("llama.cpp");
+    assert_eq!(ours["protocol"], "llama.cpp");
+    assert_eq!(ours["tokens_scored"], (windows * (ctx - 1 - ctx / 2)) as u64);
+
+    let file = ModelFile::open(&model_dir).unwrap();
+    let tok = TextTokenizer::for_model(&file).unwrap();
+    let text = std::fs::read_to_string(wiki()).unwrap();
+    let ids = tok.encode(&text[..20_000]).unwrap();
+    let bos = tok.vocab.bos.unwrap();
+    assert!(tok.vocab.adds_bos() && ids[0] == bos);
+    let m = LlamaModel::load(&file).unwrap();
+    let v = m.vocab_size();
+    let (mut nll, mut n) = (0f64, 0usize);
+    for w in ids.chunks_exact(ctx).take(windows) {
+        let mut input = w.to_vec();
+        input[0] = bos;
+        let mut cache = KvCache::new(&m.config, ctx);
+        let logits = m.forward(&input, &mut cache).unwrap();
+        for p in ctx / 2..ctx - 1 {
+            let row = &logits[p * v..(p + 1) * v];
+            let max = row.iter().fold(f32::MIN, |a, &b| a.max(b)) as f64;
+            let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+            nll += lse - row[w[p + 1] as usize] as f64;
+            n += 1;
+        }
+    }
+    let want = nll / n as f64;
+    let got = ours["nll_mean"].as_f64().unwrap();
+    assert!((got - want).abs() <= 1e-6 * want, "{got} vs {want}");
+    // The default protocol scores every position: a different number.
+    let all = run("qforge");
+    assert_eq!(all["tokens_scored"], (windows * (ctx - 1)) as u64);
+    assert!((all["nll_mean"].as_f64().unwrap() - got).abs() > 1e-4);
+    // --save-logits needs every position.
+    let e = qforge_err(&[
+        &"perplexity",
+        &model_dir,
+        &"--text",
+        &wiki(),
+        &"--protocol",
+        &"llama.cpp",
+        &"--save-logits",
+        &"x",
+    ]);
+    assert!(e.contains("--protocol qforge"), "{e}");
+}

@@ -4,7 +4,9 @@ variant, qforge's F32 and Q4_K_M GGUFs against llama.cpp's own pipeline on the s
 (convert_hf_to_gguf.py F32, then llama_model_quantize Q4_K_M), all run by llama.cpp
 (llama-cpp-python) on the golden's 96-token WikiText window; transformers' NLL beside them.
 Prints a Markdown table for BENCHMARKS.md and the tensors/metadata that differ between the
-two F32 files; exit 1 if an F32 NLL differs by more than 1e-4 relative.
+two F32 files; exit 1 if an F32 NLL differs by more than 1e-4 relative. For the variants in
+CONVERTER_GAPS (settings llama.cpp reads from GGUF but its converter does not write), llama.cpp's
+NLL on qforge's F32 is held to transformers' instead.
 
 The fixtures' tokenizer (the trained tiny-llama BPE) is not in llama.cpp's pre-tokenizer hash
 table, so convert_hf_to_gguf.py runs with its pre-tokenizer named "gpt-2" (what qforge
@@ -65,6 +67,12 @@ print(-np.mean([lp[i, ids[i + 1]] for i in range(len(ids) - 1)]))
 """
 
 
+# Variant -> what convert_hf_to_gguf.py leaves out of its GGUF (llama.cpp then runs defaults).
+CONVERTER_GAPS = {
+    "gemma3-layers": "attention.sliding_window_pattern (a layer list other than every 6th global)",
+}
+
+
 def run(args, **kw):
     return subprocess.run(args, check=True, capture_output=True, text=True, **kw).stdout
 
@@ -111,7 +119,13 @@ def main():
                 n = {k: nll(p, ids) for k, p in [("q32", q32), ("r32", r32), ("q4", q4), ("r4", r4)]}
                 diffs = diff_files(r32, q32)
             rel32 = abs(n["q32"] - n["r32"]) / n["r32"]
-            bad += rel32 > 1e-4
+            if variant in CONVERTER_GAPS:
+                vs_hf = abs(n["q32"] - float(g["nll"][0])) / float(g["nll"][0])
+                print(f"{variant}: llama.cpp's converter omits {CONVERTER_GAPS[variant]}; llama.cpp on "
+                      f"qforge's F32 vs transformers: {vs_hf:.1e}", file=sys.stderr)
+                bad += vs_hf > 1e-4
+            else:
+                bad += rel32 > 1e-4
             rows.append(f"| {variant} | {float(g['nll'][0]):.6f} | {n['r32']:.6f} | {n['q32']:.6f} | {rel32:.1e} | "
                         f"{n['r4']:.6f} | {n['q4']:.6f} | {abs(n['q4'] - n['r4']) / n['r4']:.1e} |")
             for d in diffs:

@@ -203,7 +203,7 @@ fn verify_json(args: &VerifyArgs, ui: &Ui) -> Result<Vec<Check>> {
         let model = LlamaModel::load(&loaded.file)?;
         let bar = ui.count_bar(windows.len() as u64, "windows");
         let lanes = window_lanes(&[&model.config], args.ctx, windows.len());
-        let r = perplexity(&model, &windows, args.ctx, lanes, |w, _, _, _| {
+        let r = perplexity(&model, &windows, 0, args.ctx, lanes, |w, _, _, _| {
             bar.set_position(w as u64 + 1);
             Ok(())
         })?;

@@ -1,5 +1,6 @@
-//! Perplexity with the golden protocol: non-overlapping windows of `ctx` tokens, logits at
-//! positions 0..ctx-2 scored against tokens 1..ctx-1.
+//! Perplexity: non-overlapping windows of `ctx` tokens, logits at positions first..ctx-2
+//! scored against tokens first+1..ctx-1 (qforge's golden protocol: first = 0; llama.cpp's
+//! llama-perplexity: first = ctx/2, each window starting with BOS, see [`Protocol`]).
 
 use std::time::Instant;
 
@@ -20,6 +21,28 @@ pub struct PplReport {
     pub windows: u64,
     pub ctx: u32,
     pub tokens_per_sec: f64,
+}
+
+/// How windows are scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// Every position after the first of each window (qforge's goldens, transformers').
+    Qforge,
+    /// llama-perplexity's: the first token of every window replaced by BOS when the
+    /// vocabulary adds one, only the second half of each window scored (its positions have
+    /// at least ctx/2 tokens of context), so results compare with published llama.cpp numbers.
+    #[value(name = "llama.cpp")]
+    LlamaCpp,
+}
+
+impl Protocol {
+    /// The first scored logit position of a window of `ctx`.
+    pub fn first_scored(self, ctx: usize) -> usize {
+        match self {
+            Protocol::Qforge => 0,
+            Protocol::LlamaCpp => ctx / 2,
+        }
+    }
 }
 
 /// Running sums of negative log-likelihoods.
@@ -76,6 +99,7 @@ pub fn window_nll(logits: &[f32], window: &[u32], vocab: usize) -> Vec<f64> {
 pub fn perplexity(
     model: &LlamaModel<'_>,
     windows: &[&[u32]],
+    first: usize,
     batch: usize,
     lanes: usize,
     mut on_window: impl FnMut(usize, &[u32], &[f32], &NllAccumulator) -> Result<()>,
@@ -90,7 +114,8 @@ pub fn perplexity(
         &mut caches,
         |cache, _, window| {
             let logits = window_logits(model, cache, window, batch)?;
-            let nll = window_nll(&logits, window, vocab);
+            let first = first.min(window.len() - 1);
+            let nll = window_nll(&logits[first * vocab..], &window[first..], vocab);
             Ok((logits, nll))
         },
         |w, window, (logits, nll)| {

@@ -196,8 +196,8 @@ impl AttnVariants {
     }
 
     /// The GGUF keys (without the `{arch}.` prefix) as llama.cpp's converter writes them, plus
-    /// what llama.cpp reads but its converter leaves out: the local RoPE base when it is not
-    /// llama.cpp's default, and the layer list when it is not the default pattern.
+    /// what llama.cpp reads but its converter leaves out: the layer list when it is not the
+    /// default pattern.
     pub fn gguf_keys(&self, arch: Arch, n_layers: usize) -> Vec<(&'static str, Value)> {
         let spec = arch.spec();
         let mut keys = Vec::new();
@@ -217,7 +217,7 @@ impl AttnVariants {
                 keys.push(("attention.sliding_window_pattern", Value::Array(ValueType::Bool, layers)));
             }
         }
-        if let Some(t) = self.swa_rope_theta.filter(|&t| t != LLAMA_CPP_SWA_THETA) {
+        if let Some(t) = self.swa_rope_theta {
             keys.push(("rope.freq_base_swa", Value::F32(t)));
         }
         keys

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Every quantization method on every architecture fixture (tests/fixtures/arch): KL divergence
+# of each quantized model from the checkpoint (f32 runtime) on WikiText windows. Prints the
+# arch × method Markdown table of BENCHMARKS.md.
+#
+# Same bits side by side: GGUF Q4_0 by round-to-nearest, with an importance matrix, GPTQ and AWQ
+# (each onto Q4_0's grid, llama.cpp's per-tensor rules for the rest); Q4_K_M by RTN and GPTQ;
+# Hugging Face 4-bit formats (group size 32, the fixtures being 64 wide): GPTQ, AWQ, and
+# NF4 (blocks of 64). Calibration: NSAMPLES windows of 96 tokens of calibration/calib.txt.
+#
+# usage: tools/bench_arch_methods.sh [WINDOWS] [NSAMPLES]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WINDOWS=${1:-40}
+NSAMPLES=${2:-32}
+TEXT=tests/fixtures/text/wiki.test.raw
+cargo build --release --quiet
+Q=target/release/qforge
+DIR=$(mktemp -d)
+trap 'rm -rf "$DIR"' EXIT
+CAL=(--nsamples "$NSAMPLES" --seqlen 96)
+
+kld() { # MODEL CANDIDATE -> "mean"
+  $Q -q --json compare "$1" "$2" --text "$TEXT" --ctx 96 --max-windows "$WINDOWS" |
+    python3 -c 'import json,sys; print("%.5f" % json.load(sys.stdin)["kld_mean"])'
+}
+
+echo "| arch | Q4_0 RTN | Q4_0 imatrix | Q4_0 GPTQ | Q4_0 AWQ | Q4_K_M RTN | Q4_K_M GPTQ | hf-gptq g32 | hf-awq g32 | NF4 |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
+for A in llama-rope qwen2 qwen3 gemma2 gemma3; do
+  M=tests/fixtures/arch/$A
+  O=$DIR/$A
+  mkdir -p "$O"
+  $Q -q imatrix "$M" -o "$O/imatrix.gguf" --ctx 96 --chunks "$NSAMPLES" >/dev/null
+  $Q -q quantize "$M" -o "$O/q4_0.gguf" --type q4_0 2>/dev/null
+  $Q -q quantize "$M" -o "$O/q4_0-imat.gguf" --type q4_0 --imatrix "$O/imatrix.gguf" 2>/dev/null
+  $Q -q quantize "$M" -o "$O/q4_0-gptq.gguf" --method gptq --type q4_0 "${CAL[@]}" 2>/dev/null
+  $Q -q quantize "$M" -o "$O/q4_0-awq.gguf" --method awq --type q4_0 "${CAL[@]}" 2>/dev/null
+  $Q -q quantize "$M" -o "$O/q4km.gguf" --type q4_k_m 2>/dev/null
+  $Q -q quantize "$M" -o "$O/q4km-gptq.gguf" --method gptq --type q4_k_m "${CAL[@]}" 2>/dev/null
+  $Q -q quantize "$M" -o "$O/hf-gptq" --method gptq --format hf-gptq --group-size 32 "${CAL[@]}" 2>/dev/null
+  $Q -q quantize "$M" -o "$O/hf-awq" --method awq --format hf-awq --group-size 32 "${CAL[@]}" 2>/dev/null
+  $Q -q quantize "$M" -o "$O/nf4" --method nf4 2>/dev/null
+  row="| $A"
+  for c in q4_0.gguf q4_0-imat.gguf q4_0-gptq.gguf q4_0-awq.gguf q4km.gguf q4km-gptq.gguf hf-gptq hf-awq nf4; do
+    row="$row | $(kld "$M" "$O/$c")"
+  done
+  echo "$row |"
+done
