@@ -405,3 +405,82 @@ fn gemma_methods_beat_round_to_nearest() {
         assert!(awq < rtn, "{arch}: AWQ g32 {awq} vs Q4_0 RTN {rtn}");
     }
 }
+
+/// Gemma 3's multimodal checkpoints (4B and up: `Gemma3ForConditionalGeneration`) hold the text
+/// model under `language_model` (transformers 4: `language_model.model.…`, 5:
+/// `model.language_model.…`) beside a vision tower, with the text settings in `text_config`
+/// (where transformers' defaults fill what is left out). qforge runs and converts the text
+/// model, as llama.cpp's converter does (the vision tower goes to its mmproj file).
+#[test]
+fn gemma3_multimodal_checkpoint_is_its_text_model() {
+    use safetensors::tensor::TensorView;
+    let src = root().join("tests/fixtures/arch/gemma3");
+    let st = SafetensorsFile::open(&src.join("model.safetensors")).unwrap();
+    let g = golden_of("gemma3");
+    for (prefix, layers) in [("model.language_model.", "model.language_model."), ("language_model.model.", "")] {
+        let dir = tempfile::tempdir().unwrap();
+        let hf = dir.path().join("mm");
+        std::fs::create_dir_all(&hf).unwrap();
+        for f in ["tokenizer.json", "tokenizer_config.json"] {
+            std::fs::copy(src.join(f), hf.join(f)).unwrap();
+        }
+        let names: Vec<String> = st.names().map(str::to_string).collect();
+        let dummy = vec![0u8; 16];
+        let mut views: Vec<(String, TensorView<'_>)> = names
+            .iter()
+            .map(|n| {
+                let t = st.tensor(n).unwrap();
+                let rest = n.strip_prefix("model.").unwrap();
+                let name = if layers.is_empty() { format!("{prefix}{rest}") } else { format!("{layers}{rest}") };
+                (name, TensorView::new(t.dtype, t.shape.to_vec(), t.data).unwrap())
+            })
+            .collect();
+        for extra in
+            ["model.vision_tower.vision_model.post_layernorm.weight", "multi_modal_projector.mm_soft_emb_norm.weight"]
+        {
+            views.push((extra.into(), TensorView::new(safetensors::Dtype::BF16, vec![8], &dummy).unwrap()));
+        }
+        safetensors::serialize_to_file(views, None, &hf.join("model.safetensors")).unwrap();
+        let mut text: Json = serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+        let t = text.as_object_mut().unwrap();
+        for k in ["architectures", "rms_norm_eps", "max_position_embeddings"] {
+            t.remove(k); // left to the defaults, as real multimodal configs leave them
+        }
+        let cfg = json!({"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+                         "text_config": text, "vision_config": {"hidden_size": 8}, "image_token_index": 7});
+        std::fs::write(hf.join("config.json"), serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+
+        let e = logits_error(&hf, &g);
+        assert!(e <= 1e-5, "{prefix}: relative error {e}");
+        let gguf = dir.path().join("mm.gguf");
+        qforge_ok(&[&"-q", &"convert", &hf, &"-o", &gguf, &"--outtype", &"f32"]);
+        let info: Json = serde_json::from_str(&qforge_ok(&[&"--json", &"inspect", &gguf])).unwrap();
+        assert_eq!(info["metadata"]["general.architecture"], "gemma3");
+        assert_eq!(info["metadata"]["gemma3.context_length"], 131072);
+        assert!(tensor_names(&info).iter().all(|n| !n.contains("vision") && !n.contains("projector")));
+        assert!(logits_error(&gguf, &g) <= 1e-5);
+        // A quantized Hugging Face output describes the text model it holds.
+        let out = dir.path().join("gptq");
+        qforge_ok(&[
+            &"-q",
+            &"quantize",
+            &hf,
+            &"--method",
+            &"gptq",
+            &"--format",
+            &"hf-gptq",
+            &"--group-size",
+            &"32",
+            &"--nsamples",
+            &"4",
+            &"--seqlen",
+            &"96",
+            &"-o",
+            &out,
+        ]);
+        let back: Json = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(back["architectures"], json!(["Gemma3ForCausalLM"]));
+        assert!(back.get("text_config").is_none());
+        qforge_ok(&[&"-q", &"perplexity", &out, &"--text", &wiki(), &"--ctx", &"96", &"--max-windows", &"1"]);
+    }
+}

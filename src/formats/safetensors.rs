@@ -135,7 +135,7 @@ impl HfCheckpoint {
             return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "not a model directory")));
         }
         let config_path = dir.join("config.json");
-        let config_json = read_json(&config_path)?;
+        let config_json = crate::model::config::text_model_json(&read_json(&config_path)?);
         let config = ModelConfig::from_hf_json(&config_json).map_err(|e| prefix_error(&config_path, e))?;
         let quant = Scheme::from_config(&config_json).map_err(|e| prefix_error(&config_path, e))?;
 
@@ -205,7 +205,8 @@ impl HfCheckpoint {
     /// f32 here, where the converter adds in the checkpoint's dtype and rounds a bf16 `w`).
     fn plus_one_norms(&self) -> Result<BTreeMap<String, Vec<u8>>> {
         let mut out = BTreeMap::new();
-        for name in self.names().filter(|n| crate::model::names::is_norm_weight(n)) {
+        use crate::model::names::{is_ignorable_hf, is_norm_weight};
+        for name in self.names().filter(|n| is_norm_weight(n) && !is_ignorable_hf(n)) {
             let t = self.tensor(name).ok_or_else(|| Error::tensor(name, "listed but unreadable"))?;
             let n = t.shape.iter().product();
             let values =

@@ -62,6 +62,9 @@ pub struct ArchSpec {
     pub spm_no_space_prefix: bool,
     /// Hugging Face → GGUF names of the layer's norms (the rest of the names are shared).
     pub norm_names: &'static [(&'static str, &'static str)],
+    /// config.json values transformers assumes when a key is absent (multimodal checkpoints'
+    /// `text_config` often leaves them out; llama.cpp's converter assumes the same).
+    pub hf_defaults: &'static [(&'static str, f64)],
 }
 
 const LLAMA_NORMS: &[(&str, &str)] =
@@ -93,6 +96,7 @@ const LLAMA: ArchSpec = ArchSpec {
     llama_vocab_rules: true,
     spm_no_space_prefix: false,
     norm_names: LLAMA_NORMS,
+    hf_defaults: &[],
 };
 
 /// The architecture table. `from_gguf` takes the first row with a GGUF name, so Llama comes
@@ -138,7 +142,9 @@ pub const ARCHS: &[ArchSpec] = &[
     },
     ArchSpec {
         arch: Arch::Gemma3,
-        hf_classes: &["Gemma3ForCausalLM"],
+        // The multimodal class's text model (its vision tower is left out, as llama.cpp's
+        // converter leaves it for the separate mmproj file).
+        hf_classes: &["Gemma3ForCausalLM", "Gemma3ForConditionalGeneration"],
         hf_model_type: "gemma3_text",
         gguf_name: "gemma3",
         gguf_permutes_qk: false,
@@ -152,6 +158,19 @@ pub const ARCHS: &[ArchSpec] = &[
         llama_vocab_rules: false,
         spm_no_space_prefix: true,
         norm_names: GEMMA_NORMS,
+        // Gemma3TextConfig's defaults.
+        hf_defaults: &[
+            ("num_attention_heads", 8.0),
+            ("num_key_value_heads", 4.0),
+            ("head_dim", 256.0),
+            ("max_position_embeddings", 131072.0),
+            ("rms_norm_eps", 1e-6),
+            ("rope_theta", 1_000_000.0),
+            ("rope_local_base_freq", 10000.0),
+            ("query_pre_attn_scalar", 256.0),
+            ("sliding_window", 4096.0),
+            ("vocab_size", 262208.0),
+        ],
         ..LLAMA
     },
 ];

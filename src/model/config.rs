@@ -33,6 +33,36 @@ pub struct ModelConfig {
     pub attn: AttnVariants,
 }
 
+/// The text model's config.json as qforge reads it: a multimodal checkpoint's `text_config`
+/// merged over the top level (as llama.cpp's converter merges it), named as the text-only
+/// class of its architecture (so Hugging Face files written from it describe what they hold),
+/// with the architecture's defaults for absent keys. Other configs come back unchanged but for
+/// those defaults.
+pub fn text_model_json(json: &Json) -> Json {
+    let mut out = json.clone();
+    let class = json.get("architectures").and_then(|a| a.get(0)).and_then(Json::as_str);
+    let Some(spec) = class.and_then(Arch::from_hf_class).map(Arch::spec) else { return out };
+    if let (Some(obj), Some(text)) = (out.as_object_mut(), json.get("text_config").and_then(Json::as_object)) {
+        for (k, v) in text {
+            obj.insert(k.clone(), v.clone());
+        }
+        for k in ["text_config", "vision_config", "audio_config"] {
+            obj.remove(k);
+        }
+        obj.insert("architectures".into(), serde_json::json!([spec.hf_classes[0]]));
+        obj.insert("model_type".into(), spec.hf_model_type.into());
+    }
+    if let Some(obj) = out.as_object_mut() {
+        for &(k, v) in spec.hf_defaults {
+            if !obj.contains_key(k) {
+                let value = if v.fract() == 0.0 && v.abs() < 1e15 { Json::from(v as i64) } else { Json::from(v) };
+                obj.insert(k.into(), value);
+            }
+        }
+    }
+    out
+}
+
 impl ModelConfig {
     /// Parse a Hugging Face `config.json`.
     pub fn from_hf_json(json: &Json) -> Result<ModelConfig> {

@@ -26,9 +26,24 @@ const GLOBAL_MAP: &[(&str, &str)] = &[
     ("lm_head.weight", "output.weight"),
 ];
 
-/// Tensors HF checkpoints may carry that hold nothing a model needs (recomputed buffers).
+/// Tensors HF checkpoints may carry that hold nothing the text model needs: recomputed
+/// buffers, and a multimodal checkpoint's vision (or audio) tower and projector, which
+/// llama.cpp's converter leaves for a separate mmproj file.
 pub fn is_ignorable_hf(name: &str) -> bool {
     name.ends_with("rotary_emb.inv_freq")
+        || ["vision_tower.", "multi_modal_projector.", "audio_tower.", "embed_vision.", "embed_audio."]
+            .iter()
+            .any(|p| name.starts_with(p) || name.starts_with(&format!("model.{p}")))
+}
+
+/// A multimodal checkpoint's text-model tensor name as the text-only model has it: transformers
+/// 4 writes `language_model.model.layers.0…`, transformers 5 `model.language_model.layers.0…`.
+fn text_model_name(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.contains("language_model.") {
+        std::borrow::Cow::Owned(name.replacen("language_model.", "", 1))
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
 }
 
 fn layer_map(arch: Arch) -> impl Iterator<Item = &'static (&'static str, &'static str)> {
@@ -37,6 +52,7 @@ fn layer_map(arch: Arch) -> impl Iterator<Item = &'static (&'static str, &'stati
 
 /// Map a Hugging Face tensor name to its GGUF name.
 pub fn hf_to_gguf(name: &str, arch: Arch) -> Result<String> {
+    let name: &str = &text_model_name(name);
     if let Some((_, g)) = GLOBAL_MAP.iter().find(|(h, _)| *h == name) {
         return Ok(g.to_string());
     }
