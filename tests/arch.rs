@@ -333,6 +333,9 @@ fn gemma3_local_base_and_layer_list_travel_through_gguf() {
     qforge_ok(&[&"-q", &"convert", &gguf, &"-o", &back, &"--to", &"hf", &"--outtype", &"f32"]);
     let cfg: Json = serde_json::from_slice(&std::fs::read(back.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["layer_types"], types);
+    // transformers 5 validates these as integers (it refuses 32.0).
+    assert_eq!(cfg["query_pre_attn_scalar"], json!(32));
+    assert!(cfg["sliding_window"].is_u64() && cfg["head_dim"].is_u64());
     let g = golden_of("gemma3-layers");
     for path in [&hf, &gguf, &back] {
         let e = logits_error(path, &g);

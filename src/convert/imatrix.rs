@@ -74,14 +74,12 @@ impl ImatrixEncoder {
                         p.name
                     )));
                 }
-                Some(w) => {
-                    if weighted::uses_weights(p.ggml_type) {
-                        report.weighted.push(p.name.clone());
-                        weights.insert(p.name.clone(), w);
-                    }
+                Some(w) if weighted::uses_weights(p.ggml_type) => {
+                    report.weighted.push(p.name.clone());
+                    weights.insert(p.name.clone(), w);
                 }
                 None if weighted::uses_weights(p.ggml_type) => report.missing.push(p.name.clone()),
-                None => {}
+                Some(_) | None => {}
             }
         }
         let names: Vec<&str> = header.writer.tensors().iter().map(|t| t.name.as_str()).collect();

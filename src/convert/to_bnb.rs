@@ -229,7 +229,7 @@ fn write_safetensors(w: &Writer<'_, '_>, path: &Path, offsets: &[Option<f32>]) -
             }
             Source::Part(i, kind) => {
                 let t = &w.tensors[i];
-                if current.as_ref().map_or(true, |(c, _)| *c != i) {
+                if current.as_ref().is_none_or(|(c, _)| *c != i) {
                     let q = w.quantize(t)?;
                     if q.nested.as_ref().map(|n| n.offset) != offsets[i] {
                         return Err(Error::tensor(&t.name, "double-quantization offset changed between passes"));

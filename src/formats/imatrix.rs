@@ -75,6 +75,9 @@ pub struct Imatrix {
     pub chunk_size: u32,
 }
 
+/// Tensor name → its f32 values, in the order a GGUF header lists them.
+type NamedData = Vec<(String, Vec<f32>)>;
+
 impl Imatrix {
     /// Read either format (GGUF is recognized by its magic, anything else is parsed as legacy).
     pub fn read(path: &Path) -> Result<Imatrix> {
@@ -326,7 +329,7 @@ impl Imatrix {
 
     /// The GGUF header of this matrix in llama.cpp's layout (entries sorted by name, each
     /// `in_sum2` then `counts`). Legacy data is converted to sums and counts first.
-    fn gguf_writer(&self) -> Result<(GgufWriter, Vec<(String, Vec<f32>)>)> {
+    fn gguf_writer(&self) -> Result<(GgufWriter, NamedData)> {
         let mut w = GgufWriter::new();
         w.set("general.type", Value::String("imatrix".into()));
         w.set(KEY_DATASETS, Value::string_array(self.datasets.iter().cloned()));

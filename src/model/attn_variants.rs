@@ -229,7 +229,9 @@ impl AttnVariants {
         if arch.spec().swa_pattern == 0 {
             return json!({});
         }
+        // transformers 5 validates it as an integer, which it always is in practice.
         let scalar = self.query_scale.map_or(head_dim as f64, scalar_of);
+        let scalar = if scalar.fract() == 0.0 { Json::from(scalar as i64) } else { Json::from(scalar) };
         let types: Vec<&str> =
             self.swa_layers.iter().map(|&s| if s { "sliding_attention" } else { "full_attention" }).collect();
         json!({

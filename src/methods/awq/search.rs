@@ -84,7 +84,7 @@ pub fn search(sal: &Salience, mut loss: impl FnMut(&[f32]) -> Result<f64>) -> Re
         let alpha = i as f32 / N_GRID as f32;
         let scales = scales_for(sal, alpha);
         let l = loss(&scales)?;
-        if l.is_finite() && best.as_ref().map_or(true, |b| l < b.loss) {
+        if l.is_finite() && best.as_ref().is_none_or(|b| l < b.loss) {
             best = Some(Found { alpha, scales, loss_plain, loss: l });
         }
     }

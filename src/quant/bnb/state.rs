@@ -97,7 +97,7 @@ impl QuantState {
             .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()).filter(|&d| d > 0))
             .collect::<Option<Vec<usize>>>()
             .ok_or_else(|| bad(format!("shape {shape_v:?} is not a list of positive integers")))?;
-        if shape[0].checked_mul(shape[1]).map_or(true, |n| n > isize::MAX as usize / 4) {
+        if shape[0].checked_mul(shape[1]).is_none_or(|n| n > isize::MAX as usize / 4) {
             return Err(bad(format!("shape {shape:?} is absurdly large")));
         }
         let nested_keys = ["nested_blocksize", "nested_dtype", "nested_offset"];

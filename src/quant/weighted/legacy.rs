@@ -34,9 +34,9 @@ fn blocks<'a>(x: &'a [f32], qw: &'a [f32]) -> impl Iterator<Item = (&'a [f32; QK
 /// as `block_q5_0`/`block_q5_1` store them.
 fn pack_5bit(l: impl Fn(usize) -> u8, qs: &mut [u8]) -> u32 {
     let mut qh = 0u32;
-    for j in 0..QK / 2 {
+    for (j, q) in qs.iter_mut().enumerate().take(QK / 2) {
         let (a, b) = (l(j), l(j + QK / 2));
-        qs[j] = (a & 0x0F) | ((b & 0x0F) << 4);
+        *q = (a & 0x0F) | ((b & 0x0F) << 4);
         qh |= (((a & 0x10) >> 4) as u32) << j;
         qh |= (((b & 0x10) >> 4) as u32) << (j + QK / 2);
     }
