@@ -171,8 +171,8 @@ def make(name, spec):
     with torch.no_grad():
         for n, p in model.named_parameters():
             if n.endswith("norm.weight") and spec["class"] in NORM_PLUS_ONE:
-                # Multiples of 2^-7 in [-0.5, 1): 1 + w is exact in bf16, so llama.cpp's converter
-                # (which adds 1 in the checkpoint's dtype) stores the same norms as transformers uses.
+                # Multiples of 2^-7 in [-0.5, 1), so 1 + w is exact even in bf16 (HF Gemma norms
+                # are offsets from 1; llama.cpp's converter adds the 1).
                 p.copy_(torch.clamp(torch.round(0.4 * torch.randn_like(p) * 128) / 128, -0.5, 0.984375))
             elif n.endswith("norm.weight"):
                 p.copy_(1.0 + 0.5 * torch.randn_like(p))

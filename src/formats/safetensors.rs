@@ -201,8 +201,8 @@ impl HfCheckpoint {
         Ok(ckpt)
     }
 
-    /// `1 + w` of every norm weight, as llama.cpp's converter stores Gemma's norms (computed in
-    /// f32 here, where the converter adds in the checkpoint's dtype and rounds a bf16 `w`).
+    /// `1 + w` of every norm weight, as llama.cpp's converter stores Gemma's norms (in f32, as
+    /// the converter computes it for bf16 and f32 checkpoints; it adds in f16 for f16 ones).
     fn plus_one_norms(&self) -> Result<BTreeMap<String, Vec<u8>>> {
         let mut out = BTreeMap::new();
         use crate::model::names::{is_ignorable_hf, is_norm_weight};
