@@ -214,7 +214,9 @@ impl Arch {
 
     /// "A, B, C" of every supported class (for errors that list what is supported).
     pub fn supported_hf_classes() -> String {
-        ARCHS.iter().map(|s| s.hf_classes[0]).collect::<Vec<_>>().join(", ")
+        // The old `LLaMAForCausalLM` spelling is accepted but not advertised.
+        let classes = ARCHS.iter().flat_map(|s| s.hf_classes.iter().copied());
+        classes.filter(|c| *c != "LLaMAForCausalLM").collect::<Vec<_>>().join(", ")
     }
 
     pub fn supported_gguf_names() -> String {
