@@ -127,6 +127,9 @@ pub struct HfCheckpoint {
     /// Norm weights of architectures whose HF norms scale by `1 + w` (Gemma), as the F32
     /// bytes of `1 + w`: GGUF's convention, which qforge uses inside. By HF name.
     pub shifted_norms: BTreeMap<String, Vec<u8>>,
+    /// config.json describes more than a text model (`text_config`, `vision_config`, …): the
+    /// other towers' tensors are left out rather than refused.
+    pub multimodal: bool,
 }
 
 impl HfCheckpoint {
@@ -135,7 +138,9 @@ impl HfCheckpoint {
             return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "not a model directory")));
         }
         let config_path = dir.join("config.json");
-        let config_json = crate::model::config::text_model_json(&read_json(&config_path)?);
+        let raw_config = read_json(&config_path)?;
+        let multimodal = ["text_config", "vision_config", "audio_config"].iter().any(|k| raw_config.get(k).is_some());
+        let config_json = crate::model::config::text_model_json(&raw_config);
         let config = ModelConfig::from_hf_json(&config_json).map_err(|e| prefix_error(&config_path, e))?;
         let quant = Scheme::from_config(&config_json).map_err(|e| prefix_error(&config_path, e))?;
 
@@ -194,6 +199,7 @@ impl HfCheckpoint {
             index,
             rope_freqs,
             shifted_norms: BTreeMap::new(),
+            multimodal,
         };
         if ckpt.config.arch.spec().norm_plus_one {
             ckpt.shifted_norms = ckpt.plus_one_norms()?;
@@ -206,7 +212,7 @@ impl HfCheckpoint {
     fn plus_one_norms(&self) -> Result<BTreeMap<String, Vec<u8>>> {
         let mut out = BTreeMap::new();
         use crate::model::names::{is_ignorable_hf, is_norm_weight};
-        for name in self.names().filter(|n| is_norm_weight(n) && !is_ignorable_hf(n)) {
+        for name in self.names().filter(|n| is_norm_weight(n) && !is_ignorable_hf(n, self.multimodal)) {
             let t = self.tensor(name).ok_or_else(|| Error::tensor(name, "listed but unreadable"))?;
             let n = t.shape.iter().product();
             let values =

@@ -27,13 +27,16 @@ const GLOBAL_MAP: &[(&str, &str)] = &[
 ];
 
 /// Tensors HF checkpoints may carry that hold nothing the text model needs: recomputed
-/// buffers, and a multimodal checkpoint's vision (or audio) tower and projector, which
-/// llama.cpp's converter leaves for a separate mmproj file.
-pub fn is_ignorable_hf(name: &str) -> bool {
+/// buffers, and — only in a multimodal checkpoint (one whose config.json describes more than
+/// a text model) — the vision (or audio) tower and projector, which llama.cpp's converter
+/// leaves for a separate mmproj file. A text-only checkpoint that holds such tensors is not
+/// the model its config says, so there they stay unknown (an error).
+pub fn is_ignorable_hf(name: &str, multimodal: bool) -> bool {
     name.ends_with("rotary_emb.inv_freq")
-        || ["vision_tower.", "multi_modal_projector.", "audio_tower.", "embed_vision.", "embed_audio."]
-            .iter()
-            .any(|p| name.starts_with(p) || name.starts_with(&format!("model.{p}")))
+        || multimodal
+            && ["vision_tower.", "multi_modal_projector.", "audio_tower.", "embed_vision.", "embed_audio."]
+                .iter()
+                .any(|p| name.starts_with(p) || name.starts_with(&format!("model.{p}")))
 }
 
 /// A multimodal checkpoint's text-model tensor name as the text-only model has it: transformers

@@ -136,7 +136,7 @@ impl ModelFile {
                 // Parts of packed (quantized) weights, by layer prefix, in name order.
                 let mut packed: Vec<(String, Vec<Part<'_>>)> = Vec::new();
                 for hf_name in c.names() {
-                    if names::is_ignorable_hf(hf_name) {
+                    if names::is_ignorable_hf(hf_name, c.multimodal) {
                         continue;
                     }
                     let t = c.tensor(hf_name).ok_or_else(|| Error::tensor(hf_name, "listed but unreadable"))?;
