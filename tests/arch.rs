@@ -365,11 +365,12 @@ fn gemma3_transformers_4_style_config_is_the_same_model() {
 }
 
 /// Every quantization method runs on Gemma 2 and 3 (sandwich norms, 1 + w norms, sliding
-/// windows) and GPTQ and AWQ beat round-to-nearest on the same grid; the Hugging Face AWQ
-/// checkpoint (whose folded norms go back to Gemma's `w` convention) stays close to f32.
+/// windows) and Phi-3 (fused linears) and GPTQ and AWQ beat round-to-nearest on the same grid;
+/// the Hugging Face AWQ checkpoint (whose folded norms go back to Gemma's `w` convention) stays
+/// close to f32.
 #[test]
-fn gemma_methods_beat_round_to_nearest() {
-    for arch in ["gemma2", "gemma3"] {
+fn gemma_and_phi3_methods_beat_round_to_nearest() {
+    for arch in ["gemma2", "gemma3", "phi3"] {
         let dir = tempfile::tempdir().unwrap();
         let m = root().join("tests/fixtures/arch").join(arch);
         let cal: [&dyn AsRef<std::ffi::OsStr>; 4] = [&"--nsamples", &"16", &"--seqlen", &"96"];
@@ -406,6 +407,63 @@ fn gemma_methods_beat_round_to_nearest() {
         eprintln!("{arch}: KLD Q4_0 RTN {rtn:.5}, GPTQ {gptq:.5}; hf-awq g32 {awq:.5}");
         assert!(gptq < rtn, "{arch}: GPTQ {gptq} vs RTN {rtn}");
         assert!(awq < rtn, "{arch}: AWQ g32 {awq} vs Q4_0 RTN {rtn}");
+        if arch == "phi3" {
+            phi3_fused_outputs(&m, dir.path(), &kld, rtn);
+        }
+    }
+}
+
+/// Phi-3's fused linears through the methods that compute with their parts: the outputs hold
+/// the fused weights (as llama.cpp and transformers name them), the imatrix one entry per fused
+/// weight, and each method's result stays near f32.
+fn phi3_fused_outputs(m: &Path, dir: &Path, kld: &dyn Fn(&Path) -> f64, rtn: f64) {
+    let cal: [&dyn AsRef<std::ffi::OsStr>; 4] = [&"--nsamples", &"16", &"--seqlen", &"96"];
+    let run = |args: &[&dyn AsRef<std::ffi::OsStr>]| {
+        let mut a: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"-q", &"quantize", &m];
+        a.extend(args);
+        qforge_ok(&a);
+    };
+    let gptq_hf = dir.join("gptq-hf");
+    run(&[
+        &"--method",
+        &"gptq",
+        &"--format",
+        &"hf-gptq",
+        &"--group-size",
+        &"32",
+        &"-o",
+        &gptq_hf,
+        cal[0],
+        cal[1],
+        cal[2],
+        cal[3],
+    ]);
+    let st = SafetensorsFile::open(&gptq_hf.join("model.safetensors")).unwrap();
+    for part in ["self_attn.qkv_proj.qweight", "mlp.gate_up_proj.scales"] {
+        assert!(st.tensor(&format!("model.layers.1.{part}")).is_some(), "{part}");
+    }
+    assert!(st.names().all(|n| !n.contains("q_proj") && !n.contains(".up_proj")));
+    let awq_gguf = dir.join("awq.gguf");
+    run(&[&"--method", &"awq", &"--type", &"q4_0", &"-o", &awq_gguf, cal[0], cal[1], cal[2], cal[3]]);
+    let imatrix = dir.join("imatrix.gguf");
+    qforge_ok(&[&"-q", &"imatrix", &m, &"--text", &wiki(), &"--ctx", &"96", &"--chunks", &"32", &"-o", &imatrix]);
+    let info: Json = serde_json::from_str(&qforge_ok(&[&"--json", &"inspect", &imatrix])).unwrap();
+    let names = tensor_names(&info);
+    assert!(names.contains(&"blk.0.attn_qkv.weight.in_sum2".to_string()), "{names:?}");
+    assert!(!names.iter().any(|n| n.contains("attn_q.") || n.contains("ffn_gate")), "{names:?}");
+    let imq = dir.join("imatrix-q4_0.gguf");
+    run(&[&"--type", &"q4_0", &"--imatrix", &imatrix, &"-o", &imq]);
+    let nf4 = dir.join("nf4");
+    run(&[&"--method", &"nf4", &"-o", &nf4]);
+    for (what, path, bound) in [
+        ("hf-gptq g32", &gptq_hf, rtn),
+        ("awq q4_0", &awq_gguf, rtn),
+        ("imatrix q4_0", &imq, rtn),
+        ("nf4", &nf4, 2.0 * rtn),
+    ] {
+        let k = kld(path);
+        eprintln!("phi3: KLD {what} {k:.5}");
+        assert!(k < bound, "phi3 {what}: KLD {k} vs Q4_0 RTN {rtn}");
     }
 }
 
@@ -485,5 +543,45 @@ fn gemma3_multimodal_checkpoint_is_its_text_model() {
         assert_eq!(back["architectures"], json!(["Gemma3ForCausalLM"]));
         assert!(back.get("text_config").is_none());
         qforge_ok(&[&"-q", &"perplexity", &out, &"--text", &wiki(), &"--ctx", &"96", &"--max-windows", &"1"]);
+    }
+}
+
+/// Phi-3: fused qkv_proj and gate_up_proj (kept fused in GGUF, as llama.cpp's converter keeps
+/// them), LongRoPE (the 96-token window past the original context of 32 rotates with the long
+/// factors, a 32-token one with the short factors; llama.cpp's converter stores both as F32
+/// tensors and the attention factor as a key), a sliding window on every layer, a
+/// SentencePiece vocabulary with added tokens, padded to vocab_size. The variant turns only part
+/// of each head (Phi-4-mini's partial_rotary_factor).
+#[test]
+fn phi3_matches_transformers() {
+    check_fixture("phi3", "phi3", json!({}), |info| {
+        let names = tensor_names(info);
+        assert_eq!(names[..2], ["rope_factors_long.weight", "rope_factors_short.weight"], "{names:?}");
+        for want in ["blk.0.attn_qkv.weight", "blk.1.ffn_up.weight", "output.weight"] {
+            assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+        }
+        assert!(!names.iter().any(|n| n.contains("ffn_gate") || n.contains("attn_q.")), "{names:?}");
+        let m = &info["metadata"];
+        assert_eq!(m["general.architecture"], "phi3");
+        assert_eq!(m["phi3.rope.scaling.original_context_length"], 32);
+        assert_eq!(m["phi3.attention.sliding_window"], 24);
+        let attn = m["phi3.rope.scaling.attn_factor"].as_f64().unwrap();
+        assert!((attn - (1.0 + 4f64.ln() / 32f64.ln()).sqrt()).abs() < 1e-6, "{attn}");
+        assert_eq!(m["tokenizer.ggml.tokens"]["len"], 4104);
+    });
+    let scaling = json!({"rope_type": "longrope", "short_factor": [1.0, 1.1, 1.2, 1.4],
+                         "long_factor": [1.0, 1.5, 3.0, 6.0]});
+    check_fixture("phi3", "phi3-partial", json!({"partial_rotary_factor": 0.5, "rope_scaling": scaling}), |info| {
+        assert_eq!(info["metadata"]["phi3.rope.dimension_count"], 8);
+    });
+    // Within the original context: the short factors.
+    let g = golden_of("phi3-short");
+    let dir = tempfile::tempdir().unwrap();
+    let hf = root().join("tests/fixtures/arch/phi3");
+    let gguf = dir.path().join("f32.gguf");
+    qforge_ok(&[&"-q", &"convert", &hf, &"-o", &gguf, &"--outtype", &"f32"]);
+    for path in [&hf, &gguf] {
+        let e = logits_error(path, &g);
+        assert!(e <= 1e-5, "phi3-short {}: relative error {e}", path.display());
     }
 }

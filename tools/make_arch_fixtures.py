@@ -23,11 +23,12 @@ import sys
 import torch
 from safetensors.torch import save_file
 from transformers import (AutoTokenizer, Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig,
-                          LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+                          LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+                          Qwen3Config, Qwen3ForCausalLM)
 
 CLASSES = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM),
            "qwen3": (Qwen3Config, Qwen3ForCausalLM), "gemma2": (Gemma2Config, Gemma2ForCausalLM),
-           "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM)}
+           "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM), "phi3": (Phi3Config, Phi3ForCausalLM)}
 # Gemma's RMSNorm scales by 1 + w.
 NORM_PLUS_ONE = {"gemma2", "gemma3"}
 
@@ -107,6 +108,31 @@ FIXTURES = {
                                               "sliding_attention", "full_attention", "sliding_attention"]},
         },
     },
+    # Phi-3: fused qkv_proj and gate_up_proj, LongRoPE (original context 32, so the 96-token
+    # window rotates with the long factors and the 32-token one with the short ones), a sliding
+    # window (24) on every layer, untied output, a SentencePiece tokenizer.model with the dummy
+    # prefix and added tokens past its pieces, padded to vocab_size as Phi-3's is. The variant:
+    # partial rotary (Phi-4-mini's partial_rotary_factor) with its own factor lists.
+    "phi3": {
+        "class": "phi3",
+        "tokenizer": "spm",
+        "spm": dict(n_pieces=4096, dummy_prefix=True, tokenizer_class="LlamaTokenizer",
+                    added={4096: "<|endoftext|>", 4097: "<|assistant|>", 4098: "<|user|>"}),
+        "vocab_size": 4104,
+        "config": dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, max_position_embeddings=128, original_max_position_embeddings=32,
+                       rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False, initializer_range=0.1,
+                       bos_token_id=1, eos_token_id=2, pad_token_id=0, sliding_window=24,
+                       rope_scaling={"type": "longrope",
+                                     "short_factor": [1.0, 1.02, 1.05, 1.1, 1.2, 1.3, 1.5, 1.8],
+                                     "long_factor": [1.0, 1.1, 1.3, 1.7, 2.4, 3.5, 5.0, 7.0]}),
+        "short": {"phi3-short": 32},
+        "variants": {
+            "phi3-partial": {"partial_rotary_factor": 0.5,
+                             "rope_scaling": {"type": "longrope", "short_factor": [1.0, 1.1, 1.2, 1.4],
+                                              "long_factor": [1.0, 1.5, 3.0, 6.0]}},
+        },
+    },
     "qwen3": {
         "class": "qwen3",
         "config": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -117,8 +143,9 @@ FIXTURES = {
 }
 
 
-def make_spm(out):
-    """tokenizer.model (+ tokenizer_config.json) from the Llama-2 pieces, without the dummy prefix."""
+def make_spm(out, n_pieces=8192, dummy_prefix=False, tokenizer_class="GemmaTokenizer", added=None):
+    """tokenizer.model (+ tokenizer_config.json) from the first `n_pieces` Llama-2 pieces, and
+    `added` tokens (id → text, special) past them in tokenizer_config.json."""
     import gguf
     sys.path.insert(0, os.path.join(ROOT, "tests/py"))
     from check_sentencepiece import make as make_model
@@ -128,12 +155,17 @@ def make_spm(out):
     scores = [float(field("tokenizer.ggml.scores").parts[i][0]) for i in field("tokenizer.ggml.scores").data]
     types = [int(field("tokenizer.ggml.token_type").parts[i][0]) for i in field("tokenizer.ggml.token_type").data]
     pieces = os.path.join(out, "pieces.json")
-    json.dump([[t, s, ty] for t, s, ty in list(zip(toks, scores, types))[:8192]], open(pieces, "w"))
-    make_model(pieces, os.path.join(out, "tokenizer.model"), dummy_prefix=False)
+    n = n_pieces
+    json.dump([[t, s, ty] for t, s, ty in list(zip(toks, scores, types))[:n]], open(pieces, "w"))
+    make_model(pieces, os.path.join(out, "tokenizer.model"), dummy_prefix=dummy_prefix)
     os.remove(pieces)
-    json.dump({"tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "add_eos_token": False,
-               "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>"},
-              open(os.path.join(out, "tokenizer_config.json"), "w"), indent=2)
+    tcfg = {"tokenizer_class": tokenizer_class, "add_bos_token": True, "add_eos_token": False,
+            "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>"}
+    if added:
+        tcfg["added_tokens_decoder"] = {str(i): {"content": t, "special": True, "lstrip": False, "rstrip": False,
+                                                 "normalized": False, "single_word": False}
+                                        for i, t in added.items()}
+    json.dump(tcfg, open(os.path.join(out, "tokenizer_config.json"), "w"), indent=2)
 
 
 def tokens(spec, out):
@@ -151,11 +183,12 @@ def tokens(spec, out):
 
 
 def golden(model, ids, path):
+    positions = [p for p in POSITIONS if p < ids.shape[1]]
     with torch.no_grad():
         logits = model(ids).logits[0].float()
     nll = torch.nn.functional.cross_entropy(logits[:-1], ids[0, 1:]).item()
-    save_file({"input_ids": ids[0].to(torch.int64), "logits": logits[POSITIONS].contiguous(),
-               "positions": torch.tensor(POSITIONS, dtype=torch.int64),
+    save_file({"input_ids": ids[0].to(torch.int64), "logits": logits[positions].contiguous(),
+               "positions": torch.tensor(positions, dtype=torch.int64),
                "nll": torch.tensor([nll], dtype=torch.float64)}, path)
     return nll
 
@@ -165,7 +198,7 @@ def make(name, spec):
     shutil.rmtree(out, ignore_errors=True)
     torch.manual_seed(1234)
     config_class, model_class = CLASSES[spec["class"]]
-    cfg = config_class(vocab_size=8192, **spec["config"])
+    cfg = config_class(vocab_size=spec.get("vocab_size", 8192), **spec["config"])
     model = model_class(cfg).to(torch.bfloat16)
     # Random init is close to uniform; larger norms make the logits differ more per token.
     with torch.no_grad():
@@ -180,7 +213,7 @@ def make(name, spec):
                 p.copy_(0.5 * torch.randn_like(p))
     model.save_pretrained(out, safe_serialization=True)
     if spec.get("tokenizer") == "spm":
-        make_spm(out)
+        make_spm(out, **spec.get("spm", {}))
     else:
         for f in ("tokenizer.json", "tokenizer_config.json"):
             shutil.copy(os.path.join(TOKENIZER, f), out)
@@ -198,6 +231,10 @@ def make(name, spec):
         vm.load_state_dict(weights)
         nll = golden(vm.eval(), ids, os.path.join(ROOT, "golden", f"arch_{variant}.safetensors"))
         print(f"{variant}: nll {nll:.6f}")
+        # Shorter windows of the same model (LongRoPE's short factors).
+        for short, ctx in (spec.get("short", {}) if variant == name else {}).items():
+            nll = golden(vm.eval(), ids[:, :ctx], os.path.join(ROOT, "golden", f"arch_{short}.safetensors"))
+            print(f"{short}: nll {nll:.6f}")
 
 
 def main():

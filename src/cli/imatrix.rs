@@ -94,7 +94,7 @@ pub fn run(args: &ImatrixArgs, ui: &Ui) -> Result<()> {
     ));
 
     let vocab = model.vocab_size();
-    let mut collector = ImatrixCollector::new(args.process_output);
+    let mut collector = ImatrixCollector::new(args.process_output).with_fused_names(&model.config);
     let mut cache = KvCache::new(&model.config, args.ctx);
     let mut acc = NllAccumulator::default();
     let mut window_ppl = Vec::with_capacity(windows.len());

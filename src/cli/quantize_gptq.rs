@@ -86,8 +86,9 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
             let plan = build_plan(args)?;
             let header = to_gguf::plan_with(file, &plan, args.name.clone())?;
             ui.warn_per_kind(&header.notes);
-            let types: HashMap<String, GgmlType> =
+            let mut types: HashMap<String, GgmlType> =
                 header.writer.tensors().iter().map(|t| (t.name.clone(), t.ggml_type)).collect();
+            names::extend_to_parts(&mut types, &cfg);
             gguf_header = Some(header);
             Target::Ggml(types)
         }
@@ -110,6 +111,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     ui.detail(format!("calibration: {} windows of {} tokens from {}", calib.windows.len(), calib.seqlen, calib.source));
     let calib_start = Instant::now();
     sequential::run(&mut model, &calib, stages, &mut method, &mut |_| bar.inc(1))?;
+    crate::methods::gptq::fuse_results(&mut method.results, &cfg)?;
     bar.finish_and_clear();
     let gptq_secs = calib_start.elapsed().as_secs_f64();
     drop(model);

@@ -378,7 +378,7 @@ impl State {
             Arch::Llama | Arch::Mistral => n_layers == 80 && config.n_heads != config.n_kv_heads,
             Arch::Qwen2 => n_layers == 80,
             // llama.cpp sizes these by their layer counts, none of which is a 70B case.
-            Arch::Qwen3 | Arch::Gemma2 | Arch::Gemma3 => false,
+            Arch::Qwen3 | Arch::Gemma2 | Arch::Gemma3 | Arch::Phi3 => false,
         };
         State {
             // llama.cpp assumes tied embeddings until it sees output.weight.
@@ -591,6 +591,8 @@ mod tests {
             n_heads: heads,
             n_kv_heads: kv,
             head_dim: hidden / heads,
+            rope_dim: hidden / heads,
+            original_context: None,
             ffn_size: ffn,
             rms_eps: 1e-5,
             rope_theta: 10000.0,

@@ -63,9 +63,10 @@ impl BnbSummary {
 }
 
 /// The linear weights bitsandbytes quantizes in a LLaMA-family model (those of
-/// `nn.Linear` modules, less lm_head).
+/// `nn.Linear` modules, less lm_head; Phi-3's fused `attn_qkv` and `ffn_up` are such modules).
 pub fn is_quantized_linear(gguf_name: &str) -> bool {
-    const LINEARS: [&str; 7] = [
+    const LINEARS: [&str; 8] = [
+        "attn_qkv.weight",
         "attn_q.weight",
         "attn_k.weight",
         "attn_v.weight",

@@ -98,7 +98,10 @@ pub fn plan_with(model: &ModelFile, types: &dyn TypePlan, name: Option<String>) 
     w.set(&k("attention.value_length"), Value::U32(cfg.head_dim as u32));
     w.set("general.file_type", Value::U32(file_type));
     w.set(&k("vocab_size"), Value::U32(vocab.tokens.len() as u32));
-    w.set(&k("rope.dimension_count"), Value::U32(cfg.head_dim as u32));
+    w.set(&k("rope.dimension_count"), Value::U32(cfg.rope_dim as u32));
+    if let Some(o) = cfg.longrope_original_context() {
+        w.set(&k("rope.scaling.original_context_length"), Value::U32(o as u32));
+    }
     w.set("general.quantization_version", Value::U32(2));
     for (key, v) in vocab.to_gguf() {
         w.set(&key, v);

@@ -3,7 +3,7 @@
 //! The quantizers then weight each column's rounding error by its mean square input
 //! (`crate::quant::weighted`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rayon::prelude::*;
 
@@ -31,11 +31,26 @@ pub struct ImatrixCollector {
     /// Input columns that disagreed with an earlier call for the same matrix (a bug if ever
     /// non-empty; kept rather than panicking inside the forward pass).
     errors: Vec<String>,
+    /// The runtime's part weights → the file's fused weight (Phi-3), whose entry llama-imatrix
+    /// writes and llama-quantize looks up.
+    fused: HashMap<String, String>,
 }
 
 impl ImatrixCollector {
     pub fn new(process_output: bool) -> ImatrixCollector {
-        ImatrixCollector { process_output, sums: BTreeMap::new(), errors: Vec::new() }
+        ImatrixCollector { process_output, sums: BTreeMap::new(), errors: Vec::new(), fused: HashMap::new() }
+    }
+
+    /// Record the parts of `cfg`'s fused weights under the fused weight's name.
+    pub fn with_fused_names(mut self, cfg: &crate::model::ModelConfig) -> ImatrixCollector {
+        for li in 0..cfg.n_layers {
+            for (fused, parts) in crate::model::names::fused_linears(cfg) {
+                for (p, _) in parts {
+                    self.fused.insert(format!("blk.{li}.{p}"), format!("blk.{li}.{fused}"));
+                }
+            }
+        }
+        self
     }
 
     /// Matrices seen so far.
@@ -108,7 +123,14 @@ impl LinearObserver for ImatrixCollector {
         }
         // q/k/v (and gate/up) share one input: compute its column sums once.
         let sum2 = column_sum2(x, n);
+        let mut seen: Vec<&str> = Vec::with_capacity(names.len());
         for &name in names {
+            // The parts of a fused weight count once, under its name.
+            let name = self.fused.get(name).map_or(name, String::as_str);
+            if seen.contains(&name) {
+                continue;
+            }
+            seen.push(name);
             if !self.wanted(name) {
                 continue;
             }

@@ -121,9 +121,10 @@ pub struct HfCheckpoint {
     files: Vec<SafetensorsFile>,
     /// Tensor name → index into `files`, in name order.
     index: BTreeMap<String, usize>,
-    /// The RoPE divisors llama.cpp's converter computes from `rope_scaling` (llama3), as the
-    /// little-endian F32 bytes of GGUF's `rope_freqs.weight`; empty when there are none.
-    pub rope_freqs: Vec<u8>,
+    /// The RoPE tensors llama.cpp's converter computes from `rope_scaling` (llama3's
+    /// `rope_freqs.weight`, LongRoPE's `rope_factors_long/short.weight`), by GGUF name, as
+    /// little-endian F32 bytes, in the order it writes them.
+    pub rope_tensors: Vec<(&'static str, Vec<u8>)>,
     /// Norm weights of architectures whose HF norms scale by `1 + w` (Gemma), as the F32
     /// bytes of `1 + w`: GGUF's convention, which qforge uses inside. By HF name.
     pub shifted_norms: BTreeMap<String, Vec<u8>>,
@@ -185,11 +186,7 @@ impl HfCheckpoint {
                 dir.display()
             )));
         }
-        let rope_freqs = config
-            .rope_scaling
-            .freq_factors(config.rope_theta, config.head_dim)
-            .map(|f| f.iter().flat_map(|v| v.to_le_bytes()).collect())
-            .unwrap_or_default();
+        let rope_tensors = config.rope_scaling.gguf_tensors(config.rope_theta, config.rope_dim);
         let mut ckpt = HfCheckpoint {
             dir: dir.to_path_buf(),
             config,
@@ -197,7 +194,7 @@ impl HfCheckpoint {
             quant,
             files,
             index,
-            rope_freqs,
+            rope_tensors,
             shifted_norms: BTreeMap::new(),
             multimodal,
         };

@@ -14,6 +14,7 @@ pub enum Arch {
     Qwen3,
     Gemma2,
     Gemma3,
+    Phi3,
 }
 
 /// The gated feed-forward block's activation: `down(act(gate·x) ⊙ up·x)`.
@@ -55,6 +56,13 @@ pub struct ArchSpec {
     pub swa_pattern: usize,
     /// Sliding-window layers use their own RoPE base without scaling (Gemma 3's local layers).
     pub swa_own_rope: bool,
+    /// Every layer attends through `sliding_window` when config.json sets one (Phi-3, as
+    /// transformers runs it; llama.cpp reads the window but currently switches it off).
+    pub swa_every_layer: bool,
+    /// q/k/v are one fused projection (`attn_qkv`, rows q|k|v) and gate/up one (`ffn_up`,
+    /// rows gate|up) in both file formats (Phi-3). qforge computes with the parts (row ranges
+    /// of the fused weight) and fuses what the methods produce before writing.
+    pub fused_linears: bool,
     /// convert_hf_to_gguf.py converts this class with its `LlamaModel` (vocabulary rules for
     /// tokenizer.json-only SentencePiece, `add_prefix_space`, special vocabulary sizes).
     pub llama_vocab_rules: bool,
@@ -93,6 +101,8 @@ const LLAMA: ArchSpec = ArchSpec {
     embed_scale: false,
     swa_pattern: 0,
     swa_own_rope: false,
+    swa_every_layer: false,
+    fused_linears: false,
     llama_vocab_rules: true,
     spm_no_space_prefix: false,
     norm_names: LLAMA_NORMS,
@@ -171,6 +181,17 @@ pub const ARCHS: &[ArchSpec] = &[
             ("sliding_window", 4096.0),
             ("vocab_size", 262208.0),
         ],
+        ..LLAMA
+    },
+    ArchSpec {
+        arch: Arch::Phi3,
+        hf_classes: &["Phi3ForCausalLM"],
+        hf_model_type: "phi3",
+        gguf_name: "phi3",
+        gguf_permutes_qk: false,
+        swa_every_layer: true,
+        fused_linears: true,
+        llama_vocab_rules: false,
         ..LLAMA
     },
 ];

@@ -1,8 +1,8 @@
 //! Gemma's attention variants, read from config.json and GGUF metadata and written back:
 //! sliding-window layers (and Gemma 3's local RoPE base), soft-capping of attention scores and
-//! logits, and the query scale. Architectures whose [`ArchSpec`](super::arch::ArchSpec) has no
-//! sliding-window pattern get the plain default, as llama.cpp runs them (Mistral's
-//! `sliding_window` is ignored by llama.cpp's `llama` architecture too).
+//! logits, and the query scale; Phi-3's window on every layer. Architectures whose
+//! [`ArchSpec`](super::arch::ArchSpec) has no sliding window get the plain default, as llama.cpp
+//! runs them (Mistral's `sliding_window` is ignored by llama.cpp's `llama` architecture too).
 
 use serde_json::{json, Value as Json};
 
@@ -56,6 +56,11 @@ fn positive(what: &str, v: Option<f64>) -> Result<Option<f32>> {
 }
 
 impl AttnVariants {
+    /// A window on every layer (Phi-3), or none.
+    fn every_layer(sliding_window: Option<usize>, n_layers: usize) -> AttnVariants {
+        AttnVariants { sliding_window, swa_layers: vec![sliding_window.is_some(); n_layers], ..Default::default() }
+    }
+
     /// Whether layer `li` attends through the sliding window.
     pub fn is_swa(&self, li: usize) -> bool {
         self.sliding_window.is_some() && self.swa_layers.get(li).copied().unwrap_or(false)
@@ -65,15 +70,23 @@ impl AttnVariants {
     /// (`layer_types`, per-layer-type `rope_parameters`).
     pub fn from_hf(json: &Json, arch: Arch, n_layers: usize) -> Result<AttnVariants> {
         let spec = arch.spec();
+        let bad = |m: String| Error::InvalidModel(format!("config.json: {m}"));
+        let window = || -> Result<Option<usize>> {
+            match json.get("sliding_window") {
+                None | Some(Json::Null) => Ok(None),
+                Some(v) => {
+                    Ok(Some(v.as_u64().filter(|&w| w > 0).ok_or_else(|| bad(format!("sliding_window {v}")))? as usize))
+                }
+            }
+        };
+        if spec.swa_every_layer {
+            return Ok(AttnVariants::every_layer(window()?, n_layers));
+        }
         if spec.swa_pattern == 0 {
             return Ok(AttnVariants::default());
         }
         let num = |k: &str| json.get(k).and_then(Json::as_f64);
-        let bad = |m: String| Error::InvalidModel(format!("config.json: {m}"));
-        let sliding_window = match json.get("sliding_window") {
-            None | Some(Json::Null) => None,
-            Some(v) => Some(v.as_u64().filter(|&w| w > 0).ok_or_else(|| bad(format!("sliding_window {v}")))? as usize),
-        };
+        let sliding_window = window()?;
         let swa_layers = match json.get("layer_types").and_then(Json::as_array) {
             Some(types) => {
                 if types.len() != n_layers {
@@ -138,11 +151,15 @@ impl AttnVariants {
         head_dim: usize,
     ) -> Result<AttnVariants> {
         let spec = arch.spec();
+        let a = spec.gguf_name;
+        let get = |k: &str| h.get(&format!("{a}.{k}"));
+        if spec.swa_every_layer {
+            let w = get("attention.sliding_window").and_then(Value::as_u64).filter(|&w| w > 0);
+            return Ok(AttnVariants::every_layer(w.map(|w| w as usize), n_layers));
+        }
         if spec.swa_pattern == 0 {
             return Ok(AttnVariants::default());
         }
-        let a = spec.gguf_name;
-        let get = |k: &str| h.get(&format!("{a}.{k}"));
         let f = |k: &str| get(k).and_then(Value::as_f64);
         let gemma2 = arch == Arch::Gemma2;
         let sliding_window = match get("attention.sliding_window").and_then(Value::as_u64) {
@@ -201,6 +218,11 @@ impl AttnVariants {
     pub fn gguf_keys(&self, arch: Arch, n_layers: usize) -> Vec<(&'static str, Value)> {
         let spec = arch.spec();
         let mut keys = Vec::new();
+        if spec.swa_every_layer {
+            // llama.cpp's converter writes 0 for "none".
+            keys.push(("attention.sliding_window", Value::U32(self.sliding_window.unwrap_or(0) as u32)));
+            return keys;
+        }
         if spec.swa_pattern == 0 {
             return keys;
         }
@@ -226,6 +248,9 @@ impl AttnVariants {
     /// The config.json keys of these variants (`rope_parameters` of Gemma 3 per layer type is
     /// built by the caller, which has the global parameters).
     pub fn hf_keys(&self, arch: Arch, head_dim: usize) -> Json {
+        if arch.spec().swa_every_layer {
+            return json!({ "sliding_window": self.sliding_window });
+        }
         if arch.spec().swa_pattern == 0 {
             return json!({});
         }

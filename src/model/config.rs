@@ -9,7 +9,7 @@ use crate::model::arch::Activation;
 pub use crate::model::arch::Arch;
 pub use crate::model::attn_variants::AttnVariants;
 pub use crate::model::rope::RopeScaling;
-use crate::model::rope::{GgufRopeKeys, ROPE_FREQS};
+use crate::model::rope::{GgufRopeKeys, ROPE_FACTORS_LONG, ROPE_FACTORS_SHORT, ROPE_FREQS};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
@@ -19,6 +19,13 @@ pub struct ModelConfig {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    /// Dimensions of each head that RoPE rotates (the first ones; Phi-4-mini's
+    /// `partial_rotary_factor` makes it less than head_dim).
+    pub rope_dim: usize,
+    /// The context the model was trained on before its RoPE was stretched, where config.json
+    /// names it at the top level (Phi-3: `original_max_position_embeddings`, written to GGUF
+    /// as `rope.scaling.original_context_length` even without scaling).
+    pub original_context: Option<usize>,
     pub ffn_size: usize,
     pub rms_eps: f32,
     pub rope_theta: f32,
@@ -135,6 +142,18 @@ impl ModelConfig {
             )));
         }
 
+        let partial = json
+            .get("partial_rotary_factor")
+            .or_else(|| rope.and_then(|r| r.get("partial_rotary_factor")))
+            .and_then(Json::as_f64)
+            .unwrap_or(1.0);
+        if !(partial > 0.0 && partial <= 1.0) {
+            return Err(Error::InvalidModel(format!("config.json: partial_rotary_factor {partial}")));
+        }
+        let original_context = match arch.spec().fused_linears {
+            true => opt_usize("original_max_position_embeddings"),
+            false => None,
+        };
         let cfg = ModelConfig {
             arch,
             hidden_size,
@@ -142,6 +161,8 @@ impl ModelConfig {
             n_heads,
             n_kv_heads,
             head_dim,
+            rope_dim: (head_dim as f64 * partial) as usize,
+            original_context,
             ffn_size: usize_field("intermediate_size")?,
             rms_eps: json.get("rms_norm_eps").and_then(Json::as_f64).unwrap_or(1e-6) as f32,
             rope_theta: rope_theta as f32,
@@ -208,6 +229,7 @@ impl ModelConfig {
             })?;
         let n_layers = req("block_count")?;
         let attn = AttnVariants::from_gguf(h, arch, n_layers, hidden_size, n_heads, head_dim)?;
+        let rope_keys = GgufRopeKeys::read(h, arch_name);
         let cfg = ModelConfig {
             arch,
             hidden_size,
@@ -215,6 +237,8 @@ impl ModelConfig {
             n_heads,
             n_kv_heads,
             head_dim,
+            rope_dim: h.get(&key("rope.dimension_count")).and_then(Value::as_u64).map_or(head_dim, |v| v as usize),
+            original_context: if arch.spec().fused_linears { rope_keys.original_context } else { None },
             ffn_size: req("feed_forward_length")?,
             rms_eps: h.get(&key("attention.layer_norm_rms_epsilon")).and_then(Value::as_f64).unwrap_or(1e-5) as f32,
             rope_theta,
@@ -235,18 +259,27 @@ impl ModelConfig {
     /// metadata's scaling keys (`h`).
     pub fn with_rope_freqs(mut self, h: &GgufHeader, values: &[f32]) -> Result<ModelConfig> {
         let arch = self.arch.gguf_name();
-        if values.len() != self.head_dim / 2 {
+        if values.len() != self.rope_dim / 2 {
             return Err(Error::tensor(
                 ROPE_FREQS,
-                format!("{} values for a head dimension of {}", values.len(), self.head_dim),
+                format!("{} values for {} rotary dimensions", values.len(), self.rope_dim),
             ));
         }
         if values.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
             return Err(Error::tensor(ROPE_FREQS, "holds a value that is not a positive number"));
         }
         self.rope_scaling =
-            RopeScaling::from_gguf(&GgufRopeKeys::read(h, arch), Some(values), self.rope_theta, self.head_dim)?;
+            RopeScaling::from_gguf(&GgufRopeKeys::read(h, arch), Some(values), self.rope_theta, self.rope_dim)?;
         Ok(self)
+    }
+
+    /// Phi-3's original context: LongRoPE's, or config.json's top-level one without scaling
+    /// (llama.cpp's converter writes it either way).
+    pub fn longrope_original_context(&self) -> Option<usize> {
+        match &self.rope_scaling {
+            RopeScaling::LongRope { original_context, .. } => Some(*original_context),
+            _ => self.original_context,
+        }
     }
 
     /// Whether the model has a `rope_freqs.weight` tensor (per-frequency RoPE divisors).
@@ -276,6 +309,18 @@ impl ModelConfig {
         }
         if self.head_dim % 2 != 0 {
             return bad(format!("head_dim {} is odd (RoPE needs pairs)", self.head_dim));
+        }
+        if self.rope_dim == 0 || self.rope_dim % 2 != 0 || self.rope_dim > self.head_dim {
+            return bad(format!("{} rotary dimensions in heads of {}", self.rope_dim, self.head_dim));
+        }
+        if let RopeScaling::LongRope { short, .. } = &self.rope_scaling {
+            if short.len() != self.rope_dim / 2 {
+                return bad(format!(
+                    "{} LongRoPE factors for {} rotary dimensions (one per pair)",
+                    short.len(),
+                    self.rope_dim
+                ));
+            }
         }
         let positive = |x: f32| x.is_finite() && x > 0.0;
         if !positive(self.rms_eps) || !positive(self.rope_theta) {
@@ -307,10 +352,15 @@ impl ModelConfig {
         let layers = (0..self.n_layers).flat_map(move |i| {
             let b = move |n: &str| format!("blk.{i}.{n}");
             let mut l = Vec::with_capacity(12);
+            let fused = self.arch.spec().fused_linears;
             l.push((b("attn_norm.weight"), vec![h]));
-            l.push((b("attn_q.weight"), vec![q, h]));
-            l.push((b("attn_k.weight"), vec![kv, h]));
-            l.push((b("attn_v.weight"), vec![kv, h]));
+            if fused {
+                l.push((b("attn_qkv.weight"), vec![q + 2 * kv, h]));
+            } else {
+                l.push((b("attn_q.weight"), vec![q, h]));
+                l.push((b("attn_k.weight"), vec![kv, h]));
+                l.push((b("attn_v.weight"), vec![kv, h]));
+            }
             if bias {
                 l.push((b("attn_q.bias"), vec![q]));
                 l.push((b("attn_k.bias"), vec![kv]));
@@ -326,16 +376,28 @@ impl ModelConfig {
                 l.push((b("post_ffw_norm.weight"), vec![h]));
             }
             l.push((b("ffn_norm.weight"), vec![h]));
-            l.push((b("ffn_gate.weight"), vec![f, h]));
-            l.push((b("ffn_up.weight"), vec![f, h]));
+            if fused {
+                l.push((b("ffn_up.weight"), vec![2 * f, h]));
+            } else {
+                l.push((b("ffn_gate.weight"), vec![f, h]));
+                l.push((b("ffn_up.weight"), vec![f, h]));
+            }
             l.push((b("ffn_down.weight"), vec![h, f]));
             l
         });
         let output = (!self.tie_embeddings).then(|| ("output.weight".to_string(), vec![v, h]));
         // llama.cpp's converter writes the RoPE divisors first.
-        let rope_freqs = self.has_rope_freqs().then(|| (ROPE_FREQS.to_string(), vec![self.head_dim / 2]));
+        let rope_freqs = self.has_rope_freqs().then(|| (ROPE_FREQS.to_string(), vec![self.rope_dim / 2]));
+        let longrope = match &self.rope_scaling {
+            RopeScaling::LongRope { short, .. } => vec![
+                (ROPE_FACTORS_LONG.to_string(), vec![short.len()]),
+                (ROPE_FACTORS_SHORT.to_string(), vec![short.len()]),
+            ],
+            _ => Vec::new(),
+        };
         rope_freqs
             .into_iter()
+            .chain(longrope)
             .chain(std::iter::once(("token_embd.weight".to_string(), vec![v, h])))
             .chain(layers)
             .chain(std::iter::once(("output_norm.weight".to_string(), vec![h])))
@@ -383,6 +445,13 @@ impl ModelConfig {
         });
         if spec.activation != Activation::Silu {
             config["hidden_activation"] = activation.into();
+        }
+        if self.rope_dim != self.head_dim {
+            config["partial_rotary_factor"] = shortest_f64(self.rope_dim as f32 / self.head_dim as f32).into();
+        }
+        // Phi-3 reads the original context at the top level (and assumes 4096 without it).
+        if let Some(o) = self.longrope_original_context() {
+            config["original_max_position_embeddings"] = o.into();
         }
         for (k, v) in self.attn.hf_keys(self.arch, self.head_dim).as_object().into_iter().flatten() {
             config[k] = v.clone();

@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::arch::Arch;
+use crate::model::ModelConfig;
 
 /// Per-layer HF suffixes and their GGUF counterparts (the norms' are the architecture's:
 /// [`ArchSpec::norm_names`](crate::model::arch::ArchSpec::norm_names)).
@@ -17,6 +18,15 @@ const LAYER_MAP: &[(&str, &str)] = &[
     ("self_attn.o_proj.weight", "attn_output.weight"),
     ("mlp.gate_proj.weight", "ffn_gate.weight"),
     ("mlp.up_proj.weight", "ffn_up.weight"),
+    ("mlp.down_proj.weight", "ffn_down.weight"),
+];
+
+/// The linears of an architecture whose q/k/v and gate/up projections are fused (Phi-3), as
+/// its Hugging Face checkpoints and llama.cpp's GGUF both keep them.
+const FUSED_LAYER_MAP: &[(&str, &str)] = &[
+    ("self_attn.qkv_proj.weight", "attn_qkv.weight"),
+    ("self_attn.o_proj.weight", "attn_output.weight"),
+    ("mlp.gate_up_proj.weight", "ffn_up.weight"),
     ("mlp.down_proj.weight", "ffn_down.weight"),
 ];
 
@@ -50,7 +60,76 @@ fn text_model_name(name: &str) -> std::borrow::Cow<'_, str> {
 }
 
 fn layer_map(arch: Arch) -> impl Iterator<Item = &'static (&'static str, &'static str)> {
-    arch.spec().norm_names.iter().chain(LAYER_MAP)
+    let linears = if arch.spec().fused_linears { FUSED_LAYER_MAP } else { LAYER_MAP };
+    arch.spec().norm_names.iter().chain(linears)
+}
+
+/// The fused linears of a layer (Phi-3) with their parts in row order: (fused GGUF suffix,
+/// [(part suffix, rows)]). The parts are what the runtime and the methods compute with; the
+/// gate/up weight's second part keeps the fused weight's name, `ffn_up.weight`.
+pub fn fused_linears(cfg: &ModelConfig) -> Vec<(&'static str, Vec<(&'static str, usize)>)> {
+    if !cfg.arch.spec().fused_linears {
+        return Vec::new();
+    }
+    vec![
+        (
+            "attn_qkv.weight",
+            vec![("attn_q.weight", cfg.q_dim()), ("attn_k.weight", cfg.kv_dim()), ("attn_v.weight", cfg.kv_dim())],
+        ),
+        ("ffn_up.weight", vec![("ffn_gate.weight", cfg.ffn_size), ("ffn_up.weight", cfg.ffn_size)]),
+    ]
+}
+
+/// The fused weight a part belongs to, by GGUF name (`blk.3.attn_k.weight` →
+/// `blk.3.attn_qkv.weight`); `None` for a weight that is not part of a fused one.
+pub fn fused_name_of(cfg: &ModelConfig, part: &str) -> Option<String> {
+    let (prefix, suffix) = part.strip_prefix("blk.")?.split_once('.')?;
+    fused_linears(cfg)
+        .into_iter()
+        .find(|(_, parts)| parts.iter().any(|(p, _)| *p == suffix))
+        .map(|(fused, _)| format!("blk.{prefix}.{fused}"))
+}
+
+/// Give the parts of every fused linear in `map` (keyed by GGUF name) the fused weight's
+/// entry (a planned GGML type applies to all rows of the weight).
+pub fn extend_to_parts<T: Clone>(map: &mut std::collections::HashMap<String, T>, cfg: &ModelConfig) {
+    for li in 0..cfg.n_layers {
+        for (fused, parts) in fused_linears(cfg) {
+            if let Some(v) = map.get(&format!("blk.{li}.{fused}")).cloned() {
+                for (p, _) in parts {
+                    map.insert(format!("blk.{li}.{p}"), v.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Replace the parts of every fused linear in `results` (keyed by GGUF name) with one entry
+/// for the fused weight, made by `concat` from the parts in row order. A fused weight with
+/// only some of its parts present is an error (it could not be written).
+pub fn fuse_parts<T>(
+    results: &mut std::collections::HashMap<String, T>,
+    cfg: &ModelConfig,
+    concat: impl Fn(&str, Vec<T>) -> Result<T>,
+) -> Result<()> {
+    for li in 0..cfg.n_layers {
+        for (fused, parts) in fused_linears(cfg) {
+            let names: Vec<String> = parts.iter().map(|(p, _)| format!("blk.{li}.{p}")).collect();
+            if !names.iter().any(|n| results.contains_key(n)) {
+                continue;
+            }
+            let mut got = Vec::with_capacity(names.len());
+            for n in &names {
+                got.push(results.remove(n).ok_or_else(|| {
+                    Error::tensor(n, "is missing from the results while other parts of its fused weight are there")
+                })?);
+            }
+            let name = format!("blk.{li}.{fused}");
+            let value = concat(&name, got)?;
+            results.insert(name, value);
+        }
+    }
+    Ok(())
 }
 
 /// Map a Hugging Face tensor name to its GGUF name.
@@ -77,7 +156,8 @@ pub fn is_norm_weight(name: &str) -> bool {
 /// GGUF tensors computed from config.json rather than stored in a Hugging Face checkpoint
 /// (the RoPE divisors of `rope_scaling`): the HF writers leave them out.
 pub fn is_generated_gguf(name: &str) -> bool {
-    name == crate::model::rope::ROPE_FREQS
+    use crate::model::rope::{ROPE_FACTORS_LONG, ROPE_FACTORS_SHORT, ROPE_FREQS};
+    [ROPE_FREQS, ROPE_FACTORS_LONG, ROPE_FACTORS_SHORT].contains(&name)
 }
 
 /// Map a GGUF tensor name back to its Hugging Face name.

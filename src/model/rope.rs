@@ -13,6 +13,11 @@
 //!   cos/sin multiplied by 0.1·ln(factor) + 1. transformers and llama.cpp agree on this when the
 //!   config sets no `attention_factor`/`mscale` of its own (they then differ, so those are
 //!   refused).
+//! - `longrope` (Phi-3, older configs: `su`): each frequency divided by its own factor from
+//!   `short_factor` while the sequence stays within `original_max_position_embeddings` and
+//!   from `long_factor` beyond it, cos/sin multiplied by an attention factor. llama.cpp's
+//!   converter stores the factors as `rope_factors_short.weight`/`rope_factors_long.weight`
+//!   and the attention factor as `rope.scaling.attn_factor`.
 
 use serde_json::{json, Value as Json};
 
@@ -20,6 +25,10 @@ use crate::error::{Error, Result};
 
 /// The GGUF tensor holding per-frequency divisors.
 pub const ROPE_FREQS: &str = "rope_freqs.weight";
+
+/// The GGUF tensors holding LongRoPE's per-frequency divisors.
+pub const ROPE_FACTORS_LONG: &str = "rope_factors_long.weight";
+pub const ROPE_FACTORS_SHORT: &str = "rope_factors_short.weight";
 
 /// The `{arch}.rope.scaling.*` keys of a GGUF.
 #[derive(Debug, Clone, Default)]
@@ -31,6 +40,7 @@ pub struct GgufRopeKeys {
     pub yarn_beta_slow: Option<f64>,
     pub yarn_attn_factor: Option<f64>,
     pub yarn_ext_factor: Option<f64>,
+    pub attn_factor: Option<f64>,
 }
 
 impl GgufRopeKeys {
@@ -48,6 +58,7 @@ impl GgufRopeKeys {
             yarn_beta_slow: f("yarn_beta_slow"),
             yarn_attn_factor: f("yarn_attn_factor"),
             yarn_ext_factor: f("yarn_ext_factor"),
+            attn_factor: f("attn_factor"),
         }
     }
 }
@@ -70,12 +81,20 @@ pub enum RopeScaling {
         beta_fast: f32,
         beta_slow: f32,
     },
+    /// Phi-3's LongRoPE (see the module notes). The factor lists have one entry per rotated
+    /// pair.
+    LongRope {
+        short: Vec<f32>,
+        long: Vec<f32>,
+        original_context: usize,
+        attn_factor: f32,
+    },
     /// A GGUF's `rope_freqs.weight` whose values no Llama-3 parameters reproduce: the runtime
     /// uses them as they are; exporting to Hugging Face is refused.
     FreqFactors,
 }
 
-const SUPPORTED: &str = "supported: default, linear, llama3, yarn";
+const SUPPORTED: &str = "supported: default, linear, llama3, yarn, longrope";
 
 impl RopeScaling {
     /// From config.json: `rope_scaling` (transformers 4.x) or `rope_parameters` (5.x), whose
@@ -151,8 +170,22 @@ impl RopeScaling {
                     beta_slow: beta("beta_slow", 1.0)?,
                 })
             }
+            "longrope" | "su" => longrope_from_hf(json, params),
             other => Err(Error::Unsupported(format!("RoPE scaling type {other:?} is not supported ({SUPPORTED})"))),
         }
+    }
+
+    /// LongRoPE from GGUF: `keys` and the values of its two factor tensors.
+    pub fn longrope_from_gguf(keys: &GgufRopeKeys, short: Vec<f32>, long: Vec<f32>) -> Result<RopeScaling> {
+        let original_context = keys.original_context.filter(|&o| o > 0).ok_or_else(|| {
+            Error::InvalidModel("LongRoPE factors without rope.scaling.original_context_length".into())
+        })?;
+        let attn_factor = keys.attn_factor.unwrap_or(1.0) as f32;
+        if !(attn_factor.is_finite() && attn_factor > 0.0) {
+            return Err(Error::InvalidModel(format!("rope.scaling.attn_factor {attn_factor}")));
+        }
+        check_factors(&short, &long)?;
+        Ok(RopeScaling::LongRope { short, long, original_context, attn_factor })
     }
 
     /// From GGUF metadata (`scaling_type`, `scaling_factor`: the `{arch}.rope.scaling.*` keys)
@@ -209,6 +242,18 @@ impl RopeScaling {
         Some(llama3_factors(factor, low, high, original_context, theta, head_dim))
     }
 
+    /// The tensors llama.cpp's converter computes from this scaling, by GGUF name, as F32
+    /// bytes in the order it writes them.
+    pub fn gguf_tensors(&self, theta: f32, head_dim: usize) -> Vec<(&'static str, Vec<u8>)> {
+        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        match self {
+            RopeScaling::LongRope { short, long, .. } => {
+                vec![(ROPE_FACTORS_LONG, bytes(long)), (ROPE_FACTORS_SHORT, bytes(short))]
+            }
+            _ => self.freq_factors(theta, head_dim).map(|f| vec![(ROPE_FREQS, bytes(&f))]).unwrap_or_default(),
+        }
+    }
+
     /// The divisor of each frequency the runtime applies: llama3's (also what
     /// `rope_freqs.weight` stores) or YaRN's blend, 1 / ((1 - e)/factor + e) with `e` the
     /// extrapolation share of the ramp.
@@ -237,9 +282,56 @@ impl RopeScaling {
     pub fn attention_scale(&self) -> f32 {
         match *self {
             RopeScaling::Yarn { factor, .. } if factor > 1.0 => 0.1 * factor.ln() + 1.0,
+            RopeScaling::LongRope { attn_factor, .. } => attn_factor,
             _ => 1.0,
         }
     }
+}
+
+/// LongRoPE as transformers reads it (its Phi3Config): the factor lists, the original context
+/// (top-level `original_max_position_embeddings` first), `factor` (default: the context's
+/// growth) and `attention_factor` (default √(1 + ln factor / ln original), as llama.cpp's
+/// converter always computes it).
+fn longrope_from_hf(json: &Json, params: &Json) -> Result<RopeScaling> {
+    let bad = |m: String| Error::InvalidModel(format!("config.json: LongRoPE {m}"));
+    let list = |key: &str| -> Result<Vec<f32>> {
+        params
+            .get(key)
+            .and_then(Json::as_array)
+            .and_then(|a| a.iter().map(|v| v.as_f64().map(|x| x as f32)).collect::<Option<Vec<f32>>>())
+            .ok_or_else(|| bad(format!("without a list of numbers {key:?}")))
+    };
+    let (short, long) = (list("short_factor")?, list("long_factor")?);
+    check_factors(&short, &long)?;
+    let number = |key: &str| json.get(key).or_else(|| params.get(key)).and_then(Json::as_f64);
+    let orig = number("original_max_position_embeddings")
+        .filter(|&o| (1.0..1e9).contains(&o))
+        .ok_or_else(|| bad("without original_max_position_embeddings".into()))?;
+    let max = json.get("max_position_embeddings").and_then(Json::as_f64).unwrap_or(orig);
+    let factor = params.get("factor").and_then(Json::as_f64).unwrap_or(max / orig);
+    let attn = match params.get("attention_factor").and_then(Json::as_f64) {
+        Some(a) => a,
+        None if factor > 1.0 => (1.0 + factor.ln() / orig.ln()).sqrt(),
+        None => 1.0,
+    };
+    if !(attn.is_finite() && attn > 0.0 && factor.is_finite() && factor > 0.0) {
+        return Err(bad(format!("factor {factor}, attention_factor {attn}")));
+    }
+    Ok(RopeScaling::LongRope { short, long, original_context: orig as usize, attn_factor: attn as f32 })
+}
+
+fn check_factors(short: &[f32], long: &[f32]) -> Result<()> {
+    if short.len() != long.len() || short.is_empty() {
+        return Err(Error::InvalidModel(format!(
+            "LongRoPE with {} short and {} long factors",
+            short.len(),
+            long.len()
+        )));
+    }
+    if short.iter().chain(long).any(|f| !(f.is_finite() && *f > 0.0)) {
+        return Err(Error::InvalidModel("LongRoPE factor that is not a positive number".into()));
+    }
+    Ok(())
 }
 
 /// Llama 3's per-frequency divisors (in f32, as torch computes them in the converter).
@@ -287,6 +379,8 @@ impl RopeScaling {
                 ("rope.scaling.yarn_beta_fast", Value::F32(beta_fast)),
                 ("rope.scaling.yarn_beta_slow", Value::F32(beta_slow)),
             ],
+            // llama.cpp's converter writes no type: the factor tensors say it all.
+            RopeScaling::LongRope { attn_factor, .. } => vec![("rope.scaling.attn_factor", Value::F32(attn_factor))],
             _ => Vec::new(),
         }
     }
@@ -307,6 +401,11 @@ impl RopeScaling {
                 "rope_theta": theta, "rope_type": "yarn", "factor": shortest(factor),
                 "original_max_position_embeddings": original_context, "beta_fast": shortest(beta_fast),
                 "beta_slow": shortest(beta_slow),
+            }),
+            RopeScaling::LongRope { ref short, ref long, original_context, attn_factor } => json!({
+                "rope_theta": theta, "rope_type": "longrope", "short_factor": short.iter().map(|&f| shortest(f)).collect::<Vec<_>>(),
+                "long_factor": long.iter().map(|&f| shortest(f)).collect::<Vec<_>>(),
+                "original_max_position_embeddings": original_context, "attention_factor": shortest(attn_factor),
             }),
             RopeScaling::FreqFactors => {
                 return Err(Error::Unsupported(

@@ -55,6 +55,35 @@ pub enum ModelFile {
     Gguf { file: GgufFile, config: ModelConfig },
 }
 
+/// The F32 values of a 1-D tensor of `file`, if it has one of that name.
+fn f32_vector(file: &GgufFile, name: &str) -> Result<Option<Vec<f32>>> {
+    match file.header.tensor(name) {
+        None => Ok(None),
+        Some(t) if t.ggml_type == GgmlType::F32 => Ok(Some(
+            file.tensor_data(t).chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        )),
+        Some(t) => Err(Error::tensor(name, format!("stored as {}, not F32", t.ggml_type))),
+    }
+}
+
+/// Phi-3's LongRoPE: its factor tensors are data, read to know the scaling.
+fn longrope_of_gguf(file: &GgufFile, mut c: ModelConfig) -> Result<ModelConfig> {
+    use crate::model::rope::{GgufRopeKeys, RopeScaling, ROPE_FACTORS_LONG, ROPE_FACTORS_SHORT};
+    match (f32_vector(file, ROPE_FACTORS_SHORT)?, f32_vector(file, ROPE_FACTORS_LONG)?) {
+        (None, None) => Ok(c),
+        (Some(short), Some(long)) => {
+            if c.rope_scaling != RopeScaling::None {
+                return Err(Error::InvalidModel("LongRoPE factors together with another RoPE scaling".into()));
+            }
+            let keys = GgufRopeKeys::read(&file.header, c.arch.gguf_name());
+            c.rope_scaling = RopeScaling::longrope_from_gguf(&keys, short, long)?;
+            c.validate()?;
+            Ok(c)
+        }
+        _ => Err(Error::InvalidModel("only one of rope_factors_short.weight and rope_factors_long.weight".into())),
+    }
+}
+
 impl ModelFile {
     /// Open a Hugging Face directory or a GGUF file.
     pub fn open(path: &Path) -> Result<ModelFile> {
@@ -82,6 +111,7 @@ impl ModelFile {
                 Some(t) => Err(Error::tensor(ROPE_FREQS, format!("stored as {}, not F32", t.ggml_type))),
                 None => Ok(c),
             })
+            .and_then(|c| longrope_of_gguf(&file, c))
             .map_err(|e| match e {
                 Error::InvalidModel(m) => Error::InvalidModel(format!("{}: {m}", path.display())),
                 Error::Unsupported(m) => Error::Unsupported(format!("{}: {m}", path.display())),
@@ -124,12 +154,12 @@ impl ModelFile {
             ModelFile::Hf(c) => {
                 let mut out = Vec::new();
                 // Computed from config.json, first as llama.cpp's converter writes it.
-                if !c.rope_freqs.is_empty() {
+                for (name, bytes) in &c.rope_tensors {
                     out.push(TensorRef {
-                        name: crate::model::rope::ROPE_FREQS.to_string(),
+                        name: name.to_string(),
                         ggml_type: GgmlType::F32,
-                        shape: vec![c.rope_freqs.len() / 4],
-                        data: &c.rope_freqs,
+                        shape: vec![bytes.len() / 4],
+                        data: bytes,
                         packed: None,
                     });
                 }

@@ -88,6 +88,44 @@ impl<'a> Matrix<'a> {
         })
     }
 
+    /// Consecutive row ranges of this matrix as matrices of their own, named and sized by
+    /// `parts` (the parts of a fused weight: Phi-3's q|k|v and gate|up). Stored rows are
+    /// borrowed as they are (every GGML row is whole blocks); a packed weight's rows are decoded
+    /// to f32 first, as its packing spans rows.
+    pub fn split_rows(self, parts: &[(String, usize)]) -> Result<Vec<Matrix<'a>>> {
+        let total: usize = parts.iter().map(|(_, r)| r).sum();
+        if total != self.rows {
+            return Err(Error::tensor(&self.name, format!("{} rows cannot be split into {total}", self.rows)));
+        }
+        let mut out = Vec::with_capacity(parts.len());
+        let mut r0 = 0;
+        for (name, rows) in parts {
+            let m = if self.packed.is_some() {
+                let mut values = vec![0f32; rows * self.cols];
+                self.decode_rows(r0, *rows, &mut values);
+                Matrix::from_f32(name, *rows, self.cols, values)?
+            } else {
+                let range = r0 * self.row_bytes..(r0 + rows) * self.row_bytes;
+                let data = match &self.data {
+                    Cow::Borrowed(b) => Cow::Borrowed(&b[range]),
+                    Cow::Owned(v) => Cow::Owned(v[range].to_vec()),
+                };
+                Matrix {
+                    name: name.clone(),
+                    rows: *rows,
+                    cols: self.cols,
+                    ty: self.ty,
+                    data,
+                    row_bytes: self.row_bytes,
+                    packed: None,
+                }
+            };
+            out.push(m);
+            r0 += rows;
+        }
+        Ok(out)
+    }
+
     /// All weights as f32 (rows × cols).
     pub fn to_f32(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.cols];

@@ -12,6 +12,8 @@ use super::matrix::Matrix;
 use super::simd;
 use crate::error::{Error, Result};
 use crate::model::arch::Activation;
+use crate::model::names;
+use crate::model::rope::RopeScaling;
 use crate::model::{ModelConfig, ModelFile, RopeLayout, TensorRef};
 use crate::quant;
 
@@ -46,13 +48,16 @@ pub struct LlamaModel<'a> {
     output: Option<Matrix<'a>>,
     /// inv_freq[i] = theta^(-2i/head_dim), in f32 as PyTorch computes it.
     inv_freq: Vec<f32>,
+    /// LongRoPE's frequencies past the original context (its length first): a run of
+    /// positions reaching it rotates with these, as llama.cpp and transformers choose.
+    long_inv_freq: Option<(usize, Vec<f32>)>,
     /// The sliding-window layers' own frequencies (Gemma 3's local RoPE base, unscaled).
     swa_inv_freq: Option<Vec<f32>>,
     /// cos and sin are multiplied by this (YaRN's attention scale; 1 otherwise).
     rope_scale: f32,
 }
 
-/// cos/sin of a run of positions (head_dim/2 values per position): the global layers' and,
+/// cos/sin of a run of positions (rope_dim/2 values per position): the global layers' and,
 /// where the model has them, the sliding-window layers' own.
 pub struct RopeTables {
     pub cos: Vec<f32>,
@@ -137,13 +142,26 @@ impl<'a> LlamaModel<'a> {
             let bias = |s: &str| optional(spec.qkv_bias, s);
             let qk_norm = |s: &str| optional(spec.qk_norm, s);
             let sandwich = |s: &str| optional(spec.sandwich_norms, s);
+            // Fused weights (Phi-3) are computed with as their parts, so that everything
+            // downstream (calibration, GPTQ, AWQ) sees the usual linears.
+            let mut fused: Vec<Matrix<'a>> = Vec::new();
+            for (f, parts) in names::fused_linears(&cfg) {
+                let parts: Vec<(String, usize)> = parts.iter().map(|(p, r)| (n(p), *r)).collect();
+                fused.extend(mat(&n(f))?.split_rows(&parts)?);
+            }
+            let mut linear = |s: &str| -> Result<Matrix<'a>> {
+                match fused.iter().position(|m| m.name == n(s)) {
+                    Some(i) => Ok(fused.swap_remove(i)),
+                    None => mat(&n(s)),
+                }
+            };
             layers.push(Layer {
                 q_norm: qk_norm("attn_q_norm.weight")?,
                 k_norm: qk_norm("attn_k_norm.weight")?,
                 attn_norm: vec_(&n("attn_norm.weight"))?,
-                wq: mat(&n("attn_q.weight"))?,
-                wk: mat(&n("attn_k.weight"))?,
-                wv: mat(&n("attn_v.weight"))?,
+                wq: linear("attn_q.weight")?,
+                wk: linear("attn_k.weight")?,
+                wv: linear("attn_v.weight")?,
                 bq: bias("attn_q.bias")?,
                 bk: bias("attn_k.bias")?,
                 bv: bias("attn_v.bias")?,
@@ -151,29 +169,39 @@ impl<'a> LlamaModel<'a> {
                 post_attn_norm: sandwich("post_attention_norm.weight")?,
                 post_ffn_norm: sandwich("post_ffw_norm.weight")?,
                 ffn_norm: vec_(&n("ffn_norm.weight"))?,
-                w_gate: mat(&n("ffn_gate.weight"))?,
-                w_up: mat(&n("ffn_up.weight"))?,
+                w_gate: linear("ffn_gate.weight")?,
+                w_up: linear("ffn_up.weight")?,
                 w_down: mat(&n("ffn_down.weight"))?,
             });
         }
         let output = if cfg.tie_embeddings { None } else { Some(mat("output.weight")?) };
-        let half = cfg.head_dim / 2;
+        // RoPE turns the first rope_dim dimensions of each head (all but in Phi-4-mini).
+        let (rot, half) = (cfg.rope_dim, cfg.rope_dim / 2);
         // RoPE scaling as llama.cpp applies it: each frequency divided by its rope_freqs.weight
         // value (llama3) or YaRN's blend, every one multiplied by freq_scale (linear).
         let divisors = if cfg.has_rope_freqs() {
             Some(vec_(crate::model::rope::ROPE_FREQS)?)
         } else {
-            cfg.rope_scaling.runtime_divisors(cfg.rope_theta, cfg.head_dim)
+            cfg.rope_scaling.runtime_divisors(cfg.rope_theta, rot)
         };
         let scale = cfg.rope_scaling.freq_scale();
-        let plain = |theta: f32, i: usize| 1.0 / theta.powf((2 * i) as f32 / cfg.head_dim as f32);
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| {
-                let f = plain(cfg.rope_theta, i);
-                let f = divisors.as_ref().map_or(f, |d| f / d[i]);
-                f * scale
-            })
-            .collect();
+        let plain = |theta: f32, i: usize| 1.0 / theta.powf((2 * i) as f32 / rot as f32);
+        let scaled = |divisors: Option<&[f32]>| -> Vec<f32> {
+            (0..half)
+                .map(|i| {
+                    let f = plain(cfg.rope_theta, i);
+                    let f = divisors.map_or(f, |d| f / d[i]);
+                    f * scale
+                })
+                .collect()
+        };
+        // LongRoPE: the short factors within the original context, the long ones past it.
+        let (inv_freq, long_inv_freq) = match &cfg.rope_scaling {
+            RopeScaling::LongRope { short, long, original_context, .. } => {
+                (scaled(Some(short)), Some((*original_context, scaled(Some(long)))))
+            }
+            _ => (scaled(divisors.as_deref()), None),
+        };
         let swa_inv_freq = cfg.attn.swa_rope_theta.map(|theta| (0..half).map(|i| plain(theta, i)).collect());
 
         Ok(LlamaModel {
@@ -184,6 +212,7 @@ impl<'a> LlamaModel<'a> {
             output,
             layers,
             inv_freq,
+            long_inv_freq,
             swa_inv_freq,
             config: cfg,
         })
@@ -257,7 +286,7 @@ impl<'a> LlamaModel<'a> {
         Ok(x)
     }
 
-    /// cos/sin of positions `pos0..pos0+n` (head_dim/2 values per position), shared by q and
+    /// cos/sin of positions `pos0..pos0+n` (rope_dim/2 values per position), shared by q and
     /// k of every layer (of every sliding-window layer, where those rotate on their own).
     pub fn rope_tables(&self, pos0: usize, n: usize) -> RopeTables {
         let table = |inv_freq: &[f32], scale: f32| -> (Vec<f32>, Vec<f32>) {
@@ -266,7 +295,11 @@ impl<'a> LlamaModel<'a> {
                 .map(|a| (a.cos() * scale, a.sin() * scale))
                 .unzip()
         };
-        let (cos, sin) = table(&self.inv_freq, self.rope_scale);
+        let inv_freq = match &self.long_inv_freq {
+            Some((original, long)) if pos0 + n > *original => long,
+            _ => &self.inv_freq,
+        };
+        let (cos, sin) = table(inv_freq, self.rope_scale);
         RopeTables { cos, sin, swa: self.swa_inv_freq.as_deref().map(|f| table(f, 1.0)) }
     }
 
@@ -443,8 +476,8 @@ impl<'a> LlamaModel<'a> {
             && (w.k.rows, w.k.cols) == (cfg.kv_dim(), cfg.hidden_size)
             && (w.v.rows, w.v.cols) == (cfg.kv_dim(), cfg.hidden_size)
             && (w.o.rows, w.o.cols) == (cfg.hidden_size, cfg.q_dim())
-            && cos.len() >= n * cfg.head_dim / 2
-            && sin.len() >= n * cfg.head_dim / 2;
+            && cos.len() >= n * cfg.rope_dim / 2
+            && sin.len() >= n * cfg.rope_dim / 2;
         if !shapes_ok {
             return Err(Error::InvalidArgument(
                 "attention block: weights or activations do not match the model".into(),
@@ -493,7 +526,8 @@ impl<'a> LlamaModel<'a> {
     /// head_dim/2 values per row.
     fn rope(&self, x: &mut [f32], heads: usize, cos: &[f32], sin: &[f32]) {
         let hd = self.config.head_dim;
-        let half = hd / 2;
+        // Only the first rope_dim dimensions turn; the rest pass through (partial rotary).
+        let half = self.config.rope_dim / 2;
         let layout = self.rope_layout;
         x.par_chunks_mut(heads * hd).enumerate().for_each(|(i, row)| {
             let cos = &cos[i * half..(i + 1) * half];
