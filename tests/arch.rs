@@ -585,3 +585,22 @@ fn phi3_matches_transformers() {
         assert!(e <= 1e-5, "phi3-short {}: relative error {e}", path.display());
     }
 }
+
+/// Phi-3 configurations and GGUFs that cannot describe a model are refused with the reason.
+#[test]
+fn phi3_inconsistent_rope_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let seven = json!({"rope_type": "longrope", "short_factor": vec![1.0; 7], "long_factor": vec![1.0; 7]});
+    let hf = variant(dir.path(), "phi3", &json!({"rope_scaling": seven}));
+    let e = qforge_err(&[&"inspect", &"--verify", &hf]);
+    assert!(e.contains("LongRoPE") && e.contains('7'), "{e}");
+    let uneven = json!({"rope_type": "longrope", "short_factor": vec![1.0; 8], "long_factor": vec![1.0; 4]});
+    let d2 = tempfile::tempdir().unwrap();
+    let hf = variant(d2.path(), "phi3", &json!({"rope_scaling": uneven}));
+    let e = qforge_err(&[&"inspect", &"--verify", &hf]);
+    assert!(e.contains("LongRoPE with 8 short and 4 long factors"), "{e}");
+    let d3 = tempfile::tempdir().unwrap();
+    let hf = variant(d3.path(), "phi3", &json!({"partial_rotary_factor": 1.5}));
+    let e = qforge_err(&[&"inspect", &"--verify", &hf]);
+    assert!(e.contains("partial_rotary_factor"), "{e}");
+}

@@ -8,7 +8,7 @@
 # Hugging Face 4-bit formats (group size 32, the fixtures being 64 wide): GPTQ, AWQ, and
 # NF4 (blocks of 64). Calibration: NSAMPLES windows of 96 tokens of calibration/calib.txt.
 #
-# usage: tools/bench_arch_methods.sh [WINDOWS] [NSAMPLES]
+# usage: [ARCHS="phi3 …"] tools/bench_arch_methods.sh [WINDOWS] [NSAMPLES]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WINDOWS=${1:-40}
@@ -27,7 +27,7 @@ kld() { # MODEL CANDIDATE -> "mean"
 
 echo "| arch | Q4_0 RTN | Q4_0 imatrix | Q4_0 GPTQ | Q4_0 AWQ | Q4_K_M RTN | Q4_K_M GPTQ | hf-gptq g32 | hf-awq g32 | NF4 |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
-for A in llama-rope qwen2 qwen3 gemma2 gemma3; do
+for A in ${ARCHS:-llama-rope qwen2 qwen3 gemma2 gemma3 phi3}; do
   M=tests/fixtures/arch/$A
   O=$DIR/$A
   mkdir -p "$O"

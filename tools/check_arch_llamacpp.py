@@ -16,7 +16,7 @@ else is changed.
 
 Needs: torch, transformers, llama-cpp-python, the llama.cpp sources of the pinned
 llama-cpp-python sdist (tools/bench_ppl.sh), qforge's release build.
-usage: tools/check_arch_llamacpp.py LLAMA_CPP_DIR
+usage: tools/check_arch_llamacpp.py LLAMA_CPP_DIR [FIXTURE...]
 """
 import json
 import os
@@ -95,12 +95,14 @@ def diff_files(a, b):
 
 
 def main():
-    if len(sys.argv) != 2:
+    if len(sys.argv) < 2:
         sys.exit(__doc__)
-    lcpp = sys.argv[1]
+    lcpp, only = sys.argv[1], sys.argv[2:]
     from safetensors.numpy import load_file
     rows, bad = [], 0
     for name, spec in FIXTURES.items():
+        if only and name not in only:
+            continue
         for variant, override in [(name, {})] + list(spec.get("variants", {}).items()):
             g = load_file(os.path.join(ROOT, "golden", f"arch_{variant}.safetensors"))
             ids = g["input_ids"].tolist()

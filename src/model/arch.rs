@@ -192,6 +192,9 @@ pub const ARCHS: &[ArchSpec] = &[
         swa_every_layer: true,
         fused_linears: true,
         llama_vocab_rules: false,
+        // Phi3Config's default, which transformers (and so llama.cpp's converter) read when
+        // config.json leaves it out.
+        hf_defaults: &[("original_max_position_embeddings", 4096.0)],
         ..LLAMA
     },
 ];

@@ -49,7 +49,9 @@ pub struct LlamaModel<'a> {
     /// inv_freq[i] = theta^(-2i/head_dim), in f32 as PyTorch computes it.
     inv_freq: Vec<f32>,
     /// LongRoPE's frequencies past the original context (its length first): a run of
-    /// positions reaching it rotates with these, as llama.cpp and transformers choose.
+    /// positions reaching past it rotates with these, as llama.cpp and transformers choose for
+    /// one forward pass. Generation that crosses the threshold keeps the keys it cached with
+    /// the short factors, as llama.cpp does (transformers recomputes the prefix).
     long_inv_freq: Option<(usize, Vec<f32>)>,
     /// The sliding-window layers' own frequencies (Gemma 3's local RoPE base, unscaled).
     swa_inv_freq: Option<Vec<f32>>,
