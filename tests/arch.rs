@@ -604,3 +604,69 @@ fn phi3_inconsistent_rope_is_refused() {
     let e = qforge_err(&[&"inspect", &"--verify", &hf]);
     assert!(e.contains("partial_rotary_factor"), "{e}");
 }
+
+/// Mixture of experts (4 experts, top-2): Mixtral as llama.cpp's `llama` with expert tensors,
+/// Qwen2-MoE with its shared expert, Qwen3-MoE with q/k norms. The per-expert weights become
+/// one 3-D tensor per kind and layer in GGUF (F32 routers, as llama.cpp's converter keeps them)
+/// and per-expert weights again on the way back.
+#[test]
+fn moe_matches_transformers() {
+    for (arch, gguf_arch) in [("mixtral", "llama"), ("qwen2moe", "qwen2moe"), ("qwen3moe", "qwen3moe")] {
+        check_fixture(arch, arch, json!({}), |info| {
+            let m = &info["metadata"];
+            assert_eq!(m["general.architecture"], gguf_arch);
+            assert_eq!(m[format!("{gguf_arch}.expert_count")], 4);
+            assert_eq!(m[format!("{gguf_arch}.expert_used_count")], 2);
+            let t = |name: &str| info["tensors"].as_array().unwrap().iter().find(|t| t["name"] == name).cloned();
+            let gate = t("blk.1.ffn_gate_exps.weight").expect("merged expert tensor");
+            assert_eq!(gate["shape"].as_array().unwrap().len(), 3, "{gate}");
+            assert_eq!(t("blk.0.ffn_gate_inp.weight").unwrap()["type"], "F32");
+            assert!(!tensor_names(info).iter().any(|n| n.contains("ffn_gate.weight")));
+            if arch == "qwen2moe" {
+                assert_eq!(m["qwen2moe.expert_shared_feed_forward_length"], 64);
+                assert!(t("blk.0.ffn_gate_inp_shexp.weight").is_some());
+            }
+        });
+    }
+}
+
+/// What qforge cannot do with an MoE model yet is refused by name, and MoE checkpoints that
+/// do not hold the model their config describes are refused with the reason.
+#[test]
+fn moe_refusals_name_the_reason() {
+    use safetensors::tensor::TensorView;
+    let m = root().join("tests/fixtures/arch/qwen3moe");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x");
+    for method in ["gptq", "awq", "nf4"] {
+        let e = qforge_err(&[&"quantize", &m, &"--method", &method, &"-o", &out]);
+        assert!(e.contains("mixture-of-experts") && e.contains("not supported yet"), "{method}: {e}");
+    }
+    let e = qforge_err(&[&"imatrix", &m, &"--text", &wiki(), &"-o", &out]);
+    assert!(e.contains("mixture-of-experts"), "{e}");
+    assert!(!out.exists());
+    // One expert's weight missing.
+    let hf = variant(dir.path(), "qwen3moe", &json!({}));
+    let st = SafetensorsFile::open(&m.join("model.safetensors")).unwrap();
+    let views: Vec<(String, TensorView<'_>)> = st
+        .names()
+        .filter(|n| *n != "model.layers.1.mlp.experts.3.up_proj.weight")
+        .map(|n| {
+            let t = st.tensor(n).unwrap();
+            (n.to_string(), TensorView::new(t.dtype, t.shape.to_vec(), t.data).unwrap())
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &hf.join("model.safetensors")).unwrap();
+    let e = qforge_err(&[&"inspect", &"--verify", &hf]);
+    assert!(e.contains("blk.1.ffn_up_exps.weight") && e.contains("expert 3"), "{e}");
+    // Configurations no model can have, or llama.cpp cannot hold.
+    for (over, want) in [
+        (json!({"num_experts_per_tok": 5}), "4 experts with 5 used"),
+        (json!({"mlp_only_layers": [0]}), "mlp_only_layers"),
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let hf = variant(d.path(), "qwen3moe", &over);
+        let e = qforge_err(&[&"inspect", &"--verify", &hf]);
+        assert!(e.contains(want), "{over}: {e}");
+    }
+}

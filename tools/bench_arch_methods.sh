@@ -27,23 +27,31 @@ kld() { # MODEL CANDIDATE -> "mean"
 
 echo "| arch | Q4_0 RTN | Q4_0 imatrix | Q4_0 GPTQ | Q4_0 AWQ | Q4_K_M RTN | Q4_K_M GPTQ | hf-gptq g32 | hf-awq g32 | NF4 |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
-for A in ${ARCHS:-llama-rope qwen2 qwen3 gemma2 gemma3 phi3}; do
+# A method qforge refuses for an architecture (MoE: only round-to-nearest so far) shows as "—".
+q() { # OUT ARGS... -> quantized model, or OUT.refused
+  local out=$1; shift
+  $Q -q quantize "$M" -o "$O/$out" "$@" 2>/dev/null || touch "$O/$out.refused"
+}
+for A in ${ARCHS:-llama-rope qwen2 qwen3 gemma2 gemma3 phi3 mixtral qwen2moe qwen3moe}; do
   M=tests/fixtures/arch/$A
   O=$DIR/$A
   mkdir -p "$O"
-  $Q -q imatrix "$M" -o "$O/imatrix.gguf" --ctx 96 --chunks "$NSAMPLES" >/dev/null
-  $Q -q quantize "$M" -o "$O/q4_0.gguf" --type q4_0 2>/dev/null
-  $Q -q quantize "$M" -o "$O/q4_0-imat.gguf" --type q4_0 --imatrix "$O/imatrix.gguf" 2>/dev/null
-  $Q -q quantize "$M" -o "$O/q4_0-gptq.gguf" --method gptq --type q4_0 "${CAL[@]}" 2>/dev/null
-  $Q -q quantize "$M" -o "$O/q4_0-awq.gguf" --method awq --type q4_0 "${CAL[@]}" 2>/dev/null
-  $Q -q quantize "$M" -o "$O/q4km.gguf" --type q4_k_m 2>/dev/null
-  $Q -q quantize "$M" -o "$O/q4km-gptq.gguf" --method gptq --type q4_k_m "${CAL[@]}" 2>/dev/null
-  $Q -q quantize "$M" -o "$O/hf-gptq" --method gptq --format hf-gptq --group-size 32 "${CAL[@]}" 2>/dev/null
-  $Q -q quantize "$M" -o "$O/hf-awq" --method awq --format hf-awq --group-size 32 "${CAL[@]}" 2>/dev/null
-  $Q -q quantize "$M" -o "$O/nf4" --method nf4 2>/dev/null
+  imat=()
+  if $Q -q imatrix "$M" -o "$O/imatrix.gguf" --ctx 96 --chunks "$NSAMPLES" >/dev/null 2>&1; then
+    imat=(--imatrix "$O/imatrix.gguf")
+  fi
+  q q4_0.gguf --type q4_0
+  if [ ${#imat[@]} -gt 0 ]; then q q4_0-imat.gguf --type q4_0 "${imat[@]}"; else touch "$O/q4_0-imat.gguf.refused"; fi
+  q q4_0-gptq.gguf --method gptq --type q4_0 "${CAL[@]}"
+  q q4_0-awq.gguf --method awq --type q4_0 "${CAL[@]}"
+  q q4km.gguf --type q4_k_m
+  q q4km-gptq.gguf --method gptq --type q4_k_m "${CAL[@]}"
+  q hf-gptq --method gptq --format hf-gptq --group-size 32 "${CAL[@]}"
+  q hf-awq --method awq --format hf-awq --group-size 32 "${CAL[@]}"
+  q nf4 --method nf4
   row="| $A"
   for c in q4_0.gguf q4_0-imat.gguf q4_0-gptq.gguf q4_0-awq.gguf q4km.gguf q4km-gptq.gguf hf-gptq hf-awq nf4; do
-    row="$row | $(kld "$M" "$O/$c")"
+    if [ -e "$O/$c.refused" ]; then row="$row | —"; else row="$row | $(kld "$M" "$O/$c")"; fi
   done
   echo "$row |"
 done

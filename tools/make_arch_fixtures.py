@@ -23,12 +23,15 @@ import sys
 import torch
 from safetensors.torch import save_file
 from transformers import (AutoTokenizer, Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig,
-                          LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM,
-                          Qwen3Config, Qwen3ForCausalLM)
+                          LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM, Phi3Config, Phi3ForCausalLM,
+                          Qwen2Config, Qwen2ForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM, Qwen3Config,
+                          Qwen3ForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM)
 
 CLASSES = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM),
            "qwen3": (Qwen3Config, Qwen3ForCausalLM), "gemma2": (Gemma2Config, Gemma2ForCausalLM),
-           "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM), "phi3": (Phi3Config, Phi3ForCausalLM)}
+           "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM), "phi3": (Phi3Config, Phi3ForCausalLM),
+           "mixtral": (MixtralConfig, MixtralForCausalLM), "qwen2moe": (Qwen2MoeConfig, Qwen2MoeForCausalLM),
+           "qwen3moe": (Qwen3MoeConfig, Qwen3MoeForCausalLM)}
 # Gemma's RMSNorm scales by 1 + w.
 NORM_PLUS_ONE = {"gemma2", "gemma3"}
 
@@ -132,6 +135,34 @@ FIXTURES = {
                              "rope_scaling": {"type": "longrope", "short_factor": [1.0, 1.1, 1.2, 1.4],
                                               "long_factor": [1.0, 1.5, 3.0, 6.0]}},
         },
+    },
+    # Mixture of experts, 4 experts with top-2 routing: Mixtral (llama.cpp's `llama` with
+    # expert tensors, weights renormalized), Qwen2-MoE (q/k/v biases, a shared expert behind a
+    # sigmoid gate, weights not renormalized, an untied output as llama.cpp's qwen2moe needs)
+    # and Qwen3-MoE (q/k norms, renormalized, as the
+    # released checkpoints set norm_topk_prob).
+    "mixtral": {
+        "class": "mixtral",
+        "config": dict(hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, max_position_embeddings=256, rope_theta=1000000.0, rms_norm_eps=1e-5,
+                       tie_word_embeddings=True, initializer_range=0.1, bos_token_id=0, eos_token_id=1,
+                       pad_token_id=2, num_local_experts=4, num_experts_per_tok=2),
+    },
+    "qwen2moe": {
+        "class": "qwen2moe",
+        "config": dict(hidden_size=32, intermediate_size=96, moe_intermediate_size=48,
+                       shared_expert_intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, max_position_embeddings=256, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                       tie_word_embeddings=False, initializer_range=0.1, bos_token_id=0, eos_token_id=1,
+                       pad_token_id=2, num_experts=4, num_experts_per_tok=2, norm_topk_prob=False),
+    },
+    "qwen3moe": {
+        "class": "qwen3moe",
+        "config": dict(hidden_size=64, intermediate_size=128, moe_intermediate_size=48, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=256,
+                       rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, initializer_range=0.1,
+                       bos_token_id=0, eos_token_id=1, pad_token_id=2, num_experts=4, num_experts_per_tok=2,
+                       norm_topk_prob=True),
     },
     "qwen3": {
         "class": "qwen3",

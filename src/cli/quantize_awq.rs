@@ -96,6 +96,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let loaded = Loaded::open(&args.input)?;
     let file = &loaded.file;
     let cfg = file.config().clone();
+    super::quantize::refuse_moe(&cfg, "AWQ")?;
     if format == Format::HfAwq {
         check_awq_shapes(&cfg, group_size)?;
     }

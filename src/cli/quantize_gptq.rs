@@ -69,6 +69,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let loaded = Loaded::open(&args.input)?;
     let file = &loaded.file;
     let cfg = file.config().clone();
+    super::quantize::refuse_moe(&cfg, "GPTQ")?;
     if format == Format::HfGptq {
         super::quantize::check_group_size(&cfg, group_size)?;
     }

@@ -52,6 +52,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         bail!("--method nf4 writes a directory; `-o -` is only for GGUF");
     }
     let model = ModelFile::open(&args.input).with_context(|| format!("cannot load {}", args.input.display()))?;
+    super::quantize::refuse_moe(model.config(), "NF4")?;
     let tensors = model.tensors()?;
     let input_bytes: u64 = tensors.iter().map(|t| t.stored_bytes() as u64).sum();
     let linear_bytes: u64 =

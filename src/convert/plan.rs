@@ -87,7 +87,7 @@ impl TypePlan for Uniform {
         Ok(tensors
             .iter()
             .map(|t| {
-                if t.shape.len() < 2 {
+                if kept_f32(t) {
                     Assigned::plain(GgmlType::F32)
                 } else if t.row_len() % self.outtype.block_size() != 0 {
                     Assigned {
@@ -336,12 +336,20 @@ fn category(name: &str) -> Category {
     }
 }
 
-/// llama.cpp's `tensor_allows_quantization`, reduced to what can occur in llama/qwen2 models:
-/// only matrices named `*weight`, never norms, and not `output.weight` with `--leave-output`.
+/// Tensors llama.cpp's converter stores in F32 whatever the output type: vectors, and an MoE
+/// layer's router and shared-expert gate (small, and their errors pick the wrong experts).
+pub fn kept_f32(t: &TensorSpec<'_>) -> bool {
+    t.shape.len() < 2 || t.name.ends_with("ffn_gate_inp.weight") || t.name.ends_with("ffn_gate_inp_shexp.weight")
+}
+
+/// llama.cpp's `tensor_allows_quantization`, reduced to what can occur in the architectures
+/// qforge has: only matrices (more than one dimension above 1) named `*weight`, never norms or
+/// an MoE router, and not `output.weight` with `--leave-output`.
 fn allows_quantization(plan: &QuantPlan, t: &TensorSpec<'_>) -> bool {
-    t.shape.len() >= 2
+    t.shape.iter().filter(|&&d| d > 1).count() >= 2
         && t.name.ends_with("weight")
         && !t.name.contains("_norm.weight")
+        && !t.name.contains("ffn_gate_inp.weight")
         && !(plan.leave_output && t.name == "output.weight")
 }
 
@@ -369,6 +377,8 @@ struct State {
     /// llama.cpp's `LLM_TYPE_70B` (from `load_hparams`): llama with 80 layers and GQA, qwen2
     /// with 80 layers.
     is_70b: bool,
+    /// Experts per MoE layer (0: dense).
+    n_expert: usize,
 }
 
 impl State {
@@ -379,6 +389,7 @@ impl State {
             Arch::Qwen2 => n_layers == 80,
             // llama.cpp sizes these by their layer counts, none of which is a 70B case.
             Arch::Qwen3 | Arch::Gemma2 | Arch::Gemma3 | Arch::Phi3 => false,
+            Arch::Mixtral | Arch::Qwen2Moe | Arch::Qwen3Moe => false,
         };
         State {
             // llama.cpp assumes tied embeddings until it sees output.weight.
@@ -390,6 +401,7 @@ impl State {
             i_ffn_down: 0,
             n_gqa: config.n_heads / config.n_kv_heads.max(1),
             is_70b,
+            n_expert: config.moe.as_ref().map_or(0, |m| m.n_experts),
         }
     }
 }
@@ -430,7 +442,7 @@ impl QuantPlan {
             // Norms and biases: F32, as qforge's converter and llama.cpp's write them (a GGUF
             // input already holds them in F32). --leave-output keeps output.weight in its
             // input type; nothing is re-encoded then.
-            let ty = if t.shape.len() < 2 { GgmlType::F32 } else { t.source_type };
+            let ty = if kept_f32(t) { GgmlType::F32 } else { t.source_type };
             return Assigned::plain(ty);
         }
         let cat = category(t.name);
@@ -499,11 +511,19 @@ impl QuantPlan {
                 // than attn_q, so more bits cost almost nothing.
                 new_type = G::Q5_K;
             }
+            if qs.n_expert == 8 {
+                // Mixtral-shaped models: attention is a small share of the weights.
+                new_type = G::Q8_0;
+            }
             qs.i_attention_wv += 1;
+        } else if cat == Category::AttnK && qs.n_expert == 8 {
+            new_type = G::Q8_0;
         } else if cat == Category::FfnDown {
             // ffn_down takes the widest input (the FFN width) and its errors go straight into
-            // the residual stream; llama.cpp found the first layers most sensitive.
-            let (i_layer, n_layer) = (qs.i_ffn_down, qs.n_ffn_down);
+            // the residual stream; llama.cpp found the first layers most sensitive. With experts,
+            // every ffn_down* of a layer (experts and shared expert) counts as that layer.
+            let i_layer = if qs.n_expert > 1 { layer_of(t.name) } else { qs.i_ffn_down };
+            let n_layer = qs.n_ffn_down;
             match ftype {
                 F::Q2_K => new_type = G::Q3_K,
                 // Q3_K_M: Q5_K for the first sixteenth, Q4_K elsewhere (Q3_K only on Falcon's
@@ -525,16 +545,23 @@ impl QuantPlan {
             }
             qs.i_ffn_down += 1;
         } else if cat == Category::AttnOutput {
-            // The attention output projection: one step up in the low-bit mixes.
-            match ftype {
-                F::Q2_K => new_type = G::Q3_K,
-                F::Q3_K_M => new_type = G::Q4_K,
-                F::Q3_K_L => new_type = G::Q5_K,
-                _ => {}
+            // The attention output projection: one step up in the low-bit mixes (to Q5_K in
+            // the 8-expert models, whose attention is a small share of the weights).
+            if qs.n_expert == 8 {
+                if matches!(ftype, F::Q2_K | F::Q3_K_S | F::Q3_K_M | F::IQ4_NL | F::Q4_K_S | F::Q4_K_M) {
+                    new_type = G::Q5_K;
+                }
+            } else {
+                match ftype {
+                    F::Q2_K => new_type = G::Q3_K,
+                    F::Q3_K_M => new_type = G::Q4_K,
+                    F::Q3_K_L => new_type = G::Q5_K,
+                    _ => {}
+                }
             }
         }
-        // attn_q, attn_k, ffn_gate and ffn_up only change in the IQ3_XS/IQ3_XXS mixes and in
-        // 8-expert models, neither of which qforge writes.
+        // attn_q, ffn_gate and ffn_up only change in the IQ3_XS/IQ3_XXS mixes, which qforge
+        // does not write.
         new_type
     }
 }
@@ -593,6 +620,7 @@ mod tests {
             head_dim: hidden / heads,
             rope_dim: hidden / heads,
             original_context: None,
+            moe: None,
             ffn_size: ffn,
             rms_eps: 1e-5,
             rope_theta: 10000.0,

@@ -65,6 +65,20 @@ pub fn plan(model: &ModelFile, opts: &GgufOptions) -> Result<(GgufWriter, Vec<St
     Ok((h.writer, h.notes))
 }
 
+/// The size label llama.cpp's converter writes: the parameter count, or for a mixture of
+/// experts `{experts}x{what one token's path holds}` (everything but the experts, plus one).
+fn model_size_label(model: &ModelFile, params: u64) -> Result<String> {
+    let Some(moe) = &model.config().moe else { return Ok(size_label(params)) };
+    let experts: u64 = model
+        .tensors()?
+        .iter()
+        .filter(|t| names::EXPERT_TENSORS.iter().any(|s| t.name.ends_with(s)))
+        .map(|t| t.n_elements() as u64)
+        .sum();
+    let per_expert = experts / moe.n_experts.max(1) as u64;
+    Ok(format!("{}x{}", moe.n_experts, size_label(params - experts + per_expert)))
+}
+
 /// Plan the header of `model` written with the per-tensor types `types` chooses.
 pub fn plan_with(model: &ModelFile, types: &dyn TypePlan, name: Option<String>) -> Result<Header> {
     model.check_tensors()?;
@@ -79,7 +93,7 @@ pub fn plan_with(model: &ModelFile, types: &dyn TypePlan, name: Option<String>) 
     w.set("general.architecture", Value::String(arch.into()));
     w.set("general.type", Value::String("model".into()));
     w.set("general.name", Value::String(name.unwrap_or_else(|| model.display_name())));
-    w.set("general.size_label", Value::String(size_label(params)));
+    w.set("general.size_label", Value::String(model_size_label(model, params)?));
     w.set(&k("block_count"), Value::U32(cfg.n_layers as u32));
     w.set(&k("context_length"), Value::U32(cfg.context_length as u32));
     w.set(&k("embedding_length"), Value::U32(cfg.hidden_size as u32));
@@ -92,6 +106,17 @@ pub fn plan_with(model: &ModelFile, types: &dyn TypePlan, name: Option<String>) 
     }
     for (key, v) in cfg.attn.gguf_keys(cfg.arch, cfg.n_layers) {
         w.set(&k(key), v);
+    }
+    if let Some(m) = &cfg.moe {
+        w.set(&k("expert_count"), Value::U32(m.n_experts as u32));
+        w.set(&k("expert_used_count"), Value::U32(m.n_used as u32));
+        // llama.cpp's `llama` (Mixtral) takes the experts' width from feed_forward_length.
+        if cfg.arch.gguf_name() != "llama" {
+            w.set(&k("expert_feed_forward_length"), Value::U32(m.expert_ffn as u32));
+        }
+        if m.shared_ffn > 0 {
+            w.set(&k("expert_shared_feed_forward_length"), Value::U32(m.shared_ffn as u32));
+        }
     }
     w.set(&k("attention.layer_norm_rms_epsilon"), Value::F32(cfg.rms_eps));
     w.set(&k("attention.key_length"), Value::U32(cfg.head_dim as u32));
@@ -119,6 +144,17 @@ pub fn plan_with(model: &ModelFile, types: &dyn TypePlan, name: Option<String>) 
         )));
     }
     let mut notes = Vec::new();
+    if let Some(m) =
+        cfg.moe.as_ref().filter(|m| cfg.arch.spec().experts.as_ref().is_some_and(|e| e.norm_topk != m.norm_topk))
+    {
+        notes.push(format!(
+            "norm_topk_prob is {} but llama.cpp's {} always {} the chosen experts' weights: GGUF has no key for it, so \
+             llama.cpp and qforge will run this file that way",
+            m.norm_topk,
+            arch,
+            if m.norm_topk { "leaves" } else { "renormalizes" }
+        ));
+    }
     if let Some(scale) = cfg.attn.query_scale {
         let theirs =
             AttnVariants::llama_cpp_query_scale(cfg.arch, cfg.n_layers, cfg.hidden_size, cfg.n_heads, cfg.head_dim);

@@ -109,8 +109,7 @@ pub fn write(model: &ModelFile, out_dir: &Path, opts: &HfOptions, progress: &Pro
     let mut bytes = 0u64;
     // Before any work: a config.json that cannot be written stops the export here.
     let config_json = cfg.to_hf_json(torch_dtype)?;
-    for t in tensors.into_iter().filter(|t| !names::is_generated_gguf(&t.name)) {
-        let hf_name = names::gguf_to_hf(&t.name, cfg.arch)?;
+    for (hf_name, t) in hf_tensors(tensors, cfg)? {
         // Norms stay F32 in GGUF; keep them in the main dtype in HF files like the originals.
         let dtype = if t.shape.len() < 2 && opts.dtype.is_none() { main_dtype } else { pick(t.ggml_type) };
         let view = LazyTensor {
@@ -141,6 +140,44 @@ pub fn write(model: &ModelFile, out_dir: &Path, opts: &HfOptions, progress: &Pro
     super::write_hf_side_files(model, dir.path())?;
     dir.commit()?;
     Ok(HfSummary { tensors: n_tensors, bytes, dtype: torch_dtype.into() })
+}
+
+/// The GGUF tensors under their Hugging Face names: an MoE layer's 3-D expert tensors as one
+/// tensor per expert (views of its rows), the shared-expert gate as the [1, hidden] matrix
+/// transformers holds; the tensors GGUF computes from config.json left out.
+fn hf_tensors<'a>(tensors: Vec<TensorRef<'a>>, cfg: &ModelConfig) -> Result<Vec<(String, TensorRef<'a>)>> {
+    let mut out = Vec::with_capacity(tensors.len());
+    for mut t in tensors.into_iter().filter(|t| !names::is_generated_gguf(&t.name)) {
+        let expert = t.name.strip_prefix("blk.").and_then(|r| r.split_once('.')).and_then(|(li, suffix)| {
+            names::EXPERT_TENSORS.iter().find(|s| **s == suffix).map(|s| (li.parse::<usize>().ok(), *s))
+        });
+        match expert {
+            Some((Some(li), suffix)) if t.shape.len() == 3 => {
+                let (e, rows, cols) = (t.shape[0], t.shape[1], t.shape[2]);
+                let bytes = t.ggml_type.row_bytes(cols as u64)? as usize * rows;
+                if bytes * e != t.data.len() {
+                    return Err(Error::tensor(&t.name, "byte size does not match its shape"));
+                }
+                for (ei, data) in t.data.chunks_exact(bytes.max(1)).enumerate() {
+                    let part = TensorRef {
+                        name: t.name.clone(),
+                        ggml_type: t.ggml_type,
+                        shape: vec![rows, cols],
+                        data,
+                        packed: None,
+                    };
+                    out.push((names::hf_expert_name(cfg.arch, li, ei, suffix)?, part));
+                }
+            }
+            _ => {
+                if t.name.ends_with("ffn_gate_inp_shexp.weight") && t.shape.len() == 1 {
+                    t.shape.insert(0, 1);
+                }
+                out.push((names::gguf_to_hf(&t.name, cfg.arch)?, t));
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(unix)]

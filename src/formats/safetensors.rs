@@ -128,6 +128,13 @@ pub struct HfCheckpoint {
     /// Norm weights of architectures whose HF norms scale by `1 + w` (Gemma), as the F32
     /// bytes of `1 + w`: GGUF's convention, which qforge uses inside. By HF name.
     pub shifted_norms: BTreeMap<String, Vec<u8>>,
+    /// An MoE checkpoint's per-expert weights joined into GGUF's 3-D tensors (by GGUF name:
+    /// type, shape [experts, rows, cols], bytes in expert order), and for each the Hugging Face
+    /// name after which it comes in the tensor order (its last expert's, as llama.cpp's
+    /// converter emits it). The experts are copied into memory once, when the checkpoint is
+    /// opened.
+    pub merged_experts: BTreeMap<String, (GgmlType, Vec<usize>, Vec<u8>)>,
+    pub expert_emit: HashMap<String, String>,
     /// config.json describes more than a text model (`text_config`, `vision_config`, …): the
     /// other towers' tensors are left out rather than refused.
     pub multimodal: bool,
@@ -196,12 +203,70 @@ impl HfCheckpoint {
             index,
             rope_tensors,
             shifted_norms: BTreeMap::new(),
+            merged_experts: BTreeMap::new(),
+            expert_emit: HashMap::new(),
             multimodal,
         };
+        if ckpt.config.moe.is_some() {
+            if ckpt.quant.is_some() {
+                return Err(Error::Unsupported(
+                    "quantized (GPTQ/AWQ/bitsandbytes) mixture-of-experts checkpoints are not supported yet".into(),
+                ));
+            }
+            ckpt.merge_experts()?;
+        }
         if ckpt.config.arch.spec().norm_plus_one {
             ckpt.shifted_norms = ckpt.plus_one_norms()?;
         }
         Ok(ckpt)
+    }
+
+    /// Join each layer's per-expert weights into the 3-D tensors GGUF holds (see
+    /// `merged_experts`), checking that every expert is there once, with one type and shape.
+    fn merge_experts(&mut self) -> Result<()> {
+        use crate::model::names::hf_expert;
+        let arch = self.config.arch;
+        let n_experts = self.config.moe.as_ref().map_or(0, |m| m.n_experts);
+        // (layer, suffix) → the HF name of each expert, and the last name in file order.
+        type Slots = (Vec<Option<String>>, String);
+        let mut groups: BTreeMap<(usize, &'static str), Slots> = BTreeMap::new();
+        for name in self.names() {
+            let Some((li, ei, suffix)) = hf_expert(name, arch) else { continue };
+            if ei >= n_experts {
+                return Err(Error::tensor(name, format!("expert {ei} of a model with {n_experts}")));
+            }
+            let (slots, last) = groups.entry((li, suffix)).or_insert_with(|| (vec![None; n_experts], String::new()));
+            slots[ei] = Some(name.to_string());
+            *last = name.to_string();
+        }
+        for ((li, suffix), (slots, last)) in groups {
+            let gguf = format!("blk.{li}.{suffix}");
+            let mut ty_shape: Option<(GgmlType, Vec<usize>)> = None;
+            let mut bytes = Vec::new();
+            for (ei, slot) in slots.iter().enumerate() {
+                let name = slot.as_deref().ok_or_else(|| {
+                    Error::InvalidModel(format!("{gguf}: expert {ei} of {n_experts} is missing from the checkpoint"))
+                })?;
+                let t = self.tensor(name).ok_or_else(|| Error::tensor(name, "listed but unreadable"))?;
+                let ty = t.ggml_type(name)?;
+                match &ty_shape {
+                    None => ty_shape = Some((ty, t.shape.to_vec())),
+                    Some((ty0, shape0)) if (*ty0, shape0.as_slice()) != (ty, t.shape) => {
+                        return Err(Error::tensor(name, format!("{ty} {:?}, other experts {ty0} {shape0:?}", t.shape)))
+                    }
+                    Some(_) => {}
+                }
+                if bytes.is_empty() {
+                    bytes.reserve_exact(t.data.len() * n_experts);
+                }
+                bytes.extend_from_slice(t.data);
+            }
+            let (ty, shape) = ty_shape.ok_or_else(|| Error::InvalidModel(format!("{gguf}: no experts")))?;
+            let shape = std::iter::once(n_experts).chain(shape).collect();
+            self.merged_experts.insert(gguf.clone(), (ty, shape, bytes));
+            self.expert_emit.insert(last, gguf);
+        }
+        Ok(())
     }
 
     /// `1 + w` of every norm weight, as llama.cpp's converter stores Gemma's norms (in f32, as

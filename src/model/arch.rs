@@ -15,6 +15,9 @@ pub enum Arch {
     Gemma2,
     Gemma3,
     Phi3,
+    Mixtral,
+    Qwen2Moe,
+    Qwen3Moe,
 }
 
 /// The gated feed-forward block's activation: `down(act(gate·x) ⊙ up·x)`.
@@ -24,6 +27,26 @@ pub enum Activation {
     Silu,
     /// GELU with the tanh approximation (`gelu_pytorch_tanh`, GeGLU), Gemma.
     GeluTanh,
+}
+
+/// A mixture-of-experts feed-forward block: a router picks `num_experts_per_tok` of the
+/// experts per token, softmax-weighted (llama.cpp's `build_moe_ffn`).
+#[derive(Debug)]
+pub struct ExpertNames {
+    /// The layer's MoE block in Hugging Face names (`block_sparse_moe`, `mlp`).
+    pub block: &'static str,
+    /// An expert's gate, up and down projections in Hugging Face names.
+    pub gate: &'static str,
+    pub up: &'static str,
+    pub down: &'static str,
+    /// The chosen experts' weights are renormalized to sum to 1 (llama.cpp fixes this per
+    /// architecture; transformers reads `norm_topk_prob` for the Qwen models).
+    pub norm_topk: bool,
+    /// A shared expert every token goes through, scaled by sigmoid(gate·x) (Qwen2-MoE).
+    pub shared_expert: bool,
+    /// Hugging Face → GGUF names of the block's other weights (router, shared expert), per
+    /// layer.
+    pub names: &'static [(&'static str, &'static str)],
 }
 
 /// What distinguishes one architecture from plain LLaMA.
@@ -63,6 +86,8 @@ pub struct ArchSpec {
     /// rows gate|up) in both file formats (Phi-3). qforge computes with the parts (row ranges
     /// of the fused weight) and fuses what the methods produce before writing.
     pub fused_linears: bool,
+    /// The feed-forward block is a mixture of experts (Mixtral, Qwen MoE).
+    pub experts: Option<ExpertNames>,
     /// convert_hf_to_gguf.py converts this class with its `LlamaModel` (vocabulary rules for
     /// tokenizer.json-only SentencePiece, `add_prefix_space`, special vocabulary sizes).
     pub llama_vocab_rules: bool,
@@ -103,6 +128,7 @@ const LLAMA: ArchSpec = ArchSpec {
     swa_own_rope: false,
     swa_every_layer: false,
     fused_linears: false,
+    experts: None,
     llama_vocab_rules: true,
     spm_no_space_prefix: false,
     norm_names: LLAMA_NORMS,
@@ -197,6 +223,67 @@ pub const ARCHS: &[ArchSpec] = &[
         hf_defaults: &[("original_max_position_embeddings", 4096.0)],
         ..LLAMA
     },
+    // llama.cpp runs Mixtral as `llama` with expert tensors; `from_gguf` tells them apart by
+    // `llama.expert_count`.
+    ArchSpec {
+        arch: Arch::Mixtral,
+        hf_classes: &["MixtralForCausalLM"],
+        hf_model_type: "mixtral",
+        experts: Some(ExpertNames {
+            block: "block_sparse_moe",
+            gate: "w1",
+            up: "w3",
+            down: "w2",
+            norm_topk: true,
+            shared_expert: false,
+            names: &[("block_sparse_moe.gate.weight", "ffn_gate_inp.weight")],
+        }),
+        ..LLAMA
+    },
+    ArchSpec {
+        arch: Arch::Qwen2Moe,
+        hf_classes: &["Qwen2MoeForCausalLM"],
+        hf_model_type: "qwen2_moe",
+        gguf_name: "qwen2moe",
+        gguf_permutes_qk: false,
+        qkv_bias: true,
+        llama_vocab_rules: false,
+        experts: Some(ExpertNames {
+            block: "mlp",
+            gate: "gate_proj",
+            up: "up_proj",
+            down: "down_proj",
+            norm_topk: false,
+            shared_expert: true,
+            names: &[
+                ("mlp.gate.weight", "ffn_gate_inp.weight"),
+                ("mlp.shared_expert_gate.weight", "ffn_gate_inp_shexp.weight"),
+                ("mlp.shared_expert.gate_proj.weight", "ffn_gate_shexp.weight"),
+                ("mlp.shared_expert.up_proj.weight", "ffn_up_shexp.weight"),
+                ("mlp.shared_expert.down_proj.weight", "ffn_down_shexp.weight"),
+            ],
+        }),
+        ..LLAMA
+    },
+    ArchSpec {
+        arch: Arch::Qwen3Moe,
+        hf_classes: &["Qwen3MoeForCausalLM"],
+        hf_model_type: "qwen3_moe",
+        gguf_name: "qwen3moe",
+        gguf_permutes_qk: false,
+        qk_norm: true,
+        llama_vocab_rules: false,
+        experts: Some(ExpertNames {
+            block: "mlp",
+            gate: "gate_proj",
+            up: "up_proj",
+            down: "down_proj",
+            norm_topk: true,
+            shared_expert: false,
+            names: &[("mlp.gate.weight", "ffn_gate_inp.weight")],
+        }),
+        ..LLAMA
+    },
 ];
 
 impl Arch {
@@ -244,8 +331,12 @@ impl Arch {
     }
 
     pub fn supported_gguf_names() -> String {
-        let mut names: Vec<&str> = ARCHS.iter().map(|s| s.gguf_name).collect();
-        names.dedup();
+        let mut names: Vec<&str> = Vec::new();
+        for s in ARCHS {
+            if !names.contains(&s.gguf_name) {
+                names.push(s.gguf_name);
+            }
+        }
         names.join(", ")
     }
 }

@@ -38,6 +38,71 @@ pub struct ModelConfig {
     pub pad_token_id: Option<u32>,
     /// Attention beyond plain causal softmax(q·kᵀ/√d) (Gemma); the default for the others.
     pub attn: AttnVariants,
+    /// The feed-forward blocks' experts (Mixtral, Qwen MoE); `None`: dense.
+    pub moe: Option<MoeConfig>,
+}
+
+/// A mixture-of-experts feed-forward block (every layer).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoeConfig {
+    pub n_experts: usize,
+    /// Experts each token goes through (`num_experts_per_tok`).
+    pub n_used: usize,
+    /// Each expert's feed-forward width (Mixtral: `intermediate_size`; Qwen:
+    /// `moe_intermediate_size`).
+    pub expert_ffn: usize,
+    /// The shared expert's width (Qwen2-MoE), 0 without one.
+    pub shared_ffn: usize,
+    /// The chosen experts' weights are renormalized to sum to 1.
+    pub norm_topk: bool,
+}
+
+impl MoeConfig {
+    /// From config.json (`num_local_experts` or `num_experts`, …), for an architecture with
+    /// experts; dense layers among them (`mlp_only_layers`, `decoder_sparse_step`) are refused,
+    /// as llama.cpp's qwen2moe/qwen3moe cannot hold them.
+    fn from_hf(json: &Json, arch: Arch, intermediate: usize) -> Result<Option<MoeConfig>> {
+        let Some(names) = &arch.spec().experts else { return Ok(None) };
+        let bad = |m: String| Error::InvalidModel(format!("config.json: {m}"));
+        let num = |k: &str| json.get(k).and_then(Json::as_u64).map(|v| v as usize);
+        let n_experts =
+            num("num_local_experts").or_else(|| num("num_experts")).ok_or_else(|| bad("no num_experts".into()))?;
+        let n_used = num("num_experts_per_tok").ok_or_else(|| bad("no num_experts_per_tok".into()))?;
+        if json.get("mlp_only_layers").and_then(Json::as_array).is_some_and(|l| !l.is_empty())
+            || num("decoder_sparse_step").is_some_and(|s| s != 1)
+        {
+            return Err(Error::Unsupported(
+                "dense layers among the MoE layers (mlp_only_layers, decoder_sparse_step), which llama.cpp's MoE \
+                 architectures cannot hold"
+                    .into(),
+            ));
+        }
+        let expert_ffn = num("moe_intermediate_size").unwrap_or(intermediate);
+        let shared_ffn = if names.shared_expert {
+            num("shared_expert_intermediate_size").ok_or_else(|| bad("no shared_expert_intermediate_size".into()))?
+        } else {
+            0
+        };
+        let norm_topk = json.get("norm_topk_prob").and_then(Json::as_bool).unwrap_or(names.norm_topk);
+        Ok(Some(MoeConfig { n_experts, n_used, expert_ffn, shared_ffn, norm_topk }))
+    }
+
+    /// From GGUF metadata (`{arch}.expert_count`, …); the renormalization is the
+    /// architecture's, as llama.cpp fixes it.
+    fn from_gguf(h: &GgufHeader, arch: Arch, ffn: usize) -> Option<MoeConfig> {
+        let names = arch.spec().experts.as_ref()?;
+        let a = arch.gguf_name();
+        let num = |k: &str| h.get(&format!("{a}.{k}")).and_then(Value::as_u64).map(|v| v as usize);
+        let n_experts = num("expert_count").filter(|&e| e > 0)?;
+        let n_used = num("expert_used_count").unwrap_or(0);
+        Some(MoeConfig {
+            n_experts,
+            n_used,
+            expert_ffn: num("expert_feed_forward_length").unwrap_or(ffn),
+            shared_ffn: if names.shared_expert { num("expert_shared_feed_forward_length").unwrap_or(0) } else { 0 },
+            norm_topk: names.norm_topk,
+        })
+    }
 }
 
 /// The text model's config.json as qforge reads it: a multimodal checkpoint's `text_config`
@@ -154,6 +219,8 @@ impl ModelConfig {
             true => opt_usize("original_max_position_embeddings"),
             false => None,
         };
+        let ffn_size = usize_field("intermediate_size")?;
+        let moe = MoeConfig::from_hf(json, arch, ffn_size)?;
         let cfg = ModelConfig {
             arch,
             hidden_size,
@@ -163,7 +230,7 @@ impl ModelConfig {
             head_dim,
             rope_dim: (head_dim as f64 * partial) as usize,
             original_context,
-            ffn_size: usize_field("intermediate_size")?,
+            ffn_size,
             rms_eps: json.get("rms_norm_eps").and_then(Json::as_f64).unwrap_or(1e-6) as f32,
             rope_theta: rope_theta as f32,
             rope_scaling,
@@ -174,6 +241,7 @@ impl ModelConfig {
             eos_token_id: opt_id("eos_token_id"),
             pad_token_id: opt_id("pad_token_id"),
             attn,
+            moe,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -230,6 +298,13 @@ impl ModelConfig {
         let n_layers = req("block_count")?;
         let attn = AttnVariants::from_gguf(h, arch, n_layers, hidden_size, n_heads, head_dim)?;
         let rope_keys = GgufRopeKeys::read(h, arch_name);
+        let ffn_size = req("feed_forward_length")?;
+        // Mixtral is llama.cpp's `llama` with experts.
+        let arch = match arch {
+            Arch::Llama if h.get(&key("expert_count")).and_then(Value::as_u64).is_some_and(|e| e > 0) => Arch::Mixtral,
+            a => a,
+        };
+        let moe = MoeConfig::from_gguf(h, arch, ffn_size);
         let cfg = ModelConfig {
             arch,
             hidden_size,
@@ -239,7 +314,7 @@ impl ModelConfig {
             head_dim,
             rope_dim: h.get(&key("rope.dimension_count")).and_then(Value::as_u64).map_or(head_dim, |v| v as usize),
             original_context: if arch.spec().fused_linears { rope_keys.original_context } else { None },
-            ffn_size: req("feed_forward_length")?,
+            ffn_size,
             rms_eps: h.get(&key("attention.layer_norm_rms_epsilon")).and_then(Value::as_f64).unwrap_or(1e-5) as f32,
             rope_theta,
             rope_scaling,
@@ -250,6 +325,7 @@ impl ModelConfig {
             eos_token_id: id("tokenizer.ggml.eos_token_id"),
             pad_token_id: id("tokenizer.ggml.padding_token_id"),
             attn,
+            moe,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -302,6 +378,17 @@ impl ModelConfig {
         ] {
             if v == 0 || v > LIMIT {
                 return bad(format!("{name} = {v}"));
+            }
+        }
+        if let Some(m) = &self.moe {
+            if m.n_experts == 0 || m.n_experts > 1 << 16 || m.n_used == 0 || m.n_used > m.n_experts {
+                return bad(format!("{} experts with {} used per token", m.n_experts, m.n_used));
+            }
+            if m.expert_ffn == 0 || m.expert_ffn > LIMIT || m.shared_ffn > LIMIT {
+                return bad(format!("expert width {}", m.expert_ffn));
+            }
+            if (m.n_experts as u64) * (m.expert_ffn as u64) * (self.hidden_size as u64) > 1 << 40 {
+                return bad(format!("{} experts of {}×{} weights", m.n_experts, m.expert_ffn, self.hidden_size));
             }
         }
         if self.n_heads % self.n_kv_heads != 0 {
@@ -376,6 +463,22 @@ impl ModelConfig {
                 l.push((b("post_ffw_norm.weight"), vec![h]));
             }
             l.push((b("ffn_norm.weight"), vec![h]));
+            if let Some(m) = &self.moe {
+                let (e, fe, fs) = (m.n_experts, m.expert_ffn, m.shared_ffn);
+                l.push((b("ffn_gate_inp.weight"), vec![e, h]));
+                l.push((b("ffn_gate_exps.weight"), vec![e, fe, h]));
+                l.push((b("ffn_up_exps.weight"), vec![e, fe, h]));
+                l.push((b("ffn_down_exps.weight"), vec![e, h, fe]));
+                if fs > 0 {
+                    // [1, h] as llama.cpp's converter writes it ([h] once llama-quantize
+                    // rewrites the file: `check_tensors` takes either).
+                    l.push((b("ffn_gate_inp_shexp.weight"), vec![1, h]));
+                    l.push((b("ffn_gate_shexp.weight"), vec![fs, h]));
+                    l.push((b("ffn_up_shexp.weight"), vec![fs, h]));
+                    l.push((b("ffn_down_shexp.weight"), vec![h, fs]));
+                }
+                return l;
+            }
             if fused {
                 l.push((b("ffn_up.weight"), vec![2 * f, h]));
             } else {
@@ -445,6 +548,20 @@ impl ModelConfig {
         });
         if spec.activation != Activation::Silu {
             config["hidden_activation"] = activation.into();
+        }
+        if let Some(m) = &self.moe {
+            let experts = if self.arch == Arch::Mixtral { "num_local_experts" } else { "num_experts" };
+            config[experts] = m.n_experts.into();
+            config["num_experts_per_tok"] = m.n_used.into();
+            if self.arch != Arch::Mixtral {
+                config["moe_intermediate_size"] = m.expert_ffn.into();
+                config["norm_topk_prob"] = m.norm_topk.into();
+                config["decoder_sparse_step"] = 1.into();
+                config["mlp_only_layers"] = serde_json::json!([]);
+            }
+            if m.shared_ffn > 0 {
+                config["shared_expert_intermediate_size"] = m.shared_ffn.into();
+            }
         }
         if self.rope_dim != self.head_dim {
             config["partial_rotary_factor"] = shortest_f64(self.rope_dim as f32 / self.head_dim as f32).into();

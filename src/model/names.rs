@@ -60,8 +60,35 @@ fn text_model_name(name: &str) -> std::borrow::Cow<'_, str> {
 }
 
 fn layer_map(arch: Arch) -> impl Iterator<Item = &'static (&'static str, &'static str)> {
-    let linears = if arch.spec().fused_linears { FUSED_LAYER_MAP } else { LAYER_MAP };
-    arch.spec().norm_names.iter().chain(linears)
+    let spec = arch.spec();
+    let linears = if spec.fused_linears { FUSED_LAYER_MAP } else { LAYER_MAP };
+    let moe: &[(&str, &str)] = spec.experts.as_ref().map_or(&[], |e| e.names);
+    spec.norm_names.iter().chain(linears).chain(moe)
+}
+
+/// GGUF suffixes of an MoE layer's expert weights, all experts in one 3-D tensor each.
+pub const EXPERT_TENSORS: [&str; 3] = ["ffn_gate_exps.weight", "ffn_up_exps.weight", "ffn_down_exps.weight"];
+
+/// One expert's weight in Hugging Face names (`model.layers.3.mlp.experts.7.up_proj.weight`):
+/// (layer, expert, the GGUF suffix of the 3-D tensor that holds it).
+pub fn hf_expert(name: &str, arch: Arch) -> Option<(usize, usize, &'static str)> {
+    let e = arch.spec().experts.as_ref()?;
+    let (li, rest) = name.strip_prefix("model.layers.")?.split_once('.')?;
+    let (ei, proj) = rest.strip_prefix(e.block)?.strip_prefix(".experts.")?.split_once('.')?;
+    let proj = proj.strip_suffix(".weight")?;
+    let suffix = [e.gate, e.up, e.down].iter().position(|p| *p == proj).map(|i| EXPERT_TENSORS[i])?;
+    Some((li.parse().ok()?, ei.parse().ok()?, suffix))
+}
+
+/// The Hugging Face name of expert `expert`'s part of the GGUF tensor `blk.{layer}.{suffix}`.
+pub fn hf_expert_name(arch: Arch, layer: usize, expert: usize, suffix: &str) -> Result<String> {
+    let e = arch.spec().experts.as_ref().ok_or_else(|| Error::Unsupported(format!("{arch:?} has no experts")))?;
+    let i = EXPERT_TENSORS
+        .iter()
+        .position(|s| *s == suffix)
+        .ok_or_else(|| Error::Unsupported(format!("{suffix} is not an expert tensor")))?;
+    let proj = [e.gate, e.up, e.down][i];
+    Ok(format!("model.layers.{layer}.{}.experts.{expert}.{proj}.weight", e.block))
 }
 
 /// The fused linears of a layer (Phi-3) with their parts in row order: (fused GGUF suffix,

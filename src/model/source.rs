@@ -169,6 +169,21 @@ impl ModelFile {
                     if names::is_ignorable_hf(hf_name, c.multimodal) {
                         continue;
                     }
+                    // An expert's weight: its layer's 3-D tensor comes after the last one.
+                    if names::hf_expert(hf_name, c.config.arch).is_some() && c.config.moe.is_some() {
+                        if let Some((gguf, (ty, shape, bytes))) =
+                            c.expert_emit.get(hf_name).and_then(|g| c.merged_experts.get_key_value(g))
+                        {
+                            out.push(TensorRef {
+                                name: gguf.clone(),
+                                ggml_type: *ty,
+                                shape: shape.clone(),
+                                data: bytes,
+                                packed: None,
+                            });
+                        }
+                        continue;
+                    }
                     let t = c.tensor(hf_name).ok_or_else(|| Error::tensor(hf_name, "listed but unreadable"))?;
                     if let Some((prefix, suffix)) = c.quant.as_ref().and_then(|s| s.split_packed(hf_name, c)) {
                         let part =
@@ -248,7 +263,9 @@ impl ModelFile {
                 None => {
                     return Err(Error::InvalidModel(format!("{}: tensor {name} is missing", self.path().display())))
                 }
-                Some(t) if t.shape != shape => {
+                // A [1, n] vector may be stored as [n] (llama-quantize rewrites the MoE
+                // shared-expert gate so).
+                Some(t) if without_leading_ones(&t.shape) != without_leading_ones(&shape) => {
                     return Err(Error::tensor(name, format!("shape {:?}, config implies {shape:?}", t.shape)))
                 }
                 Some(_) => {}
@@ -298,6 +315,11 @@ impl ModelFile {
     pub fn parameter_count(&self) -> Result<u64> {
         Ok(self.tensors()?.iter().map(|t| t.n_elements() as u64).sum())
     }
+}
+
+fn without_leading_ones(shape: &[usize]) -> &[usize] {
+    let first = shape.iter().position(|&d| d != 1).unwrap_or(shape.len().saturating_sub(1));
+    &shape[first..]
 }
 
 fn stem_name(p: &Path) -> String {

@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod matrix;
 pub mod model;
+pub mod moe;
 pub mod simd;
 pub mod spm;
 pub mod tokenizer;

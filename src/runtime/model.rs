@@ -9,6 +9,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::matrix::Matrix;
+use super::moe::{ExpertWeights, MoeFfn};
 use super::simd;
 use crate::error::{Error, Result};
 use crate::model::arch::Activation;
@@ -33,9 +34,37 @@ struct Layer<'a> {
     post_attn_norm: Option<Vec<f32>>,
     post_ffn_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
-    w_gate: Matrix<'a>,
-    w_up: Matrix<'a>,
-    w_down: Matrix<'a>,
+    ffn: Ffn<'a>,
+}
+
+/// A decoder layer's feed-forward block. (The dense variant stays inline: it is the common
+/// case, and one per layer.)
+#[allow(clippy::large_enum_variant)]
+enum Ffn<'a> {
+    /// down(act(gate·x) ⊙ up·x)
+    Dense(ExpertWeights<'a>),
+    /// A mixture of experts (Mixtral, Qwen MoE).
+    Moe(Box<MoeFfn<'a>>),
+}
+
+impl<'a> Layer<'a> {
+    /// The linears calibration and the methods work on, in order (q, k, v, o, gate, up,
+    /// down; an MoE layer's experts are not among them).
+    fn linears(&self) -> Vec<&Matrix<'a>> {
+        let mut v = vec![&self.wq, &self.wk, &self.wv, &self.wo];
+        if let Ffn::Dense(w) = &self.ffn {
+            v.extend([&w.gate, &w.up, &w.down]);
+        }
+        v
+    }
+
+    fn linears_mut(&mut self) -> Vec<&mut Matrix<'a>> {
+        let mut v = vec![&mut self.wq, &mut self.wk, &mut self.wv, &mut self.wo];
+        if let Ffn::Dense(w) = &mut self.ffn {
+            v.extend([&mut w.gate, &mut w.up, &mut w.down]);
+        }
+        v
+    }
 }
 
 pub struct LlamaModel<'a> {
@@ -171,9 +200,14 @@ impl<'a> LlamaModel<'a> {
                 post_attn_norm: sandwich("post_attention_norm.weight")?,
                 post_ffn_norm: sandwich("post_ffw_norm.weight")?,
                 ffn_norm: vec_(&n("ffn_norm.weight"))?,
-                w_gate: linear("ffn_gate.weight")?,
-                w_up: linear("ffn_up.weight")?,
-                w_down: mat(&n("ffn_down.weight"))?,
+                ffn: match &cfg.moe {
+                    Some(moe) => Ffn::Moe(Box::new(MoeFfn::load(i, moe, &tensors)?)),
+                    None => Ffn::Dense(ExpertWeights {
+                        gate: linear("ffn_gate.weight")?,
+                        up: linear("ffn_up.weight")?,
+                        down: mat(&n("ffn_down.weight"))?,
+                    }),
+                },
             });
         }
         let output = if cfg.tie_embeddings { None } else { Some(mat("output.weight")?) };
@@ -369,12 +403,17 @@ impl<'a> LlamaModel<'a> {
 
         // Feed-forward block.
         let xn = rms_norm(x, &layer.ffn_norm, cfg.rms_eps);
-        observer.observe(li, &[&layer.w_gate.name, &layer.w_up.name], &xn, n);
-        let gate = layer.w_gate.matmul(&xn, n);
-        let mut up = layer.w_up.matmul(&xn, n);
-        self.activate(&mut up, &gate);
-        observer.observe(li, &[&layer.w_down.name], &up, n);
-        let down = layer.w_down.matmul(&up, n);
+        let down = match &layer.ffn {
+            Ffn::Dense(w) => {
+                observer.observe(li, &[&w.gate.name, &w.up.name], &xn, n);
+                let gate = w.gate.matmul(&xn, n);
+                let mut up = w.up.matmul(&xn, n);
+                self.activate(&mut up, &gate);
+                observer.observe(li, &[&w.down.name], &up, n);
+                w.down.matmul(&up, n)
+            }
+            Ffn::Moe(moe) => moe.forward(&xn, n, &|w, x, m| self.mlp_block(x, m, &w.gate, &w.up, &w.down)),
+        };
         self.add_residual(x, down, layer.post_ffn_norm.as_deref());
         Ok(())
     }
@@ -408,7 +447,7 @@ impl<'a> LlamaModel<'a> {
         let slot = self
             .layers
             .iter_mut()
-            .flat_map(|l| [&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo, &mut l.w_gate, &mut l.w_up, &mut l.w_down])
+            .flat_map(|l| l.linears_mut())
             .find(|s| s.name == m.name)
             .ok_or_else(|| Error::InvalidArgument(format!("{} is not a linear layer of the model", m.name)))?;
         if (slot.rows, slot.cols) != (m.rows, m.cols) {
@@ -516,7 +555,7 @@ impl<'a> LlamaModel<'a> {
 
     /// The linear layers' matrices, layer by layer (q, k, v, o, gate, up, down).
     fn matrices(&self) -> impl Iterator<Item = &Matrix<'a>> {
-        self.layers.iter().flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down])
+        self.layers.iter().flat_map(|l| l.linears())
     }
 
     /// Rotary layout of the q/k rows of this model's weights.
