@@ -156,10 +156,17 @@ fn qwen3_matches_transformers() {
 #[test]
 fn unsupported_rope_type_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let hf = variant(dir.path(), "llama-rope", &json!({"rope_scaling": {"rope_type": "longrope", "factor": 4.0}}));
+    let hf = variant(dir.path(), "llama-rope", &json!({"rope_scaling": {"rope_type": "dynamic", "factor": 4.0}}));
     let e = qforge_err(&[&"inspect", &hf]);
-    assert!(e.contains("\"longrope\"") && e.contains("llama3") && e.contains("yarn"), "{e}");
+    assert!(e.contains("\"dynamic\"") && e.contains("llama3") && e.contains("yarn") && e.contains("longrope"), "{e}");
     assert_eq!(e.trim().lines().count(), 1, "{e}");
+    // LongRoPE outside Phi-3: llama.cpp would run the GGUF without its factors.
+    let dir = tempfile::tempdir().unwrap();
+    let longrope = json!({"rope_type": "longrope", "short_factor": vec![1.0; 8], "long_factor": vec![2.0; 8],
+                          "original_max_position_embeddings": 32});
+    let hf = variant(dir.path(), "llama-rope", &json!({"rope_scaling": longrope}));
+    let e = qforge_err(&[&"inspect", &hf]);
+    assert!(e.contains("longrope") && e.contains("Phi-3"), "{e}");
     // YaRN with an attention factor of its own (which transformers and llama.cpp apply
     // differently): refused, naming the key.
     let dir = tempfile::tempdir().unwrap();

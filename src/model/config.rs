@@ -192,6 +192,12 @@ impl ModelConfig {
             .and_then(Json::as_f64)
             .unwrap_or(10000.0);
         let rope_scaling = RopeScaling::from_hf(&rope_json)?;
+        if matches!(rope_scaling, RopeScaling::LongRope { .. }) && arch != Arch::Phi3 {
+            return Err(Error::Unsupported(format!(
+                "RoPE scaling \"longrope\" in a {class} (llama.cpp applies LongRoPE factors to Phi-3 only, so a GGUF \
+                 of it would run without them)"
+            )));
+        }
         let n_layers = usize_field("num_hidden_layers")?;
         let attn = AttnVariants::from_hf(json, arch, n_layers)?;
         let act = json.get("hidden_activation").or_else(|| json.get("hidden_act")).and_then(Json::as_str);
