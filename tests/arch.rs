@@ -645,12 +645,12 @@ fn moe_refusals_name_the_reason() {
     let m = root().join("tests/fixtures/arch/qwen3moe");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x");
-    for method in ["gptq", "awq", "nf4"] {
+    for method in ["awq", "nf4"] {
         let e = qforge_err(&[&"quantize", &m, &"--method", &method, &"-o", &out]);
         assert!(e.contains("mixture-of-experts") && e.contains("not supported yet"), "{method}: {e}");
     }
-    let e = qforge_err(&[&"imatrix", &m, &"--text", &wiki(), &"-o", &out]);
-    assert!(e.contains("mixture-of-experts"), "{e}");
+    let e = qforge_err(&[&"quantize", &m, &"--method", &"gptq", &"--format", &"hf-gptq", &"-o", &out]);
+    assert!(e.contains("mixture-of-experts") && e.contains("--format gguf"), "{e}");
     assert!(!out.exists());
     // One expert's weight missing.
     let hf = variant(dir.path(), "qwen3moe", &json!({}));
@@ -676,4 +676,84 @@ fn moe_refusals_name_the_reason() {
         let e = qforge_err(&[&"inspect", &"--verify", &hf]);
         assert!(e.contains(want), "{over}: {e}");
     }
+}
+
+/// GPTQ and the importance matrix on MoE models: each expert calibrated on the tokens routed
+/// to it (an expert that too few reach is rounded to nearest, with a note naming it), the
+/// imatrix with one block and one token count per expert, as llama-imatrix writes it, and both
+/// beat plain round-to-nearest.
+#[test]
+fn moe_gptq_and_imatrix_per_expert() {
+    for arch in ["mixtral", "qwen2moe", "qwen3moe"] {
+        let dir = tempfile::tempdir().unwrap();
+        let m = root().join("tests/fixtures/arch").join(arch);
+        let out = |name: &str| dir.path().join(name);
+        let kld = |cand: &Path| -> f64 {
+            let r = qforge_ok(&[
+                &"--json",
+                &"compare",
+                &m,
+                &cand,
+                &"--text",
+                &wiki(),
+                &"--ctx",
+                &"96",
+                &"--max-windows",
+                &"16",
+            ]);
+            serde_json::from_str::<Json>(&r).unwrap()["kld_mean"].as_f64().unwrap()
+        };
+        qforge_ok(&[&"-q", &"quantize", &m, &"-o", &out("rtn.gguf"), &"--type", &"q4_0"]);
+        let gptq = out("gptq.gguf");
+        qforge_ok(&[
+            &"-q",
+            &"quantize",
+            &m,
+            &"--method",
+            &"gptq",
+            &"--type",
+            &"q4_0",
+            &"-o",
+            &gptq,
+            &"--nsamples",
+            &"16",
+            &"--seqlen",
+            &"96",
+        ]);
+        let imatrix = out("imatrix.gguf");
+        qforge_ok(&[&"-q", &"imatrix", &m, &"--text", &wiki(), &"--ctx", &"96", &"--chunks", &"16", &"-o", &imatrix]);
+        let info: Json = serde_json::from_str(&qforge_ok(&[&"--json", &"inspect", &imatrix])).unwrap();
+        let t = |name: &str| info["tensors"].as_array().unwrap().iter().find(|t| t["name"] == name).cloned().unwrap();
+        assert_eq!(t("blk.1.ffn_down_exps.weight.counts")["shape"], json!([4, 1]), "{arch}");
+        let hidden = if arch == "qwen2moe" { 32 } else { 64 };
+        assert_eq!(t("blk.1.ffn_up_exps.weight.in_sum2")["shape"], json!([4, hidden]), "{arch}");
+        let imq = out("imatrix-q4_0.gguf");
+        qforge_ok(&[&"-q", &"quantize", &m, &"--type", &"q4_0", &"--imatrix", &imatrix, &"-o", &imq]);
+        let (rtn, gptq, imq) = (kld(&out("rtn.gguf")), kld(&gptq), kld(&imq));
+        eprintln!("{arch}: KLD Q4_0 RTN {rtn:.5}, GPTQ {gptq:.5}, imatrix {imq:.5}");
+        assert!(gptq < rtn && imq < rtn, "{arch}: RTN {rtn}, GPTQ {gptq}, imatrix {imq}");
+    }
+    // Eight calibration tokens, two experts each: every expert sees fewer than GPTQ needs.
+    let dir = tempfile::tempdir().unwrap();
+    let m = root().join("tests/fixtures/arch/qwen3moe");
+    let o = dir.path().join("few.gguf");
+    let r = qforge_ok(&[
+        &"--json",
+        &"quantize",
+        &m,
+        &"--method",
+        &"gptq",
+        &"--type",
+        &"q4_0",
+        &"-o",
+        &o,
+        &"--nsamples",
+        &"1",
+        &"--seqlen",
+        &"8",
+    ]);
+    let notes = serde_json::from_str::<Json>(&r).unwrap()["notes"].to_string();
+    assert!(notes.contains("ffn_gate_exps.weight[") && notes.contains("rounded to nearest"), "{notes}");
+    let ppl = qforge_ok(&[&"--json", &"perplexity", &o, &"--text", &wiki(), &"--ctx", &"96", &"--max-windows", &"2"]);
+    assert!(serde_json::from_str::<Json>(&ppl).unwrap()["ppl"].as_f64().unwrap().is_finite());
 }

@@ -19,7 +19,8 @@ pub enum Stages {
 }
 
 impl Stages {
-    /// GGUF tensor-name suffixes of each stage.
+    /// GGUF tensor-name prefixes (after `blk.N.`) of each stage: `ffn_gate` takes in an MoE
+    /// layer's `ffn_gate_exps.weight[e]` and `ffn_gate_shexp.weight` too.
     fn groups(self) -> Vec<Vec<&'static str>> {
         const ALL: [&str; 7] = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
         match self {
@@ -32,6 +33,12 @@ impl Stages {
             ],
         }
     }
+}
+
+/// Whether the linear `suffix` (`attn_q.weight`, `ffn_up_exps.weight[3]`) belongs to the stage
+/// entry `group` (`attn_q`, `ffn_up`).
+fn in_group(suffix: &str, group: &str) -> bool {
+    suffix.strip_prefix(group).is_some_and(|rest| rest.starts_with('.') || rest.starts_with('_'))
 }
 
 /// A quantization method driven by calibration activations.
@@ -93,7 +100,12 @@ pub fn run(
     let mut states: Vec<Vec<f32>> = calib.windows.iter().map(|w| model.embed_tokens(w)).collect::<Result<_>>()?;
     for li in 0..model.n_layers() {
         for group in stages.groups() {
-            let names: Vec<String> = group.iter().map(|s| format!("blk.{li}.{s}.weight")).collect();
+            let prefix = format!("blk.{li}.");
+            let names: Vec<String> = model
+                .layer_linear_names(li)
+                .into_iter()
+                .filter(|n| n.strip_prefix(&prefix).is_some_and(|s| group.iter().any(|g| in_group(s, g))))
+                .collect();
             let mut filter = StageFilter { names: &names, inner: q, error: None };
             for x in &states {
                 let mut x = x.clone();

@@ -77,7 +77,6 @@ pub fn run(args: &ImatrixArgs, ui: &Ui) -> Result<()> {
         bail!("--json cannot be combined with `-o -`: standard output carries the imatrix");
     }
     let loaded = Loaded::open(&args.model)?;
-    super::quantize::refuse_moe(loaded.file.config(), "imatrix")?;
     let ids = loaded.tokenize_file(&text, args.ctx, None).with_context(|| format!("reading {}", text.display()))?;
     let windows = windows(&ids, args.ctx, args.chunks)?;
     let model = LlamaModel::load(&loaded.file).with_context(|| format!("loading {}", args.model.display()))?;

@@ -236,9 +236,6 @@ fn run_rtn(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         None => None,
     };
     let model = ModelFile::open(&args.input).with_context(|| format!("cannot load {}", args.input.display()))?;
-    if imatrix.is_some() {
-        refuse_moe(model.config(), "--imatrix")?;
-    }
     let tensors = model.tensors()?;
     let input_bytes: u64 = tensors.iter().map(|t| t.stored_bytes() as u64).sum();
     drop(tensors);

@@ -27,6 +27,8 @@ pub struct ImatrixEncoder {
     /// Tensor name → importance per column, for the tensors that will be re-encoded into a
     /// type with a weighted quantizer.
     weights: HashMap<String, Vec<f32>>,
+    /// Tensor name → row length (the importance holds one block of it per expert).
+    columns: HashMap<String, usize>,
 }
 
 /// How the importance matrix met the model, for warnings and `--json`.
@@ -52,6 +54,7 @@ impl ImatrixEncoder {
     pub fn new(imatrix: &Imatrix, model: &ModelFile, header: &Header) -> Result<(ImatrixEncoder, ImatrixUse)> {
         let sources = model.tensors()?;
         let mut weights = HashMap::new();
+        let mut columns = HashMap::new();
         let mut report = ImatrixUse { entries: imatrix.entries.len(), ..Default::default() };
         for p in header.writer.tensors() {
             let source_type = sources.iter().find(|t| t.name == p.name).map(|t| (t.ggml_type, t.packed.is_some()));
@@ -61,22 +64,26 @@ impl ImatrixEncoder {
                 continue;
             }
             let n_cols = p.ne[0] as usize;
+            // A 3-D tensor (an MoE layer's experts) has one block of importance per expert.
+            let n_mat = p.ne.get(2).copied().unwrap_or(1) as usize;
             match imatrix.importance(&p.name) {
-                Some(w) if w.len() != n_cols => {
+                Some(w) if w.len() != n_cols * n_mat => {
                     if p.name == "token_embd.weight" {
                         report.ignored.push(p.name.clone());
                         continue;
                     }
                     return Err(Error::InvalidArgument(format!(
-                        "imatrix size {} is different from tensor size {n_cols} for {} (an importance matrix of \
+                        "imatrix size {} is different from tensor size {} for {} (an importance matrix of \
                          another model?)",
                         w.len(),
+                        n_cols * n_mat,
                         p.name
                     )));
                 }
                 Some(w) if weighted::uses_weights(p.ggml_type) => {
                     report.weighted.push(p.name.clone());
                     weights.insert(p.name.clone(), w);
+                    columns.insert(p.name.clone(), n_cols);
                 }
                 None if weighted::uses_weights(p.ggml_type) => report.missing.push(p.name.clone()),
                 Some(_) | None => {}
@@ -93,7 +100,7 @@ impl ImatrixEncoder {
                 imatrix.entries[0].name
             )));
         }
-        Ok((ImatrixEncoder { weights }, report))
+        Ok((ImatrixEncoder { weights, columns }, report))
     }
 }
 
@@ -102,7 +109,19 @@ impl TensorEncoder for ImatrixEncoder {
         let Some(w) = self.weights.get(name) else {
             return Ok(None);
         };
-        weighted::encode_weighted(ty, values, w.len(), w).map(Some).map_err(|e| Error::tensor(name, e.to_string()))
+        let Some(&n_cols) = self.columns.get(name) else {
+            return Ok(None);
+        };
+        // Each expert's rows with its own block of the importance (one block for a matrix).
+        let n_mat = w.len() / n_cols.max(1);
+        let per_mat = values.len() / n_mat.max(1);
+        let mut out = Vec::new();
+        for (vals, imp) in values.chunks(per_mat.max(1)).zip(w.chunks(n_cols.max(1))) {
+            out.extend(
+                weighted::encode_weighted(ty, vals, n_cols, imp).map_err(|e| Error::tensor(name, e.to_string()))?,
+            );
+        }
+        Ok(Some(out))
     }
 }
 

@@ -143,9 +143,10 @@ pub fn write(model: &ModelFile, out_dir: &Path, opts: &HfOptions, progress: &Pro
 }
 
 /// The GGUF tensors under their Hugging Face names: an MoE layer's 3-D expert tensors as one
-/// tensor per expert (views of its rows), the shared-expert gate as the [1, hidden] matrix
+/// tensor per expert (views of its rows, named as the runtime names them:
+/// `blk.0.ffn_up_exps.weight[3]`), the shared-expert gate as the [1, hidden] matrix
 /// transformers holds; the tensors GGUF computes from config.json left out.
-fn hf_tensors<'a>(tensors: Vec<TensorRef<'a>>, cfg: &ModelConfig) -> Result<Vec<(String, TensorRef<'a>)>> {
+pub(crate) fn hf_tensors<'a>(tensors: Vec<TensorRef<'a>>, cfg: &ModelConfig) -> Result<Vec<(String, TensorRef<'a>)>> {
     let mut out = Vec::with_capacity(tensors.len());
     for mut t in tensors.into_iter().filter(|t| !names::is_generated_gguf(&t.name)) {
         let expert = t.name.strip_prefix("blk.").and_then(|r| r.split_once('.')).and_then(|(li, suffix)| {
@@ -160,7 +161,7 @@ fn hf_tensors<'a>(tensors: Vec<TensorRef<'a>>, cfg: &ModelConfig) -> Result<Vec<
                 }
                 for (ei, data) in t.data.chunks_exact(bytes.max(1)).enumerate() {
                     let part = TensorRef {
-                        name: t.name.clone(),
+                        name: names::expert_part(&t.name, ei),
                         ggml_type: t.ggml_type,
                         shape: vec![rows, cols],
                         data,

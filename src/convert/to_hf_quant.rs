@@ -75,8 +75,7 @@ pub fn write_replacing(
     let cfg = model.config();
     let from = model.qk_layout();
     let mut out: Vec<(String, OutTensor<'_>)> = Vec::new();
-    for t in model.tensors()?.into_iter().filter(|t| !names::is_generated_gguf(&t.name)) {
-        let hf_name = names::gguf_to_hf(&t.name, cfg.arch)?;
+    for (hf_name, t) in super::to_hf::hf_tensors(model.tensors()?, cfg)? {
         if let Some(parts) = linears.remove(&t.name) {
             let prefix = hf_name.strip_suffix(".weight").unwrap_or(&hf_name).to_string();
             for (suffix, tensor) in parts {

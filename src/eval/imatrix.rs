@@ -18,9 +18,11 @@ pub const OUTPUT_WEIGHT: &str = "output.weight";
 #[derive(Default)]
 struct Sums {
     /// Σx² per column, accumulated in f64 (llama.cpp sums in f32; over hundreds of thousands
-    /// of tokens f64 keeps every one counting) and stored as f32.
+    /// of tokens f64 keeps every one counting) and stored as f32; one block of columns per
+    /// matrix (an MoE tensor's experts).
     sum2: Vec<f64>,
-    tokens: u64,
+    /// Tokens per matrix (for an expert: the tokens routed to it, as llama-imatrix counts).
+    tokens: Vec<u64>,
 }
 
 /// A [`LinearObserver`] that accumulates Σx² per input column of every decoder-layer matrix
@@ -34,15 +36,25 @@ pub struct ImatrixCollector {
     /// The runtime's part weights → the file's fused weight (Phi-3), whose entry llama-imatrix
     /// writes and llama-quantize looks up.
     fused: HashMap<String, String>,
+    /// Experts per MoE tensor (1: a dense model).
+    n_experts: usize,
 }
 
 impl ImatrixCollector {
     pub fn new(process_output: bool) -> ImatrixCollector {
-        ImatrixCollector { process_output, sums: BTreeMap::new(), errors: Vec::new(), fused: HashMap::new() }
+        ImatrixCollector {
+            process_output,
+            sums: BTreeMap::new(),
+            errors: Vec::new(),
+            fused: HashMap::new(),
+            n_experts: 1,
+        }
     }
 
-    /// Record the parts of `cfg`'s fused weights under the fused weight's name.
+    /// Record the parts of `cfg`'s fused weights under the fused weight's name, and each
+    /// expert's matrix as its block of its 3-D tensor's entry.
     pub fn with_fused_names(mut self, cfg: &crate::model::ModelConfig) -> ImatrixCollector {
+        self.n_experts = cfg.moe.as_ref().map_or(1, |m| m.n_experts);
         for li in 0..cfg.n_layers {
             for (fused, parts) in crate::model::names::fused_linears(cfg) {
                 for (p, _) in parts {
@@ -62,9 +74,9 @@ impl ImatrixCollector {
         self.sums.is_empty()
     }
 
-    /// Tokens seen by `name` so far.
+    /// Tokens seen by `name` so far (an MoE tensor: by all its experts).
     pub fn tokens(&self, name: &str) -> Option<u64> {
-        self.sums.get(name).map(|s| s.tokens)
+        self.sums.get(name).map(|s| s.tokens.iter().sum())
     }
 
     fn wanted(&self, name: &str) -> bool {
@@ -81,9 +93,9 @@ impl ImatrixCollector {
             .into_iter()
             .map(|(name, s)| Entry {
                 name,
-                n_cols: s.sum2.len(),
+                n_cols: s.sum2.len() / s.tokens.len().max(1),
                 sums: s.sum2.iter().map(|&v| v as f32).collect(),
-                counts: vec![s.tokens as f32],
+                counts: s.tokens.iter().map(|&t| t as f32).collect(),
             })
             .collect();
         Ok(Imatrix { format: Format::Gguf, entries, datasets, chunk_count, chunk_size })
@@ -134,18 +146,25 @@ impl LinearObserver for ImatrixCollector {
             if !self.wanted(name) {
                 continue;
             }
-            let s = self.sums.entry(name.to_string()).or_default();
+            // An expert's matrix is a block of its 3-D tensor's entry.
+            let (entry, block, n_mat) = match crate::model::names::split_expert_part(name) {
+                Some((tensor, e)) => (tensor, e, self.n_experts),
+                None => (name, 0, 1),
+            };
+            let cols = sum2.len();
+            let s = self.sums.entry(entry.to_string()).or_default();
             if s.sum2.is_empty() {
-                s.sum2 = vec![0f64; sum2.len()];
+                s.sum2 = vec![0f64; cols * n_mat];
+                s.tokens = vec![0; n_mat];
             }
-            if s.sum2.len() != sum2.len() {
-                self.errors.push(format!("{name}: input of {} columns after {}", sum2.len(), s.sum2.len()));
+            if s.sum2.len() != cols * s.tokens.len() || block >= s.tokens.len() {
+                self.errors.push(format!("{name}: input of {cols} columns after {}", s.sum2.len() / s.tokens.len()));
                 continue;
             }
-            for (a, v) in s.sum2.iter_mut().zip(&sum2) {
+            for (a, v) in s.sum2[block * cols..(block + 1) * cols].iter_mut().zip(&sum2) {
                 *a += v;
             }
-            s.tokens += n as u64;
+            s.tokens[block] += n as u64;
         }
     }
 }

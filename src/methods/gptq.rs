@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use crate::calib::sequential::LayerQuantizer;
 use crate::error::{Error, Result};
 use crate::ggml_type::GgmlType;
+use crate::model::names;
 use crate::quant;
 #[cfg(feature = "cuda")]
 use crate::quant::gptq::cuda::{CudaBackend, CudaHessian};
@@ -37,8 +38,12 @@ pub enum Solved {
 /// Put the results of a fused weight's parts (Phi-3's q|k|v, gate|up) together under the fused
 /// weight's name, rows in order: quantizing rows is independent, and the parts share their
 /// input (one Hessian), so this is what GPTQ on the fused weight gives.
-pub fn fuse_results(results: &mut HashMap<String, Solved>, cfg: &crate::model::ModelConfig) -> Result<()> {
-    crate::model::names::fuse_parts(results, cfg, |name, parts| {
+pub fn fuse_results(
+    results: &mut HashMap<String, Solved>,
+    cfg: &crate::model::ModelConfig,
+    experts: bool,
+) -> Result<()> {
+    crate::model::names::fuse_parts(results, cfg, experts, |name, parts| {
         let mismatch = || Error::tensor(name, "its parts were quantized differently");
         let mut parts = parts.into_iter();
         match parts.next().ok_or_else(mismatch)? {
@@ -89,7 +94,16 @@ pub struct GptqMethod {
     pub notes: Vec<String>,
     /// Per-matrix loss reported by the solver, for -v.
     pub losses: Vec<(String, f64)>,
+    /// Calibration tokens behind each Hessian (by its key): an MoE expert sees only the
+    /// tokens routed to it.
+    tokens: HashMap<String, usize>,
 }
+
+/// An expert that fewer calibration tokens than this were routed to is rounded to nearest on
+/// its grid (GPTQ on an identity Hessian) rather than solved: a Hessian of a handful of
+/// tokens has a tiny rank, and the solution would fit those tokens rather than the
+/// expert's inputs. (GPTQModel's fail-safe does the same for experts no token reaches.)
+const MIN_EXPERT_TOKENS: usize = 16;
 
 impl GptqMethod {
     pub fn new(options: GptqOptions, target: Target) -> GptqMethod {
@@ -102,6 +116,7 @@ impl GptqMethod {
             results: HashMap::new(),
             notes: Vec::new(),
             losses: Vec::new(),
+            tokens: HashMap::new(),
         }
     }
 
@@ -161,6 +176,7 @@ impl LayerQuantizer for GptqMethod {
             let h = self.new_hessian(cols)?;
             self.hessians.insert(names[0].to_string(), (names.iter().map(|s| s.to_string()).collect(), h));
         }
+        *self.tokens.entry(names[0].to_string()).or_default() += n;
         let Some((_, h)) = self.hessians.get_mut(names[0]) else {
             return Err(Error::InvalidModel(format!("layer {layer}: no Hessian for {}", names[0])));
         };
@@ -201,13 +217,27 @@ impl LayerQuantizer for GptqMethod {
                 out.push((name.clone(), deq));
                 continue;
             };
-            let key = self
-                .hessians
-                .iter()
-                .find(|(_, (group, _))| group.contains(name))
-                .map(|(k, _)| k.clone())
-                .ok_or_else(|| Error::tensor(name, "no calibration activations reached it"))?;
-            let h = &self.hessians[&key].1;
+            let key = self.hessians.iter().find(|(_, (group, _))| group.contains(name)).map(|(k, _)| k.clone());
+            let seen = key.as_ref().and_then(|k| self.tokens.get(k)).copied().unwrap_or(0);
+            let identity;
+            let h = match key {
+                Some(k) if seen >= MIN_EXPERT_TOKENS || names::split_expert_part(name).is_none() => {
+                    &self.hessians[&k].1
+                }
+                None if names::split_expert_part(name).is_none() => {
+                    return Err(Error::tensor(name, "no calibration activations reached it"));
+                }
+                _ => {
+                    self.notes.push(format!(
+                        "{name}: {seen} calibration tokens were routed to this expert (fewer than \
+                         {MIN_EXPERT_TOKENS}); rounded to nearest on the same grid"
+                    ));
+                    let mut eye = vec![0f64; cols * cols];
+                    eye.iter_mut().step_by(cols + 1).for_each(|d| *d = 1.0);
+                    identity = Hess::Cpu(Hessian::from_dense(eye, cols));
+                    &identity
+                }
+            };
             let r = self
                 .solve(&w, rows, cols, h, &grid)
                 .map_err(|e| Error::InvalidModel(format!("layer {layer}, {name}: {e}")))?
@@ -232,6 +262,7 @@ impl LayerQuantizer for GptqMethod {
         }
         // A Hessian is done once every linear sharing it is quantized.
         self.hessians.retain(|_, (group, _)| !group.iter().all(|g| names.contains(g)));
+        self.tokens.retain(|k, _| self.hessians.contains_key(k));
         Ok(out)
     }
 }

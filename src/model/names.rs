@@ -107,6 +107,31 @@ pub fn fused_linears(cfg: &ModelConfig) -> Vec<(&'static str, Vec<(&'static str,
     ]
 }
 
+/// An MoE layer's 3-D expert tensors with their parts (one matrix per expert, named
+/// `ffn_gate_exps.weight[3]`, the runtime's and the methods' names for them), in the shape of
+/// [`fused_linears`].
+pub fn expert_linears(cfg: &ModelConfig) -> Vec<(&'static str, Vec<(String, usize)>)> {
+    let Some(m) = &cfg.moe else { return Vec::new() };
+    EXPERT_TENSORS
+        .iter()
+        .map(|&t| {
+            let rows = if t.starts_with("ffn_down") { cfg.hidden_size } else { m.expert_ffn };
+            (t, (0..m.n_experts).map(|e| (expert_part(t, e), rows)).collect())
+        })
+        .collect()
+}
+
+/// Expert `e`'s matrix of the 3-D tensor `tensor` (a GGUF name or suffix).
+pub fn expert_part(tensor: &str, e: usize) -> String {
+    format!("{tensor}[{e}]")
+}
+
+/// The 3-D tensor and expert of an expert's matrix name (`blk.0.ffn_up_exps.weight[3]`).
+pub fn split_expert_part(name: &str) -> Option<(&str, usize)> {
+    let (tensor, rest) = name.strip_suffix(']')?.rsplit_once('[')?;
+    Some((tensor, rest.parse().ok()?))
+}
+
 /// The fused weight a part belongs to, by GGUF name (`blk.3.attn_k.weight` →
 /// `blk.3.attn_qkv.weight`); `None` for a weight that is not part of a fused one.
 pub fn fused_name_of(cfg: &ModelConfig, part: &str) -> Option<String> {
@@ -117,13 +142,21 @@ pub fn fused_name_of(cfg: &ModelConfig, part: &str) -> Option<String> {
         .map(|(fused, _)| format!("blk.{prefix}.{fused}"))
 }
 
-/// Give the parts of every fused linear in `map` (keyed by GGUF name) the fused weight's
-/// entry (a planned GGML type applies to all rows of the weight).
+/// Every joined weight of a layer with its parts: fused linears and, with `experts`, the
+/// 3-D expert tensors.
+fn joined_linears(cfg: &ModelConfig, experts: bool) -> Vec<(&'static str, Vec<String>)> {
+    let fused = fused_linears(cfg).into_iter().map(|(f, p)| (f, p.into_iter().map(|(n, _)| n.to_string()).collect()));
+    let experts = if experts { expert_linears(cfg) } else { Vec::new() };
+    fused.chain(experts.into_iter().map(|(f, p)| (f, p.into_iter().map(|(n, _)| n).collect()))).collect()
+}
+
+/// Give the parts of every joined weight in `map` (keyed by GGUF name) the joined weight's
+/// entry (a planned GGML type applies to all rows of the weight, every expert's included).
 pub fn extend_to_parts<T: Clone>(map: &mut std::collections::HashMap<String, T>, cfg: &ModelConfig) {
     for li in 0..cfg.n_layers {
-        for (fused, parts) in fused_linears(cfg) {
-            if let Some(v) = map.get(&format!("blk.{li}.{fused}")).cloned() {
-                for (p, _) in parts {
+        for (joined, parts) in joined_linears(cfg, true) {
+            if let Some(v) = map.get(&format!("blk.{li}.{joined}")).cloned() {
+                for p in parts {
                     map.insert(format!("blk.{li}.{p}"), v.clone());
                 }
             }
@@ -134,14 +167,17 @@ pub fn extend_to_parts<T: Clone>(map: &mut std::collections::HashMap<String, T>,
 /// Replace the parts of every fused linear in `results` (keyed by GGUF name) with one entry
 /// for the fused weight, made by `concat` from the parts in row order. A fused weight with
 /// only some of its parts present is an error (it could not be written).
+/// With `experts`, an MoE layer's per-expert results are joined into its 3-D tensors too
+/// (GGUF); without, they stay per expert (Hugging Face files hold one matrix per expert).
 pub fn fuse_parts<T>(
     results: &mut std::collections::HashMap<String, T>,
     cfg: &ModelConfig,
+    experts: bool,
     concat: impl Fn(&str, Vec<T>) -> Result<T>,
 ) -> Result<()> {
     for li in 0..cfg.n_layers {
-        for (fused, parts) in fused_linears(cfg) {
-            let names: Vec<String> = parts.iter().map(|(p, _)| format!("blk.{li}.{p}")).collect();
+        for (fused, parts) in joined_linears(cfg, experts) {
+            let names: Vec<String> = parts.iter().map(|p| format!("blk.{li}.{p}")).collect();
             if !names.iter().any(|n| results.contains_key(n)) {
                 continue;
             }

@@ -48,20 +48,22 @@ enum Ffn<'a> {
 }
 
 impl<'a> Layer<'a> {
-    /// The linears calibration and the methods work on, in order (q, k, v, o, gate, up,
-    /// down; an MoE layer's experts are not among them).
+    /// The linears calibration and the methods work on, in order (q, k, v, o, then gate,
+    /// up, down of the dense block or of each expert and the shared expert; not the router).
     fn linears(&self) -> Vec<&Matrix<'a>> {
         let mut v = vec![&self.wq, &self.wk, &self.wv, &self.wo];
-        if let Ffn::Dense(w) = &self.ffn {
-            v.extend([&w.gate, &w.up, &w.down]);
+        match &self.ffn {
+            Ffn::Dense(w) => v.extend([&w.gate, &w.up, &w.down]),
+            Ffn::Moe(m) => v.extend(m.linears()),
         }
         v
     }
 
     fn linears_mut(&mut self) -> Vec<&mut Matrix<'a>> {
         let mut v = vec![&mut self.wq, &mut self.wk, &mut self.wv, &mut self.wo];
-        if let Ffn::Dense(w) = &mut self.ffn {
-            v.extend([&mut w.gate, &mut w.up, &mut w.down]);
+        match &mut self.ffn {
+            Ffn::Dense(w) => v.extend([&mut w.gate, &mut w.up, &mut w.down]),
+            Ffn::Moe(m) => v.extend(m.linears_mut()),
         }
         v
     }
@@ -403,16 +405,26 @@ impl<'a> LlamaModel<'a> {
 
         // Feed-forward block.
         let xn = rms_norm(x, &layer.ffn_norm, cfg.rms_eps);
-        let down = match &layer.ffn {
-            Ffn::Dense(w) => {
-                observer.observe(li, &[&w.gate.name, &w.up.name], &xn, n);
-                let gate = w.gate.matmul(&xn, n);
-                let mut up = w.up.matmul(&xn, n);
-                self.activate(&mut up, &gate);
-                observer.observe(li, &[&w.down.name], &up, n);
-                w.down.matmul(&up, n)
+        if let Ffn::Moe(moe) = &layer.ffn {
+            // The router (and the shared expert's gate) read the block's input too; llama-imatrix
+            // collects them, though llama-quantize leaves them in F32.
+            observer.observe(li, &[&moe.router.name], &xn, n);
+            if moe.shared.is_some() {
+                observer.observe(li, &[&format!("blk.{li}.ffn_gate_inp_shexp.weight")], &xn, n);
             }
-            Ffn::Moe(moe) => moe.forward(&xn, n, &|w, x, m| self.mlp_block(x, m, &w.gate, &w.up, &w.down)),
+        }
+        // One gated feed-forward (the dense block, an expert) on `m` rows, observed.
+        let mut ffn = |w: &ExpertWeights<'a>, x: &[f32], m: usize| {
+            observer.observe(li, &[&w.gate.name, &w.up.name], x, m);
+            let gate = w.gate.matmul(x, m);
+            let mut up = w.up.matmul(x, m);
+            self.activate(&mut up, &gate);
+            observer.observe(li, &[&w.down.name], &up, m);
+            w.down.matmul(&up, m)
+        };
+        let down = match &layer.ffn {
+            Ffn::Dense(w) => ffn(w, &xn, n),
+            Ffn::Moe(moe) => moe.forward(&xn, n, &mut ffn),
         };
         self.add_residual(x, down, layer.post_ffn_norm.as_deref());
         Ok(())
@@ -434,6 +446,11 @@ impl<'a> LlamaModel<'a> {
             Activation::GeluTanh => simd::gelu_tanh_mul,
         };
         up.par_chunks_mut(4096).zip(gate.par_chunks(4096)).for_each(|(u, g)| act(u, g));
+    }
+
+    /// The names of layer `li`'s linears, in the order they are computed (see `Layer::linears`).
+    pub fn layer_linear_names(&self, li: usize) -> Vec<String> {
+        self.layers.get(li).map_or_else(Vec::new, |l| l.linears().iter().map(|m| m.name.clone()).collect())
     }
 
     /// The weight matrix named `name` (GGUF name), if it is one of the model's linears.

@@ -17,14 +17,14 @@ pub struct ExpertWeights<'a> {
 }
 
 /// Runs one expert's gated feed-forward on `rows` rows of input.
-pub type ExpertFn<'f, 'a> = dyn Fn(&ExpertWeights<'a>, &[f32], usize) -> Vec<f32> + 'f;
+pub type ExpertFn<'f, 'a> = dyn FnMut(&ExpertWeights<'a>, &[f32], usize) -> Vec<f32> + 'f;
 
 pub struct MoeFfn<'a> {
     /// [n_experts, hidden]
-    router: Matrix<'a>,
-    experts: Vec<ExpertWeights<'a>>,
+    pub router: Matrix<'a>,
+    pub experts: Vec<ExpertWeights<'a>>,
     /// The shared expert and its gate vector ([hidden]).
-    shared: Option<(ExpertWeights<'a>, Vec<f32>)>,
+    pub shared: Option<(ExpertWeights<'a>, Vec<f32>)>,
     n_used: usize,
     norm_topk: bool,
 }
@@ -45,11 +45,30 @@ fn split_experts<'a>(t: &TensorRef<'a>, n_experts: usize) -> Result<Vec<Matrix<'
         data: t.data,
         packed: None,
     };
-    let parts: Vec<(String, usize)> = (0..e).map(|i| (format!("{}[{i}]", t.name), rows)).collect();
+    let parts: Vec<(String, usize)> = (0..e).map(|i| (crate::model::names::expert_part(&t.name, i), rows)).collect();
     Matrix::from_tensor(&flat)?.split_rows(&parts)
 }
 
+impl<'a> ExpertWeights<'a> {
+    fn all(&self) -> [&Matrix<'a>; 3] {
+        [&self.gate, &self.up, &self.down]
+    }
+
+    fn all_mut(&mut self) -> [&mut Matrix<'a>; 3] {
+        [&mut self.gate, &mut self.up, &mut self.down]
+    }
+}
+
 impl<'a> MoeFfn<'a> {
+    /// The experts' and the shared expert's matrices (what GPTQ quantizes), expert by expert.
+    pub fn linears(&self) -> impl Iterator<Item = &Matrix<'a>> {
+        self.experts.iter().chain(self.shared.iter().map(|(w, _)| w)).flat_map(ExpertWeights::all)
+    }
+
+    pub fn linears_mut(&mut self) -> impl Iterator<Item = &mut Matrix<'a>> {
+        self.experts.iter_mut().chain(self.shared.iter_mut().map(|(w, _)| w)).flat_map(ExpertWeights::all_mut)
+    }
+
     /// Layer `li`'s block from the model's tensors.
     pub fn load(li: usize, moe: &MoeConfig, tensors: &[TensorRef<'a>]) -> Result<MoeFfn<'a>> {
         let get = |s: &str| -> Result<&TensorRef<'a>> {
@@ -84,7 +103,7 @@ impl<'a> MoeFfn<'a> {
 
     /// The block's output for the normed input `xn` (n × hidden), the residual not added.
     /// `ffn` runs one expert's gated feed-forward on some rows.
-    pub fn forward(&self, xn: &[f32], n: usize, ffn: &ExpertFn<'_, 'a>) -> Vec<f32> {
+    pub fn forward(&self, xn: &[f32], n: usize, ffn: &mut ExpertFn<'_, 'a>) -> Vec<f32> {
         let h = xn.len() / n.max(1);
         let n_experts = self.experts.len();
         let logits = self.router.matmul(xn, n);

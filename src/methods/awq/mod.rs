@@ -70,8 +70,12 @@ pub enum Quantized {
 /// Put the results of a fused weight's parts (Phi-3's q|k|v, gate|up) together under the fused
 /// weight's name, rows in order (AWQ scales the parts' shared input columns alike, and
 /// quantizes rows independently).
-pub fn fuse_results(results: &mut HashMap<String, Quantized>, cfg: &crate::model::ModelConfig) -> Result<()> {
-    crate::model::names::fuse_parts(results, cfg, |name, parts| {
+pub fn fuse_results(
+    results: &mut HashMap<String, Quantized>,
+    cfg: &crate::model::ModelConfig,
+    experts: bool,
+) -> Result<()> {
+    crate::model::names::fuse_parts(results, cfg, experts, |name, parts| {
         let mismatch = || Error::tensor(name, "its parts were quantized differently");
         let mut parts = parts.into_iter();
         match parts.next().ok_or_else(mismatch)? {
