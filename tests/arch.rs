@@ -576,6 +576,10 @@ fn phi3_matches_transformers() {
         assert!((attn - (1.0 + 4f64.ln() / 32f64.ln()).sqrt()).abs() < 1e-6, "{attn}");
         assert_eq!(m["tokenizer.ggml.tokens"]["len"], 4104);
     });
+    // Without the window (what llama.cpp, which switches Phi-3's window off, computes).
+    check_fixture("phi3", "phi3-nowindow", json!({"sliding_window": null}), |info| {
+        assert_eq!(info["metadata"]["phi3.attention.sliding_window"], 0);
+    });
     let scaling = json!({"rope_type": "longrope", "short_factor": [1.0, 1.1, 1.2, 1.4],
                          "long_factor": [1.0, 1.5, 3.0, 6.0]});
     check_fixture("phi3", "phi3-partial", json!({"partial_rotary_factor": 0.5, "rope_scaling": scaling}), |info| {

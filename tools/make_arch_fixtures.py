@@ -131,6 +131,8 @@ FIXTURES = {
                                      "long_factor": [1.0, 1.1, 1.3, 1.7, 2.4, 3.5, 5.0, 7.0]}),
         "short": {"phi3-short": 32},
         "variants": {
+            # No window: what llama.cpp (which switches Phi-3's window off) computes too.
+            "phi3-nowindow": {"sliding_window": None},
             "phi3-partial": {"partial_rotary_factor": 0.5,
                              "rope_scaling": {"type": "longrope", "short_factor": [1.0, 1.1, 1.2, 1.4],
                                               "long_factor": [1.0, 1.5, 3.0, 6.0]}},
