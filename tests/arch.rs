@@ -104,6 +104,23 @@ fn check_fixture(base: &str, golden_name: &str, override_: Json, expect_gguf: im
     }
 }
 
+/// `compare`'s mean KL divergence of `cand` from `model` over 16 WikiText windows of 96.
+fn kld_from(model: &Path, cand: &Path) -> f64 {
+    let r = qforge_ok(&[
+        &"--json",
+        &"compare",
+        &model,
+        &cand,
+        &"--text",
+        &wiki(),
+        &"--ctx",
+        &"96",
+        &"--max-windows",
+        &"16",
+    ]);
+    serde_json::from_str::<Json>(&r).unwrap()["kld_mean"].as_f64().unwrap()
+}
+
 fn tensor_names(info: &Json) -> Vec<String> {
     info["tensors"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_string()).collect()
 }
@@ -382,21 +399,7 @@ fn gemma_and_phi3_methods_beat_round_to_nearest() {
         let m = root().join("tests/fixtures/arch").join(arch);
         let cal: [&dyn AsRef<std::ffi::OsStr>; 4] = [&"--nsamples", &"16", &"--seqlen", &"96"];
         let out = |name: &str| dir.path().join(name);
-        let kld = |cand: &Path| -> f64 {
-            let r = qforge_ok(&[
-                &"--json",
-                &"compare",
-                &m,
-                &cand,
-                &"--text",
-                &wiki(),
-                &"--ctx",
-                &"96",
-                &"--max-windows",
-                &"16",
-            ]);
-            serde_json::from_str::<Json>(&r).unwrap()["kld_mean"].as_f64().unwrap()
-        };
+        let kld = |cand: &Path| kld_from(&m, cand);
         qforge_ok(&[&"-q", &"quantize", &m, &"-o", &out("rtn.gguf"), &"--type", &"q4_0"]);
         let mut gptq: Vec<&dyn AsRef<std::ffi::OsStr>> =
             vec![&"-q", &"quantize", &m, &"--method", &"gptq", &"--type", &"q4_0", &"-o"];
@@ -692,21 +695,7 @@ fn moe_gptq_and_imatrix_per_expert() {
         let dir = tempfile::tempdir().unwrap();
         let m = root().join("tests/fixtures/arch").join(arch);
         let out = |name: &str| dir.path().join(name);
-        let kld = |cand: &Path| -> f64 {
-            let r = qforge_ok(&[
-                &"--json",
-                &"compare",
-                &m,
-                &cand,
-                &"--text",
-                &wiki(),
-                &"--ctx",
-                &"96",
-                &"--max-windows",
-                &"16",
-            ]);
-            serde_json::from_str::<Json>(&r).unwrap()["kld_mean"].as_f64().unwrap()
-        };
+        let kld = |cand: &Path| kld_from(&m, cand);
         qforge_ok(&[&"-q", &"quantize", &m, &"-o", &out("rtn.gguf"), &"--type", &"q4_0"]);
         let gptq = out("gptq.gguf");
         qforge_ok(&[

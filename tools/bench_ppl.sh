@@ -6,6 +6,8 @@
 # on it), e.g.
 #   CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON \
 #     -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON" pip install llama-cpp-python
+# On a machine without AVX-512 (`grep -c avx512f /proc/cpuinfo` is 0; VMs of this kind vary)
+# leave the AVX-512 flags out (-DGGML_AVX512=OFF), or llama.cpp dies with SIGILL.
 #
 # usage: tools/bench_ppl.sh [MODEL_DIR] [WINDOWS] [THREADS]
 set -euo pipefail

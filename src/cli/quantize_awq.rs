@@ -154,7 +154,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     ui.detail(format!("calibration: {} windows of {} tokens from {}", calib.windows.len(), calib.seqlen, calib.source));
     let calib_start = Instant::now();
     sequential::run(&mut model, &calib, Stages::OneShot, &mut method, &mut |_| bar.inc(1))?;
-    crate::methods::awq::fuse_results(&mut method.results, &cfg, format == Format::Gguf)?;
+    crate::methods::fuse_results(&mut method.results, &cfg, format == Format::Gguf)?;
     bar.finish_and_clear();
     let awq_secs = calib_start.elapsed().as_secs_f64();
     drop(model);

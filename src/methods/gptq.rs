@@ -35,43 +35,25 @@ pub enum Solved {
     },
 }
 
-/// Put the results of a fused weight's parts (Phi-3's q|k|v, gate|up) together under the fused
-/// weight's name, rows in order: quantizing rows is independent, and the parts share their
-/// input (one Hessian), so this is what GPTQ on the fused weight gives.
-pub fn fuse_results(
-    results: &mut HashMap<String, Solved>,
-    cfg: &crate::model::ModelConfig,
-    experts: bool,
-) -> Result<()> {
-    crate::model::names::fuse_parts(results, cfg, experts, |name, parts| {
-        let mismatch = || Error::tensor(name, "its parts were quantized differently");
-        let mut parts = parts.into_iter();
-        match parts.next().ok_or_else(mismatch)? {
-            Solved::Int(mut q) => {
-                for p in parts {
-                    let Solved::Int(p) = p else { return Err(mismatch()) };
-                    if (p.bits, p.group_size, &p.g_idx) != (q.bits, q.group_size, &q.g_idx) {
-                        return Err(mismatch());
-                    }
-                    q.codes.extend(p.codes);
-                    q.scales.extend(p.scales);
-                    q.zeros.extend(p.zeros);
-                }
-                Ok(Solved::Int(q))
+impl super::RowParts for Solved {
+    fn append(&mut self, other: Solved) -> bool {
+        match (self, other) {
+            (Solved::Int(q), Solved::Int(p))
+                if (p.bits, p.group_size, &p.g_idx) == (q.bits, q.group_size, &q.g_idx) =>
+            {
+                q.codes.extend(p.codes);
+                q.scales.extend(p.scales);
+                q.zeros.extend(p.zeros);
+                true
             }
-            Solved::Ggml { ty, mut rows, mut bytes } => {
-                for p in parts {
-                    let Solved::Ggml { ty: t, rows: r, bytes: b } = p else { return Err(mismatch()) };
-                    if t != ty {
-                        return Err(mismatch());
-                    }
-                    rows += r;
-                    bytes.extend(b);
-                }
-                Ok(Solved::Ggml { ty, rows, bytes })
+            (Solved::Ggml { ty, rows, bytes }, Solved::Ggml { ty: t, rows: r, bytes: b }) if *ty == t => {
+                *rows += r;
+                bytes.extend(b);
+                true
             }
+            _ => false,
         }
-    })
+    }
 }
 
 /// A Hessian in host memory or on the GPU.

@@ -3,3 +3,32 @@
 
 pub mod awq;
 pub mod gptq;
+
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+use crate::model::{names, ModelConfig};
+
+/// A method's result for one matrix that the results of other rows can be appended to.
+pub trait RowParts: Sized {
+    /// Append `other`'s rows; false when the two cannot form one tensor (other grids).
+    fn append(&mut self, other: Self) -> bool;
+}
+
+/// Put the results of a joined weight's parts (Phi-3's q|k|v and gate|up; with `experts`, an
+/// MoE layer's experts) together under the joined weight's name, rows in order: rows quantize
+/// independently and the parts share their input (one Hessian, one set of AWQ scales), so this
+/// is what the method on the joined weight gives.
+pub fn fuse_results<T: RowParts>(results: &mut HashMap<String, T>, cfg: &ModelConfig, experts: bool) -> Result<()> {
+    names::fuse_parts(results, cfg, experts, |name, parts| {
+        let mismatch = || Error::tensor(name, "its parts were quantized differently");
+        let mut parts = parts.into_iter();
+        let mut joined = parts.next().ok_or_else(mismatch)?;
+        for p in parts {
+            if !joined.append(p) {
+                return Err(mismatch());
+            }
+        }
+        Ok(joined)
+    })
+}

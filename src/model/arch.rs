@@ -135,6 +135,18 @@ const LLAMA: ArchSpec = ArchSpec {
     hf_defaults: &[],
 };
 
+/// Qwen's MoE blocks (`mlp.experts.N.gate_proj`, router `mlp.gate`), weights not renormalized
+/// (Qwen2-MoE; llama.cpp's qwen3moe renormalizes).
+const QWEN_EXPERTS: ExpertNames = ExpertNames {
+    block: "mlp",
+    gate: "gate_proj",
+    up: "up_proj",
+    down: "down_proj",
+    norm_topk: false,
+    shared_expert: false,
+    names: &[("mlp.gate.weight", "ffn_gate_inp.weight")],
+};
+
 /// The architecture table. `from_gguf` takes the first row with a GGUF name, so Llama comes
 /// before Mistral.
 pub const ARCHS: &[ArchSpec] = &[
@@ -249,11 +261,6 @@ pub const ARCHS: &[ArchSpec] = &[
         qkv_bias: true,
         llama_vocab_rules: false,
         experts: Some(ExpertNames {
-            block: "mlp",
-            gate: "gate_proj",
-            up: "up_proj",
-            down: "down_proj",
-            norm_topk: false,
             shared_expert: true,
             names: &[
                 ("mlp.gate.weight", "ffn_gate_inp.weight"),
@@ -262,6 +269,7 @@ pub const ARCHS: &[ArchSpec] = &[
                 ("mlp.shared_expert.up_proj.weight", "ffn_up_shexp.weight"),
                 ("mlp.shared_expert.down_proj.weight", "ffn_down_shexp.weight"),
             ],
+            ..QWEN_EXPERTS
         }),
         ..LLAMA
     },
@@ -273,15 +281,7 @@ pub const ARCHS: &[ArchSpec] = &[
         gguf_permutes_qk: false,
         qk_norm: true,
         llama_vocab_rules: false,
-        experts: Some(ExpertNames {
-            block: "mlp",
-            gate: "gate_proj",
-            up: "up_proj",
-            down: "down_proj",
-            norm_topk: true,
-            shared_expert: false,
-            names: &[("mlp.gate.weight", "ffn_gate_inp.weight")],
-        }),
+        experts: Some(ExpertNames { norm_topk: true, ..QWEN_EXPERTS }),
         ..LLAMA
     },
 ];

@@ -67,44 +67,24 @@ pub enum Quantized {
     Ggml { ty: GgmlType, rows: usize, bytes: Vec<u8> },
 }
 
-/// Put the results of a fused weight's parts (Phi-3's q|k|v, gate|up) together under the fused
-/// weight's name, rows in order (AWQ scales the parts' shared input columns alike, and
-/// quantizes rows independently).
-pub fn fuse_results(
-    results: &mut HashMap<String, Quantized>,
-    cfg: &crate::model::ModelConfig,
-    experts: bool,
-) -> Result<()> {
-    crate::model::names::fuse_parts(results, cfg, experts, |name, parts| {
-        let mismatch = || Error::tensor(name, "its parts were quantized differently");
-        let mut parts = parts.into_iter();
-        match parts.next().ok_or_else(mismatch)? {
-            Quantized::Int(mut q) => {
-                for p in parts {
-                    let Quantized::Int(p) = p else { return Err(mismatch()) };
-                    if (p.cols, p.group_size) != (q.cols, q.group_size) {
-                        return Err(mismatch());
-                    }
-                    q.rows += p.rows;
-                    q.codes.extend(p.codes);
-                    q.scales.extend(p.scales);
-                    q.zeros.extend(p.zeros);
-                }
-                Ok(Quantized::Int(q))
+impl crate::methods::RowParts for Quantized {
+    fn append(&mut self, other: Quantized) -> bool {
+        match (self, other) {
+            (Quantized::Int(q), Quantized::Int(p)) if (p.cols, p.group_size) == (q.cols, q.group_size) => {
+                q.rows += p.rows;
+                q.codes.extend(p.codes);
+                q.scales.extend(p.scales);
+                q.zeros.extend(p.zeros);
+                true
             }
-            Quantized::Ggml { ty, mut rows, mut bytes } => {
-                for p in parts {
-                    let Quantized::Ggml { ty: t, rows: r, bytes: b } = p else { return Err(mismatch()) };
-                    if t != ty {
-                        return Err(mismatch());
-                    }
-                    rows += r;
-                    bytes.extend(b);
-                }
-                Ok(Quantized::Ggml { ty, rows, bytes })
+            (Quantized::Ggml { ty, rows, bytes }, Quantized::Ggml { ty: t, rows: r, bytes: b }) if *ty == t => {
+                *rows += r;
+                bytes.extend(b);
+                true
             }
+            _ => false,
         }
-    })
+    }
 }
 
 /// What the scale search chose for one group of one layer.
