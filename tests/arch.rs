@@ -750,3 +750,24 @@ fn moe_gptq_and_imatrix_per_expert() {
     let ppl = qforge_ok(&[&"--json", &"perplexity", &o, &"--text", &wiki(), &"--ctx", &"96", &"--max-windows", &"2"]);
     assert!(serde_json::from_str::<Json>(&ppl).unwrap()["ppl"].as_f64().unwrap().is_finite());
 }
+
+/// Mistral v0.1's sliding window on every layer, as transformers applies it (llama.cpp's
+/// `llama` ignores it): qforge writes it to GGUF as `llama.attention.sliding_window` and runs
+/// it from there, and a `llama` GGUF with a window goes back to Hugging Face as a Mistral.
+#[test]
+fn mistral_sliding_window_matches_transformers() {
+    check_fixture("mistral", "mistral", json!({}), |info| {
+        assert_eq!(info["metadata"]["general.architecture"], "llama");
+        assert_eq!(info["metadata"]["llama.attention.sliding_window"], 24);
+    });
+    check_fixture("mistral", "mistral-nowindow", json!({"sliding_window": null}), |info| {
+        assert!(info["metadata"].get("llama.attention.sliding_window").is_none());
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("m.gguf");
+    qforge_ok(&[&"-q", &"convert", &root().join("tests/fixtures/arch/mistral"), &"-o", &gguf, &"--outtype", &"f32"]);
+    let back = dir.path().join("back");
+    qforge_ok(&[&"-q", &"convert", &gguf, &"-o", &back, &"--to", &"hf"]);
+    let cfg: Json = serde_json::from_slice(&std::fs::read(back.join("config.json")).unwrap()).unwrap();
+    assert_eq!((&cfg["architectures"][0], &cfg["sliding_window"]), (&json!("MistralForCausalLM"), &json!(24)));
+}

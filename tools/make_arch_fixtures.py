@@ -23,13 +23,14 @@ import sys
 import torch
 from safetensors.torch import save_file
 from transformers import (AutoTokenizer, Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig,
-                          LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM, Phi3Config, Phi3ForCausalLM,
+                          LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, MixtralConfig, MixtralForCausalLM, Phi3Config, Phi3ForCausalLM,
                           Qwen2Config, Qwen2ForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM, Qwen3Config,
                           Qwen3ForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM)
 
 CLASSES = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM),
            "qwen3": (Qwen3Config, Qwen3ForCausalLM), "gemma2": (Gemma2Config, Gemma2ForCausalLM),
            "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM), "phi3": (Phi3Config, Phi3ForCausalLM),
+           "mistral": (MistralConfig, MistralForCausalLM),
            "mixtral": (MixtralConfig, MixtralForCausalLM), "qwen2moe": (Qwen2MoeConfig, Qwen2MoeForCausalLM),
            "qwen3moe": (Qwen3MoeConfig, Qwen3MoeForCausalLM)}
 # Gemma's RMSNorm scales by 1 + w.
@@ -137,6 +138,16 @@ FIXTURES = {
                              "rope_scaling": {"type": "longrope", "short_factor": [1.0, 1.1, 1.2, 1.4],
                                               "long_factor": [1.0, 1.5, 3.0, 6.0]}},
         },
+    },
+    # Mistral v0.1: a sliding window (24 here, 4096 there) on every layer, which transformers
+    # applies and llama.cpp's `llama` ignores. The variant: no window.
+    "mistral": {
+        "class": "mistral",
+        "config": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, max_position_embeddings=256, rope_theta=10000.0, rms_norm_eps=1e-5,
+                       tie_word_embeddings=True, initializer_range=0.1, bos_token_id=0, eos_token_id=1,
+                       pad_token_id=2, sliding_window=24),
+        "variants": {"mistral-nowindow": {"sliding_window": None}},
     },
     # Mixture of experts, 4 experts with top-2 routing: Mixtral (llama.cpp's `llama` with
     # expert tensors, weights renormalized), Qwen2-MoE (q/k/v biases, a shared expert behind a

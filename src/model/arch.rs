@@ -79,8 +79,10 @@ pub struct ArchSpec {
     pub swa_pattern: usize,
     /// Sliding-window layers use their own RoPE base without scaling (Gemma 3's local layers).
     pub swa_own_rope: bool,
-    /// Every layer attends through `sliding_window` when config.json sets one (Phi-3, as
-    /// transformers runs it; llama.cpp reads the window but currently switches it off).
+    /// Every layer attends through `sliding_window` when config.json sets one, as transformers
+    /// runs Mistral (v0.1: 4096), Mixtral and Phi-3. llama.cpp ignores the window of its `llama`
+    /// architecture (its converter does not write it; qforge writes the key, which llama.cpp
+    /// leaves unread) and switches Phi-3's off.
     pub swa_every_layer: bool,
     /// q/k/v are one fused projection (`attn_qkv`, rows q|k|v) and gate/up one (`ffn_up`,
     /// rows gate|up) in both file formats (Phi-3). qforge computes with the parts (row ranges
@@ -126,7 +128,7 @@ const LLAMA: ArchSpec = ArchSpec {
     embed_scale: false,
     swa_pattern: 0,
     swa_own_rope: false,
-    swa_every_layer: false,
+    swa_every_layer: true,
     fused_linears: false,
     experts: None,
     llama_vocab_rules: true,
@@ -154,6 +156,7 @@ pub const ARCHS: &[ArchSpec] = &[
     ArchSpec { arch: Arch::Mistral, hf_classes: &["MistralForCausalLM"], hf_model_type: "mistral", ..LLAMA },
     ArchSpec {
         arch: Arch::Qwen2,
+        swa_every_layer: false,
         hf_classes: &["Qwen2ForCausalLM"],
         hf_model_type: "qwen2",
         gguf_name: "qwen2",
@@ -164,6 +167,7 @@ pub const ARCHS: &[ArchSpec] = &[
     },
     ArchSpec {
         arch: Arch::Qwen3,
+        swa_every_layer: false,
         hf_classes: &["Qwen3ForCausalLM"],
         hf_model_type: "qwen3",
         gguf_name: "qwen3",
@@ -174,6 +178,7 @@ pub const ARCHS: &[ArchSpec] = &[
     },
     ArchSpec {
         arch: Arch::Gemma2,
+        swa_every_layer: false,
         hf_classes: &["Gemma2ForCausalLM"],
         hf_model_type: "gemma2",
         gguf_name: "gemma2",
@@ -190,6 +195,7 @@ pub const ARCHS: &[ArchSpec] = &[
     },
     ArchSpec {
         arch: Arch::Gemma3,
+        swa_every_layer: false,
         // The multimodal class's text model (its vision tower is left out, as llama.cpp's
         // converter leaves it for the separate mmproj file).
         hf_classes: &["Gemma3ForCausalLM", "Gemma3ForConditionalGeneration"],
@@ -254,6 +260,7 @@ pub const ARCHS: &[ArchSpec] = &[
     },
     ArchSpec {
         arch: Arch::Qwen2Moe,
+        swa_every_layer: false,
         hf_classes: &["Qwen2MoeForCausalLM"],
         hf_model_type: "qwen2_moe",
         gguf_name: "qwen2moe",
@@ -275,6 +282,7 @@ pub const ARCHS: &[ArchSpec] = &[
     },
     ArchSpec {
         arch: Arch::Qwen3Moe,
+        swa_every_layer: false,
         hf_classes: &["Qwen3MoeForCausalLM"],
         hf_model_type: "qwen3_moe",
         gguf_name: "qwen3moe",

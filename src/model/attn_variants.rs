@@ -219,8 +219,13 @@ impl AttnVariants {
         let spec = arch.spec();
         let mut keys = Vec::new();
         if spec.swa_every_layer {
-            // llama.cpp's converter writes 0 for "none".
-            keys.push(("attention.sliding_window", Value::U32(self.sliding_window.unwrap_or(0) as u32)));
+            // llama.cpp's converter writes Phi-3's window, 0 for "none"; for `llama` models it
+            // writes none, and qforge only writes one there is.
+            match (self.sliding_window, spec.fused_linears) {
+                (w, true) => keys.push(("attention.sliding_window", Value::U32(w.unwrap_or(0) as u32))),
+                (Some(w), false) => keys.push(("attention.sliding_window", Value::U32(w as u32))),
+                (None, false) => {}
+            }
             return keys;
         }
         if spec.swa_pattern == 0 {
@@ -295,8 +300,12 @@ mod tests {
         assert_eq!(a.swa_rope_theta, Some(500.0));
         assert_eq!(a.query_scale, Some(0.125));
         assert!(a.is_swa(0) && !a.is_swa(2));
-        // Architectures without sliding-window layers ignore the keys (Mistral, Qwen2).
-        assert_eq!(AttnVariants::from_hf(&v5, Arch::Mistral, 4).unwrap(), AttnVariants::default());
+        // Qwen2 has no sliding-window layers (use_sliding_window is refused elsewhere);
+        // Mistral's window covers every layer.
+        assert_eq!(AttnVariants::from_hf(&v5, Arch::Qwen2, 4).unwrap(), AttnVariants::default());
+        let mistral = AttnVariants::from_hf(&v5, Arch::Mistral, 4).unwrap();
+        assert_eq!((mistral.sliding_window, mistral.swa_layers), (Some(16), vec![true; 4]));
+        assert_eq!(mistral.query_scale, None);
         let bad = json!({"layer_types": ["chunked_attention"]});
         assert!(AttnVariants::from_hf(&bad, Arch::Gemma2, 1).is_err());
     }

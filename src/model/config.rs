@@ -200,6 +200,12 @@ impl ModelConfig {
         }
         let n_layers = usize_field("num_hidden_layers")?;
         let attn = AttnVariants::from_hf(json, arch, n_layers)?;
+        // Qwen's sliding window (only from layer `max_window_layers` on) is not modeled.
+        if json.get("use_sliding_window").and_then(Json::as_bool) == Some(true) {
+            return Err(Error::Unsupported(format!(
+                "use_sliding_window in a {class} (qforge runs its attention without the window, as llama.cpp does)"
+            )));
+        }
         let act = json.get("hidden_activation").or_else(|| json.get("hidden_act")).and_then(Json::as_str);
         let want = match arch.spec().activation {
             Activation::Silu => ["silu", "swish"],
@@ -528,9 +534,14 @@ impl ModelConfig {
             Activation::Silu => "silu",
             Activation::GeluTanh => "gelu_pytorch_tanh",
         };
+        // A `llama` GGUF with a sliding window is a Mistral: LlamaForCausalLM has no window.
+        let arch = match self.arch {
+            Arch::Llama if self.attn.sliding_window.is_some() => Arch::Mistral,
+            a => a,
+        };
         let mut config = serde_json::json!({
-            "architectures": [self.arch.hf_class()],
-            "model_type": self.arch.hf_model_type(),
+            "architectures": [arch.hf_class()],
+            "model_type": arch.hf_model_type(),
             "hidden_size": self.hidden_size,
             "intermediate_size": self.ffn_size,
             "num_hidden_layers": self.n_layers,
