@@ -69,12 +69,6 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let loaded = Loaded::open(&args.input)?;
     let file = &loaded.file;
     let cfg = file.config().clone();
-    if cfg.moe.is_some() && format != Format::Gguf {
-        bail!(
-            "hf-gptq of a mixture-of-experts model is not supported yet (qforge cannot read packed experts back to \
-             check it); GPTQ onto GGUF grids (--format gguf --type …) is"
-        );
-    }
     if format == Format::HfGptq {
         super::quantize::check_group_size(&cfg, group_size)?;
     }

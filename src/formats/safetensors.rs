@@ -208,11 +208,6 @@ impl HfCheckpoint {
             multimodal,
         };
         if ckpt.config.moe.is_some() {
-            if ckpt.quant.is_some() {
-                return Err(Error::Unsupported(
-                    "quantized (GPTQ/AWQ/bitsandbytes) mixture-of-experts checkpoints are not supported yet".into(),
-                ));
-            }
             ckpt.merge_experts()?;
         }
         if ckpt.config.arch.spec().norm_plus_one {
@@ -224,19 +219,17 @@ impl HfCheckpoint {
     /// Join each layer's per-expert weights into the 3-D tensors GGUF holds (see
     /// `merged_experts`), checking that every expert is there once, with one type and shape.
     fn merge_experts(&mut self) -> Result<()> {
-        use crate::model::names::hf_expert;
-        let arch = self.config.arch;
         let n_experts = self.config.moe.as_ref().map_or(0, |m| m.n_experts);
-        // (layer, suffix) → the HF name of each expert, and the last name in file order.
+        // (layer, suffix) → each expert's HF weight prefix, and the last name in file order.
         type Slots = (Vec<Option<String>>, String);
         let mut groups: BTreeMap<(usize, &'static str), Slots> = BTreeMap::new();
         for name in self.names() {
-            let Some((li, ei, suffix)) = hf_expert(name, arch) else { continue };
+            let Some((li, ei, suffix, prefix)) = self.expert_of(name) else { continue };
             if ei >= n_experts {
                 return Err(Error::tensor(name, format!("expert {ei} of a model with {n_experts}")));
             }
             let (slots, last) = groups.entry((li, suffix)).or_insert_with(|| (vec![None; n_experts], String::new()));
-            slots[ei] = Some(name.to_string());
+            slots[ei] = Some(prefix.to_string());
             *last = name.to_string();
         }
         for ((li, suffix), (slots, last)) in groups {
@@ -244,22 +237,21 @@ impl HfCheckpoint {
             let mut ty_shape: Option<(GgmlType, Vec<usize>)> = None;
             let mut bytes = Vec::new();
             for (ei, slot) in slots.iter().enumerate() {
-                let name = slot.as_deref().ok_or_else(|| {
+                let prefix = slot.as_deref().ok_or_else(|| {
                     Error::InvalidModel(format!("{gguf}: expert {ei} of {n_experts} is missing from the checkpoint"))
                 })?;
-                let t = self.tensor(name).ok_or_else(|| Error::tensor(name, "listed but unreadable"))?;
-                let ty = t.ggml_type(name)?;
+                let (ty, shape, data) = self.expert_weight(prefix, &gguf)?;
                 match &ty_shape {
-                    None => ty_shape = Some((ty, t.shape.to_vec())),
-                    Some((ty0, shape0)) if (*ty0, shape0.as_slice()) != (ty, t.shape) => {
-                        return Err(Error::tensor(name, format!("{ty} {:?}, other experts {ty0} {shape0:?}", t.shape)))
+                    None => ty_shape = Some((ty, shape)),
+                    Some((ty0, shape0)) if (*ty0, shape0) != (ty, &shape) => {
+                        return Err(Error::tensor(prefix, format!("{ty} {shape:?}, other experts {ty0} {shape0:?}")))
                     }
                     Some(_) => {}
                 }
                 if bytes.is_empty() {
-                    bytes.reserve_exact(t.data.len() * n_experts);
+                    bytes.reserve_exact(data.len() * n_experts);
                 }
-                bytes.extend_from_slice(t.data);
+                bytes.extend_from_slice(&data);
             }
             let (ty, shape) = ty_shape.ok_or_else(|| Error::InvalidModel(format!("{gguf}: no experts")))?;
             let shape = std::iter::once(n_experts).chain(shape).collect();
@@ -267,6 +259,51 @@ impl HfCheckpoint {
             self.expert_emit.insert(last, gguf);
         }
         Ok(())
+    }
+
+    /// An expert's weight or, in a quantized checkpoint, a part of one (`…experts.3.w1.qweight`):
+    /// (layer, expert, GGUF suffix of its 3-D tensor, the HF weight's prefix).
+    pub fn expert_of<'n>(&self, name: &'n str) -> Option<(usize, usize, &'static str, &'n str)> {
+        let arch = self.config.arch;
+        if let Some((prefix, _)) = self.quant.as_ref().and_then(|q| q.split_packed(name, self)) {
+            let (li, ei, suffix) = crate::model::names::hf_expert(&format!("{prefix}.weight"), arch)?;
+            return Some((li, ei, suffix, prefix));
+        }
+        let (li, ei, suffix) = crate::model::names::hf_expert(name, arch)?;
+        Some((li, ei, suffix, name.strip_suffix(".weight")?))
+    }
+
+    /// One expert's weight (by HF prefix) as stored, or decoded to F32 when it is packed
+    /// (GPTQ/AWQ/bitsandbytes), whose layout spans rows and cannot be joined as it is.
+    fn expert_weight(&self, prefix: &str, gguf: &str) -> Result<(GgmlType, Vec<usize>, Vec<u8>)> {
+        let plain = format!("{prefix}.weight");
+        let packed =
+            self.quant.as_ref().filter(|q| q.split_packed(&plain, self).is_some() || self.tensor(&plain).is_none());
+        match (packed, self.tensor(&plain)) {
+            (None, Some(t)) => Ok((t.ggml_type(&plain)?, t.shape.to_vec(), t.data.to_vec())),
+            (Some(scheme), _) => {
+                let parts: Vec<crate::quant::packed::Part<'_>> = self
+                    .names()
+                    .filter_map(|n| {
+                        let (p, suffix) = scheme.split_packed(n, self)?;
+                        (p == prefix).then_some((n, suffix))
+                    })
+                    .filter_map(|(n, suffix)| {
+                        self.tensor(n).map(|t| crate::quant::packed::Part {
+                            suffix: suffix.to_string(),
+                            dtype: t.dtype,
+                            shape: t.shape.to_vec(),
+                            data: t.data,
+                        })
+                    })
+                    .collect();
+                let p = crate::quant::packed::Packed::new(gguf, scheme.clone(), parts)?;
+                let mut values = vec![0f32; p.rows * p.cols];
+                p.decode_rows(0, p.rows, &mut values);
+                Ok((GgmlType::F32, vec![p.rows, p.cols], values.iter().flat_map(|v| v.to_le_bytes()).collect()))
+            }
+            (None, None) => Err(Error::tensor(&plain, "listed but unreadable")),
+        }
     }
 
     /// `1 + w` of every norm weight, as llama.cpp's converter stores Gemma's norms (in f32, as

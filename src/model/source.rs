@@ -169,8 +169,9 @@ impl ModelFile {
                     if names::is_ignorable_hf(hf_name, c.multimodal) {
                         continue;
                     }
-                    // An expert's weight: its layer's 3-D tensor comes after the last one.
-                    if names::hf_expert(hf_name, c.config.arch).is_some() && c.config.moe.is_some() {
+                    // An expert's weight (or part of a packed one): its layer's 3-D tensor comes
+                    // after the last one.
+                    if c.config.moe.is_some() && c.expert_of(hf_name).is_some() {
                         if let Some((gguf, (ty, shape, bytes))) =
                             c.expert_emit.get(hf_name).and_then(|g| c.merged_experts.get_key_value(g))
                         {
