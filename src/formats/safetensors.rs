@@ -223,10 +223,15 @@ impl HfCheckpoint {
         // (layer, suffix) → each expert's HF weight prefix, and the last name in file order.
         type Slots = (Vec<Option<String>>, String);
         let mut groups: BTreeMap<(usize, &'static str), Slots> = BTreeMap::new();
+        // A packed expert's parts by weight prefix (found once: big MoE models have thousands).
+        let mut packed_parts: HashMap<String, Vec<(String, String)>> = HashMap::new();
         for name in self.names() {
             let Some((li, ei, suffix, prefix)) = self.expert_of(name) else { continue };
             if ei >= n_experts {
                 return Err(Error::tensor(name, format!("expert {ei} of a model with {n_experts}")));
+            }
+            if let Some((_, part)) = self.quant.as_ref().and_then(|q| q.split_packed(name, self)) {
+                packed_parts.entry(prefix.to_string()).or_default().push((name.to_string(), part.to_string()));
             }
             let (slots, last) = groups.entry((li, suffix)).or_insert_with(|| (vec![None; n_experts], String::new()));
             slots[ei] = Some(prefix.to_string());
@@ -240,7 +245,7 @@ impl HfCheckpoint {
                 let prefix = slot.as_deref().ok_or_else(|| {
                     Error::InvalidModel(format!("{gguf}: expert {ei} of {n_experts} is missing from the checkpoint"))
                 })?;
-                let (ty, shape, data) = self.expert_weight(prefix, &gguf)?;
+                let (ty, shape, data) = self.expert_weight(prefix, packed_parts.get(prefix), &gguf)?;
                 match &ty_shape {
                     None => ty_shape = Some((ty, shape)),
                     Some((ty0, shape0)) if (*ty0, shape0) != (ty, &shape) => {
@@ -273,36 +278,39 @@ impl HfCheckpoint {
         Some((li, ei, suffix, name.strip_suffix(".weight")?))
     }
 
-    /// One expert's weight (by HF prefix) as stored, or decoded to F32 when it is packed
-    /// (GPTQ/AWQ/bitsandbytes), whose layout spans rows and cannot be joined as it is.
-    fn expert_weight(&self, prefix: &str, gguf: &str) -> Result<(GgmlType, Vec<usize>, Vec<u8>)> {
+    /// One expert's weight (by HF prefix) as stored or, when it is packed (GPTQ/AWQ/
+    /// bitsandbytes: `parts`, by name and suffix), decoded to F32, as a packed layout spans rows
+    /// and cannot be joined as it is.
+    fn expert_weight(
+        &self,
+        prefix: &str,
+        parts: Option<&Vec<(String, String)>>,
+        gguf: &str,
+    ) -> Result<(GgmlType, Vec<usize>, Vec<u8>)> {
         let plain = format!("{prefix}.weight");
-        let packed =
-            self.quant.as_ref().filter(|q| q.split_packed(&plain, self).is_some() || self.tensor(&plain).is_none());
-        match (packed, self.tensor(&plain)) {
-            (None, Some(t)) => Ok((t.ggml_type(&plain)?, t.shape.to_vec(), t.data.to_vec())),
-            (Some(scheme), _) => {
-                let parts: Vec<crate::quant::packed::Part<'_>> = self
-                    .names()
-                    .filter_map(|n| {
-                        let (p, suffix) = scheme.split_packed(n, self)?;
-                        (p == prefix).then_some((n, suffix))
-                    })
-                    .filter_map(|(n, suffix)| {
-                        self.tensor(n).map(|t| crate::quant::packed::Part {
-                            suffix: suffix.to_string(),
+        match (self.quant.as_ref(), parts) {
+            (Some(scheme), Some(parts)) => {
+                let parts = parts
+                    .iter()
+                    .map(|(n, suffix)| {
+                        let t = self.tensor(n).ok_or_else(|| Error::tensor(n, "listed but unreadable"))?;
+                        Ok(crate::quant::packed::Part {
+                            suffix: suffix.clone(),
                             dtype: t.dtype,
                             shape: t.shape.to_vec(),
                             data: t.data,
                         })
                     })
-                    .collect();
+                    .collect::<Result<Vec<_>>>()?;
                 let p = crate::quant::packed::Packed::new(gguf, scheme.clone(), parts)?;
                 let mut values = vec![0f32; p.rows * p.cols];
                 p.decode_rows(0, p.rows, &mut values);
                 Ok((GgmlType::F32, vec![p.rows, p.cols], values.iter().flat_map(|v| v.to_le_bytes()).collect()))
             }
-            (None, None) => Err(Error::tensor(&plain, "listed but unreadable")),
+            _ => {
+                let t = self.tensor(&plain).ok_or_else(|| Error::tensor(&plain, "listed but unreadable"))?;
+                Ok((t.ggml_type(&plain)?, t.shape.to_vec(), t.data.to_vec()))
+            }
         }
     }
 
