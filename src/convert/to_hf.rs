@@ -149,11 +149,8 @@ pub fn write(model: &ModelFile, out_dir: &Path, opts: &HfOptions, progress: &Pro
 pub(crate) fn hf_tensors<'a>(tensors: Vec<TensorRef<'a>>, cfg: &ModelConfig) -> Result<Vec<(String, TensorRef<'a>)>> {
     let mut out = Vec::with_capacity(tensors.len());
     for mut t in tensors.into_iter().filter(|t| !names::is_generated_gguf(&t.name)) {
-        let expert = t.name.strip_prefix("blk.").and_then(|r| r.split_once('.')).and_then(|(li, suffix)| {
-            names::EXPERT_TENSORS.iter().find(|s| **s == suffix).map(|s| (li.parse::<usize>().ok(), *s))
-        });
-        match expert {
-            Some((Some(li), suffix)) if t.shape.len() == 3 => {
+        match names::gguf_expert_tensor(&t.name) {
+            Some((li, suffix)) if t.shape.len() == 3 => {
                 let (e, rows, cols) = (t.shape[0], t.shape[1], t.shape[2]);
                 let bytes = t.ggml_type.row_bytes(cols as u64)? as usize * rows;
                 if bytes * e != t.data.len() {

@@ -451,10 +451,17 @@ impl ModelConfig {
         let layers = (0..self.n_layers).flat_map(move |i| {
             let b = move |n: &str| format!("blk.{i}.{n}");
             let mut l = Vec::with_capacity(12);
+            // Fused weights (Phi-3): their rows are their parts' (`names::fused_linears`).
+            let fused_rows = |f: &str| {
+                crate::model::names::fused_linears(self)
+                    .into_iter()
+                    .find(|(name, _)| *name == f)
+                    .map_or(0, |(_, parts)| parts.iter().map(|(_, r)| r).sum::<usize>())
+            };
             let fused = self.arch.spec().fused_linears;
             l.push((b("attn_norm.weight"), vec![h]));
             if fused {
-                l.push((b("attn_qkv.weight"), vec![q + 2 * kv, h]));
+                l.push((b("attn_qkv.weight"), vec![fused_rows("attn_qkv.weight"), h]));
             } else {
                 l.push((b("attn_q.weight"), vec![q, h]));
                 l.push((b("attn_k.weight"), vec![kv, h]));
@@ -492,7 +499,7 @@ impl ModelConfig {
                 return l;
             }
             if fused {
-                l.push((b("ffn_up.weight"), vec![2 * f, h]));
+                l.push((b("ffn_up.weight"), vec![fused_rows("ffn_up.weight"), h]));
             } else {
                 l.push((b("ffn_gate.weight"), vec![f, h]));
                 l.push((b("ffn_up.weight"), vec![f, h]));

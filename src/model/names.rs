@@ -69,6 +69,14 @@ fn layer_map(arch: Arch) -> impl Iterator<Item = &'static (&'static str, &'stati
 /// GGUF suffixes of an MoE layer's expert weights, all experts in one 3-D tensor each.
 pub const EXPERT_TENSORS: [&str; 3] = ["ffn_gate_exps.weight", "ffn_up_exps.weight", "ffn_down_exps.weight"];
 
+/// A GGUF 3-D expert tensor's layer and suffix (`blk.3.ffn_up_exps.weight` → 3,
+/// `ffn_up_exps.weight`).
+pub fn gguf_expert_tensor(name: &str) -> Option<(usize, &'static str)> {
+    let (li, suffix) = name.strip_prefix("blk.")?.split_once('.')?;
+    let s = EXPERT_TENSORS.iter().find(|s| **s == suffix)?;
+    Some((li.parse().ok()?, s))
+}
+
 /// One expert's weight in Hugging Face names (`model.layers.3.mlp.experts.7.up_proj.weight`):
 /// (layer, expert, the GGUF suffix of the 3-D tensor that holds it).
 pub fn hf_expert(name: &str, arch: Arch) -> Option<(usize, usize, &'static str)> {
