@@ -644,19 +644,13 @@ fn moe_matches_transformers() {
     }
 }
 
-/// What qforge cannot do with an MoE model yet is refused by name, and MoE checkpoints that
-/// do not hold the model their config describes are refused with the reason.
+/// MoE checkpoints that do not hold the model their config describes are refused with the
+/// reason.
 #[test]
 fn moe_refusals_name_the_reason() {
     use safetensors::tensor::TensorView;
     let m = root().join("tests/fixtures/arch/qwen3moe");
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("x");
-    for method in ["awq", "nf4"] {
-        let e = qforge_err(&[&"quantize", &m, &"--method", &method, &"-o", &out]);
-        assert!(e.contains("mixture-of-experts") && e.contains("not supported yet"), "{method}: {e}");
-    }
-    assert!(!out.exists());
     // One expert's weight missing.
     let hf = variant(dir.path(), "qwen3moe", &json!({}));
     let st = SafetensorsFile::open(&m.join("model.safetensors")).unwrap();
@@ -683,12 +677,12 @@ fn moe_refusals_name_the_reason() {
     }
 }
 
-/// GPTQ and the importance matrix on MoE models: each expert calibrated on the tokens routed
-/// to it (an expert that too few reach is rounded to nearest, with a note naming it), the
-/// imatrix with one block and one token count per expert, as llama-imatrix writes it, and both
-/// beat plain round-to-nearest.
+/// GPTQ, AWQ and the importance matrix on MoE models: each expert calibrated on the tokens
+/// routed to it (an expert that too few reach is rounded to nearest, with a note naming it),
+/// the imatrix with one block and one token count per expert, as llama-imatrix writes it, and
+/// all three beat plain round-to-nearest.
 #[test]
-fn moe_gptq_and_imatrix_per_expert() {
+fn moe_calibrated_methods_per_expert() {
     for arch in ["mixtral", "qwen2moe", "qwen3moe"] {
         let dir = tempfile::tempdir().unwrap();
         let m = root().join("tests/fixtures/arch").join(arch);
@@ -720,12 +714,55 @@ fn moe_gptq_and_imatrix_per_expert() {
         assert_eq!(t("blk.1.ffn_up_exps.weight.in_sum2")["shape"], json!([4, hidden]), "{arch}");
         let imq = out("imatrix-q4_0.gguf");
         qforge_ok(&[&"-q", &"quantize", &m, &"--type", &"q4_0", &"--imatrix", &imatrix, &"-o", &imq]);
-        let (rtn, gptq, imq) = (kld(&out("rtn.gguf")), kld(&gptq), kld(&imq));
-        eprintln!("{arch}: KLD Q4_0 RTN {rtn:.5}, GPTQ {gptq:.5}, imatrix {imq:.5}");
-        assert!(gptq < rtn && imq < rtn, "{arch}: RTN {rtn}, GPTQ {gptq}, imatrix {imq}");
+        let awq = out("awq.gguf");
+        let cal: [&dyn AsRef<std::ffi::OsStr>; 4] = [&"--nsamples", &"16", &"--seqlen", &"96"];
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> =
+            vec![&"-q", &"quantize", &m, &"--method", &"awq", &"--type", &"q4_0", &"-o", &awq];
+        args.extend(cal);
+        qforge_ok(&args);
+        let (rtn, gptq, imq, awq) = (kld(&out("rtn.gguf")), kld(&gptq), kld(&imq), kld(&awq));
+        eprintln!("{arch}: KLD Q4_0 RTN {rtn:.5}, GPTQ {gptq:.5}, imatrix {imq:.5}, AWQ {awq:.5}");
+        assert!(gptq < rtn && imq < rtn && awq < rtn, "{arch}: RTN {rtn}, GPTQ {gptq}, imatrix {imq}, AWQ {awq}");
+        if arch == "qwen2moe" {
+            // hf-awq: one packed module per expert; the router and the shared expert's gate,
+            // which took the gate/up scales, stay float in their Hugging Face shapes.
+            let hf = out("hf-awq");
+            let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> =
+                vec![&"-q", &"quantize", &m, &"--method", &"awq", &"--group-size", &"16", &"-o", &hf];
+            args.extend(cal);
+            qforge_ok(&args);
+            let st = SafetensorsFile::open(&hf.join("model.safetensors")).unwrap();
+            assert!(st.tensor("model.layers.1.mlp.experts.3.down_proj.qweight").is_some());
+            assert!(st.tensor("model.layers.1.mlp.shared_expert.up_proj.qweight").is_some());
+            assert_eq!(st.tensor("model.layers.1.mlp.gate.weight").unwrap().shape, [4, 32]);
+            assert_eq!(st.tensor("model.layers.1.mlp.shared_expert_gate.weight").unwrap().shape, [1, 32]);
+            let k = kld(&hf);
+            eprintln!("{arch}: KLD hf-awq g16 {k:.5}");
+            assert!(k < rtn, "hf-awq {k} vs Q4_0 RTN {rtn}");
+            // NF4 quantizes what transformers + bitsandbytes quantize (checked against them by
+            // tools/check_hf_transformers.py): attention, the shared expert and its gate; the
+            // experts (3-D parameters in transformers 5, not nn.Linear) and the router stay float.
+            let nf4 = out("nf4");
+            qforge_ok(&[&"-q", &"quantize", &m, &"--method", &"nf4", &"-o", &nf4]);
+            let st = SafetensorsFile::open(&nf4.join("model.safetensors")).unwrap();
+            for quantized in ["self_attn.q_proj", "mlp.shared_expert.down_proj", "mlp.shared_expert_gate"] {
+                let name = format!("model.layers.1.{quantized}.weight.absmax");
+                assert!(st.tensor(&name).is_some(), "{name} missing");
+            }
+            assert_eq!(st.tensor("model.layers.1.mlp.shared_expert_gate.weight").unwrap().shape, [16, 1]);
+            assert!(st.tensor("model.layers.1.mlp.experts.3.down_proj.weight.absmax").is_none());
+            assert_eq!(st.tensor("model.layers.1.mlp.experts.3.down_proj.weight").unwrap().shape, [32, 48]);
+            assert_eq!(st.tensor("model.layers.1.mlp.gate.weight").unwrap().shape, [4, 32]);
+            let k = kld(&nf4);
+            eprintln!("{arch}: KLD nf4 {k:.5}");
+            assert!(k > 0.0 && k < 2.0 * rtn, "nf4 {k} vs Q4_0 RTN {rtn}");
+        }
         if arch == "mixtral" {
-            // hf-gptq: one packed module per expert, as GPTQModel names them, read back by
-            // qforge (each expert decoded) and converted to GGUF.
+            // hf-gptq: one packed module per expert under the names GPTQModel loads them by
+            // (`mlp.experts.E.gate_proj`, router `mlp.gate`; v2 zero points, asymmetric), read
+            // back by qforge (each expert decoded) and converted to GGUF. The same checkpoint
+            // under the names AutoGPTQ-era Mixtral checkpoints use (`block_sparse_moe`, w1/w3/w2)
+            // is the same model to qforge.
             let hf = out("hf-gptq");
             qforge_ok(&[
                 &"-q",
@@ -745,10 +782,33 @@ fn moe_gptq_and_imatrix_per_expert() {
                 &"96",
             ]);
             let st = SafetensorsFile::open(&hf.join("model.safetensors")).unwrap();
-            assert!(st.tensor("model.layers.1.block_sparse_moe.experts.3.w2.qweight").is_some());
+            assert!(st.tensor("model.layers.1.mlp.experts.3.down_proj.qweight").is_some());
+            assert!(st.tensor("model.layers.1.mlp.gate.weight").is_some());
+            let qc: Json = serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
+            assert_eq!(qc["quantization_config"]["checkpoint_format"], "gptq_v2");
             let k = kld(&hf);
             eprintln!("{arch}: KLD hf-gptq g16 {k:.5}");
             assert!(k < rtn, "hf-gptq {k} vs Q4_0 RTN {rtn}");
+            let legacy = out("hf-gptq-legacy");
+            std::fs::create_dir(&legacy).unwrap();
+            for f in std::fs::read_dir(&hf).unwrap() {
+                let f = f.unwrap().path();
+                std::fs::copy(&f, legacy.join(f.file_name().unwrap())).unwrap();
+            }
+            let renamed = |n: &str| {
+                let n = n.replace(".mlp.", ".block_sparse_moe.");
+                n.replace(".gate_proj.", ".w1.").replace(".up_proj.", ".w3.").replace(".down_proj.", ".w2.")
+            };
+            let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
+                .names()
+                .map(|n| {
+                    let t = st.tensor(n).unwrap();
+                    (renamed(n), safetensors::tensor::TensorView::new(t.dtype, t.shape.to_vec(), t.data).unwrap())
+                })
+                .collect();
+            safetensors::serialize_to_file(views, None, &legacy.join("model.safetensors")).unwrap();
+            let k_legacy = kld(&legacy);
+            assert!((k_legacy - k).abs() <= 1e-9 * k.max(1.0), "legacy names: KLD {k_legacy} vs {k}");
             qforge_ok(&[&"-q", &"convert", &hf, &"-o", &out("from-gptq.gguf"), &"--outtype", &"f16"]);
         }
     }
@@ -773,6 +833,29 @@ fn moe_gptq_and_imatrix_per_expert() {
     ]);
     let notes = serde_json::from_str::<Json>(&r).unwrap()["notes"].to_string();
     assert!(notes.contains("ffn_gate_exps.weight[") && notes.contains("rounded to nearest"), "{notes}");
+    let ppl = qforge_ok(&[&"--json", &"perplexity", &o, &"--text", &wiki(), &"--ctx", &"96", &"--max-windows", &"2"]);
+    assert!(serde_json::from_str::<Json>(&ppl).unwrap()["ppl"].as_f64().unwrap().is_finite());
+    // AWQ likewise: no scales or clipping fitted to a handful of an expert's tokens.
+    let o = dir.path().join("few-awq.gguf");
+    let r = qforge_ok(&[
+        &"--json",
+        &"quantize",
+        &m,
+        &"--method",
+        &"awq",
+        &"--type",
+        &"q4_0",
+        &"-o",
+        &o,
+        &"--nsamples",
+        &"1",
+        &"--seqlen",
+        &"8",
+    ]);
+    let r: Json = serde_json::from_str(&r).unwrap();
+    let notes = r["notes"].to_string();
+    assert!(notes.contains("ffn_gate_exps.weight[") && notes.contains("rounded to nearest"), "{notes}");
+    assert!(!r["scales"].to_string().contains("down["), "an expert got scales from too few tokens: {r}");
     let ppl = qforge_ok(&[&"--json", &"perplexity", &o, &"--text", &wiki(), &"--ctx", &"96", &"--max-windows", &"2"]);
     assert!(serde_json::from_str::<Json>(&ppl).unwrap()["ppl"].as_f64().unwrap().is_finite());
 }

@@ -91,10 +91,11 @@ fn scales(n: usize, seed: u32) -> Vec<f32> {
     (0..n).map(|i| 10f32.powf((((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 1000.0 - 0.5)).collect()
 }
 
-#[test]
-fn folding_the_scales_keeps_the_logits() {
-    let file = ModelFile::open(&tiny()).unwrap();
-    let tokens: Vec<u32> = (0..64).map(|i| (i * 97 + 5) % 8000).collect();
+/// Fold random scales everywhere AWQ folds them; the logits must not move. (The models use
+/// grouped-query attention, so o cannot fold into v.)
+fn fold_everything_keeps_the_logits(dir: &Path, vocab: u32) {
+    let file = ModelFile::open(dir).unwrap();
+    let tokens: Vec<u32> = (0..64).map(|i| (i * 97 + 5) % vocab).collect();
     let logits = |m: &LlamaModel<'_>| {
         let mut cache = KvCache::new(&m.config, tokens.len());
         m.forward(&tokens, &mut cache).unwrap()
@@ -105,8 +106,9 @@ fn folding_the_scales_keeps_the_logits() {
         let mut l = LayerF32::from_model(&model, li).unwrap();
         l.fold_attn(&scales(l.hidden, 1 + li as u32));
         l.fold_mlp(&scales(l.hidden, 7 + li as u32));
-        l.fold_down(&scales(l.ffn, 13 + li as u32));
-        // The tiny model uses grouped-query attention: o cannot fold into v.
+        for i in 0..l.ffns.len() {
+            l.fold_down(i, &scales(l.ffns[i].width, 13 + (li + i) as u32));
+        }
         assert!(!l.can_fold_o());
         assert!(l.fold_o(&scales(l.q_dim, 3)).is_err());
         l.store(&mut model).unwrap();
@@ -114,11 +116,35 @@ fn folding_the_scales_keeps_the_logits() {
     let after = logits(&model);
     let scale = before.iter().fold(0f32, |m, v| m.max(v.abs()));
     let worst = before.iter().zip(&after).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(worst <= 1e-4 * scale, "folding changed the logits by {worst} (max |logit| {scale})");
+    assert!(worst <= 1e-4 * scale, "{}: folding changed the logits by {worst} (max |logit| {scale})", dir.display());
     // And the scales did change the weights (the check is not vacuous).
     let l0 = LayerF32::from_model(&model, 0).unwrap();
     let orig = LayerF32::from_model(&LlamaModel::load(&file).unwrap(), 0).unwrap();
     assert!(l0.attn_norm.iter().zip(&orig.attn_norm).any(|(a, b)| (a - b).abs() > 1e-3 * b.abs()));
+    assert!(l0.ffns.iter().zip(&orig.ffns).all(|(a, b)| a.down != b.down));
+}
+
+#[test]
+fn folding_the_scales_keeps_the_logits() {
+    fold_everything_keeps_the_logits(&tiny(), 8000);
+}
+
+/// In an MoE layer the gate/up scales fold into post_attention_layernorm, which the router
+/// (and Qwen2-MoE's shared-expert gate) read too: their columns take the scales, so the
+/// routing, and with it the logits, stay as they were.
+#[test]
+fn folding_the_scales_keeps_an_moe_models_logits() {
+    for arch in ["mixtral", "qwen2moe"] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/arch").join(arch);
+        fold_everything_keeps_the_logits(&dir, 8000);
+        let model_file = ModelFile::open(&dir).unwrap();
+        let model = LlamaModel::load(&model_file).unwrap();
+        let mut l = LayerF32::from_model(&model, 0).unwrap();
+        let router = l.router.clone().expect("an MoE layer has a router");
+        l.fold_mlp(&scales(l.hidden, 5));
+        assert_ne!(l.router.as_ref(), Some(&router), "{arch}: the router did not take the scales");
+        assert_eq!(l.shared_gate.is_some(), arch == "qwen2moe");
+    }
 }
 
 /// v → o folding (multi-head attention only): o·(v·x) is unchanged.

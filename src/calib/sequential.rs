@@ -6,7 +6,8 @@
 
 use super::Calibration;
 use crate::error::{Error, Result};
-use crate::runtime::{LinearObserver, LlamaModel, Matrix};
+use crate::model::names;
+use crate::runtime::{LinearObserver, LlamaModel};
 
 /// The order in which a layer's linears are quantized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +48,13 @@ pub trait LayerQuantizer {
     /// linears of the stage being quantized are reported).
     fn observe(&mut self, layer: usize, names: &[&str], x: &[f32], n: usize) -> Result<()>;
 
+    /// The input of an MoE layer's router `router` (the whole expert block's normed input,
+    /// every token) during a pass of a stage that holds the block's experts. A method that
+    /// scales the block's input as one (AWQ) needs it; the default ignores it.
+    fn observe_block(&mut self, _layer: usize, _router: &str, _x: &[f32], _n: usize) -> Result<()> {
+        Ok(())
+    }
+
     /// Quantize `names` (GGUF names, all observed over every window). `inputs` are the layer's
     /// input hidden states per window (AWQ re-runs parts of the layer on them). Returns the
     /// quantized-then-dequantized weights (rows × cols, in the model's row layout) that replace
@@ -70,7 +78,12 @@ struct StageFilter<'q> {
 
 impl LinearObserver for StageFilter<'_> {
     fn observe(&mut self, layer: usize, names: &[&str], x: &[f32], n: usize) {
-        if self.error.is_some() || !names.iter().any(|m| self.names.iter().any(|s| s == m)) {
+        if self.error.is_some() {
+            return;
+        }
+        let router = matches!(names, [r] if names::router_layer(r) == Some(layer));
+        let experts_in_stage = || self.names.iter().any(|s| names::split_expert_part(s).is_some());
+        if router && !experts_in_stage() || !router && !names.iter().any(|m| self.names.iter().any(|s| s == m)) {
             return;
         }
         if x.iter().any(|v| !v.is_finite()) {
@@ -80,7 +93,12 @@ impl LinearObserver for StageFilter<'_> {
             )));
             return;
         }
-        if let Err(e) = self.inner.observe(layer, names, x, n) {
+        let r = if router {
+            self.inner.observe_block(layer, names[0], x, n)
+        } else {
+            self.inner.observe(layer, names, x, n)
+        };
+        if let Err(e) = r {
             self.error = Some(e);
         }
     }
@@ -116,17 +134,7 @@ pub fn run(
                 }
             }
             for (name, values) in q.quantize(model, li, &names, &states)? {
-                if model.vector(&name).is_some() {
-                    model.set_vector(&name, values)?;
-                    continue;
-                }
-                let (rows, cols) = {
-                    let m = model
-                        .weight(&name)
-                        .ok_or_else(|| Error::InvalidArgument(format!("{name} is not a linear of the model")))?;
-                    (m.rows, m.cols)
-                };
-                model.set_weight(Matrix::from_f32(&name, rows, cols, values)?)?;
+                model.set_tensor(&name, values)?;
             }
         }
         // The next layer's inputs: this layer's outputs with its quantized weights.

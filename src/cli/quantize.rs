@@ -155,6 +155,21 @@ pub struct GptqArgs {
     /// Where GPTQ runs: auto (a CUDA GPU when one is usable, else the CPU), cpu, cuda.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
+    /// hf-gptq: how zero points are stored. gptq_v2 (the default for asymmetric grids) is what
+    /// GPTQModel loads from any producer and transformers loads too; gptq (v1, zero − 1) is
+    /// the older kernels' format, which GPTQModel reads for asymmetric grids only from its
+    /// own quantizer (and which cannot hold a zero point of 0: such checkpoints become v2).
+    /// Symmetric grids default to gptq.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub checkpoint_format: Option<CheckpointFormat>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckpointFormat {
+    #[value(name = "gptq")]
+    Gptq,
+    #[value(name = "gptq_v2")]
+    GptqV2,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -204,19 +219,6 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
             bail!("--format {f:?} needs --method gptq, awq or nf4; round-to-nearest writes GGUF")
         }
     }
-}
-
-/// Methods that calibrate or weight per linear do not reach an MoE model's experts yet:
-/// refuse rather than leave the experts unquantized or wrongly weighted.
-pub(super) fn refuse_moe(cfg: &crate::model::ModelConfig, what: &str) -> Result<()> {
-    if cfg.moe.is_some() {
-        bail!(
-            "{what} on a mixture-of-experts model ({}) is not supported yet: the experts need per-expert \
-             calibration; round-to-nearest (`--method rtn` without --imatrix) quantizes it",
-            cfg.arch.hf_class()
-        );
-    }
-    Ok(())
 }
 
 /// Round-to-nearest GGUF quantization with llama.cpp's quantizers.
@@ -481,7 +483,8 @@ impl PlanReport {
 /// every width (SmolLM2-135M's 576 and 1536 take 64, not the default 128).
 pub(crate) fn check_group_size(cfg: &crate::model::ModelConfig, group_size: Option<usize>) -> Result<()> {
     let Some(g) = group_size else { return Ok(()) };
-    let widths = [("hidden size", cfg.hidden_size), ("attention width", cfg.q_dim()), ("FFN width", cfg.ffn_size)];
+    let mut widths = vec![("hidden size", cfg.hidden_size), ("attention width", cfg.q_dim())];
+    widths.extend(cfg.ffn_widths().into_iter().map(|w| ("FFN width", w)));
     if let Some((what, w)) = widths.iter().find(|(_, w)| w % g != 0) {
         let fits = (0..=g.ilog2()).rev().map(|e| 1usize << e).find(|p| widths.iter().all(|(_, w)| w % p == 0));
         bail!(

@@ -82,6 +82,9 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
             bail!("--type chooses GGML types for --format gguf; hf-awq is 4-bit with --group-size");
         }
     }
+    if g.checkpoint_format.is_some() {
+        bail!("--checkpoint-format applies to --method gptq --format hf-gptq");
+    }
     if args.awq_opts.awq_sample_tokens == 0 {
         bail!("--awq-sample-tokens must be positive");
     }
@@ -96,7 +99,6 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let loaded = Loaded::open(&args.input)?;
     let file = &loaded.file;
     let cfg = file.config().clone();
-    super::quantize::refuse_moe(&cfg, "AWQ")?;
     if format == Format::HfAwq {
         check_awq_shapes(&cfg, group_size)?;
     }
@@ -158,6 +160,9 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     bar.finish_and_clear();
     let awq_secs = calib_start.elapsed().as_secs_f64();
     drop(model);
+    for n in &method.notes {
+        ui.warn(n);
+    }
     for r in &method.reports {
         ui.detail(format!(
             "layer {} {}: alpha {:.2}, block MSE {:.3e} (round-to-nearest {:.3e})",
@@ -192,7 +197,9 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         }
         _ => {
             let linears = hf_linears(&mut method, &cfg, layout)?;
-            let replaced = hf_vectors(&mut method, &cfg, layout)?;
+            let shapes: HashMap<String, Vec<usize>> =
+                file.tensors()?.into_iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
+            let replaced = hf_vectors(&mut method, &cfg, layout, &shapes)?;
             let qc = json!({
                 "quant_method": "awq", "bits": 4, "group_size": g.group_size, "zero_point": true,
                 "version": "gemm", "modules_to_not_convert": null,
@@ -214,7 +221,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
             "type": args.quant_type, "scale_search": options.scale, "clip_search": options.clip,
             "sample_tokens": options.sample_tokens, "duo_scaling": options.duo,
             "calibration": {"source": calib.source, "windows": calib.windows.len(), "seqlen": calib.seqlen},
-            "scales": method.reports, "tensors": n_tensors, "bytes": bytes, "awq_seconds": awq_secs, "seconds": secs,
+            "scales": method.reports, "notes": method.notes, "tensors": n_tensors, "bytes": bytes, "awq_seconds": awq_secs, "seconds": secs,
         }));
     } else if output.as_os_str() != "-" {
         ui.note(format!(
@@ -229,13 +236,9 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
 
 /// The gemm layout packs 8 output rows per word and needs whole groups in every row.
 fn check_awq_shapes(cfg: &ModelConfig, group_size: Option<usize>) -> Result<()> {
-    for (what, rows) in [
-        ("q_proj", cfg.q_dim()),
-        ("k/v_proj", cfg.kv_dim()),
-        ("o_proj", cfg.hidden_size),
-        ("gate/up_proj", cfg.ffn_size),
-        ("down_proj", cfg.hidden_size),
-    ] {
+    let mut outputs = vec![("q_proj", cfg.q_dim()), ("k/v_proj", cfg.kv_dim()), ("o/down_proj", cfg.hidden_size)];
+    outputs.extend(cfg.ffn_widths().into_iter().map(|w| ("gate/up_proj", w)));
+    for (what, rows) in outputs {
         if rows % 8 != 0 {
             bail!("{what} has {rows} output features, not a multiple of 8: it cannot be packed as AWQ gemm");
         }
@@ -313,12 +316,14 @@ fn hf_linears(method: &mut AwqMethod, cfg: &ModelConfig, from: RopeLayout) -> Re
     Ok(out)
 }
 
-/// The folded norms (and v bias) as f32 tensors: rounding them to the checkpoint's bf16 would
-/// add an error of up to 2⁻⁹ per channel to what the fold computed exactly.
+/// The folded norms (and v bias, an MoE layer's router and shared gate) as f32 tensors of
+/// their shapes in `shapes`: rounding them to the checkpoint's bf16 would add an error of up
+/// to 2⁻⁹ per channel to what the fold computed exactly.
 fn hf_vectors(
     method: &mut AwqMethod,
     cfg: &ModelConfig,
     from: RopeLayout,
+    shapes: &HashMap<String, Vec<usize>>,
 ) -> Result<HashMap<String, OutTensor<'static>>> {
     let mut out = HashMap::new();
     for (name, v) in method.vectors.drain() {
@@ -330,7 +335,8 @@ fn hf_vectors(
         // Gemma's HF norms are offsets from 1.
         let shift = if crate::convert::hf_norm_offset(cfg, &name) { 1.0 } else { 0.0 };
         let data: Vec<u8> = v.iter().flat_map(|x| (x - shift).to_le_bytes()).collect();
-        out.insert(name, OutTensor { dtype: Dtype::F32, shape: vec![n], data: Cow::Owned(data) });
+        let shape = shapes.get(&name).cloned().unwrap_or_else(|| vec![n]);
+        out.insert(name, OutTensor { dtype: Dtype::F32, shape, data: Cow::Owned(data) });
     }
     Ok(out)
 }

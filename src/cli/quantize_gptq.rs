@@ -39,6 +39,9 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         bail!("--imatrix applies to --method rtn; GPTQ calibrates on its own activations");
     }
     let g = &args.gptq;
+    if format != Format::HfGptq && g.checkpoint_format.is_some() {
+        bail!("--checkpoint-format applies to --format hf-gptq");
+    }
     if format == Format::HfGptq && ![2, 3, 4, 8].contains(&g.bits) {
         bail!("--bits must be 2, 3, 4 or 8 for hf-gptq");
     }
@@ -140,8 +143,15 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
             (n, size)
         }
         _ => {
-            let (linears, v2) = hf_linears(&mut method.results, &cfg, layout, g.bits)?;
-            if v2 {
+            // GPTQModel (the only loader of quantized MoE experts on transformers 5, which holds
+            // experts as 3-D parameters) reads asymmetric v1 checkpoints only from its own
+            // quantizer: asymmetric grids are written as v2 unless v1 is asked for.
+            let want_v2 = match g.checkpoint_format {
+                Some(f) => f == super::quantize::CheckpointFormat::GptqV2,
+                None => !g.sym,
+            };
+            let (linears, v2) = hf_linears(&mut method.results, &cfg, layout, g.bits, want_v2)?;
+            if v2 && !want_v2 {
                 ui.warn("some groups have zero point 0, which the v1 \"gptq\" format cannot store; wrote checkpoint_format \"gptq_v2\"");
             }
             let qc = json!({
@@ -249,15 +259,17 @@ impl TensorEncoder for SolvedEncoder<'_> {
 
 type Linears = HashMap<String, Vec<(String, OutTensor<'static>)>>;
 
-/// The hf-gptq tensors of every quantized linear (rows back in Hugging Face order). Returns
-/// whether the v2 format is needed (a zero point of 0 cannot be stored as zero − 1).
+/// The hf-gptq tensors of every quantized linear (rows back in Hugging Face order), in the v2
+/// format when `force_v2` or when it is needed (a zero point of 0 cannot be stored as
+/// zero − 1). Returns whether v2 was written.
 fn hf_linears(
     results: &mut HashMap<String, Solved>,
     cfg: &ModelConfig,
     from: RopeLayout,
     bits: u8,
+    force_v2: bool,
 ) -> Result<(Linears, bool)> {
-    let v2 = results.values().any(|s| matches!(s, Solved::Int(q) if q.zeros.contains(&0)));
+    let v2 = force_v2 || results.values().any(|s| matches!(s, Solved::Int(q) if q.zeros.contains(&0)));
     let mut out = HashMap::new();
     for (name, solved) in results.drain() {
         let Solved::Int(q) = solved else { bail!("{name}: expected integer codes") };

@@ -39,7 +39,9 @@ fn options(args: &QuantizeArgs) -> Result<BnbOptions> {
         ("--dry-run", args.dry_run),
     ];
     if let Some((flag, _)) = not_for_nf4.iter().find(|(_, set)| *set) {
-        bail!("{flag} does not apply to --method nf4 (it quantizes the 7 linears of every layer and keeps the rest)");
+        bail!(
+            "{flag} does not apply to --method nf4 (it quantizes what bitsandbytes quantizes: every layer's linears)"
+        );
     }
     Ok(BnbOptions { quant_type, blocksize, double_quant: args.double_quant, allow_nonfinite: args.allow_nonfinite })
 }
@@ -52,7 +54,6 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         bail!("--method nf4 writes a directory; `-o -` is only for GGUF");
     }
     let model = ModelFile::open(&args.input).with_context(|| format!("cannot load {}", args.input.display()))?;
-    super::quantize::refuse_moe(model.config(), "NF4")?;
     let tensors = model.tensors()?;
     let input_bytes: u64 = tensors.iter().map(|t| t.stored_bytes() as u64).sum();
     let linear_bytes: u64 =

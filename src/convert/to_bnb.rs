@@ -62,10 +62,13 @@ impl BnbSummary {
     }
 }
 
-/// The linear weights bitsandbytes quantizes in a LLaMA-family model (those of
-/// `nn.Linear` modules, less lm_head; Phi-3's fused `attn_qkv` and `ffn_up` are such modules).
+/// The weights transformers + bitsandbytes quantize: those of `nn.Linear` modules, less
+/// lm_head. Phi-3's fused `attn_qkv` and `ffn_up` are such modules, and so are Qwen2-MoE's
+/// shared expert and its gate; the experts of an MoE layer are not (transformers 5 holds
+/// them as 3-D parameters of one module, which bitsandbytes leaves in the model's dtype), nor
+/// is the router.
 pub fn is_quantized_linear(gguf_name: &str) -> bool {
-    const LINEARS: [&str; 8] = [
+    const LINEARS: [&str; 12] = [
         "attn_qkv.weight",
         "attn_q.weight",
         "attn_k.weight",
@@ -74,6 +77,10 @@ pub fn is_quantized_linear(gguf_name: &str) -> bool {
         "ffn_gate.weight",
         "ffn_up.weight",
         "ffn_down.weight",
+        "ffn_gate_shexp.weight",
+        "ffn_up_shexp.weight",
+        "ffn_down_shexp.weight",
+        "ffn_gate_inp_shexp.weight",
     ];
     gguf_name.strip_prefix("blk.").and_then(|r| r.split_once('.')).is_some_and(|(_, s)| LINEARS.contains(&s))
 }
@@ -128,7 +135,10 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 
 struct Writer<'m, 'a> {
     model: &'m ModelFile,
+    /// In Hugging Face's order and shapes (an MoE layer's experts one by one), with
+    /// `hf_names`.
     tensors: &'a [TensorRef<'m>],
+    hf_names: &'a [String],
     opts: &'a BnbOptions,
     dtype: GgmlType,
     progress: &'a ProgressBar,
@@ -176,10 +186,7 @@ fn write_safetensors(w: &Writer<'_, '_>, path: &Path, offsets: &[Option<f32>]) -
     let mut plan: Vec<Planned> = Vec::new();
     let mut quantized_bytes = 0u64;
     for (i, t) in w.tensors.iter().enumerate() {
-        if names::is_generated_gguf(&t.name) {
-            continue;
-        }
-        let hf = names::gguf_to_hf(&t.name, w.model.config().arch)?;
+        let hf = w.hf_names[i].clone();
         if !is_quantized_linear(&t.name) {
             let entry = StEntry { name: hf, dtype: st_dtype(w.dtype), shape: t.shape.clone() };
             plan.push(Planned { entry, source: Source::Plain(i) });
@@ -294,7 +301,8 @@ pub fn write(model: &ModelFile, out_dir: &Path, opts: &BnbOptions, progress: &Pr
         )));
     }
     model.check_tensors()?;
-    let tensors = model.tensors()?;
+    let (hf_names, tensors): (Vec<String>, Vec<TensorRef<'_>>) =
+        super::to_hf::hf_tensors(model.tensors()?, model.config())?.into_iter().unzip();
     // The unquantized tensors keep the model's float type (f32 when the source stores none).
     let dtype = tensors
         .iter()
@@ -305,7 +313,7 @@ pub fn write(model: &ModelFile, out_dir: &Path, opts: &BnbOptions, progress: &Pr
             return Err(Error::tensor(&t.name, format!("decoding {} tensors is not supported yet", t.ggml_type)));
         }
     }
-    let w = Writer { model, tensors: &tensors, opts, dtype, progress };
+    let w = Writer { model, tensors: &tensors, hf_names: &hf_names, opts, dtype, progress };
 
     // The quant_state JSON holds the double-quantization offset (the mean absmax), and the
     // header needs its length before any data: a first pass finds each linear's offset.

@@ -76,8 +76,14 @@ pub fn write_replacing(
     let from = model.qk_layout();
     let mut out: Vec<(String, OutTensor<'_>)> = Vec::new();
     for (hf_name, t) in super::to_hf::hf_tensors(model.tensors()?, cfg)? {
+        // GPTQModel finds an MoE block's packed experts and float router by module name.
+        let hf_name = names::hf_module_name(&hf_name, cfg.arch);
         if let Some(parts) = linears.remove(&t.name) {
-            let prefix = hf_name.strip_suffix(".weight").unwrap_or(&hf_name).to_string();
+            // A packed expert goes under the module name GPTQModel loads it by.
+            let module = names::split_expert_part(&t.name)
+                .and_then(|(tensor, e)| names::gguf_expert_tensor(tensor).map(|(li, suffix)| (li, e, suffix)))
+                .and_then(|(li, e, suffix)| names::hf_expert_module(li, e, suffix));
+            let prefix = module.unwrap_or_else(|| hf_name.strip_suffix(".weight").unwrap_or(&hf_name).to_string());
             for (suffix, tensor) in parts {
                 out.push((format!("{prefix}.{suffix}"), tensor));
             }

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 
+use super::MIN_EXPERT_TOKENS;
 use crate::calib::sequential::LayerQuantizer;
 use crate::error::{Error, Result};
 use crate::ggml_type::GgmlType;
@@ -80,12 +81,6 @@ pub struct GptqMethod {
     /// tokens routed to it.
     tokens: HashMap<String, usize>,
 }
-
-/// An expert that fewer calibration tokens than this were routed to is rounded to nearest on
-/// its grid (GPTQ on an identity Hessian) rather than solved: a Hessian of a handful of
-/// tokens has a tiny rank, and the solution would fit those tokens rather than the
-/// expert's inputs. (GPTQModel's fail-safe does the same for experts no token reaches.)
-const MIN_EXPERT_TOKENS: usize = 16;
 
 impl GptqMethod {
     pub fn new(options: GptqOptions, target: Target) -> GptqMethod {

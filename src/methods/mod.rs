@@ -9,6 +9,13 @@ use std::collections::HashMap;
 use crate::error::{Error, Result};
 use crate::model::{names, ModelConfig};
 
+/// An MoE expert that fewer calibration tokens than this were routed to is not fitted to
+/// them: GPTQ rounds it to nearest on its grid (an identity Hessian) and AWQ gives it no
+/// scales or clipping of its own. A handful of tokens would make the solution fit those tokens
+/// rather than the expert's inputs (GPTQModel's fail-safe does the same for experts no token
+/// reaches).
+pub const MIN_EXPERT_TOKENS: usize = 16;
+
 /// A method's result for one matrix that the results of other rows can be appended to.
 pub trait RowParts: Sized {
     /// Append `other`'s rows; false when the two cannot form one tensor (other grids).

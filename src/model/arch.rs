@@ -254,7 +254,11 @@ pub const ARCHS: &[ArchSpec] = &[
             down: "w2",
             norm_topk: true,
             shared_expert: false,
-            names: &[("block_sparse_moe.gate.weight", "ffn_gate_inp.weight")],
+            // The second name: transformers 5's module (GPTQModel stores quantized Mixtrals so).
+            names: &[
+                ("block_sparse_moe.gate.weight", "ffn_gate_inp.weight"),
+                ("mlp.gate.weight", "ffn_gate_inp.weight"),
+            ],
         }),
         ..LLAMA
     },

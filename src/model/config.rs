@@ -428,6 +428,15 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// The feed-forward widths the layers' linears have (an MoE model's experts and shared
+    /// expert; `intermediate_size` is not used by its layers then).
+    pub fn ffn_widths(&self) -> Vec<usize> {
+        match &self.moe {
+            Some(m) => std::iter::once(m.expert_ffn).chain((m.shared_ffn > 0).then_some(m.shared_ffn)).collect(),
+            None => vec![self.ffn_size],
+        }
+    }
+
     pub fn q_dim(&self) -> usize {
         self.n_heads * self.head_dim
     }

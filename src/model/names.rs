@@ -79,13 +79,41 @@ pub fn gguf_expert_tensor(name: &str) -> Option<(usize, &'static str)> {
 
 /// One expert's weight in Hugging Face names (`model.layers.3.mlp.experts.7.up_proj.weight`):
 /// (layer, expert, the GGUF suffix of the 3-D tensor that holds it).
+/// The module names are the architecture's (Mixtral: `block_sparse_moe.experts.7.w3`) or, for
+/// every MoE family, those of [`hf_expert_module`].
 pub fn hf_expert(name: &str, arch: Arch) -> Option<(usize, usize, &'static str)> {
     let e = arch.spec().experts.as_ref()?;
     let (li, rest) = name.strip_prefix("model.layers.")?.split_once('.')?;
-    let (ei, proj) = rest.strip_prefix(e.block)?.strip_prefix(".experts.")?.split_once('.')?;
-    let proj = proj.strip_suffix(".weight")?;
-    let suffix = [e.gate, e.up, e.down].iter().position(|p| *p == proj).map(|i| EXPERT_TENSORS[i])?;
-    Some((li.parse().ok()?, ei.parse().ok()?, suffix))
+    [(e.block, [e.gate, e.up, e.down]), MODULE_EXPERTS].iter().find_map(|(block, projs)| {
+        let (ei, proj) = rest.strip_prefix(block)?.strip_prefix(".experts.")?.split_once('.')?;
+        let proj = proj.strip_suffix(".weight")?;
+        let suffix = projs.iter().position(|p| *p == proj).map(|i| EXPERT_TENSORS[i])?;
+        Some((li.parse().ok()?, ei.parse().ok()?, suffix))
+    })
+}
+
+/// Expert modules as transformers 5 and GPTQModel name them once the 3-D expert parameters
+/// are split into one linear per expert (GPTQModel's defused MoE blocks), for every family.
+const MODULE_EXPERTS: (&str, [&str; 3]) = ("mlp", ["gate_proj", "up_proj", "down_proj"]);
+
+/// A Hugging Face name as the modules of transformers 5 (and GPTQModel, which loads quantized
+/// checkpoints by module name) have it: an MoE block is `mlp` in every family
+/// (`model.layers.0.block_sparse_moe.gate.weight` → `model.layers.0.mlp.gate.weight`).
+pub fn hf_module_name(name: &str, arch: Arch) -> String {
+    match arch.spec().experts.as_ref() {
+        Some(e) if e.block != MODULE_EXPERTS.0 => {
+            name.replacen(&format!(".{}.", e.block), &format!(".{}.", MODULE_EXPERTS.0), 1)
+        }
+        _ => name.to_string(),
+    }
+}
+
+/// The module name GPTQModel gives expert `expert`'s part of `blk.{layer}.{suffix}`
+/// (`model.layers.3.mlp.experts.7.up_proj`): the name its packed weights are stored and looked
+/// up under, Mixtral's included (whose float checkpoints say `block_sparse_moe…w3`).
+pub fn hf_expert_module(layer: usize, expert: usize, suffix: &str) -> Option<String> {
+    let i = EXPERT_TENSORS.iter().position(|s| *s == suffix)?;
+    Some(format!("model.layers.{layer}.{}.experts.{expert}.{}", MODULE_EXPERTS.0, MODULE_EXPERTS.1[i]))
 }
 
 /// The Hugging Face name of expert `expert`'s part of the GGUF tensor `blk.{layer}.{suffix}`.
@@ -132,6 +160,11 @@ pub fn expert_linears(cfg: &ModelConfig) -> Vec<(&'static str, Vec<(String, usiz
 /// Expert `e`'s matrix of the 3-D tensor `tensor` (a GGUF name or suffix).
 pub fn expert_part(tensor: &str, e: usize) -> String {
     format!("{tensor}[{e}]")
+}
+
+/// The layer of an MoE router's name (`blk.3.ffn_gate_inp.weight` → 3).
+pub fn router_layer(name: &str) -> Option<usize> {
+    name.strip_prefix("blk.")?.strip_suffix(".ffn_gate_inp.weight")?.parse().ok()
 }
 
 /// The 3-D tensor and expert of an expert's matrix name (`blk.0.ffn_up_exps.weight[3]`).

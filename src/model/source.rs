@@ -44,6 +44,15 @@ impl TensorRef<'_> {
         self.shape.iter().product()
     }
 
+    /// The values as f32, as stored (q/k rows in the file's layout), packed or not.
+    pub fn to_f32(&self) -> Result<Vec<f32>> {
+        match &self.packed {
+            Some(p) => Ok(p.dequantize()),
+            None => crate::quant::decode(self.ggml_type, self.data, self.n_elements())
+                .map_err(|e| Error::tensor(&self.name, e.to_string())),
+        }
+    }
+
     /// Bytes the tensor occupies in its file (all parts of a packed weight).
     pub fn stored_bytes(&self) -> usize {
         self.packed.as_ref().map_or(self.data.len(), |p| p.stored_bytes())

@@ -4,6 +4,8 @@
 //! scores and logits, sandwich norms, scaled embeddings), SwiGLU or GeGLU. Everything is
 //! computed in f32, following the Hugging Face reference implementation's order of operations.
 
+use std::collections::HashMap;
+
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
@@ -16,7 +18,6 @@ use crate::model::arch::Activation;
 use crate::model::names;
 use crate::model::rope::RopeScaling;
 use crate::model::{ModelConfig, ModelFile, RopeLayout, TensorRef};
-use crate::quant;
 
 struct Layer<'a> {
     attn_norm: Vec<f32>,
@@ -144,7 +145,7 @@ impl KvCache {
 }
 
 fn vector(t: &TensorRef<'_>) -> Result<Vec<f32>> {
-    quant::decode(t.ggml_type, t.data, t.n_elements()).map_err(|e| Error::tensor(&t.name, e.to_string()))
+    t.to_f32()
 }
 
 impl<'a> LlamaModel<'a> {
@@ -485,6 +486,10 @@ impl<'a> LlamaModel<'a> {
             "attn_q.bias" => l.bq.as_deref(),
             "attn_k.bias" => l.bk.as_deref(),
             "attn_v.bias" => l.bv.as_deref(),
+            "ffn_gate_inp_shexp.weight" => match &l.ffn {
+                Ffn::Moe(m) => m.shared.as_ref().map(|(_, g)| g.as_slice()),
+                Ffn::Dense(_) => None,
+            },
             _ => None,
         }
     }
@@ -502,6 +507,10 @@ impl<'a> LlamaModel<'a> {
             "attn_q.bias" => l.bq.as_mut().ok_or_else(bad)?,
             "attn_k.bias" => l.bk.as_mut().ok_or_else(bad)?,
             "attn_v.bias" => l.bv.as_mut().ok_or_else(bad)?,
+            "ffn_gate_inp_shexp.weight" => match &mut l.ffn {
+                Ffn::Moe(m) => &mut m.shared.as_mut().ok_or_else(bad)?.1,
+                Ffn::Dense(_) => return Err(bad()),
+            },
             _ => return Err(bad()),
         };
         if slot.len() != values.len() {
@@ -554,20 +563,66 @@ impl<'a> LlamaModel<'a> {
         Ok(w.o.matmul(&attn, n))
     }
 
-    /// The feed-forward block from its normed input `xn` (n × hidden): down(silu(gate·x) ⊙
-    /// up·x), the residual not added.
-    pub(crate) fn mlp_block(
+    /// Layer `li`'s feed-forward block (dense, or the mixture of experts with its router and
+    /// shared expert) on its normed input `xn` (n × hidden), the residual not added. A linear
+    /// named in `subs` is replaced by that matrix: AWQ's scale search runs the block with
+    /// candidate weights (the router always runs as the model holds it).
+    pub(crate) fn ffn_block(
         &self,
+        li: usize,
         xn: &[f32],
         n: usize,
-        gate: &Matrix<'_>,
-        up: &Matrix<'_>,
-        down: &Matrix<'_>,
-    ) -> Vec<f32> {
-        let g = gate.matmul(xn, n);
-        let mut u = up.matmul(xn, n);
-        self.activate(&mut u, &g);
-        down.matmul(&u, n)
+        subs: &HashMap<String, Matrix<'_>>,
+    ) -> Result<Vec<f32>> {
+        let layer = self.layers.get(li).ok_or_else(|| Error::InvalidArgument(format!("no layer {li}")))?;
+        if xn.len() != n * self.config.hidden_size {
+            return Err(Error::InvalidArgument("feed-forward block: activations do not match the model".into()));
+        }
+        let run = |mat: &Matrix<'_>, x: &[f32], m: usize| match subs.get(&mat.name) {
+            Some(s) => s.matmul(x, m),
+            None => mat.matmul(x, m),
+        };
+        let mut ffn = |w: &ExpertWeights<'a>, x: &[f32], m: usize| {
+            let gate = run(&w.gate, x, m);
+            let mut up = run(&w.up, x, m);
+            self.activate(&mut up, &gate);
+            run(&w.down, &up, m)
+        };
+        Ok(match &layer.ffn {
+            Ffn::Dense(w) => ffn(w, xn, n),
+            Ffn::Moe(moe) => moe.forward(xn, n, &mut ffn),
+        })
+    }
+
+    /// An MoE layer's router ([n_experts, hidden]) as f32.
+    pub fn router(&self, li: usize) -> Option<Vec<f32>> {
+        match &self.layers.get(li)?.ffn {
+            Ffn::Moe(m) => Some(m.router.to_f32()),
+            Ffn::Dense(_) => None,
+        }
+    }
+
+    /// Replace a norm, bias, router or linear by GGUF name (what a calibration method hands
+    /// back for a finished layer).
+    pub fn set_tensor(&mut self, name: &str, values: Vec<f32>) -> Result<()> {
+        if self.vector(name).is_some() {
+            return self.set_vector(name, values);
+        }
+        if let Some(li) = names::router_layer(name) {
+            let Some(Ffn::Moe(moe)) = self.layers.get_mut(li).map(|l| &mut l.ffn) else {
+                return Err(Error::InvalidArgument(format!("{name}: layer {li} has no router")));
+            };
+            let (rows, cols) = (moe.router.rows, moe.router.cols);
+            moe.router = Matrix::from_f32(name, rows, cols, values)?;
+            return Ok(());
+        }
+        let (rows, cols) = {
+            let m = self
+                .weight(name)
+                .ok_or_else(|| Error::InvalidArgument(format!("{name} is not a linear of the model")))?;
+            (m.rows, m.cols)
+        };
+        self.set_weight(Matrix::from_f32(name, rows, cols, values)?)
     }
 
     /// The linear layers' matrices, layer by layer (q, k, v, o, gate, up, down).

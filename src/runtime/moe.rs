@@ -92,8 +92,7 @@ impl<'a> MoeFfn<'a> {
                 down: m("ffn_down_shexp.weight")?,
             };
             let t = get("ffn_gate_inp_shexp.weight")?;
-            let gate = crate::quant::decode(t.ggml_type, t.data, t.n_elements())
-                .map_err(|e| Error::tensor(&t.name, e.to_string()))?;
+            let gate = t.to_f32()?;
             Some((w, gate))
         } else {
             None

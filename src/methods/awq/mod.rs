@@ -11,6 +11,15 @@
 //! | gate, up | post_attention_layernorm weights | MLP |
 //! | down | up_proj rows | down_proj |
 //!
+//! In a mixture-of-experts layer every expert's (and the shared expert's) gate and up share
+//! one set of scales, searched on the whole expert block (router included, as AutoAWQ
+//! inspects its Mixtral/Qwen MoE blocks), folded into post_attention_layernorm and multiplied
+//! into the router's and the shared gate's columns, so the routing is unchanged (AutoAWQ
+//! leaves the router reading the scaled-down input). Each expert's down_proj gets its own
+//! scales from the tokens routed to it, folded into that expert's up_proj. An expert fewer
+//! than [`MIN_EXPERT_TOKENS`] tokens reached gets no scales or clipping of its own, with a
+//! note naming it.
+//!
 //! the scales s = x̄^α (x̄ = mean |x| per input channel over all calibration tokens) are
 //! searched over α ∈ {0, 0.05, …, 0.95}, minimising the MSE between the block's output with
 //! Q(W·s)/s and with W. Then AutoAWQ's clipping search shrinks each (row, group) range (q/k
@@ -33,11 +42,13 @@ use crate::calib::sequential::LayerQuantizer;
 use crate::calib::Calibration;
 use crate::error::{Error, Result};
 use crate::ggml_type::GgmlType;
+use crate::methods::MIN_EXPERT_TOKENS;
+use crate::model::names;
 use crate::quant;
 use crate::runtime::model::AttnWeights;
 use crate::runtime::{LlamaModel, Matrix};
 use grid::{clip, mse, Grid, IntCodes};
-use layer::{LayerF32, LINEARS};
+use layer::{LayerF32, ATTN};
 use search::{fake_quant_scaled, search, search_linear, Found, Salience};
 use stats::LayerStats;
 
@@ -87,11 +98,15 @@ impl crate::methods::RowParts for Quantized {
     }
 }
 
+/// Mean |x| per input channel, the sampled token rows, and their count.
+type Observed<'s> = (Vec<f32>, &'s [f32], usize);
+
 /// What the scale search chose for one group of one layer.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct GroupReport {
     pub layer: usize,
-    pub group: &'static str,
+    /// `qkv`, `o`, `gate_up`, `down`, or an expert's down (`down[3]`, `down_shexp`).
+    pub group: String,
     pub alpha: f32,
     /// Block output MSE with plain round-to-nearest and with the chosen scales.
     pub loss_rtn: f64,
@@ -108,6 +123,8 @@ pub struct AwqMethod {
     pub reports: Vec<GroupReport>,
     /// (linear, output error before, after clipping).
     pub clips: Vec<(String, f64, f64)>,
+    /// Lines for the user (experts too few tokens reached).
+    pub notes: Vec<String>,
 }
 
 impl AwqMethod {
@@ -121,6 +138,7 @@ impl AwqMethod {
             vectors: HashMap::new(),
             reports: Vec::new(),
             clips: Vec::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -133,15 +151,23 @@ impl AwqMethod {
         }
     }
 
-    /// Mean |x| and the token sample of the input of `blk.{li}.{first}.weight`.
-    fn input(&self, li: usize, first: &str) -> Result<(Vec<f32>, &[f32], usize)> {
-        let key = format!("blk.{li}.{first}.weight");
-        let st = self
-            .stats
-            .inputs
-            .get(&key)
-            .ok_or_else(|| Error::InvalidArgument(format!("AWQ: the input of {key} was never observed")))?;
-        Ok((st.mean_abs(), &st.sample, st.sample_tokens()))
+    /// Mean |x| and the token sample of the input of the linear `key` (the first of those
+    /// sharing it; an MoE router's for the whole expert block). `None` for an expert that
+    /// fewer than [`MIN_EXPERT_TOKENS`] tokens reached.
+    fn input(&self, key: &str) -> Result<Option<Observed<'_>>> {
+        let expert = names::split_expert_part(key).is_some();
+        match self.stats.inputs.get(key) {
+            Some(st) if !expert || st.tokens() >= MIN_EXPERT_TOKENS => {
+                Ok(Some((st.mean_abs(), &st.sample, st.sample_tokens())))
+            }
+            _ if expert => Ok(None),
+            _ => Err(Error::InvalidArgument(format!("AWQ: the input of {key} was never observed"))),
+        }
+    }
+
+    /// [`input`](Self::input) of a linear that is not an expert's.
+    fn input_of(&self, key: &str) -> Result<Observed<'_>> {
+        self.input(key)?.ok_or_else(|| Error::InvalidArgument(format!("AWQ: too few tokens reached {key}")))
     }
 
     fn salience(&self, x_mean: Vec<f32>, weights: &[(&[f32], usize)], cols: usize, grid: Grid) -> Salience {
@@ -149,7 +175,7 @@ impl AwqMethod {
         Salience { x_mean, w_mean }
     }
 
-    fn report(&mut self, layer: usize, group: &'static str, f: &Found) {
+    fn report(&mut self, layer: usize, group: String, f: &Found) {
         self.reports.push(GroupReport { layer, group, alpha: f.alpha, loss_rtn: f.loss_plain, loss: f.loss });
     }
 
@@ -158,10 +184,10 @@ impl AwqMethod {
         &mut self,
         model: &LlamaModel<'_>,
         l: &mut LayerF32,
-        grids: &[Grid; 7],
+        grids: &[Grid],
         inputs: &[Vec<f32>],
     ) -> Result<Vec<f32>> {
-        let (x_mean, _, _) = self.input(l.index, LINEARS[0])?;
+        let (x_mean, _, _) = self.input_of(&format!("blk.{}.{}.weight", l.index, ATTN[0]))?;
         let n = inputs[0].len() / l.hidden;
         let count = self.options.sample_tokens.div_ceil(n).clamp(1, inputs.len());
         let xns: Vec<Vec<f32>> =
@@ -194,25 +220,34 @@ impl AwqMethod {
             Ok(total / count as f64)
         })?;
         l.fold_attn(&found.scales);
-        self.report(l.index, "qkv", &found);
+        self.report(l.index, "qkv".into(), &found);
         Ok(found.scales)
     }
 
-    /// gate/up: the MLP block on the sample tokens.
-    fn search_mlp(&mut self, model: &LlamaModel<'_>, l: &mut LayerF32, grids: &[Grid; 7]) -> Result<Vec<f32>> {
-        let (x_mean, x, t) = self.input(l.index, LINEARS[4])?;
-        let m = |w: &[f32], rows, cols| Matrix::from_f32("awq", rows, cols, w.to_vec());
-        let (gate, up, down) =
-            (m(&l.w_gate, l.ffn, l.hidden)?, m(&l.w_up, l.ffn, l.hidden)?, m(&l.w_down, l.hidden, l.ffn)?);
-        let reference = model.mlp_block(x, t, &gate, &up, &down);
-        let sal = self.salience(x_mean, &[(&l.w_gate, l.ffn), (&l.w_up, l.ffn)], l.hidden, grids[4]);
+    /// gate/up of the dense block, or of every expert at once: the whole feed-forward block
+    /// (router and shared expert included) on the sample tokens.
+    fn search_ffn(&mut self, model: &LlamaModel<'_>, l: &mut LayerF32, grids: &[Grid]) -> Result<Vec<f32>> {
+        let key = match l.router {
+            Some(_) => format!("blk.{}.ffn_gate_inp.weight", l.index),
+            None => l.ffns[0].names[0].clone(),
+        };
+        let (x_mean, x, t) = self.input_of(&key)?;
+        let reference = model.ffn_block(l.index, x, t, &HashMap::new())?;
+        let weights: Vec<(&[f32], usize)> =
+            l.ffns.iter().flat_map(|f| [(f.gate.as_slice(), f.width), (f.up.as_slice(), f.width)]).collect();
+        let sal = self.salience(x_mean, &weights, l.hidden, grids[ATTN.len()]);
         let found = search(&sal, |s| {
-            let fq = |w: &[f32], g| fake_quant_scaled(w, l.ffn, l.hidden, s, g).and_then(|w| m(&w, l.ffn, l.hidden));
-            let (g, u) = (fq(&l.w_gate, grids[4])?, fq(&l.w_up, grids[5])?);
-            Ok(mse(&model.mlp_block(x, t, &g, &u, &down), &reference))
+            let mut subs = HashMap::new();
+            for (i, f) in l.ffns.iter().enumerate() {
+                for (k, w) in [&f.gate, &f.up].into_iter().enumerate() {
+                    let q = fake_quant_scaled(w, f.width, l.hidden, s, grids[ATTN.len() + 3 * i + k])?;
+                    subs.insert(f.names[k].clone(), Matrix::from_f32(&f.names[k], f.width, l.hidden, q)?);
+                }
+            }
+            Ok(mse(&model.ffn_block(l.index, x, t, &subs)?, &reference))
         })?;
         l.fold_mlp(&found.scales);
-        self.report(l.index, "gate_up", &found);
+        self.report(l.index, "gate_up".into(), &found);
         Ok(found.scales)
     }
 
@@ -223,71 +258,88 @@ impl AwqMethod {
         inputs: &[Vec<f32>],
     ) -> Result<Vec<(String, Vec<f32>)>> {
         let mut l = LayerF32::from_model(model, li)?;
-        let mut grids = [Grid::Ggml(GgmlType::F32); 7];
-        for (g, (name, _, cols, _)) in grids.iter_mut().zip(l.linears()) {
-            *g = self.grid(&name, cols)?;
+        let grids: Vec<Grid> =
+            l.linears().iter().map(|(name, _, cols, _)| self.grid(name, *cols)).collect::<Result<_>>()?;
+        let attn_key = |i: usize| format!("blk.{li}.{}.weight", ATTN[i]);
+        // Feed-forward i's gate, up and down are linears 4 + 3i, 5 + 3i, 6 + 3i.
+        let ffn_linear = |i: usize, k: usize| ATTN.len() + 3 * i + k;
+        for f in l.ffns.iter().filter(|f| f.is_expert()) {
+            if self.input(&f.names[0])?.is_none() {
+                let seen = self.stats.inputs.get(&f.names[0]).map_or(0, |s| s.tokens());
+                self.notes.push(format!(
+                    "{}: {seen} calibration tokens were routed to this expert (fewer than {MIN_EXPERT_TOKENS}); \
+                     no scales or clipping of its own, rounded to nearest",
+                    f.names[0]
+                ));
+            }
         }
         // Scales of each group's input (1 where none were folded).
         let ones = |n: usize| vec![1f32; n];
-        let (mut s_attn, mut s_o, mut s_mlp, mut s_down) = (ones(l.hidden), ones(l.q_dim), ones(l.hidden), ones(l.ffn));
+        let (mut s_attn, mut s_o, mut s_mlp) = (ones(l.hidden), ones(l.q_dim), ones(l.hidden));
+        let mut s_down: Vec<Vec<f32>> = l.ffns.iter().map(|f| ones(f.width)).collect();
         if self.options.scale {
             if grids[..3].iter().any(Grid::is_lossy) {
                 s_attn = self.search_attn(model, &mut l, &grids, inputs)?;
             }
             if l.can_fold_o() && grids[3].is_lossy() {
-                let (x_mean, x, t) = self.input(li, LINEARS[3])?;
+                let (x_mean, x, t) = self.input_of(&attn_key(3))?;
                 let sal = self.salience(x_mean, &[(&l.wo, l.hidden)], l.q_dim, grids[3]);
                 let found = search_linear(x, t, &l.wo, l.hidden, l.q_dim, &sal, grids[3])?;
                 l.fold_o(&found.scales)?;
                 s_o = found.scales.clone();
-                self.report(li, "o", &found);
+                self.report(li, "o".into(), &found);
             }
-            if grids[4..6].iter().any(Grid::is_lossy) {
-                s_mlp = self.search_mlp(model, &mut l, &grids)?;
+            if (0..l.ffns.len()).any(|i| grids[ffn_linear(i, 0)].is_lossy() || grids[ffn_linear(i, 1)].is_lossy()) {
+                s_mlp = self.search_ffn(model, &mut l, &grids)?;
             }
-            if grids[6].is_lossy() {
-                let (x_mean, x, t) = self.input(li, LINEARS[6])?;
-                let sal = self.salience(x_mean, &[(&l.w_down, l.hidden)], l.ffn, grids[6]);
-                let found = search_linear(x, t, &l.w_down, l.hidden, l.ffn, &sal, grids[6])?;
-                l.fold_down(&found.scales);
-                s_down = found.scales.clone();
-                self.report(li, "down", &found);
+            for i in 0..l.ffns.len() {
+                let grid = grids[ffn_linear(i, 2)];
+                let f = &l.ffns[i];
+                if !grid.is_lossy() {
+                    continue;
+                }
+                let Some((x_mean, x, t)) = self.input(&f.names[2])? else { continue };
+                let sal = self.salience(x_mean, &[(&f.down, l.hidden)], f.width, grid);
+                let found = search_linear(x, t, &f.down, l.hidden, f.width, &sal, grid)?;
+                let group = match names::split_expert_part(&f.names[2]) {
+                    Some((_, e)) => format!("down[{e}]"),
+                    None if l.router.is_some() => "down_shexp".into(),
+                    None => "down".into(),
+                };
+                l.fold_down(i, &found.scales);
+                s_down[i] = found.scales.clone();
+                self.report(li, group, &found);
             }
         }
         if self.options.clip {
-            // Each linear with its (scaled) weights and its input divided by the same scales.
-            let plan: [(usize, &str, &Vec<f32>); 5] = [
-                (2, LINEARS[0], &s_attn),
-                (3, LINEARS[3], &s_o),
-                (4, LINEARS[4], &s_mlp),
-                (5, LINEARS[4], &s_mlp),
-                (6, LINEARS[6], &s_down),
-            ];
+            // Each linear with its (scaled) weights and its input divided by the same scales
+            // (q/k skipped: their errors pass through the softmax).
+            let mut plan: Vec<(usize, String, &Vec<f32>)> = vec![(2, attn_key(0), &s_attn), (3, attn_key(3), &s_o)];
+            for (i, f) in l.ffns.iter().enumerate() {
+                plan.push((ffn_linear(i, 0), f.names[0].clone(), &s_mlp));
+                plan.push((ffn_linear(i, 1), f.names[0].clone(), &s_mlp));
+                plan.push((ffn_linear(i, 2), f.names[2].clone(), &s_down[i]));
+            }
+            let shapes: Vec<(String, usize, usize)> = l.linears().into_iter().map(|(n, r, c, _)| (n, r, c)).collect();
             for (i, input, s) in plan {
                 if !grids[i].is_lossy() {
                     continue;
                 }
-                let (_, x, t) = self.input(li, input)?;
+                let Some((_, x, t)) = self.input(&input)? else { continue };
                 let mut xs = x.to_vec();
                 let inv: Vec<f32> = s.iter().map(|v| 1.0 / v).collect();
                 layer::scale_columns(&mut xs, &inv);
-                let (name, rows, cols, _) = l.linears()[i].clone();
-                let w = match i {
-                    2 => &mut l.wv,
-                    3 => &mut l.wo,
-                    4 => &mut l.w_gate,
-                    5 => &mut l.w_up,
-                    _ => &mut l.w_down,
-                };
+                let (name, rows, cols) = shapes[i].clone();
+                let w = l.linear_mut(i).ok_or_else(|| Error::tensor(&name, "is not a linear of the layer"))?;
                 let (before, after) = clip(w, rows, cols, &xs, t, grids[i])?;
                 self.clips.push((name, before, after));
             }
         }
-        let mut out = Vec::with_capacity(10);
-        for ((name, rows, cols, w), grid) in l.linears().into_iter().zip(grids) {
+        let mut out = Vec::with_capacity(grids.len() + 5);
+        for ((name, rows, _, w), grid) in l.linears().into_iter().zip(grids) {
             let (values, q) = match grid {
                 Grid::Int4 { group_size } => {
-                    let codes = grid::int4_quantize(w, rows, cols, group_size)?;
+                    let codes = grid::int4_quantize(w, rows, w.len() / rows.max(1), group_size)?;
                     (codes.dequantize(), Quantized::Int(codes))
                 }
                 Grid::Ggml(ty) => {
@@ -314,6 +366,11 @@ impl LayerQuantizer for AwqMethod {
         Ok(())
     }
 
+    fn observe_block(&mut self, _layer: usize, router: &str, x: &[f32], n: usize) -> Result<()> {
+        self.stats.observe(router, x, n);
+        Ok(())
+    }
+
     fn quantize(
         &mut self,
         model: &LlamaModel<'_>,
@@ -321,8 +378,8 @@ impl LayerQuantizer for AwqMethod {
         names: &[String],
         inputs: &[Vec<f32>],
     ) -> Result<Vec<(String, Vec<f32>)>> {
-        if names.len() != LINEARS.len() || inputs.is_empty() {
-            return Err(Error::InvalidArgument("AWQ quantizes all seven linears of a layer in one stage".into()));
+        if names != model.layer_linear_names(layer).as_slice() || inputs.is_empty() {
+            return Err(Error::InvalidArgument("AWQ quantizes all linears of a layer in one stage".into()));
         }
         let out = self.quantize_layer(model, layer, inputs);
         self.stats.clear();

@@ -5,7 +5,8 @@
 
 use std::collections::HashMap;
 
-/// Statistics of one linear input (q/k/v share one, gate/up share one).
+/// Statistics of one linear input (q/k/v share one, gate/up share one; an MoE block's
+/// router input is the whole block's).
 #[derive(Default)]
 pub struct InputStats {
     pub cols: usize,
@@ -13,8 +14,6 @@ pub struct InputStats {
     tokens: usize,
     /// Sampled rows (sample × cols).
     pub sample: Vec<f32>,
-    /// Calls seen so far: the index of the next window.
-    windows: usize,
 }
 
 impl InputStats {
@@ -22,6 +21,11 @@ impl InputStats {
     pub fn mean_abs(&self) -> Vec<f32> {
         let n = self.tokens.max(1) as f64;
         self.abs_sum.iter().map(|&s| (s / n) as f32).collect()
+    }
+
+    /// Every token observed (an MoE expert sees those routed to it).
+    pub fn tokens(&self) -> usize {
+        self.tokens
     }
 
     pub fn sample_tokens(&self) -> usize {
@@ -65,7 +69,8 @@ impl LayerStats {
             // Cannot happen with one model; keep the first shape rather than mixing them.
             return;
         }
-        let base = st.windows * n;
+        // Counted over every token seen: an expert's calls hold varying numbers of rows.
+        let base = st.tokens;
         for (t, row) in x.chunks_exact(cols).enumerate() {
             for (a, &v) in st.abs_sum.iter_mut().zip(row) {
                 *a += v.abs() as f64;
@@ -75,7 +80,6 @@ impl LayerStats {
             }
         }
         st.tokens += n;
-        st.windows += 1;
     }
 
     pub fn clear(&mut self) {
