@@ -812,52 +812,37 @@ fn moe_calibrated_methods_per_expert() {
             qforge_ok(&[&"-q", &"convert", &hf, &"-o", &out("from-gptq.gguf"), &"--outtype", &"f16"]);
         }
     }
-    // Eight calibration tokens, two experts each: every expert sees fewer than GPTQ needs.
+    // Eight calibration tokens, two experts each: every expert sees fewer than the methods
+    // need. GPTQ rounds them to nearest; AWQ fits them no scales or clipping of their own.
     let dir = tempfile::tempdir().unwrap();
     let m = root().join("tests/fixtures/arch/qwen3moe");
-    let o = dir.path().join("few.gguf");
-    let r = qforge_ok(&[
-        &"--json",
-        &"quantize",
-        &m,
-        &"--method",
-        &"gptq",
-        &"--type",
-        &"q4_0",
-        &"-o",
-        &o,
-        &"--nsamples",
-        &"1",
-        &"--seqlen",
-        &"8",
-    ]);
-    let notes = serde_json::from_str::<Json>(&r).unwrap()["notes"].to_string();
-    assert!(notes.contains("ffn_gate_exps.weight[") && notes.contains("rounded to nearest"), "{notes}");
-    let ppl = qforge_ok(&[&"--json", &"perplexity", &o, &"--text", &wiki(), &"--ctx", &"96", &"--max-windows", &"2"]);
-    assert!(serde_json::from_str::<Json>(&ppl).unwrap()["ppl"].as_f64().unwrap().is_finite());
-    // AWQ likewise: no scales or clipping fitted to a handful of an expert's tokens.
-    let o = dir.path().join("few-awq.gguf");
-    let r = qforge_ok(&[
-        &"--json",
-        &"quantize",
-        &m,
-        &"--method",
-        &"awq",
-        &"--type",
-        &"q4_0",
-        &"-o",
-        &o,
-        &"--nsamples",
-        &"1",
-        &"--seqlen",
-        &"8",
-    ]);
-    let r: Json = serde_json::from_str(&r).unwrap();
-    let notes = r["notes"].to_string();
-    assert!(notes.contains("ffn_gate_exps.weight[") && notes.contains("rounded to nearest"), "{notes}");
-    assert!(!r["scales"].to_string().contains("down["), "an expert got scales from too few tokens: {r}");
-    let ppl = qforge_ok(&[&"--json", &"perplexity", &o, &"--text", &wiki(), &"--ctx", &"96", &"--max-windows", &"2"]);
-    assert!(serde_json::from_str::<Json>(&ppl).unwrap()["ppl"].as_f64().unwrap().is_finite());
+    for method in ["gptq", "awq"] {
+        let o = dir.path().join(format!("few-{method}.gguf"));
+        let r = qforge_ok(&[
+            &"--json",
+            &"quantize",
+            &m,
+            &"--method",
+            &method,
+            &"--type",
+            &"q4_0",
+            &"-o",
+            &o,
+            &"--nsamples",
+            &"1",
+            &"--seqlen",
+            &"8",
+        ]);
+        let r: Json = serde_json::from_str(&r).unwrap();
+        let notes = r["notes"].to_string();
+        assert!(notes.contains("ffn_gate_exps.weight[") && notes.contains("rounded to nearest"), "{method}: {notes}");
+        if method == "awq" {
+            assert!(!r["scales"].to_string().contains("down["), "an expert got scales from too few tokens: {r}");
+        }
+        let ppl =
+            qforge_ok(&[&"--json", &"perplexity", &o, &"--text", &wiki(), &"--ctx", &"96", &"--max-windows", &"2"]);
+        assert!(serde_json::from_str::<Json>(&ppl).unwrap()["ppl"].as_f64().unwrap().is_finite(), "{method}");
+    }
 }
 
 /// Mistral v0.1's sliding window on every layer, as transformers applies it (llama.cpp's
