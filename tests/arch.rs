@@ -865,3 +865,62 @@ fn mistral_sliding_window_matches_transformers() {
     let cfg: Json = serde_json::from_slice(&std::fs::read(back.join("config.json")).unwrap()).unwrap();
     assert_eq!((&cfg["architectures"][0], &cfg["sliding_window"]), (&json!("MistralForCausalLM"), &json!(24)));
 }
+
+/// GPTQ is never worse than rounding: on weights that already sit on the Q4_0 grid (a Q4_0
+/// model dequantized back to f32, as users re-quantize GGUFs through Hugging Face), rounding
+/// reproduces them exactly while GPTQ's error feedback moves them; the guard compares the
+/// two by the calibration inputs' output error per matrix and keeps rounding there, so GPTQ's
+/// KL divergence equals round-to-nearest's. `--no-rtn-guard` shows what it prevents.
+#[test]
+fn gptq_is_never_worse_than_rounding_on_weights_on_the_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |n: &str| dir.path().join(n);
+    let m = root().join("tests/fixtures/arch/llama-rope");
+    qforge_ok(&[&"-q", &"quantize", &m, &"-o", &out("q4_0.gguf"), &"--type", &"q4_0", &"--pure"]);
+    let on_grid = out("on-grid");
+    qforge_ok(&[&"-q", &"convert", &out("q4_0.gguf"), &"-o", &on_grid, &"--to", &"hf", &"--outtype", &"f32"]);
+    qforge_ok(&[&"-q", &"quantize", &on_grid, &"-o", &out("rtn.gguf"), &"--type", &"q4_0", &"--pure"]);
+    let gptq = |name: &str, extra: &[&dyn AsRef<std::ffi::OsStr>]| -> Json {
+        let o = out(name);
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+            &"--json",
+            &"quantize",
+            &on_grid,
+            &"-o",
+            &o,
+            &"--method",
+            &"gptq",
+            &"--type",
+            &"q4_0",
+            &"--pure",
+            &"--nsamples",
+            &"16",
+            &"--seqlen",
+            &"96",
+        ];
+        args.extend(extra);
+        serde_json::from_str(&qforge_ok(&args)).unwrap()
+    };
+    let guarded = gptq("gptq.gguf", &[]);
+    let unguarded = gptq("gptq-unguarded.gguf", &[&"--no-rtn-guard"]);
+    let g = &guarded["rtn_guard"];
+    assert_eq!(g["matrices"], 14, "{g}");
+    assert!(g["kept_rtn"].as_u64().unwrap() > 0, "{g}");
+    assert_eq!(unguarded["rtn_guard"]["matrices"], 0);
+    // Every matrix: the kept error is the smaller one.
+    for m in g["per_matrix"].as_array().unwrap() {
+        let (e_gptq, e_rtn) = (m["gptq"].as_f64().unwrap(), m["rtn"].as_f64().unwrap());
+        assert_eq!(m["kept_rtn"].as_bool().unwrap(), e_rtn < e_gptq, "{m}");
+    }
+    let (rtn, guarded, unguarded) = (
+        kld_from(&on_grid, &out("rtn.gguf")),
+        kld_from(&on_grid, &out("gptq.gguf")),
+        kld_from(&on_grid, &out("gptq-unguarded.gguf")),
+    );
+    eprintln!("on-grid Q4_0: KLD RTN {rtn:.3e}, GPTQ {guarded:.3e}, GPTQ without the guard {unguarded:.3e}");
+    assert!(guarded <= rtn * (1.0 + 1e-6) + 1e-12, "GPTQ {guarded} vs RTN {rtn}");
+    assert!(
+        unguarded > 10.0 * rtn.max(1e-9),
+        "the unguarded GPTQ {unguarded} did not lose to RTN {rtn}: the check is vacuous"
+    );
+}

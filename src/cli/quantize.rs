@@ -152,6 +152,12 @@ pub struct GptqArgs {
     /// the layer in between so that each sub-block sees the quantized ones before it.
     #[arg(long)]
     pub true_sequential: bool,
+    /// GPTQ: keep GPTQ's solution for every matrix. By default each is compared with
+    /// round-to-nearest on the same grid by the calibration inputs' output error, and the
+    /// better one is kept (GPTQ can lose on weights that already sit on the grid). Not
+    /// applied with --act-order on an integer grid without --static-groups.
+    #[arg(long)]
+    pub no_rtn_guard: bool,
     /// Where GPTQ runs: auto (a CUDA GPU when one is usable, else the CPU), cpu, cuda.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,

@@ -109,6 +109,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     #[cfg(feature = "cuda")]
     let method = method.with_cuda(device);
     let mut method = method;
+    method.guard = !g.no_rtn_guard;
     let stages = if g.true_sequential { Stages::TrueSequential } else { Stages::OneShot };
     let bar = ui.count_bar(cfg.n_layers as u64, "GPTQ layers");
     ui.detail(format!("calibration: {} windows of {} tokens from {}", calib.windows.len(), calib.seqlen, calib.source));
@@ -120,6 +121,23 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     drop(model);
     for n in &method.notes {
         ui.warn(n);
+    }
+    let kept_rtn = method.guarded.iter().filter(|g| g.kept_rtn).count();
+    if kept_rtn > 0 {
+        ui.note(format!(
+            "round-to-nearest had the lower calibration error on {kept_rtn} of {} matrices and was kept there \
+             (-v lists them; --no-rtn-guard keeps GPTQ's)",
+            method.guarded.len()
+        ));
+    }
+    for g in &method.guarded {
+        ui.detail(format!(
+            "{}: output error GPTQ {:.4e}, round-to-nearest {:.4e}: kept {}",
+            g.name,
+            g.gptq,
+            g.rtn,
+            if g.kept_rtn { "round-to-nearest" } else { "GPTQ" }
+        ));
     }
     for (name, loss) in &method.losses {
         ui.detail(format!("{name}: GPTQ loss {loss:.4}"));
@@ -179,6 +197,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
             "bits": g.bits, "group_size": g.group_size, "act_order": g.act_order, "sym": g.sym, "damp": g.damp,
             "type": args.quant_type, "calibration": {"source": calib.source, "windows": calib.windows.len(), "seqlen": calib.seqlen},
             "tensors": n_tensors, "bytes": bytes, "device": device_name, "gptq_seconds": gptq_secs, "seconds": secs, "notes": method.notes,
+            "rtn_guard": {"matrices": method.guarded.len(), "kept_rtn": kept_rtn, "per_matrix": method.guarded},
         }));
     } else {
         ui.note(format!(

@@ -6,6 +6,9 @@
 
 use std::collections::HashMap;
 
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+
 use super::MIN_EXPERT_TOKENS;
 use crate::calib::sequential::LayerQuantizer;
 use crate::error::{Error, Result};
@@ -80,6 +83,24 @@ pub struct GptqMethod {
     /// Calibration tokens behind each Hessian (by its key): an MoE expert sees only the
     /// tokens routed to it.
     tokens: HashMap<String, usize>,
+    /// Compare every solution with round-to-nearest on the same grid and keep the better
+    /// (see [`Guarded`]).
+    pub guard: bool,
+    pub guarded: Vec<Guarded>,
+}
+
+/// The never-worse-than-rounding guard's verdict on one matrix: the calibration inputs'
+/// output error tr(ΔHΔᵀ) (Δ = W − Q, H the Hessian GPTQ solved against) of GPTQ's solution
+/// and of round-to-nearest on the same grid. GPTQ minimizes this error greedily, column by
+/// column, so it can lose: on weights that already sit on the grid (a checkpoint dequantized
+/// from a quantized one) rounding reproduces them exactly and GPTQ's error feedback only
+/// moves them. The smaller one is kept.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Guarded {
+    pub name: String,
+    pub gptq: f64,
+    pub rtn: f64,
+    pub kept_rtn: bool,
 }
 
 impl GptqMethod {
@@ -94,6 +115,8 @@ impl GptqMethod {
             notes: Vec::new(),
             losses: Vec::new(),
             tokens: HashMap::new(),
+            guard: true,
+            guarded: Vec::new(),
         }
     }
 
@@ -196,6 +219,7 @@ impl LayerQuantizer for GptqMethod {
             };
             let key = self.hessians.iter().find(|(_, (group, _))| group.contains(name)).map(|(k, _)| k.clone());
             let seen = key.as_ref().and_then(|k| self.tokens.get(k)).copied().unwrap_or(0);
+            let mut rounded_anyway = false;
             let identity;
             let h = match key {
                 Some(k) if seen >= MIN_EXPERT_TOKENS || names::split_expert_part(name).is_none() => {
@@ -212,6 +236,7 @@ impl LayerQuantizer for GptqMethod {
                     let mut eye = vec![0f64; cols * cols];
                     eye.iter_mut().step_by(cols + 1).for_each(|d| *d = 1.0);
                     identity = Hess::Cpu(Hessian::from_dense(eye, cols));
+                    rounded_anyway = true;
                     &identity
                 }
             };
@@ -229,19 +254,82 @@ impl LayerQuantizer for GptqMethod {
                 self.notes.push(format!("{name}: {} input columns never active in calibration", r.dead_columns));
             }
             self.losses.push((name.clone(), r.loss));
-            let solved = match (&grid, r.int, r.ggml) {
+            let mut solved = match (&grid, r.int, r.ggml) {
                 (Grid::Int { .. }, Some(int), _) => Solved::Int(int),
                 (Grid::Ggml(ty), _, Some(bytes)) => Solved::Ggml { ty: *ty, rows, bytes },
                 _ => return Err(Error::tensor(name, "the GPTQ solver returned no codes")),
             };
+            let mut values = r.dequantized;
+            // With act-order on an integer grid (no static groups) the groups follow the
+            // Hessian's order, which rounding in column order cannot share (g_idx).
+            let permuted = matches!(grid, Grid::Int { .. }) && self.options.act_order && !self.options.static_groups;
+            if self.guard && !rounded_anyway && !permuted {
+                let h = match h {
+                    Hess::Cpu(h) => h.to_dense(),
+                    #[cfg(feature = "cuda")]
+                    Hess::Cuda(h) => h.to_host()?.to_dense(),
+                };
+                let (rtn_values, rtn) = self.round_to_nearest(name, &w, rows, cols, &grid)?;
+                let (e_gptq, e_rtn) =
+                    (output_error(&w, &values, rows, cols, &h), output_error(&w, &rtn_values, rows, cols, &h));
+                let kept_rtn = e_rtn < e_gptq;
+                self.guarded.push(Guarded { name: name.clone(), gptq: e_gptq, rtn: e_rtn, kept_rtn });
+                if kept_rtn {
+                    (values, solved) = (rtn_values, rtn);
+                }
+            }
             self.results.insert(name.clone(), solved);
-            out.push((name.clone(), r.dequantized));
+            out.push((name.clone(), values));
         }
         // A Hessian is done once every linear sharing it is quantized.
         self.hessians.retain(|_, (group, _)| !group.iter().all(|g| names.contains(g)));
         self.tokens.retain(|k, _| self.hessians.contains_key(k));
         Ok(out)
     }
+}
+
+impl GptqMethod {
+    /// Round-to-nearest on `grid`: integer min-max groups, or llama.cpp's quantizer for a
+    /// GGML type (what `--method rtn` writes). Its dequantized values and codes.
+    fn round_to_nearest(
+        &self,
+        name: &str,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        grid: &Grid,
+    ) -> Result<(Vec<f32>, Solved)> {
+        Ok(match *grid {
+            Grid::Int { bits, sym } => {
+                let (q, values) = gptq::round_to_nearest(w, rows, cols, bits, sym, self.options.group_size)?;
+                (values, Solved::Int(q))
+            }
+            Grid::Ggml(ty) => {
+                let bytes = quant::encode(ty, w).map_err(|e| Error::tensor(name, e.to_string()))?;
+                let values = quant::decode(ty, &bytes, w.len()).map_err(|e| Error::tensor(name, e.to_string()))?;
+                (values, Solved::Ggml { ty, rows, bytes })
+            }
+        })
+    }
+}
+
+/// tr(ΔHΔᵀ) with Δ = w − q (rows × cols) and H dense (cols × cols, symmetric): the
+/// calibration inputs' squared output error of using q for w (H's scale aside). Rows in
+/// slices, to bound the f64 copies.
+fn output_error(w: &[f32], q: &[f32], rows: usize, cols: usize, h: &[f64]) -> f64 {
+    const ROWS: usize = 256;
+    let hm = MatRef::from_row_major_slice(h, cols, cols);
+    let mut total = 0.0;
+    for r0 in (0..rows).step_by(ROWS) {
+        let n = ROWS.min(rows - r0);
+        let span = r0 * cols..(r0 + n) * cols;
+        let d: Vec<f64> = w[span.clone()].iter().zip(&q[span]).map(|(a, b)| (a - b) as f64).collect();
+        let mut dh = vec![0f64; n * cols];
+        let dm = MatRef::from_row_major_slice(&d, n, cols);
+        matmul(MatMut::from_row_major_slice_mut(&mut dh, n, cols), Accum::Replace, dm, hm, 1.0, Par::rayon(0));
+        total += d.iter().zip(&dh).map(|(a, b)| a * b).sum::<f64>();
+    }
+    total
 }
 
 /// GGML types GPTQ has a block grid for (`quant::gptq::Grid::Ggml`).

@@ -80,6 +80,49 @@ pub(crate) fn quantize_one(x: f64, scale: f64, zero: u8, maxq: u32) -> (u8, f64,
     (q, scale * k as f64, scale as f32 * k as f32)
 }
 
+/// Round-to-nearest on the integer grid (the baseline GPTQ is held to): per row and group of
+/// original columns, min-max parameters from the weights themselves, no error feedback.
+/// Returns the codes and the dequantized weights (as GPTQ's output holds them).
+pub fn round_to_nearest(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    bits: u8,
+    sym: bool,
+    group_size: Option<usize>,
+) -> crate::error::Result<(IntQuant, Vec<f32>)> {
+    let gs = group_size.unwrap_or(cols);
+    if gs == 0 || cols % gs != 0 || w.len() != rows * cols || !matches!(bits, 2 | 3 | 4 | 8) {
+        return Err(crate::error::Error::InvalidArgument(format!(
+            "round to nearest: {rows} × {cols} weights, {bits} bits, groups of {gs}"
+        )));
+    }
+    let maxq = (1u32 << bits) - 1;
+    let n_groups = cols / gs;
+    let mut q = IntQuant {
+        bits,
+        group_size: gs,
+        codes: vec![0; rows * cols],
+        scales: Vec::with_capacity(rows * n_groups),
+        zeros: Vec::with_capacity(rows * n_groups),
+        g_idx: (0..cols).map(|c| (c / gs) as u32).collect(),
+    };
+    let mut deq = vec![0f32; rows * cols];
+    for (r, row) in w.chunks_exact(cols).enumerate() {
+        for (g, group) in row.chunks_exact(gs).enumerate() {
+            let (scale, zero) = find_params(group.iter().map(|&v| v as f64), maxq, sym);
+            q.scales.push(scale as f32);
+            q.zeros.push(zero);
+            for (i, &v) in group.iter().enumerate() {
+                let (code, _, value) = quantize_one(v as f64, scale, zero, maxq);
+                q.codes[r * cols + g * gs + i] = code;
+                deq[r * cols + g * gs + i] = value;
+            }
+        }
+    }
+    Ok((q, deq))
+}
+
 impl IntGrid {
     pub(crate) fn new(
         bits: u8,

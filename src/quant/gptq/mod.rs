@@ -54,6 +54,7 @@ mod grid;
 mod hessian;
 mod solver;
 
+pub use grid::round_to_nearest;
 pub use hessian::Hessian;
 
 use crate::error::{Error, Result};
