@@ -15,7 +15,7 @@ use std::io::Write;
 use std::sync::OnceLock;
 
 use qforge::quant::gptq::cuda::CudaBackend;
-use qforge::quant::gptq::{quantize, GptqOptions, GptqResult, Grid, Hessian};
+use qforge::quant::gptq::{quantize, ColumnOrder, GptqOptions, GptqResult, Grid, Hessian};
 use qforge::GgmlType;
 
 // ---------------------------------------------------------------------------------------
@@ -210,11 +210,15 @@ fn gpu_int_grids_match_cpu() {
         (Grid::Int { bits: 4, sym: false }, GptqOptions { group_size: Some(128), ..Default::default() }),
         (
             Grid::Int { bits: 4, sym: false },
-            GptqOptions { group_size: Some(128), act_order: true, ..Default::default() },
+            GptqOptions { group_size: Some(128), order: ColumnOrder::Activation, ..Default::default() },
+        ),
+        (
+            Grid::Int { bits: 4, sym: false },
+            GptqOptions { group_size: Some(128), order: ColumnOrder::GroupAware, ..Default::default() },
         ),
         (
             Grid::Int { bits: 4, sym: true },
-            GptqOptions { group_size: Some(64), act_order: true, static_groups: true, ..Default::default() },
+            GptqOptions { group_size: Some(64), order: ColumnOrder::Activation, static_groups: true, ..Default::default() },
         ),
         // Groups of 96 cross the 128-column sweep blocks (parameters found beyond the block).
         (Grid::Int { bits: 3, sym: false }, GptqOptions { group_size: Some(96), ..Default::default() }),
@@ -224,7 +228,7 @@ fn gpu_int_grids_match_cpu() {
             GptqOptions { group_size: Some(32), block_size: 1000, ..Default::default() },
         ),
         (Grid::Int { bits: 8, sym: true }, GptqOptions::default()),
-        (Grid::Int { bits: 4, sym: false }, GptqOptions { act_order: true, ..Default::default() }),
+        (Grid::Int { bits: 4, sym: false }, GptqOptions { order: ColumnOrder::Activation, ..Default::default() }),
     ];
     // The device's Hessian, downloaded: the CPU solver on it is what the GPU solve must match.
     // Against the CPU's own Hessian (same rows, other summation order, ~1e-6 apart) a code
@@ -238,8 +242,8 @@ fn gpu_int_grids_match_cpu() {
         let dev = be.quantize_dev(&w, rows, cols, &hd, &grid, &o).unwrap();
         let host = be.quantize(&w, rows, cols, &hc, &grid, &o).unwrap();
         let what = format!(
-            "{grid:?} group {:?} act {} static {} block {}",
-            o.group_size, o.act_order, o.static_groups, o.block_size
+            "{grid:?} group {:?} {:?} static {} block {}",
+            o.group_size, o.order, o.static_groups, o.block_size
         );
         compare(&format!("{what} (device Hessian)"), &cpu_dl, &dev, 0.999);
         compare(&format!("{what} (host Hessian)"), &cpu, &host, 0.999);
@@ -295,13 +299,13 @@ fn gpu_dead_columns_damping_and_errors() {
     }
     let mut hd = be.new_hessian(cols).unwrap();
     hd.add(&x, tokens).unwrap();
-    for act_order in [false, true] {
-        let o = GptqOptions { act_order, group_size: Some(64), ..Default::default() };
+    for order in [ColumnOrder::Natural, ColumnOrder::Activation, ColumnOrder::GroupAware] {
+        let o = GptqOptions { order, group_size: Some(64), ..Default::default() };
         let res = be.quantize_dev(&w, rows, cols, &hd, &grid, &o).unwrap();
         assert_eq!(res.dead_columns, dead.len());
         for r in 0..rows {
             for &c in &dead {
-                assert_eq!(res.dequantized[r * cols + c], 0.0, "act_order {act_order} [{r},{c}]");
+                assert_eq!(res.dequantized[r * cols + c], 0.0, "{order:?} [{r},{c}]");
             }
         }
     }

@@ -7,7 +7,7 @@
 
 mod common;
 
-use qforge::quant::gptq::{quantize, GptqOptions, GptqResult, Grid, Hessian, GGML_TYPES};
+use qforge::quant::gptq::{quantize, ColumnOrder, GptqOptions, GptqResult, Grid, Hessian, GGML_TYPES};
 use qforge::quant::{decode, encode};
 use qforge::GgmlType;
 
@@ -264,11 +264,11 @@ fn gptq_beats_rtn_on_correlated_inputs() {
     let h = hessian_of(&x, tokens, cols);
 
     let mut cases: Vec<(String, Vec<f32>, Vec<f32>)> = Vec::new();
-    for (bits, act_order) in [(4u8, false), (4, true), (3, false)] {
-        let o = GptqOptions { act_order, ..opts(Some(128)) };
+    for (bits, order) in [(4u8, ColumnOrder::Natural), (4, ColumnOrder::Activation), (4, ColumnOrder::GroupAware), (3, ColumnOrder::Natural)] {
+        let o = GptqOptions { order, ..opts(Some(128)) };
         let res = quantize(&w, rows, cols, &h, &Grid::Int { bits, sym: false }, &o).unwrap();
         cases.push((
-            format!("int{bits} g128 act_order={act_order}"),
+            format!("int{bits} g128 {order:?}"),
             res.dequantized,
             rtn_int(&w, rows, cols, bits as u32, 128),
         ));
@@ -349,14 +349,14 @@ fn dead_columns_are_zeroed() {
     }
     let h = hessian_of(&x, tokens, cols);
     for grid in [int4(), Grid::Ggml(GgmlType::Q4_0), Grid::Ggml(GgmlType::Q8_0), Grid::Ggml(GgmlType::Q6_K)] {
-        for act_order in [false, true] {
-            let o = GptqOptions { act_order, ..opts(Some(64)) };
+        for order in [ColumnOrder::Natural, ColumnOrder::Activation, ColumnOrder::GroupAware] {
+            let o = GptqOptions { order, ..opts(Some(64)) };
             let res = quantize(&w, rows, cols, &h, &grid, &o).unwrap();
             assert_eq!(res.dead_columns, dead.len());
             assert!(res.dequantized.iter().all(|v| v.is_finite()));
             for r in 0..rows {
                 for &c in &dead {
-                    assert_eq!(res.dequantized[r * cols + c], 0.0, "{grid:?} act_order {act_order} [{r},{c}]");
+                    assert_eq!(res.dequantized[r * cols + c], 0.0, "{grid:?} {order:?} [{r},{c}]");
                 }
             }
         }
@@ -377,14 +377,14 @@ fn act_order_group_indices() {
     let mut order: Vec<usize> = (0..cols).collect();
     order.sort_by(|&a, &b| d(b).partial_cmp(&d(a)).unwrap());
 
-    let stat = GptqOptions { act_order: true, static_groups: true, ..opts(Some(gs)) };
+    let stat = GptqOptions { order: ColumnOrder::Activation, static_groups: true, ..opts(Some(gs)) };
     let res = quantize(&w, rows, cols, &h, &int4(), &stat).unwrap();
     let q = res.int.unwrap();
     for c in 0..cols {
         assert_eq!(q.g_idx[c] as usize, c / gs, "static groups keep the original grouping");
     }
 
-    let dynamic = GptqOptions { act_order: true, static_groups: false, ..opts(Some(gs)) };
+    let dynamic = GptqOptions { order: ColumnOrder::Activation, static_groups: false, ..opts(Some(gs)) };
     let res = quantize(&w, rows, cols, &h, &int4(), &dynamic).unwrap();
     let q = res.int.unwrap();
     for (i, &c) in order.iter().enumerate() {
@@ -408,6 +408,25 @@ fn act_order_group_indices() {
     let res = quantize(&w, rows, cols, &Hessian::from_dense(eye, cols), &int4(), &dynamic).unwrap();
     let q = res.int.unwrap();
     assert!((0..cols).all(|c| q.g_idx[c] as usize == c / gs));
+
+    // Group-aware order: the groups are the column groups, whatever order they are swept in,
+    // so g_idx is the monotone c / gs and the scales are stored in column-group order.
+    let gar = GptqOptions { order: ColumnOrder::GroupAware, ..opts(Some(gs)) };
+    let res = quantize(&w, rows, cols, &h, &int4(), &gar).unwrap();
+    let q = res.int.as_ref().unwrap();
+    assert!((0..cols).all(|c| q.g_idx[c] as usize == c / gs), "group-aware g_idx is monotone");
+    for r in 0..rows {
+        for c in 0..cols {
+            let g = r * ng + c / gs;
+            let v = q.scales[g] * (q.codes[r * cols + c] as i32 - q.zeros[g] as i32) as f32;
+            assert_eq!(v, res.dequantized[r * cols + c], "group-aware [{r},{c}] decodes from its column group");
+        }
+    }
+    // With one group per row it is desc_act itself.
+    let whole = |order| GptqOptions { order, ..opts(None) };
+    let a = quantize(&w, rows, cols, &h, &int4(), &whole(ColumnOrder::GroupAware)).unwrap();
+    let b = quantize(&w, rows, cols, &h, &int4(), &whole(ColumnOrder::Activation)).unwrap();
+    assert_eq!(a.dequantized, b.dequantized);
 }
 
 #[test]
@@ -417,21 +436,26 @@ fn ggml_grids_decode_to_the_result_exactly() {
     let x = activations(tokens, cols, 42);
     let h = hessian_of(&x, tokens, cols);
     for &t in GGML_TYPES {
-        for (act_order, static_groups) in [(false, false), (true, false), (true, true)] {
-            let o = GptqOptions { act_order, static_groups, ..Default::default() };
+        for (order, static_groups) in [
+            (ColumnOrder::Natural, false),
+            (ColumnOrder::Activation, false),
+            (ColumnOrder::Activation, true),
+            (ColumnOrder::GroupAware, false),
+        ] {
+            let o = GptqOptions { order, static_groups, ..Default::default() };
             let res = quantize(&w, rows, cols, &h, &Grid::Ggml(t), &o).unwrap();
             assert!(res.int.is_none());
             let bytes = res.ggml.as_ref().unwrap();
             assert_eq!(bytes.len() as u64, t.row_bytes(cols as u64).unwrap() * rows as u64);
             let dec = decode(t, bytes, rows * cols).unwrap();
             for (k, (a, b)) in dec.iter().zip(&res.dequantized).enumerate() {
-                assert!(a == b, "{t} act_order {act_order} static {static_groups}: weight {k}: decoded {a} vs {b}");
+                assert!(a == b, "{t} {order:?} static {static_groups}: weight {k}: decoded {a} vs {b}");
             }
             let rtn = decode(t, &encode(t, &w).unwrap(), w.len()).unwrap();
             let e_gptq = output_error(&w, &res.dequantized, &x, rows, cols, tokens);
             let e_rtn = output_error(&w, &rtn, &x, rows, cols, tokens);
             println!(
-                "{t} act_order {act_order} static {static_groups}: decodes exactly; output error vs RTN {:.3}",
+                "{t} {order:?} static {static_groups}: decodes exactly; output error vs RTN {:.3}",
                 e_gptq / e_rtn
             );
         }
@@ -446,18 +470,18 @@ fn block_size_does_not_change_the_result() {
     let w = weights(rows, cols, 51);
     let x = activations(tokens, cols, 52);
     let h = hessian_of(&x, tokens, cols);
-    let run = |grid: Grid, act_order: bool, group: Option<usize>, bs: usize| -> GptqResult {
-        let o = GptqOptions { block_size: bs, act_order, ..opts(group) };
+    let run = |grid: Grid, order: ColumnOrder, group: Option<usize>, bs: usize| -> GptqResult {
+        let o = GptqOptions { block_size: bs, order, ..opts(group) };
         quantize(&w, rows, cols, &h, &grid, &o).unwrap()
     };
     for (grid, group) in [(int4(), Some(96)), (Grid::Ggml(GgmlType::Q4_K), None), (Grid::Ggml(GgmlType::Q5_0), None)] {
-        for act_order in [false, true] {
-            let a = run(grid, act_order, group, 32);
+        for order in [ColumnOrder::Natural, ColumnOrder::Activation, ColumnOrder::GroupAware] {
+            let a = run(grid, order, group, 32);
             for bs in [128, 7, 1000] {
-                let b = run(grid, act_order, group, bs);
+                let b = run(grid, order, group, bs);
                 let (frac, max) = agreement(&a.dequantized, &b.dequantized, 1e-6);
-                println!("{grid:?} act_order {act_order}: block 32 vs {bs}: identical {frac:.5}, max |Δ| {max:.3e}");
-                assert!(frac >= 0.999, "{grid:?} act_order {act_order} block {bs}: identical {frac}");
+                println!("{grid:?} {order:?}: block 32 vs {bs}: identical {frac:.5}, max |Δ| {max:.3e}");
+                assert!(frac >= 0.999, "{grid:?} {order:?} block {bs}: identical {frac}");
                 assert!((a.loss - b.loss).abs() <= 1e-3 * a.loss);
             }
         }

@@ -127,6 +127,25 @@ pub struct CalibArgs {
     pub seqlen: usize,
 }
 
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderArg {
+    Group,
+    Act,
+    Natural,
+}
+
+impl GptqArgs {
+    /// The sweep order `--order` / `--act-order` ask for.
+    pub fn column_order(&self) -> crate::quant::gptq::ColumnOrder {
+        use crate::quant::gptq::ColumnOrder;
+        match (self.act_order, self.order) {
+            (true, _) | (_, OrderArg::Act) => ColumnOrder::Activation,
+            (_, OrderArg::Group) => ColumnOrder::GroupAware,
+            (_, OrderArg::Natural) => ColumnOrder::Natural,
+        }
+    }
+}
+
 /// GPTQ and AWQ grid options.
 #[derive(Args, Debug, Clone)]
 pub struct GptqArgs {
@@ -136,10 +155,16 @@ pub struct GptqArgs {
     /// Input columns per quantization group (-1: one group per row).
     #[arg(long, default_value_t = 128, allow_negative_numbers = true, value_name = "N")]
     pub group_size: i64,
-    /// GPTQ: process columns in order of decreasing Hessian diagonal (desc_act).
-    #[arg(long)]
+    /// GPTQ: the order the columns are quantized in. `group`: group-aware activation order
+    /// (GPTQModel's act_group_aware): groups, or GGML blocks, by their largest Hessian
+    /// diagonal, columns by decreasing diagonal inside each; g_idx stays monotone. `act`: all
+    /// columns by decreasing diagonal (desc_act; g_idx is permuted). `natural`: column order.
+    #[arg(long, value_enum, default_value_t = OrderArg::Natural, value_name = "ORDER")]
+    pub order: OrderArg,
+    /// GPTQ: the same as --order act.
+    #[arg(long, conflicts_with = "order")]
     pub act_order: bool,
-    /// GPTQ with --act-order: fix every group's grid from the unquantized weights first.
+    /// GPTQ with --order act: fix every group's grid from the unquantized weights first.
     #[arg(long)]
     pub static_groups: bool,
     /// Symmetric grid (zero point in the middle).

@@ -21,7 +21,7 @@ use crate::ggml_type::GgmlType;
 use crate::methods::gptq::{GptqMethod, Solved, Target};
 use crate::model::{names, ModelConfig, RopeLayout};
 use crate::output::Sink;
-use crate::quant::gptq::GptqOptions;
+use crate::quant::gptq::{ColumnOrder, GptqOptions};
 use crate::quant::packed::gptq::pack;
 use crate::runtime::LlamaModel;
 
@@ -45,8 +45,9 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     if format == Format::HfGptq && ![2, 3, 4, 8].contains(&g.bits) {
         bail!("--bits must be 2, 3, 4 or 8 for hf-gptq");
     }
-    if g.static_groups && !g.act_order {
-        ui.warn("--static-groups only matters with --act-order");
+    let order = g.column_order();
+    if g.static_groups && order != ColumnOrder::Activation {
+        ui.warn("--static-groups only matters with --order act");
     }
     let group_size = match g.group_size {
         -1 => None,
@@ -56,7 +57,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let options = GptqOptions {
         block_size: args.block_size.unwrap_or(128),
         damp: g.damp,
-        act_order: g.act_order,
+        order,
         static_groups: g.static_groups,
         group_size,
     };
@@ -173,7 +174,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
                 ui.warn("some groups have zero point 0, which the v1 \"gptq\" format cannot store; wrote checkpoint_format \"gptq_v2\"");
             }
             let qc = json!({
-                "quant_method": "gptq", "bits": g.bits, "group_size": g.group_size, "desc_act": g.act_order,
+                "quant_method": "gptq", "bits": g.bits, "group_size": g.group_size, "desc_act": order == ColumnOrder::Activation,
                 "static_groups": g.static_groups, "sym": g.sym, "damp_percent": g.damp, "true_sequential": g.true_sequential,
                 "checkpoint_format": if v2 { "gptq_v2" } else { "gptq" }, "quantizer": [format!("qforge:{}", env!("CARGO_PKG_VERSION"))],
             });
@@ -194,7 +195,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     if ui.json {
         ui.print_json(&json!({
             "input": args.input, "output": output, "method": "gptq", "format": format!("{format:?}"),
-            "bits": g.bits, "group_size": g.group_size, "act_order": g.act_order, "sym": g.sym, "damp": g.damp,
+            "bits": g.bits, "group_size": g.group_size, "act_order": order == ColumnOrder::Activation, "order": format!("{order:?}"), "sym": g.sym, "damp": g.damp,
             "type": args.quant_type, "calibration": {"source": calib.source, "windows": calib.windows.len(), "seqlen": calib.seqlen},
             "tensors": n_tensors, "bytes": bytes, "device": device_name, "gptq_seconds": gptq_secs, "seconds": secs, "notes": method.notes,
             "rtn_guard": {"matrices": method.guarded.len(), "kept_rtn": kept_rtn, "per_matrix": method.guarded},

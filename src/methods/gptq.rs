@@ -17,7 +17,7 @@ use crate::model::names;
 use crate::quant;
 #[cfg(feature = "cuda")]
 use crate::quant::gptq::cuda::{CudaBackend, CudaHessian};
-use crate::quant::gptq::{self, GptqOptions, Grid, Hessian, IntQuant};
+use crate::quant::gptq::{self, ColumnOrder, GptqOptions, Grid, Hessian, IntQuant};
 use crate::runtime::LlamaModel;
 
 /// What each matrix is quantized to.
@@ -195,11 +195,36 @@ impl LayerQuantizer for GptqMethod {
         names: &[String],
         _inputs: &[Vec<f32>],
     ) -> Result<Vec<(String, Vec<f32>)>> {
-        let mut out = Vec::with_capacity(names.len());
+        let mut weights = Vec::with_capacity(names.len());
         for name in names {
             let m = model.weight(name).ok_or_else(|| Error::tensor(name, "is not a linear of the model"))?;
-            let (rows, cols) = (m.rows, m.cols);
-            let w = m.to_f32();
+            weights.push(Linear { name: name.clone(), rows: m.rows, cols: m.cols, w: m.to_f32(), input_scales: None });
+        }
+        self.quantize_linears(layer, weights)
+    }
+}
+
+/// One matrix for [`GptqMethod::quantize_linears`].
+pub struct Linear {
+    pub name: String,
+    pub rows: usize,
+    pub cols: usize,
+    /// rows × cols.
+    pub w: Vec<f32>,
+    /// Scales `s` the observed inputs were divided by before they reach `w` (AWQ's folded
+    /// scales, with `w`'s columns multiplied by them): the Hessian solved against is then
+    /// `S⁻¹ H S⁻¹`, `S = diag(s)`, the Hessian of the scaled inputs.
+    pub input_scales: Option<Vec<f32>>,
+}
+
+impl GptqMethod {
+    /// Quantize the given matrices of `layer` against the Hessians observed for their names.
+    /// Returns each one's quantized-then-dequantized values.
+    pub fn quantize_linears(&mut self, layer: usize, linears: Vec<Linear>) -> Result<Vec<(String, Vec<f32>)>> {
+        let names: Vec<String> = linears.iter().map(|l| l.name.clone()).collect();
+        let mut out = Vec::with_capacity(linears.len());
+        for Linear { name, rows, cols, w, input_scales } in linears {
+            let name = &name;
             let Some(grid) = self.grid_for(name)? else {
                 // A GGML type GPTQ has no grid for (e.g. Q2_K, IQ4_NL, F16): llama.cpp's
                 // reference quantizer, and the next layers calibrate on its result.
@@ -240,6 +265,14 @@ impl LayerQuantizer for GptqMethod {
                     &identity
                 }
             };
+            let scaled;
+            let h = match &input_scales {
+                Some(s) if !rounded_anyway => {
+                    scaled = Hess::Cpu(scaled_hessian(h, s)?);
+                    &scaled
+                }
+                _ => h,
+            };
             let r = self
                 .solve(&w, rows, cols, h, &grid)
                 .map_err(|e| Error::InvalidModel(format!("layer {layer}, {name}: {e}")))?
@@ -260,9 +293,11 @@ impl LayerQuantizer for GptqMethod {
                 _ => return Err(Error::tensor(name, "the GPTQ solver returned no codes")),
             };
             let mut values = r.dequantized;
-            // With act-order on an integer grid (no static groups) the groups follow the
+            // With desc_act on an integer grid (no static groups) the groups follow the
             // Hessian's order, which rounding in column order cannot share (g_idx).
-            let permuted = matches!(grid, Grid::Int { .. }) && self.options.act_order && !self.options.static_groups;
+            let permuted = matches!(grid, Grid::Int { .. })
+                && self.options.order == ColumnOrder::Activation
+                && !self.options.static_groups;
             if self.guard && !rounded_anyway && !permuted {
                 let h = match h {
                     Hess::Cpu(h) => h.to_dense(),
@@ -311,6 +346,25 @@ impl GptqMethod {
             }
         })
     }
+}
+
+/// `S⁻¹ H S⁻¹` (`S = diag(s)`): the Hessian of inputs whose columns were divided by `s`.
+fn scaled_hessian(h: &Hess, s: &[f32]) -> Result<Hessian> {
+    let mut dense = match h {
+        Hess::Cpu(h) => h.to_dense(),
+        #[cfg(feature = "cuda")]
+        Hess::Cuda(h) => h.to_host()?.to_dense(),
+    };
+    let n = s.len();
+    if dense.len() != n * n {
+        return Err(Error::InvalidArgument(format!("{n} input scales for a Hessian of {} entries", dense.len())));
+    }
+    for (i, row) in dense.chunks_exact_mut(n).enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v /= s[i] as f64 * s[j] as f64;
+        }
+    }
+    Ok(Hessian::from_dense(dense, n))
 }
 
 /// tr(ΔHΔᵀ) with Δ = w − q (rows × cols) and H dense (cols × cols, symmetric): the

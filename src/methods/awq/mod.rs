@@ -251,12 +251,17 @@ impl AwqMethod {
         Ok(found.scales)
     }
 
-    fn quantize_layer(
+    /// Search the layer's scales and fold them (and, with `clip`, clip its weights). Returns
+    /// the layer with its folded weights, each linear's grid, and the scales each linear's
+    /// input is divided by (1 where none were folded), both in [`LayerF32::linears`] order.
+    /// The folded vectors are recorded in [`AwqMethod::vectors`].
+    pub fn fold_layer(
         &mut self,
         model: &LlamaModel<'_>,
         li: usize,
         inputs: &[Vec<f32>],
-    ) -> Result<Vec<(String, Vec<f32>)>> {
+        clip_weights: bool,
+    ) -> Result<(LayerF32, Vec<Grid>, Vec<Vec<f32>>)> {
         let mut l = LayerF32::from_model(model, li)?;
         let grids: Vec<Grid> =
             l.linears().iter().map(|(name, _, cols, _)| self.grid(name, *cols)).collect::<Result<_>>()?;
@@ -311,21 +316,23 @@ impl AwqMethod {
                 self.report(li, group, &found);
             }
         }
-        if self.options.clip {
+        // Each linear's input key (whose sample the clipping runs on) and input scales.
+        let mut inputs_of: Vec<(String, Vec<f32>)> =
+            vec![(attn_key(0), s_attn.clone()), (attn_key(0), s_attn.clone()), (attn_key(0), s_attn), (attn_key(3), s_o)];
+        for (i, f) in l.ffns.iter().enumerate() {
+            inputs_of.push((f.names[0].clone(), s_mlp.clone()));
+            inputs_of.push((f.names[0].clone(), s_mlp.clone()));
+            inputs_of.push((f.names[2].clone(), s_down[i].clone()));
+        }
+        if clip_weights {
             // Each linear with its (scaled) weights and its input divided by the same scales
             // (q/k skipped: their errors pass through the softmax).
-            let mut plan: Vec<(usize, String, &Vec<f32>)> = vec![(2, attn_key(0), &s_attn), (3, attn_key(3), &s_o)];
-            for (i, f) in l.ffns.iter().enumerate() {
-                plan.push((ffn_linear(i, 0), f.names[0].clone(), &s_mlp));
-                plan.push((ffn_linear(i, 1), f.names[0].clone(), &s_mlp));
-                plan.push((ffn_linear(i, 2), f.names[2].clone(), &s_down[i]));
-            }
             let shapes: Vec<(String, usize, usize)> = l.linears().into_iter().map(|(n, r, c, _)| (n, r, c)).collect();
-            for (i, input, s) in plan {
+            for (i, (input, s)) in inputs_of.iter().enumerate().skip(2) {
                 if !grids[i].is_lossy() {
                     continue;
                 }
-                let Some((_, x, t)) = self.input(&input)? else { continue };
+                let Some((_, x, t)) = self.input(input)? else { continue };
                 let mut xs = x.to_vec();
                 let inv: Vec<f32> = s.iter().map(|v| 1.0 / v).collect();
                 layer::scale_columns(&mut xs, &inv);
@@ -335,6 +342,17 @@ impl AwqMethod {
                 self.clips.push((name, before, after));
             }
         }
+        self.vectors.extend(l.vectors());
+        Ok((l, grids, inputs_of.into_iter().map(|(_, s)| s).collect()))
+    }
+
+    fn quantize_layer(
+        &mut self,
+        model: &LlamaModel<'_>,
+        li: usize,
+        inputs: &[Vec<f32>],
+    ) -> Result<Vec<(String, Vec<f32>)>> {
+        let (l, grids, _) = self.fold_layer(model, li, inputs, self.options.clip)?;
         let mut out = Vec::with_capacity(grids.len() + 5);
         for ((name, rows, _, w), grid) in l.linears().into_iter().zip(grids) {
             let (values, q) = match grid {
@@ -350,10 +368,7 @@ impl AwqMethod {
             self.results.insert(name.clone(), q);
             out.push((name, values));
         }
-        for (name, v) in l.vectors() {
-            self.vectors.insert(name.clone(), v.clone());
-            out.push((name, v));
-        }
+        out.extend(l.vectors());
         Ok(out)
     }
 }

@@ -150,6 +150,11 @@ impl Hessian {
         self.sum[c * self.n + r] * self.factor()
     }
 
+    /// `H[i,i]` for every i.
+    pub fn diagonal(&self) -> Vec<f64> {
+        (0..self.n()).map(|i| self.get(i, i)).collect()
+    }
+
     /// `H` as a dense symmetric n × n matrix (row-major, which is also column-major).
     pub fn to_dense(&self) -> Vec<f64> {
         let mut h = vec![0.0; self.n * self.n];

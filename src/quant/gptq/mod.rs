@@ -10,7 +10,8 @@
 //! The sweep follows the reference implementation (IST-DASLab `gptq.py`, `fasterquant`, also
 //! what AutoGPTQ and GPTQModel run):
 //! 1. Dead columns (`H[i,i] = 0`, an input that was always zero) get `H[i,i] = 1` and `W[:,i] = 0`.
-//! 2. With `act_order` the columns are visited by descending `diag(H)` (ties in column order).
+//! 2. The columns are visited in the [`ColumnOrder`]: as they are, by descending `diag(H)`
+//!    (`desc_act`, ties in column order), or group by group (see [`ColumnOrder::GroupAware`]).
 //! 3. `damp · mean(diag H)` is added to the diagonal and `U`, the upper Cholesky factor of
 //!    `H⁻¹`, is computed in f64 (if `H` is still not positive definite the damping is retried
 //!    ×10, up to [`MAX_DAMP_RETRIES`] times; the result says how many retries it took).
@@ -38,7 +39,7 @@
 //!   with, the block size) are computed on the fully updated weights of the group. The
 //!   reference reads them from its not-yet-updated copy of the weights there; with group
 //!   size 128 and block size 128 (the usual setting) both are the same thing.
-//! - The `act_order` sort is stable (ties keep column order); torch's `argsort` is not.
+//! - The activation-order sorts are stable (ties keep column order); torch's `argsort` is not.
 //! - `H⁻¹`'s upper Cholesky factor is computed as the reversed inverse of the lower Cholesky
 //!   factor of the reversed `H` (one factorization and one triangular inverse instead of a
 //!   factorization, an inverse and a second factorization); mathematically the same matrix.
@@ -76,8 +77,29 @@ pub const GGML_TYPES: &[GgmlType] = &[
     GgmlType::Q6_K,
 ];
 
+/// The order in which the sweep visits the columns. Columns visited early have their rounding
+/// error spread over many later ones; visiting the columns with the largest inputs first
+/// ("act-order") therefore lowers the output error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ColumnOrder {
+    /// Column order (the reference's default).
+    #[default]
+    Natural,
+    /// Descending `diag(H)` over all columns (`desc_act`). Groups are then formed in sweep
+    /// order, so an integer grid's `g_idx` is not monotone and kernels must gather its
+    /// scales column by column.
+    Activation,
+    /// Group-aware reordering (GAR, Gafni et al. 2025; GPTQModel's `act_group_aware`): the
+    /// groups (an integer grid's groups, or a GGML type's blocks) are visited by descending
+    /// largest `diag(H)` among their columns, and the columns inside each group by descending
+    /// `diag(H)`. Every group is swept contiguously, so its parameters are found once all of
+    /// its columns carry the errors of the groups before it, and `g_idx` stays the monotone
+    /// `column / group_size` that the fast kernels assume.
+    GroupAware,
+}
+
 /// Solver settings. `Default` is the reference's `fasterquant` defaults: block 128, damp 0.01,
-/// no act-order, no static groups, one group per row.
+/// natural order, no static groups, one group per row.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GptqOptions {
     /// Columns per lazy-batch block (128). Changes speed, not the result (up to rounding),
@@ -85,10 +107,11 @@ pub struct GptqOptions {
     pub block_size: usize,
     /// Damping as a fraction of `mean(diag H)` (0.01).
     pub damp: f64,
-    /// Visit columns by descending `diag(H)` ("desc_act").
-    pub act_order: bool,
+    /// The order the sweep visits the columns in.
+    pub order: ColumnOrder,
     /// Find every group's parameters up front from the original weights (groups in original
-    /// column order) instead of when the sweep reaches them. With [`Grid::Ggml`] the blocks
+    /// column order) instead of when the sweep reaches them (meant for
+    /// [`ColumnOrder::Activation`]). With [`Grid::Ggml`] the blocks
     /// are the groups and this fixes every block's parameters up front the same way.
     pub static_groups: bool,
     /// Columns per group for [`Grid::Int`] (`None`: one group per row, the reference's −1).
@@ -98,7 +121,7 @@ pub struct GptqOptions {
 
 impl Default for GptqOptions {
     fn default() -> Self {
-        GptqOptions { block_size: 128, damp: 0.01, act_order: false, static_groups: false, group_size: None }
+        GptqOptions { block_size: 128, damp: 0.01, order: ColumnOrder::Natural, static_groups: false, group_size: None }
     }
 }
 
@@ -128,7 +151,8 @@ pub struct IntQuant {
     /// `zero − 1` for its old kernels: the writer's business).
     pub zeros: Vec<u8>,
     /// For each original column, the group whose scale and zero it uses: `col / group_size`,
-    /// or with act-order (without static groups) `i / group_size` for the column visited `i`-th.
+    /// or with [`ColumnOrder::Activation`] (without static groups) `i / group_size` for the
+    /// column visited `i`-th.
     pub g_idx: Vec<u32>,
 }
 
@@ -136,6 +160,28 @@ impl IntQuant {
     /// Groups per row (`cols / group_size`).
     pub fn n_groups(&self) -> usize {
         self.g_idx.len() / self.group_size
+    }
+
+    /// Renumber the groups so that `g_idx[c] = c / group_size`, moving each row's scales and
+    /// zeros along. Only valid where every sweep group is one column group (the sweep of
+    /// [`ColumnOrder::GroupAware`] numbers them in visiting order).
+    pub(crate) fn number_groups_by_column(&mut self) {
+        let (gs, ng) = (self.group_size, self.n_groups());
+        // new_of[g]: the column group that sweep group g is.
+        let mut new_of = vec![0usize; ng];
+        for (c, &g) in self.g_idx.iter().enumerate() {
+            new_of[g as usize] = c / gs;
+        }
+        for (scales, zeros) in self.scales.chunks_exact_mut(ng).zip(self.zeros.chunks_exact_mut(ng)) {
+            let (s, z) = (scales.to_vec(), zeros.to_vec());
+            for g in 0..ng {
+                scales[new_of[g]] = s[g];
+                zeros[new_of[g]] = z[g];
+            }
+        }
+        for (c, g) in self.g_idx.iter_mut().enumerate() {
+            *g = (c / gs) as u32;
+        }
     }
 }
 
@@ -197,14 +243,19 @@ pub fn quantize(
         ));
     }
     let t0 = std::time::Instant::now();
-    let f = solver::factor(h, opts.act_order, opts.damp)?;
+    let perm = solver::sweep_order(&h.diagonal(), opts.order, order_group(grid, opts, cols));
+    let f = solver::factor(h, &perm, opts.damp)?;
     let t1 = std::time::Instant::now();
     let (dequantized, int, ggml, loss) = match *grid {
         Grid::Int { bits, sym } => {
             let gs = opts.group_size.unwrap_or(cols);
             let g = grid::IntGrid::new(bits, sym, gs, opts.group_size.is_none(), opts.static_groups, &f.perm, cols);
             let (deq, states, loss) = solver::sweep(w, rows, cols, &f, opts.block_size, &g);
-            (deq, Some(g.finish(states)), None, loss)
+            let mut q = g.finish(states);
+            if opts.order == ColumnOrder::GroupAware {
+                q.number_groups_by_column();
+            }
+            (deq, Some(q), None, loss)
         }
         Grid::Ggml(t) => {
             let g = ggml_grid::GgmlGrid::new(t, opts.static_groups, &f.perm, cols)?;
@@ -223,6 +274,15 @@ pub fn quantize(
         factor_seconds: (t1 - t0).as_secs_f64(),
         sweep_seconds: t1.elapsed().as_secs_f64(),
     })
+}
+
+/// The columns [`ColumnOrder::GroupAware`] keeps together: the integer grid's groups (the
+/// whole row without groups, which makes it [`ColumnOrder::Activation`]), a GGML type's blocks.
+pub fn order_group(grid: &Grid, opts: &GptqOptions, cols: usize) -> usize {
+    match *grid {
+        Grid::Int { .. } => opts.group_size.unwrap_or(cols),
+        Grid::Ggml(t) => t.block_size(),
+    }
 }
 
 /// `h_n`: the Hessian's size (the CUDA backend's Hessians are not [`Hessian`]s).

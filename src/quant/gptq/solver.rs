@@ -9,7 +9,7 @@ use faer::reborrow::ReborrowMut;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use super::{Hessian, MAX_DAMP_RETRIES};
+use super::{ColumnOrder, Hessian, MAX_DAMP_RETRIES};
 use crate::error::{Error, Result};
 
 /// Most rows one sweep task takes (its f64 copy of the weights is rows × cols × 8 bytes, and
@@ -30,17 +30,39 @@ pub(crate) struct Factor {
     pub retries: u32,
 }
 
-/// Dead columns, act-order permutation, damping (with retries) and `U`.
-pub(crate) fn factor(h: &Hessian, act_order: bool, damp: f64) -> Result<Factor> {
+/// The sweep order (`perm[i]`: the column visited i-th) for `order`, from the Hessian's raw
+/// diagonal (dead columns count as 1, as they get `H[i,i] = 1`); `group`: the columns
+/// [`ColumnOrder::GroupAware`] keeps together (it divides `diag.len()`). The sorts are stable:
+/// equal diagonals keep column order. Shared by the CPU and CUDA solvers.
+pub(crate) fn sweep_order(raw_diag: &[f64], order: ColumnOrder, group: usize) -> Vec<usize> {
+    let n = raw_diag.len();
+    let diag: Vec<f64> = raw_diag.iter().map(|&d| if d == 0.0 { 1.0 } else { d }).collect();
+    let by_diag = |a: &usize, b: &usize| diag[*b].total_cmp(&diag[*a]);
+    let mut perm: Vec<usize> = (0..n).collect();
+    match order {
+        ColumnOrder::Natural => {}
+        ColumnOrder::Activation => perm.sort_by(by_diag),
+        ColumnOrder::GroupAware => {
+            let group = group.clamp(1, n.max(1));
+            for g in perm.chunks_mut(group) {
+                g.sort_by(by_diag);
+            }
+            // After the inner sort each group's first column holds its largest diagonal.
+            let mut groups: Vec<usize> = (0..n.div_ceil(group)).collect();
+            groups.sort_by(|&a, &b| by_diag(&perm[a * group], &perm[b * group]));
+            perm = groups.iter().flat_map(|&g| perm[g * group..((g + 1) * group).min(n)].to_vec()).collect();
+        }
+    }
+    perm
+}
+
+/// Dead columns, damping (with retries) and `U` for the sweep order `perm`.
+pub(crate) fn factor(h: &Hessian, perm: &[usize], damp: f64) -> Result<Factor> {
     let n = h.n();
     let raw_diag: Vec<f64> = (0..n).map(|i| h.get(i, i)).collect();
     let dead: Vec<bool> = raw_diag.iter().map(|&d| d == 0.0).collect();
     let diag: Vec<f64> = raw_diag.iter().map(|&d| if d == 0.0 { 1.0 } else { d }).collect();
-    let mut perm: Vec<usize> = (0..n).collect();
-    if act_order {
-        // Stable: equal diagonals keep column order.
-        perm.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]));
-    }
+    let perm = perm.to_vec();
     let mean = diag.iter().sum::<f64>() / n as f64;
 
     let par = Par::rayon(0);
@@ -295,15 +317,28 @@ mod tests {
         h
     }
 
+    /// Group-aware order: groups stay contiguous, visited by their largest diagonal, columns
+    /// by descending diagonal inside; ties keep column order.
+    #[test]
+    fn group_aware_order_keeps_groups_together() {
+        let diag = [1.0, 5.0, 2.0, 0.0, 9.0, 3.0, 3.0, 4.0, 1.0, 1.0];
+        // Groups of 2: {0,1} max 5, {2,3} max 2 (dead = 1), {4,5} max 9, {6,7} max 4, {8,9} 1.
+        assert_eq!(sweep_order(&diag, ColumnOrder::GroupAware, 2), [4, 5, 1, 0, 7, 6, 2, 3, 8, 9]);
+        // A ragged last group (3 does not divide 10) stays last-sized but is ordered too.
+        assert_eq!(sweep_order(&diag, ColumnOrder::GroupAware, 3), [4, 5, 3, 1, 2, 0, 7, 6, 8, 9]);
+        assert_eq!(sweep_order(&diag, ColumnOrder::GroupAware, 10), sweep_order(&diag, ColumnOrder::Activation, 1));
+        assert_eq!(sweep_order(&diag, ColumnOrder::Natural, 2), (0..10).collect::<Vec<_>>());
+    }
+
     #[test]
     fn u_is_the_upper_cholesky_factor_of_the_damped_inverse() {
         let n = 70;
         let hd = spd(n);
         let h = Hessian::from_dense(hd.clone(), n);
-        for act_order in [false, true] {
-            let f = factor(&h, act_order, 0.01).unwrap();
+        for order in [ColumnOrder::Natural, ColumnOrder::Activation] {
+            let f = factor(&h, &sweep_order(&h.diagonal(), order, n), 0.01).unwrap();
             assert_eq!(f.retries, 0);
-            if act_order {
+            if order == ColumnOrder::Activation {
                 for i in 1..n {
                     assert!(hd[f.perm[i - 1] * (n + 1)] >= hd[f.perm[i] * (n + 1)]);
                 }
@@ -319,7 +354,7 @@ mod tests {
                         v += utu * hk;
                     }
                     let want = if i == j { 1.0 } else { 0.0 };
-                    assert!((v - want).abs() < 1e-9, "act_order {act_order} [{i},{j}]: {v}");
+                    assert!((v - want).abs() < 1e-9, "{order:?} [{i},{j}]: {v}");
                 }
                 assert!(f.u[i * n + i] > 0.0);
                 assert!((0..i).all(|j| f.u[i * n + j] == 0.0));

@@ -14,7 +14,7 @@
 #![allow(clippy::neg_cmp_op_on_partial_ord, clippy::manual_div_ceil)]
 
 use super::grid::find_params;
-use super::{check_args, GptqOptions, GptqResult, Grid, Hessian, IntQuant, MAX_DAMP_RETRIES};
+use super::{check_args, ColumnOrder, GptqOptions, GptqResult, Grid, Hessian, IntQuant, MAX_DAMP_RETRIES};
 #[cfg(test)]
 use super::{quantize, solver};
 use crate::error::{Error, Result};
@@ -376,7 +376,7 @@ pub(super) fn quantize_int(
     if nonfinite {
         return Err(Error::InvalidArgument("GPTQ: the Hessian has non-finite entries".into()));
     }
-    let f = factor(&hsum, scale, &raw_diag, n, opts.act_order, opts.damp)?;
+    let f = factor(&hsum, scale, &raw_diag, n, &solver::sweep_order(&raw_diag, opts.order, opts.group_size.unwrap_or(n)), opts.damp)?;
     sweep(w, rows, n, &f, bits, sym, opts)
 }
 
@@ -386,15 +386,12 @@ pub(super) fn factor(
     scale: f64,
     raw_diag: &[f64],
     n: usize,
-    act_order: bool,
+    perm: &[usize],
     damp: f64,
 ) -> Result<EmuFactor> {
     let dead: Vec<bool> = raw_diag.iter().map(|&d| d == 0.0).collect();
     let diag: Vec<f64> = raw_diag.iter().map(|&d| if d == 0.0 { 1.0 } else { d }).collect();
-    let mut perm: Vec<usize> = (0..n).collect();
-    if act_order {
-        perm.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]));
-    }
+    let perm = perm.to_vec();
     let mean = diag.iter().sum::<f64>() / n as f64;
     let perm_dev: Vec<u32> = perm.iter().map(|&p| p as u32).collect();
     let mut m = vec![0f64; n * n];
@@ -522,6 +519,9 @@ fn sweep(
     for (p, &c) in f.perm.iter().enumerate() {
         q.g_idx[c] = group_of[p];
     }
+    if opts.order == ColumnOrder::GroupAware {
+        q.number_groups_by_column();
+    }
     let mut dequantized = vec![0f32; rows * cols];
     for (r, out) in dequantized.chunks_mut(cols).enumerate() {
         for (c, o) in out.iter_mut().enumerate() {
@@ -596,17 +596,18 @@ mod tests {
         let (_, x) = problem(1, n, 300, &[4, 50]);
         let mut h = Hessian::new(n);
         h.add(&x, 300);
-        for act_order in [false, true] {
-            let cpu = solver::factor(&h, act_order, 0.01).unwrap();
-            let raw: Vec<f64> = (0..n).map(|i| h.get(i, i)).collect();
-            let emu = factor(&h.to_dense(), 1.0, &raw, n, act_order, 0.01).unwrap();
+        for order in [ColumnOrder::Natural, ColumnOrder::Activation, ColumnOrder::GroupAware] {
+            let raw = h.diagonal();
+            let perm = solver::sweep_order(&raw, order, 30);
+            let cpu = solver::factor(&h, &perm, 0.01).unwrap();
+            let emu = factor(&h.to_dense(), 1.0, &raw, n, &perm, 0.01).unwrap();
             assert_eq!(cpu.perm, emu.perm);
             assert_eq!(cpu.dead, emu.dead);
             let scale = cpu.u.iter().fold(0f64, |m, v| m.max(v.abs()));
             for a in 0..n {
                 for b in 0..n {
                     let (c, e) = (cpu.u[a * n + b], emu.u[b * n + a]);
-                    assert!((c - e).abs() <= 1e-10 * scale, "act_order {act_order} U[{a},{b}]: {c} vs {e}");
+                    assert!((c - e).abs() <= 1e-10 * scale, "{order:?} U[{a},{b}]: {c} vs {e}");
                 }
             }
         }
@@ -653,28 +654,31 @@ mod tests {
         let mut he = EmuHessian::new(cols);
         he.add(&x, tokens);
         he.flush();
-        let o = |group_size, act_order, static_groups, block_size| GptqOptions {
+        let o = |group_size, order, static_groups, block_size| GptqOptions {
             group_size,
-            act_order,
+            order,
             static_groups,
             block_size,
             ..Default::default()
         };
+        use ColumnOrder::{Activation as Act, GroupAware as Gar, Natural as Nat};
         let cases = [
-            (4, false, o(Some(128), false, false, 128)),
-            (4, false, o(Some(128), true, false, 128)),
-            (4, true, o(Some(64), true, true, 128)),
-            (3, false, o(Some(96), false, false, 128)),
-            (3, false, o(Some(96), true, false, 7)),
-            (2, false, o(Some(32), false, false, 1000)),
-            (8, true, o(None, false, false, 128)),
-            (4, false, o(None, true, false, 50)),
+            (4, false, o(Some(128), Nat, false, 128)),
+            (4, false, o(Some(128), Act, false, 128)),
+            (4, false, o(Some(128), Gar, false, 128)),
+            (4, true, o(Some(64), Act, true, 128)),
+            (3, false, o(Some(96), Nat, false, 128)),
+            (3, false, o(Some(96), Act, false, 7)),
+            (3, false, o(Some(96), Gar, false, 7)),
+            (2, false, o(Some(32), Nat, false, 1000)),
+            (8, true, o(None, Nat, false, 128)),
+            (4, false, o(None, Act, false, 50)),
         ];
         for (bits, sym, opts) in cases {
             let grid = Grid::Int { bits, sym };
             let what = format!(
-                "int{bits} sym {sym} group {:?} act {} static {} block {}",
-                opts.group_size, opts.act_order, opts.static_groups, opts.block_size
+                "int{bits} sym {sym} group {:?} {:?} static {} block {}",
+                opts.group_size, opts.order, opts.static_groups, opts.block_size
             );
             let cpu = quantize(&w, rows, cols, &hc, &grid, &opts).unwrap();
             let host = quantize_int(&w, rows, cols, EmuSrc::Host(&hc), bits, sym, &opts).unwrap();

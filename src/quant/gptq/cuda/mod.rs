@@ -353,11 +353,16 @@ mod selftest {
             )));
         }
 
-        let cases: [(&str, Grid, GptqOptions); 4] = [
+        let cases: [(&str, Grid, GptqOptions); 5] = [
             (
                 "int4 g64 act-order block 48",
                 Grid::Int { bits: 4, sym: false },
-                GptqOptions { block_size: 48, act_order: true, group_size: Some(64), ..Default::default() },
+                GptqOptions { block_size: 48, order: crate::quant::gptq::ColumnOrder::Activation, group_size: Some(64), ..Default::default() },
+            ),
+            (
+                "int4 g64 group-aware block 48",
+                Grid::Int { bits: 4, sym: false },
+                GptqOptions { block_size: 48, order: crate::quant::gptq::ColumnOrder::GroupAware, group_size: Some(64), ..Default::default() },
             ),
             ("int3 sym per-row block 128", Grid::Int { bits: 3, sym: true }, GptqOptions::default()),
             (
@@ -365,7 +370,7 @@ mod selftest {
                 Grid::Int { bits: 2, sym: false },
                 GptqOptions {
                     block_size: 40,
-                    act_order: true,
+                    order: crate::quant::gptq::ColumnOrder::Activation,
                     static_groups: true,
                     group_size: Some(32),
                     ..Default::default()

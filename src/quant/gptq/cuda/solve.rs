@@ -15,7 +15,8 @@ use super::kernels::{grid_for, sweep_grid};
 use super::{cu, Inner};
 use crate::error::{Error, Result};
 use crate::quant::gptq::grid::find_params;
-use crate::quant::gptq::{check_args, GptqOptions, GptqResult, Grid, Hessian, IntQuant, MAX_DAMP_RETRIES};
+use crate::quant::gptq::solver::sweep_order;
+use crate::quant::gptq::{check_args, ColumnOrder, GptqOptions, GptqResult, Grid, Hessian, IntQuant, MAX_DAMP_RETRIES};
 
 /// Where the Hessian is.
 pub(super) enum HSrc<'a> {
@@ -79,13 +80,13 @@ pub(super) fn quantize_int(
             // The dense matrix is symmetric, so `build_m`'s lower-triangle reads find H itself.
             let uploaded = inner.stream.clone_htod(&h.to_dense()).map_err(cu("uploading the Hessian"))?;
             let diag: Vec<f64> = (0..n).map(|i| h.get(i, i)).collect();
-            factor(inner, &uploaded, 1.0, &diag, n, opts.act_order, opts.damp)?
+            factor(inner, &uploaded, 1.0, &diag, n, &sweep_order(&diag, opts.order, opts.group_size.unwrap_or(n)), opts.damp)?
         }
         HSrc::Dev(h) => {
             // The diagonal first: the sum's guard holds the Hessian's lock.
             let diag = h.diag_locked(inner)?;
             let sum = h.sum_locked(inner)?;
-            factor(inner, sum.sum(), h.scale(), &diag, n, opts.act_order, opts.damp)?
+            factor(inner, sum.sum(), h.scale(), &diag, n, &sweep_order(&diag, opts.order, opts.group_size.unwrap_or(n)), opts.damp)?
         }
     };
     sweep(inner, w, rows, n, &f, bits, sym, opts)
@@ -99,18 +100,14 @@ fn factor(
     scale: f64,
     raw_diag: &[f64],
     n: usize,
-    act_order: bool,
+    perm: &[usize],
     damp: f64,
 ) -> Result<DevFactor> {
     let stream = &inner.stream;
     let k = &inner.kernels;
     let dead: Vec<bool> = raw_diag.iter().map(|&d| d == 0.0).collect();
     let diag: Vec<f64> = raw_diag.iter().map(|&d| if d == 0.0 { 1.0 } else { d }).collect();
-    let mut perm: Vec<usize> = (0..n).collect();
-    if act_order {
-        // Stable: equal diagonals keep column order (as on the CPU).
-        perm.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]));
-    }
+    let perm = perm.to_vec();
     let mean = diag.iter().sum::<f64>() / n as f64;
 
     let perm32: Vec<u32> = perm.iter().map(|&p| p as u32).collect();
@@ -435,6 +432,9 @@ fn sweep(
     }
     for (p, &c) in f.perm.iter().enumerate() {
         q.g_idx[c] = group_of[p];
+    }
+    if opts.order == ColumnOrder::GroupAware {
+        q.number_groups_by_column();
     }
     // The dequantized weights exactly as the CPU grid writes them: scale_f32 · (q − zero) in f32.
     let mut dequantized = vec![0f32; rows * cols];
