@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench_gptq_layer -- [--rows R --cols C] [--tokens T]
-//!     [--batch B] [--grid int4|int3|int8|q4_0|q4_k|...] [--group G] [--act-order]
+//!     [--batch B] [--grid int4|int3|int8|q4_0|q4_k|...] [--group G] [--order natural|act|group]
 //! ```
 //! Without --rows/--cols it runs the three 7B shapes (out × in): 4096×4096 (q/k/v/o_proj),
 //! 11008×4096 (gate/up_proj) and 4096×11008 (down_proj). Default: 128 samples × 2048 tokens
@@ -13,7 +13,7 @@
 
 use std::time::Instant;
 
-use qforge::quant::gptq::{quantize, GptqOptions, Grid, Hessian};
+use qforge::quant::gptq::{quantize, ColumnOrder, GptqOptions, Grid, Hessian};
 use qforge::GgmlType;
 
 struct Rng(u64);
@@ -53,7 +53,13 @@ fn main() {
     let batch: usize = arg::<usize>(&args, "--batch").unwrap_or(2048).min(tokens);
     let grid_name: String = arg(&args, "--grid").unwrap_or_else(|| "int4".into());
     let group: usize = arg(&args, "--group").unwrap_or(128);
-    let act_order = args.iter().any(|a| a == "--act-order");
+    let order_name: String = arg(&args, "--order").unwrap_or_else(|| "natural".into());
+    let order = match order_name.as_str() {
+        "natural" => ColumnOrder::Natural,
+        "act" => ColumnOrder::Activation,
+        "group" => ColumnOrder::GroupAware,
+        other => panic!("--order {other}: natural, act or group"),
+    };
     let grid = match grid_name.strip_prefix("int") {
         Some(b) => Grid::Int { bits: b.parse().expect("--grid intN"), sym: false },
         None => Grid::Ggml(GgmlType::parse(&grid_name).expect("--grid: intN or a GGML type")),
@@ -63,13 +69,12 @@ fn main() {
         (r, c) => vec![(r.unwrap_or(4096), c.unwrap_or(4096))],
     };
     let opts = GptqOptions {
-        act_order,
+        order,
         group_size: if matches!(grid, Grid::Int { .. }) { Some(group) } else { None },
         ..Default::default()
     };
     println!(
-        "GPTQ bench: {tokens} tokens in batches of {batch}, grid {grid_name}{}, {} rayon threads",
-        if act_order { ", act-order" } else { "" },
+        "GPTQ bench: {tokens} tokens in batches of {batch}, grid {grid_name}, order {order_name}, {} rayon threads",
         rayon::current_num_threads()
     );
     println!("wall s: elapsed; cpu s: CPU time of all threads; GFLOP/s per busy core = flops / cpu s");
