@@ -413,9 +413,18 @@ fn gemma_and_phi3_methods_beat_round_to_nearest() {
         awq.push(&awq_out);
         awq.extend(cal);
         qforge_ok(&awq);
+        // AWQ then GPTQ onto the same Q4_0 plan: Gemma's offset norms and Phi-3's fused
+        // linears carry the folded scales.
+        let both_out = out("awq_gptq.gguf");
+        let mut both: Vec<&dyn AsRef<std::ffi::OsStr>> =
+            vec![&"-q", &"quantize", &m, &"--method", &"awq+gptq", &"--type", &"q4_0", &"-o", &both_out];
+        both.extend(cal);
+        qforge_ok(&both);
         let (rtn, gptq, awq) = (kld(&out("rtn.gguf")), kld(&gptq_out), kld(&awq_out));
-        eprintln!("{arch}: KLD Q4_0 RTN {rtn:.5}, GPTQ {gptq:.5}; hf-awq g32 {awq:.5}");
+        let both = kld(&both_out);
+        eprintln!("{arch}: KLD Q4_0 RTN {rtn:.5}, GPTQ {gptq:.5}, AWQ+GPTQ {both:.5}; hf-awq g32 {awq:.5}");
         assert!(gptq < rtn, "{arch}: GPTQ {gptq} vs RTN {rtn}");
+        assert!(both < rtn, "{arch}: AWQ+GPTQ {both} vs RTN {rtn}");
         assert!(awq < rtn, "{arch}: AWQ g32 {awq} vs Q4_0 RTN {rtn}");
         if arch == "phi3" {
             phi3_fused_outputs(&m, dir.path(), &kld, rtn);
@@ -720,9 +729,20 @@ fn moe_calibrated_methods_per_expert() {
             vec![&"-q", &"quantize", &m, &"--method", &"awq", &"--type", &"q4_0", &"-o", &awq];
         args.extend(cal);
         qforge_ok(&args);
+        // AWQ then GPTQ: the router's columns carry the block's scales, each expert its own
+        // Hessian of the scaled inputs.
+        let both = out("awq_gptq.gguf");
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> =
+            vec![&"-q", &"quantize", &m, &"--method", &"awq+gptq", &"--type", &"q4_0", &"-o", &both];
+        args.extend(cal);
+        qforge_ok(&args);
         let (rtn, gptq, imq, awq) = (kld(&out("rtn.gguf")), kld(&gptq), kld(&imq), kld(&awq));
-        eprintln!("{arch}: KLD Q4_0 RTN {rtn:.5}, GPTQ {gptq:.5}, imatrix {imq:.5}, AWQ {awq:.5}");
-        assert!(gptq < rtn && imq < rtn && awq < rtn, "{arch}: RTN {rtn}, GPTQ {gptq}, imatrix {imq}, AWQ {awq}");
+        let both = kld(&both);
+        eprintln!("{arch}: KLD Q4_0 RTN {rtn:.5}, GPTQ {gptq:.5}, imatrix {imq:.5}, AWQ {awq:.5}, AWQ+GPTQ {both:.5}");
+        assert!(
+            gptq < rtn && imq < rtn && awq < rtn && both < rtn,
+            "{arch}: RTN {rtn}, GPTQ {gptq}, imatrix {imq}, AWQ {awq}, AWQ+GPTQ {both}"
+        );
         if arch == "qwen2moe" {
             // hf-awq: one packed module per expert; the router and the shared expert's gate,
             // which took the gate/up scales, stay float in their Hugging Face shapes.

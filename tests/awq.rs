@@ -272,3 +272,85 @@ fn awq_checkpoint_imports_into_gguf() {
     eprintln!("AWQ → Q5_0 re-quantized: kld vs checkpoint {k2:.3e}");
     assert!(k2 > k && k2 < 0.05, "{k2}");
 }
+
+fn quantize_with(method: &str, out: &Path, extra: &[&str]) {
+    let input = tiny();
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> =
+        vec![&"-q", &"quantize", &input, &"-o", &out, &"--method", &method];
+    for a in CALIB.iter().chain(extra) {
+        args.push(a);
+    }
+    qforge_ok(&args);
+}
+
+/// `--method awq+gptq` (llm-compressor's recipe): AWQ's scales folded in, then GPTQ's rounding
+/// against the Hessian of the scaled inputs. Onto Q4_0 it beats both plain rounding and AWQ's
+/// rounding of the same folded weights; without scales it is exactly GPTQ (same bytes: the
+/// combined driver changes nothing else); its hf-gptq checkpoint carries the folded norms.
+#[test]
+fn awq_then_gptq_beats_awq_alone_and_folds_its_scales() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n);
+    let q4 = ["--type", "Q4_0", "--pure"];
+    quantize_with("awq+gptq", &p("awq_gptq.gguf"), &q4);
+    quantize_with("awq", &p("awq.gguf"), &q4);
+    quantize_with("rtn", &p("rtn.gguf"), &q4);
+    let (k_both, k_awq, k_rtn) = (kld(&p("awq_gptq.gguf")), kld(&p("awq.gguf")), kld(&p("rtn.gguf")));
+    eprintln!("tiny Q4_0 KLD: AWQ+GPTQ {k_both:.5}, AWQ {k_awq:.5}, RTN {k_rtn:.5}");
+    assert!(k_both < 0.95 * k_awq, "AWQ+GPTQ KLD {k_both} is not below AWQ's {k_awq}");
+    assert!(k_both < 0.9 * k_rtn, "AWQ+GPTQ KLD {k_both} is not below round-to-nearest {k_rtn}");
+
+    quantize_with("awq+gptq", &p("unscaled.gguf"), &[&q4[..], &["--no-awq-scale"]].concat());
+    quantize_with("gptq", &p("gptq.gguf"), &q4);
+    assert!(fs::read(p("unscaled.gguf")).unwrap() == fs::read(p("gptq.gguf")).unwrap(), "s = 1 is not plain GPTQ");
+
+    // hf-gptq: a GPTQ checkpoint whose norms hold AWQ's scales (as f32, not rounded to bf16).
+    let hf = p("awq_gptq_hf");
+    let hf_rtn = p("rtn_hf");
+    quantize_with("awq+gptq", &hf, &["--group-size", "64"]);
+    quantize_with("awq", &hf_rtn, &["--group-size", "64", "--no-awq-scale", "--no-awq-clip"]);
+    let cfg: Json = serde_json::from_str(&fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
+    let qc = &cfg["quantization_config"];
+    assert_eq!(
+        (qc["quant_method"].as_str(), qc["bits"].as_u64(), qc["sym"].as_bool()),
+        (Some("gptq"), Some(4), Some(false))
+    );
+    let norm = "model.layers.0.input_layernorm.weight";
+    let read = |dir: &Path| -> Vec<f32> {
+        let bytes = fs::read(dir.join("model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let t = st.tensor(norm).unwrap();
+        match t.dtype() {
+            safetensors::Dtype::F32 => t.data().chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+            safetensors::Dtype::BF16 => {
+                t.data().chunks(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+            }
+            d => panic!("{norm}: {d:?}"),
+        }
+    };
+    let (folded, original) = (read(&hf), read(&tiny()));
+    assert_eq!(folded.len(), original.len());
+    let moved = folded.iter().zip(&original).filter(|(a, b)| (*a - *b).abs() > 1e-3 * b.abs().max(1e-3)).count();
+    assert!(moved > folded.len() / 2, "only {moved} of {} norm weights carry AWQ's scales", folded.len());
+    let k_hf = kld(&hf);
+    let k_hf_rtn = kld(&hf_rtn);
+    eprintln!("tiny 4-bit g64 KLD: AWQ+GPTQ {k_hf:.5}, RTN {k_hf_rtn:.5}");
+    assert!(k_hf < 0.9 * k_hf_rtn, "AWQ+GPTQ hf-gptq KLD {k_hf} is not below round-to-nearest {k_hf_rtn}");
+}
+
+#[test]
+fn awq_then_gptq_option_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, out) = (tiny(), tmp.path().join("x"));
+    let base: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"quantize", &input, &"-o", &out, &"--method", &"awq+gptq"];
+    let with = |extra: &[&'static str]| {
+        let mut a = base.clone();
+        a.extend(extra.iter().map(|e| e as &dyn AsRef<std::ffi::OsStr>));
+        qforge_err(&a)
+    };
+    assert!(with(&["--bits", "3"]).contains("4-bit asymmetric"));
+    assert!(with(&["--sym"]).contains("4-bit asymmetric"));
+    assert!(with(&["--format", "hf-awq"]).contains("hf-gptq or gguf"));
+    assert!(with(&["--true-sequential"]).contains("--true-sequential"));
+    assert!(!out.exists());
+}

@@ -218,7 +218,12 @@ fn gpu_int_grids_match_cpu() {
         ),
         (
             Grid::Int { bits: 4, sym: true },
-            GptqOptions { group_size: Some(64), order: ColumnOrder::Activation, static_groups: true, ..Default::default() },
+            GptqOptions {
+                group_size: Some(64),
+                order: ColumnOrder::Activation,
+                static_groups: true,
+                ..Default::default()
+            },
         ),
         // Groups of 96 cross the 128-column sweep blocks (parameters found beyond the block).
         (Grid::Int { bits: 3, sym: false }, GptqOptions { group_size: Some(96), ..Default::default() }),

@@ -264,14 +264,15 @@ fn gptq_beats_rtn_on_correlated_inputs() {
     let h = hessian_of(&x, tokens, cols);
 
     let mut cases: Vec<(String, Vec<f32>, Vec<f32>)> = Vec::new();
-    for (bits, order) in [(4u8, ColumnOrder::Natural), (4, ColumnOrder::Activation), (4, ColumnOrder::GroupAware), (3, ColumnOrder::Natural)] {
+    for (bits, order) in [
+        (4u8, ColumnOrder::Natural),
+        (4, ColumnOrder::Activation),
+        (4, ColumnOrder::GroupAware),
+        (3, ColumnOrder::Natural),
+    ] {
         let o = GptqOptions { order, ..opts(Some(128)) };
         let res = quantize(&w, rows, cols, &h, &Grid::Int { bits, sym: false }, &o).unwrap();
-        cases.push((
-            format!("int{bits} g128 {order:?}"),
-            res.dequantized,
-            rtn_int(&w, rows, cols, bits as u32, 128),
-        ));
+        cases.push((format!("int{bits} g128 {order:?}"), res.dequantized, rtn_int(&w, rows, cols, bits as u32, 128)));
     }
     for t in [GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q6_K] {
         let res = quantize(&w, rows, cols, &h, &Grid::Ggml(t), &GptqOptions::default()).unwrap();

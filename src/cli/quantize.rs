@@ -29,6 +29,7 @@ use crate::output::Sink;
     qforge quantize models/llama -o llama-gptq --method gptq --bits 4 --group-size 128\n  \
     qforge quantize models/llama -o m.gguf --method gptq --type Q4_K_M     # GPTQ on GGML grids\n  \
     qforge quantize models/llama -o llama-awq --method awq\n  \
+    qforge quantize models/llama -o m.gguf --method awq+gptq --type Q4_K_M  # AWQ, then GPTQ\n  \
     qforge imatrix models/llama -o llama.imatrix.gguf && \\\n    \
     qforge quantize models/llama -o m.gguf --type IQ4_NL --imatrix llama.imatrix.gguf")]
 pub struct QuantizeArgs {
@@ -41,8 +42,9 @@ pub struct QuantizeArgs {
     #[arg(long = "type", value_name = "TYPE")]
     pub quant_type: Option<String>,
     /// rtn: llama.cpp's quantizers (optionally importance-weighted with --imatrix);
-    /// gptq: Hessian-based error feedback; awq: activation-aware scaling;
-    /// nf4: bitsandbytes 4-bit NormalFloat (or FP4).
+    /// gptq: Hessian-based error feedback; awq: activation-aware scaling; awq+gptq: AWQ's
+    /// scales, then GPTQ's rounding (llm-compressor's recipe; gguf or hf-gptq 4-bit
+    /// asymmetric); nf4: bitsandbytes 4-bit NormalFloat (or FP4).
     #[arg(long, value_enum, default_value_t = Method::Rtn)]
     pub method: Method,
     /// Output layout (default: gguf; nf4 writes hf-bnb).
@@ -101,6 +103,9 @@ pub enum Method {
     Rtn,
     Gptq,
     Awq,
+    /// AWQ's scales folded in, then GPTQ's rounding (llm-compressor's recipe).
+    #[value(name = "awq+gptq")]
+    AwqGptq,
     Nf4,
 }
 
@@ -157,9 +162,10 @@ pub struct GptqArgs {
     pub group_size: i64,
     /// GPTQ: the order the columns are quantized in. `group`: group-aware activation order
     /// (GPTQModel's act_group_aware): groups, or GGML blocks, by their largest Hessian
-    /// diagonal, columns by decreasing diagonal inside each; g_idx stays monotone. `act`: all
-    /// columns by decreasing diagonal (desc_act; g_idx is permuted). `natural`: column order.
-    #[arg(long, value_enum, default_value_t = OrderArg::Natural, value_name = "ORDER")]
+    /// diagonal, columns by decreasing diagonal inside each; g_idx stays monotone (the
+    /// default, as in GPTQModel). `act`: all columns by decreasing diagonal (desc_act; g_idx is
+    /// permuted). `natural`: column order (the original GPTQ's, qforge's earlier default).
+    #[arg(long, value_enum, default_value_t = OrderArg::Group, value_name = "ORDER")]
     pub order: OrderArg,
     /// GPTQ: the same as --order act.
     #[arg(long, conflicts_with = "order")]
@@ -243,7 +249,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     }
     match (args.method, args.format) {
         (Method::Nf4, _) => super::quantize_nf4::run(args, ui),
-        (Method::Gptq, _) => super::quantize_gptq::run(args, ui),
+        (Method::Gptq | Method::AwqGptq, _) => super::quantize_gptq::run(args, ui),
         (Method::Awq, _) => super::quantize_awq::run(args, ui),
         (Method::Rtn, None | Some(Format::Gguf)) => run_rtn(args, ui),
         (Method::Rtn, Some(f)) => {

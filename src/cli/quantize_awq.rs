@@ -140,12 +140,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     for n in &calib.notes {
         ui.warn(n);
     }
-    let options = AwqOptions {
-        scale: !args.awq_opts.no_awq_scale,
-        clip: !args.awq_opts.no_awq_clip,
-        sample_tokens: args.awq_opts.awq_sample_tokens,
-        duo: !args.awq_opts.no_awq_duo_scaling,
-    };
+    let options = awq_options(args);
     if cfg.n_kv_heads != cfg.n_heads && options.scale {
         ui.detail("grouped-query attention: o_proj's scales cannot fold into v_proj, so o_proj is only clipped");
     }
@@ -199,7 +194,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
             let linears = hf_linears(&mut method, &cfg, layout)?;
             let shapes: HashMap<String, Vec<usize>> =
                 file.tensors()?.into_iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
-            let replaced = hf_vectors(&mut method, &cfg, layout, &shapes)?;
+            let replaced = hf_vectors(&mut method.vectors, &cfg, layout, &shapes)?;
             let qc = json!({
                 "quant_method": "awq", "bits": 4, "group_size": g.group_size, "zero_point": true,
                 "version": "gemm", "modules_to_not_convert": null,
@@ -234,6 +229,16 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     Ok(())
 }
 
+/// The AWQ options the flags ask for.
+pub(super) fn awq_options(args: &QuantizeArgs) -> AwqOptions {
+    AwqOptions {
+        scale: !args.awq_opts.no_awq_scale,
+        clip: !args.awq_opts.no_awq_clip,
+        sample_tokens: args.awq_opts.awq_sample_tokens,
+        duo: !args.awq_opts.no_awq_duo_scaling,
+    }
+}
+
 /// The gemm layout packs 8 output rows per word and needs whole groups in every row.
 fn check_awq_shapes(cfg: &ModelConfig, group_size: Option<usize>) -> Result<()> {
     let mut outputs = vec![("q_proj", cfg.q_dim()), ("k/v_proj", cfg.kv_dim()), ("o/down_proj", cfg.hidden_size)];
@@ -256,32 +261,56 @@ struct AwqEncoder<'r> {
 
 impl TensorEncoder for AwqEncoder<'_> {
     fn encode(&mut self, name: &str, values: &[f32], ty: GgmlType) -> crate::error::Result<Option<Vec<u8>>> {
-        let reorder = |data: Vec<u8>, rows: usize| -> crate::error::Result<Vec<u8>> {
-            let row_bytes = data.len() / rows.max(1);
-            Ok(match names::row_order(name, rows, self.cfg.n_heads, self.cfg.n_kv_heads, self.from, self.to)? {
-                Some(src) => names::reorder_rows(&data, row_bytes, &src),
-                None => data,
-            })
-        };
+        let rows = |data: Vec<u8>, n: usize| file_rows(name, data, n, self.cfg, self.from, self.to);
         if let Some(v) = self.method.vectors.remove(name) {
-            if v.len() != values.len() {
-                return Err(Error::tensor(name, "folded vector has a different length"));
-            }
-            let bytes = quant::encode(ty, &v).map_err(|e| Error::tensor(name, e.to_string()))?;
-            let rows = v.len();
-            return reorder(bytes, rows).map(Some);
+            return encode_vector(name, &v, values, ty, self.cfg, self.from, self.to).map(Some);
         }
         match self.method.results.remove(name) {
-            Some(Quantized::Ggml { ty: got, rows, bytes }) => {
+            Some(Quantized::Ggml { ty: got, rows: n, bytes }) => {
                 if got != ty {
                     return Err(Error::tensor(name, format!("AWQ produced {got}, the plan says {ty}")));
                 }
-                reorder(bytes, rows).map(Some)
+                rows(bytes, n).map(Some)
             }
             Some(Quantized::Int(_)) => Err(Error::tensor(name, "AWQ produced integer codes for a GGUF")),
             None => Ok(None),
         }
     }
+}
+
+/// Encoded rows of a linear (`rows` of them) reordered from the runtime's q/k layout `from`
+/// into the file's `to`.
+pub(super) fn file_rows(
+    name: &str,
+    data: Vec<u8>,
+    rows: usize,
+    cfg: &ModelConfig,
+    from: RopeLayout,
+    to: RopeLayout,
+) -> crate::error::Result<Vec<u8>> {
+    let row_bytes = data.len() / rows.max(1);
+    Ok(match names::row_order(name, rows, cfg.n_heads, cfg.n_kv_heads, from, to)? {
+        Some(src) => names::reorder_rows(&data, row_bytes, &src),
+        None => data,
+    })
+}
+
+/// A vector AWQ's fold changed (a norm, the v bias, an MoE router or shared gate), encoded as
+/// the plan's type in the file's layout in place of the input's `values`.
+pub(super) fn encode_vector(
+    name: &str,
+    v: &[f32],
+    values: &[f32],
+    ty: GgmlType,
+    cfg: &ModelConfig,
+    from: RopeLayout,
+    to: RopeLayout,
+) -> crate::error::Result<Vec<u8>> {
+    if v.len() != values.len() {
+        return Err(Error::tensor(name, "folded vector has a different length"));
+    }
+    let bytes = quant::encode(ty, v).map_err(|e| Error::tensor(name, e.to_string()))?;
+    file_rows(name, bytes, v.len(), cfg, from, to)
 }
 
 type Linears = HashMap<String, Vec<(String, OutTensor<'static>)>>;
@@ -319,14 +348,14 @@ fn hf_linears(method: &mut AwqMethod, cfg: &ModelConfig, from: RopeLayout) -> Re
 /// The folded norms (and v bias, an MoE layer's router and shared gate) as f32 tensors of
 /// their shapes in `shapes`: rounding them to the checkpoint's bf16 would add an error of up
 /// to 2⁻⁹ per channel to what the fold computed exactly.
-fn hf_vectors(
-    method: &mut AwqMethod,
+pub(super) fn hf_vectors(
+    vectors: &mut HashMap<String, Vec<f32>>,
     cfg: &ModelConfig,
     from: RopeLayout,
     shapes: &HashMap<String, Vec<usize>>,
 ) -> Result<HashMap<String, OutTensor<'static>>> {
     let mut out = HashMap::new();
-    for (name, v) in method.vectors.drain() {
+    for (name, v) in vectors.drain() {
         let n = v.len();
         let v = match names::row_order(&name, n, cfg.n_heads, cfg.n_kv_heads, from, RopeLayout::RotateHalf)? {
             Some(src) => names::reorder_rows(&v, 1, &src),

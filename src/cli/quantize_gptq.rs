@@ -1,5 +1,5 @@
-//! `qforge quantize --method gptq`: calibrate, run GPTQ layer by layer, write an hf-gptq
-//! checkpoint or a GGUF whose block grids GPTQ chose.
+//! `qforge quantize --method gptq` (and `awq+gptq`): calibrate, run GPTQ layer by layer (after
+//! folding AWQ's scales in), write an hf-gptq checkpoint or a GGUF whose block grids GPTQ chose.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -9,7 +9,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use safetensors::Dtype;
 use serde_json::json;
 
-use super::quantize::{build_plan, Device, Format, QuantizeArgs};
+use super::quantize::{build_plan, Device, Format, Method, QuantizeArgs};
+use super::quantize_awq::{awq_options, encode_vector, file_rows, hf_vectors};
 use super::session::Loaded;
 use super::Ui;
 use crate::calib::sequential::{self, Stages};
@@ -18,6 +19,8 @@ use crate::convert::to_gguf::{self, TensorEncoder, WriteOptions};
 use crate::convert::to_hf_quant::{self, OutTensor};
 use crate::error::Error;
 use crate::ggml_type::GgmlType;
+use crate::methods::awq::{self, AwqMethod};
+use crate::methods::awq_gptq::AwqGptqMethod;
 use crate::methods::gptq::{GptqMethod, Solved, Target};
 use crate::model::{names, ModelConfig, RopeLayout};
 use crate::output::Sink;
@@ -32,8 +35,10 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         (None, Some(_)) => Format::Gguf,
         (None, None) => Format::HfGptq,
     };
+    let with_awq = args.method == Method::AwqGptq;
+    let method_name = if with_awq { "awq+gptq" } else { "gptq" };
     if !matches!(format, Format::Gguf | Format::HfGptq) {
-        bail!("--method gptq writes --format hf-gptq or gguf");
+        bail!("--method {method_name} writes --format hf-gptq or gguf");
     }
     if args.imatrix.is_some() {
         bail!("--imatrix applies to --method rtn; GPTQ calibrates on its own activations");
@@ -44,6 +49,18 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     }
     if format == Format::HfGptq && ![2, 3, 4, 8].contains(&g.bits) {
         bail!("--bits must be 2, 3, 4 or 8 for hf-gptq");
+    }
+    if with_awq {
+        // AWQ's scale search fake-quantizes on 4-bit asymmetric groups (its only integer grid).
+        if format == Format::HfGptq && (g.bits != 4 || g.sym) {
+            bail!("--method awq+gptq writes 4-bit asymmetric hf-gptq (AWQ's grid); drop --bits/--sym, or use --method gptq");
+        }
+        if g.true_sequential {
+            bail!("--true-sequential does not apply to --method awq+gptq: AWQ observes a whole layer at once");
+        }
+        if args.awq_opts.awq_sample_tokens == 0 {
+            bail!("--awq-sample-tokens must be positive");
+        }
     }
     let order = g.column_order();
     if g.static_groups && order != ColumnOrder::Activation {
@@ -106,22 +123,49 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         ui.note("note: the CUDA backend accumulates the Hessians; GPTQ with GGML grids is solved on the CPU");
     }
     let device_name = if device.is_some() { "cuda" } else { "cpu" };
+    // AWQ searches on the same grid GPTQ then rounds onto.
+    let awq = with_awq.then(|| {
+        let awq_target = match &target {
+            Target::Ggml(types) => awq::Target::Ggml(types.clone()),
+            Target::Int { .. } => awq::Target::Int4 { group_size },
+        };
+        AwqMethod::new(awq_options(args), awq_target, &calib)
+    });
     let method = GptqMethod::new(options.clone(), target);
     #[cfg(feature = "cuda")]
     let method = method.with_cuda(device);
     let mut method = method;
     method.guard = !g.no_rtn_guard;
     let stages = if g.true_sequential { Stages::TrueSequential } else { Stages::OneShot };
-    let bar = ui.count_bar(cfg.n_layers as u64, "GPTQ layers");
+    let bar = ui.count_bar(cfg.n_layers as u64, if with_awq { "AWQ+GPTQ layers" } else { "GPTQ layers" });
     ui.detail(format!("calibration: {} windows of {} tokens from {}", calib.windows.len(), calib.seqlen, calib.source));
     let calib_start = Instant::now();
-    sequential::run(&mut model, &calib, stages, &mut method, &mut |_| bar.inc(1))?;
+    let mut awq = match awq {
+        Some(awq) => {
+            let mut both = AwqGptqMethod { awq, gptq: method };
+            sequential::run(&mut model, &calib, stages, &mut both, &mut |_| bar.inc(1))?;
+            method = both.gptq;
+            Some(both.awq)
+        }
+        None => {
+            sequential::run(&mut model, &calib, stages, &mut method, &mut |_| bar.inc(1))?;
+            None
+        }
+    };
+    // The vectors AWQ's scales were folded into (norms, v bias, router), by GGUF name.
+    let mut vectors = awq.as_mut().map(|a| std::mem::take(&mut a.vectors)).unwrap_or_default();
     crate::methods::fuse_results(&mut method.results, &cfg, format == Format::Gguf)?;
     bar.finish_and_clear();
     let gptq_secs = calib_start.elapsed().as_secs_f64();
     drop(model);
-    for n in &method.notes {
+    for n in awq.iter().flat_map(|a| &a.notes).chain(&method.notes) {
         ui.warn(n);
+    }
+    for r in awq.iter().flat_map(|a| &a.reports) {
+        ui.detail(format!(
+            "layer {} {}: AWQ alpha {:.2}, block MSE {:.3e} (round-to-nearest {:.3e})",
+            r.layer, r.group, r.alpha, r.loss, r.loss_rtn
+        ));
     }
     let kept_rtn = method.guarded.iter().filter(|g| g.kept_rtn).count();
     if kept_rtn > 0 {
@@ -149,7 +193,13 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
             let header = gguf_header.ok_or_else(|| anyhow!("no GGUF plan"))?;
             let target_layout =
                 if cfg.arch.gguf_permutes_qk() { RopeLayout::Interleaved } else { RopeLayout::RotateHalf };
-            let mut enc = SolvedEncoder { results: &mut method.results, cfg: &cfg, from: layout, to: target_layout };
+            let mut enc = SolvedEncoder {
+                results: &mut method.results,
+                vectors: &mut vectors,
+                cfg: &cfg,
+                from: layout,
+                to: target_layout,
+            };
             let mut sink = Sink::open(output).with_context(|| format!("cannot create {}", output.display()))?;
             let wopts = WriteOptions { allow_nonfinite: args.allow_nonfinite, name: args.name.clone() };
             let wbar = ui.bytes_bar(0, "writing");
@@ -173,8 +223,12 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
             if v2 && !want_v2 {
                 ui.warn("some groups have zero point 0, which the v1 \"gptq\" format cannot store; wrote checkpoint_format \"gptq_v2\"");
             }
+            let shapes: HashMap<String, Vec<usize>> =
+                file.tensors()?.into_iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
+            let replaced = hf_vectors(&mut vectors, &cfg, layout, &shapes)?;
             let qc = json!({
                 "quant_method": "gptq", "bits": g.bits, "group_size": g.group_size, "desc_act": order == ColumnOrder::Activation,
+                "act_group_aware": order == ColumnOrder::GroupAware,
                 "static_groups": g.static_groups, "sym": g.sym, "damp_percent": g.damp, "true_sequential": g.true_sequential,
                 "checkpoint_format": if v2 { "gptq_v2" } else { "gptq" }, "quantizer": [format!("qforge:{}", env!("CARGO_PKG_VERSION"))],
             });
@@ -184,7 +238,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
                 q
             })];
             let wbar = ui.bytes_bar(0, "writing");
-            let s = to_hf_quant::write(file, output, linears, qc, extra, &wbar)
+            let s = to_hf_quant::write_replacing(file, output, linears, replaced, qc, extra, &wbar)
                 .with_context(|| format!("writing {}", output.display()))?;
             wbar.finish_and_clear();
             (s.tensors, s.bytes)
@@ -194,16 +248,18 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let secs = start.elapsed().as_secs_f64();
     if ui.json {
         ui.print_json(&json!({
-            "input": args.input, "output": output, "method": "gptq", "format": format!("{format:?}"),
+            "input": args.input, "output": output, "method": method_name, "format": format!("{format:?}"),
             "bits": g.bits, "group_size": g.group_size, "act_order": order == ColumnOrder::Activation, "order": format!("{order:?}"), "sym": g.sym, "damp": g.damp,
             "type": args.quant_type, "calibration": {"source": calib.source, "windows": calib.windows.len(), "seqlen": calib.seqlen},
             "tensors": n_tensors, "bytes": bytes, "device": device_name, "gptq_seconds": gptq_secs, "seconds": secs, "notes": method.notes,
             "rtn_guard": {"matrices": method.guarded.len(), "kept_rtn": kept_rtn, "per_matrix": method.guarded},
+            "awq_scales": awq.as_ref().map(|a| &a.reports),
         }));
     } else {
         ui.note(format!(
-            "wrote {} (GPTQ, {} tensors, {:.1} MB) in {secs:.1}s ({gptq_secs:.1}s calibrating and solving)",
+            "wrote {} ({}, {} tensors, {:.1} MB) in {secs:.1}s ({gptq_secs:.1}s calibrating and solving)",
             output.display(),
+            method_name.to_uppercase(),
             n_tensors,
             bytes as f64 / 1e6
         ));
@@ -255,6 +311,8 @@ fn select_device(device: Device, ui: &Ui) -> Result<Option<std::convert::Infalli
 /// Hands the GGUF writer the blocks GPTQ chose, with q/k rows in the file's layout.
 struct SolvedEncoder<'r> {
     results: &'r mut HashMap<String, Solved>,
+    /// AWQ's folded vectors (awq+gptq), written in place of the input's.
+    vectors: &'r mut HashMap<String, Vec<f32>>,
     cfg: &'r ModelConfig,
     from: RopeLayout,
     to: RopeLayout,
@@ -262,6 +320,9 @@ struct SolvedEncoder<'r> {
 
 impl TensorEncoder for SolvedEncoder<'_> {
     fn encode(&mut self, name: &str, values: &[f32], ty: GgmlType) -> crate::error::Result<Option<Vec<u8>>> {
+        if let Some(v) = self.vectors.remove(name) {
+            return encode_vector(name, &v, values, ty, self.cfg, self.from, self.to).map(Some);
+        }
         let Some(Solved::Ggml { ty: solved_ty, rows, bytes }) = self.results.remove(name) else { return Ok(None) };
         if solved_ty != ty {
             return Err(Error::tensor(name, format!("GPTQ produced {solved_ty}, the plan says {ty}")));
@@ -269,11 +330,7 @@ impl TensorEncoder for SolvedEncoder<'_> {
         if values.is_empty() {
             return Err(Error::tensor(name, "is empty"));
         }
-        let row_bytes = bytes.len() / rows.max(1);
-        Ok(Some(match names::row_order(name, rows, self.cfg.n_heads, self.cfg.n_kv_heads, self.from, self.to)? {
-            Some(src) => names::reorder_rows(&bytes, row_bytes, &src),
-            None => bytes,
-        }))
+        file_rows(name, bytes, rows, self.cfg, self.from, self.to).map(Some)
     }
 }
 

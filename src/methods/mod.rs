@@ -2,6 +2,7 @@
 //! sequential driver (`calib::sequential`) feeds them, and what they hand to the writers.
 
 pub mod awq;
+pub mod awq_gptq;
 pub mod gptq;
 
 use std::collections::HashMap;

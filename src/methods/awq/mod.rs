@@ -317,8 +317,12 @@ impl AwqMethod {
             }
         }
         // Each linear's input key (whose sample the clipping runs on) and input scales.
-        let mut inputs_of: Vec<(String, Vec<f32>)> =
-            vec![(attn_key(0), s_attn.clone()), (attn_key(0), s_attn.clone()), (attn_key(0), s_attn), (attn_key(3), s_o)];
+        let mut inputs_of: Vec<(String, Vec<f32>)> = vec![
+            (attn_key(0), s_attn.clone()),
+            (attn_key(0), s_attn.clone()),
+            (attn_key(0), s_attn),
+            (attn_key(3), s_o),
+        ];
         for (i, f) in l.ffns.iter().enumerate() {
             inputs_of.push((f.names[0].clone(), s_mlp.clone()));
             inputs_of.push((f.names[0].clone(), s_mlp.clone()));
@@ -344,6 +348,11 @@ impl AwqMethod {
         }
         self.vectors.extend(l.vectors());
         Ok((l, grids, inputs_of.into_iter().map(|(_, s)| s).collect()))
+    }
+
+    /// Forget the current layer's observations (after its quantization).
+    pub fn clear_stats(&mut self) {
+        self.stats.clear();
     }
 
     fn quantize_layer(
@@ -397,7 +406,7 @@ impl LayerQuantizer for AwqMethod {
             return Err(Error::InvalidArgument("AWQ quantizes all linears of a layer in one stage".into()));
         }
         let out = self.quantize_layer(model, layer, inputs);
-        self.stats.clear();
+        self.clear_stats();
         out
     }
 }

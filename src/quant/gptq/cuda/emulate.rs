@@ -376,7 +376,14 @@ pub(super) fn quantize_int(
     if nonfinite {
         return Err(Error::InvalidArgument("GPTQ: the Hessian has non-finite entries".into()));
     }
-    let f = factor(&hsum, scale, &raw_diag, n, &solver::sweep_order(&raw_diag, opts.order, opts.group_size.unwrap_or(n)), opts.damp)?;
+    let f = factor(
+        &hsum,
+        scale,
+        &raw_diag,
+        n,
+        &solver::sweep_order(&raw_diag, opts.order, opts.group_size.unwrap_or(n)),
+        opts.damp,
+    )?;
     sweep(w, rows, n, &f, bits, sym, opts)
 }
 

@@ -357,12 +357,22 @@ mod selftest {
             (
                 "int4 g64 act-order block 48",
                 Grid::Int { bits: 4, sym: false },
-                GptqOptions { block_size: 48, order: crate::quant::gptq::ColumnOrder::Activation, group_size: Some(64), ..Default::default() },
+                GptqOptions {
+                    block_size: 48,
+                    order: crate::quant::gptq::ColumnOrder::Activation,
+                    group_size: Some(64),
+                    ..Default::default()
+                },
             ),
             (
                 "int4 g64 group-aware block 48",
                 Grid::Int { bits: 4, sym: false },
-                GptqOptions { block_size: 48, order: crate::quant::gptq::ColumnOrder::GroupAware, group_size: Some(64), ..Default::default() },
+                GptqOptions {
+                    block_size: 48,
+                    order: crate::quant::gptq::ColumnOrder::GroupAware,
+                    group_size: Some(64),
+                    ..Default::default()
+                },
             ),
             ("int3 sym per-row block 128", Grid::Int { bits: 3, sym: true }, GptqOptions::default()),
             (

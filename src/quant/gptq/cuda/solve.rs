@@ -80,13 +80,29 @@ pub(super) fn quantize_int(
             // The dense matrix is symmetric, so `build_m`'s lower-triangle reads find H itself.
             let uploaded = inner.stream.clone_htod(&h.to_dense()).map_err(cu("uploading the Hessian"))?;
             let diag: Vec<f64> = (0..n).map(|i| h.get(i, i)).collect();
-            factor(inner, &uploaded, 1.0, &diag, n, &sweep_order(&diag, opts.order, opts.group_size.unwrap_or(n)), opts.damp)?
+            factor(
+                inner,
+                &uploaded,
+                1.0,
+                &diag,
+                n,
+                &sweep_order(&diag, opts.order, opts.group_size.unwrap_or(n)),
+                opts.damp,
+            )?
         }
         HSrc::Dev(h) => {
             // The diagonal first: the sum's guard holds the Hessian's lock.
             let diag = h.diag_locked(inner)?;
             let sum = h.sum_locked(inner)?;
-            factor(inner, sum.sum(), h.scale(), &diag, n, &sweep_order(&diag, opts.order, opts.group_size.unwrap_or(n)), opts.damp)?
+            factor(
+                inner,
+                sum.sum(),
+                h.scale(),
+                &diag,
+                n,
+                &sweep_order(&diag, opts.order, opts.group_size.unwrap_or(n)),
+                opts.damp,
+            )?
         }
     };
     sweep(inner, w, rows, n, &f, bits, sym, opts)
