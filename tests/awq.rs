@@ -336,6 +336,12 @@ fn awq_then_gptq_beats_awq_alone_and_folds_its_scales() {
     let k_hf_rtn = kld(&hf_rtn);
     eprintln!("tiny 4-bit g64 KLD: AWQ+GPTQ {k_hf:.5}, RTN {k_hf_rtn:.5}");
     assert!(k_hf < 0.9 * k_hf_rtn, "AWQ+GPTQ hf-gptq KLD {k_hf} is not below round-to-nearest {k_hf_rtn}");
+    // The same codes in AutoAWQ's layout decode to the same weights.
+    let hf_awq = p("awq_gptq_hf_awq");
+    quantize_with("awq+gptq", &hf_awq, &["--group-size", "64", "--format", "hf-awq"]);
+    let cfg: Json = serde_json::from_str(&fs::read_to_string(hf_awq.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["quantization_config"]["quant_method"], "awq");
+    assert_eq!(kld(&hf_awq), k_hf, "hf-awq and hf-gptq of the same AWQ+GPTQ run differ");
 }
 
 #[test]
@@ -350,7 +356,8 @@ fn awq_then_gptq_option_errors() {
     };
     assert!(with(&["--bits", "3"]).contains("4-bit asymmetric"));
     assert!(with(&["--sym"]).contains("4-bit asymmetric"));
-    assert!(with(&["--format", "hf-awq"]).contains("hf-gptq or gguf"));
+    assert!(with(&["--format", "hf-bnb"]).contains("hf-gptq, hf-awq or gguf"));
+    assert!(with(&["--format", "hf-awq", "--order", "act"]).contains("g_idx"));
     assert!(with(&["--true-sequential"]).contains("--true-sequential"));
     assert!(!out.exists());
 }

@@ -43,7 +43,7 @@ pub struct QuantizeArgs {
     pub quant_type: Option<String>,
     /// rtn: llama.cpp's quantizers (optionally importance-weighted with --imatrix);
     /// gptq: Hessian-based error feedback; awq: activation-aware scaling; awq+gptq: AWQ's
-    /// scales, then GPTQ's rounding (llm-compressor's recipe; gguf or hf-gptq 4-bit
+    /// scales, then GPTQ's rounding (llm-compressor's recipe; gguf, or hf-gptq / hf-awq 4-bit
     /// asymmetric); nf4: bitsandbytes 4-bit NormalFloat (or FP4).
     #[arg(long, value_enum, default_value_t = Method::Rtn)]
     pub method: Method,

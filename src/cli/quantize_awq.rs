@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -21,7 +22,7 @@ use crate::convert::to_hf_quant::{self, OutTensor};
 use crate::error::Error;
 use crate::ggml_type::GgmlType;
 use crate::methods::awq::{AwqMethod, AwqOptions, Quantized, Target};
-use crate::model::{names, ModelConfig, RopeLayout};
+use crate::model::{names, ModelConfig, ModelFile, RopeLayout};
 use crate::output::Sink;
 use crate::quant;
 use crate::quant::packed::awq::pack;
@@ -190,21 +191,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
                 .with_context(|| format!("writing {}", output.display()))?;
             (n, size)
         }
-        _ => {
-            let linears = hf_linears(&mut method, &cfg, layout)?;
-            let shapes: HashMap<String, Vec<usize>> =
-                file.tensors()?.into_iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
-            let replaced = hf_vectors(&mut method.vectors, &cfg, layout, &shapes)?;
-            let qc = json!({
-                "quant_method": "awq", "bits": 4, "group_size": g.group_size, "zero_point": true,
-                "version": "gemm", "modules_to_not_convert": null,
-            });
-            let wbar = ui.bytes_bar(0, "writing");
-            let s = to_hf_quant::write_replacing(file, output, linears, replaced, qc, Vec::new(), &wbar)
-                .with_context(|| format!("writing {}", output.display()))?;
-            wbar.finish_and_clear();
-            (s.tensors, s.bytes)
-        }
+        _ => write_hf_awq(file, output, &mut method.results, &mut method.vectors, layout, g.group_size, ui)?,
     };
 
     let secs = start.elapsed().as_secs_f64();
@@ -239,8 +226,35 @@ pub(super) fn awq_options(args: &QuantizeArgs) -> AwqOptions {
     }
 }
 
+/// Write an hf-awq checkpoint (AutoAWQ's gemm layout) of the 4-bit `results`, with the folded
+/// `vectors` in place of the input's. Returns the tensor count and bytes written.
+pub(super) fn write_hf_awq(
+    file: &ModelFile,
+    output: &Path,
+    results: &mut HashMap<String, Quantized>,
+    vectors: &mut HashMap<String, Vec<f32>>,
+    layout: RopeLayout,
+    group_size: i64,
+    ui: &Ui,
+) -> Result<(usize, u64)> {
+    let cfg = file.config();
+    let linears = hf_linears(results, cfg, layout)?;
+    let shapes: HashMap<String, Vec<usize>> =
+        file.tensors()?.into_iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
+    let replaced = hf_vectors(vectors, cfg, layout, &shapes)?;
+    let qc = json!({
+        "quant_method": "awq", "bits": 4, "group_size": group_size, "zero_point": true,
+        "version": "gemm", "modules_to_not_convert": null,
+    });
+    let wbar = ui.bytes_bar(0, "writing");
+    let s = to_hf_quant::write_replacing(file, output, linears, replaced, qc, Vec::new(), &wbar)
+        .with_context(|| format!("writing {}", output.display()))?;
+    wbar.finish_and_clear();
+    Ok((s.tensors, s.bytes))
+}
+
 /// The gemm layout packs 8 output rows per word and needs whole groups in every row.
-fn check_awq_shapes(cfg: &ModelConfig, group_size: Option<usize>) -> Result<()> {
+pub(super) fn check_awq_shapes(cfg: &ModelConfig, group_size: Option<usize>) -> Result<()> {
     let mut outputs = vec![("q_proj", cfg.q_dim()), ("k/v_proj", cfg.kv_dim()), ("o/down_proj", cfg.hidden_size)];
     outputs.extend(cfg.ffn_widths().into_iter().map(|w| ("gate/up_proj", w)));
     for (what, rows) in outputs {
@@ -316,9 +330,9 @@ pub(super) fn encode_vector(
 type Linears = HashMap<String, Vec<(String, OutTensor<'static>)>>;
 
 /// The hf-awq tensors of every quantized linear (rows back in Hugging Face order).
-fn hf_linears(method: &mut AwqMethod, cfg: &ModelConfig, from: RopeLayout) -> Result<Linears> {
+fn hf_linears(results: &mut HashMap<String, Quantized>, cfg: &ModelConfig, from: RopeLayout) -> Result<Linears> {
     let mut out = HashMap::new();
-    for (name, q) in method.results.drain() {
+    for (name, q) in results.drain() {
         let Quantized::Int(q) = q else { bail!("{name}: expected integer codes") };
         let (rows, cols) = (q.rows, q.cols);
         let groups = cols / q.group_size;

@@ -10,7 +10,7 @@ use safetensors::Dtype;
 use serde_json::json;
 
 use super::quantize::{build_plan, Device, Format, Method, QuantizeArgs};
-use super::quantize_awq::{awq_options, encode_vector, file_rows, hf_vectors};
+use super::quantize_awq::{awq_options, check_awq_shapes, encode_vector, file_rows, hf_vectors, write_hf_awq};
 use super::session::Loaded;
 use super::Ui;
 use crate::calib::sequential::{self, Stages};
@@ -37,8 +37,11 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     };
     let with_awq = args.method == Method::AwqGptq;
     let method_name = if with_awq { "awq+gptq" } else { "gptq" };
-    if !matches!(format, Format::Gguf | Format::HfGptq) {
-        bail!("--method {method_name} writes --format hf-gptq or gguf");
+    match format {
+        Format::Gguf | Format::HfGptq => {}
+        Format::HfAwq if with_awq => {}
+        _ if with_awq => bail!("--method awq+gptq writes --format hf-gptq, hf-awq or gguf"),
+        _ => bail!("--method gptq writes --format hf-gptq or gguf"),
     }
     if args.imatrix.is_some() {
         bail!("--imatrix applies to --method rtn; GPTQ calibrates on its own activations");
@@ -52,8 +55,11 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     }
     if with_awq {
         // AWQ's scale search fake-quantizes on 4-bit asymmetric groups (its only integer grid).
-        if format == Format::HfGptq && (g.bits != 4 || g.sym) {
-            bail!("--method awq+gptq writes 4-bit asymmetric hf-gptq (AWQ's grid); drop --bits/--sym, or use --method gptq");
+        if format != Format::Gguf && (g.bits != 4 || g.sym) {
+            bail!("--method awq+gptq writes 4-bit asymmetric groups (AWQ's grid); drop --bits/--sym, or use --method gptq");
+        }
+        if format == Format::HfAwq && g.column_order() == ColumnOrder::Activation && !g.static_groups {
+            bail!("hf-awq has no g_idx: --order act needs --static-groups there (or use --order group)");
         }
         if g.true_sequential {
             bail!("--true-sequential does not apply to --method awq+gptq: AWQ observes a whole layer at once");
@@ -90,8 +96,10 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let loaded = Loaded::open(&args.input)?;
     let file = &loaded.file;
     let cfg = file.config().clone();
-    if format == Format::HfGptq {
-        super::quantize::check_group_size(&cfg, group_size)?;
+    match format {
+        Format::HfGptq => super::quantize::check_group_size(&cfg, group_size)?,
+        Format::HfAwq => check_awq_shapes(&cfg, group_size)?,
+        _ => {}
     }
     let calib_opts =
         CalibOptions { path: args.calib.calib.clone(), nsamples: args.calib.nsamples, seqlen: args.calib.seqlen };
@@ -210,6 +218,10 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
             sink.commit(|p| to_gguf::validate_written(p, n, size))
                 .with_context(|| format!("writing {}", output.display()))?;
             (n, size)
+        }
+        Format::HfAwq => {
+            let mut results = awq_codes(&mut method.results)?;
+            write_hf_awq(file, output, &mut results, &mut vectors, layout, g.group_size, ui)?
         }
         _ => {
             // GPTQModel (the only loader of quantized MoE experts on transformers 5, which holds
@@ -332,6 +344,30 @@ impl TensorEncoder for SolvedEncoder<'_> {
         }
         file_rows(name, bytes, rows, self.cfg, self.from, self.to).map(Some)
     }
+}
+
+/// GPTQ's 4-bit codes as AWQ's (awq+gptq into hf-awq): the same min-max groups with true zero
+/// points, valid where every column uses its own group (`g_idx[c] = c / group_size`).
+fn awq_codes(results: &mut HashMap<String, Solved>) -> Result<HashMap<String, awq::Quantized>> {
+    let mut out = HashMap::new();
+    for (name, solved) in results.drain() {
+        let Solved::Int(q) = solved else { bail!("{name}: expected integer codes") };
+        let cols = q.g_idx.len();
+        if q.bits != 4 || q.g_idx.iter().enumerate().any(|(c, &g)| g as usize != c / q.group_size) {
+            bail!("{name}: not 4-bit groups in column order, which hf-awq cannot store");
+        }
+        let rows = q.codes.len() / cols.max(1);
+        let codes = awq::grid::IntCodes {
+            rows,
+            cols,
+            group_size: q.group_size,
+            codes: q.codes,
+            scales: q.scales,
+            zeros: q.zeros,
+        };
+        out.insert(name, awq::Quantized::Int(codes));
+    }
+    Ok(out)
 }
 
 type Linears = HashMap<String, Vec<(String, OutTensor<'static>)>>;
