@@ -266,3 +266,91 @@ fn convert_json_report() {
     let err = common::qforge_err(&[&"convert", &common::tiny(), &"-o", &"-", &"--json"]);
     assert!(err.contains("--json"), "{err}");
 }
+
+/// Every tensor of a Hugging Face output directory, by file: one model.safetensors, or the
+/// shards its index names (checked: every index entry is in its shard and nothing else is).
+fn st_files(dir: &Path) -> Vec<(String, Vec<(String, usize)>)> {
+    let read = |f: &str| -> Vec<(String, usize)> {
+        let bytes = std::fs::read(dir.join(f)).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        st.tensors().into_iter().map(|(n, v)| (n, v.data().len())).collect()
+    };
+    let index = dir.join("model.safetensors.index.json");
+    if !index.exists() {
+        return vec![("model.safetensors".into(), read("model.safetensors"))];
+    }
+    let idx: Json = serde_json::from_slice(&read_bytes(&index)).unwrap();
+    let map = idx["weight_map"].as_object().unwrap();
+    let mut files: Vec<String> = map.values().map(|v| v.as_str().unwrap().to_string()).collect();
+    files.sort();
+    files.dedup();
+    let out: Vec<(String, Vec<(String, usize)>)> = files.iter().map(|f| (f.clone(), read(f))).collect();
+    let mut total = 0;
+    for (f, tensors) in &out {
+        for (n, len) in tensors {
+            assert_eq!(map[n].as_str(), Some(f.as_str()), "{n} is in {f}, the index says {}", map[n]);
+            total += len;
+        }
+    }
+    assert_eq!(out.iter().map(|(_, t)| t.len()).sum::<usize>(), map.len(), "index and shards list other tensors");
+    assert_eq!(idx["metadata"]["total_size"].as_u64(), Some(total as u64));
+    out
+}
+
+fn read_bytes(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap()
+}
+
+fn ppl(model: &Path) -> f64 {
+    let text = common::wiki();
+    let out = qforge_ok(&[&"perplexity", &model, &"--text", &text, &"--max-windows", &"2", &"--json"]);
+    serde_json::from_str::<Json>(&out).unwrap()["ppl"].as_f64().unwrap()
+}
+
+/// `--max-shard-size` on every Hugging Face writer (convert --to hf, hf-gptq, hf-awq via
+/// awq+gptq, NF4): files named and indexed as transformers' save_pretrained writes them, each
+/// at most the size (a bigger tensor alone), read back to the same model; one shard is a plain
+/// model.safetensors without an index.
+#[test]
+fn hf_outputs_shard_like_save_pretrained() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n);
+    let tiny = common::tiny();
+    let gguf = p("tiny.gguf");
+    qforge_ok(&[&"-q", &"convert", &tiny, &"-o", &gguf, &"--outtype", &"f32"]);
+    let cal = ["--nsamples", "4", "--seqlen", "64", "--awq-sample-tokens", "256"];
+    let runs: Vec<(&str, Vec<&str>)> = vec![
+        ("hf", vec!["convert", "--to", "hf"]),
+        ("nf4", vec!["quantize", "--method", "nf4"]),
+        ("gptq", [&["quantize", "--method", "gptq", "--group-size", "64"][..], &cal].concat()),
+        ("awq", [&["quantize", "--method", "awq+gptq", "--format", "hf-awq", "--group-size", "64"][..], &cal].concat()),
+    ];
+    for (name, args) in runs {
+        let input: &Path = if name == "hf" { &gguf } else { &tiny };
+        let (one, sharded) = (p(&format!("{name}-one")), p(&format!("{name}-sharded")));
+        for (out, size) in [(&one, "5GB"), (&sharded, "2MB")] {
+            let mut a: Vec<&dyn AsRef<std::ffi::OsStr>> =
+                vec![&"-q", &args[0], &input, &"-o", out, &"--max-shard-size", &size];
+            a.extend(args[1..].iter().map(|s| s as &dyn AsRef<std::ffi::OsStr>));
+            qforge_ok(&a);
+        }
+        assert!(!one.join("model.safetensors.index.json").exists(), "{name}: one file needs no index");
+        assert_eq!(st_files(&one).len(), 1);
+        let files = st_files(&sharded);
+        let n = files.len();
+        assert!(n > 2, "{name}: {n} shards of 2 MB");
+        for (i, (f, tensors)) in files.iter().enumerate() {
+            assert_eq!(f, &format!("model-{:05}-of-{n:05}.safetensors", i + 1));
+            let size: usize = tensors.iter().map(|(_, l)| l).sum();
+            assert!(
+                size <= 2_000_000 || tensors.len() == 1,
+                "{name}: {f} holds {size} bytes in {} tensors",
+                tensors.len()
+            );
+        }
+        let (a, b) = (ppl(&one), ppl(&sharded));
+        assert!(a == b, "{name}: perplexity {a} unsharded vs {b} sharded");
+    }
+    let bad = qforge(&[&"convert", &gguf, &"-o", &p("x"), &"--to", &"hf", &"--max-shard-size", &"5XB"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("unknown unit"));
+}

@@ -84,7 +84,6 @@ def loader_vs_qforge(model, ids, qlp):
 def compare_with_bitsandbytes(qdir, source):
     """transformers + bitsandbytes quantize `source` as qdir's config says; compare tensors."""
     import torch
-    from safetensors import safe_open
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     qc = json.load(open(os.path.join(qdir, "config.json")))["quantization_config"]
@@ -98,8 +97,7 @@ def compare_with_bitsandbytes(qdir, source):
     with tempfile.TemporaryDirectory() as tmp:
         ref = AutoModelForCausalLM.from_pretrained(source, quantization_config=bnb, device_map="cpu")
         ref.save_pretrained(tmp)
-        a = safe_open(os.path.join(tmp, "model.safetensors"), "pt")
-        b = safe_open(os.path.join(qdir, "model.safetensors"), "pt")
+        a, b = Checkpoint(tmp), Checkpoint(qdir)
         ka, kb = set(a.keys()), set(b.keys())
         for k in sorted(ka ^ kb):
             failures.append(f"{k}: only in {'transformers' if k in ka else 'qforge'}'s checkpoint")
@@ -128,6 +126,27 @@ def compare_with_bitsandbytes(qdir, source):
                     failures.append(f"{k}: values differ (max {float((x32 - y32).abs().max()):.3g})")
         n = len(ka & kb)
     return n, failures
+
+
+class Checkpoint:
+    """The tensors of a checkpoint directory, one model.safetensors or shards with an index."""
+
+    def __init__(self, d):
+        from safetensors import safe_open
+
+        index = os.path.join(d, "model.safetensors.index.json")
+        if os.path.exists(index):
+            files = sorted(set(json.load(open(index))["weight_map"].values()))
+        else:
+            files = ["model.safetensors"]
+        self.files = [safe_open(os.path.join(d, f), "pt") for f in files]
+        self.where = {k: f for f in self.files for k in f.keys()}
+
+    def keys(self):
+        return self.where.keys()
+
+    def get_tensor(self, k):
+        return self.where[k].get_tensor(k)
 
 
 def load(qdir, loader):

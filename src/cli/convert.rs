@@ -83,6 +83,11 @@ pub struct ConvertArgs {
     /// Convert even if weights hold NaN or Inf (normally an error naming the tensor).
     #[arg(long)]
     pub allow_nonfinite: bool,
+    /// Hugging Face output: at most this many bytes per safetensors file (B, KB, MB, GB or
+    /// KiB, MiB, GiB), sharded with model.safetensors.index.json as transformers'
+    /// save_pretrained does.
+    #[arg(long, value_name = "SIZE", default_value = "5GB", value_parser = crate::convert::shards::parse_size)]
+    pub max_shard_size: u64,
 }
 
 pub fn run(args: &ConvertArgs, ui: &Ui) -> Result<()> {
@@ -153,8 +158,11 @@ pub fn run(args: &ConvertArgs, ui: &Ui) -> Result<()> {
             if args.outtype.is_some_and(|t| !t.ggml().is_float()) {
                 bail!("--to hf writes float tensors: choose --outtype f32, f16 or bf16");
             }
-            let opts =
-                to_hf::HfOptions { dtype: args.outtype.map(OutType::ggml), allow_nonfinite: args.allow_nonfinite };
+            let opts = to_hf::HfOptions {
+                dtype: args.outtype.map(OutType::ggml),
+                allow_nonfinite: args.allow_nonfinite,
+                max_shard_size: args.max_shard_size,
+            };
             let bar = ui.bytes_bar(input_bytes, "converting");
             let summary = to_hf::write(&model, &args.output, &opts, &bar)
                 .with_context(|| format!("converting {} to {}", args.input.display(), args.output.display()))?;

@@ -92,6 +92,11 @@ pub struct QuantizeArgs {
     /// Quantize even if weights hold NaN or Inf (normally an error naming the tensor).
     #[arg(long)]
     pub allow_nonfinite: bool,
+    /// Hugging Face output: at most this many bytes per safetensors file (B, KB, MB, GB or
+    /// KiB, MiB, GiB), sharded with model.safetensors.index.json as transformers'
+    /// save_pretrained does.
+    #[arg(long, value_name = "SIZE", default_value = "5GB", value_parser = crate::convert::shards::parse_size)]
+    pub max_shard_size: u64,
     /// Allow re-quantizing tensors that the input already stores quantized (their error
     /// compounds; llama-quantize refuses the same without this flag).
     #[arg(long)]

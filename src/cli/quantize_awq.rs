@@ -191,7 +191,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
                 .with_context(|| format!("writing {}", output.display()))?;
             (n, size)
         }
-        _ => write_hf_awq(file, output, &mut method.results, &mut method.vectors, layout, g.group_size, ui)?,
+        _ => write_hf_awq(file, output, &mut method.results, &mut method.vectors, layout, args, ui)?,
     };
 
     let secs = start.elapsed().as_secs_f64();
@@ -234,7 +234,7 @@ pub(super) fn write_hf_awq(
     results: &mut HashMap<String, Quantized>,
     vectors: &mut HashMap<String, Vec<f32>>,
     layout: RopeLayout,
-    group_size: i64,
+    args: &QuantizeArgs,
     ui: &Ui,
 ) -> Result<(usize, u64)> {
     let cfg = file.config();
@@ -243,11 +243,11 @@ pub(super) fn write_hf_awq(
         file.tensors()?.into_iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
     let replaced = hf_vectors(vectors, cfg, layout, &shapes)?;
     let qc = json!({
-        "quant_method": "awq", "bits": 4, "group_size": group_size, "zero_point": true,
+        "quant_method": "awq", "bits": 4, "group_size": args.gptq.group_size, "zero_point": true,
         "version": "gemm", "modules_to_not_convert": null,
     });
     let wbar = ui.bytes_bar(0, "writing");
-    let s = to_hf_quant::write_replacing(file, output, linears, replaced, qc, Vec::new(), &wbar)
+    let s = to_hf_quant::write_replacing(file, output, linears, replaced, qc, Vec::new(), args.max_shard_size, &wbar)
         .with_context(|| format!("writing {}", output.display()))?;
     wbar.finish_and_clear();
     Ok((s.tensors, s.bytes))

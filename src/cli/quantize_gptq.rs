@@ -221,7 +221,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         }
         Format::HfAwq => {
             let mut results = awq_codes(&mut method.results)?;
-            write_hf_awq(file, output, &mut results, &mut vectors, layout, g.group_size, ui)?
+            write_hf_awq(file, output, &mut results, &mut vectors, layout, args, ui)?
         }
         _ => {
             // GPTQModel (the only loader of quantized MoE experts on transformers 5, which holds
@@ -250,8 +250,9 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
                 q
             })];
             let wbar = ui.bytes_bar(0, "writing");
-            let s = to_hf_quant::write_replacing(file, output, linears, replaced, qc, extra, &wbar)
-                .with_context(|| format!("writing {}", output.display()))?;
+            let s =
+                to_hf_quant::write_replacing(file, output, linears, replaced, qc, extra, args.max_shard_size, &wbar)
+                    .with_context(|| format!("writing {}", output.display()))?;
             wbar.finish_and_clear();
             (s.tensors, s.bytes)
         }

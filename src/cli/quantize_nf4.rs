@@ -43,7 +43,13 @@ fn options(args: &QuantizeArgs) -> Result<BnbOptions> {
             "{flag} does not apply to --method nf4 (it quantizes what bitsandbytes quantizes: every layer's linears)"
         );
     }
-    Ok(BnbOptions { quant_type, blocksize, double_quant: args.double_quant, allow_nonfinite: args.allow_nonfinite })
+    Ok(BnbOptions {
+        quant_type,
+        blocksize,
+        double_quant: args.double_quant,
+        allow_nonfinite: args.allow_nonfinite,
+        max_shard_size: args.max_shard_size,
+    })
 }
 
 pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {

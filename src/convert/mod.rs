@@ -5,6 +5,7 @@
 pub mod imatrix;
 pub mod import;
 pub mod plan;
+pub mod shards;
 pub mod to_bnb;
 pub mod to_gguf;
 pub mod to_hf;

@@ -8,16 +8,16 @@
 //! tensors, byte parts) so that each stays aligned; a layer is quantized again for each group
 //! it has parts in rather than kept in memory (NF4 quantization is cheap next to I/O).
 
-use std::io::BufWriter;
 use std::path::Path;
 
 use indicatif::ProgressBar;
 use safetensors::Dtype;
 use serde_json::{json, Value};
 
+use super::shards::ShardedWriter;
 use super::tensor_to_hf_f32;
 use crate::error::{Error, Result};
-use crate::formats::st_writer::{StEntry, StWriter};
+use crate::formats::st_writer::StEntry;
 use crate::ggml_type::GgmlType;
 use crate::model::{names, ModelFile, RopeLayout, TensorRef};
 use crate::output::AtomicDir;
@@ -32,6 +32,8 @@ pub struct BnbOptions {
     pub blocksize: usize,
     pub double_quant: bool,
     pub allow_nonfinite: bool,
+    /// Bytes per safetensors file (see [`super::shards`]).
+    pub max_shard_size: u64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -181,7 +183,7 @@ impl Writer<'_, '_> {
 }
 
 /// Plan, then stream every tensor; returns the entries written and the file size.
-fn write_safetensors(w: &Writer<'_, '_>, path: &Path, offsets: &[Option<f32>]) -> Result<(usize, u64, u64)> {
+fn write_safetensors(w: &Writer<'_, '_>, dir: &Path, offsets: &[Option<f32>]) -> Result<(usize, u64, u64)> {
     let opts = w.opts;
     let mut plan: Vec<Planned> = Vec::new();
     let mut quantized_bytes = 0u64;
@@ -224,8 +226,7 @@ fn write_safetensors(w: &Writer<'_, '_>, path: &Path, offsets: &[Option<f32>]) -
     let n_entries = plan.len();
     let (entries, sources): (Vec<StEntry>, Vec<Source>) = plan.into_iter().map(|p| (p.entry, p.source)).unzip();
 
-    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    let mut st = StWriter::new(BufWriter::with_capacity(1 << 20, file), path, entries, &[("format", "pt")])?;
+    let mut st = ShardedWriter::new(dir, entries, opts.max_shard_size)?;
     let mut current: Option<(usize, Quantized)> = None;
     for source in sources {
         let name = st.next_entry().map(|e| e.name.clone()).unwrap_or_default();
@@ -251,9 +252,7 @@ fn write_safetensors(w: &Writer<'_, '_>, path: &Path, offsets: &[Option<f32>]) -
         };
         st.write(&name, &bytes)?;
     }
-    let (buf, size) = st.finish()?;
-    let file = buf.into_inner().map_err(|e| Error::io(path, e.into_error()))?;
-    file.sync_all().map_err(|e| Error::io(path, e))?;
+    let size = st.finish()?;
     Ok((n_entries, size, quantized_bytes))
 }
 
@@ -327,8 +326,7 @@ pub fn write(model: &ModelFile, out_dir: &Path, opts: &BnbOptions, progress: &Pr
     }
 
     let dir = AtomicDir::create(out_dir)?;
-    let st_path = dir.path().join("model.safetensors");
-    let (n_entries, bytes, quantized_bytes) = write_safetensors(&w, &st_path, &offsets)?;
+    let (n_entries, bytes, quantized_bytes) = write_safetensors(&w, dir.path(), &offsets)?;
 
     let write_json = |name: &str, v: &Value| super::write_json(dir.path(), name, v);
     let td = torch_dtype(dtype);

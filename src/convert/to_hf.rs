@@ -20,6 +20,8 @@ pub struct HfOptions {
     /// F32, F16 or BF16; `None` keeps float tensors' own type and writes quantized ones as F32.
     pub dtype: Option<GgmlType>,
     pub allow_nonfinite: bool,
+    /// Bytes per safetensors file (see [`super::shards`]).
+    pub max_shard_size: u64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -125,16 +127,11 @@ pub fn write(model: &ModelFile, out_dir: &Path, opts: &HfOptions, progress: &Pro
         views.push((hf_name, view));
     }
     let n_tensors = views.len();
-    let st_path = dir.path().join("model.safetensors");
-    let metadata = Some([("format".to_string(), "pt".to_string())].into_iter().collect());
-    safetensors::serialize_to_file(views, metadata, &st_path)
-        .map_err(|e| Error::io(&st_path, std::io::Error::other(e.to_string())))?;
+    let written = super::shards::write_views(dir.path(), views, opts.max_shard_size);
     if let Some(e) = error.into_inner().ok().flatten() {
         return Err(e);
     }
-    // The safetensors crate writes through a 0600 temporary file; give the weights the same
-    // permissions as the JSON files beside them.
-    set_readable(&st_path)?;
+    written?;
 
     super::write_json(dir.path(), "config.json", &config_json)?;
     super::write_hf_side_files(model, dir.path())?;

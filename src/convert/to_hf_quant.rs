@@ -11,7 +11,6 @@ use indicatif::ProgressBar;
 use safetensors::{Dtype, View};
 use serde_json::Value;
 
-use super::to_hf::set_readable;
 use super::{hf_norm_offset, tensor_to_hf_f32};
 use crate::error::{Error, Result};
 use crate::ggml_type::GgmlType;
@@ -48,21 +47,12 @@ pub struct HfQuantSummary {
 }
 
 /// Write `model` to `out_dir` with the linears in `linears` (GGUF name → suffix → tensor,
-/// e.g. `qweight`) replacing their float weights. `quant_config` goes into config.json as
-/// `quantization_config`; `extra_json` are more files (e.g. `quantize_config.json`).
-pub fn write(
-    model: &ModelFile,
-    out_dir: &Path,
-    linears: HashMap<String, Vec<(String, OutTensor<'static>)>>,
-    quant_config: Value,
-    extra_json: Vec<(String, Value)>,
-    progress: &ProgressBar,
-) -> Result<HfQuantSummary> {
-    write_replacing(model, out_dir, linears, HashMap::new(), quant_config, extra_json, progress)
-}
-
-/// [`write`], with the tensors in `replaced` (GGUF name → tensor, Hugging Face row order)
-/// written instead of the input's: AWQ folds its scales into the norm weights.
+/// e.g. `qweight`) replacing their float weights, and the tensors in `replaced` (GGUF name →
+/// tensor, Hugging Face row order) written instead of the input's (AWQ folds its scales into
+/// the norm weights). `quant_config` goes into config.json as `quantization_config`;
+/// `extra_json` are more files (e.g. `quantize_config.json`); the weights are sharded at
+/// `max_shard_size` bytes per file.
+#[allow(clippy::too_many_arguments)]
 pub fn write_replacing(
     model: &ModelFile,
     out_dir: &Path,
@@ -70,6 +60,7 @@ pub fn write_replacing(
     mut replaced: HashMap<String, OutTensor<'static>>,
     quant_config: Value,
     extra_json: Vec<(String, Value)>,
+    max_shard_size: u64,
     progress: &ProgressBar,
 ) -> Result<HfQuantSummary> {
     let cfg = model.config();
@@ -130,10 +121,7 @@ pub fn write_replacing(
     let n_tensors = out.len();
 
     let dir = AtomicDir::create(out_dir)?;
-    let st_path = dir.path().join("model.safetensors");
-    let metadata = Some([("format".to_string(), "pt".to_string())].into_iter().collect());
-    safetensors::serialize_to_file(out.iter().map(|(n, t)| (n.as_str(), t)), metadata, &st_path)
-        .map_err(|e| Error::io(&st_path, std::io::Error::other(e.to_string())))?;
+    super::shards::write_views(dir.path(), out.iter().map(|(n, t)| (n.clone(), t)).collect(), max_shard_size)?;
     progress.inc(bytes);
 
     let write_json = |name: &str, v: &Value| super::write_json(dir.path(), name, v);
@@ -151,7 +139,6 @@ pub fn write_replacing(
         write_json(name, v)?;
     }
     super::write_hf_side_files(model, dir.path())?;
-    set_readable(&st_path)?;
     dir.commit()?;
     Ok(HfQuantSummary { tensors: n_tensors, bytes })
 }
