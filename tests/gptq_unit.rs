@@ -275,15 +275,26 @@ fn gptq_beats_rtn_on_correlated_inputs() {
         cases.push((format!("int{bits} g128 {order:?}"), res.dequantized, rtn_int(&w, rows, cols, bits as u32, 128)));
     }
     for t in [GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q6_K] {
-        let res = quantize(&w, rows, cols, &h, &Grid::Ggml(t), &GptqOptions::default()).unwrap();
         let rtn = decode(t, &encode(t, &w).unwrap(), w.len()).unwrap();
-        cases.push((format!("{t}"), res.dequantized, rtn));
+        for weighted_headers in [false, true] {
+            let o = GptqOptions { weighted_headers, ..Default::default() };
+            let res = quantize(&w, rows, cols, &h, &Grid::Ggml(t), &o).unwrap();
+            cases.push((format!("{t} weighted headers {weighted_headers}"), res.dequantized, rtn.clone()));
+        }
     }
+    let mut plain_headers = f64::NAN;
     for (name, q, rtn) in cases {
         let e_gptq = output_error(&w, &q, &x, rows, cols, tokens);
         let e_rtn = output_error(&w, &rtn, &x, rows, cols, tokens);
         println!("{name}: output error GPTQ {e_gptq:.4e}, RTN {e_rtn:.4e} (ratio {:.3})", e_gptq / e_rtn);
         assert!(e_gptq < 0.8 * e_rtn, "{name}: GPTQ {e_gptq} vs RTN {e_rtn}");
+        // Block headers chosen by the importance-weighted quantizer (the Hessian's diagonal as
+        // the importance) beat the plain quantizer's.
+        if name.ends_with("weighted headers false") {
+            plain_headers = e_gptq;
+        } else if name.ends_with("weighted headers true") {
+            assert!(e_gptq < 0.9 * plain_headers, "{name}: {e_gptq} vs plain headers {plain_headers}");
+        }
     }
 }
 
@@ -437,26 +448,31 @@ fn ggml_grids_decode_to_the_result_exactly() {
     let x = activations(tokens, cols, 42);
     let h = hessian_of(&x, tokens, cols);
     for &t in GGML_TYPES {
-        for (order, static_groups) in [
-            (ColumnOrder::Natural, false),
-            (ColumnOrder::Activation, false),
-            (ColumnOrder::Activation, true),
-            (ColumnOrder::GroupAware, false),
+        for (order, static_groups, weighted_headers) in [
+            (ColumnOrder::Natural, false, false),
+            (ColumnOrder::Activation, false, false),
+            (ColumnOrder::Activation, true, false),
+            (ColumnOrder::GroupAware, false, false),
+            (ColumnOrder::GroupAware, false, true),
+            (ColumnOrder::Activation, true, true),
         ] {
-            let o = GptqOptions { order, static_groups, ..Default::default() };
+            let o = GptqOptions { order, static_groups, weighted_headers, ..Default::default() };
             let res = quantize(&w, rows, cols, &h, &Grid::Ggml(t), &o).unwrap();
             assert!(res.int.is_none());
             let bytes = res.ggml.as_ref().unwrap();
             assert_eq!(bytes.len() as u64, t.row_bytes(cols as u64).unwrap() * rows as u64);
             let dec = decode(t, bytes, rows * cols).unwrap();
             for (k, (a, b)) in dec.iter().zip(&res.dequantized).enumerate() {
-                assert!(a == b, "{t} {order:?} static {static_groups}: weight {k}: decoded {a} vs {b}");
+                assert!(
+                    a == b,
+                    "{t} {order:?} static {static_groups} weighted {weighted_headers}: weight {k}: {a} vs {b}"
+                );
             }
             let rtn = decode(t, &encode(t, &w).unwrap(), w.len()).unwrap();
             let e_gptq = output_error(&w, &res.dequantized, &x, rows, cols, tokens);
             let e_rtn = output_error(&w, &rtn, &x, rows, cols, tokens);
             println!(
-                "{t} {order:?} static {static_groups}: decodes exactly; output error vs RTN {:.3}",
+                "{t} {order:?} static {static_groups} weighted {weighted_headers}: decodes exactly; output error vs RTN {:.3}",
                 e_gptq / e_rtn
             );
         }

@@ -138,6 +138,12 @@ pub struct CalibArgs {
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockScales {
+    Weighted,
+    Plain,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OrderArg {
     Group,
     Act,
@@ -194,6 +200,12 @@ pub struct GptqArgs {
     /// applied with --act-order on an integer grid without --static-groups.
     #[arg(long)]
     pub no_rtn_guard: bool,
+    /// GPTQ onto GGML types: how each block's header (scale, min, sub-block scales) is chosen
+    /// when the sweep reaches the block. `weighted`: llama.cpp's importance-weighted
+    /// quantizer with the Hessian's diagonal (each column's mean squared input, what an
+    /// imatrix holds) as the importance; `plain`: llama.cpp's plain quantizer.
+    #[arg(long, value_enum, default_value_t = BlockScales::Weighted, value_name = "HOW")]
+    pub block_scales: BlockScales,
     /// Where GPTQ runs: auto (a CUDA GPU when one is usable, else the CPU), cpu, cuda.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,

@@ -83,6 +83,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         order,
         static_groups: g.static_groups,
         group_size,
+        weighted_headers: g.block_scales == super::quantize::BlockScales::Weighted,
     };
     if options.block_size == 0 || !(g.damp > 0.0 && g.damp.is_finite()) {
         bail!("--block-size must be positive and --damp a positive number");
@@ -262,7 +263,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     if ui.json {
         ui.print_json(&json!({
             "input": args.input, "output": output, "method": method_name, "format": format!("{format:?}"),
-            "bits": g.bits, "group_size": g.group_size, "act_order": order == ColumnOrder::Activation, "order": format!("{order:?}"), "sym": g.sym, "damp": g.damp,
+            "bits": g.bits, "group_size": g.group_size, "act_order": order == ColumnOrder::Activation, "order": format!("{order:?}"), "block_scales": format!("{:?}", g.block_scales), "sym": g.sym, "damp": g.damp,
             "type": args.quant_type, "calibration": {"source": calib.source, "windows": calib.windows.len(), "seqlen": calib.seqlen},
             "tensors": n_tensors, "bytes": bytes, "device": device_name, "gptq_seconds": gptq_secs, "seconds": secs, "notes": method.notes,
             "rtn_guard": {"matrices": method.guarded.len(), "kept_rtn": kept_rtn, "per_matrix": method.guarded},

@@ -84,6 +84,15 @@ pub(crate) struct GgmlGrid {
     /// is fixed there (empty otherwise).
     triggers: Vec<Vec<usize>>,
     quantize_block: fn(&[f32], &mut [u8]),
+    /// Per-column importance for the weighted header quantizer (`None`: the plain one).
+    importance: Option<(Vec<f32>, crate::quant::weighted::RowFn)>,
+}
+
+/// Importance weights from the Hessian's diagonal, floored at 1e-6 of its mean so that a
+/// block of dead columns (diagonal 0) still gets a scale.
+pub(crate) fn importance(diag: &[f64]) -> Vec<f32> {
+    let mean = diag.iter().sum::<f64>() / diag.len().max(1) as f64;
+    diag.iter().map(|&d| d.max(mean * 1e-6).max(f64::MIN_POSITIVE) as f32).collect()
 }
 
 pub(crate) struct GgmlState {
@@ -91,7 +100,18 @@ pub(crate) struct GgmlState {
 }
 
 impl GgmlGrid {
-    pub(crate) fn new(ty: GgmlType, static_blocks: bool, perm: &[usize], cols: usize) -> Result<Self> {
+    pub(crate) fn new(
+        ty: GgmlType,
+        static_blocks: bool,
+        perm: &[usize],
+        cols: usize,
+        importance: Option<Vec<f32>>,
+    ) -> Result<Self> {
+        // Q8_0 has no weighted quantizer (llama.cpp ignores an imatrix for it).
+        let importance = importance.and_then(|w| crate::quant::weighted::row_fn(ty).map(|f| (w, f)));
+        if importance.as_ref().is_some_and(|(w, _)| w.len() != cols) {
+            return Err(Error::InvalidArgument(format!("importance for {} columns, not {cols}", cols)));
+        }
         let quantize_block: fn(&[f32], &mut [u8]) = match ty {
             GgmlType::Q4_0 => q4_0::quantize_block,
             GgmlType::Q4_1 => q4_1::quantize_block,
@@ -126,7 +146,16 @@ impl GgmlGrid {
             perm: perm.to_vec(),
             triggers,
             quantize_block,
+            importance,
         })
+    }
+
+    /// Fix the header of the block starting at column `c0` from its values `x`.
+    fn encode_header(&self, x: &[f32], c0: usize, blk: &mut [u8]) {
+        match &self.importance {
+            Some((w, row)) => row(x, &w[c0..c0 + self.qk], blk),
+            None => (self.quantize_block)(x, blk),
+        }
     }
 
     /// Concatenate the chunks' encoded rows.
@@ -234,7 +263,7 @@ impl ColumnGrid for GgmlGrid {
                         *v = if dead[c] { 0.0 } else { row[c] };
                     }
                     let blk = self.block_mut(&mut st, r, b * self.qk);
-                    (self.quantize_block)(&x, blk);
+                    self.encode_header(&x, b * self.qk, blk);
                 }
             }
         }
@@ -247,8 +276,9 @@ impl ColumnGrid for GgmlGrid {
 
     fn set_params(&self, st: &mut GgmlState, r: usize, p: usize, vals: &[f64]) {
         let x: Vec<f32> = vals.iter().map(|&v| v as f32).collect();
+        let c0 = self.perm[p] / self.qk * self.qk;
         let blk = self.block_mut(st, r, self.perm[p]);
-        (self.quantize_block)(&x, blk);
+        self.encode_header(&x, c0, blk);
     }
 
     #[inline(always)]
@@ -280,7 +310,7 @@ mod tests {
             s
         };
         for &t in super::super::GGML_TYPES {
-            let g = GgmlGrid::new(t, false, &(0..t.block_size()).collect::<Vec<_>>(), t.block_size()).unwrap();
+            let g = GgmlGrid::new(t, false, &(0..t.block_size()).collect::<Vec<_>>(), t.block_size(), None).unwrap();
             let x: Vec<f32> = (0..g.qk).map(|_| ((next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1).collect();
             let mut b = vec![0u8; g.block_bytes];
             (g.quantize_block)(&x, &mut b);

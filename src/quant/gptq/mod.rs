@@ -117,11 +117,22 @@ pub struct GptqOptions {
     /// Columns per group for [`Grid::Int`] (`None`: one group per row, the reference's −1).
     /// Ignored by [`Grid::Ggml`], whose groups are its blocks.
     pub group_size: Option<usize>,
+    /// [`Grid::Ggml`]: fix each block's header (scale, min, sub-block scales) with llama.cpp's
+    /// importance-weighted quantizer, the Hessian's diagonal (the mean squared input of each
+    /// column, what an imatrix holds) as the importance, instead of the plain quantizer.
+    pub weighted_headers: bool,
 }
 
 impl Default for GptqOptions {
     fn default() -> Self {
-        GptqOptions { block_size: 128, damp: 0.01, order: ColumnOrder::Natural, static_groups: false, group_size: None }
+        GptqOptions {
+            block_size: 128,
+            damp: 0.01,
+            order: ColumnOrder::Natural,
+            static_groups: false,
+            group_size: None,
+            weighted_headers: false,
+        }
     }
 }
 
@@ -258,7 +269,8 @@ pub fn quantize(
             (deq, Some(q), None, loss)
         }
         Grid::Ggml(t) => {
-            let g = ggml_grid::GgmlGrid::new(t, opts.static_groups, &f.perm, cols)?;
+            let importance = opts.weighted_headers.then(|| ggml_grid::importance(&h.diagonal()));
+            let g = ggml_grid::GgmlGrid::new(t, opts.static_groups, &f.perm, cols, importance)?;
             let (deq, states, loss) = solver::sweep(w, rows, cols, &f, opts.block_size, &g);
             (deq, None, Some(g.finish(states)), loss)
         }

@@ -28,9 +28,10 @@ pub fn uses_weights(t: GgmlType) -> bool {
     matches!(t, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ4_NL)
 }
 
-type RowFn = fn(&[f32], &[f32], &mut [u8]);
+pub(crate) type RowFn = fn(&[f32], &[f32], &mut [u8]);
 
-fn row_fn(t: GgmlType) -> Option<RowFn> {
+/// The importance-weighted quantizer of `t` (rows of whole blocks, one weight per value).
+pub(crate) fn row_fn(t: GgmlType) -> Option<RowFn> {
     use GgmlType::*;
     Some(match t {
         Q4_0 => legacy::q4_0_row,
