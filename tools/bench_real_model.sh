@@ -24,19 +24,25 @@ mkdir -p "$W"
 cd "$W"
 
 # name | quantize arguments (the linears only: token_embd/output stay F32 everywhere).
+# gptq-natural with plain block scales is qforge's GPTQ before issue 18 (natural column order,
+# llama.cpp's plain quantizer for block headers); the defaults are group-aware order and
+# importance-weighted block headers.
 cases() {
   local legacy="--pure --embedding-type F32"
   cat <<CASES
 q4_0-rtn|--type Q4_0 $legacy
 q4_0-imatrix|--type Q4_0 $legacy --imatrix @IMATRIX@
 q4_0-gptq|--type Q4_0 $legacy --method gptq
-q4_0-gptq-natural|--type Q4_0 $legacy --method gptq --order natural
+q4_0-gptq-plain|--type Q4_0 $legacy --method gptq --block-scales plain
+q4_0-gptq-natural|--type Q4_0 $legacy --method gptq --order natural --block-scales plain
 q4_0-gptq-act|--type Q4_0 $legacy --method gptq --order act
 q4_0-awq|--type Q4_0 $legacy --method awq
 q4_0-awq+gptq|--type Q4_0 $legacy --method awq+gptq
+q4_0-awq+gptq-plain|--type Q4_0 $legacy --method awq+gptq --block-scales plain
 q5_0-rtn|--type Q5_0 $legacy
 q5_0-imatrix|--type Q5_0 $legacy --imatrix @IMATRIX@
 q5_0-gptq|--type Q5_0 $legacy --method gptq
+q5_0-gptq-plain|--type Q5_0 $legacy --method gptq --block-scales plain
 q5_0-awq|--type Q5_0 $legacy --method awq
 q5_0-awq+gptq|--type Q5_0 $legacy --method awq+gptq
 q4_k_m-rtn|--type Q4_K_M --embedding-type F32
