@@ -187,6 +187,25 @@ fn dry_run_prints_the_plan_and_writes_nothing() {
         assert!(text.contains(needle), "missing {needle:?}:\n{text}");
     }
     assert_eq!(text.lines().filter(|l| l.contains(".weight")).count(), 39, "{text}");
+    // The calibrated methods follow the same plan: the same listing, nothing calibrated or
+    // written; a Hugging Face format has no plan to print.
+    for method in ["gptq", "awq", "awq+gptq"] {
+        let t = qforge_ok(&[
+            &"quantize",
+            &common::tiny(),
+            &"-o",
+            &out,
+            &"--type",
+            &"Q4_K_M",
+            &"--method",
+            &method,
+            &"--dry-run",
+        ]);
+        assert_eq!(t, text, "--method {method} --dry-run");
+        assert!(dir_entries(tmp.path()).is_empty(), "{method} dry run wrote {:?}", dir_entries(tmp.path()));
+        let r = qforge(&[&"quantize", &common::tiny(), &"-o", &out, &"--method", &method, &"--dry-run"]);
+        assert!(String::from_utf8_lossy(&r.stderr).contains("Hugging Face checkpoint has none"), "{method}");
+    }
     // Without -o, and the predicted size is the real one.
     let (j, _) = dry_run_plan(&common::tiny(), "Q4_K_M", &[]);
     assert_eq!(j["dry_run"], true);

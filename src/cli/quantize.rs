@@ -264,6 +264,13 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     if args.imatrix.is_some() && args.method != Method::Rtn {
         bail!("--imatrix applies to --method rtn (llama.cpp's quantizers), not {:?}", args.method);
     }
+    if args.dry_run && matches!(args.method, Method::Gptq | Method::Awq | Method::AwqGptq) {
+        // The calibrated methods follow the same per-tensor plan as round-to-nearest.
+        if args.quant_type.is_none() || args.format.is_some_and(|f| f != Format::Gguf) {
+            bail!("--dry-run prints the plan of a GGUF (--type T); a Hugging Face checkpoint has none");
+        }
+        return run_rtn(args, ui);
+    }
     match (args.method, args.format) {
         (Method::Nf4, _) => super::quantize_nf4::run(args, ui),
         (Method::Gptq | Method::AwqGptq, _) => super::quantize_gptq::run(args, ui),

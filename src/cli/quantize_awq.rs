@@ -60,9 +60,6 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     if !matches!(format, Format::Gguf | Format::HfAwq) {
         bail!("--method awq writes --format hf-awq or gguf");
     }
-    if args.dry_run {
-        bail!("--dry-run applies to --method rtn (the plan of `--method awq --type T` is the same as rtn's)");
-    }
     if args.imatrix.is_some() {
         bail!("--imatrix applies to --method rtn; AWQ calibrates on its own activations");
     }
