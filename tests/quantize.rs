@@ -281,7 +281,7 @@ fn options_change_the_plan() {
 }
 
 /// GGUF input: a bf16-exact F16 GGUF quantizes to exactly the file the checkpoint gives; a
-/// Q8_0 GGUF is requantized only with --allow-requantize, and with a warning; the results load in `convert --to hf` and
+/// Q8_0 GGUF is requantized only with --allow-requantize (by every method), and with a warning; the results load in `convert --to hf` and
 /// `inspect --verify`.
 #[test]
 fn gguf_inputs() {
@@ -307,6 +307,13 @@ fn gguf_inputs() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("warning") && stderr.contains("already quantized (Q8_0)"), "{stderr}");
+    // Every method shares the guard.
+    for method in ["gptq", "awq", "awq+gptq", "nf4"] {
+        let out = t.join(format!("requant-{method}"));
+        let e = qforge_err(&[&"quantize", &q8, &"-o", &out, &"--method", &method, &"--nsamples", &"2"]);
+        assert!(e.contains("already quantized (Q8_0)") && e.contains("--allow-requantize"), "{method}: {e}");
+        assert!(!out.exists(), "{method}");
+    }
     // The quantized GGUFs go on through the rest of the toolchain.
     for g in [&requant, &from_hf] {
         qforge_ok(&[&"-q", &"inspect", &"--verify", g]);

@@ -282,6 +282,41 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     }
 }
 
+/// The requantize guard every method shares: `kinds` are the stored types (GGML types or
+/// packed schemes) of the input tensors that would be quantized again. Without
+/// --allow-requantize that is an error (llama-quantize refuses the same); with it, a warning.
+pub(super) fn check_requantize(args: &QuantizeArgs, ui: &Ui, kinds: impl IntoIterator<Item = String>) -> Result<()> {
+    let mut kinds: Vec<String> = kinds.into_iter().collect();
+    kinds.sort();
+    kinds.dedup();
+    if kinds.is_empty() {
+        return Ok(());
+    }
+    let (input, kinds) = (args.input.display(), kinds.join(", "));
+    if !args.allow_requantize {
+        bail!(
+            "{input} is already quantized ({kinds}): requantizing compounds the error; quantize from the \
+             f16/bf16/f32 model, or pass --allow-requantize"
+        );
+    }
+    ui.warn(format!(
+        "{input} is already quantized ({kinds}): weights are requantized from their decoded values, which \
+         compounds the quantization error; quantize from the f16/bf16/f32 model when you can"
+    ));
+    Ok(())
+}
+
+/// The stored types of the tensors of `file` that are quantized (GGML types or packed HF
+/// schemes), for [`check_requantize`] when every weight matrix is quantized again.
+pub(super) fn quantized_kinds(file: &crate::model::ModelFile) -> Result<Vec<String>> {
+    Ok(file
+        .tensors()?
+        .iter()
+        .filter(|t| t.packed.is_some() || !t.ggml_type.is_float())
+        .map(|t| t.packed.as_ref().map_or(t.ggml_type.name().to_string(), |p| p.scheme.name().to_string()))
+        .collect())
+}
+
 /// Round-to-nearest GGUF quantization with llama.cpp's quantizers.
 fn run_rtn(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let start = Instant::now();
@@ -331,30 +366,12 @@ fn run_rtn(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
 
     // Tensors stored quantized in the input and re-encoded to another type: their error adds
     // to the one already there. (A tensor planned in its own type is copied unchanged.)
-    let mut quantized_in: Vec<&str> = report_plan
+    let quantized_in = report_plan
         .rows
         .iter()
         .filter(|r| r.source_quantized && r.source_type != r.ggml_type)
-        .map(|r| r.source_type.as_str())
-        .collect();
-    quantized_in.sort();
-    quantized_in.dedup();
-    if !quantized_in.is_empty() && !args.allow_requantize {
-        bail!(
-            "{} is already quantized ({}): requantizing compounds the error; quantize from the \
-             f16/bf16/f32 model, or pass --allow-requantize",
-            args.input.display(),
-            quantized_in.join(", ")
-        );
-    }
-    if !quantized_in.is_empty() {
-        ui.warn(format!(
-            "{} is already quantized ({}): weights are requantized from their decoded values, which \
-             compounds the quantization error; quantize from the f16/bf16/f32 model when you can",
-            args.input.display(),
-            quantized_in.join(", ")
-        ));
-    }
+        .map(|r| r.source_type.clone());
+    check_requantize(args, ui, quantized_in)?;
     let output = args.output.as_ref().expect("clap requires -o without --dry-run");
     let mut sink = Sink::open(output).with_context(|| format!("cannot create {}", output.display()))?;
     let bar = ui.bytes_bar(input_bytes, "quantizing");

@@ -100,20 +100,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     if format == Format::HfAwq {
         check_awq_shapes(&cfg, group_size)?;
     }
-    let already: Vec<String> = file
-        .tensors()?
-        .iter()
-        .filter(|t| t.packed.is_some() || !t.ggml_type.is_float())
-        .map(|t| t.name.clone())
-        .collect();
-    if !already.is_empty() && !args.allow_requantize {
-        bail!(
-            "{} is already quantized (e.g. {}): requantizing compounds the error; start from the \
-             f16/bf16/f32 model, or pass --allow-requantize",
-            args.input.display(),
-            already[0]
-        );
-    }
+    super::quantize::check_requantize(args, ui, super::quantize::quantized_kinds(file)?)?;
 
     // GGUF: the per-tensor types come from llama.cpp's mix rules, planned before anything runs,
     // and each linear is searched on its own planned type.

@@ -97,6 +97,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let loaded = Loaded::open(&args.input)?;
     let file = &loaded.file;
     let cfg = file.config().clone();
+    super::quantize::check_requantize(args, ui, super::quantize::quantized_kinds(file)?)?;
     match format {
         Format::HfGptq => super::quantize::check_group_size(&cfg, group_size)?,
         Format::HfAwq => check_awq_shapes(&cfg, group_size)?,

@@ -70,19 +70,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         .map(|t| t.packed.as_ref().map_or(t.ggml_type.name().to_string(), |p| p.scheme.name().to_string()))
         .collect();
     drop(tensors);
-    if let Some(kind) = requantized.first() {
-        if !args.allow_requantize {
-            bail!(
-                "{} is already quantized ({kind}): requantizing compounds the error; quantize from the \
-                 f16/bf16/f32 model, or pass --allow-requantize",
-                args.input.display()
-            );
-        }
-        ui.warn(format!(
-            "{} is already quantized ({kind}): its decoded weights are quantized again, which compounds the error",
-            args.input.display()
-        ));
-    }
+    super::quantize::check_requantize(args, ui, requantized)?;
 
     // Each linear is read twice (a third time for the double-quantization offsets).
     let passes = if opts.double_quant { 2 } else { 1 };
