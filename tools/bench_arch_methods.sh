@@ -4,7 +4,7 @@
 # arch × method Markdown table of BENCHMARKS.md.
 #
 # Same bits side by side: GGUF Q4_0 by round-to-nearest, with an importance matrix, GPTQ and AWQ
-# (each onto Q4_0's grid, llama.cpp's per-tensor rules for the rest); Q4_K_M by RTN and GPTQ;
+# and AWQ+GPTQ (each onto Q4_0's grid, llama.cpp's per-tensor rules for the rest); Q4_K_M by RTN and GPTQ;
 # Hugging Face 4-bit formats (group size 32, the fixtures being 64 wide; 16 for the Qwen MoE
 # fixtures, whose experts are 48 wide): GPTQ, AWQ, and
 # NF4 (blocks of 64). Calibration: NSAMPLES windows of 96 tokens of calibration/calib.txt.
@@ -26,8 +26,8 @@ kld() { # MODEL CANDIDATE -> "mean"
     python3 -c 'import json,sys; print("%.5f" % json.load(sys.stdin)["kld_mean"])'
 }
 
-echo "| arch | Q4_0 RTN | Q4_0 imatrix | Q4_0 GPTQ | Q4_0 AWQ | Q4_K_M RTN | Q4_K_M GPTQ | hf-gptq g32¹ | hf-awq g32¹ | NF4 |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
+echo "| arch | Q4_0 RTN | Q4_0 imatrix | Q4_0 GPTQ | Q4_0 AWQ | Q4_0 AWQ+GPTQ | Q4_K_M RTN | Q4_K_M GPTQ | hf-gptq g32¹ | hf-awq g32¹ | NF4² |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
 # A method qforge refuses for an architecture shows as "—".
 q() { # OUT ARGS... -> quantized model, or OUT.refused
   local out=$1; shift
@@ -45,6 +45,7 @@ for A in ${ARCHS:-llama-rope qwen2 qwen3 gemma2 gemma3 phi3 mixtral qwen2moe qwe
   if [ ${#imat[@]} -gt 0 ]; then q q4_0-imat.gguf --type q4_0 "${imat[@]}"; else touch "$O/q4_0-imat.gguf.refused"; fi
   q q4_0-gptq.gguf --method gptq --type q4_0 "${CAL[@]}"
   q q4_0-awq.gguf --method awq --type q4_0 "${CAL[@]}"
+  q q4_0-awq-gptq.gguf --method awq+gptq --type q4_0 "${CAL[@]}"
   q q4km.gguf --type q4_k_m
   q q4km-gptq.gguf --method gptq --type q4_k_m "${CAL[@]}"
   # Groups of 32 need widths that are multiples of 32: the Qwen MoE fixtures' experts are 48
@@ -55,7 +56,7 @@ for A in ${ARCHS:-llama-rope qwen2 qwen3 gemma2 gemma3 phi3 mixtral qwen2moe qwe
   q hf-awq --method awq --format hf-awq --group-size $G "${CAL[@]}"
   q nf4 --method nf4
   row="| $A"
-  for c in q4_0.gguf q4_0-imat.gguf q4_0-gptq.gguf q4_0-awq.gguf q4km.gguf q4km-gptq.gguf hf-gptq hf-awq nf4; do
+  for c in q4_0.gguf q4_0-imat.gguf q4_0-gptq.gguf q4_0-awq.gguf q4_0-awq-gptq.gguf q4km.gguf q4km-gptq.gguf hf-gptq hf-awq nf4; do
     if [ -e "$O/$c.refused" ]; then row="$row | —"; else row="$row | $(kld "$M" "$O/$c")"; fi
   done
   echo "$row |"
