@@ -12,6 +12,34 @@ use crate::runtime::TextTokenizer;
 /// built into the binary so that the default works from any directory.
 pub const DEFAULT_TEXT: &str = include_str!("../../calibration/calib.txt");
 
+/// Calibration text: a file the user named, else `$QFORGE_CALIB`, else the built-in text.
+/// GPTQ, AWQ and `imatrix` all find their default here.
+pub struct CalibText {
+    pub text: String,
+    /// The file it was read from (`None`: built in).
+    pub path: Option<PathBuf>,
+}
+
+impl CalibText {
+    pub fn load(path: Option<&Path>) -> Result<CalibText> {
+        let env = std::env::var_os("QFORGE_CALIB").map(PathBuf::from);
+        Ok(match path.map(Path::to_path_buf).or(env) {
+            Some(p) => CalibText { text: crate::eval::read_text(&p)?, path: Some(p) },
+            None => CalibText { text: DEFAULT_TEXT.to_string(), path: None },
+        })
+    }
+
+    /// Where the text came from, for reports.
+    pub fn source(&self) -> String {
+        self.path.as_ref().map_or_else(|| "built-in calibration/calib.txt".into(), |p| p.display().to_string())
+    }
+
+    /// The dataset name llama-imatrix would record (the file given, or the built-in's name).
+    pub fn dataset_name(&self) -> String {
+        self.path.as_ref().map_or_else(|| "calibration/calib.txt".into(), |p| p.to_string_lossy().into_owned())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct CalibOptions {
     /// `None`: `$QFORGE_CALIB` if set, else the built-in text.
@@ -38,18 +66,15 @@ impl Calibration {
             return Err(Error::InvalidArgument("--nsamples must be ≥ 1 and --seqlen ≥ 2".into()));
         }
         let mut notes = Vec::new();
-        let env = std::env::var_os("QFORGE_CALIB").map(PathBuf::from);
-        let (text, source) = match opts.path.as_ref().or(env.as_ref()) {
-            Some(p) => (crate::eval::read_text(p)?, p.display().to_string()),
-            None => (DEFAULT_TEXT.to_string(), "built-in calibration/calib.txt".to_string()),
-        };
+        let calib = CalibText::load(opts.path.as_deref())?;
+        let (text, source) = (&calib.text, calib.source());
         let seqlen = if opts.seqlen > context_length {
             notes.push(format!("--seqlen {} exceeds the model's context length; using {context_length}", opts.seqlen));
             context_length
         } else {
             opts.seqlen
         };
-        let ids = tokenizer.encode(&text)?;
+        let ids = tokenizer.encode(text)?;
         let windows: Vec<Vec<u32>> = ids.chunks_exact(seqlen).take(opts.nsamples).map(<[u32]>::to_vec).collect();
         if windows.is_empty() {
             return Err(Error::InvalidArgument(format!(

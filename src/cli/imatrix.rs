@@ -1,7 +1,7 @@
 //! `qforge imatrix`: collect an importance matrix (llama.cpp's `llama-imatrix`) for
 //! `quantize --imatrix`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::session::Loaded;
 use super::Ui;
+use crate::calib::CalibText;
 use crate::eval::imatrix::ImatrixCollector;
 use crate::eval::perplexity::{window_nll, NllAccumulator};
 use crate::eval::windows;
@@ -32,8 +33,8 @@ use crate::runtime::{KvCache, LlamaModel};
 pub struct ImatrixArgs {
     /// Hugging Face directory or GGUF file (the unquantized model, ideally).
     pub model: PathBuf,
-    /// Calibration text, UTF-8 (default: calibration/calib.txt of the qforge source tree, or
-    /// $QFORGE_CALIB).
+    /// Calibration text, UTF-8 (default: $QFORGE_CALIB, else the calibration/calib.txt built
+    /// into qforge, as for --method gptq/awq).
     #[arg(long, value_name = "FILE")]
     pub text: Option<PathBuf>,
     /// Output file (GGUF imatrix), or `-` for standard output.
@@ -51,25 +52,9 @@ pub struct ImatrixArgs {
     pub process_output: bool,
 }
 
-/// The default calibration text: $QFORGE_CALIB, else the qforge source tree's
-/// calibration/calib.txt, else ./calibration/calib.txt.
-pub fn default_calibration_text() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("QFORGE_CALIB") {
-        return Ok(PathBuf::from(p));
-    }
-    let candidates =
-        [Path::new(env!("CARGO_MANIFEST_DIR")).join("calibration/calib.txt"), PathBuf::from("calibration/calib.txt")];
-    candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
-        anyhow!("no calibration text: calibration/calib.txt was not found; pass --text FILE or set QFORGE_CALIB")
-    })
-}
-
 pub fn run(args: &ImatrixArgs, ui: &Ui) -> Result<()> {
     let start = Instant::now();
-    let text = match &args.text {
-        Some(t) => t.clone(),
-        None => default_calibration_text()?,
-    };
+    let calib = CalibText::load(args.text.as_deref())?;
     if args.chunks == Some(0) {
         bail!("--chunks must be at least 1");
     }
@@ -77,7 +62,8 @@ pub fn run(args: &ImatrixArgs, ui: &Ui) -> Result<()> {
         bail!("--json cannot be combined with `-o -`: standard output carries the imatrix");
     }
     let loaded = Loaded::open(&args.model)?;
-    let ids = loaded.tokenize_file(&text, args.ctx, None).with_context(|| format!("reading {}", text.display()))?;
+    let ids =
+        loaded.tokenize_text(&calib.text, args.ctx, None).with_context(|| format!("tokenizing {}", calib.source()))?;
     let windows = windows(&ids, args.ctx, args.chunks)?;
     let model = LlamaModel::load(&loaded.file).with_context(|| format!("loading {}", args.model.display()))?;
     if args.process_output && loaded.file.config().tie_embeddings {
@@ -119,7 +105,7 @@ pub fn run(args: &ImatrixArgs, ui: &Ui) -> Result<()> {
     }
     let tokens = (windows.len() * args.ctx) as u64;
     let imatrix = collector
-        .into_imatrix(vec![text.to_string_lossy().into_owned()], windows.len() as u32, args.ctx as u32)
+        .into_imatrix(vec![calib.dataset_name()], windows.len() as u32, args.ctx as u32)
         .map_err(|e| anyhow!("collecting the importance matrix: {e}"))?;
     let expected = imatrix.gguf_size()?;
 
@@ -145,7 +131,7 @@ pub fn run(args: &ImatrixArgs, ui: &Ui) -> Result<()> {
     let secs = start.elapsed().as_secs_f64();
     if ui.json {
         ui.print_json(&json!({
-            "model": args.model, "text": text, "output": args.output,
+            "model": args.model, "text": calib.source(), "output": args.output,
             "ctx": args.ctx, "chunks": windows.len(), "tokens": tokens, "entries": n_entries,
             "process_output": args.process_output,
             "ppl": acc.ppl(), "window_ppl": window_ppl, "seconds": secs,

@@ -125,8 +125,8 @@ pub enum Format {
 /// Calibration data for GPTQ and AWQ.
 #[derive(Args, Debug, Clone)]
 pub struct CalibArgs {
-    /// Calibration text (default: calibration/calib.txt of the qforge source tree, or
-    /// $QFORGE_CALIB).
+    /// Calibration text (default: $QFORGE_CALIB, else the calibration/calib.txt built into
+    /// qforge).
     #[arg(long, value_name = "FILE")]
     pub calib: Option<PathBuf>,
     /// Calibration windows.

@@ -50,13 +50,17 @@ impl Loaded {
     /// only as much of the text as those windows need is encoded (the ids are a prefix of the
     /// whole text's, so the windows are the same).
     pub fn tokenize_file(&self, text: &Path, ctx: usize, max_windows: Option<usize>) -> Result<Vec<u32>> {
+        self.tokenize_text(&eval::read_text(text)?, ctx, max_windows)
+    }
+
+    /// [`tokenize_file`](Self::tokenize_file) of a text in memory.
+    pub fn tokenize_text(&self, text: &str, ctx: usize, max_windows: Option<usize>) -> Result<Vec<u32>> {
         let max = self.file.config().context_length;
         if ctx > max {
             bail!("--ctx {ctx} is larger than the model's context length {max}");
         }
-        let s = eval::read_text(text)?;
         let min_tokens = max_windows.map_or(usize::MAX, |w| w.saturating_mul(ctx));
-        Ok(self.tokenizer.encode_prefix(&s, min_tokens)?)
+        Ok(self.tokenizer.encode_prefix(text, min_tokens)?)
     }
 }
 
