@@ -234,22 +234,25 @@ fn broken_awq_checkpoints_fail_cleanly() {
     check(edited(&awq, &root.join("qweight"), |_| {}, Some((&qw, &[256, 16], vec![0u8; 256 * 16 * 4]))), &["attn_q"]);
 }
 
-#[test]
-fn awq_option_errors() {
+/// The error `quantize tiny --method METHOD EXTRA…` stops with; it must write nothing.
+fn option_error(method: &str, extra: &[&str]) -> String {
     let tmp = tempfile::tempdir().unwrap();
     let (input, out) = (tiny(), tmp.path().join("x"));
-    let base: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"quantize", &input, &"-o", &out, &"--method", &"awq"];
-    let with = |extra: &[&'static str]| {
-        let mut a = base.clone();
-        a.extend(extra.iter().map(|e| e as &dyn AsRef<std::ffi::OsStr>));
-        qforge_err(&a)
-    };
+    let mut a: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"quantize", &input, &"-o", &out, &"--method", &method];
+    a.extend(extra.iter().map(|e| e as &dyn AsRef<std::ffi::OsStr>));
+    let e = qforge_err(&a);
+    assert!(!out.exists(), "--method {method} {extra:?} wrote {}", out.display());
+    e
+}
+
+#[test]
+fn awq_option_errors() {
+    let with = |extra: &[&str]| option_error("awq", extra);
     assert!(with(&["--bits", "3"]).contains("4-bit"));
     assert!(with(&["--sym"]).contains("asymmetric"));
     assert!(with(&["--format", "hf-gptq"]).contains("hf-awq or gguf"));
     assert!(with(&["--group-size", "96"]).contains("--group-size 96"));
     assert!(with(&["--type", "Q9_9"]).contains("Q9_9"));
-    assert!(!out.exists());
 }
 
 /// Importing an AWQ checkpoint into GGUF: 4-bit asymmetric groups of 128 re-pack into Q4_1
@@ -346,18 +349,10 @@ fn awq_then_gptq_beats_awq_alone_and_folds_its_scales() {
 
 #[test]
 fn awq_then_gptq_option_errors() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (input, out) = (tiny(), tmp.path().join("x"));
-    let base: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"quantize", &input, &"-o", &out, &"--method", &"awq+gptq"];
-    let with = |extra: &[&'static str]| {
-        let mut a = base.clone();
-        a.extend(extra.iter().map(|e| e as &dyn AsRef<std::ffi::OsStr>));
-        qforge_err(&a)
-    };
+    let with = |extra: &[&str]| option_error("awq+gptq", extra);
     assert!(with(&["--bits", "3"]).contains("4-bit asymmetric"));
     assert!(with(&["--sym"]).contains("4-bit asymmetric"));
     assert!(with(&["--format", "hf-bnb"]).contains("hf-gptq, hf-awq or gguf"));
     assert!(with(&["--format", "hf-awq", "--order", "act"]).contains("g_idx"));
     assert!(with(&["--true-sequential"]).contains("--true-sequential"));
-    assert!(!out.exists());
 }

@@ -11,7 +11,7 @@
 use super::awq::AwqMethod;
 use super::gptq::{GptqMethod, Linear};
 use crate::calib::sequential::LayerQuantizer;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::runtime::LlamaModel;
 
 pub struct AwqGptqMethod {
@@ -36,12 +36,7 @@ impl LayerQuantizer for AwqGptqMethod {
         names: &[String],
         inputs: &[Vec<f32>],
     ) -> Result<Vec<(String, Vec<f32>)>> {
-        if names != model.layer_linear_names(layer).as_slice() || inputs.is_empty() {
-            return Err(Error::InvalidArgument("AWQ+GPTQ quantizes all linears of a layer in one stage".into()));
-        }
-        let folded = self.awq.fold_layer(model, layer, inputs, false);
-        self.awq.clear_stats();
-        let (l, _, scales) = folded?;
+        let (l, _, scales) = self.awq.fold_stage(model, layer, names, inputs, false)?;
         let linears = l
             .linears()
             .into_iter()

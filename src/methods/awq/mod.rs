@@ -350,18 +350,27 @@ impl AwqMethod {
         Ok((l, grids, inputs_of.into_iter().map(|(_, s)| s).collect()))
     }
 
-    /// Forget the current layer's observations (after its quantization).
-    pub fn clear_stats(&mut self) {
-        self.stats.clear();
-    }
-
-    fn quantize_layer(
+    /// [`fold_layer`](Self::fold_layer) as a stage of the sequential driver: `names` must be
+    /// all of the layer's linears (AWQ observes and folds a whole layer at once); the layer's
+    /// observations are dropped afterwards, whatever the outcome.
+    pub fn fold_stage(
         &mut self,
         model: &LlamaModel<'_>,
-        li: usize,
+        layer: usize,
+        names: &[String],
         inputs: &[Vec<f32>],
-    ) -> Result<Vec<(String, Vec<f32>)>> {
-        let (l, grids, _) = self.fold_layer(model, li, inputs, self.options.clip)?;
+        clip_weights: bool,
+    ) -> Result<(LayerF32, Vec<Grid>, Vec<Vec<f32>>)> {
+        if names != model.layer_linear_names(layer).as_slice() || inputs.is_empty() {
+            return Err(Error::InvalidArgument("AWQ quantizes all linears of a layer in one stage".into()));
+        }
+        let folded = self.fold_layer(model, layer, inputs, clip_weights);
+        self.stats.clear();
+        folded
+    }
+
+    /// Round the folded layer's linears onto their grids; the results and the folded vectors.
+    fn round_layer(&mut self, l: LayerF32, grids: Vec<Grid>) -> Result<Vec<(String, Vec<f32>)>> {
         let mut out = Vec::with_capacity(grids.len() + 5);
         for ((name, rows, _, w), grid) in l.linears().into_iter().zip(grids) {
             let (values, q) = match grid {
@@ -402,11 +411,7 @@ impl LayerQuantizer for AwqMethod {
         names: &[String],
         inputs: &[Vec<f32>],
     ) -> Result<Vec<(String, Vec<f32>)>> {
-        if names != model.layer_linear_names(layer).as_slice() || inputs.is_empty() {
-            return Err(Error::InvalidArgument("AWQ quantizes all linears of a layer in one stage".into()));
-        }
-        let out = self.quantize_layer(model, layer, inputs);
-        self.clear_stats();
-        out
+        let (l, grids, _) = self.fold_stage(model, layer, names, inputs, self.options.clip)?;
+        self.round_layer(l, grids)
     }
 }
