@@ -106,13 +106,16 @@ PY
   done < <(cases)
 done
 
-# The table: one row per format and method, KLD / top-1 / seconds per variant.
-python3 - results.tsv "$VARIANTS" <<'PY'
+# The table: one row per format and method (in the order of `cases`, measured ones only),
+# KLD / top-1 / seconds per variant.
+cases | cut -d'|' -f1 >case-order.txt
+python3 - results.tsv "$VARIANTS" case-order.txt <<'PY'
 import sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 variants = sys.argv[2].split()
 res = {(r[0], r[1]): r[2:] for r in rows}
-names = list(dict.fromkeys(r[1] for r in rows))
+measured = {r[1] for r in rows}
+names = [n.strip() for n in open(sys.argv[3]) if n.strip() in measured]
 print("| format | method | " + " | ".join(f"{v}: KLD / top-1 / s (RTN kept)" for v in variants) + " |")
 print("|---|---|" + "---|" * len(variants))
 for n in names:
