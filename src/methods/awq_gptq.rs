@@ -19,6 +19,8 @@ pub struct AwqGptqMethod {
     pub gptq: GptqMethod,
 }
 
+// Deliberately the same method signatures as the AWQ and GPTQ impls: the trait's
+// (calib::sequential::LayerQuantizer), each body delegating to the two methods.
 impl LayerQuantizer for AwqGptqMethod {
     fn observe(&mut self, layer: usize, names: &[&str], x: &[f32], n: usize) -> Result<()> {
         self.awq.observe(layer, names, x, n)?;
