@@ -131,7 +131,9 @@ impl ShardedWriter {
             let st = StWriter::new(out, &path, self.entries[range].to_vec(), &[("format", "pt")])?;
             self.current = Some((shard, st));
         }
-        let Some((_, st)) = self.current.as_mut() else { unreachable!() };
+        let Some((_, st)) = self.current.as_mut() else {
+            return Err(Error::InvalidArgument(format!("tensor {name}: no shard open")));
+        };
         st.write(name, data)?;
         self.next += 1;
         Ok(())
