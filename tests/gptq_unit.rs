@@ -264,36 +264,42 @@ fn gptq_beats_rtn_on_correlated_inputs() {
     let h = hessian_of(&x, tokens, cols);
 
     let mut cases: Vec<(String, Vec<f32>, Vec<f32>)> = Vec::new();
-    for (bits, order) in [
-        (4u8, ColumnOrder::Natural),
-        (4, ColumnOrder::Activation),
-        (4, ColumnOrder::GroupAware),
-        (3, ColumnOrder::Natural),
+    for (bits, order, gs) in [
+        (4u8, ColumnOrder::Natural, 128),
+        (4, ColumnOrder::Activation, 128),
+        (4, ColumnOrder::GroupAware, 128),
+        (3, ColumnOrder::Natural, 128),
+        (4, ColumnOrder::GroupAware, 32),
     ] {
-        let o = GptqOptions { order, ..opts(Some(128)) };
-        let res = quantize(&w, rows, cols, &h, &Grid::Int { bits, sym: false }, &o).unwrap();
-        cases.push((format!("int{bits} g128 {order:?}"), res.dequantized, rtn_int(&w, rows, cols, bits as u32, 128)));
+        for weighted_scales in [false, true] {
+            let o = GptqOptions { order, weighted_scales, ..opts(Some(gs)) };
+            let res = quantize(&w, rows, cols, &h, &Grid::Int { bits, sym: false }, &o).unwrap();
+            let name = format!("int{bits} g{gs} {order:?} weighted scales {weighted_scales}");
+            cases.push((name, res.dequantized, rtn_int(&w, rows, cols, bits as u32, gs)));
+        }
     }
     for t in [GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q6_K] {
         let rtn = decode(t, &encode(t, &w).unwrap(), w.len()).unwrap();
-        for weighted_headers in [false, true] {
-            let o = GptqOptions { weighted_headers, ..Default::default() };
+        for weighted_scales in [false, true] {
+            let o = GptqOptions { weighted_scales, ..Default::default() };
             let res = quantize(&w, rows, cols, &h, &Grid::Ggml(t), &o).unwrap();
-            cases.push((format!("{t} weighted headers {weighted_headers}"), res.dequantized, rtn.clone()));
+            cases.push((format!("{t} weighted scales {weighted_scales}"), res.dequantized, rtn.clone()));
         }
     }
-    let mut plain_headers = f64::NAN;
+    let mut plain = f64::NAN;
     for (name, q, rtn) in cases {
         let e_gptq = output_error(&w, &q, &x, rows, cols, tokens);
         let e_rtn = output_error(&w, &rtn, &x, rows, cols, tokens);
         println!("{name}: output error GPTQ {e_gptq:.4e}, RTN {e_rtn:.4e} (ratio {:.3})", e_gptq / e_rtn);
         assert!(e_gptq < 0.8 * e_rtn, "{name}: GPTQ {e_gptq} vs RTN {e_rtn}");
-        // Block headers chosen by the importance-weighted quantizer (the Hessian's diagonal as
-        // the importance) beat the plain quantizer's.
-        if name.ends_with("weighted headers false") {
-            plain_headers = e_gptq;
-        } else if name.ends_with("weighted headers true") {
-            assert!(e_gptq < 0.9 * plain_headers, "{name}: {e_gptq} vs plain headers {plain_headers}");
+        // Parameters chosen by the error weighted with the Hessian's diagonal (GGML block
+        // headers by llama.cpp's importance-weighted quantizer, integer groups by the range
+        // search) beat the plain ones (llama.cpp's plain quantizer, min-max).
+        if name.ends_with("weighted scales false") {
+            plain = e_gptq;
+        } else {
+            println!("  vs plain: {:.3}", e_gptq / plain);
+            assert!(e_gptq < 0.9 * plain, "{name}: {e_gptq} vs plain {plain}");
         }
     }
 }
@@ -448,7 +454,7 @@ fn ggml_grids_decode_to_the_result_exactly() {
     let x = activations(tokens, cols, 42);
     let h = hessian_of(&x, tokens, cols);
     for &t in GGML_TYPES {
-        for (order, static_groups, weighted_headers) in [
+        for (order, static_groups, weighted_scales) in [
             (ColumnOrder::Natural, false, false),
             (ColumnOrder::Activation, false, false),
             (ColumnOrder::Activation, true, false),
@@ -456,7 +462,7 @@ fn ggml_grids_decode_to_the_result_exactly() {
             (ColumnOrder::GroupAware, false, true),
             (ColumnOrder::Activation, true, true),
         ] {
-            let o = GptqOptions { order, static_groups, weighted_headers, ..Default::default() };
+            let o = GptqOptions { order, static_groups, weighted_scales, ..Default::default() };
             let res = quantize(&w, rows, cols, &h, &Grid::Ggml(t), &o).unwrap();
             assert!(res.int.is_none());
             let bytes = res.ggml.as_ref().unwrap();
@@ -465,14 +471,14 @@ fn ggml_grids_decode_to_the_result_exactly() {
             for (k, (a, b)) in dec.iter().zip(&res.dequantized).enumerate() {
                 assert!(
                     a == b,
-                    "{t} {order:?} static {static_groups} weighted {weighted_headers}: weight {k}: {a} vs {b}"
+                    "{t} {order:?} static {static_groups} weighted {weighted_scales}: weight {k}: {a} vs {b}"
                 );
             }
             let rtn = decode(t, &encode(t, &w).unwrap(), w.len()).unwrap();
             let e_gptq = output_error(&w, &res.dequantized, &x, rows, cols, tokens);
             let e_rtn = output_error(&w, &rtn, &x, rows, cols, tokens);
             println!(
-                "{t} {order:?} static {static_groups} weighted {weighted_headers}: decodes exactly; output error vs RTN {:.3}",
+                "{t} {order:?} static {static_groups} weighted {weighted_scales}: decodes exactly; output error vs RTN {:.3}",
                 e_gptq / e_rtn
             );
         }

@@ -200,10 +200,13 @@ pub struct GptqArgs {
     /// applied with --act-order on an integer grid without --static-groups.
     #[arg(long)]
     pub no_rtn_guard: bool,
-    /// GPTQ onto GGML types: how each block's header (scale, min, sub-block scales) is chosen
-    /// when the sweep reaches the block. `weighted`: llama.cpp's importance-weighted
-    /// quantizer with the Hessian's diagonal (each column's mean squared input, what an
-    /// imatrix holds) as the importance; `plain`: llama.cpp's plain quantizer.
+    /// GPTQ: how each block's or group's scale is chosen when the sweep reaches it.
+    /// `weighted`: by the rounding error weighted with the Hessian's diagonal (each column's
+    /// mean squared input, what an imatrix holds): GGML block headers (scale, min, sub-block
+    /// scales) by llama.cpp's importance-weighted quantizer, integer groups (hf-gptq, hf-awq
+    /// with awq+gptq) by a search over their min-max range shrunk by 1 − i/100, i < 80
+    /// (quant.py's `mse` grid). `plain`: llama.cpp's plain quantizer, and min-max ranges as
+    /// the GPTQ reference takes them.
     #[arg(long, value_enum, default_value_t = BlockScales::Weighted, value_name = "HOW")]
     pub block_scales: BlockScales,
     /// Where GPTQ runs: auto (a CUDA GPU when one is usable, else the CPU), cpu, cuda.

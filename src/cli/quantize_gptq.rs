@@ -83,7 +83,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         order,
         static_groups: g.static_groups,
         group_size,
-        weighted_headers: g.block_scales == super::quantize::BlockScales::Weighted,
+        weighted_scales: g.block_scales == super::quantize::BlockScales::Weighted,
     };
     if options.block_size == 0 || !(g.damp > 0.0 && g.damp.is_finite()) {
         bail!("--block-size must be positive and --damp a positive number");

@@ -88,13 +88,6 @@ pub(crate) struct GgmlGrid {
     importance: Option<(Vec<f32>, crate::quant::weighted::RowFn)>,
 }
 
-/// Importance weights from the Hessian's diagonal, floored at 1e-6 of its mean so that a
-/// block of dead columns (diagonal 0) still gets a scale.
-pub(crate) fn importance(diag: &[f64]) -> Vec<f32> {
-    let mean = diag.iter().sum::<f64>() / diag.len().max(1) as f64;
-    diag.iter().map(|&d| d.max(mean * 1e-6).max(f64::MIN_POSITIVE) as f32).collect()
-}
-
 pub(crate) struct GgmlState {
     bytes: Vec<u8>,
 }

@@ -36,6 +36,8 @@ pub(crate) struct IntGrid {
     group_of: Vec<u32>,
     /// 0..cols, to hand out contiguous position ranges as triggers.
     iota: Vec<usize>,
+    /// Per original column, the importance of [`search_params`] (`None`: min-max ranges).
+    importance: Option<Vec<f64>>,
 }
 
 pub(crate) struct IntState {
@@ -47,11 +49,17 @@ pub(crate) struct IntState {
 
 /// `Quantizer.find_params` on one row's group: (scale, zero).
 pub(crate) fn find_params(x: impl Iterator<Item = f64>, maxq: u32, sym: bool) -> (f64, u8) {
-    let (mut xmin, mut xmax) = (0f64, 0f64);
-    for v in x {
-        xmin = xmin.min(v);
-        xmax = xmax.max(v);
-    }
+    let (xmin, xmax) = min_max(x);
+    params_for_range(xmin, xmax, maxq, sym)
+}
+
+/// The group's range widened to include 0, as `find_params` takes it.
+fn min_max(x: impl Iterator<Item = f64>) -> (f64, f64) {
+    x.fold((0f64, 0f64), |(lo, hi), v| (lo.min(v), hi.max(v)))
+}
+
+/// `find_params` after the min/max fold: (scale, zero) for the range `xmin..=xmax`.
+fn params_for_range(mut xmin: f64, mut xmax: f64, maxq: u32, sym: bool) -> (f64, u8) {
     if sym {
         xmax = xmax.max(xmin.abs());
         if xmin < 0.0 {
@@ -69,6 +77,52 @@ pub(crate) fn find_params(x: impl Iterator<Item = f64>, maxq: u32, sym: bool) ->
     }
     let zero = if sym { maxq.div_ceil(2) } else { (-xmin / scale).round_ties_even().clamp(0.0, maxq as f64) as u32 };
     (scale, zero as u8)
+}
+
+/// How many shrunken ranges [`search_params`] tries: `p = 1 − i/100` for `i < 80`, the grid
+/// of `quant.py`'s `mse` search (grid 100, maxshrink 0.8).
+pub(crate) const RANGE_CANDIDATES: u32 = 80;
+
+/// A group's (scale, zero) from a search over its min-max range shrunk by `p = 1 − i/100`
+/// (`quant.py`'s `mse` option), keeping the candidate with the lowest importance-weighted
+/// squared rounding error `Σ imp·(x − q)²`. The importance is the Hessian's diagonal, so the
+/// error is the layer output's error from this group alone when its inputs are uncorrelated
+/// (`quant.py` uses `|x − q|^2.4`, unweighted). `p = 1` (min-max) is the first candidate and
+/// wins ties, so the search never does worse than min-max by its own measure. Shrinking
+/// clips the largest weights of the group for finer steps on all the others, which pays
+/// where the largest weights meet small inputs.
+pub(crate) fn search_params(x: &[f64], imp: impl Fn(usize) -> f64, maxq: u32, sym: bool) -> (f64, u8) {
+    let (xmin, xmax) = min_max(x.iter().copied());
+    let mut best = (f64::INFINITY, params_for_range(xmin, xmax, maxq, sym));
+    for i in 0..RANGE_CANDIDATES {
+        let p = 1.0 - i as f64 / 100.0;
+        let (scale, zero) = params_for_range(p * xmin, p * xmax, maxq, sym);
+        let mut err = 0.0;
+        for (k, &v) in x.iter().enumerate() {
+            let d = v - quantize_one(v, scale, zero, maxq).1;
+            err += imp(k) * d * d;
+        }
+        if err < best.0 {
+            best = (err, (scale, zero));
+        }
+    }
+    best.1
+}
+
+/// A group's (scale, zero): searched with the importance of each original column where there
+/// is one ([`search_params`]), else min-max ([`find_params`]). `column(k)` is the original
+/// column of the `k`-th value.
+pub(crate) fn group_params(
+    vals: &[f64],
+    importance: Option<&[f64]>,
+    column: impl Fn(usize) -> usize,
+    maxq: u32,
+    sym: bool,
+) -> (f64, u8) {
+    match importance {
+        Some(imp) => search_params(vals, |k| imp[column(k)], maxq, sym),
+        None => find_params(vals.iter().copied(), maxq, sym),
+    }
 }
 
 /// `quantize(x, scale, zero, maxq)`: the code, its value in f64 (the reference's), and its
@@ -132,6 +186,7 @@ impl IntGrid {
         static_groups: bool,
         perm: &[usize],
         cols: usize,
+        importance: Option<Vec<f64>>,
     ) -> Self {
         let mode = if per_row {
             Mode::PerRow
@@ -159,7 +214,13 @@ impl IntGrid {
             perm: perm.to_vec(),
             group_of,
             iota: (0..cols).collect(),
+            importance,
         }
+    }
+
+    /// A group's parameters; `column(k)` is the original column of its `k`-th value.
+    fn params(&self, vals: &[f64], column: impl Fn(usize) -> usize) -> (f64, u8) {
+        group_params(vals, self.importance.as_deref(), column, self.maxq, self.sym)
     }
 
     /// Assemble the chunks' states (consecutive rows, in order).
@@ -199,11 +260,13 @@ impl ColumnGrid for IntGrid {
         if self.mode == Mode::Dynamic {
             return st;
         }
+        let mut vals = Vec::with_capacity(self.gs);
         for (r, row) in w.chunks_exact(self.cols).enumerate() {
             for g in 0..ng {
                 let cols = g * self.gs..(g + 1) * self.gs;
-                let vals = cols.map(|c| if self.mode == Mode::Static && dead[c] { 0.0 } else { row[c] as f64 });
-                let (s, z) = find_params(vals, self.maxq, self.sym);
+                vals.clear();
+                vals.extend(cols.map(|c| if self.mode == Mode::Static && dead[c] { 0.0 } else { row[c] as f64 }));
+                let (s, z) = self.params(&vals, |k| g * self.gs + k);
                 st.scales[r * ng + g] = s;
                 st.zeros[r * ng + g] = z;
             }
@@ -220,7 +283,7 @@ impl ColumnGrid for IntGrid {
     }
 
     fn set_params(&self, st: &mut IntState, r: usize, p: usize, vals: &[f64]) {
-        let (s, z) = find_params(vals.iter().copied(), self.maxq, self.sym);
+        let (s, z) = self.params(vals, |k| self.perm[p + k]);
         let g = r * self.n_groups + p / self.gs;
         st.scales[g] = s;
         st.zeros[g] = z;

@@ -117,10 +117,13 @@ pub struct GptqOptions {
     /// Columns per group for [`Grid::Int`] (`None`: one group per row, the reference's −1).
     /// Ignored by [`Grid::Ggml`], whose groups are its blocks.
     pub group_size: Option<usize>,
-    /// [`Grid::Ggml`]: fix each block's header (scale, min, sub-block scales) with llama.cpp's
-    /// importance-weighted quantizer, the Hessian's diagonal (the mean squared input of each
-    /// column, what an imatrix holds) as the importance, instead of the plain quantizer.
-    pub weighted_headers: bool,
+    /// Choose each group's or block's parameters by an error weighted with the Hessian's
+    /// diagonal (the mean squared input of each column, what an imatrix holds):
+    /// [`Grid::Ggml`] fixes each block's header (scale, min, sub-block scales) with llama.cpp's
+    /// importance-weighted quantizer instead of the plain one; [`Grid::Int`] searches each
+    /// group's range (`quant.py`'s `mse` grid, see `grid::search_params`) instead of taking
+    /// its min-max.
+    pub weighted_scales: bool,
 }
 
 impl Default for GptqOptions {
@@ -131,7 +134,7 @@ impl Default for GptqOptions {
             order: ColumnOrder::Natural,
             static_groups: false,
             group_size: None,
-            weighted_headers: false,
+            weighted_scales: false,
         }
     }
 }
@@ -260,7 +263,8 @@ pub fn quantize(
     let (dequantized, int, ggml, loss) = match *grid {
         Grid::Int { bits, sym } => {
             let gs = opts.group_size.unwrap_or(cols);
-            let g = grid::IntGrid::new(bits, sym, gs, opts.group_size.is_none(), opts.static_groups, &f.perm, cols);
+            let importance = opts.weighted_scales.then(|| importance(&h.diagonal()).iter().map(|&v| v as f64).collect());
+            let g = grid::IntGrid::new(bits, sym, gs, opts.group_size.is_none(), opts.static_groups, &f.perm, cols, importance);
             let (deq, states, loss) = solver::sweep(w, rows, cols, &f, opts.block_size, &g);
             let mut q = g.finish(states);
             if opts.order == ColumnOrder::GroupAware {
@@ -269,7 +273,7 @@ pub fn quantize(
             (deq, Some(q), None, loss)
         }
         Grid::Ggml(t) => {
-            let importance = opts.weighted_headers.then(|| ggml_grid::importance(&h.diagonal()));
+            let importance = opts.weighted_scales.then(|| importance(&h.diagonal()));
             let g = ggml_grid::GgmlGrid::new(t, opts.static_groups, &f.perm, cols, importance)?;
             let (deq, states, loss) = solver::sweep(w, rows, cols, &f, opts.block_size, &g);
             (deq, None, Some(g.finish(states)), loss)
@@ -286,6 +290,13 @@ pub fn quantize(
         factor_seconds: (t1 - t0).as_secs_f64(),
         sweep_seconds: t1.elapsed().as_secs_f64(),
     })
+}
+
+/// Importance weights from the Hessian's diagonal, floored at 1e-6 of its mean so that a
+/// group or block of dead columns (diagonal 0) still gets a scale.
+pub(crate) fn importance(diag: &[f64]) -> Vec<f32> {
+    let mean = diag.iter().sum::<f64>() / diag.len().max(1) as f64;
+    diag.iter().map(|&d| d.max(mean * 1e-6).max(f64::MIN_POSITIVE) as f32).collect()
 }
 
 /// The columns [`ColumnOrder::GroupAware`] keeps together: the integer grid's groups (the

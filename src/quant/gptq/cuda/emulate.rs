@@ -13,8 +13,8 @@
 // A transcription keeps the CUDA source's form (NaN-aware negated comparisons, `(maxq + 1) / 2`).
 #![allow(clippy::neg_cmp_op_on_partial_ord, clippy::manual_div_ceil)]
 
-use super::grid::find_params;
-use super::{check_args, ColumnOrder, GptqOptions, GptqResult, Grid, Hessian, IntQuant, MAX_DAMP_RETRIES};
+use super::grid::{group_params, RANGE_CANDIDATES};
+use super::{check_args, importance, ColumnOrder, GptqOptions, GptqResult, Grid, Hessian, IntQuant, MAX_DAMP_RETRIES};
 #[cfg(test)]
 use super::{quantize, solver};
 use crate::error::{Error, Result};
@@ -151,7 +151,19 @@ fn sweep_block(
     dynamic_groups: i32,
     maxq: u32,
     sym: i32,
+    imp: &[f64],
+    n_cand: i32,
 ) {
+    // group_value of the CUDA source.
+    let group_value = |wk: &[f64], err: &[f64], r: I64, i: I64, p: I64| {
+        let mut v = wk[(p * rows + r) as usize];
+        if p >= i2 {
+            for k in i1..i {
+                v -= err[((k - i1) * rows + r) as usize] * u[(p * n + k) as usize];
+            }
+        }
+        v
+    };
     for r in 0..rows {
         let mut l = 0.0;
         for i in i1..i2 {
@@ -159,16 +171,27 @@ fn sweep_block(
             if dynamic_groups != 0 && i % gs == 0 {
                 let (mut xmin, mut xmax) = (0f64, 0f64);
                 for p in i..i + gs {
-                    let mut v = wk[(p * rows + r) as usize];
-                    if p >= i2 {
-                        for k in i1..i {
-                            v -= err[((k - i1) * rows + r) as usize] * u[(p * n + k) as usize];
-                        }
-                    }
+                    let v = group_value(wk, err, r, i, p);
                     xmin = xmin.min(v);
                     xmax = xmax.max(v);
                 }
-                let (s, z) = find_params_dev(xmin, xmax, maxq, sym != 0);
+                let mut best = (f64::INFINITY, find_params_dev(xmin, xmax, maxq, sym != 0));
+                // search_params of the CUDA source.
+                for c in 0..n_cand {
+                    let pr = 1.0 - c as f64 / 100.0;
+                    let (s, z) = find_params_dev(pr * xmin, pr * xmax, maxq, sym != 0);
+                    let mut e = 0.0;
+                    for p in i..i + gs {
+                        let v = group_value(wk, err, r, i, p);
+                        let t = ((v / s).round_ties_even() + z as f64).max(0.0).min(maxq as f64);
+                        let d = v - s * (t as i32 - z as i32) as f64;
+                        e += imp[p as usize] * d * d;
+                    }
+                    if e < best.0 {
+                        best = (e, (s, z));
+                    }
+                }
+                let (s, z) = best.1;
                 scales[(g * rows + r) as usize] = s;
                 zeros[(g * rows + r) as usize] = z;
             }
@@ -384,7 +407,8 @@ pub(super) fn quantize_int(
         &solver::sweep_order(&raw_diag, opts.order, opts.group_size.unwrap_or(n)),
         opts.damp,
     )?;
-    sweep(w, rows, n, &f, bits, sym, opts)
+    let importance = opts.weighted_scales.then(|| importance(&raw_diag).iter().map(|&v| v as f64).collect::<Vec<_>>());
+    sweep(w, rows, n, &f, bits, sym, importance.as_deref(), opts)
 }
 
 /// solve::factor.
@@ -435,6 +459,7 @@ fn sweep(
     f: &EmuFactor,
     bits: u8,
     sym: bool,
+    importance: Option<&[f64]>,
     opts: &GptqOptions,
 ) -> Result<GptqResult> {
     #[derive(Clone, Copy, PartialEq, Eq)]
@@ -464,9 +489,10 @@ fn sweep(
     if mode != Mode::Dynamic {
         for (r, row) in w.chunks_exact(cols).enumerate() {
             for g in 0..ng {
-                let vals =
-                    (g * gs..(g + 1) * gs).map(|c| if mode == Mode::Static && f.dead[c] { 0.0 } else { row[c] as f64 });
-                let (s, z) = find_params(vals, maxq, sym);
+                let vals: Vec<f64> = (g * gs..(g + 1) * gs)
+                    .map(|c| if mode == Mode::Static && f.dead[c] { 0.0 } else { row[c] as f64 })
+                    .collect();
+                let (s, z) = group_params(&vals, importance, |k| g * gs + k, maxq, sym);
                 scales[g * rows + r] = s;
                 zeros[g * rows + r] = z;
             }
@@ -481,6 +507,11 @@ fn sweep(
     let (rows_i, n_i) = (rows as I64, n as I64);
     init_w(&mut wk, w, &f.perm_dev, &dead8, rows_i, n_i);
     let (gs_i, dynamic, sym_i) = (gs as I64, (mode == Mode::Dynamic) as i32, sym as i32);
+    let imp_sweep: Vec<f64> = match importance {
+        Some(imp) => f.perm.iter().map(|&c| imp[c]).collect(),
+        None => vec![0.0; n],
+    };
+    let n_cand = if importance.is_some() { RANGE_CANDIDATES as i32 } else { 0 };
     for i1 in (0..n).step_by(bs) {
         let i2 = (i1 + bs).min(n);
         sweep_block(
@@ -501,6 +532,8 @@ fn sweep(
             dynamic,
             maxq,
             sym_i,
+            &imp_sweep,
+            n_cand,
         );
         if i2 < n {
             let a = &err[0..rows * (i2 - i1)];
@@ -668,6 +701,8 @@ mod tests {
             block_size,
             ..Default::default()
         };
+        // The searched group ranges (weighted scales), dynamic, static and per row.
+        let wt = |o: GptqOptions| GptqOptions { weighted_scales: true, ..o };
         use ColumnOrder::{Activation as Act, GroupAware as Gar, Natural as Nat};
         let cases = [
             (4, false, o(Some(128), Nat, false, 128)),
@@ -680,12 +715,16 @@ mod tests {
             (2, false, o(Some(32), Nat, false, 1000)),
             (8, true, o(None, Nat, false, 128)),
             (4, false, o(None, Act, false, 50)),
+            (4, false, wt(o(Some(128), Gar, false, 128))),
+            (3, false, wt(o(Some(96), Nat, false, 7))),
+            (4, true, wt(o(Some(64), Act, true, 128))),
+            (4, false, wt(o(None, Nat, false, 128))),
         ];
         for (bits, sym, opts) in cases {
             let grid = Grid::Int { bits, sym };
             let what = format!(
-                "int{bits} sym {sym} group {:?} {:?} static {} block {}",
-                opts.group_size, opts.order, opts.static_groups, opts.block_size
+                "int{bits} sym {sym} group {:?} {:?} static {} block {} weighted {}",
+                opts.group_size, opts.order, opts.static_groups, opts.block_size, opts.weighted_scales
             );
             let cpu = quantize(&w, rows, cols, &hc, &grid, &opts).unwrap();
             let host = quantize_int(&w, rows, cols, EmuSrc::Host(&hc), bits, sym, &opts).unwrap();

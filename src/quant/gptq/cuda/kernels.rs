@@ -151,6 +151,49 @@ __device__ void find_params(double xmin, double xmax, u32 maxq, int sym, double*
     *zero_out = (u8)zero;
 }
 
+// A (dynamic) group's value at sweep position p when the sweep is at position i of the block
+// i1..i2: inside the block it is up to date; beyond it, it still lacks this block's updates so
+// far, applied here (same order as the CPU).
+__device__ double group_value(const double* __restrict__ wk, const double* __restrict__ err,
+                              const double* __restrict__ u, i64 rows, i64 n, i64 r, i64 i1,
+                              i64 i, i64 i2, i64 p) {
+    double v = wk[p * rows + r];
+    if (p >= i2) {
+        for (i64 k = i1; k < i; ++k) v -= err[(k - i1) * rows + r] * u[p * n + k];
+    }
+    return v;
+}
+
+// grid.rs search_params: the min-max range shrunk by pr = 1 - c/100 for c < n_cand, keeping
+// the candidate with the lowest importance-weighted squared rounding error (pr = 1, min-max,
+// first; ties keep the earlier candidate). imp is indexed by sweep position.
+__device__ void search_params(const double* __restrict__ wk, const double* __restrict__ err,
+                              const double* __restrict__ u, const double* __restrict__ imp,
+                              i64 rows, i64 n, i64 r, i64 i1, i64 i, i64 i2, i64 gs, u32 maxq,
+                              int sym, int n_cand, double xmin, double xmax, double* scale_out,
+                              u8* zero_out) {
+    double best = __longlong_as_double(0x7ff0000000000000LL);
+    for (int c = 0; c < n_cand; ++c) {
+        double pr = 1.0 - (double)c / 100.0;
+        double s;
+        u8 z;
+        find_params(pr * xmin, pr * xmax, maxq, sym, &s, &z);
+        double e = 0.0;
+        for (i64 p = i; p < i + gs; ++p) {
+            double v = group_value(wk, err, u, rows, n, r, i1, i, i2, p);
+            double t = rint(v / s) + (double)z;
+            t = fmin(fmax(t, 0.0), (double)maxq);
+            double d = v - s * (double)((int)t - (int)z);
+            e += imp[p] * d * d;
+        }
+        if (e < best) {
+            best = e;
+            *scale_out = s;
+            *zero_out = z;
+        }
+    }
+}
+
 // One block of the GPTQ sweep (sweep positions i1..i2), one thread per weight row: for each
 // position, find the group's parameters if a (dynamic) group starts there, quantize the
 // weight, store its scaled error, and update the block's later columns. The columns after
@@ -160,25 +203,26 @@ extern "C" __global__ void sweep_block(double* __restrict__ wk, double* __restri
                                        u8* __restrict__ zeros, u8* __restrict__ codes,
                                        double* __restrict__ loss, const u32* __restrict__ perm,
                                        const u32* __restrict__ group_of, i64 rows, i64 n, i64 i1,
-                                       i64 i2, i64 gs, int dynamic_groups, u32 maxq, int sym) {
+                                       i64 i2, i64 gs, int dynamic_groups, u32 maxq, int sym,
+                                       const double* __restrict__ imp, int n_cand) {
     i64 r = blockIdx.x * (i64)blockDim.x + threadIdx.x;
     if (r >= rows) return;
     double l = 0.0;
     for (i64 i = i1; i < i2; ++i) {
         i64 g = group_of[i];
         if (dynamic_groups && i % gs == 0) {
-            // The group's current values: inside the block they are up to date; beyond it
-            // they still lack this block's updates so far (same order as the CPU).
             double xmin = 0.0, xmax = 0.0;
             for (i64 p = i; p < i + gs; ++p) {
-                double v = wk[p * rows + r];
-                if (p >= i2) {
-                    for (i64 k = i1; k < i; ++k) v -= err[(k - i1) * rows + r] * u[p * n + k];
-                }
+                double v = group_value(wk, err, u, rows, n, r, i1, i, i2, p);
                 xmin = fmin(xmin, v);
                 xmax = fmax(xmax, v);
             }
-            find_params(xmin, xmax, maxq, sym, &scales[g * rows + r], &zeros[g * rows + r]);
+            if (n_cand > 0) {
+                search_params(wk, err, u, imp, rows, n, r, i1, i, i2, gs, maxq, sym, n_cand, xmin, xmax,
+                              &scales[g * rows + r], &zeros[g * rows + r]);
+            } else {
+                find_params(xmin, xmax, maxq, sym, &scales[g * rows + r], &zeros[g * rows + r]);
+            }
         }
         double s = scales[g * rows + r];
         int z = zeros[g * rows + r];

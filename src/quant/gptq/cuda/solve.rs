@@ -14,9 +14,9 @@ use super::hessian::{check_dim, CudaHessian};
 use super::kernels::{grid_for, sweep_grid};
 use super::{cu, Inner};
 use crate::error::{Error, Result};
-use crate::quant::gptq::grid::find_params;
+use crate::quant::gptq::grid::{group_params, RANGE_CANDIDATES};
 use crate::quant::gptq::solver::sweep_order;
-use crate::quant::gptq::{check_args, ColumnOrder, GptqOptions, GptqResult, Grid, Hessian, IntQuant, MAX_DAMP_RETRIES};
+use crate::quant::gptq::{check_args, importance, ColumnOrder, GptqOptions, GptqResult, Grid, Hessian, IntQuant, MAX_DAMP_RETRIES};
 
 /// Where the Hessian is.
 pub(super) enum HSrc<'a> {
@@ -75,12 +75,12 @@ pub(super) fn quantize_int(
         ));
     }
     let n = cols;
-    let f = match h {
+    let (f, diag) = match h {
         HSrc::Host(h) => {
             // The dense matrix is symmetric, so `build_m`'s lower-triangle reads find H itself.
             let uploaded = inner.stream.clone_htod(&h.to_dense()).map_err(cu("uploading the Hessian"))?;
             let diag: Vec<f64> = (0..n).map(|i| h.get(i, i)).collect();
-            factor(
+            let f = factor(
                 inner,
                 &uploaded,
                 1.0,
@@ -88,13 +88,14 @@ pub(super) fn quantize_int(
                 n,
                 &sweep_order(&diag, opts.order, opts.group_size.unwrap_or(n)),
                 opts.damp,
-            )?
+            )?;
+            (f, diag)
         }
         HSrc::Dev(h) => {
             // The diagonal first: the sum's guard holds the Hessian's lock.
             let diag = h.diag_locked(inner)?;
             let sum = h.sum_locked(inner)?;
-            factor(
+            let f = factor(
                 inner,
                 sum.sum(),
                 h.scale(),
@@ -102,10 +103,12 @@ pub(super) fn quantize_int(
                 n,
                 &sweep_order(&diag, opts.order, opts.group_size.unwrap_or(n)),
                 opts.damp,
-            )?
+            )?;
+            (f, diag)
         }
     };
-    sweep(inner, w, rows, n, &f, bits, sym, opts)
+    let importance = opts.weighted_scales.then(|| importance(&diag).iter().map(|&v| v as f64).collect::<Vec<_>>());
+    sweep(inner, w, rows, n, &f, bits, sym, importance.as_deref(), opts)
 }
 
 /// `solver::factor` on the device: dead columns, act-order permutation, damping with
@@ -309,6 +312,7 @@ fn sweep(
     f: &DevFactor,
     bits: u8,
     sym: bool,
+    importance: Option<&[f64]>,
     opts: &GptqOptions,
 ) -> Result<GptqResult> {
     let stream = &inner.stream;
@@ -331,16 +335,17 @@ fn sweep(
         .collect();
 
     // Parameters fixed up front (per-row and static groups) come from the original weights,
-    // computed here by the CPU's own `find_params`; dynamic ones are found by the kernel.
+    // computed here by the CPU's own `group_params`; dynamic ones are found by the kernel.
     // Layout: n_groups × rows (`g·rows + r`).
     let mut scales = vec![0f64; ng * rows];
     let mut zeros = vec![0u8; ng * rows];
     if mode != Mode::Dynamic {
         for (r, row) in w.chunks_exact(cols).enumerate() {
             for g in 0..ng {
-                let vals =
-                    (g * gs..(g + 1) * gs).map(|c| if mode == Mode::Static && f.dead[c] { 0.0 } else { row[c] as f64 });
-                let (s, z) = find_params(vals, maxq, sym);
+                let vals: Vec<f64> = (g * gs..(g + 1) * gs)
+                    .map(|c| if mode == Mode::Static && f.dead[c] { 0.0 } else { row[c] as f64 })
+                    .collect();
+                let (s, z) = group_params(&vals, importance, |k| g * gs + k, maxq, sym);
                 scales[g * rows + r] = s;
                 zeros[g * rows + r] = z;
             }
@@ -351,6 +356,13 @@ fn sweep(
     let dead8: Vec<u8> = f.dead.iter().map(|&d| d as u8).collect();
     let dead_dev = stream.clone_htod(&dead8).map_err(cu("uploading the dead columns"))?;
     let group_dev = stream.clone_htod(&group_of).map_err(cu("uploading the groups"))?;
+    // The range search's importance per sweep position (n_cand = 0: min-max, imp unused).
+    let imp_sweep: Vec<f64> = match importance {
+        Some(imp) => f.perm.iter().map(|&c| imp[c]).collect(),
+        None => vec![0.0; n],
+    };
+    let imp_dev = stream.clone_htod(&imp_sweep).map_err(cu("uploading the importance"))?;
+    let n_cand = if importance.is_some() { RANGE_CANDIDATES as i32 } else { 0 };
     let mut scales_dev = stream.clone_htod(&scales).map_err(cu("uploading the scales"))?;
     let mut zeros_dev = stream.clone_htod(&zeros).map_err(cu("uploading the zero points"))?;
     let mut codes_dev = stream.alloc_zeros::<u8>(rows * cols).map_err(cu("allocating the codes"))?;
@@ -391,9 +403,12 @@ fn sweep(
                 .arg(&gs_i)
                 .arg(&dynamic)
                 .arg(&maxq)
-                .arg(&sym_i);
+                .arg(&sym_i)
+                .arg(&imp_dev)
+                .arg(&n_cand);
             // SAFETY: matches `sweep_block(double*, double*, const double*, double*, u8*, u8*,
-            // double*, const u32*, const u32*, i64 ×5, int, u32, int)`. Sizes: wk and codes
+            // double*, const u32*, const u32*, i64 ×5, int, u32, int, const double*, int)`.
+            // Sizes: imp n; wk and codes
             // rows·n, err rows·bs ≥ rows·(i2 − i1), u n·n, scales/zeros ng·rows with every
             // group_of entry < ng, loss rows, perm/group_of n; the kernel reads positions up
             // to i + gs ≤ n for dynamic groups (gs divides n).
