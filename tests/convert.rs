@@ -354,3 +354,27 @@ fn hf_outputs_shard_like_save_pretrained() {
     let bad = qforge(&[&"convert", &gguf, &"-o", &p("x"), &"--to", &"hf", &"--max-shard-size", &"5XB"]);
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("unknown unit"));
 }
+
+/// `convert --outtype` takes every `quantize --type` (issue 17): the K-quants, IQ4_NL and the
+/// mixes follow llama-quantize's per-tensor plan, so the file is byte for byte the one
+/// `quantize --type` writes; an unknown name lists the valid ones.
+#[test]
+fn convert_outtype_takes_every_quantize_type() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (ty, file_type) in [("Q4_K_M", 15), ("q3_k_s", 11), ("Q6_K", 18), ("IQ4_NL", 25), ("Q2_K", 10)] {
+        let (c, q) = (tmp.path().join(format!("c-{ty}.gguf")), tmp.path().join(format!("q-{ty}.gguf")));
+        let j: Json = serde_json::from_str(&qforge_ok(&[
+            &"convert", &common::tiny(), &"-o", &c, &"--outtype", &ty, &"--json",
+        ]))
+        .unwrap();
+        assert_eq!(j["file_type"], file_type, "{ty}: {j}");
+        assert_eq!(j["outtype"].as_str().unwrap(), ty.to_ascii_uppercase());
+        qforge_ok(&[&"-q", &"quantize", &common::tiny(), &"-o", &q, &"--type", &ty]);
+        assert!(read(&c) == read(&q), "{ty}: convert and quantize wrote different files");
+    }
+    let r = qforge(&[&"convert", &common::tiny(), &"-o", &tmp.path().join("x.gguf"), &"--outtype", &"q4_k_x"]);
+    let e = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "a usage error: {e}");
+    assert!(e.contains("unknown output type") && e.contains("Q4_K_M") && e.contains("bf16"), "{e}");
+    assert!(!tmp.path().join("x.gguf").exists());
+}

@@ -203,10 +203,18 @@ fn gptq_checkpoints_import_into_gguf() {
         println!("{native}: re-packed, kld vs checkpoint {k:.3e}");
         assert!(k <= max_kld, "{native}: {k}");
 
-        let r = tmp.path().join(format!("{native}-q5_0.gguf"));
-        let (_, stderr, k) = import_into_gguf(&ck, &r, &["--type", "q5_0"], 8);
+        // Another target: one type, or a mix (llama-quantize's plan, as `quantize --type`).
+        let target = if native == "Q4_1" { "Q4_K_M" } else { "q5_0" };
+        let r = tmp.path().join(format!("{native}-{target}.gguf"));
+        let (j, stderr, k) = import_into_gguf(&ck, &r, &["--type", target], 8);
         assert!(stderr.contains("quantized again"), "{stderr}");
-        println!("{native} checkpoint → Q5_0 re-quantized: kld vs checkpoint {k:.4e}");
+        assert_eq!(j["requantized"].as_array().unwrap().len(), 28);
+        if target == "Q4_K_M" {
+            let info = json(&qforge_ok(&[&"inspect", &"--json", &r]));
+            let ty = |n: &str| info["tensors"].as_array().unwrap().iter().find(|t| t["name"] == n).unwrap()["type"].clone();
+            assert_eq!((ty("blk.0.attn_q.weight"), ty("output.weight")), (Json::from("Q4_K"), Json::from("Q6_K")));
+        }
+        println!("{native} checkpoint → {target} re-quantized: kld vs checkpoint {k:.4e}");
         assert!(k > max_kld && k < 0.05, "{k}");
     }
 }

@@ -6,39 +6,56 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use super::Ui;
+use crate::convert::plan::{FileType, QuantPlan};
 use crate::convert::{import, to_gguf, to_hf};
 use crate::ggml_type::GgmlType;
 use crate::model::ModelFile;
 use crate::output::Sink;
 
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+/// `--outtype`: a float type, or a quantization target named as `quantize --type` names it
+/// (one list, [`FileType`], serves both commands).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum OutType {
-    F32,
-    F16,
-    Bf16,
-    #[value(name = "q8_0")]
-    Q8_0,
-    #[value(name = "q4_0")]
-    Q4_0,
-    #[value(name = "q4_1")]
-    Q4_1,
-    #[value(name = "q5_0")]
-    Q5_0,
-    #[value(name = "q5_1")]
-    Q5_1,
+    /// f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1: every weight matrix in that type, as
+    /// llama.cpp's `convert_hf_to_gguf.py --outtype` writes it.
+    Uniform(GgmlType),
+    /// The K-quants, IQ4_NL and the mixes (Q4_K_M, ...): llama-quantize's per-tensor plan,
+    /// the same file `qforge quantize --type T` writes.
+    Plan(FileType),
 }
 
 impl OutType {
-    fn ggml(self) -> GgmlType {
+    fn parse(s: &str) -> std::result::Result<OutType, String> {
+        const UNIFORM: &[GgmlType] = &[
+            GgmlType::F32,
+            GgmlType::F16,
+            GgmlType::BF16,
+            GgmlType::Q8_0,
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+        ];
+        if let Some(t) = UNIFORM.iter().find(|t| t.name().eq_ignore_ascii_case(s)) {
+            return Ok(OutType::Uniform(*t));
+        }
+        FileType::parse(s).map(OutType::Plan).ok_or_else(|| {
+            format!("unknown output type {s:?}; valid: f32, f16, bf16, or a quantize --type ({})", FileType::valid_names())
+        })
+    }
+
+    /// The type a `--to hf` float output or a re-packed import is asked for.
+    fn uniform(self) -> Option<GgmlType> {
         match self {
-            OutType::F32 => GgmlType::F32,
-            OutType::F16 => GgmlType::F16,
-            OutType::Bf16 => GgmlType::BF16,
-            OutType::Q8_0 => GgmlType::Q8_0,
-            OutType::Q4_0 => GgmlType::Q4_0,
-            OutType::Q4_1 => GgmlType::Q4_1,
-            OutType::Q5_0 => GgmlType::Q5_0,
-            OutType::Q5_1 => GgmlType::Q5_1,
+            OutType::Uniform(t) => Some(t),
+            OutType::Plan(_) => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            OutType::Uniform(t) => t.name(),
+            OutType::Plan(f) => f.name(),
         }
     }
 }
@@ -58,6 +75,7 @@ pub enum Target {
     qforge convert models/tiny-llama -o tiny-q8.gguf --outtype q8_0\n  \
     qforge convert models/tiny-llama -o - | ssh host 'cat > m.gguf'  # stream to stdout\n  \
     qforge convert tiny.gguf -o tiny-hf --to hf                      # back to safetensors\n  \
+    qforge convert models/tiny-llama -o tiny-q4_k_m.gguf --outtype Q4_K_M  # = quantize --type Q4_K_M\n  \
     qforge convert llama-gptq-4bit-g128 -o llama-q4_1.gguf           # GPTQ/AWQ import, re-packed\n\n\
     Quantized checkpoints (GPTQ, AWQ, bitsandbytes NF4/FP4) are imported too. Where the\n\
     checkpoint's grid is a GGML type's grid (4-bit asymmetric in groups of 32·k → q4_1; 4-bit\n\
@@ -70,9 +88,12 @@ pub struct ConvertArgs {
     /// Output file (GGUF), directory (--to hf), or `-` for standard output (GGUF only).
     #[arg(short, long)]
     pub output: PathBuf,
-    /// Storage type of the weight matrices (norms stay f32). Default: f16 for GGUF; for
-    /// --to hf, the source's own float type (f32 for quantized sources).
-    #[arg(long, value_enum, visible_alias = "type")]
+    /// Storage type of the weight matrices (norms stay f32): f32, f16, bf16, q8_0, q4_0,
+    /// q4_1, q5_0, q5_1 (every matrix in that type), or any other `quantize --type` (Q2_K …
+    /// Q6_K, IQ4_NL, mixes like Q4_K_M: llama-quantize's per-tensor plan, the file `quantize`
+    /// writes). Default: f16 for GGUF (a quantized checkpoint's own grid where it is a GGML
+    /// type's); for --to hf, the source's own float type (f32 for quantized sources).
+    #[arg(long, visible_alias = "type", value_name = "TYPE", value_parser = OutType::parse)]
     pub outtype: Option<OutType>,
     /// What to write.
     #[arg(long, value_enum, default_value = "gguf")]
@@ -97,8 +118,11 @@ pub fn run(args: &ConvertArgs, ui: &Ui) -> Result<()> {
     let report = match args.to {
         Target::Gguf => {
             let native = import::native_type_of(&model)?;
-            let outtype = args.outtype.map(OutType::ggml).or(native).unwrap_or(GgmlType::F16);
-            let opts = to_gguf::GgufOptions { outtype, allow_nonfinite: args.allow_nonfinite, name: args.name.clone() };
+            let asked = args.outtype.and_then(OutType::uniform);
+            let outtype = match args.outtype {
+                Some(t) => t,
+                None => OutType::Uniform(native.unwrap_or(GgmlType::F16)),
+            };
             let mut sink =
                 Sink::open(&args.output).with_context(|| format!("cannot create {}", args.output.display()))?;
             if sink.is_stdout() && ui.json {
@@ -106,14 +130,20 @@ pub fn run(args: &ConvertArgs, ui: &Ui) -> Result<()> {
             }
             let bar = ui.bytes_bar(input_bytes, "converting");
             let mut encoder = import::ImportEncoder::new(&model)?;
-            let header = if model.is_quantized_checkpoint() {
-                // A quantized checkpoint: the quantized weights in the chosen (or native) type,
-                // the matrices it kept in float stay float unless a type was asked for.
-                let plan = import::ImportPlan::new(&model, outtype, args.outtype.map(OutType::ggml))?;
-                to_gguf::plan_with(&model, &plan, args.name.clone())?
-            } else {
-                let (writer, notes) = to_gguf::plan(&model, &opts)?;
-                to_gguf::Header { writer, notes, file_type: to_gguf::file_type_id(outtype)? }
+            let header = match outtype {
+                // llama-quantize's plan for every tensor; a quantized checkpoint's codes are
+                // re-packed wherever the plan picks their own grid.
+                OutType::Plan(ftype) => to_gguf::plan_with(&model, &QuantPlan::new(ftype), args.name.clone())?,
+                // A quantized checkpoint: the quantized weights in the chosen (or native)
+                // type, the matrices it kept in float stay float unless a type was asked for.
+                OutType::Uniform(t) if model.is_quantized_checkpoint() => {
+                    to_gguf::plan_with(&model, &import::ImportPlan::new(&model, t, asked)?, args.name.clone())?
+                }
+                OutType::Uniform(t) => {
+                    let opts = to_gguf::GgufOptions { outtype: t, allow_nonfinite: args.allow_nonfinite, name: args.name.clone() };
+                    let (writer, notes) = to_gguf::plan(&model, &opts)?;
+                    to_gguf::Header { writer, notes, file_type: to_gguf::file_type_id(t)? }
+                }
             };
             let wopts = to_gguf::WriteOptions { allow_nonfinite: args.allow_nonfinite, name: args.name.clone() };
             let (_, summary) = to_gguf::write_header_with(&model, header, &wopts, &mut sink, &bar, &mut encoder)
@@ -155,11 +185,11 @@ pub fn run(args: &ConvertArgs, ui: &Ui) -> Result<()> {
             if args.output.as_os_str() == "-" {
                 bail!("--to hf writes a directory; `-o -` is only for GGUF");
             }
-            if args.outtype.is_some_and(|t| !t.ggml().is_float()) {
+            if args.outtype.is_some_and(|t| !t.uniform().is_some_and(|t| t.is_float())) {
                 bail!("--to hf writes float tensors: choose --outtype f32, f16 or bf16");
             }
             let opts = to_hf::HfOptions {
-                dtype: args.outtype.map(OutType::ggml),
+                dtype: args.outtype.and_then(OutType::uniform),
                 allow_nonfinite: args.allow_nonfinite,
                 max_shard_size: args.max_shard_size,
             };
