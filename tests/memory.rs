@@ -134,3 +134,49 @@ fn quantize_memory_stays_near_one_tensor() {
     );
     assert!(Path::new(&dest).exists());
 }
+
+/// A GGUF whose header holds a 1 GiB u8 metadata array (issue 17): reading it costs the
+/// array's size plus a small constant. Arrays are stored by element type (one byte per u8
+/// element, where a `Value` per element took 32 and the header was refused), and the parser
+/// releases the mapped header pages behind it, so the array is not resident twice (its copy
+/// and the pages it was read from). Whole resident set under 1.5 GB.
+#[test]
+fn a_huge_metadata_array_costs_its_size() {
+    use std::io::Write;
+    const N: u64 = 1 << 30;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge-array.gguf");
+    let mut head = Vec::new();
+    let string = |h: &mut Vec<u8>, s: &str| {
+        h.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        h.extend_from_slice(s.as_bytes());
+    };
+    head.extend_from_slice(b"GGUF");
+    head.extend_from_slice(&3u32.to_le_bytes());
+    head.extend_from_slice(&0u64.to_le_bytes()); // tensors
+    head.extend_from_slice(&2u64.to_le_bytes()); // keys
+    string(&mut head, "general.architecture");
+    head.extend_from_slice(&8u32.to_le_bytes()); // STRING
+    string(&mut head, "llama");
+    string(&mut head, "test.blob");
+    head.extend_from_slice(&9u32.to_le_bytes()); // ARRAY
+    head.extend_from_slice(&0u32.to_le_bytes()); // of UINT8
+    head.extend_from_slice(&N.to_le_bytes());
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(&head).unwrap();
+    // The array's bytes: zeros, as a hole (a sparse file: no disk space, still read in full).
+    f.set_len(head.len() as u64 + N).unwrap();
+    drop(f);
+
+    let peak = run_measured(&[&"-q", &"inspect", &"--json", &path]);
+    eprintln!(
+        "1 GiB u8 metadata array: peak RssAnon {:.1} MiB ({} samples), peak RSS (ru_maxrss) {:.1} MiB",
+        peak.anon as f64 / MIB as f64,
+        peak.samples,
+        peak.maxrss as f64 / MIB as f64
+    );
+    assert!(peak.anon <= N + 64 * MIB, "anonymous memory {} MiB for a 1024 MiB array", peak.anon / MIB);
+    assert!(peak.maxrss < 1536 * MIB, "peak RSS {} MiB, not under 1.5 GiB", peak.maxrss / MIB);
+    let out = common::qforge_ok(&[&"inspect", &"--json", &path]);
+    assert!(out.contains(&format!("\"len\":{N}")) || out.contains(&format!("\"len\": {N}")), "{}", &out[..out.len().min(2000)]);
+}

@@ -12,7 +12,7 @@
 
 use std::path::Path;
 
-use qforge::formats::gguf::{GgufHeader, GgufWriter, Value};
+use qforge::formats::gguf::{Array, GgufHeader, GgufWriter};
 use qforge::formats::safetensors::{parse_index, SafetensorsHeader};
 use qforge::formats::tokenizer::Vocab;
 use qforge::model::{names, Arch, ModelConfig};
@@ -162,7 +162,7 @@ fn gguf_reader_inner(data: &[u8]) -> bool {
     for (k, v) in &h.metadata {
         let _ = v.to_json(4);
         let _ = v.to_string();
-        let _ = (v.as_u64(), v.as_i64(), v.as_f64(), v.as_str(), v.as_bool(), v.as_array().map(<[Value]>::len));
+        let _ = (v.as_u64(), v.as_i64(), v.as_f64(), v.as_str(), v.as_bool(), v.as_array().map(Array::len));
         w.set(k, v.clone());
     }
     let first = w.header_bytes();

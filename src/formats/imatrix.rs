@@ -24,7 +24,7 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::formats::gguf::{GgufFile, GgufWriter, TensorInfo, Value, ValueType};
+use crate::formats::gguf::{Array, GgufFile, GgufWriter, TensorInfo, Value};
 use crate::ggml_type::GgmlType;
 
 pub const KEY_DATASETS: &str = "imatrix.datasets";
@@ -116,10 +116,7 @@ impl Imatrix {
         }
         // llama-quantize refuses a GGUF imatrix without these three keys.
         let datasets = match f.get(KEY_DATASETS) {
-            Some(Value::Array(ValueType::String, items)) => items
-                .iter()
-                .map(|v| v.as_str().map(str::to_string).ok_or_else(|| bad("bad dataset".into())))
-                .collect::<Result<Vec<_>>>()?,
+            Some(Value::Array(Array::String(items))) => items.clone(),
             Some(v) => {
                 return Err(bad(format!("{KEY_DATASETS} must be an array of strings, not {}", v.value_type().name())))
             }

@@ -7,7 +7,7 @@
 use serde_json::{json, Value as Json};
 
 use crate::error::{Error, Result};
-use crate::formats::gguf::{GgufHeader, Value, ValueType};
+use crate::formats::gguf::{Array, GgufHeader, Value};
 use crate::model::arch::Arch;
 
 /// llama.cpp's RoPE base for sliding-window layers when GGUF names none (`rope_freq_base_train_swa`).
@@ -169,7 +169,7 @@ impl AttnVariants {
             None => None,
         };
         let swa_layers = match get("attention.sliding_window_pattern") {
-            Some(Value::Array(_, items)) => {
+            Some(Value::Array(items)) => {
                 let layers: Vec<bool> =
                     items.iter().filter_map(|v| v.as_bool().or_else(|| v.as_u64().map(|b| b != 0))).collect();
                 if layers.len() != n_layers {
@@ -240,8 +240,8 @@ impl AttnVariants {
         if let Some(w) = self.sliding_window {
             keys.push(("attention.sliding_window", Value::U32(w as u32)));
             if self.swa_layers != pattern_layers(spec.swa_pattern, n_layers) {
-                let layers = self.swa_layers.iter().map(|&b| Value::Bool(b)).collect();
-                keys.push(("attention.sliding_window_pattern", Value::Array(ValueType::Bool, layers)));
+                let layers = Array::Bool(self.swa_layers.clone());
+                keys.push(("attention.sliding_window_pattern", Value::Array(layers)));
             }
         }
         if let Some(t) = self.swa_rope_theta {

@@ -9,7 +9,7 @@ pub mod writer;
 mod tests;
 
 pub use reader::{GgufFile, GgufHeader, TensorInfo};
-pub use value::{Value, ValueType};
+pub use value::{Array, Value, ValueType};
 pub use writer::{GgufStream, GgufWriter, PlannedTensor};
 
 /// "GGUF" read as a little-endian u32.

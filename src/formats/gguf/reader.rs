@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use super::value::{Value, ValueType};
+use super::value::{Array, Value, ValueType};
 use super::{DEFAULT_ALIGNMENT, GGUF_MAGIC};
 use crate::error::{Error, Result};
 use crate::formats::mapped::InputMap;
@@ -15,12 +15,19 @@ use crate::ggml_type::GgmlType;
 const MAX_DIMS: u32 = 4;
 /// Arrays of arrays are legal; nothing real nests deeper than this.
 const MAX_ARRAY_DEPTH: usize = 8;
-/// The most memory a header may take once parsed. Counts are checked against the bytes left,
-/// but a metadata value costs a 32-byte `Value` however small it is on disk (a u8 array
-/// element: 1 byte on disk, 32 in memory), so a file of a few GB of u8 arrays would still ask
-/// for ~100 GB. The largest real headers (vocabularies of 256k tokens with scores, types and
-/// merges) take ~30 MB; 256 MiB refuses only files no converter writes.
-const MAX_HEADER_MEMORY: u64 = 256 << 20;
+/// The most memory a parsed header may take beyond the bytes it occupies on disk. Counts are
+/// checked against the bytes left, and arrays are stored by element type (a u8 array takes
+/// its length in bytes), so what the file holds is at most what it asks for; but a scalar
+/// value is a 32-byte `Value`, a string a 24-byte `String` (8 bytes on disk), a nested array
+/// a 32-byte `Array`, and keys and tensor names are copied into the duplicate checks: those
+/// overheads are charged here. The largest real headers (vocabularies of 256k tokens with
+/// scores, types and merges) use ~10 MB of it; 256 MiB refuses only files no converter writes.
+const MAX_HEADER_OVERHEAD: u64 = 256 << 20;
+/// Elements of a fixed-size array read per step (so that the mapped pages behind the cursor
+/// can be released as it goes).
+const ARRAY_CHUNK: u64 = 1 << 20;
+/// How far the cursor moves between releases of the mapped pages behind it.
+const RELEASE_STEP: usize = 64 << 20;
 
 #[derive(Debug, Clone)]
 pub struct TensorInfo {
@@ -74,7 +81,29 @@ impl GgufHeader {
 
     /// Parse and validate a complete GGUF image (`bytes` is the whole file).
     pub fn parse(bytes: &[u8], path: &Path) -> Result<GgufHeader> {
-        let mut c = Cursor { bytes, pos: 0, path, memory_left: MAX_HEADER_MEMORY };
+        Self::parse_releasing(bytes, path, None)
+    }
+
+    /// [`GgufHeader::parse`], calling `release(range)` for the bytes behind the cursor every
+    /// [`RELEASE_STEP`] bytes: a memory-mapped image can drop those pages from the resident
+    /// set, so that a header with a huge metadata array costs that array's memory once, not
+    /// twice (its copy plus the mapped pages it was read from).
+    pub fn parse_releasing(
+        bytes: &[u8],
+        path: &Path,
+        release: Option<&dyn Fn(std::ops::Range<usize>)>,
+    ) -> Result<GgufHeader> {
+        Self::parse_with(bytes, path, release, MAX_HEADER_OVERHEAD)
+    }
+
+    /// The parser, with the overhead budget as a parameter (tests use a small one).
+    pub(super) fn parse_with(
+        bytes: &[u8],
+        path: &Path,
+        release: Option<&dyn Fn(std::ops::Range<usize>)>,
+        max_overhead: u64,
+    ) -> Result<GgufHeader> {
+        let mut c = Cursor { bytes, pos: 0, path, overhead_left: max_overhead, release, released: 0 };
         let magic = c.u32()?;
         if magic != GGUF_MAGIC {
             return Err(c.err("not a GGUF file (bad magic)"));
@@ -102,6 +131,7 @@ impl GgufHeader {
                 return Err(c.err(format!("duplicate metadata key {key:?}")));
             }
             metadata.push((key, value));
+            c.release_behind();
         }
 
         let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
@@ -195,7 +225,7 @@ impl GgufFile {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         // Another process truncating the file while we read it raises SIGBUS; see `mapped`.
         let mmap = InputMap::new(&file, path)?;
-        let header = GgufHeader::parse(&mmap, path)?;
+        let header = GgufHeader::parse_releasing(&mmap, path, Some(&|r| mmap.forget(r)))?;
         Ok(GgufFile { path: path.to_path_buf(), header, mmap })
     }
 
@@ -230,8 +260,12 @@ struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
     path: &'a Path,
-    /// What the parsed header may still take in memory (see `MAX_HEADER_MEMORY`).
-    memory_left: u64,
+    /// What the parsed header may still take in memory beyond its bytes on disk (see
+    /// `MAX_HEADER_OVERHEAD`).
+    overhead_left: u64,
+    release: Option<&'a dyn Fn(std::ops::Range<usize>)>,
+    /// Where the last release ended.
+    released: usize,
 }
 
 impl<'a> Cursor<'a> {
@@ -275,24 +309,115 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// Account for `bytes` of memory the parsed header will hold.
+    /// Account for `bytes` of memory the parsed header will hold beyond its size on disk.
     fn charge(&mut self, bytes: u64) -> Result<()> {
-        self.memory_left = self.memory_left.checked_sub(bytes).ok_or_else(|| {
+        self.overhead_left = self.overhead_left.checked_sub(bytes).ok_or_else(|| {
             self.err(format!(
-                "the header would take more than {} MiB of memory once parsed; no real model's does",
-                MAX_HEADER_MEMORY >> 20
+                "the header would take more than {} MiB of memory beyond its size once parsed; no real model's does",
+                MAX_HEADER_OVERHEAD >> 20
             ))
         })?;
         Ok(())
     }
 
+    /// Release the mapped pages behind the cursor once it is `RELEASE_STEP` past the last
+    /// release.
+    fn release_behind(&mut self) {
+        if let Some(release) = self.release {
+            if self.pos - self.released >= RELEASE_STEP {
+                release(self.released..self.pos);
+                self.released = self.pos;
+            }
+        }
+    }
+
+    /// A key or tensor name: also copied into a duplicate check, so charged in full.
     fn string(&mut self) -> Result<String> {
         let len = self.u64()?;
         let bytes = self.take(len)?;
-        // Keys and tensor names are also copied into a duplicate check: count every string
-        // twice (loose for string values, which are not).
         self.charge(2 * len)?;
+        self.utf8(bytes)
+    }
+
+    /// A string value: its bytes are on disk; only the `String` beyond its length prefix
+    /// is overhead.
+    fn string_value(&mut self) -> Result<String> {
+        let len = self.u64()?;
+        let bytes = self.take(len)?;
+        self.charge((std::mem::size_of::<String>() - 8) as u64)?;
+        self.utf8(bytes)
+    }
+
+    fn utf8(&self, bytes: &[u8]) -> Result<String> {
         String::from_utf8(bytes.to_vec()).map_err(|_| self.err("string is not valid UTF-8"))
+    }
+
+    /// `n` elements of `N` bytes each, decoded by `conv`, read in chunks straight into a
+    /// vector of their own type (`n·N` bytes were checked to be in the file).
+    fn fixed<T, const N: usize>(&mut self, n: u64, conv: impl Fn([u8; N]) -> Result<T>) -> Result<Vec<T>> {
+        let mut out = Vec::with_capacity(n as usize);
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(ARRAY_CHUNK);
+            let bytes = self.take(k * N as u64)?;
+            for b in bytes.chunks_exact(N) {
+                out.push(conv(b.try_into().expect("chunks of N bytes"))?);
+            }
+            left -= k;
+            self.release_behind();
+        }
+        Ok(out)
+    }
+
+    /// The elements of an array of `n` values of type `et`.
+    fn array_items(&mut self, et: ValueType, n: u64, depth: usize) -> Result<Array> {
+        let (pos, path) = (self.pos, self.path);
+        let bad_bool =
+            |b: u8| Error::malformed(path, "GGUF", format!("bool value {b} is neither 0 nor 1 (in the array at byte {pos})"));
+        Ok(match et {
+            ValueType::U8 => Array::U8(self.fixed(n, |b: [u8; 1]| Ok(b[0]))?),
+            ValueType::I8 => Array::I8(self.fixed(n, |b: [u8; 1]| Ok(b[0] as i8))?),
+            ValueType::U16 => Array::U16(self.fixed(n, |b| Ok(u16::from_le_bytes(b)))?),
+            ValueType::I16 => Array::I16(self.fixed(n, |b| Ok(i16::from_le_bytes(b)))?),
+            ValueType::U32 => Array::U32(self.fixed(n, |b| Ok(u32::from_le_bytes(b)))?),
+            ValueType::I32 => Array::I32(self.fixed(n, |b| Ok(i32::from_le_bytes(b)))?),
+            ValueType::F32 => Array::F32(self.fixed(n, |b| Ok(f32::from_le_bytes(b)))?),
+            ValueType::U64 => Array::U64(self.fixed(n, |b| Ok(u64::from_le_bytes(b)))?),
+            ValueType::I64 => Array::I64(self.fixed(n, |b| Ok(i64::from_le_bytes(b)))?),
+            ValueType::F64 => Array::F64(self.fixed(n, |b| Ok(f64::from_le_bytes(b)))?),
+            ValueType::Bool => Array::Bool(self.fixed(n, |b: [u8; 1]| match b[0] {
+                0 => Ok(false),
+                1 => Ok(true),
+                b => Err(bad_bool(b)),
+            })?),
+            ValueType::String => {
+                let mut out = Vec::with_capacity(initial_capacity(n));
+                for _ in 0..n {
+                    out.push(self.string_value()?);
+                    self.release_behind();
+                }
+                Array::String(out)
+            }
+            ValueType::Array => {
+                let mut out = Vec::with_capacity(initial_capacity(n));
+                for _ in 0..n {
+                    self.charge(std::mem::size_of::<Array>() as u64)?;
+                    let et = self.value_type()?;
+                    let len = self.u64()?;
+                    out.push(self.checked_array(et, len, depth + 1)?);
+                }
+                Array::Array(out)
+            }
+        })
+    }
+
+    /// An array's elements after its header (type, count), with the count and depth checked.
+    fn checked_array(&mut self, et: ValueType, n: u64, depth: usize) -> Result<Array> {
+        if depth >= MAX_ARRAY_DEPTH {
+            return Err(self.err("arrays nested too deeply"));
+        }
+        self.check_count(n, et.min_encoded_len(), "array length")?;
+        self.array_items(et, n, depth)
     }
 
     fn value_type(&mut self) -> Result<ValueType> {
@@ -318,19 +443,11 @@ impl<'a> Cursor<'a> {
                 1 => Value::Bool(true),
                 b => return Err(self.err(format!("bool value {b} is neither 0 nor 1"))),
             },
-            ValueType::String => Value::String(self.string()?),
+            ValueType::String => Value::String(self.string_value()?),
             ValueType::Array => {
-                if depth >= MAX_ARRAY_DEPTH {
-                    return Err(self.err("arrays nested too deeply"));
-                }
                 let et = self.value_type()?;
                 let n = self.u64()?;
-                self.check_count(n, et.min_encoded_len(), "array length")?;
-                let mut items = Vec::with_capacity(initial_capacity(n));
-                for _ in 0..n {
-                    items.push(self.value(et, depth + 1)?);
-                }
-                Value::Array(et, items)
+                Value::Array(self.checked_array(et, n, depth)?)
             }
         })
     }

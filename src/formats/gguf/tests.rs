@@ -42,27 +42,32 @@ fn every_value() -> Vec<(String, Value)> {
         .map(|(i, v)| (format!("test.scalar.{i}.{}", v.value_type().name()), v.clone()))
         .collect();
     for (i, v) in scalars.iter().enumerate() {
-        let arr = Value::Array(v.value_type(), vec![v.clone(), v.clone(), v.clone()]);
+        let arr = array(v.value_type(), vec![v.clone(), v.clone(), v.clone()]);
         kv.push((format!("test.array.{i}"), arr));
-        kv.push((format!("test.empty.{i}"), Value::Array(v.value_type(), vec![])));
+        kv.push((format!("test.empty.{i}"), array(v.value_type(), vec![])));
     }
     // Arrays of arrays, whose inner arrays have different element types and lengths.
-    let nested = Value::Array(
+    let nested = array(
         ValueType::Array,
         vec![
-            Value::Array(ValueType::U8, vec![Value::U8(1), Value::U8(2)]),
-            Value::Array(ValueType::String, vec![Value::String("a".into())]),
-            Value::Array(ValueType::Array, vec![Value::Array(ValueType::F64, vec![Value::F64(-0.0)])]),
-            Value::Array(ValueType::I32, vec![]),
+            array(ValueType::U8, vec![Value::U8(1), Value::U8(2)]),
+            array(ValueType::String, vec![Value::String("a".into())]),
+            array(ValueType::Array, vec![array(ValueType::F64, vec![Value::F64(-0.0)])]),
+            array(ValueType::I32, vec![]),
         ],
     );
     kv.push(("test.nested".into(), nested));
-    let mut deep = Value::Array(ValueType::U16, vec![Value::U16(7)]);
+    let mut deep = array(ValueType::U16, vec![Value::U16(7)]);
     for _ in 0..7 {
-        deep = Value::Array(ValueType::Array, vec![deep]);
+        deep = array(ValueType::Array, vec![deep]);
     }
     kv.push(("test.deep".into(), deep));
     kv
+}
+
+/// A `Value::Array` of element type `t` from values of that type.
+fn array(t: ValueType, items: Vec<Value>) -> Value {
+    Value::Array(Array::from_values(t, items).expect("values of the element type"))
 }
 
 fn sample_writer() -> GgufWriter {
@@ -106,13 +111,13 @@ fn every_metadata_type_round_trips() {
         assert_eq!(v1.value_type(), v2.value_type(), "{k1}");
     }
     assert_eq!(h.get("test.scalar.11.UINT64").and_then(Value::as_u64), Some(u64::MAX - 1));
-    let mut depth = 0;
-    let mut v = h.get("test.deep").unwrap();
-    while let Value::Array(_, items) = v {
+    let mut depth = 1;
+    let mut a = h.get("test.deep").and_then(Value::as_array).unwrap();
+    while let Array::Array(items) = a {
         depth += 1;
-        v = &items[0];
+        a = &items[0];
     }
-    assert_eq!((depth, v), (8, &Value::U16(7)));
+    assert_eq!((depth, a), (8, &Array::U16(vec![7])));
     // Tensor infos as planned, and the data where the offsets say.
     assert_eq!(h.tensors.len(), w.tensors().len());
     for (i, (t, p)) in h.tensors.iter().zip(w.tensors()).enumerate() {
@@ -617,7 +622,7 @@ fn nested_array_bombs_fail_fast() {
     assert!(parse_err(&b.0).contains("array length"));
     b.u32(ValueType::U8 as u32).u64(0);
     let h = parse(&b.0).unwrap();
-    assert_eq!(h.get("k").and_then(Value::as_array).map(<[Value]>::len), Some(1000));
+    assert_eq!(h.get("k").and_then(Value::as_array).map(Array::len), Some(1000));
 }
 
 #[test]
@@ -668,16 +673,25 @@ fn corrupted_bytes_never_panic() {
 
 #[test]
 fn header_memory_is_capped() {
-    // 9 MiB of u8 array on disk would be 288 MiB of `Value`s: refused, and quickly.
+    // Arrays cost their size: 9 MiB of u8 array on disk (288 MiB as one `Value` per element,
+    // once refused) takes 9 MiB.
     let n = 9u64 << 20;
     let mut b = B::header(0, 1);
     b.str("k").u32(ValueType::Array as u32).u32(ValueType::U8 as u32).u64(n);
     b.0.resize(b.0.len() + n as usize, 0);
-    assert!(parse_err(&b.0).contains("MiB of memory"));
-    // A million-entry array (bigger than any real vocabulary) is fine.
-    let n = 1u64 << 20;
-    let mut b = B::header(0, 1);
-    b.str("k").u32(ValueType::Array as u32).u32(ValueType::U8 as u32).u64(n);
-    b.0.resize(b.0.len() + n as usize, 0);
-    assert_eq!(parse(&b.0).unwrap().get("k").and_then(Value::as_array).map(<[Value]>::len), Some(n as usize));
+    assert_eq!(parse(&b.0).unwrap().get("k").and_then(Value::as_array).map(Array::len), Some(n as usize));
+    // What memory takes beyond the bytes on disk is capped: empty strings (8 bytes on disk,
+    // a 24-byte `String`) and empty nested arrays (12 bytes, a 32-byte `Array`), against a
+    // 1 MiB budget; the real one (256 MiB) works the same way.
+    let n = 100_000u64;
+    for (et, item) in [(ValueType::String, &[0u8; 8][..]), (ValueType::Array, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0][..])] {
+        let mut b = B::header(0, 1);
+        b.str("k").u32(ValueType::Array as u32).u32(et as u32).u64(n);
+        for _ in 0..n {
+            b.0.extend_from_slice(item);
+        }
+        let e = GgufHeader::parse_with(&b.0, Path::new("test.gguf"), None, 1 << 20).unwrap_err().to_string();
+        assert!(e.contains("MiB of memory"), "{et:?}: {e}");
+        assert!(GgufHeader::parse_with(&b.0, Path::new("test.gguf"), None, 4 << 20).is_ok(), "{et:?}");
+    }
 }

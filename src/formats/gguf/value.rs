@@ -1,5 +1,6 @@
 //! GGUF metadata values: the thirteen value types of the GGUF v3 spec, arrays included
-//! (arrays may nest).
+//! (arrays may nest). Arrays are stored by element type ([`Array`]): a u8 array takes one
+//! byte per element in memory as on disk, not a 32-byte [`Value`] each.
 
 use std::fmt;
 
@@ -86,7 +87,7 @@ pub enum Value {
     F32(f32),
     Bool(bool),
     String(String),
-    Array(ValueType, Vec<Value>),
+    Array(Array),
     U64(u64),
     I64(i64),
     F64(f64),
@@ -104,7 +105,7 @@ impl Value {
             Value::F32(_) => ValueType::F32,
             Value::Bool(_) => ValueType::Bool,
             Value::String(_) => ValueType::String,
-            Value::Array(..) => ValueType::Array,
+            Value::Array(_) => ValueType::Array,
             Value::U64(_) => ValueType::U64,
             Value::I64(_) => ValueType::I64,
             Value::F64(_) => ValueType::F64,
@@ -158,15 +159,15 @@ impl Value {
         }
     }
 
-    pub fn as_array(&self) -> Option<&[Value]> {
+    pub fn as_array(&self) -> Option<&Array> {
         match self {
-            Value::Array(_, items) => Some(items),
+            Value::Array(a) => Some(a),
             _ => None,
         }
     }
 
     pub fn string_array(items: impl IntoIterator<Item = String>) -> Value {
-        Value::Array(ValueType::String, items.into_iter().map(Value::String).collect())
+        Value::Array(Array::String(items.into_iter().collect()))
     }
 
     /// A JSON rendering for `inspect --json`; arrays longer than `max_items` are cut and
@@ -186,14 +187,14 @@ impl Value {
             Value::F64(v) => json!(v),
             Value::Bool(v) => json!(v),
             Value::String(s) => json!(s),
-            Value::Array(t, items) => {
-                if items.len() <= max_items {
-                    serde_json::Value::Array(items.iter().map(|v| v.to_json(max_items)).collect())
+            Value::Array(a) => {
+                if a.len() <= max_items {
+                    serde_json::Value::Array(a.iter().map(|v| v.to_json(max_items)).collect())
                 } else {
                     json!({
-                        "type": t.name(),
-                        "len": items.len(),
-                        "head": items.iter().take(max_items).map(|v| v.to_json(max_items)).collect::<Vec<_>>(),
+                        "type": a.elem_type().name(),
+                        "len": a.len(),
+                        "head": a.iter().take(max_items).map(|v| v.to_json(max_items)).collect::<Vec<_>>(),
                     })
                 }
             }
@@ -205,16 +206,16 @@ impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Value::String(s) => write!(f, "{s:?}"),
-            Value::Array(t, items) => {
+            Value::Array(a) => {
                 const SHOW: usize = 6;
-                write!(f, "[{}; {}] [", t.name(), items.len())?;
-                for (i, v) in items.iter().take(SHOW).enumerate() {
+                write!(f, "[{}; {}] [", a.elem_type().name(), a.len())?;
+                for (i, v) in a.iter().take(SHOW).enumerate() {
                     if i > 0 {
                         f.write_str(", ")?;
                     }
                     write!(f, "{v}")?;
                 }
-                if items.len() > SHOW {
+                if a.len() > SHOW {
                     f.write_str(", ...")?;
                 }
                 f.write_str("]")
@@ -223,6 +224,150 @@ impl fmt::Display for Value {
                 serde_json::Value::Number(n) => write!(f, "{n}"),
                 v => write!(f, "{v}"),
             },
+        }
+    }
+}
+
+/// A metadata array, stored by element type: each element takes its own size in memory (a u8
+/// one byte), so an array costs what it takes on disk plus a small constant. Arrays of arrays
+/// hold one [`Array`] per element, each with its own element type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Array {
+    U8(Vec<u8>),
+    I8(Vec<i8>),
+    U16(Vec<u16>),
+    I16(Vec<i16>),
+    U32(Vec<u32>),
+    I32(Vec<i32>),
+    F32(Vec<f32>),
+    Bool(Vec<bool>),
+    String(Vec<String>),
+    Array(Vec<Array>),
+    U64(Vec<u64>),
+    I64(Vec<i64>),
+    F64(Vec<f64>),
+}
+
+/// `$body` once per variant, with `$v` bound to its vector.
+macro_rules! each_array {
+    ($a:expr, $v:ident => $body:expr) => {
+        match $a {
+            Array::U8($v) => $body,
+            Array::I8($v) => $body,
+            Array::U16($v) => $body,
+            Array::I16($v) => $body,
+            Array::U32($v) => $body,
+            Array::I32($v) => $body,
+            Array::F32($v) => $body,
+            Array::Bool($v) => $body,
+            Array::String($v) => $body,
+            Array::Array($v) => $body,
+            Array::U64($v) => $body,
+            Array::I64($v) => $body,
+            Array::F64($v) => $body,
+        }
+    };
+}
+
+impl Array {
+    /// An empty array of element type `t`.
+    pub fn empty(t: ValueType) -> Array {
+        match t {
+            ValueType::U8 => Array::U8(Vec::new()),
+            ValueType::I8 => Array::I8(Vec::new()),
+            ValueType::U16 => Array::U16(Vec::new()),
+            ValueType::I16 => Array::I16(Vec::new()),
+            ValueType::U32 => Array::U32(Vec::new()),
+            ValueType::I32 => Array::I32(Vec::new()),
+            ValueType::F32 => Array::F32(Vec::new()),
+            ValueType::Bool => Array::Bool(Vec::new()),
+            ValueType::String => Array::String(Vec::new()),
+            ValueType::Array => Array::Array(Vec::new()),
+            ValueType::U64 => Array::U64(Vec::new()),
+            ValueType::I64 => Array::I64(Vec::new()),
+            ValueType::F64 => Array::F64(Vec::new()),
+        }
+    }
+
+    /// An array of element type `t` from values of that type (`None` if one is not).
+    pub fn from_values(t: ValueType, items: Vec<Value>) -> Option<Array> {
+        let mut a = Array::empty(t);
+        for v in items {
+            match (&mut a, v) {
+                (Array::U8(a), Value::U8(v)) => a.push(v),
+                (Array::I8(a), Value::I8(v)) => a.push(v),
+                (Array::U16(a), Value::U16(v)) => a.push(v),
+                (Array::I16(a), Value::I16(v)) => a.push(v),
+                (Array::U32(a), Value::U32(v)) => a.push(v),
+                (Array::I32(a), Value::I32(v)) => a.push(v),
+                (Array::F32(a), Value::F32(v)) => a.push(v),
+                (Array::Bool(a), Value::Bool(v)) => a.push(v),
+                (Array::String(a), Value::String(v)) => a.push(v),
+                (Array::Array(a), Value::Array(v)) => a.push(v),
+                (Array::U64(a), Value::U64(v)) => a.push(v),
+                (Array::I64(a), Value::I64(v)) => a.push(v),
+                (Array::F64(a), Value::F64(v)) => a.push(v),
+                _ => return None,
+            }
+        }
+        Some(a)
+    }
+
+    pub fn elem_type(&self) -> ValueType {
+        match self {
+            Array::U8(_) => ValueType::U8,
+            Array::I8(_) => ValueType::I8,
+            Array::U16(_) => ValueType::U16,
+            Array::I16(_) => ValueType::I16,
+            Array::U32(_) => ValueType::U32,
+            Array::I32(_) => ValueType::I32,
+            Array::F32(_) => ValueType::F32,
+            Array::Bool(_) => ValueType::Bool,
+            Array::String(_) => ValueType::String,
+            Array::Array(_) => ValueType::Array,
+            Array::U64(_) => ValueType::U64,
+            Array::I64(_) => ValueType::I64,
+            Array::F64(_) => ValueType::F64,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        each_array!(self, v => v.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Element `i` as a [`Value`] (strings and nested arrays are cloned).
+    pub fn get(&self, i: usize) -> Option<Value> {
+        Some(match self {
+            Array::U8(a) => Value::U8(*a.get(i)?),
+            Array::I8(a) => Value::I8(*a.get(i)?),
+            Array::U16(a) => Value::U16(*a.get(i)?),
+            Array::I16(a) => Value::I16(*a.get(i)?),
+            Array::U32(a) => Value::U32(*a.get(i)?),
+            Array::I32(a) => Value::I32(*a.get(i)?),
+            Array::F32(a) => Value::F32(*a.get(i)?),
+            Array::Bool(a) => Value::Bool(*a.get(i)?),
+            Array::String(a) => Value::String(a.get(i)?.clone()),
+            Array::Array(a) => Value::Array(a.get(i)?.clone()),
+            Array::U64(a) => Value::U64(*a.get(i)?),
+            Array::I64(a) => Value::I64(*a.get(i)?),
+            Array::F64(a) => Value::F64(*a.get(i)?),
+        })
+    }
+
+    /// The elements as [`Value`]s, in order.
+    pub fn iter(&self) -> impl Iterator<Item = Value> + '_ {
+        (0..self.len()).map(move |i| self.get(i).expect("index below len"))
+    }
+
+    /// The elements of a string array, without copying them.
+    pub fn as_strings(&self) -> Option<&[String]> {
+        match self {
+            Array::String(a) => Some(a),
+            _ => None,
         }
     }
 }

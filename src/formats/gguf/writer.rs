@@ -6,7 +6,7 @@
 use std::io::Write;
 
 use super::reader::align_up;
-use super::value::Value;
+use super::value::{Array, Value};
 use super::{DEFAULT_ALIGNMENT, GGUF_MAGIC};
 use crate::error::{Error, Result};
 use crate::ggml_type::GgmlType;
@@ -169,12 +169,17 @@ fn put_value(h: &mut Vec<u8>, v: &Value) {
         Value::F64(x) => h.extend_from_slice(&x.to_le_bytes()),
         Value::Bool(x) => h.push(*x as u8),
         Value::String(s) => put_string(h, s),
-        Value::Array(t, items) => {
-            h.extend_from_slice(&(*t as u32).to_le_bytes());
-            h.extend_from_slice(&(items.len() as u64).to_le_bytes());
-            for item in items {
-                put_value(h, item);
-            }
-        }
+        Value::Array(a) => put_array(h, a),
+    }
+}
+
+fn put_array(h: &mut Vec<u8>, a: &Array) {
+    h.extend_from_slice(&(a.elem_type() as u32).to_le_bytes());
+    h.extend_from_slice(&(a.len() as u64).to_le_bytes());
+    match a {
+        Array::U8(v) => h.extend_from_slice(v),
+        Array::String(v) => v.iter().for_each(|s| put_string(h, s)),
+        Array::Array(v) => v.iter().for_each(|a| put_array(h, a)),
+        other => other.iter().for_each(|item| put_value(h, &item)),
     }
 }

@@ -10,7 +10,7 @@ pub mod special_vocab;
 pub use hf_import::identify_pre;
 
 use crate::error::{Error, Result};
-use crate::formats::gguf::{GgufHeader, Value, ValueType};
+use crate::formats::gguf::{Array, GgufHeader, Value};
 use crate::formats::pre_tokenizers::PRE_TOKENIZERS;
 
 /// llama.cpp's `llama_token_type`.
@@ -148,12 +148,12 @@ impl Vocab {
         if self.model == VocabModel::Spm {
             put(
                 "tokenizer.ggml.scores",
-                Value::Array(ValueType::F32, self.scores.iter().map(|&s| Value::F32(s)).collect()),
+                Value::Array(Array::F32(self.scores.clone())),
             );
         }
         put(
             "tokenizer.ggml.token_type",
-            Value::Array(ValueType::I32, self.token_types.iter().map(|&t| Value::I32(t)).collect()),
+            Value::Array(Array::I32(self.token_types.clone())),
         );
         if self.model != VocabModel::Spm {
             put("tokenizer.ggml.merges", Value::string_array(self.merges.iter().cloned()));
@@ -296,7 +296,7 @@ impl Vocab {
             v.or(default).filter(|&d| (d as usize) < tokens.len())
         };
         let mut named_chat_templates = Vec::new();
-        for name in h.get("tokenizer.chat_templates").and_then(Value::as_array).into_iter().flatten() {
+        for name in h.get("tokenizer.chat_templates").and_then(Value::as_array).into_iter().flat_map(Array::iter) {
             let Some(name) = name.as_str() else { continue };
             if let Some(t) = h.get(&format!("tokenizer.chat_template.{name}")).and_then(Value::as_str) {
                 named_chat_templates.push((name.to_string(), t.to_string()));
