@@ -252,6 +252,8 @@ fn convert_json_report() {
     assert_eq!(j["file_type"], 7);
     assert!(j["fallbacks"].as_array().is_some_and(|a| a.is_empty()));
     assert!(j["seconds"].as_f64().is_some());
+    assert_eq!(j["stages"][0]["stage"], "convert");
+    assert!(j["stages"][0]["peak_rss_bytes"].as_u64().is_some_and(|b| b > 1 << 20), "{j}");
 
     let hf = tmp.path().join("hf");
     let stdout = qforge_ok(&[&"convert", &out, &"-o", &hf, &"--to", &"hf", &"--json"]);

@@ -52,6 +52,16 @@ fn hf_gptq_4bit_g128_layout_and_quality() {
     let out = tmp.path().join("gptq");
     let j = gptq(&out, &[]);
     assert_eq!(j["calibration"]["windows"], 128);
+    // Time and peak RSS per stage (issue 17): calibrating holds the most (the hidden states
+    // of 128 windows and a layer's Hessians); each stage's peak is its own.
+    let stages = j["stages"].as_array().unwrap();
+    let names: Vec<&str> = stages.iter().map(|s| s["stage"].as_str().unwrap()).collect();
+    assert_eq!(names, ["load", "calibrate", "write"]);
+    let total: f64 = stages.iter().map(|s| s["seconds"].as_f64().unwrap()).sum();
+    assert!(total > 0.0 && total <= j["seconds"].as_f64().unwrap(), "{j}");
+    let peak = |i: usize| stages[i]["peak_rss_bytes"].as_u64().unwrap();
+    println!("stages: {stages:?}");
+    assert!(peak(1) > 100 << 20 && peak(1) > peak(0), "{stages:?}");
     let f32_gguf = tmp.path().join("decoded.gguf");
     qforge_ok(&[&"-q", &"convert", &out, &"-o", &f32_gguf, &"--outtype", &"f32"]);
     let report = python("check_gptq.py", &[&out, &tiny(), &f32_gguf]);

@@ -113,6 +113,8 @@ pub struct ConvertArgs {
 
 pub fn run(args: &ConvertArgs, ui: &Ui) -> Result<()> {
     let start = Instant::now();
+    let mut stages_log = super::stages::StageLog::new();
+    stages_log.begin("convert");
     let model = ModelFile::open(&args.input).with_context(|| format!("cannot load {}", args.input.display()))?;
     let input_bytes: u64 = model.tensors()?.iter().map(|t| t.stored_bytes() as u64).sum();
     let report = match args.to {
@@ -177,7 +179,7 @@ pub fn run(args: &ConvertArgs, ui: &Ui) -> Result<()> {
             json!({
                 "input": args.input, "output": args.output, "format": "gguf", "outtype": outtype.name(),
                 "file_type": summary.file_type, "tensors": summary.tensors, "bytes": summary.bytes,
-                "fallbacks": summary.fallbacks, "seconds": start.elapsed().as_secs_f64(),
+                "fallbacks": summary.fallbacks, "seconds": start.elapsed().as_secs_f64(), "stages": stages_log.to_json(),
                 "repacked": summary_notes.repacked, "requantized": summary_notes.requantized,
             })
         }
@@ -200,6 +202,7 @@ pub fn run(args: &ConvertArgs, ui: &Ui) -> Result<()> {
             json!({
                 "input": args.input, "output": args.output, "format": "hf", "dtype": summary.dtype,
                 "tensors": summary.tensors, "bytes": summary.bytes, "seconds": start.elapsed().as_secs_f64(),
+                "stages": stages_log.to_json(),
             })
         }
     };

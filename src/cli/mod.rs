@@ -12,6 +12,7 @@ mod quantize_awq;
 mod quantize_gptq;
 mod quantize_nf4;
 mod session;
+mod stages;
 mod tokenize;
 mod ui;
 mod verify;

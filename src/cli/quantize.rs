@@ -336,6 +336,8 @@ fn run_rtn(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         }
         None => None,
     };
+    let mut stages_log = super::stages::StageLog::new();
+    stages_log.begin("plan");
     let model = ModelFile::open(&args.input).with_context(|| format!("cannot load {}", args.input.display()))?;
     let tensors = model.tensors()?;
     let input_bytes: u64 = tensors.iter().map(|t| t.stored_bytes() as u64).sum();
@@ -376,6 +378,7 @@ fn run_rtn(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         .map(|r| r.source_type.clone());
     check_requantize(args, ui, quantized_in)?;
     let output = args.output.as_ref().expect("clap requires -o without --dry-run");
+    stages_log.begin("quantize");
     let mut sink = Sink::open(output).with_context(|| format!("cannot create {}", output.display()))?;
     let bar = ui.bytes_bar(input_bytes, "quantizing");
     let wopts = WriteOptions { allow_nonfinite: args.allow_nonfinite, name: args.name.clone() };
@@ -394,6 +397,7 @@ fn run_rtn(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     if ui.json {
         let mut j = report_plan.json(args, &types, false);
         j["seconds"] = json!(secs);
+        j["stages"] = stages_log.to_json();
         j["imatrix"] = json!(imatrix_json);
         ui.print_json(&j);
     } else if output.as_os_str() != "-" {

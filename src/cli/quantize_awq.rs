@@ -14,6 +14,7 @@ use serde_json::json;
 
 use super::quantize::{build_plan, Format, QuantizeArgs};
 use super::session::Loaded;
+use super::stages::StageLog;
 use super::Ui;
 use crate::calib::sequential::{self, Stages};
 use crate::calib::{CalibOptions, Calibration};
@@ -94,6 +95,8 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         bail!("--json cannot be combined with `-o -`: standard output carries the GGUF");
     }
 
+    let mut stages_log = StageLog::new();
+    stages_log.begin("load");
     let loaded = Loaded::open(&args.input)?;
     let file = &loaded.file;
     let cfg = file.config().clone();
@@ -135,6 +138,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let bar = ui.count_bar(cfg.n_layers as u64, "AWQ layers");
     ui.detail(format!("calibration: {} windows of {} tokens from {}", calib.windows.len(), calib.seqlen, calib.source));
     let calib_start = Instant::now();
+    stages_log.begin("calibrate");
     sequential::run(&mut model, &calib, Stages::OneShot, &mut method, &mut |_| bar.inc(1))?;
     crate::methods::fuse_results(&mut method.results, &cfg, format == Format::Gguf)?;
     bar.finish_and_clear();
@@ -157,6 +161,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         Format::Gguf if cfg.arch.gguf_permutes_qk() => RopeLayout::Interleaved,
         _ => RopeLayout::RotateHalf,
     };
+    stages_log.begin("write");
     let (n_tensors, bytes) = match format {
         Format::Gguf => {
             let header = gguf_header.ok_or_else(|| anyhow!("no GGUF plan"))?;
@@ -187,7 +192,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
             "type": args.quant_type, "scale_search": options.scale, "clip_search": options.clip,
             "sample_tokens": options.sample_tokens, "duo_scaling": options.duo,
             "calibration": {"source": calib.source, "windows": calib.windows.len(), "seqlen": calib.seqlen},
-            "scales": method.reports, "notes": method.notes, "tensors": n_tensors, "bytes": bytes, "awq_seconds": awq_secs, "seconds": secs,
+            "scales": method.reports, "notes": method.notes, "tensors": n_tensors, "bytes": bytes, "awq_seconds": awq_secs, "seconds": secs, "stages": stages_log.to_json(),
         }));
     } else if output.as_os_str() != "-" {
         ui.note(format!(

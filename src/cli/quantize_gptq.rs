@@ -12,6 +12,7 @@ use serde_json::json;
 use super::quantize::{build_plan, Device, Format, Method, QuantizeArgs};
 use super::quantize_awq::{awq_options, check_awq_shapes, encode_vector, file_rows, hf_vectors, write_hf_awq};
 use super::session::Loaded;
+use super::stages::StageLog;
 use super::Ui;
 use crate::calib::sequential::{self, Stages};
 use crate::calib::{CalibOptions, Calibration};
@@ -94,6 +95,8 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         bail!("an hf-gptq checkpoint is a directory; `-o -` only works with --format gguf");
     }
 
+    let mut stages_log = StageLog::new();
+    stages_log.begin("load");
     let loaded = Loaded::open(&args.input)?;
     let file = &loaded.file;
     let cfg = file.config().clone();
@@ -150,6 +153,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let bar = ui.count_bar(cfg.n_layers as u64, if with_awq { "AWQ+GPTQ layers" } else { "GPTQ layers" });
     ui.detail(format!("calibration: {} windows of {} tokens from {}", calib.windows.len(), calib.seqlen, calib.source));
     let calib_start = Instant::now();
+    stages_log.begin("calibrate");
     let mut awq = match awq {
         Some(awq) => {
             let mut both = AwqGptqMethod { awq, gptq: method };
@@ -198,6 +202,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         ui.detail(format!("{name}: GPTQ loss {loss:.4}"));
     }
 
+    stages_log.begin("write");
     let (n_tensors, bytes) = match format {
         Format::Gguf => {
             let header = gguf_header.ok_or_else(|| anyhow!("no GGUF plan"))?;
@@ -266,7 +271,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
             "input": args.input, "output": output, "method": method_name, "format": format!("{format:?}"),
             "bits": g.bits, "group_size": g.group_size, "act_order": order == ColumnOrder::Activation, "order": format!("{order:?}"), "block_scales": format!("{:?}", g.block_scales), "sym": g.sym, "damp": g.damp,
             "type": args.quant_type, "calibration": {"source": calib.source, "windows": calib.windows.len(), "seqlen": calib.seqlen},
-            "tensors": n_tensors, "bytes": bytes, "device": device_name, "gptq_seconds": gptq_secs, "seconds": secs, "notes": method.notes,
+            "tensors": n_tensors, "bytes": bytes, "device": device_name, "gptq_seconds": gptq_secs, "seconds": secs, "stages": stages_log.to_json(), "notes": method.notes,
             "rtn_guard": {"matrices": method.guarded.len(), "kept_rtn": kept_rtn, "per_matrix": method.guarded},
             "awq_scales": awq.as_ref().map(|a| &a.reports),
         }));

@@ -54,6 +54,8 @@ fn options(args: &QuantizeArgs) -> Result<BnbOptions> {
 
 pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let start = Instant::now();
+    let mut stages_log = super::stages::StageLog::new();
+    stages_log.begin("quantize");
     let opts = options(args)?;
     let output = args.output.as_ref().context("-o/--output (the directory to write) is required")?;
     if output.as_os_str() == "-" {
@@ -88,7 +90,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
             "quantized_weights": summary.quantized_weights, "quantized_bytes": summary.quantized_bytes,
             "linear_bits_per_weight": summary.linear_bits_per_weight(),
             "weights": summary.weights, "bytes": summary.bytes, "bits_per_weight": summary.bits_per_weight(),
-            "input_bytes": input_bytes, "dtype": summary.dtype, "seconds": secs,
+            "input_bytes": input_bytes, "dtype": summary.dtype, "seconds": secs, "stages": stages_log.to_json(),
         }));
     } else {
         ui.note(format!(
