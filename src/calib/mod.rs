@@ -1,6 +1,7 @@
 //! Calibration: the token windows GPTQ and AWQ learn from, and the layer-by-layer
 //! ("sequential") driver that feeds them through the model while it is being quantized.
 
+pub mod resume;
 pub mod sequential;
 
 use std::path::{Path, PathBuf};

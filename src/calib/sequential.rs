@@ -4,10 +4,11 @@
 //! windows (nsamples × seqlen × hidden) and one layer's statistics are held at a time; the
 //! weights stay in the input's memory map until a quantized layer replaces them.
 
+use super::resume::{LayerRecord, WorkDir};
 use super::Calibration;
 use crate::error::{Error, Result};
 use crate::model::names;
-use crate::runtime::{LinearObserver, LlamaModel};
+use crate::runtime::{LinearObserver, LlamaModel, RopeTables};
 
 /// The order in which a layer's linears are quantized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +68,17 @@ pub trait LayerQuantizer {
         names: &[String],
         inputs: &[Vec<f32>],
     ) -> Result<Vec<(String, Vec<f32>)>>;
+
+    /// Record what the method kept of layer `layer` (results for the writer, report lines)
+    /// into `rec`, for `--resume` (see `calib::resume`).
+    fn save_layer(&self, layer: usize, _rec: &mut LayerRecord) -> Result<()> {
+        Err(Error::Unsupported(format!("this method cannot save layer {layer} to resume from")))
+    }
+
+    /// Take back what [`LayerQuantizer::save_layer`] recorded (layers come in order).
+    fn load_layer(&mut self, layer: usize, _rec: &LayerRecord) -> Result<()> {
+        Err(Error::Unsupported(format!("this method cannot resume from a saved layer {layer}")))
+    }
 }
 
 /// Passes only the observations of the current stage, and keeps the first error.
@@ -105,36 +117,34 @@ impl LinearObserver for StageFilter<'_> {
 }
 
 /// Quantize every decoder layer of `model` in order with `q`, replacing its weights as it
-/// goes. `on_layer(i)` is called after layer i is done (progress).
+/// goes. `on_layer(i)` is called after layer i is done (progress). With `work`, each finished
+/// layer is saved there and the layers already saved are loaded instead of quantized again
+/// (see `calib::resume`). Returns how many layers were loaded.
 pub fn run(
     model: &mut LlamaModel<'_>,
     calib: &Calibration,
     stages: Stages,
     q: &mut dyn LayerQuantizer,
+    work: Option<&WorkDir>,
     on_layer: &mut dyn FnMut(usize),
-) -> Result<()> {
+) -> Result<usize> {
     let n = calib.seqlen;
     let rope = model.rope_tables(0, n);
     let mut states: Vec<Vec<f32>> = calib.windows.iter().map(|w| model.embed_tokens(w)).collect::<Result<_>>()?;
+    let resumed = work.map_or(0, |w| w.completed(model.n_layers()));
     for li in 0..model.n_layers() {
-        for group in stages.groups() {
-            let prefix = format!("blk.{li}.");
-            let names: Vec<String> = model
-                .layer_linear_names(li)
-                .into_iter()
-                .filter(|n| n.strip_prefix(&prefix).is_some_and(|s| group.iter().any(|g| in_group(s, g))))
-                .collect();
-            let mut filter = StageFilter { names: &names, inner: q, error: None };
-            for x in &states {
-                let mut x = x.clone();
-                let (mut k, mut v) = (Vec::new(), Vec::new());
-                model.layer_forward(li, &mut x, n, 0, &rope, (&mut k, &mut v), &mut filter)?;
-                if let Some(e) = filter.error.take() {
-                    return Err(e);
-                }
-            }
-            for (name, values) in q.quantize(model, li, &names, &states)? {
+        if let (Some(w), true) = (work, li < resumed) {
+            let rec = w.load(li)?;
+            q.load_layer(li, &rec)?;
+            for (name, values) in rec.updates {
                 model.set_tensor(&name, values)?;
+            }
+        } else {
+            let updates = quantize_layer(model, li, n, &rope, &states, stages, q, work.is_some())?;
+            if let Some(w) = work {
+                let mut rec = LayerRecord::new(updates);
+                q.save_layer(li, &mut rec)?;
+                w.save(li, &rec)?;
             }
         }
         // The next layer's inputs: this layer's outputs with its quantized weights.
@@ -144,5 +154,45 @@ pub fn run(
         }
         on_layer(li);
     }
-    Ok(())
+    Ok(resumed)
+}
+
+/// Observe and quantize the stages of layer `li`, putting the results into the model. Returns
+/// the tensors put back, in order, when `record` (for `--resume`), else nothing.
+#[allow(clippy::too_many_arguments)]
+fn quantize_layer(
+    model: &mut LlamaModel<'_>,
+    li: usize,
+    n: usize,
+    rope: &RopeTables,
+    states: &[Vec<f32>],
+    stages: Stages,
+    q: &mut dyn LayerQuantizer,
+    record: bool,
+) -> Result<Vec<(String, Vec<f32>)>> {
+    let mut updates = Vec::new();
+    for group in stages.groups() {
+        let prefix = format!("blk.{li}.");
+        let names: Vec<String> = model
+            .layer_linear_names(li)
+            .into_iter()
+            .filter(|n| n.strip_prefix(&prefix).is_some_and(|s| group.iter().any(|g| in_group(s, g))))
+            .collect();
+        let mut filter = StageFilter { names: &names, inner: q, error: None };
+        for x in states {
+            let mut x = x.clone();
+            let (mut k, mut v) = (Vec::new(), Vec::new());
+            model.layer_forward(li, &mut x, n, 0, rope, (&mut k, &mut v), &mut filter)?;
+            if let Some(e) = filter.error.take() {
+                return Err(e);
+            }
+        }
+        for (name, values) in q.quantize(model, li, &names, states)? {
+            if record {
+                updates.push((name.clone(), values.clone()));
+            }
+            model.set_tensor(&name, values)?;
+        }
+    }
+    Ok(updates)
 }

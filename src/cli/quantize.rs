@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -6,6 +6,8 @@ use clap::Args;
 use serde_json::json;
 
 use super::Ui;
+use crate::calib::resume::WorkDir;
+use crate::calib::Calibration;
 use crate::convert::imatrix::{self as imatrix_use, ImatrixEncoder};
 use crate::convert::plan::{self, FileType, QuantPlan};
 use crate::convert::to_gguf::{self, Header, PlainEncoder, TensorEncoder, WriteOptions};
@@ -15,7 +17,7 @@ use crate::output::Sink;
 
 /// Quantize a model (Hugging Face directory or GGUF) to a GGUF quantization type or one of
 /// llama.cpp's mixes (Q4_K_M etc.), with llama.cpp's per-tensor rules.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 #[command(after_help = "Types: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K_S, Q3_K_M (Q3_K), Q3_K_L, Q4_K_S, \
     Q4_K_M (Q4_K), Q5_K_S, Q5_K_M (Q5_K), Q6_K, IQ4_NL. The _S/_M/_L mixes raise attn_v, ffn_down, \
     attn_output and the output matrix above the base type as llama.cpp's llama-quantize does; \
@@ -86,6 +88,12 @@ pub struct QuantizeArgs {
     /// Print the plan (tensor → type, bits per weight, output size) and write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// GPTQ / AWQ / AWQ+GPTQ: save each finished layer in OUTPUT.qforge-resume/ and, when that
+    /// directory holds finished layers of the same run (settings, inputs, calibration), go on
+    /// from the first unfinished one. The output is byte-identical to an uninterrupted run's;
+    /// the directory is removed once the output is complete.
+    #[arg(long)]
+    pub resume: bool,
     /// general.name to record (default: derived from the input's name).
     #[arg(long)]
     pub name: Option<String>,
@@ -267,6 +275,9 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     if args.imatrix.is_some() && args.method != Method::Rtn {
         bail!("--imatrix applies to --method rtn (llama.cpp's quantizers), not {:?}", args.method);
     }
+    if args.resume && !matches!(args.method, Method::Gptq | Method::Awq | Method::AwqGptq) {
+        bail!("--resume applies to the calibrated methods (gptq, awq, awq+gptq), which run layer by layer");
+    }
     if args.dry_run && matches!(args.method, Method::Gptq | Method::Awq | Method::AwqGptq) {
         // The calibrated methods follow the same per-tensor plan as round-to-nearest.
         if args.quant_type.is_none() || args.format.is_some_and(|f| f != Format::Gguf) {
@@ -282,6 +293,53 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         (Method::Rtn, Some(f)) => {
             bail!("--format {f:?} needs --method gptq, awq or nf4; round-to-nearest writes GGUF")
         }
+    }
+}
+
+/// `--resume`: the work directory of this run (`calib::resume`), recording what makes its
+/// layers reusable: the settings, the inputs (names, sizes, modification times) and the
+/// calibration tokens.
+pub(super) fn work_dir(args: &QuantizeArgs, output: &Path, calib: &Calibration) -> Result<Option<WorkDir>> {
+    if !args.resume {
+        return Ok(None);
+    }
+    if output.as_os_str() == "-" {
+        bail!("--resume needs an output file or directory, not standard output");
+    }
+    let settings = format!("{:?}", QuantizeArgs { resume: false, ..args.clone() });
+    let files: Vec<PathBuf> = if args.input.is_dir() {
+        let mut f: Vec<PathBuf> = std::fs::read_dir(&args.input)
+            .with_context(|| format!("reading {}", args.input.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        f.sort();
+        f
+    } else {
+        vec![args.input.clone()]
+    };
+    let inputs: Vec<serde_json::Value> = files
+        .iter()
+        .map(|p| {
+            let m = std::fs::metadata(p).ok();
+            let mtime = m.as_ref().and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+            json!({"file": p.file_name().map(|n| n.to_string_lossy().into_owned()), "bytes": m.map(|m| m.len()),
+                   "mtime_ns": mtime.map(|d| d.as_nanos() as u64)})
+        })
+        .collect();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(&calib.windows, &mut h);
+    let job = json!({
+        "qforge": env!("CARGO_PKG_VERSION"), "settings": settings, "inputs": inputs,
+        "calibration": {"windows": calib.windows.len(), "seqlen": calib.seqlen, "tokens_hash": format!("{:016x}", std::hash::Hasher::finish(&h))},
+    });
+    Ok(Some(WorkDir::open(output, &job)?))
+}
+
+/// Say where a resumed run picked up.
+pub(super) fn report_resumed(ui: &Ui, resumed: usize, work: Option<&WorkDir>) {
+    if let (Some(w), true) = (work, resumed > 0) {
+        ui.note(format!("resumed: layers 0–{} loaded from {}", resumed - 1, w.path().display()));
     }
 }
 

@@ -137,9 +137,11 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let mut method = AwqMethod::new(options.clone(), target, &calib);
     let bar = ui.count_bar(cfg.n_layers as u64, "AWQ layers");
     ui.detail(format!("calibration: {} windows of {} tokens from {}", calib.windows.len(), calib.seqlen, calib.source));
+    let work = super::quantize::work_dir(args, output, &calib)?;
     let calib_start = Instant::now();
     stages_log.begin("calibrate");
-    sequential::run(&mut model, &calib, Stages::OneShot, &mut method, &mut |_| bar.inc(1))?;
+    let resumed = sequential::run(&mut model, &calib, Stages::OneShot, &mut method, work.as_ref(), &mut |_| bar.inc(1))?;
+    super::quantize::report_resumed(ui, resumed, work.as_ref());
     crate::methods::fuse_results(&mut method.results, &cfg, format == Format::Gguf)?;
     bar.finish_and_clear();
     let awq_secs = calib_start.elapsed().as_secs_f64();
@@ -183,10 +185,13 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         _ => write_hf_awq(file, output, &mut method.results, &mut method.vectors, layout, args, ui)?,
     };
 
+    if let Some(w) = work {
+        w.remove()?;
+    }
     let secs = start.elapsed().as_secs_f64();
     if ui.json {
         ui.print_json(&json!({
-            "input": args.input, "output": output, "method": "awq", "format": format!("{format:?}"),
+            "input": args.input, "output": output, "method": "awq", "resumed_layers": resumed, "format": format!("{format:?}"),
             "bits": if format == Format::HfAwq { json!(4) } else { json!(null) },
             "group_size": if format == Format::HfAwq { json!(g.group_size) } else { json!(null) },
             "type": args.quant_type, "scale_search": options.scale, "clip_search": options.clip,

@@ -152,20 +152,19 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let stages = if g.true_sequential { Stages::TrueSequential } else { Stages::OneShot };
     let bar = ui.count_bar(cfg.n_layers as u64, if with_awq { "AWQ+GPTQ layers" } else { "GPTQ layers" });
     ui.detail(format!("calibration: {} windows of {} tokens from {}", calib.windows.len(), calib.seqlen, calib.source));
+    let work = super::quantize::work_dir(args, output, &calib)?;
     let calib_start = Instant::now();
     stages_log.begin("calibrate");
-    let mut awq = match awq {
+    let (mut awq, resumed) = match awq {
         Some(awq) => {
             let mut both = AwqGptqMethod { awq, gptq: method };
-            sequential::run(&mut model, &calib, stages, &mut both, &mut |_| bar.inc(1))?;
+            let resumed = sequential::run(&mut model, &calib, stages, &mut both, work.as_ref(), &mut |_| bar.inc(1))?;
             method = both.gptq;
-            Some(both.awq)
+            (Some(both.awq), resumed)
         }
-        None => {
-            sequential::run(&mut model, &calib, stages, &mut method, &mut |_| bar.inc(1))?;
-            None
-        }
+        None => (None, sequential::run(&mut model, &calib, stages, &mut method, work.as_ref(), &mut |_| bar.inc(1))?),
     };
+    super::quantize::report_resumed(ui, resumed, work.as_ref());
     // The vectors AWQ's scales were folded into (norms, v bias, router), by GGUF name.
     let mut vectors = awq.as_mut().map(|a| std::mem::take(&mut a.vectors)).unwrap_or_default();
     crate::methods::fuse_results(&mut method.results, &cfg, format == Format::Gguf)?;
@@ -265,10 +264,13 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         }
     };
 
+    if let Some(w) = work {
+        w.remove()?;
+    }
     let secs = start.elapsed().as_secs_f64();
     if ui.json {
         ui.print_json(&json!({
-            "input": args.input, "output": output, "method": method_name, "format": format!("{format:?}"),
+            "input": args.input, "output": output, "method": method_name, "resumed_layers": resumed, "format": format!("{format:?}"),
             "bits": g.bits, "group_size": g.group_size, "act_order": order == ColumnOrder::Activation, "order": format!("{order:?}"), "block_scales": format!("{:?}", g.block_scales), "sym": g.sym, "damp": g.damp,
             "type": args.quant_type, "calibration": {"source": calib.source, "windows": calib.windows.len(), "seqlen": calib.seqlen},
             "tensors": n_tensors, "bytes": bytes, "device": device_name, "gptq_seconds": gptq_secs, "seconds": secs, "stages": stages_log.to_json(), "notes": method.notes,

@@ -10,6 +10,7 @@
 
 use super::awq::AwqMethod;
 use super::gptq::{GptqMethod, Linear};
+use crate::calib::resume::LayerRecord;
 use crate::calib::sequential::LayerQuantizer;
 use crate::error::Result;
 use crate::runtime::LlamaModel;
@@ -54,5 +55,15 @@ impl LayerQuantizer for AwqGptqMethod {
         let mut out = self.gptq.quantize_linears(layer, linears)?;
         out.extend(l.vectors());
         Ok(out)
+    }
+
+    fn save_layer(&self, layer: usize, rec: &mut LayerRecord) -> Result<()> {
+        self.awq.save_layer(layer, rec)?;
+        self.gptq.save_layer(layer, rec)
+    }
+
+    fn load_layer(&mut self, layer: usize, rec: &LayerRecord) -> Result<()> {
+        self.awq.load_layer(layer, rec)?;
+        self.gptq.load_layer(layer, rec)
     }
 }

@@ -10,6 +10,7 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 
 use super::MIN_EXPERT_TOKENS;
+use crate::calib::resume::LayerRecord;
 use crate::calib::sequential::LayerQuantizer;
 use crate::error::{Error, Result};
 use crate::ggml_type::GgmlType;
@@ -95,7 +96,7 @@ pub struct GptqMethod {
 /// column, so it can lose: on weights that already sit on the grid (a checkpoint dequantized
 /// from a quantized one) rounding reproduces them exactly and GPTQ's error feedback only
 /// moves them. The smaller one is kept.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Guarded {
     pub name: String,
     pub gptq: f64,
@@ -201,6 +202,15 @@ impl LayerQuantizer for GptqMethod {
             weights.push(Linear { name: name.clone(), rows: m.rows, cols: m.cols, w: m.to_f32(), input_scales: None });
         }
         self.quantize_linears(layer, weights)
+    }
+
+    fn save_layer(&self, layer: usize, rec: &mut LayerRecord) -> Result<()> {
+        super::resume::save_gptq(self, layer, rec);
+        Ok(())
+    }
+
+    fn load_layer(&mut self, _layer: usize, rec: &LayerRecord) -> Result<()> {
+        super::resume::load_gptq(self, rec)
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod awq;
 pub mod awq_gptq;
 pub mod gptq;
+mod resume;
 
 use std::collections::HashMap;
 

@@ -10,5 +10,5 @@ pub mod spm;
 pub mod tokenizer;
 
 pub use matrix::Matrix;
-pub use model::{KvCache, LinearObserver, LlamaModel, NoObserver};
+pub use model::{KvCache, LinearObserver, LlamaModel, NoObserver, RopeTables};
 pub use tokenizer::TextTokenizer;

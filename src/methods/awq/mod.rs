@@ -38,6 +38,7 @@ mod stats;
 
 use std::collections::HashMap;
 
+use crate::calib::resume::LayerRecord;
 use crate::calib::sequential::LayerQuantizer;
 use crate::calib::Calibration;
 use crate::error::{Error, Result};
@@ -102,7 +103,7 @@ impl crate::methods::RowParts for Quantized {
 type Observed<'s> = (Vec<f32>, &'s [f32], usize);
 
 /// What the scale search chose for one group of one layer.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct GroupReport {
     pub layer: usize,
     /// `qkv`, `o`, `gate_up`, `down`, or an expert's down (`down[3]`, `down_shexp`).
@@ -413,5 +414,14 @@ impl LayerQuantizer for AwqMethod {
     ) -> Result<Vec<(String, Vec<f32>)>> {
         let (l, grids, _) = self.fold_stage(model, layer, names, inputs, self.options.clip)?;
         self.round_layer(l, grids)
+    }
+
+    fn save_layer(&self, layer: usize, rec: &mut LayerRecord) -> Result<()> {
+        crate::methods::resume::save_awq(self, layer, rec);
+        Ok(())
+    }
+
+    fn load_layer(&mut self, _layer: usize, rec: &LayerRecord) -> Result<()> {
+        crate::methods::resume::load_awq(self, rec)
     }
 }

@@ -1,0 +1,204 @@
+//! Resuming an interrupted calibrated run (`quantize --resume`): a GPTQ or AWQ run over a big
+//! model takes hours, and starting again from layer 0 after a crash, a kill or a full disk is
+//! what users of GPTQModel and AutoAWQ complain about most.
+//!
+//! With a [`WorkDir`], the sequential driver saves every finished layer as one safetensors file
+//! (`layer-00007.safetensors`, written to a temporary name, synced and renamed, so a file under
+//! its final name is always complete) holding:
+//! - the tensors the layer's quantization put back into the model (dequantized weights, the
+//!   norms AWQ folded its scales into), in order, under `update.{i}`;
+//! - what the method keeps for the writer (codes, scales, GGML blocks, folded vectors) and its
+//!   report lines, through [`LayerQuantizer::save_layer`](super::sequential::LayerQuantizer).
+//!
+//! A restarted run loads the finished layers in order, puts their tensors back into the model
+//! and recomputes the calibration hidden states through them (a forward pass per layer, the
+//! same computation the first run did), then goes on with the next layer. Nothing else carries
+//! state from one layer to the next, so the final checkpoint is byte-identical to an
+//! uninterrupted run's. `job.json` records the settings, inputs and calibration the layers
+//! were made with; a work directory from another job is refused rather than mixed in.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+
+/// One finished layer: the model updates and the method's share (see the module doc).
+#[derive(Default)]
+pub struct LayerRecord {
+    /// Tensors the layer's quantization replaced in the model, in the order it did.
+    pub updates: Vec<(String, Vec<f32>)>,
+    tensors: Vec<(String, Dtype, Vec<u8>)>,
+    /// The method's small state (result descriptions, report lines), as JSON.
+    pub meta: Map<String, Value>,
+}
+
+impl LayerRecord {
+    pub fn new(updates: Vec<(String, Vec<f32>)>) -> LayerRecord {
+        LayerRecord { updates, ..Default::default() }
+    }
+
+    pub fn put_u8(&mut self, key: String, v: &[u8]) {
+        self.tensors.push((key, Dtype::U8, v.to_vec()));
+    }
+
+    pub fn put_f32(&mut self, key: String, v: &[f32]) {
+        self.tensors.push((key, Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()));
+    }
+
+    pub fn put_u32(&mut self, key: String, v: &[u32]) {
+        self.tensors.push((key, Dtype::U32, v.iter().flat_map(|x| x.to_le_bytes()).collect()));
+    }
+
+    fn get(&self, key: &str, dtype: Dtype) -> Result<&[u8]> {
+        self.tensors
+            .iter()
+            .find(|(k, d, _)| k == key && *d == dtype)
+            .map(|(_, _, b)| b.as_slice())
+            .ok_or_else(|| Error::InvalidModel(format!("resume record: {key} ({dtype:?}) is missing")))
+    }
+
+    pub fn u8(&self, key: &str) -> Result<Vec<u8>> {
+        Ok(self.get(key, Dtype::U8)?.to_vec())
+    }
+
+    pub fn f32(&self, key: &str) -> Result<Vec<f32>> {
+        Ok(self.get(key, Dtype::F32)?.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    }
+
+    pub fn u32(&self, key: &str) -> Result<Vec<u32>> {
+        Ok(self.get(key, Dtype::U32)?.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    }
+
+    fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut all: Vec<(String, Dtype, Vec<u8>)> = self
+            .updates
+            .iter()
+            .enumerate()
+            .map(|(i, (_, v))| (format!("update.{i}"), Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+            .collect();
+        all.extend(self.tensors.iter().cloned());
+        let views = all
+            .iter()
+            .map(|(k, d, b)| {
+                let n = b.len() * 8 / d.bitsize();
+                safetensors::tensor::TensorView::new(*d, vec![n], b).map(|v| (k.clone(), v))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::InvalidModel(format!("resume record: {e}")))?;
+        let mut meta = self.meta.clone();
+        meta.insert("updates".into(), Value::from(self.updates.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>()));
+        let header = HashMap::from([("qforge_layer".to_string(), Value::Object(meta).to_string())]);
+        safetensors::tensor::serialize(views, Some(header))
+            .map_err(|e| Error::InvalidModel(format!("resume record: {e}")))
+    }
+
+    fn from_bytes(bytes: &[u8], path: &Path) -> Result<LayerRecord> {
+        let bad = |why: String| Error::malformed(path, "resume record", why);
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
+        let st = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
+        let meta_text = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("qforge_layer"))
+            .ok_or_else(|| bad("no qforge_layer metadata".into()))?;
+        let mut meta: Map<String, Value> = serde_json::from_str(meta_text).map_err(|e| bad(e.to_string()))?;
+        let names: Vec<String> = meta
+            .remove("updates")
+            .and_then(|v| serde_json::from_value(v).ok())
+            .ok_or_else(|| bad("no update list".into()))?;
+        let mut rec = LayerRecord { meta, ..Default::default() };
+        for (name, view) in st.tensors() {
+            if !name.starts_with("update.") {
+                rec.tensors.push((name, view.dtype(), view.data().to_vec()));
+            }
+        }
+        for (i, name) in names.into_iter().enumerate() {
+            let t = st.tensor(&format!("update.{i}")).map_err(|e| bad(e.to_string()))?;
+            if t.dtype() != Dtype::F32 {
+                return Err(bad(format!("update.{i} is not F32")));
+            }
+            rec.updates
+                .push((name, t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()));
+        }
+        Ok(rec)
+    }
+}
+
+/// The directory a resumable run keeps its finished layers in: `<output>.qforge-resume`.
+pub struct WorkDir {
+    dir: PathBuf,
+}
+
+impl WorkDir {
+    /// The work directory of `output`: created with `job` (the run's settings, inputs and
+    /// calibration) recorded, or, if it exists, checked to be this job's.
+    pub fn open(output: &Path, job: &Value) -> Result<WorkDir> {
+        let mut name = output.file_name().unwrap_or_default().to_os_string();
+        name.push(".qforge-resume");
+        let dir = output.with_file_name(name);
+        let job_path = dir.join("job.json");
+        match std::fs::read_to_string(&job_path) {
+            Ok(text) => {
+                let recorded: Value =
+                    serde_json::from_str(&text).map_err(|e| Error::malformed(&job_path, "JSON", e.to_string()))?;
+                if &recorded != job {
+                    return Err(Error::InvalidArgument(format!(
+                        "{} holds the finished layers of a run with other settings, inputs or calibration; \
+                         delete it to start again, or run without --resume",
+                        dir.display()
+                    )));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+                write_atomic(&job_path, serde_json::to_string_pretty(job).unwrap_or_default().as_bytes())?;
+            }
+            Err(e) => return Err(Error::io(&job_path, e)),
+        }
+        Ok(WorkDir { dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    fn layer_path(&self, layer: usize) -> PathBuf {
+        self.dir.join(format!("layer-{layer:05}.safetensors"))
+    }
+
+    /// How many layers, from the first, are finished.
+    pub fn completed(&self, n_layers: usize) -> usize {
+        (0..n_layers).take_while(|&l| self.layer_path(l).is_file()).count()
+    }
+
+    pub fn load(&self, layer: usize) -> Result<LayerRecord> {
+        let path = self.layer_path(layer);
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        LayerRecord::from_bytes(&bytes, &path)
+    }
+
+    pub fn save(&self, layer: usize, rec: &LayerRecord) -> Result<()> {
+        write_atomic(&self.layer_path(layer), &rec.to_bytes()?)
+    }
+
+    /// Remove the directory once the output is complete.
+    pub fn remove(self) -> Result<()> {
+        std::fs::remove_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))
+    }
+}
+
+/// Write `bytes` to a temporary name beside `path`, sync, and rename: a file under its final
+/// name is always complete, whenever the process dies.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".partial");
+    let tmp = path.with_file_name(tmp_name);
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
