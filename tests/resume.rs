@@ -15,6 +15,8 @@ use serde_json::Value as Json;
 /// Fast calibration: every layer still takes long enough (~0.1–0.5 s) to be killed inside.
 const CALIB: &[&str] = &["--nsamples", "16", "--seqlen", "128"];
 
+// `&PathBuf`, not `&Path`: the argument list borrows the (sized) path value itself.
+#[allow(clippy::ptr_arg)]
 fn quantize_args<'a>(out: &'a PathBuf, method: &'a [&'a str]) -> Vec<&'a dyn AsRef<std::ffi::OsStr>> {
     let mut a: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"quantize", &"-o", out];
     a.extend(method.iter().map(|s| s as &dyn AsRef<std::ffi::OsStr>));

@@ -179,7 +179,7 @@ pub fn run(args: &ConvertArgs, ui: &Ui) -> Result<()> {
             json!({
                 "input": args.input, "output": args.output, "format": "gguf", "outtype": outtype.name(),
                 "file_type": summary.file_type, "tensors": summary.tensors, "bytes": summary.bytes,
-                "fallbacks": summary.fallbacks, "seconds": start.elapsed().as_secs_f64(), "stages": stages_log.to_json(),
+                "fallbacks": summary.fallbacks, "seconds": start.elapsed().as_secs_f64(), "stages": stages_log.report(),
                 "repacked": summary_notes.repacked, "requantized": summary_notes.requantized,
             })
         }
@@ -202,7 +202,7 @@ pub fn run(args: &ConvertArgs, ui: &Ui) -> Result<()> {
             json!({
                 "input": args.input, "output": args.output, "format": "hf", "dtype": summary.dtype,
                 "tensors": summary.tensors, "bytes": summary.bytes, "seconds": start.elapsed().as_secs_f64(),
-                "stages": stages_log.to_json(),
+                "stages": stages_log.report(),
             })
         }
     };

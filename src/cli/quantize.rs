@@ -455,7 +455,7 @@ fn run_rtn(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     if ui.json {
         let mut j = report_plan.json(args, &types, false);
         j["seconds"] = json!(secs);
-        j["stages"] = stages_log.to_json();
+        j["stages"] = stages_log.report();
         j["imatrix"] = json!(imatrix_json);
         ui.print_json(&j);
     } else if output.as_os_str() != "-" {

@@ -197,7 +197,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
             "type": args.quant_type, "scale_search": options.scale, "clip_search": options.clip,
             "sample_tokens": options.sample_tokens, "duo_scaling": options.duo,
             "calibration": {"source": calib.source, "windows": calib.windows.len(), "seqlen": calib.seqlen},
-            "scales": method.reports, "notes": method.notes, "tensors": n_tensors, "bytes": bytes, "awq_seconds": awq_secs, "seconds": secs, "stages": stages_log.to_json(),
+            "scales": method.reports, "notes": method.notes, "tensors": n_tensors, "bytes": bytes, "awq_seconds": awq_secs, "seconds": secs, "stages": stages_log.report(),
         }));
     } else if output.as_os_str() != "-" {
         ui.note(format!(

@@ -273,7 +273,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
             "input": args.input, "output": output, "method": method_name, "resumed_layers": resumed, "format": format!("{format:?}"),
             "bits": g.bits, "group_size": g.group_size, "act_order": order == ColumnOrder::Activation, "order": format!("{order:?}"), "block_scales": format!("{:?}", g.block_scales), "sym": g.sym, "damp": g.damp,
             "type": args.quant_type, "calibration": {"source": calib.source, "windows": calib.windows.len(), "seqlen": calib.seqlen},
-            "tensors": n_tensors, "bytes": bytes, "device": device_name, "gptq_seconds": gptq_secs, "seconds": secs, "stages": stages_log.to_json(), "notes": method.notes,
+            "tensors": n_tensors, "bytes": bytes, "device": device_name, "gptq_seconds": gptq_secs, "seconds": secs, "stages": stages_log.report(), "notes": method.notes,
             "rtn_guard": {"matrices": method.guarded.len(), "kept_rtn": kept_rtn, "per_matrix": method.guarded},
             "awq_scales": awq.as_ref().map(|a| &a.reports),
         }));

@@ -90,7 +90,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
             "quantized_weights": summary.quantized_weights, "quantized_bytes": summary.quantized_bytes,
             "linear_bits_per_weight": summary.linear_bits_per_weight(),
             "weights": summary.weights, "bytes": summary.bytes, "bits_per_weight": summary.bits_per_weight(),
-            "input_bytes": input_bytes, "dtype": summary.dtype, "seconds": secs, "stages": stages_log.to_json(),
+            "input_bytes": input_bytes, "dtype": summary.dtype, "seconds": secs, "stages": stages_log.report(),
         }));
     } else {
         ui.note(format!(

@@ -42,7 +42,7 @@ impl StageLog {
     }
 
     /// The stages so far as JSON (`[{stage, seconds, peak_rss_bytes}]`), ending the current one.
-    pub fn to_json(&mut self) -> Value {
+    pub fn report(&mut self) -> Value {
         self.end();
         Value::Array(self.done.clone())
     }

@@ -178,6 +178,7 @@ pub fn round_to_nearest(
 }
 
 impl IntGrid {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         bits: u8,
         sym: bool,

@@ -452,6 +452,7 @@ pub(super) fn factor(
 }
 
 /// solve::sweep.
+#[allow(clippy::too_many_arguments)]
 fn sweep(
     w: &[f32],
     rows: usize,
