@@ -92,6 +92,8 @@ pub fn load_gptq(m: &mut GptqMethod, rec: &LayerRecord) -> Result<()> {
     Ok(())
 }
 
+// Deliberately the shape of save_gptq / load_gptq: the same record layout over AWQ's own
+// result type (`Quantized`, whose integer codes carry their shape, unlike GPTQ's `IntQuant`).
 pub fn save_awq(m: &AwqMethod, layer: usize, rec: &mut LayerRecord) {
     let mut list = Vec::new();
     for name in layer_names(m.results.keys(), layer) {
