@@ -25,6 +25,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::output::AtomicDir;
 
 /// One finished layer: the model updates and the method's share (see the module doc).
 #[derive(Default)]
@@ -96,7 +97,9 @@ impl LayerRecord {
             .map_err(|e| Error::InvalidModel(format!("resume record: {e}")))
     }
 
-    fn from_bytes(bytes: &[u8], path: &Path) -> Result<LayerRecord> {
+    /// Parse a record; without `with_updates` the model updates are skipped (their pages of a
+    /// mapped file are never read).
+    fn from_bytes(bytes: &[u8], path: &Path, with_updates: bool) -> Result<LayerRecord> {
         let bad = |why: String| Error::malformed(path, "resume record", why);
         let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
         let st = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
@@ -116,7 +119,7 @@ impl LayerRecord {
                 rec.tensors.push((name, view.dtype(), view.data().to_vec()));
             }
         }
-        for (i, name) in names.into_iter().enumerate() {
+        for (i, name) in names.into_iter().enumerate().filter(|_| with_updates) {
             let t = st.tensor(&format!("update.{i}")).map_err(|e| bad(e.to_string()))?;
             if t.dtype() != Dtype::F32 {
                 return Err(bad(format!("update.{i} is not F32")));
@@ -128,9 +131,15 @@ impl LayerRecord {
     }
 }
 
-/// The directory a resumable run keeps its finished layers in: `<output>.qforge-resume`.
+/// Where a calibrated run keeps its finished layers: `<output>.qforge-resume` for a resumable
+/// run (`--resume`), kept until the output is complete; otherwise a scratch directory beside the
+/// output, removed when the run ends however it ends (see [`AtomicDir`]). Either way each
+/// finished layer's results leave memory for the directory, so a run holds about one layer's
+/// results however big the model is; the writer reads them back layer by layer.
 pub struct WorkDir {
     dir: PathBuf,
+    /// The scratch directory's guard (`None`: a resumable directory).
+    scratch: Option<AtomicDir>,
 }
 
 impl WorkDir {
@@ -159,7 +168,28 @@ impl WorkDir {
             }
             Err(e) => return Err(Error::io(&job_path, e)),
         }
-        Ok(WorkDir { dir })
+        Ok(WorkDir { dir, scratch: None })
+    }
+
+    /// A scratch directory for a run that is not resumable: hidden, beside `output` (in the
+    /// system's temporary directory when the output is standard output), removed on drop and
+    /// on SIGINT/SIGTERM.
+    pub fn scratch(output: &Path) -> Result<WorkDir> {
+        let dest = if output.as_os_str() == "-" {
+            std::env::temp_dir().join("qforge-work")
+        } else {
+            let mut name = output.file_name().unwrap_or_default().to_os_string();
+            name.push(".qforge-work");
+            output.with_file_name(name)
+        };
+        let guard = AtomicDir::create(&dest)?;
+        Ok(WorkDir { dir: guard.path().to_path_buf(), scratch: Some(guard) })
+    }
+
+    /// Whether a later run can resume from this directory (then the records also hold the
+    /// model updates that recompute the hidden states).
+    pub fn resumable(&self) -> bool {
+        self.scratch.is_none()
     }
 
     pub fn path(&self) -> &Path {
@@ -178,7 +208,18 @@ impl WorkDir {
     pub fn load(&self, layer: usize) -> Result<LayerRecord> {
         let path = self.layer_path(layer);
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        LayerRecord::from_bytes(&bytes, &path)
+        LayerRecord::from_bytes(&bytes, &path, true)
+    }
+
+    /// The method's share of layer `layer`'s record, without the model updates (the writer's
+    /// view: a resumable record's updates are the layer's weights in f32, 4 bytes a weight).
+    pub fn load_results(&self, layer: usize) -> Result<LayerRecord> {
+        let path = self.layer_path(layer);
+        let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        // SAFETY: the record is this process's own finished file in its work directory; nothing
+        // writes to it after its rename (a new record replaces it by another rename).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+        LayerRecord::from_bytes(&map, &path, false)
     }
 
     pub fn save(&self, layer: usize, rec: &LayerRecord) -> Result<()> {
@@ -187,7 +228,11 @@ impl WorkDir {
 
     /// Remove the directory once the output is complete.
     pub fn remove(self) -> Result<()> {
-        std::fs::remove_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))
+        match self.scratch {
+            Some(guard) => drop(guard),
+            None => std::fs::remove_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?,
+        }
+        Ok(())
     }
 }
 

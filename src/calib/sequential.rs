@@ -2,7 +2,9 @@
 //! through the already-quantized layers before it, so each layer is quantized against the
 //! activations the quantized model will actually produce. Only the hidden states of the
 //! windows (nsamples × seqlen × hidden) and one layer's statistics are held at a time; the
-//! weights stay in the input's memory map until a quantized layer replaces them.
+//! weights stay in the input's memory map until a quantized layer replaces them, a finished
+//! layer's replacement weights are dropped once the hidden states have passed through it, and
+//! its results go to the work directory (`calib::resume`) until the writer reads them back.
 
 use super::resume::{LayerRecord, WorkDir};
 use super::Calibration;
@@ -70,15 +72,15 @@ pub trait LayerQuantizer {
     ) -> Result<Vec<(String, Vec<f32>)>>;
 
     /// Record what the method kept of layer `layer` (results for the writer, report lines)
-    /// into `rec`, for `--resume` (see `calib::resume`).
-    fn save_layer(&self, layer: usize, _rec: &mut LayerRecord) -> Result<()> {
-        Err(Error::Unsupported(format!("this method cannot save layer {layer} to resume from")))
-    }
+    /// into `rec` (see `calib::resume`).
+    fn save_layer(&self, layer: usize, rec: &mut LayerRecord) -> Result<()>;
 
     /// Take back what [`LayerQuantizer::save_layer`] recorded (layers come in order).
-    fn load_layer(&mut self, layer: usize, _rec: &LayerRecord) -> Result<()> {
-        Err(Error::Unsupported(format!("this method cannot resume from a saved layer {layer}")))
-    }
+    fn load_layer(&mut self, layer: usize, rec: &LayerRecord) -> Result<()>;
+
+    /// Drop layer `layer`'s results from memory: they are saved, and the writer reads them
+    /// back from the work directory. The report lines stay.
+    fn release_layer(&mut self, layer: usize);
 }
 
 /// Passes only the observations of the current stage, and keeps the first error.
@@ -117,41 +119,44 @@ impl LinearObserver for StageFilter<'_> {
 }
 
 /// Quantize every decoder layer of `model` in order with `q`, replacing its weights as it
-/// goes. `on_layer(i)` is called after layer i is done (progress). With `work`, each finished
-/// layer is saved there and the layers already saved are loaded instead of quantized again
-/// (see `calib::resume`). Returns how many layers were loaded.
+/// goes. `on_layer(i)` is called after layer i is done (progress). Each finished layer is
+/// saved to `work` and leaves memory (the method's results and the model's replaced weights:
+/// the model is consumed, since its finished layers can no longer run); in a resumable `work`,
+/// the layers already saved are loaded instead of quantized again (see `calib::resume`).
+/// Returns how many layers were loaded.
 pub fn run(
-    model: &mut LlamaModel<'_>,
+    mut model: LlamaModel<'_>,
     calib: &Calibration,
     stages: Stages,
     q: &mut dyn LayerQuantizer,
-    work: Option<&WorkDir>,
+    work: &WorkDir,
     on_layer: &mut dyn FnMut(usize),
 ) -> Result<usize> {
     let n = calib.seqlen;
     let rope = model.rope_tables(0, n);
     let mut states: Vec<Vec<f32>> = calib.windows.iter().map(|w| model.embed_tokens(w)).collect::<Result<_>>()?;
-    let resumed = work.map_or(0, |w| w.completed(model.n_layers()));
+    let resumed = if work.resumable() { work.completed(model.n_layers()) } else { 0 };
     for li in 0..model.n_layers() {
-        if let (Some(w), true) = (work, li < resumed) {
-            let rec = w.load(li)?;
+        if li < resumed {
+            let rec = work.load(li)?;
             q.load_layer(li, &rec)?;
             for (name, values) in rec.updates {
                 model.set_tensor(&name, values)?;
             }
         } else {
-            let updates = quantize_layer(model, li, n, &rope, &states, stages, q, work.is_some())?;
-            if let Some(w) = work {
-                let mut rec = LayerRecord::new(updates);
-                q.save_layer(li, &mut rec)?;
-                w.save(li, &rec)?;
-            }
+            // Only a resumable record needs the replaced weights (to recompute the states).
+            let updates = quantize_layer(&mut model, li, n, &rope, &states, stages, q, work.resumable())?;
+            let mut rec = LayerRecord::new(updates);
+            q.save_layer(li, &mut rec)?;
+            work.save(li, &rec)?;
         }
+        q.release_layer(li);
         // The next layer's inputs: this layer's outputs with its quantized weights.
         for x in states.iter_mut() {
             let (mut k, mut v) = (Vec::new(), Vec::new());
             model.layer_forward(li, x, n, 0, &rope, (&mut k, &mut v), &mut crate::runtime::NoObserver)?;
         }
+        model.release_layer(li);
         on_layer(li);
     }
     Ok(resumed)

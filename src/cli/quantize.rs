@@ -296,12 +296,12 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     }
 }
 
-/// `--resume`: the work directory of this run (`calib::resume`), recording what makes its
-/// layers reusable: the settings, the inputs (names, sizes, modification times) and the
-/// calibration tokens.
-pub(super) fn work_dir(args: &QuantizeArgs, output: &Path, calib: &Calibration) -> Result<Option<WorkDir>> {
+/// The work directory of this run (`calib::resume`): with `--resume`, the one that records
+/// what makes its layers reusable (the settings, the inputs' names, sizes and modification
+/// times, the calibration tokens); otherwise a scratch directory removed when the run ends.
+pub(super) fn work_dir(args: &QuantizeArgs, output: &Path, calib: &Calibration) -> Result<WorkDir> {
     if !args.resume {
-        return Ok(None);
+        return Ok(WorkDir::scratch(output)?);
     }
     if output.as_os_str() == "-" {
         bail!("--resume needs an output file or directory, not standard output");
@@ -333,13 +333,13 @@ pub(super) fn work_dir(args: &QuantizeArgs, output: &Path, calib: &Calibration) 
         "qforge": env!("CARGO_PKG_VERSION"), "settings": settings, "inputs": inputs,
         "calibration": {"windows": calib.windows.len(), "seqlen": calib.seqlen, "tokens_hash": format!("{:016x}", std::hash::Hasher::finish(&h))},
     });
-    Ok(Some(WorkDir::open(output, &job)?))
+    Ok(WorkDir::open(output, &job)?)
 }
 
 /// Say where a resumed run picked up.
-pub(super) fn report_resumed(ui: &Ui, resumed: usize, work: Option<&WorkDir>) {
-    if let (Some(w), true) = (work, resumed > 0) {
-        ui.note(format!("resumed: layers 0–{} loaded from {}", resumed - 1, w.path().display()));
+pub(super) fn report_resumed(ui: &Ui, resumed: usize, work: &WorkDir) {
+    if resumed > 0 {
+        ui.note(format!("resumed: layers 0–{} loaded from {}", resumed - 1, work.path().display()));
     }
 }
 

@@ -16,13 +16,15 @@ use super::quantize::{build_plan, Format, QuantizeArgs};
 use super::session::Loaded;
 use super::stages::StageLog;
 use super::Ui;
+use crate::calib::resume::WorkDir;
 use crate::calib::sequential::{self, Stages};
 use crate::calib::{CalibOptions, Calibration};
 use crate::convert::to_gguf::{self, TensorEncoder, WriteOptions};
-use crate::convert::to_hf_quant::{self, OutTensor};
+use crate::convert::to_hf_quant::{self, OutTensor, PackedLinears};
 use crate::error::Error;
 use crate::ggml_type::GgmlType;
 use crate::methods::awq::{AwqMethod, AwqOptions, Quantized, Target};
+use crate::methods::SpilledResults;
 use crate::model::{names, ModelConfig, ModelFile, RopeLayout};
 use crate::output::Sink;
 use crate::quant;
@@ -132,7 +134,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     if cfg.n_kv_heads != cfg.n_heads && options.scale {
         ui.detail("grouped-query attention: o_proj's scales cannot fold into v_proj, so o_proj is only clipped");
     }
-    let mut model = LlamaModel::load(file)?;
+    let model = LlamaModel::load(file)?;
     let layout = model.rope_layout();
     let mut method = AwqMethod::new(options.clone(), target, &calib);
     let bar = ui.count_bar(cfg.n_layers as u64, "AWQ layers");
@@ -140,12 +142,17 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let work = super::quantize::work_dir(args, output, &calib)?;
     let calib_start = Instant::now();
     stages_log.begin("calibrate");
-    let resumed = sequential::run(&mut model, &calib, Stages::OneShot, &mut method, work.as_ref(), &mut |_| bar.inc(1))?;
-    super::quantize::report_resumed(ui, resumed, work.as_ref());
-    crate::methods::fuse_results(&mut method.results, &cfg, format == Format::Gguf)?;
+    let resumed = sequential::run(model, &calib, Stages::OneShot, &mut method, &work, &mut |_| bar.inc(1))?;
+    super::quantize::report_resumed(ui, resumed, &work);
     bar.finish_and_clear();
     let awq_secs = calib_start.elapsed().as_secs_f64();
-    drop(model);
+    let mut results = SpilledResults::new(
+        std::mem::take(&mut method.results),
+        &work,
+        crate::methods::awq_results,
+        &cfg,
+        format == Format::Gguf,
+    )?;
     for n in &method.notes {
         ui.warn(n);
     }
@@ -167,27 +174,32 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let (n_tensors, bytes) = match format {
         Format::Gguf => {
             let header = gguf_header.ok_or_else(|| anyhow!("no GGUF plan"))?;
-            let mut enc = AwqEncoder { method: &mut method, cfg: &cfg, from: layout, to: target_layout };
+            let mut enc = AwqEncoder {
+                results: &mut results,
+                vectors: &mut method.vectors,
+                cfg: &cfg,
+                from: layout,
+                to: target_layout,
+            };
             let mut sink = Sink::open(output).with_context(|| format!("cannot create {}", output.display()))?;
             let wopts = WriteOptions { allow_nonfinite: args.allow_nonfinite, name: args.name.clone() };
             let wbar = ui.bytes_bar(0, "writing");
             let (_, summary) = to_gguf::write_header_with(file, header, &wopts, &mut sink, &wbar, &mut enc)
                 .with_context(|| format!("writing {}", output.display()))?;
             wbar.finish_and_clear();
-            if let Some(name) = method.results.keys().next() {
-                bail!("{name}: quantized by AWQ but not written");
-            }
+            results.finish()?;
             let (n, size) = (summary.tensors, summary.bytes);
             sink.commit(|p| to_gguf::validate_written(p, n, size))
                 .with_context(|| format!("writing {}", output.display()))?;
             (n, size)
         }
-        _ => write_hf_awq(file, output, &mut method.results, &mut method.vectors, layout, args, ui)?,
+        _ => {
+            let packed = pack_awq(&mut results, &cfg, layout, &work, Ok)?;
+            results.finish()?;
+            write_hf_awq(file, output, packed, &mut method.vectors, layout, args, ui)?
+        }
     };
-
-    if let Some(w) = work {
-        w.remove()?;
-    }
+    work.remove()?;
     let secs = start.elapsed().as_secs_f64();
     if ui.json {
         ui.print_json(&json!({
@@ -220,19 +232,40 @@ pub(super) fn awq_options(args: &QuantizeArgs) -> AwqOptions {
     }
 }
 
-/// Write an hf-awq checkpoint (AutoAWQ's gemm layout) of the 4-bit `results`, with the folded
-/// `vectors` in place of the input's. Returns the tensor count and bytes written.
+/// Pack every layer's 4-bit results (each turned into AWQ's codes by `codes`) in AutoAWQ's gemm
+/// layout into a [`PackedLinears`] file in `work`, one layer in memory at a time.
+pub(super) fn pack_awq<T: crate::methods::RowParts>(
+    results: &mut SpilledResults<'_, T>,
+    cfg: &ModelConfig,
+    layout: RopeLayout,
+    work: &WorkDir,
+    codes: impl Fn(T) -> Result<Quantized>,
+) -> Result<PackedLinears> {
+    let mut packed = PackedLinears::create(&work.path().join("packed.bin"))?;
+    for li in 0..cfg.n_layers {
+        let mut layer = HashMap::new();
+        for (name, r) in results.take_layer(li)? {
+            layer.insert(name, codes(r)?);
+        }
+        for (name, parts) in hf_linears(&mut layer, cfg, layout)? {
+            packed.add(name, parts)?;
+        }
+    }
+    Ok(packed)
+}
+
+/// Write an hf-awq checkpoint (AutoAWQ's gemm layout) of the packed 4-bit `linears`, with the
+/// folded `vectors` in place of the input's. Returns the tensor count and bytes written.
 pub(super) fn write_hf_awq(
     file: &ModelFile,
     output: &Path,
-    results: &mut HashMap<String, Quantized>,
+    linears: PackedLinears,
     vectors: &mut HashMap<String, Vec<f32>>,
     layout: RopeLayout,
     args: &QuantizeArgs,
     ui: &Ui,
 ) -> Result<(usize, u64)> {
     let cfg = file.config();
-    let linears = hf_linears(results, cfg, layout)?;
     let shapes: HashMap<String, Vec<usize>> =
         file.tensors()?.into_iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
     let replaced = hf_vectors(vectors, cfg, layout, &shapes)?;
@@ -260,20 +293,21 @@ pub(super) fn check_awq_shapes(cfg: &ModelConfig, group_size: Option<usize>) -> 
 }
 
 /// Hands the GGUF writer AWQ's blocks and folded vectors, rows in the file's layout.
-struct AwqEncoder<'r> {
-    method: &'r mut AwqMethod,
+struct AwqEncoder<'r, 'w> {
+    results: &'r mut SpilledResults<'w, Quantized>,
+    vectors: &'r mut HashMap<String, Vec<f32>>,
     cfg: &'r ModelConfig,
     from: RopeLayout,
     to: RopeLayout,
 }
 
-impl TensorEncoder for AwqEncoder<'_> {
+impl TensorEncoder for AwqEncoder<'_, '_> {
     fn encode(&mut self, name: &str, values: &[f32], ty: GgmlType) -> crate::error::Result<Option<Vec<u8>>> {
         let rows = |data: Vec<u8>, n: usize| file_rows(name, data, n, self.cfg, self.from, self.to);
-        if let Some(v) = self.method.vectors.remove(name) {
+        if let Some(v) = self.vectors.remove(name) {
             return encode_vector(name, &v, values, ty, self.cfg, self.from, self.to).map(Some);
         }
-        match self.method.results.remove(name) {
+        match self.results.take(name)? {
             Some(Quantized::Ggml { ty: got, rows: n, bytes }) => {
                 if got != ty {
                     return Err(Error::tensor(name, format!("AWQ produced {got}, the plan says {ty}")));

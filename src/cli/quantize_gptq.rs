@@ -10,19 +10,20 @@ use safetensors::Dtype;
 use serde_json::json;
 
 use super::quantize::{build_plan, Device, Format, Method, QuantizeArgs};
-use super::quantize_awq::{awq_options, check_awq_shapes, encode_vector, file_rows, hf_vectors, write_hf_awq};
+use super::quantize_awq::{awq_options, check_awq_shapes, encode_vector, file_rows, hf_vectors, pack_awq, write_hf_awq};
 use super::session::Loaded;
 use super::stages::StageLog;
 use super::Ui;
 use crate::calib::sequential::{self, Stages};
 use crate::calib::{CalibOptions, Calibration};
 use crate::convert::to_gguf::{self, TensorEncoder, WriteOptions};
-use crate::convert::to_hf_quant::{self, OutTensor};
+use crate::convert::to_hf_quant::{self, OutTensor, PackedLinears};
 use crate::error::Error;
 use crate::ggml_type::GgmlType;
 use crate::methods::awq::{self, AwqMethod};
 use crate::methods::awq_gptq::AwqGptqMethod;
 use crate::methods::gptq::{GptqMethod, Solved, Target};
+use crate::methods::SpilledResults;
 use crate::model::{names, ModelConfig, RopeLayout};
 use crate::output::Sink;
 use crate::quant::gptq::{ColumnOrder, GptqOptions};
@@ -129,7 +130,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         _ => Target::Int { bits: g.bits, sym: g.sym },
     };
 
-    let mut model = LlamaModel::load(file)?;
+    let model = LlamaModel::load(file)?;
     let layout = model.rope_layout();
     #[cfg(feature = "cuda")]
     if device.is_some() && matches!(target, Target::Ggml(_)) {
@@ -158,19 +159,26 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let (mut awq, resumed) = match awq {
         Some(awq) => {
             let mut both = AwqGptqMethod { awq, gptq: method };
-            let resumed = sequential::run(&mut model, &calib, stages, &mut both, work.as_ref(), &mut |_| bar.inc(1))?;
+            let resumed = sequential::run(model, &calib, stages, &mut both, &work, &mut |_| bar.inc(1))?;
             method = both.gptq;
             (Some(both.awq), resumed)
         }
-        None => (None, sequential::run(&mut model, &calib, stages, &mut method, work.as_ref(), &mut |_| bar.inc(1))?),
+        None => (None, sequential::run(model, &calib, stages, &mut method, &work, &mut |_| bar.inc(1))?),
     };
-    super::quantize::report_resumed(ui, resumed, work.as_ref());
+    super::quantize::report_resumed(ui, resumed, &work);
     // The vectors AWQ's scales were folded into (norms, v bias, router), by GGUF name.
     let mut vectors = awq.as_mut().map(|a| std::mem::take(&mut a.vectors)).unwrap_or_default();
-    crate::methods::fuse_results(&mut method.results, &cfg, format == Format::Gguf)?;
     bar.finish_and_clear();
     let gptq_secs = calib_start.elapsed().as_secs_f64();
-    drop(model);
+    let zero_point_zero = method.zero_point_zero
+        || method.results.values().any(|s| matches!(s, Solved::Int(q) if q.zeros.contains(&0)));
+    let mut results = SpilledResults::new(
+        std::mem::take(&mut method.results),
+        &work,
+        crate::methods::gptq_results,
+        &cfg,
+        format == Format::Gguf,
+    )?;
     for n in awq.iter().flat_map(|a| &a.notes).chain(&method.notes) {
         ui.warn(n);
     }
@@ -208,7 +216,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
             let target_layout =
                 if cfg.arch.gguf_permutes_qk() { RopeLayout::Interleaved } else { RopeLayout::RotateHalf };
             let mut enc = SolvedEncoder {
-                results: &mut method.results,
+                results: &mut results,
                 vectors: &mut vectors,
                 cfg: &cfg,
                 from: layout,
@@ -220,14 +228,16 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
             let (_, summary) = to_gguf::write_header_with(file, header, &wopts, &mut sink, &wbar, &mut enc)
                 .with_context(|| format!("writing {}", output.display()))?;
             wbar.finish_and_clear();
+            results.finish()?;
             let (n, size) = (summary.tensors, summary.bytes);
             sink.commit(|p| to_gguf::validate_written(p, n, size))
                 .with_context(|| format!("writing {}", output.display()))?;
             (n, size)
         }
         Format::HfAwq => {
-            let mut results = awq_codes(&mut method.results)?;
-            write_hf_awq(file, output, &mut results, &mut vectors, layout, args, ui)?
+            let packed = pack_awq(&mut results, &cfg, layout, &work, awq_codes)?;
+            results.finish()?;
+            write_hf_awq(file, output, packed, &mut vectors, layout, args, ui)?
         }
         _ => {
             // GPTQModel (the only loader of quantized MoE experts on transformers 5, which holds
@@ -237,7 +247,14 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
                 Some(f) => f == super::quantize::CheckpointFormat::GptqV2,
                 None => !g.sym,
             };
-            let (linears, v2) = hf_linears(&mut method.results, &cfg, layout, g.bits, want_v2)?;
+            let v2 = want_v2 || zero_point_zero;
+            let mut linears = PackedLinears::create(&work.path().join("packed.bin"))?;
+            for li in 0..cfg.n_layers {
+                for (name, parts) in hf_linears(&mut results.take_layer(li)?, &cfg, layout, g.bits, v2)? {
+                    linears.add(name, parts)?;
+                }
+            }
+            results.finish()?;
             if v2 && !want_v2 {
                 ui.warn("some groups have zero point 0, which the v1 \"gptq\" format cannot store; wrote checkpoint_format \"gptq_v2\"");
             }
@@ -264,9 +281,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         }
     };
 
-    if let Some(w) = work {
-        w.remove()?;
-    }
+    work.remove()?;
     let secs = start.elapsed().as_secs_f64();
     if ui.json {
         ui.print_json(&json!({
@@ -331,8 +346,8 @@ fn select_device(device: Device, ui: &Ui) -> Result<Option<std::convert::Infalli
 }
 
 /// Hands the GGUF writer the blocks GPTQ chose, with q/k rows in the file's layout.
-struct SolvedEncoder<'r> {
-    results: &'r mut HashMap<String, Solved>,
+struct SolvedEncoder<'r, 'w> {
+    results: &'r mut SpilledResults<'w, Solved>,
     /// AWQ's folded vectors (awq+gptq), written in place of the input's.
     vectors: &'r mut HashMap<String, Vec<f32>>,
     cfg: &'r ModelConfig,
@@ -340,12 +355,12 @@ struct SolvedEncoder<'r> {
     to: RopeLayout,
 }
 
-impl TensorEncoder for SolvedEncoder<'_> {
+impl TensorEncoder for SolvedEncoder<'_, '_> {
     fn encode(&mut self, name: &str, values: &[f32], ty: GgmlType) -> crate::error::Result<Option<Vec<u8>>> {
         if let Some(v) = self.vectors.remove(name) {
             return encode_vector(name, &v, values, ty, self.cfg, self.from, self.to).map(Some);
         }
-        let Some(Solved::Ggml { ty: solved_ty, rows, bytes }) = self.results.remove(name) else { return Ok(None) };
+        let Some(Solved::Ggml { ty: solved_ty, rows, bytes }) = self.results.take(name)? else { return Ok(None) };
         if solved_ty != ty {
             return Err(Error::tensor(name, format!("GPTQ produced {solved_ty}, the plan says {ty}")));
         }
@@ -358,41 +373,28 @@ impl TensorEncoder for SolvedEncoder<'_> {
 
 /// GPTQ's 4-bit codes as AWQ's (awq+gptq into hf-awq): the same min-max groups with true zero
 /// points, valid where every column uses its own group (`g_idx[c] = c / group_size`).
-fn awq_codes(results: &mut HashMap<String, Solved>) -> Result<HashMap<String, awq::Quantized>> {
-    let mut out = HashMap::new();
-    for (name, solved) in results.drain() {
-        let Solved::Int(q) = solved else { bail!("{name}: expected integer codes") };
-        let cols = q.g_idx.len();
-        if q.bits != 4 || q.g_idx.iter().enumerate().any(|(c, &g)| g as usize != c / q.group_size) {
-            bail!("{name}: not 4-bit groups in column order, which hf-awq cannot store");
-        }
-        let rows = q.codes.len() / cols.max(1);
-        let codes = awq::grid::IntCodes {
-            rows,
-            cols,
-            group_size: q.group_size,
-            codes: q.codes,
-            scales: q.scales,
-            zeros: q.zeros,
-        };
-        out.insert(name, awq::Quantized::Int(codes));
+fn awq_codes(solved: Solved) -> Result<awq::Quantized> {
+    let Solved::Int(q) = solved else { bail!("expected integer codes") };
+    let cols = q.g_idx.len();
+    if q.bits != 4 || q.g_idx.iter().enumerate().any(|(c, &g)| g as usize != c / q.group_size) {
+        bail!("not 4-bit groups in column order, which hf-awq cannot store");
     }
-    Ok(out)
+    let rows = q.codes.len() / cols.max(1);
+    Ok(awq::Quantized::Int(awq::grid::IntCodes {
+        rows,
+        cols,
+        group_size: q.group_size,
+        codes: q.codes,
+        scales: q.scales,
+        zeros: q.zeros,
+    }))
 }
 
 type Linears = HashMap<String, Vec<(String, OutTensor<'static>)>>;
 
-/// The hf-gptq tensors of every quantized linear (rows back in Hugging Face order), in the v2
-/// format when `force_v2` or when it is needed (a zero point of 0 cannot be stored as
-/// zero − 1). Returns whether v2 was written.
-fn hf_linears(
-    results: &mut HashMap<String, Solved>,
-    cfg: &ModelConfig,
-    from: RopeLayout,
-    bits: u8,
-    force_v2: bool,
-) -> Result<(Linears, bool)> {
-    let v2 = force_v2 || results.values().any(|s| matches!(s, Solved::Int(q) if q.zeros.contains(&0)));
+/// The hf-gptq tensors of the quantized linears in `results` (rows back in Hugging Face
+/// order), in the v2 format when `v2` (a zero point of 0 cannot be stored as zero − 1 in v1).
+fn hf_linears(results: &mut HashMap<String, Solved>, cfg: &ModelConfig, from: RopeLayout, bits: u8, v2: bool) -> Result<Linears> {
     let mut out = HashMap::new();
     for (name, solved) in results.drain() {
         let Solved::Int(q) = solved else { bail!("{name}: expected integer codes") };
@@ -420,5 +422,5 @@ fn hf_linears(
             ],
         );
     }
-    Ok((out, v2))
+    Ok(out)
 }

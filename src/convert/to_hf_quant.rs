@@ -5,14 +5,16 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
 use safetensors::{Dtype, View};
 use serde_json::Value;
 
 use super::{hf_norm_offset, tensor_to_hf_f32};
+use super::shards::ShardedWriter;
 use crate::error::{Error, Result};
+use crate::formats::st_writer::StEntry;
 use crate::ggml_type::GgmlType;
 use crate::model::{names, ModelFile, RopeLayout};
 use crate::output::AtomicDir;
@@ -46,17 +48,84 @@ pub struct HfQuantSummary {
     pub bytes: u64,
 }
 
-/// Write `model` to `out_dir` with the linears in `linears` (GGUF name → suffix → tensor,
-/// e.g. `qweight`) replacing their float weights, and the tensors in `replaced` (GGUF name →
-/// tensor, Hugging Face row order) written instead of the input's (AWQ folds its scales into
-/// the norm weights). `quant_config` goes into config.json as `quantization_config`;
-/// `extra_json` are more files (e.g. `quantize_config.json`); the weights are sharded at
-/// `max_shard_size` bytes per file.
+/// One packed tensor of a quantized linear in a [`PackedLinears`] file.
+struct PackedPart {
+    suffix: String,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    offset: u64,
+    len: usize,
+}
+
+/// The packed tensors of the quantized linears (GPTQ's qweight/qzeros/scales/g_idx, AWQ's),
+/// kept in a scratch file while the checkpoint is written: appended as each layer is packed,
+/// read back one tensor at a time in the order the safetensors files take them (larger
+/// elements first, which interleaves every layer's parts). Memory holds one tensor, not the
+/// model's codes.
+pub struct PackedLinears {
+    file: std::fs::File,
+    path: PathBuf,
+    end: u64,
+    parts: HashMap<String, Vec<PackedPart>>,
+}
+
+impl PackedLinears {
+    /// An empty set kept in `path` (a file in the run's work directory).
+    pub fn create(path: &Path) -> Result<PackedLinears> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(PackedLinears { file, path: path.to_path_buf(), end: 0, parts: HashMap::new() })
+    }
+
+    /// Keep `parts` (suffix, e.g. `qweight`, and tensor) of the linear `name` (GGUF name).
+    pub fn add(&mut self, name: String, parts: Vec<(String, OutTensor<'_>)>) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut list = Vec::with_capacity(parts.len());
+        for (suffix, t) in parts {
+            self.file.write_all_at(&t.data, self.end).map_err(|e| Error::io(&self.path, e))?;
+            list.push(PackedPart { suffix, dtype: t.dtype, shape: t.shape, offset: self.end, len: t.data.len() });
+            self.end += t.data.len() as u64;
+        }
+        if self.parts.insert(name.clone(), list).is_some() {
+            return Err(Error::tensor(&name, "was packed twice"));
+        }
+        Ok(())
+    }
+
+    fn read(&self, p: &PackedPart) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; p.len];
+        self.file.read_exact_at(&mut buf, p.offset).map_err(|e| Error::io(&self.path, e))?;
+        Ok(buf)
+    }
+}
+
+/// Where a planned tensor's bytes come from.
+enum Source<'p> {
+    Packed(&'p PackedPart),
+    Owned(Vec<u8>),
+    /// The input's bytes as they are (index into the model's tensors).
+    Mapped(usize),
+    /// The input's values decoded and stored as f16 (f32 for vectors).
+    Decoded(usize),
+}
+
+/// Write `model` to `out_dir` with the linears in `linears` (by GGUF name) replacing their
+/// float weights, and the tensors in `replaced` (GGUF name → tensor, Hugging Face row order)
+/// written instead of the input's (AWQ folds its scales into the norm weights).
+/// `quant_config` goes into config.json as `quantization_config`; `extra_json` are more files
+/// (e.g. `quantize_config.json`); the weights are sharded at `max_shard_size` bytes per file
+/// and streamed one tensor at a time.
 #[allow(clippy::too_many_arguments)]
 pub fn write_replacing(
     model: &ModelFile,
     out_dir: &Path,
-    mut linears: HashMap<String, Vec<(String, OutTensor<'static>)>>,
+    mut linears: PackedLinears,
     mut replaced: HashMap<String, OutTensor<'static>>,
     quant_config: Value,
     extra_json: Vec<(String, Value)>,
@@ -65,18 +134,21 @@ pub fn write_replacing(
 ) -> Result<HfQuantSummary> {
     let cfg = model.config();
     let from = model.qk_layout();
-    let mut out: Vec<(String, OutTensor<'_>)> = Vec::new();
-    for (hf_name, t) in super::to_hf::hf_tensors(model.tensors()?, cfg)? {
+    let tensors = super::to_hf::hf_tensors(model.tensors()?, cfg)?;
+    let packed = std::mem::take(&mut linears.parts);
+    let mut plan: Vec<(StEntry, Source<'_>)> = Vec::new();
+    for (i, (hf_name, t)) in tensors.iter().enumerate() {
         // GPTQModel finds an MoE block's packed experts and float router by module name.
-        let hf_name = names::hf_module_name(&hf_name, cfg.arch);
-        if let Some(parts) = linears.remove(&t.name) {
+        let hf_name = names::hf_module_name(hf_name, cfg.arch);
+        if let Some(parts) = packed.get(&t.name) {
             // A packed expert goes under the module name GPTQModel loads it by.
             let module = names::split_expert_part(&t.name)
                 .and_then(|(tensor, e)| names::gguf_expert_tensor(tensor).map(|(li, suffix)| (li, e, suffix)))
                 .and_then(|(li, e, suffix)| names::hf_expert_module(li, e, suffix));
             let prefix = module.unwrap_or_else(|| hf_name.strip_suffix(".weight").unwrap_or(&hf_name).to_string());
-            for (suffix, tensor) in parts {
-                out.push((format!("{prefix}.{suffix}"), tensor));
+            for p in parts {
+                let entry = StEntry { name: format!("{prefix}.{}", p.suffix), dtype: p.dtype, shape: p.shape.clone() };
+                plan.push((entry, Source::Packed(p)));
             }
             continue;
         }
@@ -84,45 +156,51 @@ pub fn write_replacing(
             if tensor.shape != t.shape {
                 return Err(Error::tensor(&t.name, "replacement has a different shape"));
             }
-            out.push((hf_name, tensor));
+            let entry = StEntry { name: hf_name, dtype: tensor.dtype, shape: tensor.shape };
+            plan.push((entry, Source::Owned(tensor.data.into_owned())));
             continue;
         }
         let reorder = (from != RopeLayout::RotateHalf
             && names::qk_heads(&t.name, cfg.n_heads, cfg.n_kv_heads).is_some())
             || hf_norm_offset(cfg, &t.name);
-        let tensor = match t.ggml_type {
-            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 if !reorder && t.packed.is_none() => OutTensor {
-                dtype: match t.ggml_type {
-                    GgmlType::F32 => Dtype::F32,
-                    GgmlType::F16 => Dtype::F16,
-                    _ => Dtype::BF16,
-                },
-                shape: t.shape.clone(),
-                data: Cow::Borrowed(t.data),
-            },
-            _ => {
-                // Quantized GGUF input: store the decoded values as f16 (norms as f32).
-                let values = tensor_to_hf_f32(&t, cfg, from, false)?;
-                let ty = if t.shape.len() < 2 { GgmlType::F32 } else { GgmlType::F16 };
-                let data = quant::encode(ty, &values)?;
-                OutTensor {
-                    dtype: if ty == GgmlType::F32 { Dtype::F32 } else { Dtype::F16 },
-                    shape: t.shape.clone(),
-                    data: Cow::Owned(data),
-                }
-            }
+        let (dtype, source) = match t.ggml_type {
+            GgmlType::F32 if !reorder && t.packed.is_none() => (Dtype::F32, Source::Mapped(i)),
+            GgmlType::F16 if !reorder && t.packed.is_none() => (Dtype::F16, Source::Mapped(i)),
+            GgmlType::BF16 if !reorder && t.packed.is_none() => (Dtype::BF16, Source::Mapped(i)),
+            // Quantized GGUF input: store the decoded values as f16 (norms as f32).
+            _ if t.shape.len() < 2 => (Dtype::F32, Source::Decoded(i)),
+            _ => (Dtype::F16, Source::Decoded(i)),
         };
-        out.push((hf_name, tensor));
+        plan.push((StEntry { name: hf_name, dtype, shape: t.shape.clone() }, source));
     }
-    if let Some(name) = linears.keys().chain(replaced.keys()).next() {
+    let written: std::collections::HashSet<&String> = tensors.iter().map(|(_, t)| &t.name).collect();
+    if let Some(name) = packed.keys().filter(|n| !written.contains(n)).chain(replaced.keys()).next() {
         return Err(Error::tensor(name, "quantized but not part of the model"));
     }
-    let bytes = out.iter().map(|(_, t)| t.data.len() as u64).sum();
-    let n_tensors = out.len();
+    // Larger elements first, each group in model order, so every tensor stays aligned.
+    plan.sort_by_key(|(e, _)| std::cmp::Reverse(e.dtype.bitsize()));
+    let bytes = plan.iter().map(|(e, _)| e.byte_len() as u64).sum();
+    let n_tensors = plan.len();
+    let (entries, sources): (Vec<StEntry>, Vec<Source<'_>>) = plan.into_iter().unzip();
 
     let dir = AtomicDir::create(out_dir)?;
-    super::shards::write_views(dir.path(), out.iter().map(|(n, t)| (n.clone(), t)).collect(), max_shard_size)?;
-    progress.inc(bytes);
+    let mut st = ShardedWriter::new(dir.path(), entries, max_shard_size)?;
+    for source in sources {
+        let name = st.next_entry().map(|e| e.name.clone()).unwrap_or_default();
+        let data: Cow<'_, [u8]> = match source {
+            Source::Packed(p) => Cow::Owned(linears.read(p)?),
+            Source::Owned(d) => Cow::Owned(d),
+            Source::Mapped(i) => Cow::Borrowed(tensors[i].1.data),
+            Source::Decoded(i) => {
+                let t = &tensors[i].1;
+                let values = tensor_to_hf_f32(t, cfg, from, false)?;
+                Cow::Owned(quant::encode(if t.shape.len() < 2 { GgmlType::F32 } else { GgmlType::F16 }, &values)?)
+            }
+        };
+        st.write(&name, &data)?;
+        progress.inc(data.len() as u64);
+    }
+    st.finish()?;
 
     let write_json = |name: &str, v: &Value| super::write_json(dir.path(), name, v);
     // config.json: the original one when there is one (it may carry fields qforge does not

@@ -66,4 +66,9 @@ impl LayerQuantizer for AwqGptqMethod {
         self.awq.load_layer(layer, rec)?;
         self.gptq.load_layer(layer, rec)
     }
+
+    fn release_layer(&mut self, layer: usize) {
+        self.awq.release_layer(layer);
+        self.gptq.release_layer(layer);
+    }
 }

@@ -88,6 +88,9 @@ pub struct GptqMethod {
     /// (see [`Guarded`]).
     pub guard: bool,
     pub guarded: Vec<Guarded>,
+    /// Whether an integer result released from memory has a group with zero point 0 (the
+    /// hf-gptq writer must then choose the v2 format before it reads any back).
+    pub zero_point_zero: bool,
 }
 
 /// The never-worse-than-rounding guard's verdict on one matrix: the calibration inputs'
@@ -118,6 +121,7 @@ impl GptqMethod {
             tokens: HashMap::new(),
             guard: true,
             guarded: Vec::new(),
+            zero_point_zero: false,
         }
     }
 
@@ -211,6 +215,17 @@ impl LayerQuantizer for GptqMethod {
 
     fn load_layer(&mut self, _layer: usize, rec: &LayerRecord) -> Result<()> {
         super::resume::load_gptq(self, rec)
+    }
+
+    fn release_layer(&mut self, layer: usize) {
+        let prefix = format!("blk.{layer}.");
+        self.results.retain(|name, solved| {
+            let keep = !name.starts_with(&prefix);
+            if !keep {
+                self.zero_point_zero |= matches!(solved, Solved::Int(q) if q.zeros.contains(&0));
+            }
+            keep
+        });
     }
 }
 

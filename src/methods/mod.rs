@@ -5,6 +5,10 @@ pub mod awq;
 pub mod awq_gptq;
 pub mod gptq;
 mod resume;
+pub mod spilled;
+
+pub use resume::{awq_results, gptq_results};
+pub use spilled::SpilledResults;
 
 use std::collections::HashMap;
 

@@ -70,6 +70,16 @@ pub fn save_gptq(m: &GptqMethod, layer: usize, rec: &mut LayerRecord) {
 }
 
 pub fn load_gptq(m: &mut GptqMethod, rec: &LayerRecord) -> Result<()> {
+    m.results.extend(gptq_results(rec)?);
+    m.notes = log_field(rec, "gptq_log", "notes")?;
+    m.losses = log_field(rec, "gptq_log", "losses")?;
+    m.guarded = log_field(rec, "gptq_log", "guarded")?;
+    Ok(())
+}
+
+/// GPTQ's results in a layer record, by GGUF name.
+pub fn gptq_results(rec: &LayerRecord) -> Result<Vec<(String, Solved)>> {
+    let mut out = Vec::new();
     for e in entries(rec, "gptq_results")? {
         let name = e["name"].as_str().ok_or_else(|| bad("a result name"))?;
         let key = |part: &str| format!("gptq/{name}/{part}");
@@ -84,12 +94,9 @@ pub fn load_gptq(m: &mut GptqMethod, rec: &LayerRecord) -> Result<()> {
                 g_idx: rec.u32(&key("g_idx"))?,
             }),
         };
-        m.results.insert(name.to_string(), solved);
+        out.push((name.to_string(), solved));
     }
-    m.notes = log_field(rec, "gptq_log", "notes")?;
-    m.losses = log_field(rec, "gptq_log", "losses")?;
-    m.guarded = log_field(rec, "gptq_log", "guarded")?;
-    Ok(())
+    Ok(out)
 }
 
 // Deliberately the shape of save_gptq / load_gptq: the same record layout over AWQ's own
@@ -118,6 +125,20 @@ pub fn save_awq(m: &AwqMethod, layer: usize, rec: &mut LayerRecord) {
 }
 
 pub fn load_awq(m: &mut AwqMethod, rec: &LayerRecord) -> Result<()> {
+    m.results.extend(awq_results(rec)?);
+    for name in entries(rec, "awq_vectors")? {
+        let name = name.as_str().ok_or_else(|| bad("a vector name"))?;
+        m.vectors.insert(name.to_string(), rec.f32(&format!("awq/{name}/vector"))?);
+    }
+    m.notes = log_field(rec, "awq_log", "notes")?;
+    m.reports = log_field(rec, "awq_log", "reports")?;
+    m.clips = log_field(rec, "awq_log", "clips")?;
+    Ok(())
+}
+
+/// AWQ's results in a layer record, by GGUF name.
+pub fn awq_results(rec: &LayerRecord) -> Result<Vec<(String, Quantized)>> {
+    let mut out = Vec::new();
     for e in entries(rec, "awq_results")? {
         let name = e["name"].as_str().ok_or_else(|| bad("a result name"))?;
         let key = |part: &str| format!("awq/{name}/{part}");
@@ -135,14 +156,7 @@ pub fn load_awq(m: &mut AwqMethod, rec: &LayerRecord) -> Result<()> {
                 })
             }
         };
-        m.results.insert(name.to_string(), q);
+        out.push((name.to_string(), q));
     }
-    for name in entries(rec, "awq_vectors")? {
-        let name = name.as_str().ok_or_else(|| bad("a vector name"))?;
-        m.vectors.insert(name.to_string(), rec.f32(&format!("awq/{name}/vector"))?);
-    }
-    m.notes = log_field(rec, "awq_log", "notes")?;
-    m.reports = log_field(rec, "awq_log", "reports")?;
-    m.clips = log_field(rec, "awq_log", "clips")?;
-    Ok(())
+    Ok(out)
 }

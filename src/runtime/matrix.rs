@@ -34,6 +34,20 @@ pub struct Matrix<'a> {
 }
 
 impl<'a> Matrix<'a> {
+    /// A matrix whose values were dropped (see `LlamaModel::release_layer`): its name and
+    /// shape only. Multiplying by it is a bug (it holds no rows).
+    pub(crate) fn released(name: &str, rows: usize, cols: usize) -> Matrix<'a> {
+        Matrix {
+            name: name.to_string(),
+            rows,
+            cols,
+            ty: GgmlType::F32,
+            data: Cow::Borrowed(&[]),
+            row_bytes: 0,
+            packed: None,
+        }
+    }
+
     pub fn from_tensor(t: &TensorRef<'a>) -> Result<Matrix<'a>> {
         if t.shape.len() != 2 {
             return Err(Error::tensor(&t.name, format!("expected a matrix, got shape {:?}", t.shape)));

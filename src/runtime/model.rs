@@ -454,6 +454,17 @@ impl<'a> LlamaModel<'a> {
         self.layers.get(li).map_or_else(Vec::new, |l| l.linears().iter().map(|m| m.name.clone()).collect())
     }
 
+    /// Drop layer `li`'s linear weights (the calibration driver's finished layers: their
+    /// quantized f32 replacements cost 4 bytes a weight). The layer must not run again; the
+    /// driver that calls this owns the model and moves on to the next layer.
+    pub(crate) fn release_layer(&mut self, li: usize) {
+        if let Some(l) = self.layers.get_mut(li) {
+            for m in l.linears_mut() {
+                *m = Matrix::released(&m.name, m.rows, m.cols);
+            }
+        }
+    }
+
     /// The weight matrix named `name` (GGUF name), if it is one of the model's linears.
     pub fn weight(&self, name: &str) -> Option<&Matrix<'a>> {
         self.matrices().find(|m| m.name == name)

@@ -424,4 +424,10 @@ impl LayerQuantizer for AwqMethod {
     fn load_layer(&mut self, _layer: usize, rec: &LayerRecord) -> Result<()> {
         crate::methods::resume::load_awq(self, rec)
     }
+
+    /// The folded vectors stay (one per norm: small, and the writer wants them all at hand).
+    fn release_layer(&mut self, layer: usize) {
+        let prefix = format!("blk.{layer}.");
+        self.results.retain(|name, _| !name.starts_with(&prefix));
+    }
 }
