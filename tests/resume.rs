@@ -33,7 +33,8 @@ fn run_ok(out: &PathBuf, method: &[&str], extra: &[&str]) -> Json {
     serde_json::from_str(&qforge_ok(&a)).expect("--json")
 }
 
-/// Start a resumable run and SIGKILL it as soon as its first layer is saved.
+/// Start a resumable run and SIGKILL it as soon as its first layer is saved with the
+/// calibration states after it.
 fn run_and_kill(out: &PathBuf, method: &[&str]) {
     let work = out.with_file_name(format!("{}.qforge-resume", out.file_name().unwrap().to_string_lossy()));
     let t = tiny();
@@ -47,7 +48,7 @@ fn run_and_kill(out: &PathBuf, method: &[&str]) {
         .spawn()
         .unwrap();
     let start = Instant::now();
-    while !work.join("layer-00000.safetensors").exists() {
+    while !work.join("states.safetensors").exists() {
         assert!(child.try_wait().unwrap().is_none(), "the run ended before its first layer was saved");
         assert!(start.elapsed() < Duration::from_secs(120), "no layer saved in two minutes");
         std::thread::sleep(Duration::from_millis(5));
@@ -91,6 +92,43 @@ fn killed_runs_resume_to_identical_outputs() {
         // The work directory goes once the output is complete.
         assert!(!tmp.path().join(format!("resumed-{name}.qforge-resume")).exists());
     }
+    // Runs without --resume spill their finished layers to a scratch directory too, and
+    // remove it when they end.
+    let left: Vec<String> = dir_entries(tmp.path()).into_iter().filter(|f| f.contains("qforge")).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// A run that is not resumable keeps its finished layers in a hidden scratch directory beside
+/// the output; SIGTERM removes it with the partial output.
+#[test]
+fn an_interrupted_run_leaves_no_scratch_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("gptq");
+    let t = tiny();
+    let mut a = quantize_args(&out, &["--method", "gptq", "--format", "hf-gptq"]);
+    a.push(&t);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qforge"))
+        .args(a.iter().map(|s| s.as_ref()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let saved = || {
+        dir_entries(tmp.path())
+            .iter()
+            .filter(|f| f.starts_with(".gptq.qforge-work"))
+            .any(|d| tmp.path().join(d).join("layer-00000.safetensors").exists())
+    };
+    while !saved() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before its first layer was saved");
+        assert!(start.elapsed() < Duration::from_secs(120), "no layer saved in two minutes");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(dir_entries(tmp.path()), Vec::<String>::new());
 }
 
 #[test]

@@ -2,20 +2,21 @@
 //! model takes hours, and starting again from layer 0 after a crash, a kill or a full disk is
 //! what users of GPTQModel and AutoAWQ complain about most.
 //!
-//! With a [`WorkDir`], the sequential driver saves every finished layer as one safetensors file
+//! The sequential driver saves every finished layer as one safetensors file
 //! (`layer-00007.safetensors`, written to a temporary name, synced and renamed, so a file under
-//! its final name is always complete) holding:
-//! - the tensors the layer's quantization put back into the model (dequantized weights, the
-//!   norms AWQ folded its scales into), in order, under `update.{i}`;
-//! - what the method keeps for the writer (codes, scales, GGML blocks, folded vectors) and its
-//!   report lines, through [`LayerQuantizer::save_layer`](super::sequential::LayerQuantizer).
+//! its final name is always complete) holding what the method keeps for the writer (codes,
+//! scales, GGML blocks, folded vectors) and its report lines, through
+//! [`LayerQuantizer::save_layer`](super::sequential::LayerQuantizer). In a resumable directory
+//! it also keeps the calibration hidden states after the last finished layer
+//! (`states.safetensors`, replaced atomically after each layer): they are all a later layer
+//! needs of the earlier ones.
 //!
-//! A restarted run loads the finished layers in order, puts their tensors back into the model
-//! and recomputes the calibration hidden states through them (a forward pass per layer, the
-//! same computation the first run did), then goes on with the next layer. Nothing else carries
-//! state from one layer to the next, so the final checkpoint is byte-identical to an
-//! uninterrupted run's. `job.json` records the settings, inputs and calibration the layers
-//! were made with; a work directory from another job is refused rather than mixed in.
+//! A restarted run takes the finished layers' records (results, reports) and the saved states
+//! and goes on with the next layer. Nothing else carries state from one layer to the next, so
+//! the final checkpoint is byte-identical to an uninterrupted run's. Disk use stays at the
+//! records (about a byte and a half per quantized weight) plus one set of states. `job.json`
+//! records the settings, inputs and calibration the layers were made with; a work directory
+//! from another job is refused rather than mixed in.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -27,21 +28,15 @@ use serde_json::{Map, Value};
 use crate::error::{Error, Result};
 use crate::output::AtomicDir;
 
-/// One finished layer: the model updates and the method's share (see the module doc).
+/// One finished layer: the method's share (see the module doc), or the saved states.
 #[derive(Default)]
 pub struct LayerRecord {
-    /// Tensors the layer's quantization replaced in the model, in the order it did.
-    pub updates: Vec<(String, Vec<f32>)>,
     tensors: Vec<(String, Dtype, Vec<u8>)>,
     /// The method's small state (result descriptions, report lines), as JSON.
     pub meta: Map<String, Value>,
 }
 
 impl LayerRecord {
-    pub fn new(updates: Vec<(String, Vec<f32>)>) -> LayerRecord {
-        LayerRecord { updates, ..Default::default() }
-    }
-
     pub fn put_u8(&mut self, key: String, v: &[u8]) {
         self.tensors.push((key, Dtype::U8, v.to_vec()));
     }
@@ -75,14 +70,8 @@ impl LayerRecord {
     }
 
     fn to_bytes(&self) -> Result<Vec<u8>> {
-        let mut all: Vec<(String, Dtype, Vec<u8>)> = self
-            .updates
-            .iter()
-            .enumerate()
-            .map(|(i, (_, v))| (format!("update.{i}"), Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
-            .collect();
-        all.extend(self.tensors.iter().cloned());
-        let views = all
+        let views = self
+            .tensors
             .iter()
             .map(|(k, d, b)| {
                 let n = b.len() * 8 / d.bitsize();
@@ -90,16 +79,12 @@ impl LayerRecord {
             })
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| Error::InvalidModel(format!("resume record: {e}")))?;
-        let mut meta = self.meta.clone();
-        meta.insert("updates".into(), Value::from(self.updates.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>()));
-        let header = HashMap::from([("qforge_layer".to_string(), Value::Object(meta).to_string())]);
+        let header = HashMap::from([("qforge_layer".to_string(), Value::Object(self.meta.clone()).to_string())]);
         safetensors::tensor::serialize(views, Some(header))
             .map_err(|e| Error::InvalidModel(format!("resume record: {e}")))
     }
 
-    /// Parse a record; without `with_updates` the model updates are skipped (their pages of a
-    /// mapped file are never read).
-    fn from_bytes(bytes: &[u8], path: &Path, with_updates: bool) -> Result<LayerRecord> {
+    fn from_bytes(bytes: &[u8], path: &Path) -> Result<LayerRecord> {
         let bad = |why: String| Error::malformed(path, "resume record", why);
         let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
         let st = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
@@ -108,26 +93,9 @@ impl LayerRecord {
             .as_ref()
             .and_then(|m| m.get("qforge_layer"))
             .ok_or_else(|| bad("no qforge_layer metadata".into()))?;
-        let mut meta: Map<String, Value> = serde_json::from_str(meta_text).map_err(|e| bad(e.to_string()))?;
-        let names: Vec<String> = meta
-            .remove("updates")
-            .and_then(|v| serde_json::from_value(v).ok())
-            .ok_or_else(|| bad("no update list".into()))?;
-        let mut rec = LayerRecord { meta, ..Default::default() };
-        for (name, view) in st.tensors() {
-            if !name.starts_with("update.") {
-                rec.tensors.push((name, view.dtype(), view.data().to_vec()));
-            }
-        }
-        for (i, name) in names.into_iter().enumerate().filter(|_| with_updates) {
-            let t = st.tensor(&format!("update.{i}")).map_err(|e| bad(e.to_string()))?;
-            if t.dtype() != Dtype::F32 {
-                return Err(bad(format!("update.{i} is not F32")));
-            }
-            rec.updates
-                .push((name, t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()));
-        }
-        Ok(rec)
+        let meta: Map<String, Value> = serde_json::from_str(meta_text).map_err(|e| bad(e.to_string()))?;
+        let tensors = st.tensors().into_iter().map(|(name, view)| (name, view.dtype(), view.data().to_vec())).collect();
+        Ok(LayerRecord { tensors, meta })
     }
 }
 
@@ -206,20 +174,39 @@ impl WorkDir {
     }
 
     pub fn load(&self, layer: usize) -> Result<LayerRecord> {
-        let path = self.layer_path(layer);
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        LayerRecord::from_bytes(&bytes, &path, true)
+        read_record(&self.layer_path(layer))
     }
 
-    /// The method's share of layer `layer`'s record, without the model updates (the writer's
-    /// view: a resumable record's updates are the layer's weights in f32, 4 bytes a weight).
-    pub fn load_results(&self, layer: usize) -> Result<LayerRecord> {
-        let path = self.layer_path(layer);
-        let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-        // SAFETY: the record is this process's own finished file in its work directory; nothing
-        // writes to it after its rename (a new record replaces it by another rename).
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-        LayerRecord::from_bytes(&map, &path, false)
+    fn states_path(&self) -> PathBuf {
+        self.dir.join("states.safetensors")
+    }
+
+    /// Keep the calibration hidden states after layer `layer` (one per window), replacing the
+    /// earlier layer's.
+    pub fn save_states(&self, layer: usize, states: &[Vec<f32>]) -> Result<()> {
+        let mut rec = LayerRecord::default();
+        for (i, x) in states.iter().enumerate() {
+            rec.put_f32(format!("window.{i}"), x);
+        }
+        rec.meta.insert("after_layer".into(), Value::from(layer));
+        write_atomic(&self.states_path(), &rec.to_bytes()?)
+    }
+
+    /// Where a restarted run goes on: the number of finished layers whose results and
+    /// following states are saved, and those states (`windows` of them); `None` to start
+    /// from the first layer. A run killed between a layer's record and its states redoes
+    /// that layer.
+    pub fn resume_point(&self, n_layers: usize, windows: usize) -> Result<Option<(usize, Vec<Vec<f32>>)>> {
+        let done = self.completed(n_layers);
+        let path = self.states_path();
+        if done == 0 || !path.is_file() {
+            return Ok(None);
+        }
+        let rec = read_record(&path)?;
+        let after = rec.meta.get("after_layer").and_then(Value::as_u64).map(|l| l as usize);
+        let Some(after) = after.filter(|&l| l < done) else { return Ok(None) };
+        let states = (0..windows).map(|i| rec.f32(&format!("window.{i}"))).collect::<Result<Vec<_>>>()?;
+        Ok(Some((after + 1, states)))
     }
 
     pub fn save(&self, layer: usize, rec: &LayerRecord) -> Result<()> {
@@ -234,6 +221,11 @@ impl WorkDir {
         }
         Ok(())
     }
+}
+
+fn read_record(path: &Path) -> Result<LayerRecord> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    LayerRecord::from_bytes(&bytes, path)
 }
 
 /// Write `bytes` to a temporary name beside `path`, sync, and rename: a file under its final

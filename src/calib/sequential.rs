@@ -134,22 +134,26 @@ pub fn run(
 ) -> Result<usize> {
     let n = calib.seqlen;
     let rope = model.rope_tables(0, n);
-    let mut states: Vec<Vec<f32>> = calib.windows.iter().map(|w| model.embed_tokens(w)).collect::<Result<_>>()?;
-    let resumed = if work.resumable() { work.completed(model.n_layers()) } else { 0 };
+    let saved = if work.resumable() { work.resume_point(model.n_layers(), calib.windows.len())? } else { None };
+    let (resumed, mut states) = match saved {
+        Some((done, states)) => (done, states),
+        None => (0, calib.windows.iter().map(|w| model.embed_tokens(w)).collect::<Result<_>>()?),
+    };
+    if states.iter().any(|x| x.len() != n * model.config.hidden_size) {
+        return Err(Error::InvalidModel("the saved calibration states do not match the model".into()));
+    }
     for li in 0..model.n_layers() {
         if li < resumed {
-            let rec = work.load(li)?;
-            q.load_layer(li, &rec)?;
-            for (name, values) in rec.updates {
-                model.set_tensor(&name, values)?;
-            }
-        } else {
-            // Only a resumable record needs the replaced weights (to recompute the states).
-            let updates = quantize_layer(&mut model, li, n, &rope, &states, stages, q, work.resumable())?;
-            let mut rec = LayerRecord::new(updates);
-            q.save_layer(li, &mut rec)?;
-            work.save(li, &rec)?;
+            q.load_layer(li, &work.load(li)?)?;
+            q.release_layer(li);
+            model.release_layer(li);
+            on_layer(li);
+            continue;
         }
+        quantize_layer(&mut model, li, n, &rope, &states, stages, q)?;
+        let mut rec = LayerRecord::default();
+        q.save_layer(li, &mut rec)?;
+        work.save(li, &rec)?;
         q.release_layer(li);
         // The next layer's inputs: this layer's outputs with its quantized weights.
         for x in states.iter_mut() {
@@ -157,14 +161,15 @@ pub fn run(
             model.layer_forward(li, x, n, 0, &rope, (&mut k, &mut v), &mut crate::runtime::NoObserver)?;
         }
         model.release_layer(li);
+        if work.resumable() && li + 1 < model.n_layers() {
+            work.save_states(li, &states)?;
+        }
         on_layer(li);
     }
     Ok(resumed)
 }
 
-/// Observe and quantize the stages of layer `li`, putting the results into the model. Returns
-/// the tensors put back, in order, when `record` (for `--resume`), else nothing.
-#[allow(clippy::too_many_arguments)]
+/// Observe and quantize the stages of layer `li`, putting the results into the model.
 fn quantize_layer(
     model: &mut LlamaModel<'_>,
     li: usize,
@@ -173,9 +178,7 @@ fn quantize_layer(
     states: &[Vec<f32>],
     stages: Stages,
     q: &mut dyn LayerQuantizer,
-    record: bool,
-) -> Result<Vec<(String, Vec<f32>)>> {
-    let mut updates = Vec::new();
+) -> Result<()> {
     for group in stages.groups() {
         let prefix = format!("blk.{li}.");
         let names: Vec<String> = model
@@ -193,11 +196,8 @@ fn quantize_layer(
             }
         }
         for (name, values) in q.quantize(model, li, &names, states)? {
-            if record {
-                updates.push((name.clone(), values.clone()));
-            }
             model.set_tensor(&name, values)?;
         }
     }
-    Ok(updates)
+    Ok(())
 }

@@ -48,7 +48,7 @@ impl<'w, T: RowParts> SpilledResults<'w, T> {
         if self.loaded.get(layer) != Some(&false) {
             return Ok(());
         }
-        let rec = self.work.load_results(layer)?;
+        let rec = self.work.load(layer)?;
         self.map.extend((self.read)(&rec)?);
         fuse_results(&mut self.map, self.cfg, self.experts)?;
         self.loaded[layer] = true;
