@@ -41,20 +41,26 @@ fn run_and_kill(out: &PathBuf, method: &[&str]) {
     let mut a = quantize_args(out, method);
     a.push(&t);
     a.push(&"--resume");
+    let mut child = spawn_after_first_layer(&a, || work.join("states.safetensors").exists());
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+/// Run qforge with `args` until `saved()` says its first layer is saved.
+fn spawn_after_first_layer(args: &[&dyn AsRef<std::ffi::OsStr>], saved: impl Fn() -> bool) -> std::process::Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_qforge"))
-        .args(a.iter().map(|s| s.as_ref()))
+        .args(args.iter().map(|s| s.as_ref()))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let start = Instant::now();
-    while !work.join("states.safetensors").exists() {
+    while !saved() {
         assert!(child.try_wait().unwrap().is_none(), "the run ended before its first layer was saved");
         assert!(start.elapsed() < Duration::from_secs(120), "no layer saved in two minutes");
         std::thread::sleep(Duration::from_millis(5));
     }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    child
 }
 
 fn assert_same_output(a: &Path, b: &Path) {
@@ -107,24 +113,13 @@ fn an_interrupted_run_leaves_no_scratch_directory() {
     let t = tiny();
     let mut a = quantize_args(&out, &["--method", "gptq", "--format", "hf-gptq"]);
     a.push(&t);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qforge"))
-        .args(a.iter().map(|s| s.as_ref()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
     let saved = || {
         dir_entries(tmp.path())
             .iter()
             .filter(|f| f.starts_with(".gptq.qforge-work"))
             .any(|d| tmp.path().join(d).join("layer-00000.safetensors").exists())
     };
-    while !saved() {
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before its first layer was saved");
-        assert!(start.elapsed() < Duration::from_secs(120), "no layer saved in two minutes");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut child = spawn_after_first_layer(&a, saved);
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
