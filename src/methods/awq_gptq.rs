@@ -44,14 +44,9 @@ impl LayerQuantizer for AwqGptqMethod {
             .linears()
             .into_iter()
             .zip(scales)
-            .map(|((name, rows, cols, w), s)| Linear {
-                name,
-                rows,
-                cols,
-                w: w.clone(),
-                input_scales: s.iter().any(|&v| v != 1.0).then_some(s),
-            })
-            .collect();
+            .map(|((name, rows, cols, w), s)| {
+                Ok(Linear { name, rows, cols, w: w.clone(), input_scales: s.iter().any(|&v| v != 1.0).then_some(s) })
+            });
         let mut out = self.gptq.quantize_linears(layer, linears)?;
         out.extend(l.vectors());
         Ok(out)

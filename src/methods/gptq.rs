@@ -200,11 +200,12 @@ impl LayerQuantizer for GptqMethod {
         names: &[String],
         _inputs: &[Vec<f32>],
     ) -> Result<Vec<(String, Vec<f32>)>> {
-        let mut weights = Vec::with_capacity(names.len());
-        for name in names {
+        // Decoded one at a time as the solver reaches them: a 7B layer's seven matrices are
+        // 800 MB in f32.
+        let weights = names.iter().map(|name| {
             let m = model.weight(name).ok_or_else(|| Error::tensor(name, "is not a linear of the model"))?;
-            weights.push(Linear { name: name.clone(), rows: m.rows, cols: m.cols, w: m.to_f32(), input_scales: None });
-        }
+            Ok(Linear { name: name.clone(), rows: m.rows, cols: m.cols, w: m.to_f32(), input_scales: None })
+        });
         self.quantize_linears(layer, weights)
     }
 
@@ -243,12 +244,22 @@ pub struct Linear {
 }
 
 impl GptqMethod {
-    /// Quantize the given matrices of `layer` against the Hessians observed for their names.
-    /// Returns each one's quantized-then-dequantized values.
-    pub fn quantize_linears(&mut self, layer: usize, linears: Vec<Linear>) -> Result<Vec<(String, Vec<f32>)>> {
-        let names: Vec<String> = linears.iter().map(|l| l.name.clone()).collect();
-        let mut out = Vec::with_capacity(linears.len());
-        for Linear { name, rows, cols, w, input_scales } in linears {
+    /// Quantize the given matrices of `layer` against the Hessians observed for their names,
+    /// taking each from `linears` only when its turn comes. Returns each one's
+    /// quantized-then-dequantized values.
+    pub fn quantize_linears(
+        &mut self,
+        layer: usize,
+        linears: impl IntoIterator<Item = Result<Linear>>,
+    ) -> Result<Vec<(String, Vec<f32>)>> {
+        let mut done: Vec<String> = Vec::new();
+        let mut out = Vec::new();
+        for linear in linears {
+            // A Hessian is done once every linear sharing it is quantized: free it then.
+            self.hessians.retain(|_, (group, _)| !group.iter().all(|g| done.contains(g)));
+            self.tokens.retain(|k, _| self.hessians.contains_key(k));
+            let Linear { name, rows, cols, w, input_scales } = linear?;
+            done.push(name.clone());
             let name = &name;
             let Some(grid) = self.grid_for(name)? else {
                 // A GGML type GPTQ has no grid for (e.g. Q2_K, IQ4_NL, F16): llama.cpp's
@@ -341,8 +352,7 @@ impl GptqMethod {
             self.results.insert(name.clone(), solved);
             out.push((name.clone(), values));
         }
-        // A Hessian is done once every linear sharing it is quantized.
-        self.hessians.retain(|_, (group, _)| !group.iter().all(|g| names.contains(g)));
+        self.hessians.retain(|_, (group, _)| !group.iter().all(|g| done.contains(g)));
         self.tokens.retain(|k, _| self.hessians.contains_key(k));
         Ok(out)
     }
