@@ -2,8 +2,9 @@
 # Issue 17's bounded-memory check: every command on a synthetic LLaMA-7B-shaped checkpoint
 # larger than the memory it may use, each run inside a memory cgroup (v1 or v2) limited to
 # LIMIT. Prints one row per command: exit status (137 = killed by the limit), wall seconds,
-# peak RSS (ru_maxrss, which counts mapped input pages the kernel may reclaim), and the
-# cgroup's peak charge (anonymous memory plus the page cache it kept).
+# peak RSS (the largest per-stage peak of --json's "stages" where the command reports them,
+# else ru_maxrss; both count mapped input pages the kernel may reclaim), and the cgroup's peak
+# charge (anonymous memory plus the page cache it kept).
 #
 #   sudo tools/bench_bounded_memory.sh [WORK_DIR]     (default /tmp/qforge-bounded)
 #
@@ -69,11 +70,18 @@ while IFS='|' read -r name args; do
   start=$(date +%s.%N)
   set +e
   # shellcheck disable=SC2086
-  sh -c 'echo $$ >"$1/cgroup.procs"; shift; exec /usr/bin/time -f "%M" -o rss.txt "$@"' _ "$CG" "$Q" -q $args >/dev/null 2>"$name.err"
+  sh -c 'echo $$ >"$1/cgroup.procs"; shift; exec /usr/bin/time -f "%M" -o rss.txt "$@"' _ "$CG" "$Q" -q --json $args >"$name.json" 2>"$name.err"
   rc=$?
   set -e
   secs=$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.0f}')" "$start" "$(date +%s.%N)")
-  rss=$(tail -1 rss.txt 2>/dev/null | awk '{printf "%.0f", $1 / 1024}')
+  # quantize and convert reset the kernel's high-water mark per stage (their --json
+  # "stages"), which leaves ru_maxrss with the last stage's peak: take the stages' maximum.
+  rss=$(python3 -c "
+import json, sys
+try:
+    print(round(max(s['peak_rss_bytes'] for s in json.load(open(sys.argv[1]))['stages']) / 2**20))
+except Exception:
+    print(round(int(open('rss.txt').read().split()[-1]) / 1024))" "$name.json" 2>/dev/null || echo "?")
   cg=$(awk '{printf "%.0f", $1 / 1048576}' "$CG/$PEAK_FILE" 2>/dev/null || echo "?")
   echo "| $name | $rc | $secs | ${rss:-?} | $cg |"
 done < <(commands)
