@@ -365,10 +365,9 @@ fn convert_outtype_takes_every_quantize_type() {
     let tmp = tempfile::tempdir().unwrap();
     for (ty, file_type) in [("Q4_K_M", 15), ("q3_k_s", 11), ("Q6_K", 18), ("IQ4_NL", 25), ("Q2_K", 10)] {
         let (c, q) = (tmp.path().join(format!("c-{ty}.gguf")), tmp.path().join(format!("q-{ty}.gguf")));
-        let j: Json = serde_json::from_str(&qforge_ok(&[
-            &"convert", &common::tiny(), &"-o", &c, &"--outtype", &ty, &"--json",
-        ]))
-        .unwrap();
+        let j: Json =
+            serde_json::from_str(&qforge_ok(&[&"convert", &common::tiny(), &"-o", &c, &"--outtype", &ty, &"--json"]))
+                .unwrap();
         assert_eq!(j["file_type"], file_type, "{ty}: {j}");
         assert_eq!(j["outtype"].as_str().unwrap(), ty.to_ascii_uppercase());
         qforge_ok(&[&"-q", &"quantize", &common::tiny(), &"-o", &q, &"--type", &ty]);

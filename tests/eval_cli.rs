@@ -74,6 +74,36 @@ fn compare_with_itself_is_zero() {
     }
 }
 
+/// Several candidates in one `compare` (the base evaluated once per window) report exactly what
+/// separate runs report, in the order given, against a live base and against saved logits.
+#[test]
+fn compare_several_candidates_equals_separate_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, w, n) = (tiny(), wiki(), "3");
+    let (q8, bf16) = (convert(dir.path(), &t, "q8_0"), convert(dir.path(), &t, "bf16"));
+    let saved = dir.path().join("base.qflogits");
+    qforge_ok(&[&"-q", &"perplexity", &t, &"--text", &w, &"--max-windows", &n, &"--save-logits", &saved]);
+    for base in [&t, &saved] {
+        let run = |cands: &[&std::path::PathBuf]| {
+            let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"-q", &"compare", base];
+            args.extend(cands.iter().map(|c| c as &dyn AsRef<std::ffi::OsStr>));
+            args.extend([&"--text" as &dyn AsRef<std::ffi::OsStr>, &w, &"--max-windows", &n, &"--json"]);
+            json(&qforge_ok(&args))
+        };
+        let both = run(&[&q8, &bf16]);
+        let both = both.as_array().expect("an array for several candidates");
+        assert_eq!(both.len(), 2);
+        for (got, cand) in both.iter().zip([&q8, &bf16]) {
+            let mut got = got.clone();
+            assert_eq!(got["candidate"].as_str(), Some(cand.to_str().unwrap()));
+            got.as_object_mut().unwrap().remove("candidate");
+            let alone = run(&[cand]);
+            assert!(alone.is_object(), "one candidate prints one object: {alone}");
+            assert_eq!(got, alone, "{} against {}", cand.display(), base.display());
+        }
+    }
+}
+
 /// Saved base logits (16-bit log-probabilities) give the live KLD within 1%; base ppl,
 /// top-1 agreement and the candidate's ppl are exact. Reading the saved file does not keep it
 /// resident: 30 windows are 240 MB of logits, and each window's pages are dropped once

@@ -221,7 +221,8 @@ fn gptq_checkpoints_import_into_gguf() {
         assert_eq!(j["requantized"].as_array().unwrap().len(), 28);
         if target == "Q4_K_M" {
             let info = json(&qforge_ok(&[&"inspect", &"--json", &r]));
-            let ty = |n: &str| info["tensors"].as_array().unwrap().iter().find(|t| t["name"] == n).unwrap()["type"].clone();
+            let ty =
+                |n: &str| info["tensors"].as_array().unwrap().iter().find(|t| t["name"] == n).unwrap()["type"].clone();
             assert_eq!((ty("blk.0.attn_q.weight"), ty("output.weight")), (Json::from("Q4_K"), Json::from("Q6_K")));
         }
         println!("{native} checkpoint → {target} re-quantized: kld vs checkpoint {k:.4e}");

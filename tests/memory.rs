@@ -178,5 +178,9 @@ fn a_huge_metadata_array_costs_its_size() {
     assert!(peak.anon <= N + 64 * MIB, "anonymous memory {} MiB for a 1024 MiB array", peak.anon / MIB);
     assert!(peak.maxrss < 1536 * MIB, "peak RSS {} MiB, not under 1.5 GiB", peak.maxrss / MIB);
     let out = common::qforge_ok(&[&"inspect", &"--json", &path]);
-    assert!(out.contains(&format!("\"len\":{N}")) || out.contains(&format!("\"len\": {N}")), "{}", &out[..out.len().min(2000)]);
+    assert!(
+        out.contains(&format!("\"len\":{N}")) || out.contains(&format!("\"len\": {N}")),
+        "{}",
+        &out[..out.len().min(2000)]
+    );
 }

@@ -40,7 +40,10 @@ impl OutType {
             return Ok(OutType::Uniform(*t));
         }
         FileType::parse(s).map(OutType::Plan).ok_or_else(|| {
-            format!("unknown output type {s:?}; valid: f32, f16, bf16, or a quantize --type ({})", FileType::valid_names())
+            format!(
+                "unknown output type {s:?}; valid: f32, f16, bf16, or a quantize --type ({})",
+                FileType::valid_names()
+            )
         })
     }
 
@@ -142,7 +145,11 @@ pub fn run(args: &ConvertArgs, ui: &Ui) -> Result<()> {
                     to_gguf::plan_with(&model, &import::ImportPlan::new(&model, t, asked)?, args.name.clone())?
                 }
                 OutType::Uniform(t) => {
-                    let opts = to_gguf::GgufOptions { outtype: t, allow_nonfinite: args.allow_nonfinite, name: args.name.clone() };
+                    let opts = to_gguf::GgufOptions {
+                        outtype: t,
+                        allow_nonfinite: args.allow_nonfinite,
+                        name: args.name.clone(),
+                    };
                     let (writer, notes) = to_gguf::plan(&model, &opts)?;
                     to_gguf::Header { writer, notes, file_type: to_gguf::file_type_id(t)? }
                 }

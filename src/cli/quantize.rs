@@ -322,7 +322,8 @@ pub(super) fn work_dir(args: &QuantizeArgs, output: &Path, calib: &Calibration) 
         .iter()
         .map(|p| {
             let m = std::fs::metadata(p).ok();
-            let mtime = m.as_ref().and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+            let mtime =
+                m.as_ref().and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
             json!({"file": p.file_name().map(|n| n.to_string_lossy().into_owned()), "bytes": m.map(|m| m.len()),
                    "mtime_ns": mtime.map(|d| d.as_nanos() as u64)})
         })

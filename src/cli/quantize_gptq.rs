@@ -10,7 +10,9 @@ use safetensors::Dtype;
 use serde_json::json;
 
 use super::quantize::{build_plan, Device, Format, Method, QuantizeArgs};
-use super::quantize_awq::{awq_options, check_awq_shapes, encode_vector, file_rows, hf_vectors, pack_awq, write_hf_awq};
+use super::quantize_awq::{
+    awq_options, check_awq_shapes, encode_vector, file_rows, hf_vectors, pack_awq, write_hf_awq,
+};
 use super::session::Loaded;
 use super::stages::StageLog;
 use super::Ui;
@@ -170,8 +172,8 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let mut vectors = awq.as_mut().map(|a| std::mem::take(&mut a.vectors)).unwrap_or_default();
     bar.finish_and_clear();
     let gptq_secs = calib_start.elapsed().as_secs_f64();
-    let zero_point_zero = method.zero_point_zero
-        || method.results.values().any(|s| matches!(s, Solved::Int(q) if q.zeros.contains(&0)));
+    let zero_point_zero =
+        method.zero_point_zero || method.results.values().any(|s| matches!(s, Solved::Int(q) if q.zeros.contains(&0)));
     let mut results = SpilledResults::new(
         std::mem::take(&mut method.results),
         &work,
@@ -394,7 +396,13 @@ type Linears = HashMap<String, Vec<(String, OutTensor<'static>)>>;
 
 /// The hf-gptq tensors of the quantized linears in `results` (rows back in Hugging Face
 /// order), in the v2 format when `v2` (a zero point of 0 cannot be stored as zero − 1 in v1).
-fn hf_linears(results: &mut HashMap<String, Solved>, cfg: &ModelConfig, from: RopeLayout, bits: u8, v2: bool) -> Result<Linears> {
+fn hf_linears(
+    results: &mut HashMap<String, Solved>,
+    cfg: &ModelConfig,
+    from: RopeLayout,
+    bits: u8,
+    v2: bool,
+) -> Result<Linears> {
     let mut out = HashMap::new();
     for (name, solved) in results.drain() {
         let Solved::Int(q) = solved else { bail!("{name}: expected integer codes") };

@@ -183,14 +183,15 @@ fn verify_json(args: &VerifyArgs, ui: &Ui) -> Result<Vec<Check>> {
     let ppl_tol = args.ppl_tol.unwrap_or(if args.variant == "fp32" { 1e-4 } else { 2e-3 });
     let (base_ppl, cand_ppl, scored, nwin);
     if let (Some(base), Some(_)) = (&args.base, num("kld_mean")) {
-        let r = compare(
+        let reports = compare(
             &CompareArgs {
                 base: base.clone(),
-                candidate: args.model.clone(),
+                candidates: vec![args.model.clone()],
                 win: WindowArgs { text: text.clone(), ctx: args.ctx, batch: None, max_windows: None },
             },
             ui,
         )?;
+        let r = &reports[0];
         checks.push(rel("kld_mean", num("kld_mean").unwrap_or(0.0), r.kld_mean, args.kld_tol));
         if let Some(t) = num("top1_agree") {
             checks.push(abs("top1_agree", t, r.top1_agree, args.top1_tol));

@@ -11,8 +11,8 @@ use indicatif::ProgressBar;
 use safetensors::{Dtype, View};
 use serde_json::Value;
 
-use super::{hf_norm_offset, tensor_to_hf_f32};
 use super::shards::ShardedWriter;
+use super::{hf_norm_offset, tensor_to_hf_f32};
 use crate::error::{Error, Result};
 use crate::formats::st_writer::StEntry;
 use crate::ggml_type::GgmlType;

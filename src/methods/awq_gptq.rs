@@ -40,13 +40,9 @@ impl LayerQuantizer for AwqGptqMethod {
         inputs: &[Vec<f32>],
     ) -> Result<Vec<(String, Vec<f32>)>> {
         let (l, _, scales) = self.awq.fold_stage(model, layer, names, inputs, false)?;
-        let linears = l
-            .linears()
-            .into_iter()
-            .zip(scales)
-            .map(|((name, rows, cols, w), s)| {
-                Ok(Linear { name, rows, cols, w: w.clone(), input_scales: s.iter().any(|&v| v != 1.0).then_some(s) })
-            });
+        let linears = l.linears().into_iter().zip(scales).map(|((name, rows, cols, w), s)| {
+            Ok(Linear { name, rows, cols, w: w.clone(), input_scales: s.iter().any(|&v| v != 1.0).then_some(s) })
+        });
         let mut out = self.gptq.quantize_linears(layer, linears)?;
         out.extend(l.vectors());
         Ok(out)

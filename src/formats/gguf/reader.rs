@@ -372,8 +372,9 @@ impl<'a> Cursor<'a> {
     /// The elements of an array of `n` values of type `et`.
     fn array_items(&mut self, et: ValueType, n: u64, depth: usize) -> Result<Array> {
         let (pos, path) = (self.pos, self.path);
-        let bad_bool =
-            |b: u8| Error::malformed(path, "GGUF", format!("bool value {b} is neither 0 nor 1 (in the array at byte {pos})"));
+        let bad_bool = |b: u8| {
+            Error::malformed(path, "GGUF", format!("bool value {b} is neither 0 nor 1 (in the array at byte {pos})"))
+        };
         Ok(match et {
             ValueType::U8 => Array::U8(self.fixed(n, |b: [u8; 1]| Ok(b[0]))?),
             ValueType::I8 => Array::I8(self.fixed(n, |b: [u8; 1]| Ok(b[0] as i8))?),

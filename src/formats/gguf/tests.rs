@@ -684,7 +684,9 @@ fn header_memory_is_capped() {
     // a 24-byte `String`) and empty nested arrays (12 bytes, a 32-byte `Array`), against a
     // 1 MiB budget; the real one (256 MiB) works the same way.
     let n = 100_000u64;
-    for (et, item) in [(ValueType::String, &[0u8; 8][..]), (ValueType::Array, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0][..])] {
+    for (et, item) in
+        [(ValueType::String, &[0u8; 8][..]), (ValueType::Array, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0][..])]
+    {
         let mut b = B::header(0, 1);
         b.str("k").u32(ValueType::Array as u32).u32(et as u32).u64(n);
         for _ in 0..n {

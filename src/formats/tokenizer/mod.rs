@@ -146,15 +146,9 @@ impl Vocab {
         put("tokenizer.ggml.pre", Value::String(pre.into()));
         put("tokenizer.ggml.tokens", Value::string_array(self.tokens.iter().cloned()));
         if self.model == VocabModel::Spm {
-            put(
-                "tokenizer.ggml.scores",
-                Value::Array(Array::F32(self.scores.clone())),
-            );
+            put("tokenizer.ggml.scores", Value::Array(Array::F32(self.scores.clone())));
         }
-        put(
-            "tokenizer.ggml.token_type",
-            Value::Array(Array::I32(self.token_types.clone())),
-        );
+        put("tokenizer.ggml.token_type", Value::Array(Array::I32(self.token_types.clone())));
         if self.model != VocabModel::Spm {
             put("tokenizer.ggml.merges", Value::string_array(self.merges.iter().cloned()));
         }

@@ -263,8 +263,18 @@ pub fn quantize(
     let (dequantized, int, ggml, loss) = match *grid {
         Grid::Int { bits, sym } => {
             let gs = opts.group_size.unwrap_or(cols);
-            let importance = opts.weighted_scales.then(|| importance(&h.diagonal()).iter().map(|&v| v as f64).collect());
-            let g = grid::IntGrid::new(bits, sym, gs, opts.group_size.is_none(), opts.static_groups, &f.perm, cols, importance);
+            let importance =
+                opts.weighted_scales.then(|| importance(&h.diagonal()).iter().map(|&v| v as f64).collect());
+            let g = grid::IntGrid::new(
+                bits,
+                sym,
+                gs,
+                opts.group_size.is_none(),
+                opts.static_groups,
+                &f.perm,
+                cols,
+                importance,
+            );
             let (deq, states, loss) = solver::sweep(w, rows, cols, &f, opts.block_size, &g);
             let mut q = g.finish(states);
             if opts.order == ColumnOrder::GroupAware {

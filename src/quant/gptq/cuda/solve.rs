@@ -16,7 +16,9 @@ use super::{cu, Inner};
 use crate::error::{Error, Result};
 use crate::quant::gptq::grid::{group_params, RANGE_CANDIDATES};
 use crate::quant::gptq::solver::sweep_order;
-use crate::quant::gptq::{check_args, importance, ColumnOrder, GptqOptions, GptqResult, Grid, Hessian, IntQuant, MAX_DAMP_RETRIES};
+use crate::quant::gptq::{
+    check_args, importance, ColumnOrder, GptqOptions, GptqResult, Grid, Hessian, IntQuant, MAX_DAMP_RETRIES,
+};
 
 /// Where the Hessian is.
 pub(super) enum HSrc<'a> {
