@@ -233,6 +233,9 @@ fn bad_inputs_fail_cleanly() {
     std::fs::write(other.join("tokenizer.json"), tj.replace("<pad>", "<unk>")).unwrap();
     let e = qforge_err(&[&"compare", &tiny(), &other, &"--text", &wiki(), &"--max-windows", &"1"]);
     assert!(e.contains("different tokenizers"), "{e}");
+    // Nor can two candidates of one `compare`: the error names both.
+    let e = qforge_err(&[&"compare", &tiny(), &tiny(), &other, &"--text", &wiki(), &"--max-windows", &"1"]);
+    assert!(e.contains("different tokenizers") && e.contains(&*other.to_string_lossy()), "{e}");
 }
 
 /// Peak RSS while scoring stays under the model file's size plus the context's activations

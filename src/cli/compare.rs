@@ -37,8 +37,9 @@ pub struct CompareArgs {
 /// comparing n candidates costs n + 1 passes instead of 2n.
 pub fn compare(args: &CompareArgs, ui: &Ui) -> Result<Vec<CompareReport>> {
     let cands = args.candidates.iter().map(|p| Loaded::open(p)).collect::<Result<Vec<_>>>()?;
-    for c in &cands[1..] {
-        same_vocabulary(&cands[0], c)?;
+    for (c, path) in cands.iter().zip(&args.candidates).skip(1) {
+        let first = args.candidates[0].display();
+        same_vocabulary(&cands[0], c).with_context(|| format!("comparing {first} and {}", path.display()))?;
     }
     let ids = cands[0].tokenize_file(&args.win.text, args.win.ctx, args.win.max_windows)?;
     let windows = windows(&ids, args.win.ctx, args.win.max_windows)?;
