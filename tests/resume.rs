@@ -1,7 +1,9 @@
 //! `quantize --resume` (issue 17): a GPTQ, AWQ or AWQ+GPTQ run killed with SIGKILL after a
 //! finished layer goes on from the next layer when restarted, and its output is byte for byte
 //! the output of a run that was never interrupted. Nothing is left under the final name by
-//! the killed run, and a work directory from another job is refused.
+//! the killed run, and a work directory from another job is refused. The calibration states
+//! may live in a file (`--offload-activations DIR`) without changing a byte, also when a run
+//! is resumed with the other placement.
 
 mod common;
 
@@ -82,15 +84,24 @@ fn killed_runs_resume_to_identical_outputs() {
         ("awq.gguf", &["--method", "awq", "--type", "Q4_K_M"]),
         ("awq-gptq", &["--method", "awq+gptq", "--format", "hf-awq", "--group-size", "64"]),
     ];
-    for (name, method) in methods {
+    let offload = tempfile::tempdir().unwrap();
+    let offload_arg = offload.path().to_str().unwrap();
+    for (i, (name, method)) in methods.into_iter().enumerate() {
         let whole = tmp.path().join(format!("whole-{name}"));
         let j = run_ok(&whole, method, &[]);
         assert_eq!(j["resumed_layers"], 0);
+        if i == 1 {
+            let offloaded = tmp.path().join(format!("offloaded-{name}"));
+            run_ok(&offloaded, method, &["--offload-activations", offload_arg]);
+            assert_same_output(&whole, &offloaded);
+        }
 
         let resumed = tmp.path().join(format!("resumed-{name}"));
         run_and_kill(&resumed, method);
         assert!(!resumed.exists(), "{name}: the killed run left {}", resumed.display());
-        let j = run_ok(&resumed, method, &["--resume"]);
+        // The first restart keeps its states in a file: the placement is not part of the job.
+        let extra: &[&str] = if i == 0 { &["--resume", "--offload-activations", offload_arg] } else { &["--resume"] };
+        let j = run_ok(&resumed, method, extra);
         let n = j["resumed_layers"].as_u64().unwrap();
         println!("{name}: killed after layer 0, resumed with {n} of 4 layers done");
         assert!((1..4).contains(&n), "{name}: resumed {n} layers");
@@ -102,6 +113,7 @@ fn killed_runs_resume_to_identical_outputs() {
     // remove it when they end.
     let left: Vec<String> = dir_entries(tmp.path()).into_iter().filter(|f| f.contains("qforge")).collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+    assert_eq!(dir_entries(offload.path()), Vec::<String>::new(), "the offloaded states' file is unlinked");
 }
 
 /// A run that is not resumable keeps its finished layers in a hidden scratch directory beside
@@ -144,4 +156,22 @@ fn a_work_directory_of_another_job_is_refused() {
     assert!(e.contains("--resume applies to"), "{e}");
     let e = qforge_err(&[&"quantize", &t, &"-o", &"-", &"--type", &"Q4_0", &"--method", &"gptq", &"--resume"]);
     assert!(e.contains("standard output"), "{e}");
+    // --offload-activations: calibrated methods only, into a directory that exists.
+    let x = tmp.path().join("x.gguf");
+    let e = qforge_err(&[&"quantize", &t, &"-o", &x, &"--type", &"Q4_0", &"--offload-activations", &tmp.path()]);
+    assert!(e.contains("--offload-activations applies to"), "{e}");
+    let missing = tmp.path().join("missing");
+    let e = qforge_err(&[
+        &"quantize",
+        &t,
+        &"-o",
+        &x,
+        &"--type",
+        &"Q4_0",
+        &"--method",
+        &"gptq",
+        &"--offload-activations",
+        &missing,
+    ]);
+    assert!(e.contains("not a directory") && e.contains("missing"), "{e}");
 }

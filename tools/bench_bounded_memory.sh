@@ -8,7 +8,8 @@
 #
 #   sudo tools/bench_bounded_memory.sh [WORK_DIR]     (default /tmp/qforge-bounded)
 #
-# Environment: LAYERS (8: 8 × 7B-shaped layers, 3.4 GB of bf16), LIMIT (1536M), COMMANDS
+# Environment: LAYERS (8: 8 × 7B-shaped layers, 3.4 GB of bf16), SHAPE (7b, or 1b for
+# TinyLlama-1.1B-shaped layers: LAYERS=22 is 2.0 GB), LIMIT (1536M), COMMANDS
 # (space-separated names from the list below, default all), CALIB ("--nsamples 4 --seqlen
 # 128": GPTQ/AWQ are here to show memory, not quality). Needs root for the cgroup.
 set -euo pipefail
@@ -16,13 +17,14 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 W=${1:-/tmp/qforge-bounded}
 Q=${QF:-$ROOT/target/release/qforge}
 LAYERS=${LAYERS:-8}
+SHAPE=${SHAPE:-7b}
 LIMIT=${LIMIT:-1536M}
 CALIB=${CALIB:---nsamples 4 --seqlen 128}
 TEXT=$ROOT/tests/fixtures/text/wiki.test.raw
 mkdir -p "$W"
 cd "$W"
 
-[ -f synth/model.safetensors ] || python3 "$ROOT/tools/make_synthetic_layer.py" synth --layers "$LAYERS"
+[ -f synth/model.safetensors ] || python3 "$ROOT/tools/make_synthetic_layer.py" synth --layers "$LAYERS" --shape "$SHAPE"
 
 # A memory cgroup limited to LIMIT.
 CG=""
@@ -61,7 +63,7 @@ compare|compare synth-hf rtn-q4_k_m.gguf --text $TEXT --ctx 128 --max-windows 2
 CMDS
 }
 
-echo "limit $LIMIT; model $(du -sh synth | cut -f1) ($LAYERS layers)"
+echo "limit $LIMIT; model $(du -sh synth | cut -f1) ($LAYERS $SHAPE-shaped layers)"
 echo "| command | exit | seconds | peak RSS MiB | cgroup peak MiB |"
 echo "|---|---|---|---|---|"
 while IFS='|' read -r name args; do

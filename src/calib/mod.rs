@@ -3,6 +3,7 @@
 
 pub mod resume;
 pub mod sequential;
+pub mod states;
 
 use std::path::{Path, PathBuf};
 

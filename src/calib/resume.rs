@@ -22,9 +22,11 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{Map, Value};
 
+use super::states::States;
 use crate::error::{Error, Result};
 use crate::output::AtomicDir;
 
@@ -108,6 +110,8 @@ pub struct WorkDir {
     dir: PathBuf,
     /// The scratch directory's guard (`None`: a resumable directory).
     scratch: Option<AtomicDir>,
+    /// Where the calibration states live (`--offload-activations`; `None`: in memory).
+    offload: Option<PathBuf>,
 }
 
 impl WorkDir {
@@ -136,7 +140,7 @@ impl WorkDir {
             }
             Err(e) => return Err(Error::io(&job_path, e)),
         }
-        Ok(WorkDir { dir, scratch: None })
+        Ok(WorkDir { dir, scratch: None, offload: None })
     }
 
     /// A scratch directory for a run that is not resumable: hidden, beside `output` (in the
@@ -151,7 +155,7 @@ impl WorkDir {
             output.with_file_name(name)
         };
         let guard = AtomicDir::create(&dest)?;
-        Ok(WorkDir { dir: guard.path().to_path_buf(), scratch: Some(guard) })
+        Ok(WorkDir { dir: guard.path().to_path_buf(), scratch: Some(guard), offload: None })
     }
 
     /// Whether a later run can resume from this directory (then the records also hold the
@@ -162,6 +166,20 @@ impl WorkDir {
 
     pub fn path(&self) -> &Path {
         &self.dir
+    }
+
+    /// Keep the calibration states in a file in `dir` (see [`States::in_file`]).
+    pub fn offload_states_to(mut self, dir: Option<PathBuf>) -> WorkDir {
+        self.offload = dir;
+        self
+    }
+
+    /// Zeroed calibration states, where this run keeps them.
+    pub fn new_states(&self, count: usize, len: usize) -> Result<States> {
+        match &self.offload {
+            Some(dir) => States::in_file(dir, count, len),
+            None => States::in_memory(count, len),
+        }
     }
 
     fn layer_path(&self, layer: usize) -> PathBuf {
@@ -181,31 +199,63 @@ impl WorkDir {
         self.dir.join("states.safetensors")
     }
 
-    /// Keep the calibration hidden states after layer `layer` (one per window), replacing the
-    /// earlier layer's.
-    pub fn save_states(&self, layer: usize, states: &[Vec<f32>]) -> Result<()> {
-        let mut rec = LayerRecord::default();
-        for (i, x) in states.iter().enumerate() {
-            rec.put_f32(format!("window.{i}"), x);
-        }
-        rec.meta.insert("after_layer".into(), Value::from(layer));
-        write_atomic(&self.states_path(), &rec.to_bytes()?)
+    /// Keep the calibration hidden states after layer `layer` (one tensor per window),
+    /// replacing the earlier layer's. Streamed from `states` (no copy of them is made) to a
+    /// temporary name, synced and renamed.
+    pub fn save_states(&self, layer: usize, states: &States) -> Result<()> {
+        let path = self.states_path();
+        let tmp = partial_path(&path);
+        let bad = |e: safetensors::SafeTensorError| Error::InvalidModel(format!("saving calibration states: {e}"));
+        let views = states
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                // Little-endian f32s, as safetensors stores them (the targets qforge builds for).
+                TensorView::new(Dtype::F32, vec![x.len()], bytemuck::cast_slice(x)).map(|v| (format!("window.{i}"), v))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(bad)?;
+        let meta = Value::Object(Map::from_iter([("after_layer".to_string(), Value::from(layer))])).to_string();
+        safetensors::serialize_to_file(views, Some(HashMap::from([("qforge_layer".to_string(), meta)])), &tmp)
+            .map_err(bad)?;
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
     }
 
     /// Where a restarted run goes on: the number of finished layers whose results and
-    /// following states are saved, and those states (`windows` of them); `None` to start
-    /// from the first layer. A run killed between a layer's record and its states redoes
-    /// that layer.
-    pub fn resume_point(&self, n_layers: usize, windows: usize) -> Result<Option<(usize, Vec<Vec<f32>>)>> {
+    /// following states are saved, and those states (`windows` of `len` values, placed as
+    /// [`WorkDir::new_states`] places them); `None` to start from the first layer. A run
+    /// killed between a layer's record and its states redoes that layer.
+    pub fn resume_point(&self, n_layers: usize, windows: usize, len: usize) -> Result<Option<(usize, States)>> {
         let done = self.completed(n_layers);
         let path = self.states_path();
         if done == 0 || !path.is_file() {
             return Ok(None);
         }
-        let rec = read_record(&path)?;
-        let after = rec.meta.get("after_layer").and_then(Value::as_u64).map(|l| l as usize);
+        let bad = |why: String| Error::malformed(&path, "saved calibration states", why);
+        let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        // SAFETY: read-only map of our own work file, which no other process writes.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+        let (_, header) = SafeTensors::read_metadata(&map).map_err(|e| bad(e.to_string()))?;
+        let after = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("qforge_layer"))
+            .and_then(|t| serde_json::from_str::<Value>(t).ok())
+            .and_then(|m| m.get("after_layer").and_then(Value::as_u64))
+            .map(|l| l as usize);
         let Some(after) = after.filter(|&l| l < done) else { return Ok(None) };
-        let states = (0..windows).map(|i| rec.f32(&format!("window.{i}"))).collect::<Result<Vec<_>>>()?;
+        let st = SafeTensors::deserialize(&map).map_err(|e| bad(e.to_string()))?;
+        let mut states = self.new_states(windows, len)?;
+        for i in 0..windows {
+            let view = st.tensor(&format!("window.{i}")).map_err(|e| bad(e.to_string()))?;
+            if view.dtype() != Dtype::F32 || view.data().len() != len * 4 {
+                return Err(Error::InvalidModel("the saved calibration states do not match the model".into()));
+            }
+            for (v, b) in states[i].iter_mut().zip(view.data().chunks_exact(4)) {
+                *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
         Ok(Some((after + 1, states)))
     }
 
@@ -228,12 +278,17 @@ fn read_record(path: &Path) -> Result<LayerRecord> {
     LayerRecord::from_bytes(&bytes, path)
 }
 
+/// `path` with `.partial` appended: where a file is written before it is renamed into place.
+fn partial_path(path: &Path) -> PathBuf {
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".partial");
+    path.with_file_name(tmp_name)
+}
+
 /// Write `bytes` to a temporary name beside `path`, sync, and rename: a file under its final
 /// name is always complete, whenever the process dies.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".partial");
-    let tmp = path.with_file_name(tmp_name);
+    let tmp = partial_path(path);
     let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
     drop(f);

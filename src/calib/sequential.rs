@@ -7,6 +7,7 @@
 //! its results go to the work directory (`calib::resume`) until the writer reads them back.
 
 use super::resume::{LayerRecord, WorkDir};
+use super::states::States;
 use super::Calibration;
 use crate::error::{Error, Result};
 use crate::model::names;
@@ -68,7 +69,7 @@ pub trait LayerQuantizer {
         model: &LlamaModel<'_>,
         layer: usize,
         names: &[String],
-        inputs: &[Vec<f32>],
+        inputs: &States,
     ) -> Result<Vec<(String, Vec<f32>)>>;
 
     /// Record what the method kept of layer `layer` (results for the writer, report lines)
@@ -134,14 +135,26 @@ pub fn run(
 ) -> Result<usize> {
     let n = calib.seqlen;
     let rope = model.rope_tables(0, n);
-    let saved = if work.resumable() { work.resume_point(model.n_layers(), calib.windows.len())? } else { None };
+    let len = n * model.config.hidden_size;
+    let saved = if work.resumable() { work.resume_point(model.n_layers(), calib.windows.len(), len)? } else { None };
     let (resumed, mut states) = match saved {
         Some((done, states)) => (done, states),
-        None => (0, calib.windows.iter().map(|w| model.embed_tokens(w)).collect::<Result<_>>()?),
+        None => {
+            let mut states = work.new_states(calib.windows.len(), len)?;
+            for (i, w) in calib.windows.iter().enumerate() {
+                let x = model.embed_tokens(w)?;
+                if x.len() != len {
+                    return Err(Error::InvalidModel(format!(
+                        "a calibration window embeds to {} values, not {n} × {}",
+                        x.len(),
+                        model.config.hidden_size
+                    )));
+                }
+                states[i].copy_from_slice(&x);
+            }
+            (0, states)
+        }
     };
-    if states.iter().any(|x| x.len() != n * model.config.hidden_size) {
-        return Err(Error::InvalidModel("the saved calibration states do not match the model".into()));
-    }
     for li in 0..model.n_layers() {
         if li < resumed {
             q.load_layer(li, &work.load(li)?)?;
@@ -156,9 +169,9 @@ pub fn run(
         work.save(li, &rec)?;
         q.release_layer(li);
         // The next layer's inputs: this layer's outputs with its quantized weights.
-        for x in states.iter_mut() {
+        for i in 0..states.len() {
             let (mut k, mut v) = (Vec::new(), Vec::new());
-            model.layer_forward(li, x, n, 0, &rope, (&mut k, &mut v), &mut crate::runtime::NoObserver)?;
+            model.layer_forward(li, &mut states[i], n, 0, &rope, (&mut k, &mut v), &mut crate::runtime::NoObserver)?;
         }
         model.release_layer(li);
         if work.resumable() && li + 1 < model.n_layers() {
@@ -175,7 +188,7 @@ fn quantize_layer(
     li: usize,
     n: usize,
     rope: &RopeTables,
-    states: &[Vec<f32>],
+    states: &States,
     stages: Stages,
     q: &mut dyn LayerQuantizer,
 ) -> Result<()> {
@@ -187,8 +200,8 @@ fn quantize_layer(
             .filter(|n| n.strip_prefix(&prefix).is_some_and(|s| group.iter().any(|g| in_group(s, g))))
             .collect();
         let mut filter = StageFilter { names: &names, inner: q, error: None };
-        for x in states {
-            let mut x = x.clone();
+        for x in states.iter() {
+            let mut x = x.to_vec();
             let (mut k, mut v) = (Vec::new(), Vec::new());
             model.layer_forward(li, &mut x, n, 0, rope, (&mut k, &mut v), &mut filter)?;
             if let Some(e) = filter.error.take() {

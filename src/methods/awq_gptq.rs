@@ -12,6 +12,7 @@ use super::awq::AwqMethod;
 use super::gptq::{GptqMethod, Linear};
 use crate::calib::resume::LayerRecord;
 use crate::calib::sequential::LayerQuantizer;
+use crate::calib::states::States;
 use crate::error::Result;
 use crate::runtime::LlamaModel;
 
@@ -37,7 +38,7 @@ impl LayerQuantizer for AwqGptqMethod {
         model: &LlamaModel<'_>,
         layer: usize,
         names: &[String],
-        inputs: &[Vec<f32>],
+        inputs: &States,
     ) -> Result<Vec<(String, Vec<f32>)>> {
         let (l, _, scales) = self.awq.fold_stage(model, layer, names, inputs, false)?;
         let linears = l.linears().into_iter().zip(scales).map(|((name, rows, cols, w), s)| {

@@ -12,6 +12,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 use super::MIN_EXPERT_TOKENS;
 use crate::calib::resume::LayerRecord;
 use crate::calib::sequential::LayerQuantizer;
+use crate::calib::states::States;
 use crate::error::{Error, Result};
 use crate::ggml_type::GgmlType;
 use crate::model::names;
@@ -198,7 +199,7 @@ impl LayerQuantizer for GptqMethod {
         model: &LlamaModel<'_>,
         layer: usize,
         names: &[String],
-        _inputs: &[Vec<f32>],
+        _inputs: &States,
     ) -> Result<Vec<(String, Vec<f32>)>> {
         // Decoded one at a time as the solver reaches them: a 7B layer's seven matrices are
         // 800 MB in f32.

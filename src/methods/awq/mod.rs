@@ -40,6 +40,7 @@ use std::collections::HashMap;
 
 use crate::calib::resume::LayerRecord;
 use crate::calib::sequential::LayerQuantizer;
+use crate::calib::states::States;
 use crate::calib::Calibration;
 use crate::error::{Error, Result};
 use crate::ggml_type::GgmlType;
@@ -186,7 +187,7 @@ impl AwqMethod {
         model: &LlamaModel<'_>,
         l: &mut LayerF32,
         grids: &[Grid],
-        inputs: &[Vec<f32>],
+        inputs: &States,
     ) -> Result<Vec<f32>> {
         let (x_mean, _, _) = self.input_of(&format!("blk.{}.{}.weight", l.index, ATTN[0]))?;
         let n = inputs[0].len() / l.hidden;
@@ -260,7 +261,7 @@ impl AwqMethod {
         &mut self,
         model: &LlamaModel<'_>,
         li: usize,
-        inputs: &[Vec<f32>],
+        inputs: &States,
         clip_weights: bool,
     ) -> Result<(LayerF32, Vec<Grid>, Vec<Vec<f32>>)> {
         let mut l = LayerF32::from_model(model, li)?;
@@ -359,7 +360,7 @@ impl AwqMethod {
         model: &LlamaModel<'_>,
         layer: usize,
         names: &[String],
-        inputs: &[Vec<f32>],
+        inputs: &States,
         clip_weights: bool,
     ) -> Result<(LayerF32, Vec<Grid>, Vec<Vec<f32>>)> {
         if names != model.layer_linear_names(layer).as_slice() || inputs.is_empty() {
@@ -410,7 +411,7 @@ impl LayerQuantizer for AwqMethod {
         model: &LlamaModel<'_>,
         layer: usize,
         names: &[String],
-        inputs: &[Vec<f32>],
+        inputs: &States,
     ) -> Result<Vec<(String, Vec<f32>)>> {
         let (l, grids, _) = self.fold_stage(model, layer, names, inputs, self.options.clip)?;
         self.round_layer(l, grids)
