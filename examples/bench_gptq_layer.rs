@@ -91,6 +91,7 @@ fn main() {
         "GF/core",
         "loss"
     );
+    let mut peaks = Vec::new();
     for (rows, cols) in shapes {
         let mut r = Rng(0x2545_F491_4F6C_DD1D ^ (rows * 31 + cols) as u64);
         // Weights: Gaussian, std 0.02.
@@ -125,6 +126,8 @@ fn main() {
         let (t_h, c_h) = (t.elapsed().as_secs_f64(), cpu_seconds() - c0);
         // SYRK: tokens · cols · (cols + 1) / 2 multiply-adds.
         let h_flops = tokens as f64 * cols as f64 * (cols as f64 + 1.0);
+        let peak = faer_peak(&batches[0], batch, cols);
+        peaks.push((cols, peak, h_flops / c_h / 1e9));
 
         let c1 = cpu_seconds();
         let res = quantize(&w, rows, cols, &h, &grid, &opts).expect("quantize");
@@ -149,4 +152,26 @@ fn main() {
             res.loss
         );
     }
+    println!("Hessian accumulation vs faer's own f32 GEMM on the same product (full XᵀX of one batch, GFLOP/s per busy core):");
+    for (cols, peak, h) in peaks {
+        println!("  cols {cols}: faer GEMM {peak:.1}, Hessian {h:.1} ({:.0}%)", 100.0 * h / peak);
+    }
+}
+
+/// faer's f32 GEMM rate on this machine for the product the Hessian needs: the full `XᵀX` of
+/// one `batch × cols` batch (both triangles, so 2 · batch · cols² flops), all threads, best of
+/// three; GFLOP/s per busy core (flops / CPU seconds).
+fn faer_peak(x: &[f32], batch: usize, cols: usize) -> f64 {
+    use faer::linalg::matmul::matmul;
+    use faer::{Accum, MatMut, MatRef, Par};
+    let xm = MatRef::from_row_major_slice(x, batch, cols);
+    let mut out = vec![0f32; cols * cols];
+    let mut best = 0f64;
+    for _ in 0..3 {
+        let c0 = cpu_seconds();
+        let om = MatMut::from_column_major_slice_mut(&mut out, cols, cols);
+        matmul(om, Accum::Replace, xm.transpose(), xm, 1.0f32, Par::rayon(0));
+        best = best.max(2.0 * batch as f64 * cols as f64 * cols as f64 / (cpu_seconds() - c0) / 1e9);
+    }
+    best
 }
