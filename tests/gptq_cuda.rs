@@ -65,7 +65,7 @@ fn weights(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// Correlated activations with uneven feature scales (as in tests/gptq_unit.rs).
+/// Correlated activations with uneven feature scales (as in tests/suite/gptq_unit.rs).
 fn activations(tokens: usize, cols: usize, seed: u64) -> Vec<f32> {
     let mut r = Rng(seed | 1);
     let scale: Vec<f64> = (0..cols).map(|_| if r.uniform() < 0.05 { 6.0 } else { 0.5 + r.uniform() }).collect();

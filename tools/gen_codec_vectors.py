@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate the committed llama.cpp reference vectors for tests/codec_bytes.rs.
+"""Generate the committed llama.cpp reference vectors for tests/suite/codec_bytes.rs.
 
 Writes tests/fixtures/codec/:
   inputs.f32       the synthetic edge-case rows and the random rows, float32 little-endian,
@@ -31,7 +31,7 @@ Exact command (from the repository root; needs numpy and llama-cpp-python, e.g.
     python3 tools/gen_codec_vectors.py            # (re)write tests/fixtures/codec/
     python3 tools/gen_codec_vectors.py --check    # regenerate in memory, compare, write nothing
 
-then `cargo test --release --test codec_bytes`. `--check` exits 1 if anything differs
+then `cargo test --release --test suite codec_bytes::`. `--check` exits 1 if anything differs
 (e.g. another llama.cpp version quantizes differently); set QFORGE_LIBGGML_BASE to try
 another libggml-base.so.
 """
@@ -312,7 +312,7 @@ def readme(m):
     lines = [
         "# llama.cpp reference vectors for the GGML block codecs",
         "",
-        "Checked by `tests/codec_bytes.rs`: qforge's quantizer must reproduce `<TYPE>.bin` byte for",
+        "Checked by `tests/suite/codec_bytes.rs`: qforge's quantizer must reproduce `<TYPE>.bin` byte for",
         "byte, and its dequantizer must reproduce llama.cpp's dequantization of those bytes bit for",
         "bit (compared through the SHA-256 in `MANIFEST.json`). **Generated, do not edit**: rerun",
         "the generator instead.",

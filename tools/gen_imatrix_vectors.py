@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate the committed llama.cpp reference vectors for tests/imatrix_codecs.rs: the GGML
+"""Generate the committed llama.cpp reference vectors for tests/suite/codec_bytes.rs: the GGML
 quantizers with an importance matrix.
 
 Writes tests/fixtures/codec_imatrix/:
@@ -33,7 +33,7 @@ llama-cpp-python package, through ctypes). Run on x86-64 Linux only (see gen_cod
     python3 tools/gen_imatrix_vectors.py            # (re)write tests/fixtures/codec_imatrix/
     python3 tools/gen_imatrix_vectors.py --check    # regenerate in memory and compare
 
-then `cargo test --release --test imatrix_codecs`.
+then `cargo test --release --test suite codec_bytes::`.
 """
 import argparse
 import importlib.util
@@ -162,7 +162,7 @@ def readme(m):
     lines = [
         "# llama.cpp reference vectors for the importance-weighted quantizers",
         "",
-        "Checked by `tests/imatrix_codecs.rs`: `qforge::quant::weighted::encode_weighted` must",
+        "Checked by `tests/suite/codec_bytes.rs`: `qforge::quant::weighted::encode_weighted` must",
         "reproduce `<TYPE>.bin` byte for byte. **Generated, do not edit**: rerun",
         "`python3 tools/gen_imatrix_vectors.py` (x86-64 Linux) instead; `--check` compares.",
         "",

@@ -10,7 +10,7 @@
 //! The exact f32 −log p(target) and the argmax are stored too, so `base_ppl` and
 //! `top1_agree` are exact. KLD error: every stored log-prob is within step/2 (4.6e-4) of
 //! the true one, and the KLD error is first-order in that times the typical log-ratio, well
-//! under 1% of kld_mean even for Q8_0 (checked in tests/eval_cli.rs).
+//! under 1% of kld_mean even for Q8_0 (checked in tests/suite/eval_cli.rs).
 //!
 //! Layout (little-endian): magic `QFLOGIT2`, u32 vocab, u32 ctx, u32 windows, u32 reserved,
 //! then the windows' token ids (windows × ctx u32), then per scored position

@@ -74,7 +74,7 @@ impl TextTokenizer {
     /// Long texts are encoded in pieces (BPE): `tokenizers` keeps ~100 bytes of bookkeeping
     /// per input byte while encoding (150 MB for WikiText-2's 1.3 MB), so the text is cut at
     /// boundaries where every supported pre-tokenizer splits anyway, and the ids are the same
-    /// as encoding it whole (checked on WikiText-2 in tests/tokenizer.rs).
+    /// as encoding it whole (checked on WikiText-2 in tests/suite/tokenizer.rs).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         self.encode_prefix(text, usize::MAX)
     }

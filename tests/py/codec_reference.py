@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference GGML block codecs, for tests/codec_bytes.rs.
+"""Reference GGML block codecs, for tests/suite/codec_bytes.rs.
 
     codec_reference.py quantize   TYPES IN OUT [--cols N] [--impl auto|gguf|ggml] [--imatrix F32]
     codec_reference.py dequantize TYPES IN OUT [--impl gguf|ggml]

@@ -110,7 +110,7 @@ mod tests {
 
     /// The weighted error Σ w·(x − y)² must drop when the same weights steer the quantizer:
     /// that is what the importance is for. (Byte identity with llama.cpp is checked by
-    /// tests/imatrix_codecs.rs.)
+    /// tests/suite/codec_bytes.rs.)
     #[test]
     fn weighting_lowers_the_weighted_error() {
         let cols = 512;

@@ -4,7 +4,7 @@
 //! Each variant runs from the Hugging Face directory, from the F32 GGUF `convert` writes, and
 //! from that GGUF converted back to a Hugging Face directory.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

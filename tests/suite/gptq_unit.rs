@@ -5,7 +5,7 @@
 //! sum, dead columns, act-order group indices, errors, GGML grids that decode to the result
 //! exactly, block-size invariance, and a lower output error than round-to-nearest.
 
-mod common;
+use crate::common;
 
 use qforge::quant::gptq::{quantize, ColumnOrder, GptqOptions, GptqResult, Grid, Hessian, GGML_TYPES};
 use qforge::quant::{decode, encode};

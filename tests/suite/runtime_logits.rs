@@ -1,7 +1,7 @@
 //! The f32 runtime reproduces PyTorch's logits on the golden 32 tokens, from the Hugging Face
 //! directory and from the F32 GGUF that `convert` writes (q/k rows interleaved there).
 
-mod common;
+use crate::common;
 
 use common::*;
 use qforge::formats::safetensors::SafetensorsFile;

@@ -5,7 +5,7 @@
 //! may live in a file (`--offload-activations DIR`) without changing a byte, also when a run
 //! is resumed with the other placement.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

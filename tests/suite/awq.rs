@@ -3,7 +3,7 @@
 //! grid (hf-awq 4-bit and GGUF Q4_0), the scale folding leaves the model's logits unchanged,
 //! and broken AWQ checkpoints fail cleanly.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::fs;

@@ -1,9 +1,9 @@
 //! Importance matrices: `qforge imatrix` on the tiny model (read back by gguf-py, round trip),
 //! llama.cpp's legacy `.dat` format (written by a Python helper), hostile imatrix files, and
 //! the point of it all: `quantize --imatrix` lowers the KL divergence from the f32 model.
-//! (The weighted codecs' bytes are checked against llama.cpp in tests/codec_bytes.rs.)
+//! (The weighted codecs' bytes are checked against llama.cpp in tests/suite/codec_bytes.rs.)
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

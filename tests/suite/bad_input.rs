@@ -2,7 +2,7 @@
 //! `qforge: error:` line with exit code 1 (no panic), and must leave nothing behind in the
 //! output directory: no output file and no temporary file.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -7,7 +7,7 @@
 //! are checked on the first 40 windows against the f32 model, in one `compare` of the four
 //! (the f32 base runs once per window: 200 window passes instead of 320).
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::Value;
@@ -69,7 +69,7 @@ fn small_f32_and_q4_0_match_golden_over_the_full_text() {
 /// The bounds leave room for the windows' sampling spread around the full-text goldens (KLD
 /// 2× / 1.15×, top-1 one point), and still catch a wrong rounding or block layout, which moves
 /// these numbers by far more. The full-text Q8_0 target is checked on the tiny model
-/// (tests/eval_cli.rs); the small model's full-text Q8_0 score (+0.010% vs golden) is in
+/// (tests/suite/eval_cli.rs); the small model's full-text Q8_0 score (+0.010% vs golden) is in
 /// BENCHMARKS.md (a third full pass would add ~2.5 minutes to CI).
 #[test]
 fn small_gguf_formats_track_f32() {

@@ -1,7 +1,7 @@
 //! `qforge convert` and `qforge inspect` on the fixtures, cross-checked with gguf-py, numpy and
 //! the Hugging Face `tokenizers` package, and against dumps of llama.cpp's own converter.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! per-tensor rules for the K-quant mixes, `--dry-run`, the options, GGUF inputs, the golden
 //! Q4_0 perplexity and bad input.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::fs;

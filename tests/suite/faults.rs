@@ -1,12 +1,12 @@
 //! Fault injection: inputs that change while qforge reads them, signals during `quantize`
-//! and `convert`, inputs truncated mid-tensor. `tests/bad_input.rs` already covers broken
+//! and `convert`, inputs truncated mid-tensor. `tests/suite/bad_input.rs` already covers broken
 //! and hostile files, full disks, unwritable directories, SIGINT/SIGTERM during HF → GGUF
 //! `convert` and SIGINT during GGUF → HF; this file adds what those do not.
 //!
 //! Every failure must be a clean exit (1, or 130 for a signal) with no panic, and must leave
 //! neither the output nor a temporary file behind.
 
-mod common;
+use crate::common;
 
 use std::ffi::OsString;
 use std::fs;

@@ -6,7 +6,7 @@
 //! LlamaHfVocab with transformers and sentencepiece (tests/py/check_hf_vocab.py): every
 //! `tokenizer.*` key must be equal.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -3,7 +3,7 @@
 //! on the written checkpoints (against their dequantized weights and the golden NF4
 //! perplexity), and hostile 4-bit checkpoints.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -2,7 +2,7 @@
 //! `--max-windows` encodes, are the whole's), and a GGUF's rebuilt tokenizer
 //! equals the Hugging Face tokenizer.json, on all of WikiText-2.
 
-mod common;
+use crate::common;
 
 use common::*;
 use qforge::model::ModelFile;

@@ -1,6 +1,6 @@
 //! `perplexity`, `compare`, `verify` and `generate` end to end on the bundled tiny model.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::Value;

@@ -4,7 +4,7 @@
 //! plain quantizer of the same type, and bad input. (The small-fixture targets of the issue
 //! take minutes per run; they are measured in BENCHMARKS.md.)
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
@@ -140,7 +140,8 @@ fn gptq_bad_input() {
     assert!(e.contains("fewer than one window"), "{e}");
     // A short text: a warning, and the windows that exist are used.
     let short = tmp.path().join("short.txt");
-    std::fs::write(&short, include_str!("../calibration/calib.txt").chars().take(20_000).collect::<String>()).unwrap();
+    std::fs::write(&short, include_str!("../../calibration/calib.txt").chars().take(20_000).collect::<String>())
+        .unwrap();
     let r = qforge(&[&"quantize", &t, &"--method", &"gptq", &"-o", &out, &"--calib", &short, &"--nsamples", &"64"]);
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert!(r.status.success(), "{stderr}");

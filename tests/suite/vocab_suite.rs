@@ -4,7 +4,7 @@
 //! ids llama.cpp's test-tokenizer-0 expects (no BOS/EOS added, special-token text taken as
 //! text), and the ids must detokenize back to the string wherever llama.cpp's do.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

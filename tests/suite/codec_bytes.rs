@@ -21,7 +21,7 @@
 //!
 //! tests/py/codec_reference.py runs the Python references.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
