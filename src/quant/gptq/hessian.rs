@@ -86,21 +86,24 @@ impl Hessian {
     fn add_batch(&mut self, x: &[f32], rows: usize) {
         let n = self.n;
         let xm = MatRef::from_row_major_slice(x, rows, n);
+        // Scratch for every panel of this batch: faer overwrites what is read (Accum::Replace).
+        let mut panel_buf = vec![0f32; rows * PANEL.min(n)];
+        let mut s_buf = vec![0f32; n * PANEL.min(n)];
         self.sum.chunks_mut(PANEL * n).enumerate().for_each(|(p, acc)| {
             let j0 = p * PANEL;
             let w = acc.len() / n;
             let h = n - j0;
             // The panel's columns of X, column-major rows × w.
-            let mut panel = vec![0f32; rows * w];
+            let panel = &mut panel_buf[..rows * w];
             for (r, row) in x.chunks_exact(n).enumerate() {
                 for (c, &v) in row[j0..j0 + w].iter().enumerate() {
                     panel[c * rows + r] = v;
                 }
             }
-            let rhs = MatRef::from_column_major_slice(&panel, rows, w);
+            let rhs = MatRef::from_column_major_slice(panel, rows, w);
             // scratch: column-major h × w, rows j0..n of columns j0..j0+w.
-            let mut s = vec![0f32; h * w];
-            let mut sm = MatMut::from_column_major_slice_mut(&mut s, h, w);
+            let s = &mut s_buf[..h * w];
+            let mut sm = MatMut::from_column_major_slice_mut(s, h, w);
             let (diag, below) = sm.rb_mut().split_at_row_mut(w);
             triangular::matmul(
                 diag,
