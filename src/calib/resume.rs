@@ -22,13 +22,13 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{Map, Value};
 
 use super::states::States;
 use crate::error::{Error, Result};
-use crate::output::AtomicDir;
+use crate::formats::st_writer::{StEntry, StWriter};
+use crate::output::{AtomicDir, AtomicFile};
 
 /// One finished layer: the method's share (see the module doc), or the saved states.
 #[derive(Default)]
@@ -200,26 +200,21 @@ impl WorkDir {
     }
 
     /// Keep the calibration hidden states after layer `layer` (one tensor per window),
-    /// replacing the earlier layer's. Streamed from `states` (no copy of them is made) to a
-    /// temporary name, synced and renamed.
+    /// replacing the earlier layer's: streamed from `states` (no copy of them is made) through
+    /// the streaming safetensors writer into an atomic file (temporary name, sync, rename).
     pub fn save_states(&self, layer: usize, states: &States) -> Result<()> {
         let path = self.states_path();
-        let tmp = partial_path(&path);
-        let bad = |e: safetensors::SafeTensorError| Error::InvalidModel(format!("saving calibration states: {e}"));
-        let views = states
-            .iter()
-            .enumerate()
-            .map(|(i, x)| {
-                // Little-endian f32s, as safetensors stores them (the targets qforge builds for).
-                TensorView::new(Dtype::F32, vec![x.len()], bytemuck::cast_slice(x)).map(|v| (format!("window.{i}"), v))
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(bad)?;
+        let entries = (0..states.len())
+            .map(|i| StEntry { name: format!("window.{i}"), dtype: Dtype::F32, shape: vec![states.window_len()] })
+            .collect();
         let meta = Value::Object(Map::from_iter([("after_layer".to_string(), Value::from(layer))])).to_string();
-        safetensors::serialize_to_file(views, Some(HashMap::from([("qforge_layer".to_string(), meta)])), &tmp)
-            .map_err(bad)?;
-        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+        let mut st = StWriter::new(AtomicFile::create(&path)?, &path, entries, &[("qforge_layer", meta.as_str())])?;
+        for (i, x) in states.iter().enumerate() {
+            // Little-endian f32s, as safetensors stores them (the targets qforge builds for).
+            st.write(&format!("window.{i}"), bytemuck::cast_slice(x))?;
+        }
+        let (file, _) = st.finish()?;
+        file.commit(|_| Ok(()))
     }
 
     /// Where a restarted run goes on: the number of finished layers whose results and
@@ -278,19 +273,10 @@ fn read_record(path: &Path) -> Result<LayerRecord> {
     LayerRecord::from_bytes(&bytes, path)
 }
 
-/// `path` with `.partial` appended: where a file is written before it is renamed into place.
-fn partial_path(path: &Path) -> PathBuf {
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".partial");
-    path.with_file_name(tmp_name)
-}
-
-/// Write `bytes` to a temporary name beside `path`, sync, and rename: a file under its final
-/// name is always complete, whenever the process dies.
+/// Write `bytes` to a temporary name beside `path`, sync, and rename (an [`AtomicFile`]): a
+/// file under its final name is always complete, whenever the process dies.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = partial_path(path);
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    let mut f = AtomicFile::create(path)?;
+    f.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    f.commit(|_| Ok(()))
 }
