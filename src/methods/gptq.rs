@@ -263,7 +263,7 @@ impl GptqMethod {
             done.push(name.clone());
             let name = &name;
             let Some(grid) = self.grid_for(name)? else {
-                // A GGML type GPTQ has no grid for (e.g. Q2_K, IQ4_NL, F16): llama.cpp's
+                // A GGML type GPTQ has no grid for (e.g. Q2_K, Q3_K, F16): llama.cpp's
                 // reference quantizer, and the next layers calibrate on its result.
                 let ty = match &self.target {
                     Target::Ggml(types) => types.get(name).copied(),
@@ -424,6 +424,5 @@ fn output_error(w: &[f32], q: &[f32], rows: usize, cols: usize, h: &[f64]) -> f6
 
 /// GGML types GPTQ has a block grid for (`quant::gptq::Grid::Ggml`).
 pub fn ggml_grid_supported(ty: GgmlType) -> bool {
-    use GgmlType::*;
-    matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4_K | Q5_K | Q6_K)
+    gptq::GGML_TYPES.contains(&ty)
 }

@@ -102,12 +102,14 @@ fn hf_gptq_other_grids_round_trip() {
     }
 }
 
-/// GPTQ whose grid is the GGML block type: the GGUF holds ordinary Q4_0 / Q4_K_M tensors,
+/// GPTQ whose grid is the GGML block type: the GGUF holds ordinary Q4_0 / IQ4_NL / Q4_K_M tensors,
 /// and the model is clearly closer to f32 than llama.cpp's quantizer of the same type makes it.
 #[test]
 fn gptq_into_ggml_types_beats_plain_quantization() {
     let tmp = tempfile::tempdir().unwrap();
-    for (ty, extra, ratio) in [("Q4_0", &["--pure"][..], 0.8), ("Q4_K_M", &[][..], 0.95)] {
+    for (ty, extra, ratio) in
+        [("Q4_0", &["--pure"][..], 0.8), ("IQ4_NL", &["--pure"][..], 0.8), ("Q4_K_M", &[][..], 0.95)]
+    {
         let g = tmp.path().join(format!("gptq-{ty}.gguf"));
         let p = tmp.path().join(format!("plain-{ty}.gguf"));
         let mut a = vec!["--type", ty];

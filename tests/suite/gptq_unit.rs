@@ -278,7 +278,7 @@ fn gptq_beats_rtn_on_correlated_inputs() {
             cases.push((name, res.dequantized, rtn_int(&w, rows, cols, bits as u32, gs)));
         }
     }
-    for t in [GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+    for t in [GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::IQ4_NL] {
         let rtn = decode(t, &encode(t, &w).unwrap(), w.len()).unwrap();
         for weighted_scales in [false, true] {
             let o = GptqOptions { weighted_scales, ..Default::default() };

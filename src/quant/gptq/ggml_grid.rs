@@ -12,7 +12,7 @@ use crate::ggml_type::GgmlType;
 use crate::quant::float::get_f16;
 use crate::quant::kquants::{get_scale_min_k4, q4_k, q5_k, q6_k};
 use crate::quant::legacy::{q4_0, q4_1, q5_0, q5_1};
-use crate::quant::q8_0;
+use crate::quant::{iq4_nl, q8_0};
 
 /// One weight's representable values, with the dequantizer's arithmetic.
 #[derive(Clone, Copy, Debug)]
@@ -23,6 +23,8 @@ enum ElemGrid {
     Affine { d: f32, m: f32, qmax: i32 },
     /// `d · q as f32 − m` (Q4_K, Q5_K with d = d·sc, m = dmin·m).
     KAffine { d: f32, m: f32, qmax: i32 },
+    /// `d · KVALUES[q] as f32`, q in 0..=15: IQ4_NL's non-uniform levels.
+    Iq4Nl { d: f32 },
 }
 
 impl ElemGrid {
@@ -32,6 +34,7 @@ impl ElemGrid {
             ElemGrid::Sym { d, off, .. } => (q + off) as f32 * d,
             ElemGrid::Affine { d, m, .. } => q as f32 * d + m,
             ElemGrid::KAffine { d, m, .. } => d * q as f32 - m,
+            ElemGrid::Iq4Nl { d } => d * iq4_nl::KVALUES[q as usize] as f32,
         }
     }
 
@@ -40,6 +43,7 @@ impl ElemGrid {
         match self {
             ElemGrid::Sym { qmin, qmax, .. } => (qmin, qmax),
             ElemGrid::Affine { qmax, .. } | ElemGrid::KAffine { qmax, .. } => (0, qmax),
+            ElemGrid::Iq4Nl { .. } => (0, 15),
         }
     }
 
@@ -51,6 +55,8 @@ impl ElemGrid {
             ElemGrid::Sym { d, off, .. } => x / d as f64 - off as f64,
             ElemGrid::Affine { d, m, .. } => (x - m as f64) / d as f64,
             ElemGrid::KAffine { d, m, .. } => (x + m as f64) / d as f64,
+            // Levels not evenly spaced (and d may be negative): try all sixteen.
+            ElemGrid::Iq4Nl { .. } => return self.nearest_of_all(x),
         };
         // A zero scale (all values equal) or a non-finite one: start anywhere.
         let q0 = if t.is_finite() { (t.round() as i64).clamp(qmin as i64, qmax as i64) as i32 } else { qmin };
@@ -63,6 +69,22 @@ impl ElemGrid {
             let v = self.value(q);
             let e = (x - v as f64).abs();
             if e < best_err || (e == best_err && q < best.0) {
+                best = (q, v);
+                best_err = e;
+            }
+        }
+        best
+    }
+
+    /// The nearest of every code's value (the lower code on exact ties).
+    fn nearest_of_all(self, x: f64) -> (i32, f32) {
+        let (qmin, qmax) = self.range();
+        let mut best = (qmin, self.value(qmin));
+        let mut best_err = (x - best.1 as f64).abs();
+        for q in qmin + 1..=qmax {
+            let v = self.value(q);
+            let e = (x - v as f64).abs();
+            if e < best_err {
                 best = (q, v);
                 best_err = e;
             }
@@ -114,6 +136,7 @@ impl GgmlGrid {
             GgmlType::Q4_K => q4_k::quantize_block,
             GgmlType::Q5_K => q5_k::quantize_block,
             GgmlType::Q6_K => q6_k::quantize_block,
+            GgmlType::IQ4_NL => iq4_nl::quantize_block,
             t => return Err(Error::Unsupported(format!("GPTQ with a {t} grid is not supported"))),
         };
         let qk = ty.block_size();
@@ -166,6 +189,7 @@ impl GgmlGrid {
         match self.ty {
             GgmlType::Q4_0 => ElemGrid::Sym { d: get_f16(b), off: -8, qmin: 0, qmax: 15 },
             GgmlType::Q5_0 => ElemGrid::Sym { d: get_f16(b), off: -16, qmin: 0, qmax: 31 },
+            GgmlType::IQ4_NL => ElemGrid::Iq4Nl { d: get_f16(b) },
             // ggml's quantizer never writes −128, and its SIMD dot products assume it does not.
             GgmlType::Q8_0 => ElemGrid::Sym { d: get_f16(b), off: 0, qmin: -127, qmax: 127 },
             GgmlType::Q4_1 => ElemGrid::Affine { d: get_f16(b), m: get_f16(&b[2..]), qmax: 15 },
@@ -199,7 +223,7 @@ impl GgmlGrid {
             *b = (*b & !(1 << k)) | ((on as u8) << k);
         }
         match self.ty {
-            GgmlType::Q4_0 => nibble32(&mut b[2..18], j, q as u8),
+            GgmlType::Q4_0 | GgmlType::IQ4_NL => nibble32(&mut b[2..18], j, q as u8),
             GgmlType::Q4_1 => nibble32(&mut b[4..20], j, q as u8),
             GgmlType::Q5_0 | GgmlType::Q5_1 => {
                 let (qh, qs) = if self.ty == GgmlType::Q5_0 { (2, 6) } else { (4, 8) };
@@ -340,5 +364,13 @@ mod tests {
         assert_eq!(g.nearest(-0.375).0, 2);
         let g = ElemGrid::Affine { d: 0.0, m: 0.5, qmax: 15 };
         assert_eq!(g.nearest(3.0).1, 0.5);
+        // IQ4_NL's levels k = −127, −104, …, −10, 1, 13, …, 113 times d, here negative (as its
+        // quantizer may make it), so the values run from 31.75 down to −28.25.
+        let g = ElemGrid::Iq4Nl { d: -0.25 };
+        assert_eq!(g.nearest(2.4), (7, 2.5)); // k = −10
+        assert_eq!(g.nearest(-31.0), (15, -28.25)); // k = 113, the end of the range
+        assert_eq!(g.nearest(0.0), (8, -0.25)); // k = 1
+        let g = ElemGrid::Iq4Nl { d: 0.0 };
+        assert_eq!(g.nearest(5.0), (0, 0.0));
     }
 }

@@ -27,7 +27,7 @@
 //!   scales are rounded to f32 and the dequantized result is exactly `scale · (code − zero)`
 //!   computed in f32.
 //! - [`Grid::Ggml`]: the grid *is* a GGML block type (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K,
-//!   Q6_K). When the sweep first reaches a column of a block (32 weights, or a 256-weight
+//!   Q6_K, IQ4_NL). When the sweep first reaches a column of a block (32 weights, or a 256-weight
 //!   K-quant super-block, along a row), that block's parameters (scale, min, sub-block scales)
 //!   are chosen by qforge's reference quantizer for the type on the block's current values;
 //!   each weight is then rounded, when the sweep reaches it, to the nearest value its
@@ -75,6 +75,7 @@ pub const GGML_TYPES: &[GgmlType] = &[
     GgmlType::Q4_K,
     GgmlType::Q5_K,
     GgmlType::Q6_K,
+    GgmlType::IQ4_NL,
 ];
 
 /// The order in which the sweep visits the columns. Columns visited early have their rounding
