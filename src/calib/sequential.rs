@@ -52,6 +52,27 @@ pub trait LayerQuantizer {
     /// linears of the stage being quantized are reported).
     fn observe(&mut self, layer: usize, names: &[&str], x: &[f32], n: usize) -> Result<()>;
 
+    /// Whether the method also wants each linear's input in the *unquantized* model (the
+    /// windows run through the original layers alongside): asymmetric calibration fits the
+    /// quantized layer on the quantized model's inputs to the original layer's output on the
+    /// original model's inputs. Only with [`Stages::OneShot`] and dense layers.
+    fn wants_reference_inputs(&self) -> bool {
+        false
+    }
+
+    /// [`LayerQuantizer::observe`] with `x_ref`, the same rows' input in the unquantized
+    /// model (called instead of `observe` when [`LayerQuantizer::wants_reference_inputs`]).
+    fn observe_with_reference(
+        &mut self,
+        layer: usize,
+        names: &[&str],
+        x: &[f32],
+        _x_ref: &[f32],
+        n: usize,
+    ) -> Result<()> {
+        self.observe(layer, names, x, n)
+    }
+
     /// The input of an MoE layer's router `router` (the whole expert block's normed input,
     /// every token) during a pass of a stage that holds the block's experts. A method that
     /// scales the block's input as one (AWQ) needs it; the default ignores it.
@@ -89,6 +110,22 @@ struct StageFilter<'q> {
     names: &'q [String],
     inner: &'q mut dyn LayerQuantizer,
     error: Option<Error>,
+    /// The unquantized model's input of each observed linear group (by its first name), for
+    /// [`LayerQuantizer::observe_with_reference`].
+    reference: Option<&'q InputCapture>,
+}
+
+/// Records the input of every linear group of a layer pass (the unquantized model's, for
+/// asymmetric calibration).
+#[derive(Default)]
+struct InputCapture {
+    inputs: std::collections::HashMap<String, (Vec<f32>, usize)>,
+}
+
+impl LinearObserver for InputCapture {
+    fn observe(&mut self, _layer: usize, names: &[&str], x: &[f32], n: usize) {
+        self.inputs.insert(names[0].to_string(), (x.to_vec(), n));
+    }
 }
 
 impl LinearObserver for StageFilter<'_> {
@@ -108,10 +145,18 @@ impl LinearObserver for StageFilter<'_> {
             )));
             return;
         }
-        let r = if router {
-            self.inner.observe_block(layer, names[0], x, n)
-        } else {
-            self.inner.observe(layer, names, x, n)
+        let r = match self.reference {
+            _ if router => self.inner.observe_block(layer, names[0], x, n),
+            None => self.inner.observe(layer, names, x, n),
+            Some(cap) => match cap.inputs.get(names[0]) {
+                // The same tokens in both models: a dense linear.
+                Some((x_ref, n_ref)) if *n_ref == n => self.inner.observe_with_reference(layer, names, x, x_ref, n),
+                _ => Err(Error::Unsupported(format!(
+                    "layer {layer}: {} does not see the same calibration tokens in the quantized and \
+                     the unquantized model (routed experts); asymmetric calibration needs dense layers",
+                    names[0]
+                ))),
+            },
         };
         if let Err(e) = r {
             self.error = Some(e);
@@ -137,6 +182,14 @@ pub fn run(
     let rope = model.rope_tables(0, n);
     let len = n * model.config.hidden_size;
     let saved = if work.resumable() { work.resume_point(model.n_layers(), calib.windows.len(), len)? } else { None };
+    let asymmetric = q.wants_reference_inputs();
+    if asymmetric && (stages != Stages::OneShot || work.resumable()) {
+        return Err(Error::Unsupported(
+            "asymmetric calibration runs all of a layer's linears from one pass (no --true-sequential) \
+             and cannot resume"
+                .into(),
+        ));
+    }
     let (resumed, mut states) = match saved {
         Some((done, states)) => (done, states),
         None => {
@@ -155,6 +208,16 @@ pub fn run(
             (0, states)
         }
     };
+    // The windows' hidden states in the unquantized model (asymmetric calibration only).
+    let mut reference = if asymmetric {
+        let mut r = work.new_states(states.len(), len)?;
+        for i in 0..states.len() {
+            r[i].copy_from_slice(&states[i]);
+        }
+        Some(r)
+    } else {
+        None
+    };
     for li in 0..model.n_layers() {
         if li < resumed {
             q.load_layer(li, &work.load(li)?)?;
@@ -163,7 +226,7 @@ pub fn run(
             on_layer(li);
             continue;
         }
-        quantize_layer(&mut model, li, n, &rope, &states, stages, q)?;
+        quantize_layer(&mut model, li, n, &rope, &states, reference.as_mut(), stages, q)?;
         let mut rec = LayerRecord::default();
         q.save_layer(li, &mut rec)?;
         work.save(li, &rec)?;
@@ -182,13 +245,18 @@ pub fn run(
     Ok(resumed)
 }
 
-/// Observe and quantize the stages of layer `li`, putting the results into the model.
+/// Observe and quantize the stages of layer `li`, putting the results into the model. With
+/// `reference` (the unquantized model's hidden states; one stage), each window first runs
+/// through the unquantized layer, which records its linears' inputs for the quantizer and
+/// advances the reference state to the next layer's input.
+#[allow(clippy::too_many_arguments)]
 fn quantize_layer(
     model: &mut LlamaModel<'_>,
     li: usize,
     n: usize,
     rope: &RopeTables,
     states: &States,
+    mut reference: Option<&mut States>,
     stages: Stages,
     q: &mut dyn LayerQuantizer,
 ) -> Result<()> {
@@ -199,8 +267,18 @@ fn quantize_layer(
             .into_iter()
             .filter(|n| n.strip_prefix(&prefix).is_some_and(|s| group.iter().any(|g| in_group(s, g))))
             .collect();
-        let mut filter = StageFilter { names: &names, inner: q, error: None };
-        for x in states.iter() {
+        for (i, x) in states.iter().enumerate() {
+            let mut capture = InputCapture::default();
+            if let Some(r) = reference.as_deref_mut() {
+                let (mut k, mut v) = (Vec::new(), Vec::new());
+                model.layer_forward(li, &mut r[i], n, 0, rope, (&mut k, &mut v), &mut capture)?;
+            }
+            let mut filter = StageFilter {
+                names: &names,
+                inner: &mut *q,
+                error: None,
+                reference: reference.is_some().then_some(&capture),
+            };
             let mut x = x.to_vec();
             let (mut k, mut v) = (Vec::new(), Vec::new());
             model.layer_forward(li, &mut x, n, 0, rope, (&mut k, &mut v), &mut filter)?;

@@ -207,6 +207,15 @@ pub struct GptqArgs {
     /// the layer in between so that each sub-block sees the quantized ones before it.
     #[arg(long)]
     pub true_sequential: bool,
+    /// GPTQ: asymmetric calibration (GPTQv2/GPTAQ's objective): fit each quantized linear, fed
+    /// the quantized model's activations, towards the original linear fed the original model's,
+    /// so that the error earlier layers left is partly compensated rather than carried on.
+    /// `--asymmetric=ALPHA` sets the fraction of the least-squares correction applied (default
+    /// 0.25, GPTAQ's; 1 overfits). Runs the windows through the unquantized model too (twice the hidden
+    /// states, one more pass per layer, ~1.7× the time). Not with --true-sequential, --resume,
+    /// awq+gptq, a CUDA device or MoE layers
+    #[arg(long, value_name = "ALPHA", num_args = 0..=1, require_equals = true, default_missing_value = "0.25")]
+    pub asymmetric: Option<f64>,
     /// GPTQ: keep GPTQ's solution for every matrix. By default each is compared with
     /// round-to-nearest on the same grid by the calibration inputs' output error, and the
     /// better one is kept (GPTQ can lose on weights that already sit on the grid). Not

@@ -72,6 +72,20 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
             bail!("--awq-sample-tokens must be positive");
         }
     }
+    if let Some(alpha) = g.asymmetric {
+        if !(alpha > 0.0 && alpha <= 1.0) {
+            bail!("--asymmetric {alpha}: the fraction of the correction must be in (0, 1]");
+        }
+        if with_awq {
+            bail!("--asymmetric applies to --method gptq (awq+gptq's inputs are scaled by AWQ)");
+        }
+        if g.true_sequential {
+            bail!("--asymmetric quantizes all of a layer's linears from one pass: drop --true-sequential");
+        }
+        if args.resume {
+            bail!("--asymmetric cannot --resume (the unquantized model's hidden states are not saved)");
+        }
+    }
     let order = g.column_order();
     if g.static_groups && order != ColumnOrder::Activation {
         ui.warn("--static-groups only matters with --order act");
@@ -93,6 +107,9 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         bail!("--block-size must be positive and --damp a positive number");
     }
     let device = select_device(g.device, ui)?;
+    if g.asymmetric.is_some() && device.is_some() {
+        bail!("--asymmetric runs on the CPU (its input drift is not accumulated on the GPU): add --device cpu");
+    }
     let output = args.output.as_ref().ok_or_else(|| anyhow!("-o is required"))?;
     if output.as_os_str() == "-" && format != Format::Gguf {
         bail!("an hf-gptq checkpoint is a directory; `-o -` only works with --format gguf");
@@ -103,6 +120,10 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let loaded = Loaded::open(&args.input)?;
     let file = &loaded.file;
     let cfg = file.config().clone();
+    if g.asymmetric.is_some() && cfg.moe.is_some() {
+        // The two models route tokens to different experts: an expert's inputs do not pair up.
+        bail!("--asymmetric needs dense feed-forward layers; {} has experts", cfg.arch.hf_model_type());
+    }
     super::quantize::check_requantize(args, ui, super::quantize::quantized_kinds(file)?)?;
     match format {
         Format::HfGptq => super::quantize::check_group_size(&cfg, group_size)?,
@@ -152,6 +173,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let method = method.with_cuda(device);
     let mut method = method;
     method.guard = !g.no_rtn_guard;
+    method.asymmetric = g.asymmetric;
     let stages = if g.true_sequential { Stages::TrueSequential } else { Stages::OneShot };
     let bar = ui.count_bar(cfg.n_layers as u64, if with_awq { "AWQ+GPTQ layers" } else { "GPTQ layers" });
     ui.detail(format!("calibration: {} windows of {} tokens from {}", calib.windows.len(), calib.seqlen, calib.source));
@@ -288,7 +310,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     if ui.json {
         ui.print_json(&json!({
             "input": args.input, "output": output, "method": method_name, "resumed_layers": resumed, "format": format!("{format:?}"),
-            "bits": g.bits, "group_size": g.group_size, "act_order": order == ColumnOrder::Activation, "order": format!("{order:?}"), "block_scales": format!("{:?}", g.block_scales), "sym": g.sym, "damp": g.damp,
+            "bits": g.bits, "group_size": g.group_size, "act_order": order == ColumnOrder::Activation, "order": format!("{order:?}"), "block_scales": format!("{:?}", g.block_scales), "sym": g.sym, "damp": g.damp, "true_sequential": g.true_sequential, "asymmetric": g.asymmetric,
             "type": args.quant_type, "calibration": {"source": calib.source, "windows": calib.windows.len(), "seqlen": calib.seqlen},
             "tensors": n_tensors, "bytes": bytes, "device": device_name, "gptq_seconds": gptq_secs, "seconds": secs, "stages": stages_log.report(), "notes": method.notes,
             "rtn_guard": {"matrices": method.guarded.len(), "kept_rtn": kept_rtn, "per_matrix": method.guarded},

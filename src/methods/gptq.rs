@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::ggml_type::GgmlType;
 use crate::model::names;
 use crate::quant;
+use crate::quant::gptq::asymmetric::{self, InputDrift};
 #[cfg(feature = "cuda")]
 use crate::quant::gptq::cuda::{CudaBackend, CudaHessian};
 use crate::quant::gptq::{self, ColumnOrder, GptqOptions, Grid, Hessian, IntQuant};
@@ -89,6 +90,11 @@ pub struct GptqMethod {
     /// (see [`Guarded`]).
     pub guard: bool,
     pub guarded: Vec<Guarded>,
+    /// Asymmetric calibration (`quant::gptq::asymmetric`) with this fraction α of the
+    /// correction: fit each linear to the unquantized model's outputs, with the input drift of
+    /// each Hessian's linears (same keys). `None`: plain GPTQ.
+    pub asymmetric: Option<f64>,
+    drifts: HashMap<String, InputDrift>,
     /// Whether an integer result released from memory has a group with zero point 0 (the
     /// hf-gptq writer must then choose the v2 format before it reads any back).
     pub zero_point_zero: bool,
@@ -122,6 +128,8 @@ impl GptqMethod {
             tokens: HashMap::new(),
             guard: true,
             guarded: Vec::new(),
+            asymmetric: None,
+            drifts: HashMap::new(),
             zero_point_zero: false,
         }
     }
@@ -194,6 +202,23 @@ impl LayerQuantizer for GptqMethod {
         Ok(())
     }
 
+    fn wants_reference_inputs(&self) -> bool {
+        self.asymmetric.is_some()
+    }
+
+    fn observe_with_reference(
+        &mut self,
+        layer: usize,
+        names: &[&str],
+        x: &[f32],
+        x_ref: &[f32],
+        n: usize,
+    ) -> Result<()> {
+        self.observe(layer, names, x, n)?;
+        let cols = x.len().checked_div(n).unwrap_or(0);
+        self.drifts.entry(names[0].to_string()).or_insert_with(|| InputDrift::new(cols)).add(x, x_ref, n)
+    }
+
     fn quantize(
         &mut self,
         model: &LlamaModel<'_>,
@@ -259,6 +284,7 @@ impl GptqMethod {
             // A Hessian is done once every linear sharing it is quantized: free it then.
             self.hessians.retain(|_, (group, _)| !group.iter().all(|g| done.contains(g)));
             self.tokens.retain(|k, _| self.hessians.contains_key(k));
+            self.drifts.retain(|k, _| self.hessians.contains_key(k));
             let Linear { name, rows, cols, w, input_scales } = linear?;
             done.push(name.clone());
             let name = &name;
@@ -280,6 +306,7 @@ impl GptqMethod {
                 continue;
             };
             let key = self.hessians.iter().find(|(_, (group, _))| group.contains(name)).map(|(k, _)| k.clone());
+            let drift = key.as_ref().and_then(|k| self.drifts.get(k));
             let seen = key.as_ref().and_then(|k| self.tokens.get(k)).copied().unwrap_or(0);
             let mut rounded_anyway = false;
             let identity;
@@ -310,8 +337,28 @@ impl GptqMethod {
                 }
                 _ => h,
             };
+            // The weights GPTQ fits: the original ones, or (asymmetric calibration) those that
+            // best reproduce the unquantized model's outputs from the quantized model's inputs.
+            let target: std::borrow::Cow<[f32]> = match (drift, h, self.asymmetric) {
+                (Some(d), Hess::Cpu(hc), Some(alpha)) if !rounded_anyway && input_scales.is_none() => {
+                    if d.has_nonfinite() {
+                        return Err(Error::InvalidModel(format!(
+                            "layer {layer}: the input drift of {name} holds NaN or Inf"
+                        )));
+                    }
+                    asymmetric::target_weights(&w, rows, cols, &hc.to_dense(), d, self.options.damp, alpha)
+                        .map_err(|e| Error::InvalidModel(format!("layer {layer}, {name}: {e}")))?
+                        .into()
+                }
+                (Some(_), _, _) if !rounded_anyway => {
+                    return Err(Error::Unsupported(format!(
+                        "{name}: asymmetric calibration needs a CPU Hessian and no input scales"
+                    )))
+                }
+                _ => (&w[..]).into(),
+            };
             let r = self
-                .solve(&w, rows, cols, h, &grid)
+                .solve(&target, rows, cols, h, &grid)
                 .map_err(|e| Error::InvalidModel(format!("layer {layer}, {name}: {e}")))?
                 .ok_or_else(|| Error::InvalidModel(format!("layer {layer}: the Hessian of {name} holds NaN or Inf")))?;
             if r.damp_retries > 0 {
@@ -342,8 +389,11 @@ impl GptqMethod {
                     Hess::Cuda(h) => h.to_host()?.to_dense(),
                 };
                 let (rtn_values, rtn) = self.round_to_nearest(name, &w, rows, cols, &grid)?;
-                let (e_gptq, e_rtn) =
-                    (output_error(&w, &values, rows, cols, &h), output_error(&w, &rtn_values, rows, cols, &h));
+                // Both measured against the weights GPTQ fitted; rounding is of the original ones.
+                let (e_gptq, e_rtn) = (
+                    output_error(&target, &values, rows, cols, &h),
+                    output_error(&target, &rtn_values, rows, cols, &h),
+                );
                 let kept_rtn = e_rtn < e_gptq;
                 self.guarded.push(Guarded { name: name.clone(), gptq: e_gptq, rtn: e_rtn, kept_rtn });
                 if kept_rtn {
@@ -355,6 +405,7 @@ impl GptqMethod {
         }
         self.hessians.retain(|_, (group, _)| !group.iter().all(|g| done.contains(g)));
         self.tokens.retain(|k, _| self.hessians.contains_key(k));
+        self.drifts.retain(|k, _| self.hessians.contains_key(k));
         Ok(out)
     }
 }

@@ -130,6 +130,38 @@ fn gptq_into_ggml_types_beats_plain_quantization() {
     }
 }
 
+/// Asymmetric calibration (`--asymmetric`): each linear fitted to the unquantized model's
+/// outputs. It runs end to end into a GGUF that is as clearly better than the plain quantizer
+/// as GPTQ is, and combinations it cannot serve are refused before anything is written.
+#[test]
+fn gptq_asymmetric_calibration() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (g, p) = (tmp.path().join("asym.gguf"), tmp.path().join("plain.gguf"));
+    let j = gptq(&g, &["--type", "Q4_0", "--pure", "--nsamples", "32", "--asymmetric"]);
+    assert_eq!(j["asymmetric"], Json::from(0.25));
+    let t = tiny();
+    qforge_ok(&[&"-q", &"quantize", &t, &"-o", &p, &"--type", &"Q4_0", &"--pure"]);
+    let ((ka, _), (kp, _)) = (kld(&g), kld(&p));
+    println!("Q4_0: asymmetric GPTQ kld {ka:.5}, plain kld {kp:.5} (ratio {:.3})", ka / kp);
+    assert!(ka <= kp * 0.8, "asymmetric GPTQ {ka} vs plain {kp}");
+
+    let moe = crate::common::root().join("tests/fixtures/arch/mixtral");
+    for (model, bad, why) in [
+        (&t, &["--method", "gptq", "--asymmetric", "--true-sequential"][..], "drop --true-sequential"),
+        (&t, &["--method", "gptq", "--asymmetric", "--resume"][..], "cannot --resume"),
+        (&t, &["--method", "gptq", "--asymmetric=1.5"][..], "must be in (0, 1]"),
+        (&t, &["--method", "awq+gptq", "--asymmetric", "--type", "Q4_0"][..], "applies to --method gptq"),
+        (&moe, &["--method", "gptq", "--asymmetric", "--type", "Q8_0"][..], "needs dense feed-forward layers"),
+    ] {
+        let o = tmp.path().join("refused.gguf");
+        let mut a: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"quantize", model, &"-o", &o];
+        a.extend(args(bad));
+        let e = qforge_err(&a);
+        assert!(e.contains(why), "{bad:?}: {e}");
+        assert!(!o.exists());
+    }
+}
+
 #[test]
 fn gptq_bad_input() {
     let tmp = tempfile::tempdir().unwrap();

@@ -45,6 +45,7 @@
 //!   factorization, an inverse and a second factorization); mathematically the same matrix.
 
 #[cfg(feature = "cuda")]
+pub mod asymmetric;
 pub mod cuda;
 // The CUDA backend's algorithm emulated on the CPU (tests only; runs without the feature).
 #[cfg(test)]

@@ -1,0 +1,207 @@
+//! Asymmetric calibration (the idea of GPTAQ, Li et al. 2025, here in closed form).
+//!
+//! GPTQ fits `Q·x̃` to `W·x̃`: the original layer applied to the *quantized* model's inputs
+//! `x̃`. The error the earlier quantized layers left in `x̃` is therefore carried forward, never
+//! corrected. Fitting `Q·x̃` to `W·x`, the original layer on the original model's input `x`
+//! (the rows of X and X̃, one per calibration token), is the least-squares problem
+//!
+//! ```text
+//!   ‖X Wᵀ − X̃ Qᵀ‖²  =  ‖X Wᵀ − X̃ W*ᵀ‖²  +  ‖X̃ (W* − Q)ᵀ‖²,   W* = W · XᵀX̃ · (X̃ᵀX̃)⁻¹
+//! ```
+//!
+//! (the cross term vanishes because `W*` is the least-squares optimum). The first term does
+//! not depend on `Q`, and the second is GPTQ's objective for the weights `W*` with the usual
+//! Hessian of `x̃`: GPTQ run on `W*` minimizes the asymmetric objective. With `E = X − X̃`,
+//! `XᵀX̃ = X̃ᵀX̃ + EᵀX̃`, so
+//!
+//! ```text
+//!   W* = W + W · D · (H + λI)⁻¹,   D = EᵀX̃ = Σ (x − x̃) x̃ᵀ,   H = X̃ᵀX̃
+//! ```
+//!
+//! `D` and `H` carry the same 2/N factor; λ is GPTQ's damping (a fraction of H's mean
+//! diagonal), so `W* = W` exactly when the two models' inputs agree.
+//!
+//! Only a fraction α of the correction is applied (GPTAQ's `alpha`, default 0.25). The whole
+//! of it (α = 1) fits the calibration windows so closely that the quantized model drifts
+//! *further* from the original layer after layer: on SmolLM2-135M (Q5_0, 30 layers) the
+//! correction grew from 3% of ‖W‖ in layer 1 to 80% by layer 15 and the result was garbage
+//! (KLD 5.6), while α = 0.25 stayed at 1–2% of ‖W‖ throughout and lowered the KLD from GPTQ's
+//! 0.0508 to 0.0405 (BENCHMARKS.md, issue 18's table).
+
+use faer::linalg::matmul::matmul;
+use faer::linalg::solvers::Solve;
+use faer::{Accum, Mat, MatRef, Par, Side};
+
+use crate::error::{Error, Result};
+
+/// Rows per f32 product before it is added to the f64 sum (as the Hessian does).
+const F32_ROWS: usize = 4096;
+
+/// `D = 2/N · Σ (x − x̃) x̃ᵀ` over the calibration rows: how the original model's inputs of a
+/// linear differ from the quantized model's, seen through the latter.
+#[derive(Clone, Debug)]
+pub struct InputDrift {
+    n: usize,
+    /// Row-major n × n: Σ (x − x̃) x̃ᵀ.
+    sum: Vec<f64>,
+    samples: usize,
+}
+
+impl InputDrift {
+    pub fn new(n: usize) -> InputDrift {
+        InputDrift { n, sum: vec![0.0; n * n], samples: 0 }
+    }
+
+    /// Add `rows` rows: `x` the quantized model's inputs, `x_ref` the original model's
+    /// (row-major rows × n each).
+    pub fn add(&mut self, x: &[f32], x_ref: &[f32], rows: usize) -> Result<()> {
+        let n = self.n;
+        if x.len() != rows * n || x_ref.len() != rows * n {
+            return Err(Error::InvalidArgument(format!(
+                "input drift of {n} features: {} and {} values for {rows} rows",
+                x.len(),
+                x_ref.len()
+            )));
+        }
+        let mut prod = vec![0f32; n * n];
+        for (xb, rb) in x.chunks(F32_ROWS * n).zip(x_ref.chunks(F32_ROWS * n)) {
+            let r = xb.len() / n;
+            let e: Vec<f32> = rb.iter().zip(xb).map(|(a, b)| a - b).collect();
+            let em = MatRef::from_row_major_slice(&e, r, n);
+            let xm = MatRef::from_row_major_slice(xb, r, n);
+            let pm = faer::MatMut::from_row_major_slice_mut(&mut prod, n, n);
+            matmul(pm, Accum::Replace, em.transpose(), xm, 1.0f32, Par::rayon(0));
+            for (s, &p) in self.sum.iter_mut().zip(&prod) {
+                *s += p as f64;
+            }
+        }
+        self.samples += rows;
+        Ok(())
+    }
+
+    pub fn samples(&self) -> usize {
+        self.samples
+    }
+
+    pub fn has_nonfinite(&self) -> bool {
+        self.sum.iter().any(|v| !v.is_finite())
+    }
+}
+
+/// `W + α · W · D · (H + λI)⁻¹` (see the module comment; α = 1 gives `W*`, the unquantized
+/// weights that best reproduce the original model's outputs from the quantized model's
+/// inputs, α = 0 gives `W`). `h` is the dense
+/// row-major Hessian of those inputs (`Hessian::to_dense`, 2/N · X̃ᵀX̃, over the same rows as
+/// `drift`), `damp` GPTQ's fraction of its mean diagonal; tenfold more is tried (three times)
+/// if `H + λI` is not positive definite.
+pub fn target_weights(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    h: &[f64],
+    drift: &InputDrift,
+    damp: f64,
+    alpha: f64,
+) -> Result<Vec<f32>> {
+    if drift.n != cols || h.len() != cols * cols || w.len() != rows * cols {
+        return Err(Error::InvalidArgument(format!(
+            "asymmetric target: {rows} × {cols} weights, a Hessian of {} and a drift of {} features",
+            h.len(),
+            drift.n
+        )));
+    }
+    if drift.samples == 0 {
+        return Ok(w.to_vec());
+    }
+    let scale = alpha * 2.0 / drift.samples as f64;
+    let mean = (0..cols).map(|i| h[i * cols + i]).sum::<f64>() / cols as f64;
+    let hm = MatRef::from_row_major_slice(h, cols, cols);
+    let mut frac = if damp > 0.0 { damp } else { 0.01 };
+    let llt = loop {
+        let add = frac * mean;
+        let damped = Mat::from_fn(cols, cols, |i, j| hm[(i, j)] + if i == j { add } else { 0.0 });
+        match damped.llt(Side::Lower) {
+            Ok(l) => break l,
+            Err(_) if frac < damp.max(0.01) * 1e3 => frac *= 10.0,
+            Err(_) => {
+                return Err(Error::InvalidModel(
+                    "asymmetric target: the Hessian is not positive definite even with damping".into(),
+                ))
+            }
+        }
+    };
+    // Mᵀ = (W · D)ᵀ = Dᵀ · Wᵀ (cols × rows), solved in place: (H + λI) · Yᵀ = Mᵀ.
+    let wf: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+    let wm = MatRef::from_row_major_slice(&wf, rows, cols);
+    let dm = MatRef::from_row_major_slice(&drift.sum, cols, cols);
+    let mut mt = Mat::<f64>::zeros(cols, rows);
+    matmul(mt.as_mut(), Accum::Replace, dm.transpose(), wm.transpose(), scale, Par::rayon(0));
+    llt.solve_in_place(mt.as_mut());
+    let mut out = w.to_vec();
+    for (r, row) in out.chunks_exact_mut(cols).enumerate() {
+        for (c, v) in row.iter_mut().enumerate() {
+            *v = (*v as f64 + mt[(c, r)]) as f32;
+        }
+    }
+    if out.iter().any(|v| !v.is_finite()) {
+        return Err(Error::InvalidModel("asymmetric target: the corrected weights hold NaN or Inf".into()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On synthetic inputs, W* reproduces the original outputs from the drifted inputs better
+    /// than W does, and equals W when nothing drifted.
+    #[test]
+    fn target_fits_the_original_outputs() {
+        let (rows, cols, n) = (5, 8, 400);
+        let mut s = 12345u64;
+        let mut rnd = move || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        };
+        let x_ref: Vec<f32> = (0..n * cols).map(|_| rnd()).collect();
+        // The quantized model's inputs: the original ones mixed across features, plus noise.
+        let x: Vec<f32> = (0..n)
+            .flat_map(|t| {
+                let row = &x_ref[t * cols..(t + 1) * cols];
+                (0..cols).map(|c| 0.9 * row[c] + 0.2 * row[(c + 1) % cols]).collect::<Vec<_>>()
+            })
+            .zip((0..n * cols).map(|_| 0.05 * rnd()))
+            .map(|(a, b)| a + b)
+            .collect();
+        let w: Vec<f32> = (0..rows * cols).map(|_| rnd()).collect();
+        let mut h = crate::quant::gptq::Hessian::new(cols);
+        h.add(&x, n);
+        let mut d = InputDrift::new(cols);
+        d.add(&x, &x_ref, n).unwrap();
+        let err = |wt: &[f32]| -> f64 {
+            let mut e = 0.0;
+            for t in 0..n {
+                for r in 0..rows {
+                    let dot = |w: &[f32], x: &[f32]| {
+                        (0..cols).map(|c| w[r * cols + c] as f64 * x[t * cols + c] as f64).sum::<f64>()
+                    };
+                    e += (dot(&w, &x_ref) - dot(wt, &x)).powi(2);
+                }
+            }
+            e
+        };
+        let ws = target_weights(&w, rows, cols, &h.to_dense(), &d, 1e-6, 1.0).unwrap();
+        let (e_w, e_ws) = (err(&w), err(&ws));
+        assert!(e_ws < 0.1 * e_w, "W* {e_ws} vs W {e_w}");
+
+        let mut same = InputDrift::new(cols);
+        same.add(&x, &x, n).unwrap();
+        assert_eq!(target_weights(&w, rows, cols, &h.to_dense(), &same, 0.01, 1.0).unwrap(), w);
+        // A fraction of the correction: part of the way from W to W*.
+        let wq = target_weights(&w, rows, cols, &h.to_dense(), &d, 1e-6, 0.25).unwrap();
+        for ((a, b), c) in wq.iter().zip(&w).zip(&ws) {
+            assert!((a - (b + 0.25 * (c - b))).abs() < 1e-5, "{a} {b} {c}");
+        }
+        assert!(err(&wq) < e_w);
+    }
+}
