@@ -36,6 +36,7 @@ q4_0-gptq|--type Q4_0 $legacy --method gptq
 q4_0-gptq-plain|--type Q4_0 $legacy --method gptq --block-scales plain
 q4_0-gptq-natural|--type Q4_0 $legacy --method gptq --order natural --block-scales plain
 q4_0-gptq-act|--type Q4_0 $legacy --method gptq --order act
+q4_0-gptq-asym|--type Q4_0 $legacy --method gptq --asymmetric
 q4_0-awq|--type Q4_0 $legacy --method awq
 q4_0-awq+gptq|--type Q4_0 $legacy --method awq+gptq
 q4_0-awq+gptq-plain|--type Q4_0 $legacy --method awq+gptq --block-scales plain
@@ -46,23 +47,27 @@ q5_0-gptq-plain|--type Q5_0 $legacy --method gptq --block-scales plain
 q5_0-gptq-act|--type Q5_0 $legacy --method gptq --order act
 q5_0-gptq-tseq|--type Q5_0 $legacy --method gptq --true-sequential
 q5_0-gptq-damp0.1|--type Q5_0 $legacy --method gptq --damp 0.1
+q5_0-gptq-asym|--type Q5_0 $legacy --method gptq --asymmetric
 q5_0-awq|--type Q5_0 $legacy --method awq
 q5_0-awq+gptq|--type Q5_0 $legacy --method awq+gptq
 q4_k_m-rtn|--type Q4_K_M --embedding-type F32
 q4_k_m-imatrix|--type Q4_K_M --embedding-type F32 --imatrix @IMATRIX@
 q4_k_m-gptq|--type Q4_K_M --embedding-type F32 --method gptq
 q4_k_m-gptq-act|--type Q4_K_M --embedding-type F32 --method gptq --order act
+q4_k_m-gptq-asym|--type Q4_K_M --embedding-type F32 --method gptq --asymmetric
 q4_k_m-awq|--type Q4_K_M --embedding-type F32 --method awq
 q4_k_m-awq+gptq|--type Q4_K_M --embedding-type F32 --method awq+gptq
 iq4_nl-rtn|--type IQ4_NL $legacy
 iq4_nl-imatrix|--type IQ4_NL $legacy --imatrix @IMATRIX@
 iq4_nl-gptq|--type IQ4_NL $legacy --method gptq
 iq4_nl-gptq-act|--type IQ4_NL $legacy --method gptq --order act
+iq4_nl-gptq-asym|--type IQ4_NL $legacy --method gptq --asymmetric
 iq4_nl-awq|--type IQ4_NL $legacy --method awq
 iq4_nl-awq+gptq|--type IQ4_NL $legacy --method awq+gptq
 g64-rtn|--method awq --group-size 64 --no-awq-scale --no-awq-clip
 g64-gptq|--method gptq --group-size 64
 g64-gptq-act|--method gptq --group-size 64 --order act
+g64-gptq-asym|--method gptq --group-size 64 --asymmetric
 g64-awq|--method awq --group-size 64
 g64-awq+gptq|--method awq+gptq --group-size 64
 nf4-rtn|--method nf4

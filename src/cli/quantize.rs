@@ -30,6 +30,7 @@ use crate::output::Sink;
     qforge quantize models/llama -o llama-nf4 --method nf4 --double-quant   # bitsandbytes 4-bit HF dir\n  \
     qforge quantize models/llama -o llama-gptq --method gptq --bits 4 --group-size 128\n  \
     qforge quantize models/llama -o m.gguf --method gptq --type Q4_K_M     # GPTQ on GGML grids\n  \
+    qforge quantize models/llama -o m.gguf --method gptq --type Q5_0 --asymmetric  # GPTQv2 objective\n  \
     qforge quantize models/llama -o llama-awq --method awq\n  \
     qforge quantize models/llama -o m.gguf --method awq+gptq --type Q4_K_M  # AWQ, then GPTQ\n  \
     qforge imatrix models/llama -o llama.imatrix.gguf && \\\n    \
