@@ -45,11 +45,14 @@ pub struct InputDrift {
     /// Row-major n × n: Σ (x − x̃) x̃ᵀ.
     sum: Vec<f64>,
     samples: usize,
+    /// One batch's f32 product, kept between calls: a fresh n² buffer per window would be
+    /// page-faulted in every time (485 MB for a 7B down_proj, for each window).
+    prod: Vec<f32>,
 }
 
 impl InputDrift {
     pub fn new(n: usize) -> InputDrift {
-        InputDrift { n, sum: vec![0.0; n * n], samples: 0 }
+        InputDrift { n, sum: vec![0.0; n * n], samples: 0, prod: Vec::new() }
     }
 
     /// Add `rows` rows: `x` the quantized model's inputs, `x_ref` the original model's
@@ -63,15 +66,16 @@ impl InputDrift {
                 x_ref.len()
             )));
         }
-        let mut prod = vec![0f32; n * n];
+        // faer overwrites it (Accum::Replace), so its old contents never matter.
+        self.prod.resize(n * n, 0.0);
         for (xb, rb) in x.chunks(F32_ROWS * n).zip(x_ref.chunks(F32_ROWS * n)) {
             let r = xb.len() / n;
             let e: Vec<f32> = rb.iter().zip(xb).map(|(a, b)| a - b).collect();
             let em = MatRef::from_row_major_slice(&e, r, n);
             let xm = MatRef::from_row_major_slice(xb, r, n);
-            let pm = faer::MatMut::from_row_major_slice_mut(&mut prod, n, n);
+            let pm = faer::MatMut::from_row_major_slice_mut(&mut self.prod, n, n);
             matmul(pm, Accum::Replace, em.transpose(), xm, 1.0f32, Par::rayon(0));
-            for (s, &p) in self.sum.iter_mut().zip(&prod) {
+            for (s, &p) in self.sum.iter_mut().zip(&self.prod) {
                 *s += p as f64;
             }
         }
