@@ -213,7 +213,7 @@ pub struct GptqArgs {
     /// so that the error earlier layers left is partly compensated rather than carried on.
     /// `--asymmetric=ALPHA` sets the fraction of the least-squares correction applied (default
     /// 0.25, GPTAQ's; 1 overfits). Runs the windows through the unquantized model too (twice the hidden
-    /// states, one more pass per layer, ~1.7× the time). Not with --true-sequential, --resume,
+    /// states, one more pass per layer, ~2× the time). Not with --true-sequential, --resume,
     /// awq+gptq, a CUDA device or MoE layers
     #[arg(long, value_name = "ALPHA", num_args = 0..=1, require_equals = true, default_missing_value = "0.25")]
     pub asymmetric: Option<f64>,
