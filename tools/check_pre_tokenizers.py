@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Every pre-tokenizer of qforge's table against llama.cpp (llama-cpp-python), on one text.
 
-For each entry of src/formats/pre_tokenizers.rs that qforge supports, writes a copy of a
+For each entry of src/formats/tokenizer/pre_tokenizers.rs that qforge supports, writes a copy of a
 vocab-only BPE GGUF (default: the suite's gpt-2) with `tokenizer.ggml.pre` set to that name,
 tokenizes TEXT with llama.cpp (`Llama(vocab_only=True).tokenize`, in a child process: some
 name/vocabulary pairs make llama.cpp abort) and with `qforge tokenize --no-special`, and prints
@@ -27,7 +27,7 @@ LLAMA = ("import json, sys\nfrom llama_cpp import Llama\n"
 
 
 def supported_names():
-    src = open(os.path.join(ROOT, "src/formats/pre_tokenizers.rs"), encoding="utf-8").read()
+    src = open(os.path.join(ROOT, "src/formats/tokenizer/pre_tokenizers.rs"), encoding="utf-8").read()
     for block in src.split("PreTokenizer {")[1:]:
         if "regexes: &[]," not in block:
             yield re.findall(r'names: &\["([^"]+)"', block)[0]

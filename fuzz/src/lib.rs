@@ -242,7 +242,13 @@ fn tokenizer_metadata_inner(data: &[u8]) -> bool {
         // bounded by the file size); a `vocab_size` in the fuzzed tokenizer_config stands in
         // for it, bounded the same way. 0: unknown.
         let vocab_size = tcfg.get("vocab_size").and_then(serde_json::Value::as_u64).unwrap_or(0) as usize;
-        if let Ok(vocab) = Vocab::from_hf_json(&tj, &tcfg, &config, vocab_size.min(4 * data.len())) {
+        if let Ok(vocab) = Vocab::from_hf_json(
+            &tj,
+            &tcfg,
+            &config,
+            vocab_size.min(4 * data.len()),
+            qforge::model::arch::Arch::vocab_rules(&config),
+        ) {
             ok |= exercise_vocab(vocab);
         }
     }

@@ -88,7 +88,7 @@ pub fn write_views<V: safetensors::View>(
             .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))?;
         // The safetensors crate writes through a 0600 temporary file; give the weights the
         // same permissions as the JSON files beside them.
-        super::to_hf::set_readable(path)?;
+        crate::output::set_readable(path)?;
     }
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     plan.write_index(dir, &names, sizes.iter().sum())?;

@@ -174,14 +174,3 @@ pub(crate) fn hf_tensors<'a>(tensors: Vec<TensorRef<'a>>, cfg: &ModelConfig) -> 
     }
     Ok(out)
 }
-
-#[cfg(unix)]
-pub(crate) fn set_readable(p: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).map_err(|e| Error::io(p, e))
-}
-
-#[cfg(not(unix))]
-pub(crate) fn set_readable(_: &Path) -> Result<()> {
-    Ok(())
-}

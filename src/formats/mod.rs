@@ -4,7 +4,6 @@
 pub mod gguf;
 pub mod imatrix;
 pub mod mapped;
-pub mod pre_tokenizers;
 pub mod safetensors;
 pub mod sentencepiece;
 pub mod st_writer;

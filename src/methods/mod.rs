@@ -7,7 +7,8 @@ pub mod gptq;
 mod resume;
 pub mod spilled;
 
-pub use resume::{awq_results, gptq_results};
+pub use awq::record::awq_results;
+pub use gptq::record::gptq_results;
 pub use spilled::SpilledResults;
 
 use std::collections::HashMap;

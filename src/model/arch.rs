@@ -4,6 +4,8 @@
 //! the description; adding an architecture is one row here (plus its tests), and code paths
 //! for features not yet in the table.
 
+use crate::formats::tokenizer::VocabRules;
+
 /// The decoder families qforge supports. All are pre-norm transformers with RoPE and a gated
 /// feed-forward block; [`ArchSpec`] says how each differs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,11 +92,8 @@ pub struct ArchSpec {
     pub fused_linears: bool,
     /// The feed-forward block is a mixture of experts (Mixtral, Qwen MoE).
     pub experts: Option<ExpertNames>,
-    /// convert_hf_to_gguf.py converts this class with its `LlamaModel` (vocabulary rules for
-    /// tokenizer.json-only SentencePiece, `add_prefix_space`, special vocabulary sizes).
-    pub llama_vocab_rules: bool,
-    /// A SentencePiece vocabulary is written with `add_space_prefix = false` (Gemma).
-    pub spm_no_space_prefix: bool,
+    /// How the converter reads this class's Hugging Face vocabulary.
+    pub vocab: VocabRules,
     /// Hugging Face → GGUF names of the layer's norms (the rest of the names are shared).
     pub norm_names: &'static [(&'static str, &'static str)],
     /// config.json values transformers assumes when a key is absent (multimodal checkpoints'
@@ -131,8 +130,7 @@ const LLAMA: ArchSpec = ArchSpec {
     swa_every_layer: true,
     fused_linears: false,
     experts: None,
-    llama_vocab_rules: true,
-    spm_no_space_prefix: false,
+    vocab: VocabRules { llama: true, spm_no_space_prefix: false },
     norm_names: LLAMA_NORMS,
     hf_defaults: &[],
 };
@@ -162,7 +160,7 @@ pub const ARCHS: &[ArchSpec] = &[
         gguf_name: "qwen2",
         gguf_permutes_qk: false,
         qkv_bias: true,
-        llama_vocab_rules: false,
+        vocab: VocabRules { llama: false, spm_no_space_prefix: false },
         ..LLAMA
     },
     ArchSpec {
@@ -173,7 +171,7 @@ pub const ARCHS: &[ArchSpec] = &[
         gguf_name: "qwen3",
         gguf_permutes_qk: false,
         qk_norm: true,
-        llama_vocab_rules: false,
+        vocab: VocabRules { llama: false, spm_no_space_prefix: false },
         ..LLAMA
     },
     ArchSpec {
@@ -188,8 +186,7 @@ pub const ARCHS: &[ArchSpec] = &[
         activation: Activation::GeluTanh,
         embed_scale: true,
         swa_pattern: 2,
-        llama_vocab_rules: false,
-        spm_no_space_prefix: true,
+        vocab: VocabRules { llama: false, spm_no_space_prefix: true },
         norm_names: GEMMA_NORMS,
         ..LLAMA
     },
@@ -209,8 +206,7 @@ pub const ARCHS: &[ArchSpec] = &[
         embed_scale: true,
         swa_pattern: 6,
         swa_own_rope: true,
-        llama_vocab_rules: false,
-        spm_no_space_prefix: true,
+        vocab: VocabRules { llama: false, spm_no_space_prefix: true },
         norm_names: GEMMA_NORMS,
         // Gemma3TextConfig's defaults.
         hf_defaults: &[
@@ -235,7 +231,7 @@ pub const ARCHS: &[ArchSpec] = &[
         gguf_permutes_qk: false,
         swa_every_layer: true,
         fused_linears: true,
-        llama_vocab_rules: false,
+        vocab: VocabRules { llama: false, spm_no_space_prefix: false },
         // Phi3Config's default, which transformers (and so llama.cpp's converter) read when
         // config.json leaves it out.
         hf_defaults: &[("original_max_position_embeddings", 4096.0)],
@@ -270,7 +266,7 @@ pub const ARCHS: &[ArchSpec] = &[
         gguf_name: "qwen2moe",
         gguf_permutes_qk: false,
         qkv_bias: true,
-        llama_vocab_rules: false,
+        vocab: VocabRules { llama: false, spm_no_space_prefix: false },
         experts: Some(ExpertNames {
             shared_expert: true,
             names: &[
@@ -292,7 +288,7 @@ pub const ARCHS: &[ArchSpec] = &[
         gguf_name: "qwen3moe",
         gguf_permutes_qk: false,
         qk_norm: true,
-        llama_vocab_rules: false,
+        vocab: VocabRules { llama: false, spm_no_space_prefix: false },
         experts: Some(ExpertNames { norm_topk: true, ..QWEN_EXPERTS }),
         ..LLAMA
     },
@@ -329,6 +325,14 @@ impl Arch {
 
     pub fn from_hf_class(name: &str) -> Option<Arch> {
         ARCHS.iter().find(|s| s.hf_classes.contains(&name)).map(|s| s.arch)
+    }
+
+    /// The vocabulary rules for a config.json: its first `architectures` class's, or the
+    /// defaults for a class qforge does not run (the tokenizer is still read, as the converter
+    /// reads any model's).
+    pub fn vocab_rules(config_json: &serde_json::Value) -> VocabRules {
+        let class = config_json.get("architectures").and_then(|a| a.get(0)).and_then(|c| c.as_str());
+        class.and_then(Arch::from_hf_class).map(|a| a.spec().vocab).unwrap_or_default()
     }
 
     pub fn from_gguf(name: &str) -> Option<Arch> {

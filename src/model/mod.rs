@@ -3,6 +3,7 @@
 
 pub mod arch;
 pub mod attn_variants;
+pub mod checkpoint;
 pub mod config;
 pub mod names;
 pub mod rope;

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::formats::gguf::{GgufFile, Value};
-use crate::formats::safetensors::HfCheckpoint;
 use crate::formats::tokenizer::Vocab;
 use crate::ggml_type::GgmlType;
+use crate::model::arch::Arch;
+use crate::model::checkpoint::HfCheckpoint;
 use crate::model::names;
 use crate::model::rope::ROPE_FREQS;
 use crate::model::ModelConfig;
@@ -195,7 +196,9 @@ impl ModelFile {
                         continue;
                     }
                     let t = c.tensor(hf_name).ok_or_else(|| Error::tensor(hf_name, "listed but unreadable"))?;
-                    if let Some((prefix, suffix)) = c.quant.as_ref().and_then(|s| s.split_packed(hf_name, c)) {
+                    if let Some((prefix, suffix)) =
+                        c.quant.as_ref().and_then(|s| s.split_packed(hf_name, |n| c.tensor(n).map(|t| t.dtype)))
+                    {
                         let part =
                             Part { suffix: suffix.to_string(), dtype: t.dtype, shape: t.shape.to_vec(), data: t.data };
                         match packed.iter_mut().find(|(p, _)| p == prefix) {
@@ -296,7 +299,10 @@ impl ModelFile {
     /// The tokenizer vocabulary (from tokenizer.json, or from GGUF metadata).
     pub fn vocab(&self) -> Result<Vocab> {
         match self {
-            ModelFile::Hf(c) => Vocab::from_hf_dir(&c.dir, c.config.vocab_size, &c.config_json),
+            ModelFile::Hf(c) => {
+                let rules = Arch::vocab_rules(&c.config_json);
+                Vocab::from_hf_dir(&c.dir, c.config.vocab_size, &c.config_json, rules)
+            }
             ModelFile::Gguf { file, .. } => Vocab::from_gguf(&file.header),
         }
     }

@@ -23,5 +23,6 @@ mod nf4;
 mod quantize;
 mod resume;
 mod runtime_logits;
+mod structure;
 mod tokenizer;
 mod vocab_suite;

@@ -200,7 +200,7 @@ fn bad_vocabularies_are_clear_errors() {
 /// than newline runs) are refused by name.
 #[test]
 fn every_pre_tokenizer_in_the_table_works() {
-    use qforge::formats::pre_tokenizers::PRE_TOKENIZERS;
+    use qforge::formats::tokenizer::pre_tokenizers::PRE_TOKENIZERS;
     let path = vocab_dir().join("ggml-vocab-gpt-2.gguf");
     let bytes = std::fs::read(&path).unwrap();
     let base = Vocab::from_gguf(&GgufHeader::parse(&bytes, &path).unwrap()).unwrap();
@@ -303,12 +303,12 @@ fn unknown_hash_falls_back_to_the_structure_or_is_refused() {
     let (pre, hash) = identify_pre(&tj).unwrap();
     assert_eq!(pre, None, "{hash}");
     let cfg = serde_json::json!({});
-    assert_eq!(Vocab::from_hf_json(&tj, &cfg, &cfg, 8192).unwrap().pre, "gpt-2");
+    assert_eq!(Vocab::from_hf_json(&tj, &cfg, &cfg, 8192, Default::default()).unwrap().pre, "gpt-2");
     let mut odd = tj.clone();
     odd["pre_tokenizer"] = serde_json::json!({"type": "Sequence", "pretokenizers": [
         {"type": "Split", "pattern": {"Regex": "\\p{L}+|\\s"}, "behavior": "Isolated", "invert": false},
         {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]});
-    let e = Vocab::from_hf_json(&odd, &cfg, &cfg, 8192).unwrap_err().to_string();
+    let e = Vocab::from_hf_json(&odd, &cfg, &cfg, 8192, Default::default()).unwrap_err().to_string();
     assert!(e.contains("not recognized") && e.contains("gen_pre_tokenizers.py"), "{e}");
     let (_, odd_hash) = identify_pre(&odd).unwrap();
     assert!(e.contains(&odd_hash), "{e}");

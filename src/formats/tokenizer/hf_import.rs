@@ -15,10 +15,9 @@ use serde_json::{json, Value as Json};
 use super::special_vocab::{Special, SpecialVocab};
 use super::{token_type, Vocab, VocabModel};
 use crate::error::{Error, Result};
-use crate::formats::pre_tokenizers::{CHECK_TEXT, PRE_HASHES};
 use crate::formats::safetensors::read_json;
 use crate::formats::sentencepiece::SentencePieceModel;
-use crate::model::arch::{Arch, ArchSpec};
+use crate::formats::tokenizer::pre_tokenizers::{CHECK_TEXT, PRE_HASHES};
 
 /// Vocabularies beyond this are refused before anything is allocated for them.
 const MAX_VOCAB: usize = 1 << 24;
@@ -99,10 +98,16 @@ impl HfTokenizerFiles {
     }
 }
 
-/// The architecture's description, if qforge runs it (its vocabulary rules: see `ArchSpec`).
-fn arch_spec(config: &Json) -> Option<&'static ArchSpec> {
-    let class = config.get("architectures").and_then(|a| a.get(0)).and_then(Json::as_str)?;
-    Arch::from_hf_class(class).map(Arch::spec)
+/// What a model's architecture changes in how its Hugging Face vocabulary is read (the
+/// converter's per-model classes). The architecture table (`model::arch`) holds one per
+/// architecture; an unknown architecture reads with the defaults.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VocabRules {
+    /// convert_hf_to_gguf.py converts this class with its `LlamaModel` (vocabulary rules for
+    /// tokenizer.json-only SentencePiece, `add_prefix_space`, special vocabulary sizes).
+    pub llama: bool,
+    /// A SentencePiece vocabulary is written with `add_space_prefix = false` (Gemma).
+    pub spm_no_space_prefix: bool,
 }
 
 /// SentencePiece-style BPE in a tokenizer.json (what transformers' LlamaConverter writes):
@@ -118,7 +123,7 @@ impl Vocab {
     /// Read a model directory's tokenizer. `vocab_size` (config.json's; 0: unknown) pads the
     /// token list with unused `[PADn]` entries, as llama.cpp does when the embedding matrix is
     /// larger than the vocabulary.
-    pub fn from_hf_dir(dir: &Path, vocab_size: usize, config: &Json) -> Result<Vocab> {
+    pub fn from_hf_dir(dir: &Path, vocab_size: usize, config: &Json, rules: VocabRules) -> Result<Vocab> {
         let files = HfTokenizerFiles::read(dir)?;
         if files.sentencepiece.is_none() && files.tokenizer_json.is_none() {
             return Err(Error::Tokenizer(format!(
@@ -126,29 +131,33 @@ impl Vocab {
                 dir.display()
             )));
         }
-        Self::from_hf_files(&files, config, vocab_size).map_err(|e| {
+        Self::from_hf_files(&files, config, vocab_size, rules).map_err(|e| {
             let file = if files.sentencepiece.is_some() { "tokenizer.model" } else { "tokenizer.json" };
             Error::Tokenizer(format!("{}: {e}", dir.join(file).display()))
         })
     }
 
     /// A tokenizer.json (with its tokenizer_config.json and config.json) alone.
-    pub fn from_hf_json(tj: &Json, tcfg: &Json, config: &Json, vocab_size: usize) -> Result<Vocab> {
+    pub fn from_hf_json(tj: &Json, tcfg: &Json, config: &Json, vocab_size: usize, rules: VocabRules) -> Result<Vocab> {
         let files = HfTokenizerFiles {
             tokenizer_json: Some(tj.clone()),
             tokenizer_config: Some(tcfg.clone()),
             ..Default::default()
         };
-        Self::from_hf_files(&files, config, vocab_size)
+        Self::from_hf_files(&files, config, vocab_size, rules)
     }
 
     /// The converter's choice of vocabulary reader, then its architecture-specific touches.
-    pub fn from_hf_files(files: &HfTokenizerFiles, config: &Json, vocab_size: usize) -> Result<Vocab> {
+    pub fn from_hf_files(
+        files: &HfTokenizerFiles,
+        config: &Json,
+        vocab_size: usize,
+        rules: VocabRules,
+    ) -> Result<Vocab> {
         if vocab_size > MAX_VOCAB {
             return Err(Error::Tokenizer(format!("vocabulary of {vocab_size} tokens is absurd")));
         }
-        let spec = arch_spec(config);
-        let llama = spec.is_some_and(|s| s.llama_vocab_rules);
+        let llama = rules.llama;
         let mut v = match (&files.sentencepiece, &files.tokenizer_json) {
             (Some(bytes), _) => sentencepiece_vocab(bytes, files, config, vocab_size)?,
             (None, Some(tj)) if llama && is_llama_hf(tj) => llama_hf_vocab(tj, files, config, vocab_size)?,
@@ -156,7 +165,7 @@ impl Vocab {
             (None, None) => return Err(Error::Tokenizer("no tokenizer.json and no tokenizer.model".into())),
         };
         // Gemma: the SentencePiece vocabulary is written without the space prefix.
-        if spec.is_some_and(|s| s.spm_no_space_prefix) && v.model == VocabModel::Spm {
+        if rules.spm_no_space_prefix && v.model == VocabModel::Spm {
             v.add_space_prefix = Some(false);
         }
         if llama {

@@ -5,13 +5,14 @@
 
 mod hf_export;
 mod hf_import;
+pub mod pre_tokenizers;
 pub mod special_vocab;
 
-pub use hf_import::identify_pre;
+pub use hf_import::{identify_pre, VocabRules};
 
 use crate::error::{Error, Result};
 use crate::formats::gguf::{Array, GgufHeader, Value};
-use crate::formats::pre_tokenizers::PRE_TOKENIZERS;
+use crate::formats::tokenizer::pre_tokenizers::PRE_TOKENIZERS;
 
 /// llama.cpp's `llama_token_type`.
 pub mod token_type {

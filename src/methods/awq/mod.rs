@@ -33,6 +33,7 @@
 
 pub mod grid;
 pub mod layer;
+pub(crate) mod record;
 pub mod search;
 mod stats;
 
@@ -418,12 +419,12 @@ impl LayerQuantizer for AwqMethod {
     }
 
     fn save_layer(&self, layer: usize, rec: &mut LayerRecord) -> Result<()> {
-        crate::methods::resume::save_awq(self, layer, rec);
+        record::save_awq(self, layer, rec);
         Ok(())
     }
 
     fn load_layer(&mut self, _layer: usize, rec: &LayerRecord) -> Result<()> {
-        crate::methods::resume::load_awq(self, rec)
+        record::load_awq(self, rec)
     }
 
     /// The folded vectors stay (one per norm: small, and the writer wants them all at hand).

@@ -12,8 +12,7 @@
 use safetensors::Dtype;
 use serde_json::Value;
 
-use super::scheme::bad;
-use super::{expect_part, Packed, Part, Scheme};
+use super::{bad, expect_part, Packed, Part, Scheme};
 use crate::error::{Error, Result};
 
 /// Nibble k of a word holds row `ORDER[k]` of its 8 rows.

@@ -16,7 +16,6 @@ use serde_json::Value;
 
 use super::{expect_part, Packed, Part, Scheme};
 use crate::error::{Error, Result};
-use crate::formats::safetensors::HfCheckpoint;
 use crate::quant::bnb::state::{state_suffix, QuantState, MAX_JSON_BYTES};
 use crate::quant::bnb::{self, Bnb4Type};
 
@@ -76,12 +75,15 @@ pub(super) fn from_config(q: &Value) -> Result<BnbScheme> {
 /// Whether `hf_name` belongs to a 4-bit weight: the parts after `.weight.` always; the
 /// `weight` itself when a quant_state sits beside it or it is uint8 (a float `.weight` with
 /// no quant_state, such as a norm or the embeddings, stays a plain tensor).
-pub(super) fn split_packed<'n>(hf_name: &'n str, checkpoint: &HfCheckpoint) -> Option<(&'n str, &'n str)> {
+pub(super) fn split_packed<'n>(
+    hf_name: &'n str,
+    dtype_of: impl Fn(&str) -> Option<Dtype>,
+) -> Option<(&'n str, &'n str)> {
     if let Some(prefix) = hf_name.strip_suffix(".weight") {
         let has_state = [Bnb4Type::Nf4, Bnb4Type::Fp4]
             .iter()
-            .any(|&t| checkpoint.tensor(&format!("{prefix}.weight.{}", state_suffix(t))).is_some());
-        let is_u8 = checkpoint.tensor(hf_name).is_some_and(|t| t.dtype == Dtype::U8);
+            .any(|&t| dtype_of(&format!("{prefix}.weight.{}", state_suffix(t))).is_some());
+        let is_u8 = dtype_of(hf_name) == Some(Dtype::U8);
         return (has_state || is_u8).then_some((prefix, "weight"));
     }
     let at = hf_name.find(".weight.")?;

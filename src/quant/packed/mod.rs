@@ -17,6 +17,11 @@ use safetensors::Dtype;
 use crate::error::{Error, Result};
 pub use scheme::Scheme;
 
+/// An unreadable `quantization_config` (each layout's parser reports through this).
+fn bad(method: &str, what: &str) -> Error {
+    Error::InvalidModel(format!("quantization_config ({method}): {what}"))
+}
+
 /// One stored tensor of a packed weight.
 #[derive(Debug, Clone)]
 pub struct Part<'a> {

@@ -3,9 +3,9 @@
 
 use serde_json::Value;
 
+use super::bad;
 use super::bnb::{self, BnbScheme};
 use crate::error::{Error, Result};
-use crate::formats::safetensors::HfCheckpoint;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Scheme {
@@ -88,9 +88,14 @@ impl Scheme {
     }
 
     /// If `hf_name` is part of a packed weight: its layer prefix and its suffix.
-    pub fn split_packed<'n>(&self, hf_name: &'n str, checkpoint: &HfCheckpoint) -> Option<(&'n str, &'n str)> {
+    /// `dtype_of` gives the dtype of a tensor in the checkpoint (`None`: no such tensor).
+    pub fn split_packed<'n>(
+        &self,
+        hf_name: &'n str,
+        dtype_of: impl Fn(&str) -> Option<safetensors::Dtype>,
+    ) -> Option<(&'n str, &'n str)> {
         if let Scheme::Bnb(_) = self {
-            return bnb::split_packed(hf_name, checkpoint);
+            return bnb::split_packed(hf_name, dtype_of);
         }
         self.suffixes().iter().find_map(|s| {
             let prefix = hf_name.strip_suffix(s)?.strip_suffix('.')?;
@@ -105,8 +110,4 @@ impl Scheme {
             Scheme::Awq { .. } => "awq",
         }
     }
-}
-
-pub(super) fn bad(method: &str, what: &str) -> Error {
-    Error::InvalidModel(format!("quantization_config ({method}): {what}"))
 }

@@ -5,8 +5,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use super::quantize::{Format, QuantizeArgs};
-use super::Ui;
+use super::{Format, QuantizeArgs};
+use crate::cli::Ui;
 use crate::convert::to_bnb::{self, BnbOptions};
 use crate::model::ModelFile;
 use crate::quant::bnb::{Bnb4Type, BLOCK_SIZES};
@@ -54,7 +54,7 @@ fn options(args: &QuantizeArgs) -> Result<BnbOptions> {
 
 pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let start = Instant::now();
-    let mut stages_log = super::stages::StageLog::new();
+    let mut stages_log = crate::cli::stages::StageLog::new();
     stages_log.begin("quantize");
     let opts = options(args)?;
     let output = args.output.as_ref().context("-o/--output (the directory to write) is required")?;
@@ -72,7 +72,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         .map(|t| t.packed.as_ref().map_or(t.ggml_type.name().to_string(), |p| p.scheme.name().to_string()))
         .collect();
     drop(tensors);
-    super::quantize::check_requantize(args, ui, requantized)?;
+    super::check_requantize(args, ui, requantized)?;
 
     // Each linear is read twice (a third time for the double-quantization offsets).
     let passes = if opts.double_quant { 2 } else { 1 };

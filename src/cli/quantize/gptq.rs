@@ -9,15 +9,13 @@ use anyhow::{anyhow, bail, Context, Result};
 use safetensors::Dtype;
 use serde_json::json;
 
-use super::quantize::{build_plan, Device, Format, Method, QuantizeArgs};
-use super::quantize_awq::{
-    awq_options, check_awq_shapes, encode_vector, file_rows, hf_vectors, pack_awq, write_hf_awq,
-};
-use super::session::Loaded;
-use super::stages::StageLog;
-use super::Ui;
+use super::awq::{awq_options, check_awq_shapes, encode_vector, file_rows, hf_vectors, pack_awq, write_hf_awq};
+use super::{build_plan, Device, Format, Method, QuantizeArgs};
 use crate::calib::sequential::{self, Stages};
 use crate::calib::{CalibOptions, Calibration};
+use crate::cli::session::Loaded;
+use crate::cli::stages::StageLog;
+use crate::cli::Ui;
 use crate::convert::to_gguf::{self, TensorEncoder, WriteOptions};
 use crate::convert::to_hf_quant::{self, OutTensor, PackedLinears};
 use crate::error::Error;
@@ -101,7 +99,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         order,
         static_groups: g.static_groups,
         group_size,
-        weighted_scales: g.block_scales == super::quantize::BlockScales::Weighted,
+        weighted_scales: g.block_scales == super::BlockScales::Weighted,
     };
     if options.block_size == 0 || !(g.damp > 0.0 && g.damp.is_finite()) {
         bail!("--block-size must be positive and --damp a positive number");
@@ -124,9 +122,9 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         // The two models route tokens to different experts: an expert's inputs do not pair up.
         bail!("--asymmetric needs dense feed-forward layers; {} has experts", cfg.arch.hf_model_type());
     }
-    super::quantize::check_requantize(args, ui, super::quantize::quantized_kinds(file)?)?;
+    super::check_requantize(args, ui, super::quantized_kinds(file)?)?;
     match format {
-        Format::HfGptq => super::quantize::check_group_size(&cfg, group_size)?,
+        Format::HfGptq => super::check_group_size(&cfg, group_size)?,
         Format::HfAwq => check_awq_shapes(&cfg, group_size)?,
         _ => {}
     }
@@ -177,7 +175,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let stages = if g.true_sequential { Stages::TrueSequential } else { Stages::OneShot };
     let bar = ui.count_bar(cfg.n_layers as u64, if with_awq { "AWQ+GPTQ layers" } else { "GPTQ layers" });
     ui.detail(format!("calibration: {} windows of {} tokens from {}", calib.windows.len(), calib.seqlen, calib.source));
-    let work = super::quantize::work_dir(args, output, &calib)?;
+    let work = super::work_dir(args, output, &calib)?;
     let calib_start = Instant::now();
     stages_log.begin("calibrate");
     let (mut awq, resumed) = match awq {
@@ -189,7 +187,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         }
         None => (None, sequential::run(model, &calib, stages, &mut method, &work, &mut |_| bar.inc(1))?),
     };
-    super::quantize::report_resumed(ui, resumed, &work);
+    super::report_resumed(ui, resumed, &work);
     // The vectors AWQ's scales were folded into (norms, v bias, router), by GGUF name.
     let mut vectors = awq.as_mut().map(|a| std::mem::take(&mut a.vectors)).unwrap_or_default();
     bar.finish_and_clear();
@@ -268,7 +266,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
             // experts as 3-D parameters) reads asymmetric v1 checkpoints only from its own
             // quantizer: asymmetric grids are written as v2 unless v1 is asked for.
             let want_v2 = match g.checkpoint_format {
-                Some(f) => f == super::quantize::CheckpointFormat::GptqV2,
+                Some(f) => f == super::CheckpointFormat::GptqV2,
                 None => !g.sym,
             };
             let v2 = want_v2 || zero_point_zero;

@@ -4,6 +4,8 @@
 //! Hessians are accumulated on the GPU and integer grids are solved there; GGML grids are
 //! solved by the CPU solver on the downloaded Hessian.
 
+pub(crate) mod record;
+
 use std::collections::HashMap;
 
 use faer::linalg::matmul::matmul;
@@ -236,12 +238,12 @@ impl LayerQuantizer for GptqMethod {
     }
 
     fn save_layer(&self, layer: usize, rec: &mut LayerRecord) -> Result<()> {
-        super::resume::save_gptq(self, layer, rec);
+        record::save_gptq(self, layer, rec);
         Ok(())
     }
 
     fn load_layer(&mut self, _layer: usize, rec: &LayerRecord) -> Result<()> {
-        super::resume::load_gptq(self, rec)
+        record::load_gptq(self, rec)
     }
 
     fn release_layer(&mut self, layer: usize) {

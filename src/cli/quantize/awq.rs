@@ -12,13 +12,13 @@ use clap::Args;
 use safetensors::Dtype;
 use serde_json::json;
 
-use super::quantize::{build_plan, Format, QuantizeArgs};
-use super::session::Loaded;
-use super::stages::StageLog;
-use super::Ui;
+use super::{build_plan, Format, QuantizeArgs};
 use crate::calib::resume::WorkDir;
 use crate::calib::sequential::{self, Stages};
 use crate::calib::{CalibOptions, Calibration};
+use crate::cli::session::Loaded;
+use crate::cli::stages::StageLog;
+use crate::cli::Ui;
 use crate::convert::to_gguf::{self, TensorEncoder, WriteOptions};
 use crate::convert::to_hf_quant::{self, OutTensor, PackedLinears};
 use crate::error::Error;
@@ -105,7 +105,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     if format == Format::HfAwq {
         check_awq_shapes(&cfg, group_size)?;
     }
-    super::quantize::check_requantize(args, ui, super::quantize::quantized_kinds(file)?)?;
+    super::check_requantize(args, ui, super::quantized_kinds(file)?)?;
 
     // GGUF: the per-tensor types come from llama.cpp's mix rules, planned before anything runs,
     // and each linear is searched on its own planned type.
@@ -139,11 +139,11 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let mut method = AwqMethod::new(options.clone(), target, &calib);
     let bar = ui.count_bar(cfg.n_layers as u64, "AWQ layers");
     ui.detail(format!("calibration: {} windows of {} tokens from {}", calib.windows.len(), calib.seqlen, calib.source));
-    let work = super::quantize::work_dir(args, output, &calib)?;
+    let work = super::work_dir(args, output, &calib)?;
     let calib_start = Instant::now();
     stages_log.begin("calibrate");
     let resumed = sequential::run(model, &calib, Stages::OneShot, &mut method, &work, &mut |_| bar.inc(1))?;
-    super::quantize::report_resumed(ui, resumed, &work);
+    super::report_resumed(ui, resumed, &work);
     bar.finish_and_clear();
     let awq_secs = calib_start.elapsed().as_secs_f64();
     let mut results = SpilledResults::new(
@@ -289,7 +289,7 @@ pub(super) fn check_awq_shapes(cfg: &ModelConfig, group_size: Option<usize>) -> 
             bail!("{what} has {rows} output features, not a multiple of 8: it cannot be packed as AWQ gemm");
         }
     }
-    super::quantize::check_group_size(cfg, group_size)
+    super::check_group_size(cfg, group_size)
 }
 
 /// Hands the GGUF writer AWQ's blocks and folded vectors, rows in the file's layout.

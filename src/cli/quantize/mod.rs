@@ -1,3 +1,10 @@
+//! `qforge quantize`: the arguments, the plan, round-to-nearest; the calibrated methods'
+//! pipelines are in the submodules (`gptq` also serves awq+gptq).
+
+mod awq;
+mod gptq;
+mod nf4;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -5,9 +12,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use serde_json::json;
 
-use super::Ui;
 use crate::calib::resume::WorkDir;
 use crate::calib::Calibration;
+use crate::cli::Ui;
 use crate::convert::imatrix::{self as imatrix_use, ImatrixEncoder};
 use crate::convert::plan::{self, FileType, QuantPlan};
 use crate::convert::to_gguf::{self, Header, PlainEncoder, TensorEncoder, WriteOptions};
@@ -62,7 +69,7 @@ pub struct QuantizeArgs {
     #[command(flatten)]
     pub gptq: GptqArgs,
     #[command(flatten)]
-    pub awq_opts: super::quantize_awq::AwqArgs,
+    pub awq_opts: awq::AwqArgs,
     /// GPTQ: columns per lazy-update block (default 128). NF4: weights per absmax block
     /// (default 64; 64…4096, a power of two).
     #[arg(long, value_name = "N")]
@@ -309,9 +316,9 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         return run_rtn(args, ui);
     }
     match (args.method, args.format) {
-        (Method::Nf4, _) => super::quantize_nf4::run(args, ui),
-        (Method::Gptq | Method::AwqGptq, _) => super::quantize_gptq::run(args, ui),
-        (Method::Awq, _) => super::quantize_awq::run(args, ui),
+        (Method::Nf4, _) => nf4::run(args, ui),
+        (Method::Gptq | Method::AwqGptq, _) => gptq::run(args, ui),
+        (Method::Awq, _) => awq::run(args, ui),
         (Method::Rtn, None | Some(Format::Gguf)) => run_rtn(args, ui),
         (Method::Rtn, Some(f)) => {
             bail!("--format {f:?} needs --method gptq, awq or nf4; round-to-nearest writes GGUF")
@@ -420,7 +427,7 @@ fn run_rtn(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         }
         None => None,
     };
-    let mut stages_log = super::stages::StageLog::new();
+    let mut stages_log = crate::cli::stages::StageLog::new();
     stages_log.begin("plan");
     let model = ModelFile::open(&args.input).with_context(|| format!("cannot load {}", args.input.display()))?;
     let tensors = model.tensors()?;
