@@ -68,7 +68,10 @@ pub fn make_qkx2_quants<const N: usize>(
     if min > 0.0 {
         min = 0.0;
     }
-    if max == min {
+    // ggml tests `max == min` here and `max <= min` in make_qkx3_quants, which uses this
+    // function: the two agree on every input (min ≤ x[0] ≤ max once x[0] is a number, and a NaN
+    // x[0] fails both tests).
+    if max <= min {
         l.fill(0);
         return (0.0, -min);
     }
@@ -180,10 +183,23 @@ pub fn make_q3_quants(nmax: i32, x: &[f32; 16], l: &mut [i8; 16]) -> f32 {
 }
 
 /// `make_qx_quants(n = 16, nmax, x, L, rmse_type = 1, qw = NULL)`: symmetric
-/// x ≈ scale·(L − nmax) with weights x²; tries the grid through the signed max and 18 grids
-/// stretched by ±0.1..0.9 levels, keeping the one with the best weighted correlation.
-/// Writes L offset by `nmax` and returns the least-squares scale of the kept grid.
+/// x ≈ scale·(L − nmax) with weights x²; see [`make_qx_quants_weighted`].
 pub fn make_qx_quants(nmax: i32, x: &[f32; 16], l: &mut [i8; 16]) -> f32 {
+    make_qx_quants_weighted(nmax, x, l, |i| x[i] * x[i])
+}
+
+/// `make_qx_quants(n, nmax, x, L, rmse_type = 1, qw)` with weight `weight(i)` for x[i]
+/// (`qw[i]`, or x[i]² when ggml passes no `qw`): symmetric x ≈ scale·(L − nmax) with
+/// L − nmax ∈ [−nmax, nmax − 1]. Tries the grid through the signed max and 18 grids stretched
+/// by ±0.1..0.9 levels, keeping the one with the best weighted correlation. Writes L offset by
+/// `nmax` (all zero for an all-zero group) and returns the least-squares scale of the kept grid.
+#[inline(always)]
+pub fn make_qx_quants_weighted<const N: usize>(
+    nmax: i32,
+    x: &[f32; N],
+    l: &mut [i8; N],
+    weight: impl Fn(usize) -> f32,
+) -> f32 {
     let (max, amax) = signed_absmax(x);
     if amax < GROUP_MAX_EPS {
         l.fill(0);
@@ -192,15 +208,15 @@ pub fn make_qx_quants(nmax: i32, x: &[f32; 16], l: &mut [i8; 16]) -> f32 {
     let nmaxf = nmax as f32;
     let sums = |iscale: f32| {
         let (mut sumlx, mut suml2) = (0f32, 0f32);
-        for &v in x {
+        for (i, &v) in x.iter().enumerate() {
             let q = nearest_int(iscale * v).clamp(-nmax, nmax - 1) as f32;
-            let w = v * v;
+            let w = weight(i);
             sumlx += w * v * q;
             suml2 += w * q * q;
         }
         (sumlx, suml2)
     };
-    let assign = |iscale: f32, l: &mut [i8; 16]| {
+    let assign = |iscale: f32, l: &mut [i8; N]| {
         for (li, &v) in l.iter_mut().zip(x) {
             *li = (nmax + nearest_int(iscale * v).clamp(-nmax, nmax - 1)) as i8;
         }
@@ -209,6 +225,7 @@ pub fn make_qx_quants(nmax: i32, x: &[f32; 16], l: &mut [i8; 16]) -> f32 {
     let iscale = -nmaxf / max;
     assign(iscale, l);
     let (sumlx, suml2) = sums(iscale);
+    // C tests `suml2 ?`, which a NaN passes: `!= 0.0` does the same.
     let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
     let mut best = scale * sumlx;
     for is in -9..=9i32 {

@@ -7,68 +7,19 @@
 //! fused into an FMA, and integer values pass through the same C conversions (a negative
 //! `nearest_int` stored into a `uint8_t` wraps, and the wrapped value is what later loops read).
 
-use crate::quant::kquants::search::{nearest_int, GROUP_MAX_EPS};
+use crate::quant::kquants::search::{self, nearest_int, GROUP_MAX_EPS};
 
-/// `make_qx_quants(n, nmax, x, L, rmse_type = 1, qw)`: symmetric x ≈ scale·(L − nmax) with
-/// L − nmax ∈ [−nmax, nmax − 1], weighted by `qw`. Tries the grid through the signed max and 18
-/// grids stretched by ±0.1..0.9 levels, keeps the best weighted correlation, and returns its
-/// least-squares scale; writes L offset by `nmax` (all zero for an all-zero group).
+/// `make_qx_quants(n, nmax, x, L, rmse_type = 1, qw)`: symmetric x ≈ scale·(L − nmax),
+/// weighted by `qw` (the search itself: [`search::make_qx_quants_weighted`]).
 pub fn make_qx_quants<const N: usize>(nmax: i32, x: &[f32; N], l: &mut [i8; N], qw: &[f32; N]) -> f32 {
-    let (mut max, mut amax) = (0f32, 0f32);
-    for &v in x {
-        let ax = v.abs();
-        if ax > amax {
-            amax = ax;
-            max = v;
-        }
-    }
-    if amax < GROUP_MAX_EPS {
-        l.fill(0);
-        return 0.0;
-    }
-    let nmaxf = nmax as f32;
-    let sums = |iscale: f32| {
-        let (mut sumlx, mut suml2) = (0f32, 0f32);
-        for i in 0..N {
-            let q = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1) as f32;
-            let w = qw[i];
-            sumlx += w * x[i] * q;
-            suml2 += w * q * q;
-        }
-        (sumlx, suml2)
-    };
-    let assign = |iscale: f32, l: &mut [i8; N]| {
-        for (li, &v) in l.iter_mut().zip(x) {
-            *li = (nmax + nearest_int(iscale * v).clamp(-nmax, nmax - 1)) as i8;
-        }
-    };
-
-    let iscale = -nmaxf / max;
-    assign(iscale, l);
-    let (sumlx, suml2) = sums(iscale);
-    // C tests `suml2 ?`, which a NaN passes: `!= 0.0` does the same.
-    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
-    let mut best = scale * sumlx;
-    for is in -9..=9i32 {
-        if is == 0 {
-            continue;
-        }
-        let iscale = -(nmaxf + 0.1 * is as f32) / max;
-        let (sumlx, suml2) = sums(iscale);
-        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
-            assign(iscale, l);
-            scale = sumlx / suml2;
-            best = scale * sumlx;
-        }
-    }
-    scale
+    search::make_qx_quants_weighted(nmax, x, l, |i| qw[i])
 }
 
 /// `make_qkx3_quants(n, nmax, x, weights, L, &the_min, Laux, rmin, rdelta, nstep,
 /// use_mad = false)`: affine x ≈ scale·L − the_min with L ∈ [0, nmax], minimizing the weighted
-/// squared error over the min/max grid and `nstep + 1` stretched grids (each solved by weighted
-/// least squares for scale and min; the min never goes above zero). Returns `(scale, the_min)`.
-/// Differs from `make_qkx2_quants` in its degenerate-range test (`max <= min`).
+/// squared error over the min/max grid and `nstep + 1` stretched grids. It is ggml's
+/// `make_qkx2_quants` with squared errors but for its degenerate-range test, which gives the
+/// same answer on every input (see there). Returns `(scale, the_min)`.
 pub fn make_qkx3_quants<const N: usize>(
     nmax: i32,
     x: &[f32; N],
@@ -78,76 +29,7 @@ pub fn make_qkx3_quants<const N: usize>(
     rdelta: f32,
     nstep: i32,
 ) -> (f32, f32) {
-    let mut min = x[0];
-    let mut max = x[0];
-    let mut sum_w = weights[0];
-    let mut sum_x = sum_w * x[0];
-    for i in 1..N {
-        if x[i] < min {
-            min = x[i];
-        }
-        if x[i] > max {
-            max = x[i];
-        }
-        let w = weights[i];
-        sum_w += w;
-        sum_x += w * x[i];
-    }
-    if min > 0.0 {
-        min = 0.0;
-    }
-    if max <= min {
-        l.fill(0);
-        return (0.0, -min);
-    }
-    let nmaxf = nmax as f32;
-    let mut iscale = nmaxf / (max - min);
-    let mut scale = 1.0 / iscale;
-    let mut best_mad = 0f32;
-    for i in 0..N {
-        let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
-        l[i] = q as u8;
-        let diff = scale * q as f32 + min - x[i];
-        best_mad += weights[i] * (diff * diff);
-    }
-    if nstep < 1 {
-        return (scale, -min);
-    }
-    let mut laux = [0u8; N];
-    for is in 0..=nstep {
-        iscale = (rmin + rdelta * is as f32 + nmaxf) / (max - min);
-        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
-        for i in 0..N {
-            let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
-            laux[i] = q as u8;
-            let lf = q as f32;
-            let w = weights[i];
-            sum_l += w * lf;
-            sum_l2 += w * lf * lf;
-            sum_xl += w * lf * x[i];
-        }
-        let det = sum_w * sum_l2 - sum_l * sum_l;
-        if det > 0.0 {
-            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
-            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
-            if this_min > 0.0 {
-                this_min = 0.0;
-                this_scale = sum_xl / sum_l2;
-            }
-            let mut mad = 0f32;
-            for i in 0..N {
-                let diff = this_scale * laux[i] as f32 + this_min - x[i];
-                mad += weights[i] * (diff * diff);
-            }
-            if mad < best_mad {
-                l.copy_from_slice(&laux);
-                best_mad = mad;
-                scale = this_scale;
-                min = this_min;
-            }
-        }
-    }
-    (scale, -min)
+    search::make_qkx2_quants(nmax, x, weights, l, rmin, rdelta, nstep, false)
 }
 
 /// `make_qp_quants(n, nmax, x, L, quant_weights)`: x ≈ scale·L with L ∈ [0, nmax] for
