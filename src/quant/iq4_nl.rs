@@ -55,8 +55,15 @@ pub(crate) fn best_index(x: f32) -> u8 {
 /// correlation wins. Every weight is then assigned with the f32 d (not the f16-rounded one,
 /// as ggml does).
 pub fn quantize_block(x: &[f32], out: &mut [u8]) {
-    let (x, out) = (as_block::<QK>(x), as_bytes_mut::<BLOCK_BYTES>(out));
+    let x = as_block::<QK>(x);
     let w: [f32; QK] = std::array::from_fn(|j| x[j] * x[j]);
+    quantize_block_weighted(x, &w, out);
+}
+
+/// The search of [`quantize_block`] with weights `w` (x² there; the importance-weighted
+/// quantizer's `qw[j]·sqrt(σ² + x[j]²)` in `weighted::iq4_nl`).
+pub(crate) fn quantize_block_weighted(x: &[f32; QK], w: &[f32; QK], out: &mut [u8]) {
+    let out = as_bytes_mut::<BLOCK_BYTES>(out);
     let (mut amax, mut max) = (0f32, 0f32);
     for &v in x {
         if v.abs() > amax {

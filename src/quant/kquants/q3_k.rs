@@ -46,19 +46,36 @@ pub fn quantize_block(x: &[f32], out: &mut [u8]) {
         for j in 0..16 {
             // ggml stores nearest_int into an int8_t first (a truncation), then clamps.
             let q = ((search::nearest_int(iscale * scales[j]) as i8) as i32).clamp(-32, 31) + 32;
-            let q = q as u8;
-            if j < 8 {
-                sc[j] = q & 0xF;
-            } else {
-                sc[j - 8] |= (q & 0xF) << 4;
-            }
-            sc[8 + j % 4] |= (q >> 4) << (2 * (j / 4));
+            put_scale(sc, j, q as u8);
         }
         put_f16(dd, 1.0 / iscale);
     } else {
         put_f16(dd, 0.0);
     }
+    requantize_and_pack(x, &mut l, hmask, qs, sc, dd);
+}
 
+/// Store sub-block `j`'s 6-bit scale code `q` (scale + 32) into `sc` (zeroed beforehand).
+pub(crate) fn put_scale(sc: &mut [u8], j: usize, q: u8) {
+    if j < 8 {
+        sc[j] = q & 0xF;
+    } else {
+        sc[j - 8] |= (q & 0xF) << 4;
+    }
+    sc[8 + j % 4] |= (q >> 4) << (2 * (j / 4));
+}
+
+/// The tail both Q3_K quantizers share: each weight re-rounded against its sub-block's stored
+/// scale (the f16 `dd` times the 6-bit code in `sc`; a sub-block whose stored scale is zero
+/// keeps the search's levels, as in ggml), then the levels packed into `hmask` and `qs`.
+pub(crate) fn requantize_and_pack(
+    x: &[f32; QK],
+    l: &mut [i8; QK_K],
+    hmask: &mut [u8],
+    qs: &mut [u8],
+    sc: &[u8],
+    dd: &[u8],
+) {
     let d_all = get_f16(dd);
     for j in 0..16 {
         let d = d_all * scale(sc, j) as f32;

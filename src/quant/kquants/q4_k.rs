@@ -19,6 +19,11 @@ pub fn quantize_block(x: &[f32], out: &mut [u8]) {
     let (head, qs) = out.split_at_mut(16);
     let (d, dmin) = quantize_scales_k4(x, 15, -1.0, 20, &mut l, head);
     requantize_k4(x, d, dmin, &head[4..16], 15, &mut l);
+    pack_levels(&l, qs);
+}
+
+/// The 4-bit levels into `qs`: weights 64·c + i and 64·c + 32 + i share byte 32·c + i.
+pub(crate) fn pack_levels(l: &[u8; QK_K], qs: &mut [u8]) {
     for c in 0..4 {
         let (lc, q) = (&l[64 * c..64 * (c + 1)], &mut qs[32 * c..32 * (c + 1)]);
         for i in 0..32 {

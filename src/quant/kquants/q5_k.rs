@@ -18,6 +18,11 @@ pub fn quantize_block(x: &[f32], out: &mut [u8]) {
     let (head, rest) = out.split_at_mut(16);
     let (d, dmin) = quantize_scales_k4(x, 31, -0.5, 15, &mut l, head);
     requantize_k4(x, d, dmin, &head[4..16], 31, &mut l);
+    pack_levels(&l, rest);
+}
+
+/// The 5-bit levels into `qh` then `qs` (`rest`: the block after its 16-byte head).
+pub(crate) fn pack_levels(l: &[u8; QK_K], rest: &mut [u8]) {
     let (qh, qs) = rest.split_at_mut(32);
     qh.fill(0);
     for c in 0..4 {

@@ -16,12 +16,20 @@ pub const BLOCK_BYTES: usize = 210;
 /// quantized to 8 bits against the one of largest magnitude (d = −max/128), requantization.
 /// A super-block whose scales are all ~0 is stored as zeros.
 pub fn quantize_block(x: &[f32], out: &mut [u8]) {
-    let (x, out) = (as_block::<QK>(x), as_bytes_mut::<BLOCK_BYTES>(out));
+    let x = as_block::<QK>(x);
+    quantize_block_weighted(x, |i| x[i] * x[i], out);
+}
+
+/// The reference quantizer with weight `weight(i)` for x[i] in each sub-block's search: x² in
+/// `quantize_row_q6_K_ref`, the importance `qw[i]` alone in `quantize_row_q6_K_impl` (ggml's
+/// σ² term is commented out for this type).
+pub(crate) fn quantize_block_weighted(x: &[f32; QK], weight: impl Fn(usize) -> f32, out: &mut [u8]) {
+    let out = as_bytes_mut::<BLOCK_BYTES>(out);
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; 16];
     let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
     for j in 0..16 {
-        let s = search::make_qx_quants(32, sub(x, j), sub_mut(&mut l, j));
+        let s = search::make_qx_quants_weighted::<16>(32, sub(x, j), sub_mut(&mut l, j), |k| weight(16 * j + k));
         scales[j] = s;
         if s.abs() > max_abs_scale {
             max_abs_scale = s.abs();

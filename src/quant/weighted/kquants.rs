@@ -12,7 +12,7 @@
 
 use super::search::{make_qkx3_quants, make_qp_quants, make_qx_quants};
 use crate::quant::float::{get_f16, put_f16};
-use crate::quant::kquants::search::{nearest_int, GROUP_MAX_EPS};
+use crate::quant::kquants::search::nearest_int;
 use crate::quant::kquants::{
     pack_2bit, pack_scale_min_k4, q2_k, q3_k, q4_k, q5_k, q6_k, requantize_k4, sub, sub_mut, K_SCALE_SIZE, QK_K,
 };
@@ -103,40 +103,10 @@ pub fn q3_k_row(x: &[f32], qw: &[f32], out: &mut [u8]) {
         let mut ls = [0i8; 16];
         let d_block = make_qx_quants(32, &scales, &mut ls, &sw);
         for j in 0..16 {
-            let v = ls[j] as u8;
-            if j < 8 {
-                sc[j] = v & 0xF;
-            } else {
-                sc[j - 8] |= (v & 0xF) << 4;
-            }
-            sc[8 + j % 4] |= (v >> 4) << (2 * (j / 4));
+            q3_k::put_scale(sc, j, ls[j] as u8);
         }
         put_f16(dd, d_block);
-        let d_all = get_f16(dd);
-        for j in 0..16 {
-            let lo = if j < 8 { sc[j] & 0xF } else { sc[j - 8] >> 4 };
-            let hi = (sc[8 + j % 4] >> (2 * (j / 4))) & 3;
-            // C computes this in an int8_t: (lo | hi << 4) − 32.
-            let s = ((lo | (hi << 4)) as i32 - 32) as i8;
-            let d = d_all * s as f32;
-            if d == 0.0 {
-                continue;
-            }
-            for i in 16 * j..16 * (j + 1) {
-                l[i] = (nearest_int(x[i] / d).clamp(-4, 3) + 4) as i8;
-            }
-        }
-        hmask.fill(0);
-        let mut low = [0u8; QK_K];
-        for i in 0..QK_K {
-            let mut q = l[i] as u8;
-            if q > 3 {
-                hmask[i % 32] |= 1 << (i / 32);
-                q -= 4;
-            }
-            low[i] = q;
-        }
-        pack_2bit(&low, qs);
+        q3_k::requantize_and_pack(x, &mut l, hmask, qs, sc, dd);
     }
 }
 
@@ -178,12 +148,7 @@ pub fn q4_k_row(x: &[f32], qw: &[f32], out: &mut [u8]) {
         let (head, qs) = o.split_at_mut(16);
         let (d, dmin) = scales_k4(x, qw, 15, false, &mut l, head);
         requantize_k4(x, d, dmin, &head[4..16], 15, &mut l);
-        for c in 0..4 {
-            let (lc, q) = (&l[64 * c..64 * (c + 1)], &mut qs[32 * c..32 * (c + 1)]);
-            for i in 0..32 {
-                q[i] = lc[i] | (lc[i + 32] << 4);
-            }
-        }
+        q4_k::pack_levels(&l, qs);
     }
 }
 
@@ -194,66 +159,14 @@ pub fn q5_k_row(x: &[f32], qw: &[f32], out: &mut [u8]) {
         let (head, rest) = o.split_at_mut(16);
         let (d, dmin) = scales_k4(x, qw, 31, true, &mut l, head);
         requantize_k4(x, d, dmin, &head[4..16], 31, &mut l);
-        let (qh, qs) = rest.split_at_mut(32);
-        qh.fill(0);
-        for c in 0..4 {
-            let (lc, q) = (&l[64 * c..64 * (c + 1)], &mut qs[32 * c..32 * (c + 1)]);
-            for i in 0..32 {
-                let (a, b) = (lc[i], lc[i + 32]);
-                qh[i] |= ((a >> 4) << (2 * c)) | ((b >> 4) << (2 * c + 1));
-                q[i] = (a & 0xF) | ((b & 0xF) << 4);
-            }
-        }
+        q5_k::pack_levels(&l, rest);
     }
 }
 
-/// `quantize_row_q6_K_impl`: as the reference, with `make_qx_quants(16, 32, …, qw)` weighted by
-/// the importance alone (ggml's σ² term is commented out for this type).
+/// `quantize_row_q6_K_impl`: the reference search weighted by the importance alone (ggml's
+/// σ² term is commented out for this type).
 pub fn q6_k_row(x: &[f32], qw: &[f32], out: &mut [u8]) {
     for ((x, qw), o) in super_blocks::<{ q6_k::BLOCK_BYTES }>(x, qw, out) {
-        let mut l = [0i8; QK_K];
-        let mut scales = [0f32; 16];
-        let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
-        for j in 0..16 {
-            let w: &[f32; 16] = sub(qw, j);
-            let s = make_qx_quants(32, sub(x, j), sub_mut(&mut l, j), w);
-            scales[j] = s;
-            if s.abs() > max_abs_scale {
-                max_abs_scale = s.abs();
-                max_scale = s;
-            }
-        }
-        if max_abs_scale < GROUP_MAX_EPS {
-            o.fill(0);
-            continue;
-        }
-        let (ql, rest) = o.split_at_mut(128);
-        let (qh, rest) = rest.split_at_mut(64);
-        let (sc, dd) = rest.split_at_mut(16);
-        let iscale = -128.0 / max_scale;
-        put_f16(dd, 1.0 / iscale);
-        for j in 0..16 {
-            sc[j] = nearest_int(iscale * scales[j]).min(127) as i8 as u8;
-        }
-        let d_all = get_f16(dd);
-        for j in 0..16 {
-            let d = d_all * (sc[j] as i8) as f32;
-            if d == 0.0 {
-                continue;
-            }
-            for i in 16 * j..16 * (j + 1) {
-                l[i] = (nearest_int(x[i] / d).clamp(-32, 31) + 32) as i8;
-            }
-        }
-        for h in 0..2 {
-            let lh = &l[128 * h..128 * (h + 1)];
-            let (ql, qh) = (&mut ql[64 * h..64 * (h + 1)], &mut qh[32 * h..32 * (h + 1)]);
-            for i in 0..32 {
-                let (a, b, c, e) = (lh[i] as u8, lh[i + 32] as u8, lh[i + 64] as u8, lh[i + 96] as u8);
-                ql[i] = (a & 0xF) | ((c & 0xF) << 4);
-                ql[i + 32] = (b & 0xF) | ((e & 0xF) << 4);
-                qh[i] = (a >> 4) | ((b >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6);
-            }
-        }
+        q6_k::quantize_block_weighted(x, |i| qw[i], o);
     }
 }
