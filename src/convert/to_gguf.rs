@@ -14,6 +14,7 @@ use crate::ggml_type::GgmlType;
 use crate::model::attn_variants::{scalar_of, AttnVariants};
 use crate::model::source::size_label;
 use crate::model::{names, ModelFile, RopeLayout};
+use crate::output::Sink;
 use crate::quant;
 
 #[derive(Debug, Clone)]
@@ -209,6 +210,12 @@ pub trait TensorEncoder {
     /// Encode tensor `name` — `values` are its weights in the output's row order — as `ty`.
     /// `None` means: use the reference codec.
     fn encode(&mut self, name: &str, values: &[f32], ty: GgmlType) -> Result<Option<Vec<u8>>>;
+
+    /// Called once after the last tensor, before the file is committed: an encoder handed a
+    /// method's results checks here that every one was used.
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The reference codecs for every tensor.
@@ -286,6 +293,24 @@ pub fn write_header_with<W: Write>(
 
 /// Re-open a written GGUF and check that it holds exactly the planned tensors at valid
 /// offsets (run on the temporary file before it is renamed into place).
+/// [`write_header_with`] into `sink`, then (once the encoder's `finish` agrees) the file
+/// validated and renamed into place. The progress bar is cleared once the tensors are written.
+pub fn write_and_commit(
+    model: &ModelFile,
+    header: Header,
+    opts: &WriteOptions,
+    mut sink: Sink,
+    progress: &ProgressBar,
+    encoder: &mut dyn TensorEncoder,
+) -> Result<GgufSummary> {
+    let (_, summary) = write_header_with(model, header, opts, &mut sink, progress, encoder)?;
+    progress.finish_and_clear();
+    encoder.finish()?;
+    let (n, size) = (summary.tensors, summary.bytes);
+    sink.commit(|p| validate_written(p, n, size))?;
+    Ok(summary)
+}
+
 pub fn validate_written(path: &Path, expected_tensors: usize, expected_size: u64) -> Result<()> {
     let f = GgufFile::open(path)?;
     if f.tensors().len() != expected_tensors {

@@ -73,7 +73,7 @@ impl<'w, T: RowParts> SpilledResults<'w, T> {
 
     /// Check that the writer took every result (a result left over was quantized but not
     /// written: a bug to report, not a file to ship).
-    pub fn finish(mut self) -> Result<()> {
+    pub fn finish(&mut self) -> Result<()> {
         for layer in 0..self.loaded.len() {
             self.load(layer)?;
         }

@@ -16,7 +16,7 @@ use crate::calib::{CalibOptions, Calibration};
 use crate::cli::session::Loaded;
 use crate::cli::stages::StageLog;
 use crate::cli::Ui;
-use crate::convert::to_gguf::{self, TensorEncoder, WriteOptions};
+use crate::convert::to_gguf::{self, TensorEncoder};
 use crate::convert::to_hf_quant::{self, OutTensor, PackedLinears};
 use crate::error::Error;
 use crate::ggml_type::GgmlType;
@@ -25,7 +25,6 @@ use crate::methods::awq_gptq::AwqGptqMethod;
 use crate::methods::gptq::{GptqMethod, Solved, Target};
 use crate::methods::SpilledResults;
 use crate::model::{names, ModelConfig, RopeLayout};
-use crate::output::Sink;
 use crate::quant::gptq::{ColumnOrder, GptqOptions};
 use crate::quant::packed::gptq::pack;
 use crate::runtime::LlamaModel;
@@ -244,17 +243,8 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
                 from: layout,
                 to: target_layout,
             };
-            let mut sink = Sink::open(output).with_context(|| format!("cannot create {}", output.display()))?;
-            let wopts = WriteOptions { allow_nonfinite: args.allow_nonfinite, name: args.name.clone() };
-            let wbar = ui.bytes_bar(0, "writing");
-            let (_, summary) = to_gguf::write_header_with(file, header, &wopts, &mut sink, &wbar, &mut enc)
-                .with_context(|| format!("writing {}", output.display()))?;
-            wbar.finish_and_clear();
-            results.finish()?;
-            let (n, size) = (summary.tensors, summary.bytes);
-            sink.commit(|p| to_gguf::validate_written(p, n, size))
-                .with_context(|| format!("writing {}", output.display()))?;
-            (n, size)
+            let summary = super::write_gguf(args, ui, file, header, output, &mut enc)?;
+            (summary.tensors, summary.bytes)
         }
         Format::HfAwq => {
             let packed = pack_awq(&mut results, &cfg, layout, &work, awq_codes)?;
@@ -390,6 +380,10 @@ impl TensorEncoder for SolvedEncoder<'_, '_> {
             return Err(Error::tensor(name, "is empty"));
         }
         file_rows(name, bytes, rows, self.cfg, self.from, self.to).map(Some)
+    }
+
+    fn finish(&mut self) -> crate::error::Result<()> {
+        self.results.finish()
     }
 }
 

@@ -370,6 +370,23 @@ pub(super) fn work_dir(args: &QuantizeArgs, output: &Path, calib: &Calibration) 
 }
 
 /// Say where a resumed run picked up.
+/// Write the GGUF a calibrated method produced (`encoder` hands over its results) to
+/// `output`, atomically.
+fn write_gguf(
+    args: &QuantizeArgs,
+    ui: &Ui,
+    file: &ModelFile,
+    header: to_gguf::Header,
+    output: &Path,
+    encoder: &mut dyn TensorEncoder,
+) -> Result<to_gguf::GgufSummary> {
+    let sink = Sink::open(output).with_context(|| format!("cannot create {}", output.display()))?;
+    let wopts = WriteOptions { allow_nonfinite: args.allow_nonfinite, name: args.name.clone() };
+    let bar = ui.bytes_bar(0, "writing");
+    Ok(to_gguf::write_and_commit(file, header, &wopts, sink, &bar, encoder)
+        .with_context(|| format!("writing {}", output.display()))?)
+}
+
 pub(super) fn report_resumed(ui: &Ui, resumed: usize, work: &WorkDir) {
     if resumed > 0 {
         ui.note(format!("resumed: layers 0–{} loaded from {}", resumed - 1, work.path().display()));
@@ -470,7 +487,7 @@ fn run_rtn(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     check_requantize(args, ui, quantized_in)?;
     let output = args.output.as_ref().expect("clap requires -o without --dry-run");
     stages_log.begin("quantize");
-    let mut sink = Sink::open(output).with_context(|| format!("cannot create {}", output.display()))?;
+    let sink = Sink::open(output).with_context(|| format!("cannot create {}", output.display()))?;
     let bar = ui.bytes_bar(input_bytes, "quantizing");
     let wopts = WriteOptions { allow_nonfinite: args.allow_nonfinite, name: args.name.clone() };
     let mut plain = PlainEncoder;
@@ -478,11 +495,9 @@ fn run_rtn(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         Some((enc, _)) => enc,
         None => &mut plain,
     };
-    let (_, summary) = to_gguf::write_header_with(&model, header, &wopts, &mut sink, &bar, encoder)
+    let summary = to_gguf::write_and_commit(&model, header, &wopts, sink, &bar, encoder)
         .with_context(|| format!("quantizing {} to {}", args.input.display(), output.display()))?;
-    bar.finish_and_clear();
     let (n, size) = (summary.tensors, summary.bytes);
-    sink.commit(|p| to_gguf::validate_written(p, n, size)).with_context(|| format!("writing {}", output.display()))?;
 
     let secs = start.elapsed().as_secs_f64();
     if ui.json {
