@@ -383,8 +383,8 @@ fn write_gguf(
     let sink = Sink::open(output).with_context(|| format!("cannot create {}", output.display()))?;
     let wopts = WriteOptions { allow_nonfinite: args.allow_nonfinite, name: args.name.clone() };
     let bar = ui.bytes_bar(0, "writing");
-    Ok(to_gguf::write_and_commit(file, header, &wopts, sink, &bar, encoder)
-        .with_context(|| format!("writing {}", output.display()))?)
+    to_gguf::write_and_commit(file, header, &wopts, sink, &bar, encoder)
+        .with_context(|| format!("writing {}", output.display()))
 }
 
 pub(super) fn report_resumed(ui: &Ui, resumed: usize, work: &WorkDir) {

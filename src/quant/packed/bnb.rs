@@ -75,10 +75,7 @@ pub(super) fn from_config(q: &Value) -> Result<BnbScheme> {
 /// Whether `hf_name` belongs to a 4-bit weight: the parts after `.weight.` always; the
 /// `weight` itself when a quant_state sits beside it or it is uint8 (a float `.weight` with
 /// no quant_state, such as a norm or the embeddings, stays a plain tensor).
-pub(super) fn split_packed<'n>(
-    hf_name: &'n str,
-    dtype_of: impl Fn(&str) -> Option<Dtype>,
-) -> Option<(&'n str, &'n str)> {
+pub(super) fn split_packed(hf_name: &str, dtype_of: impl Fn(&str) -> Option<Dtype>) -> Option<(&str, &str)> {
     if let Some(prefix) = hf_name.strip_suffix(".weight") {
         let has_state = [Bnb4Type::Nf4, Bnb4Type::Fp4]
             .iter()
