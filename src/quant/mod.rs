@@ -16,15 +16,80 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::ggml_type::GgmlType;
 
+/// One storage type qforge encodes and decodes: everything the rest of the crate asks of a
+/// codec, in one row of [`CODECS`]. `encode`/`decode` take whole blocks (the block loop is
+/// compiled per codec, so the block function inlines into it).
+pub struct Codec {
+    pub ty: GgmlType,
+    /// llama.cpp's reference quantizer (`quantize_row_*_ref`; the float types' conversion).
+    pub encode: fn(&[f32], &mut [u8]),
+    /// `dequantize_row_*` (the float types' widening).
+    pub decode: fn(&[u8], &mut [f32]),
+    /// llama.cpp's importance-weighted quantizer over one row (`quantize_row_*_impl` with
+    /// `quant_weights`: the row, one importance per column, the row's bytes). `None`: the
+    /// importance is ignored, as llama.cpp does for Q8_0 and the float types.
+    pub encode_weighted: Option<WeightedRowFn>,
+}
+
+/// An importance-weighted row quantizer: the row, one importance per column, the row's bytes.
+pub type WeightedRowFn = fn(&[f32], &[f32], &mut [u8]);
+
+/// A block codec's row of [`CODECS`] from its module (`QK`, `BLOCK_BYTES`, `quantize_block`,
+/// `dequantize_block`) and its weighted row quantizer.
+macro_rules! block_codec {
+    ($ty:ident, $($m:ident)::+, $weighted:expr) => {
+        Codec {
+            ty: GgmlType::$ty,
+            encode: |src, out| {
+                for (s, o) in src.chunks_exact($($m)::+::QK).zip(out.chunks_exact_mut($($m)::+::BLOCK_BYTES)) {
+                    $($m)::+::quantize_block(s, o);
+                }
+            },
+            decode: |src, out| {
+                for (b, o) in src.chunks_exact($($m)::+::BLOCK_BYTES).zip(out.chunks_exact_mut($($m)::+::QK)) {
+                    $($m)::+::dequantize_block(b, o);
+                }
+            },
+            encode_weighted: $weighted,
+        }
+    };
+}
+
+/// Every storage type qforge encodes and decodes (GGML's other types are read as metadata
+/// only: a tensor of one is refused with a clear error). Adding a block type: its module
+/// (quantizer, decoder, weighted quantizer) and a row here; the GGUF id, name and block
+/// geometry are `ggml_type`'s, llama-quantize's mixes `convert::plan`'s, GPTQ's grid
+/// `gptq::ggml_grid`'s.
+pub static CODECS: &[Codec] = &[
+    Codec { ty: GgmlType::F32, encode: float::encode_f32, decode: float::decode_f32, encode_weighted: None },
+    Codec { ty: GgmlType::F16, encode: float::encode_f16, decode: float::decode_f16, encode_weighted: None },
+    Codec { ty: GgmlType::BF16, encode: float::encode_bf16, decode: float::decode_bf16, encode_weighted: None },
+    block_codec!(Q8_0, q8_0, None),
+    block_codec!(Q4_0, legacy::q4_0, Some(weighted::rows::q4_0_row)),
+    block_codec!(Q4_1, legacy::q4_1, Some(weighted::rows::q4_1_row)),
+    block_codec!(Q5_0, legacy::q5_0, Some(weighted::rows::q5_0_row)),
+    block_codec!(Q5_1, legacy::q5_1, Some(weighted::rows::q5_1_row)),
+    block_codec!(Q2_K, kquants::q2_k, Some(weighted::rows::q2_k_row)),
+    block_codec!(Q3_K, kquants::q3_k, Some(weighted::rows::q3_k_row)),
+    block_codec!(Q4_K, kquants::q4_k, Some(weighted::rows::q4_k_row)),
+    block_codec!(Q5_K, kquants::q5_k, Some(weighted::rows::q5_k_row)),
+    block_codec!(Q6_K, kquants::q6_k, Some(weighted::rows::q6_k_row)),
+    block_codec!(IQ4_NL, iq4_nl, Some(weighted::rows::iq4_nl_row)),
+];
+
+/// The codec of `t`, if qforge has one.
+pub fn codec(t: GgmlType) -> Option<&'static Codec> {
+    CODECS.iter().find(|c| c.ty == t)
+}
+
 /// Whether qforge can decode this storage type to f32.
 pub fn can_decode(t: GgmlType) -> bool {
-    use GgmlType::*;
-    matches!(t, F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ4_NL)
+    codec(t).is_some()
 }
 
 /// Whether qforge can encode f32 into this storage type.
 pub fn can_encode(t: GgmlType) -> bool {
-    can_decode(t)
+    codec(t).is_some()
 }
 
 /// Weights per parallel work item; a multiple of every block size (256).
@@ -48,8 +113,6 @@ pub fn decode(t: GgmlType, src: &[u8], n: usize) -> Result<Vec<f32>> {
 /// Decode a slice holding a whole number of blocks into `out`, which must hold exactly the
 /// weights those blocks encode.
 pub fn decode_slice(t: GgmlType, src: &[u8], out: &mut [f32]) -> Result<()> {
-    use kquants::{q2_k, q3_k, q4_k, q5_k, q6_k};
-    use legacy::{q4_0, q4_1, q5_0, q5_1};
     // The block loops zip input and output, so a mismatch would leave outputs unwritten or
     // ignore input (the F32 copy panicked): refuse it.
     let (qk, bb) = (t.block_size(), t.block_bytes());
@@ -60,42 +123,9 @@ pub fn decode_slice(t: GgmlType, src: &[u8], out: &mut [f32]) -> Result<()> {
             out.len()
         )));
     }
-    match t {
-        GgmlType::F32 => float::decode_f32(src, out),
-        GgmlType::F16 => float::decode_f16(src, out),
-        GgmlType::BF16 => float::decode_bf16(src, out),
-        GgmlType::Q8_0 => dequantize_blocks::<{ q8_0::QK }, { q8_0::BLOCK_BYTES }>(src, out, q8_0::dequantize_block),
-        GgmlType::Q4_0 => dequantize_blocks::<{ q4_0::QK }, { q4_0::BLOCK_BYTES }>(src, out, q4_0::dequantize_block),
-        GgmlType::Q4_1 => dequantize_blocks::<{ q4_1::QK }, { q4_1::BLOCK_BYTES }>(src, out, q4_1::dequantize_block),
-        GgmlType::Q5_0 => dequantize_blocks::<{ q5_0::QK }, { q5_0::BLOCK_BYTES }>(src, out, q5_0::dequantize_block),
-        GgmlType::Q5_1 => dequantize_blocks::<{ q5_1::QK }, { q5_1::BLOCK_BYTES }>(src, out, q5_1::dequantize_block),
-        GgmlType::Q2_K => dequantize_blocks::<{ q2_k::QK }, { q2_k::BLOCK_BYTES }>(src, out, q2_k::dequantize_block),
-        GgmlType::Q3_K => dequantize_blocks::<{ q3_k::QK }, { q3_k::BLOCK_BYTES }>(src, out, q3_k::dequantize_block),
-        GgmlType::Q4_K => dequantize_blocks::<{ q4_k::QK }, { q4_k::BLOCK_BYTES }>(src, out, q4_k::dequantize_block),
-        GgmlType::Q5_K => dequantize_blocks::<{ q5_k::QK }, { q5_k::BLOCK_BYTES }>(src, out, q5_k::dequantize_block),
-        GgmlType::Q6_K => dequantize_blocks::<{ q6_k::QK }, { q6_k::BLOCK_BYTES }>(src, out, q6_k::dequantize_block),
-        GgmlType::IQ4_NL => {
-            dequantize_blocks::<{ iq4_nl::QK }, { iq4_nl::BLOCK_BYTES }>(src, out, iq4_nl::dequantize_block)
-        }
-        other => return Err(Error::Unsupported(format!("decoding {other} tensors is not supported yet"))),
-    }
+    let c = codec(t).ok_or_else(|| Error::Unsupported(format!("decoding {t} tensors is not supported yet")))?;
+    (c.decode)(src, out);
     Ok(())
-}
-
-/// Run a block dequantizer over every block. Generic over the codec so each one is inlined
-/// into its own loop.
-#[inline(always)]
-fn dequantize_blocks<const QK: usize, const BYTES: usize>(src: &[u8], out: &mut [f32], f: impl Fn(&[u8], &mut [f32])) {
-    for (b, o) in src.chunks_exact(BYTES).zip(out.chunks_exact_mut(QK)) {
-        f(b, o);
-    }
-}
-
-#[inline(always)]
-fn quantize_blocks<const QK: usize, const BYTES: usize>(src: &[f32], out: &mut [u8], f: impl Fn(&[f32], &mut [u8])) {
-    for (s, o) in src.chunks_exact(QK).zip(out.chunks_exact_mut(BYTES)) {
-        f(s, o);
-    }
 }
 
 /// Encode f32 weights as type `t`. The length must be a whole number of blocks.
@@ -108,27 +138,8 @@ pub fn encode(t: GgmlType, src: &[f32]) -> Result<Vec<u8>> {
 }
 
 fn encode_slice(t: GgmlType, src: &[f32], out: &mut [u8]) -> Result<()> {
-    use kquants::{q2_k, q3_k, q4_k, q5_k, q6_k};
-    use legacy::{q4_0, q4_1, q5_0, q5_1};
-    match t {
-        GgmlType::F32 => float::encode_f32(src, out),
-        GgmlType::F16 => float::encode_f16(src, out),
-        GgmlType::BF16 => float::encode_bf16(src, out),
-        GgmlType::Q8_0 => quantize_blocks::<{ q8_0::QK }, { q8_0::BLOCK_BYTES }>(src, out, q8_0::quantize_block),
-        GgmlType::Q4_0 => quantize_blocks::<{ q4_0::QK }, { q4_0::BLOCK_BYTES }>(src, out, q4_0::quantize_block),
-        GgmlType::Q4_1 => quantize_blocks::<{ q4_1::QK }, { q4_1::BLOCK_BYTES }>(src, out, q4_1::quantize_block),
-        GgmlType::Q5_0 => quantize_blocks::<{ q5_0::QK }, { q5_0::BLOCK_BYTES }>(src, out, q5_0::quantize_block),
-        GgmlType::Q5_1 => quantize_blocks::<{ q5_1::QK }, { q5_1::BLOCK_BYTES }>(src, out, q5_1::quantize_block),
-        GgmlType::Q2_K => quantize_blocks::<{ q2_k::QK }, { q2_k::BLOCK_BYTES }>(src, out, q2_k::quantize_block),
-        GgmlType::Q3_K => quantize_blocks::<{ q3_k::QK }, { q3_k::BLOCK_BYTES }>(src, out, q3_k::quantize_block),
-        GgmlType::Q4_K => quantize_blocks::<{ q4_k::QK }, { q4_k::BLOCK_BYTES }>(src, out, q4_k::quantize_block),
-        GgmlType::Q5_K => quantize_blocks::<{ q5_k::QK }, { q5_k::BLOCK_BYTES }>(src, out, q5_k::quantize_block),
-        GgmlType::Q6_K => quantize_blocks::<{ q6_k::QK }, { q6_k::BLOCK_BYTES }>(src, out, q6_k::quantize_block),
-        GgmlType::IQ4_NL => {
-            quantize_blocks::<{ iq4_nl::QK }, { iq4_nl::BLOCK_BYTES }>(src, out, iq4_nl::quantize_block)
-        }
-        other => return Err(Error::Unsupported(format!("encoding to {other} is not supported yet"))),
-    }
+    let c = codec(t).ok_or_else(|| Error::Unsupported(format!("encoding to {t} is not supported yet")))?;
+    (c.encode)(src, out);
     Ok(())
 }
 

@@ -10,9 +10,8 @@ use super::solver::ColumnGrid;
 use crate::error::{Error, Result};
 use crate::ggml_type::GgmlType;
 use crate::quant::float::get_f16;
-use crate::quant::kquants::{get_scale_min_k4, q4_k, q5_k, q6_k};
-use crate::quant::legacy::{q4_0, q4_1, q5_0, q5_1};
-use crate::quant::{iq4_nl, q8_0};
+use crate::quant::iq4_nl;
+use crate::quant::kquants::get_scale_min_k4;
 
 /// One weight's representable values, with the dequantizer's arithmetic.
 #[derive(Clone, Copy, Debug)]
@@ -127,17 +126,10 @@ impl GgmlGrid {
         if importance.as_ref().is_some_and(|(w, _)| w.len() != cols) {
             return Err(Error::InvalidArgument(format!("importance for {} columns, not {cols}", cols)));
         }
-        let quantize_block: fn(&[f32], &mut [u8]) = match ty {
-            GgmlType::Q4_0 => q4_0::quantize_block,
-            GgmlType::Q4_1 => q4_1::quantize_block,
-            GgmlType::Q5_0 => q5_0::quantize_block,
-            GgmlType::Q5_1 => q5_1::quantize_block,
-            GgmlType::Q8_0 => q8_0::quantize_block,
-            GgmlType::Q4_K => q4_k::quantize_block,
-            GgmlType::Q5_K => q5_k::quantize_block,
-            GgmlType::Q6_K => q6_k::quantize_block,
-            GgmlType::IQ4_NL => iq4_nl::quantize_block,
-            t => return Err(Error::Unsupported(format!("GPTQ with a {t} grid is not supported"))),
+        // The block header comes from llama.cpp's quantizer of the type (the codec table's).
+        let quantize_block = match crate::quant::codec(ty) {
+            Some(c) if super::GGML_TYPES.contains(&ty) => c.encode,
+            _ => return Err(Error::Unsupported(format!("GPTQ with a {ty} grid is not supported"))),
         };
         let qk = ty.block_size();
         let mut triggers = vec![Vec::new(); cols];

@@ -16,6 +16,13 @@ mod kquants;
 mod legacy;
 pub mod search;
 
+/// The row quantizers, for the codec table (`quant::CODECS`).
+pub(crate) mod rows {
+    pub use super::iq4_nl::iq4_nl_row;
+    pub use super::kquants::{q2_k_row, q3_k_row, q4_k_row, q5_k_row, q6_k_row};
+    pub use super::legacy::{q4_0_row, q4_1_row, q5_0_row, q5_1_row};
+}
+
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -24,28 +31,14 @@ use crate::ggml_type::GgmlType;
 /// Whether `t` has an importance-weighted quantizer (otherwise the importance is ignored, as
 /// llama.cpp does for Q8_0 and the float types).
 pub fn uses_weights(t: GgmlType) -> bool {
-    use GgmlType::*;
-    matches!(t, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ4_NL)
+    row_fn(t).is_some()
 }
 
-pub(crate) type RowFn = fn(&[f32], &[f32], &mut [u8]);
+pub(crate) type RowFn = crate::quant::WeightedRowFn;
 
 /// The importance-weighted quantizer of `t` (rows of whole blocks, one weight per value).
 pub(crate) fn row_fn(t: GgmlType) -> Option<RowFn> {
-    use GgmlType::*;
-    Some(match t {
-        Q4_0 => legacy::q4_0_row,
-        Q4_1 => legacy::q4_1_row,
-        Q5_0 => legacy::q5_0_row,
-        Q5_1 => legacy::q5_1_row,
-        Q2_K => kquants::q2_k_row,
-        Q3_K => kquants::q3_k_row,
-        Q4_K => kquants::q4_k_row,
-        Q5_K => kquants::q5_k_row,
-        Q6_K => kquants::q6_k_row,
-        IQ4_NL => iq4_nl::iq4_nl_row,
-        _ => return None,
-    })
+    crate::quant::codec(t)?.encode_weighted
 }
 
 /// Encode `src` (rows of `row_len` weights) as type `t`, each column weighted by its importance
@@ -103,10 +96,17 @@ mod tests {
             .collect()
     }
 
-    const TYPES: [GgmlType; 10] = {
+    /// Every type with a weighted quantizer.
+    fn types() -> impl Iterator<Item = GgmlType> {
+        quant::CODECS.iter().filter(|c| c.encode_weighted.is_some()).map(|c| c.ty)
+    }
+
+    #[test]
+    fn the_weighted_types_are_llama_cpps() {
         use GgmlType::*;
-        [Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL]
-    };
+        let expected = [Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL];
+        assert_eq!(types().collect::<Vec<_>>(), expected);
+    }
 
     /// The weighted error Σ w·(x − y)² must drop when the same weights steer the quantizer:
     /// that is what the importance is for. (Byte identity with llama.cpp is checked by
@@ -117,7 +117,7 @@ mod tests {
         let x = rows(64, cols, 7);
         // A few columns matter a lot, most hardly at all (like real activations).
         let w: Vec<f32> = (0..cols).map(|c| if c % 37 == 0 { 100.0 } else { 0.01 + (c % 5) as f32 * 0.01 }).collect();
-        for t in TYPES {
+        for t in types() {
             let err = |bytes: &[u8]| {
                 let y = quant::decode(t, bytes, x.len()).unwrap();
                 x.iter()
@@ -153,7 +153,7 @@ mod tests {
     #[test]
     fn zero_rows_stay_zero() {
         let x = vec![0f32; 512];
-        for t in TYPES {
+        for t in types() {
             let b = encode_weighted(t, &x, 256, &[1.0; 256]).unwrap();
             assert!(quant::decode(t, &b, 512).unwrap().iter().all(|&v| v == 0.0), "{t}");
         }
