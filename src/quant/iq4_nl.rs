@@ -4,6 +4,7 @@
 //! weight j+16 in the high nibble); 18 bytes, like Q4_0.
 
 use super::float::{get_f16, put_f16};
+use super::grid::{set_nibble32, ElemGrid};
 use super::{as_block, as_block_mut, as_bytes, as_bytes_mut};
 
 pub const QK: usize = 32;
@@ -113,6 +114,16 @@ pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
         out[j] = d * KVALUES[(q & 0xF) as usize] as f32;
         out[j + QK / 2] = d * KVALUES[(q >> 4) as usize] as f32;
     }
+}
+
+/// Weight `j`'s grid given the header in block `b` (GPTQ rounds onto it).
+pub fn elem_grid(b: &[u8], _j: usize) -> ElemGrid {
+    ElemGrid::Levels { d: get_f16(b), levels: &KVALUES }
+}
+
+/// Store weight `j`'s code `q` (laid out as Q4_0's).
+pub fn set_code(b: &mut [u8], j: usize, q: i32) {
+    set_nibble32(&mut b[2..18], j, q as u8);
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 //! high nibble; the 5-bit types keep bit 4 of weight `j` in bit `j` of the u32 `qh`.
 
 use super::float::{get_f16, put_f16};
+use super::grid::{set_bit, set_nibble32, ElemGrid};
 use super::{as_block, as_block_mut, as_bytes, as_bytes_mut, c_float_to_i8};
 
 /// Weights per block, for all four types.
@@ -77,6 +78,16 @@ pub mod q4_0 {
             out[j + QK / 2] = ((qs[j] >> 4) as i32 - 8) as f32 * d;
         }
     }
+
+    /// Weight `j`'s grid given the header in block `b` (GPTQ rounds onto it).
+    pub fn elem_grid(b: &[u8], _j: usize) -> ElemGrid {
+        ElemGrid::Sym { d: get_f16(b), off: -8, qmin: 0, qmax: 15 }
+    }
+
+    /// Store weight `j`'s code `q`.
+    pub fn set_code(b: &mut [u8], j: usize, q: i32) {
+        set_nibble32(&mut b[2..18], j, q as u8);
+    }
 }
 
 pub mod q4_1 {
@@ -109,6 +120,16 @@ pub mod q4_1 {
             out[j] = (qs[j] & 0x0F) as f32 * d + m;
             out[j + QK / 2] = (qs[j] >> 4) as f32 * d + m;
         }
+    }
+
+    /// Weight `j`'s grid given the header in block `b` (GPTQ rounds onto it).
+    pub fn elem_grid(b: &[u8], _j: usize) -> ElemGrid {
+        ElemGrid::Affine { d: get_f16(b), m: get_f16(&b[2..]), qmax: 15 }
+    }
+
+    /// Store weight `j`'s code `q`.
+    pub fn set_code(b: &mut [u8], j: usize, q: i32) {
+        set_nibble32(&mut b[4..20], j, q as u8);
     }
 }
 
@@ -146,6 +167,17 @@ pub mod q5_0 {
             out[j] = (((qs[j] & 0x0F) as u32 | h0) as i32 - 16) as f32 * d;
             out[j + QK / 2] = (((qs[j] >> 4) as u32 | h1) as i32 - 16) as f32 * d;
         }
+    }
+
+    /// Weight `j`'s grid given the header in block `b` (GPTQ rounds onto it).
+    pub fn elem_grid(b: &[u8], _j: usize) -> ElemGrid {
+        ElemGrid::Sym { d: get_f16(b), off: -16, qmin: 0, qmax: 31 }
+    }
+
+    /// Store weight `j`'s code `q`: low nibble in qs, fifth bit in qh.
+    pub fn set_code(b: &mut [u8], j: usize, q: i32) {
+        set_nibble32(&mut b[6..22], j, (q & 0xF) as u8);
+        set_bit(&mut b[2 + j / 8], j % 8, q & 0x10 != 0);
     }
 }
 
@@ -187,6 +219,17 @@ pub mod q5_1 {
             out[j] = ((qs[j] & 0x0F) as u32 | h0) as f32 * d + m;
             out[j + QK / 2] = ((qs[j] >> 4) as u32 | h1) as f32 * d + m;
         }
+    }
+
+    /// Weight `j`'s grid given the header in block `b` (GPTQ rounds onto it).
+    pub fn elem_grid(b: &[u8], _j: usize) -> ElemGrid {
+        ElemGrid::Affine { d: get_f16(b), m: get_f16(&b[2..]), qmax: 31 }
+    }
+
+    /// Store weight `j`'s code `q`: low nibble in qs, fifth bit in qh.
+    pub fn set_code(b: &mut [u8], j: usize, q: i32) {
+        set_nibble32(&mut b[8..24], j, (q & 0xF) as u8);
+        set_bit(&mut b[4 + j / 8], j % 8, q & 0x10 != 0);
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod bnb;
 pub mod float;
 pub mod gptq;
+pub mod grid;
 pub mod iq4_nl;
 pub mod kquants;
 pub mod legacy;
@@ -15,6 +16,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::ggml_type::GgmlType;
+use grid::BlockGrid;
 
 /// One storage type qforge encodes and decodes: everything the rest of the crate asks of a
 /// codec, in one row of [`CODECS`]. `encode`/`decode` take whole blocks (the block loop is
@@ -29,6 +31,8 @@ pub struct Codec {
     /// `quant_weights`: the row, one importance per column, the row's bytes). `None`: the
     /// importance is ignored, as llama.cpp does for Q8_0 and the float types.
     pub encode_weighted: Option<WeightedRowFn>,
+    /// The per-weight grid GPTQ rounds onto (`None`: GPTQ does not target the type).
+    pub gptq: Option<BlockGrid>,
 }
 
 /// An importance-weighted row quantizer: the row, one importance per column, the row's bytes.
@@ -37,6 +41,12 @@ pub type WeightedRowFn = fn(&[f32], &[f32], &mut [u8]);
 /// A block codec's row of [`CODECS`] from its module (`QK`, `BLOCK_BYTES`, `quantize_block`,
 /// `dequantize_block`) and its weighted row quantizer.
 macro_rules! block_codec {
+    ($ty:ident, $($m:ident)::+, $weighted:expr, gptq) => {
+        Codec {
+            gptq: Some(BlockGrid { elem: $($m)::+::elem_grid, set_code: $($m)::+::set_code }),
+            ..block_codec!($ty, $($m)::+, $weighted)
+        }
+    };
     ($ty:ident, $($m:ident)::+, $weighted:expr) => {
         Codec {
             ty: GgmlType::$ty,
@@ -51,6 +61,7 @@ macro_rules! block_codec {
                 }
             },
             encode_weighted: $weighted,
+            gptq: None,
         }
     };
 }
@@ -58,23 +69,40 @@ macro_rules! block_codec {
 /// Every storage type qforge encodes and decodes (GGML's other types are read as metadata
 /// only: a tensor of one is refused with a clear error). Adding a block type: its module
 /// (quantizer, decoder, weighted quantizer) and a row here; the GGUF id, name and block
-/// geometry are `ggml_type`'s, llama-quantize's mixes `convert::plan`'s, GPTQ's grid
-/// `gptq::ggml_grid`'s.
+/// geometry are `ggml_type`'s, llama-quantize's mixes `convert::plan`'s.
 pub static CODECS: &[Codec] = &[
-    Codec { ty: GgmlType::F32, encode: float::encode_f32, decode: float::decode_f32, encode_weighted: None },
-    Codec { ty: GgmlType::F16, encode: float::encode_f16, decode: float::decode_f16, encode_weighted: None },
-    Codec { ty: GgmlType::BF16, encode: float::encode_bf16, decode: float::decode_bf16, encode_weighted: None },
-    block_codec!(Q8_0, q8_0, None),
-    block_codec!(Q4_0, legacy::q4_0, Some(weighted::rows::q4_0_row)),
-    block_codec!(Q4_1, legacy::q4_1, Some(weighted::rows::q4_1_row)),
-    block_codec!(Q5_0, legacy::q5_0, Some(weighted::rows::q5_0_row)),
-    block_codec!(Q5_1, legacy::q5_1, Some(weighted::rows::q5_1_row)),
+    Codec {
+        ty: GgmlType::F32,
+        encode: float::encode_f32,
+        decode: float::decode_f32,
+        encode_weighted: None,
+        gptq: None,
+    },
+    Codec {
+        ty: GgmlType::F16,
+        encode: float::encode_f16,
+        decode: float::decode_f16,
+        encode_weighted: None,
+        gptq: None,
+    },
+    Codec {
+        ty: GgmlType::BF16,
+        encode: float::encode_bf16,
+        decode: float::decode_bf16,
+        encode_weighted: None,
+        gptq: None,
+    },
+    block_codec!(Q8_0, q8_0, None, gptq),
+    block_codec!(Q4_0, legacy::q4_0, Some(weighted::rows::q4_0_row), gptq),
+    block_codec!(Q4_1, legacy::q4_1, Some(weighted::rows::q4_1_row), gptq),
+    block_codec!(Q5_0, legacy::q5_0, Some(weighted::rows::q5_0_row), gptq),
+    block_codec!(Q5_1, legacy::q5_1, Some(weighted::rows::q5_1_row), gptq),
     block_codec!(Q2_K, kquants::q2_k, Some(weighted::rows::q2_k_row)),
     block_codec!(Q3_K, kquants::q3_k, Some(weighted::rows::q3_k_row)),
-    block_codec!(Q4_K, kquants::q4_k, Some(weighted::rows::q4_k_row)),
-    block_codec!(Q5_K, kquants::q5_k, Some(weighted::rows::q5_k_row)),
-    block_codec!(Q6_K, kquants::q6_k, Some(weighted::rows::q6_k_row)),
-    block_codec!(IQ4_NL, iq4_nl, Some(weighted::rows::iq4_nl_row)),
+    block_codec!(Q4_K, kquants::q4_k, Some(weighted::rows::q4_k_row), gptq),
+    block_codec!(Q5_K, kquants::q5_k, Some(weighted::rows::q5_k_row), gptq),
+    block_codec!(Q6_K, kquants::q6_k, Some(weighted::rows::q6_k_row), gptq),
+    block_codec!(IQ4_NL, iq4_nl, Some(weighted::rows::iq4_nl_row), gptq),
 ];
 
 /// The codec of `t`, if qforge has one.

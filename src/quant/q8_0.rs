@@ -3,6 +3,7 @@
 
 use super::c_float_to_i8;
 use super::float::{get_f16, put_f16};
+use super::grid::ElemGrid;
 
 pub const QK: usize = 32;
 pub const BLOCK_BYTES: usize = 34;
@@ -28,6 +29,17 @@ pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
     for (o, &q) in out.iter_mut().zip(&b[2..BLOCK_BYTES]) {
         *o = d * (q as i8) as f32;
     }
+}
+
+/// Weight `j`'s grid given the header in block `b` (GPTQ rounds onto it). ggml's quantizer
+/// never writes −128, and its SIMD dot products assume it does not.
+pub fn elem_grid(b: &[u8], _j: usize) -> ElemGrid {
+    ElemGrid::Sym { d: get_f16(b), off: 0, qmin: -127, qmax: 127 }
+}
+
+/// Store weight `j`'s code `q`.
+pub fn set_code(b: &mut [u8], j: usize, q: i32) {
+    b[2 + j] = q as i8 as u8;
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 
 use crate::common;
 
-use qforge::quant::gptq::{quantize, ColumnOrder, GptqOptions, GptqResult, Grid, Hessian, GGML_TYPES};
+use qforge::quant::gptq::{quantize, ColumnOrder, GptqOptions, GptqResult, Grid, Hessian};
 use qforge::quant::{decode, encode};
 use qforge::GgmlType;
 
@@ -453,7 +453,7 @@ fn ggml_grids_decode_to_the_result_exactly() {
     let w = weights(rows, cols, 41);
     let x = activations(tokens, cols, 42);
     let h = hessian_of(&x, tokens, cols);
-    for &t in GGML_TYPES {
+    for t in qforge::quant::gptq::ggml_types() {
         for (order, static_groups, weighted_scales) in [
             (ColumnOrder::Natural, false, false),
             (ColumnOrder::Activation, false, false),

@@ -66,18 +66,11 @@ use crate::ggml_type::GgmlType;
 /// [`quantize`] gives up on a Hessian that is not positive definite.
 pub const MAX_DAMP_RETRIES: u32 = 3;
 
-/// The GGML types [`Grid::Ggml`] supports.
-pub const GGML_TYPES: &[GgmlType] = &[
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-    GgmlType::IQ4_NL,
-];
+/// The GGML types [`Grid::Ggml`] supports: those whose codec has a per-weight grid
+/// (`quant::CODECS`).
+pub fn ggml_types() -> impl Iterator<Item = GgmlType> {
+    crate::quant::CODECS.iter().filter(|c| c.gptq.is_some()).map(|c| c.ty)
+}
 
 /// The order in which the sweep visits the columns. Columns visited early have their rounding
 /// error spread over many later ones; visiting the columns with the largest inputs first
@@ -148,7 +141,7 @@ pub enum Grid {
     /// `x ≈ scale · (code − zero)`. `sym` fixes the zero point at `2^(bits−1)` (and makes the
     /// range symmetric around zero), as `quant.py` does. Bits: 2, 3, 4 or 8.
     Int { bits: u8, sym: bool },
-    /// A GGML block type (one of [`GGML_TYPES`]).
+    /// A GGML block type (one of [`ggml_types`]).
     Ggml(GgmlType),
 }
 
@@ -352,8 +345,8 @@ fn check_args(w: &[f32], rows: usize, cols: usize, h_n: usize, grid: &Grid, opts
             }
         }
         Grid::Ggml(t) => {
-            if !GGML_TYPES.contains(&t) {
-                let names: Vec<&str> = GGML_TYPES.iter().map(|t| t.name()).collect();
+            if !ggml_types().any(|g| g == t) {
+                let names: Vec<&str> = ggml_types().map(|t| t.name()).collect();
                 return Err(Error::Unsupported(format!(
                     "GPTQ with a {t} grid is not supported (supported: {})",
                     names.join(", ")

@@ -4,6 +4,7 @@
 //! `qs[128]` (each 64-weight chunk fills 32 bytes: weight i in the low nibble of byte i,
 //! weight i+32 in the high nibble); 144 bytes.
 
+use crate::quant::grid::ElemGrid;
 use crate::quant::{as_block, as_block_mut, as_bytes, as_bytes_mut};
 
 use super::{get_f16, get_scale_min_k4, quantize_scales_k4, requantize_k4, QK_K};
@@ -30,6 +31,20 @@ pub(crate) fn pack_levels(l: &[u8; QK_K], qs: &mut [u8]) {
             q[i] = lc[i] | (lc[i + 32] << 4);
         }
     }
+}
+
+/// Weight `j`'s grid given the header in block `b` (GPTQ rounds onto it).
+pub fn elem_grid(b: &[u8], j: usize) -> ElemGrid {
+    let (sc, m) = get_scale_min_k4(j / 32, &b[4..16]);
+    ElemGrid::KAffine { d: get_f16(b) * sc as f32, m: get_f16(&b[2..]) * m as f32, qmax: 15 }
+}
+
+/// Store weight `j`'s code `q`: 64-weight chunk c fills 32 bytes, weight i in the low nibble,
+/// i + 32 in the high one.
+pub fn set_code(b: &mut [u8], j: usize, q: i32) {
+    let (c, i) = (j / 64, j % 64);
+    let k = 16 + 32 * c + i % 32;
+    b[k] = if i < 32 { (b[k] & 0xF0) | q as u8 } else { (b[k] & 0x0F) | ((q as u8) << 4) };
 }
 
 /// `dequantize_row_q4_K`.

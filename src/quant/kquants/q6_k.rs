@@ -5,6 +5,7 @@
 //! of weights i (low) and i+64 (high), ql[i+32] those of i+32 and i+96, and qh[i] the top
 //! 2 bits of weights i, i+32, i+64, i+96 in bit pairs 0, 2, 4, 6.
 
+use crate::quant::grid::ElemGrid;
 use crate::quant::{as_block, as_block_mut, as_bytes, as_bytes_mut};
 
 use super::{get_f16, put_f16, search, sub, sub_mut, QK_K};
@@ -70,6 +71,24 @@ pub(crate) fn quantize_block_weighted(x: &[f32; QK], weight: impl Fn(usize) -> f
             qh[i] = (a >> 4) | ((b >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6);
         }
     }
+}
+
+/// Weight `j`'s grid given the header in block `b` (GPTQ rounds onto it).
+pub fn elem_grid(b: &[u8], j: usize) -> ElemGrid {
+    let sc = b[192 + j / 16] as i8;
+    ElemGrid::Sym { d: get_f16(&b[208..]) * sc as f32, off: -32, qmin: 0, qmax: 63 }
+}
+
+/// Store weight `j`'s code `q`. Half h: ql[64h..], qh[128 + 32h..]. Quarter t of the half
+/// (32 weights): low nibbles in ql[i + 32·(t&1)] (low for t < 2, high otherwise), top two
+/// bits in qh[i] bits 2t, 2t+1.
+pub fn set_code(b: &mut [u8], j: usize, q: i32) {
+    let (h, t, i) = (j / 128, (j % 128) / 32, j % 32);
+    let lo = (q & 0xF) as u8;
+    let k = 64 * h + i + 32 * (t & 1);
+    b[k] = if t < 2 { (b[k] & 0xF0) | lo } else { (b[k] & 0x0F) | (lo << 4) };
+    let kh = 128 + 32 * h + i;
+    b[kh] = (b[kh] & !(3 << (2 * t))) | ((((q >> 4) & 3) as u8) << (2 * t));
 }
 
 /// `dequantize_row_q6_K`: x = (d·sc)·q, in ggml's order.
