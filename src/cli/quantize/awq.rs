@@ -12,14 +12,13 @@ use clap::Args;
 use safetensors::Dtype;
 use serde_json::json;
 
-use super::{build_plan, Format, QuantizeArgs};
+use super::{Format, QuantizeArgs};
 use crate::calib::resume::WorkDir;
 use crate::calib::sequential::{self, Stages};
-use crate::calib::{CalibOptions, Calibration};
 use crate::cli::session::Loaded;
 use crate::cli::stages::StageLog;
 use crate::cli::Ui;
-use crate::convert::to_gguf::{self, TensorEncoder};
+use crate::convert::to_gguf::TensorEncoder;
 use crate::convert::to_hf_quant::{self, OutTensor, PackedLinears};
 use crate::error::Error;
 use crate::ggml_type::GgmlType;
@@ -108,27 +107,15 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
 
     // GGUF: the per-tensor types come from llama.cpp's mix rules, planned before anything runs,
     // and each linear is searched on its own planned type.
-    let mut gguf_header = None;
-    let target = match format {
+    let (gguf_header, target) = match format {
         Format::Gguf => {
-            let plan = build_plan(args)?;
-            let header = to_gguf::plan_with(file, &plan, args.name.clone())?;
-            ui.warn_per_kind(&header.notes);
-            let mut types: HashMap<String, GgmlType> =
-                header.writer.tensors().iter().map(|t| (t.name.clone(), t.ggml_type)).collect();
-            names::extend_to_parts(&mut types, &cfg);
-            gguf_header = Some(header);
-            Target::Ggml(types)
+            let (header, types) = super::gguf_plan(args, ui, file)?;
+            (Some(header), Target::Ggml(types))
         }
-        _ => Target::Int4 { group_size },
+        _ => (None, Target::Int4 { group_size }),
     };
 
-    let calib_opts =
-        CalibOptions { path: args.calib.calib.clone(), nsamples: args.calib.nsamples, seqlen: args.calib.seqlen };
-    let calib = Calibration::load(&loaded.tokenizer, cfg.context_length, &calib_opts).context("calibration")?;
-    for n in &calib.notes {
-        ui.warn(n);
-    }
+    let calib = super::load_calibration(args, ui, &loaded)?;
     let options = awq_options(args);
     if cfg.n_kv_heads != cfg.n_heads && options.scale {
         ui.detail("grouped-query attention: o_proj's scales cannot fold into v_proj, so o_proj is only clipped");

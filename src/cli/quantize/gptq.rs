@@ -10,13 +10,12 @@ use safetensors::Dtype;
 use serde_json::json;
 
 use super::awq::{awq_options, check_awq_shapes, encode_vector, file_rows, hf_vectors, pack_awq, write_hf_awq};
-use super::{build_plan, Device, Format, Method, QuantizeArgs};
+use super::{Device, Format, Method, QuantizeArgs};
 use crate::calib::sequential::{self, Stages};
-use crate::calib::{CalibOptions, Calibration};
 use crate::cli::session::Loaded;
 use crate::cli::stages::StageLog;
 use crate::cli::Ui;
-use crate::convert::to_gguf::{self, TensorEncoder};
+use crate::convert::to_gguf::TensorEncoder;
 use crate::convert::to_hf_quant::{self, OutTensor, PackedLinears};
 use crate::error::Error;
 use crate::ggml_type::GgmlType;
@@ -127,27 +126,15 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         Format::HfAwq => check_awq_shapes(&cfg, group_size)?,
         _ => {}
     }
-    let calib_opts =
-        CalibOptions { path: args.calib.calib.clone(), nsamples: args.calib.nsamples, seqlen: args.calib.seqlen };
-    let calib = Calibration::load(&loaded.tokenizer, cfg.context_length, &calib_opts).context("calibration")?;
-    for n in &calib.notes {
-        ui.warn(n);
-    }
+    let calib = super::load_calibration(args, ui, &loaded)?;
 
     // GGUF: the per-tensor types come from llama.cpp's mix rules, planned before anything runs.
-    let mut gguf_header = None;
-    let target = match format {
+    let (gguf_header, target) = match format {
         Format::Gguf => {
-            let plan = build_plan(args)?;
-            let header = to_gguf::plan_with(file, &plan, args.name.clone())?;
-            ui.warn_per_kind(&header.notes);
-            let mut types: HashMap<String, GgmlType> =
-                header.writer.tensors().iter().map(|t| (t.name.clone(), t.ggml_type)).collect();
-            names::extend_to_parts(&mut types, &cfg);
-            gguf_header = Some(header);
-            Target::Ggml(types)
+            let (header, types) = super::gguf_plan(args, ui, file)?;
+            (Some(header), Target::Ggml(types))
         }
-        _ => Target::Int { bits: g.bits, sym: g.sym },
+        _ => (None, Target::Int { bits: g.bits, sym: g.sym }),
     };
 
     let model = LlamaModel::load(file)?;

@@ -5,6 +5,7 @@ mod awq;
 mod gptq;
 mod nf4;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -13,13 +14,15 @@ use clap::Args;
 use serde_json::json;
 
 use crate::calib::resume::WorkDir;
-use crate::calib::Calibration;
+use crate::calib::{CalibOptions, Calibration};
+use crate::cli::session::Loaded;
 use crate::cli::Ui;
 use crate::convert::imatrix::{self as imatrix_use, ImatrixEncoder};
 use crate::convert::plan::{self, FileType, QuantPlan};
 use crate::convert::to_gguf::{self, Header, PlainEncoder, TensorEncoder, WriteOptions};
 use crate::formats::imatrix::Imatrix;
-use crate::model::ModelFile;
+use crate::ggml_type::GgmlType;
+use crate::model::{names, ModelFile};
 use crate::output::Sink;
 
 /// Quantize a model (Hugging Face directory or GGUF) to a GGUF quantization type or one of
@@ -370,6 +373,32 @@ pub(super) fn work_dir(args: &QuantizeArgs, output: &Path, calib: &Calibration) 
 }
 
 /// Say where a resumed run picked up.
+/// A calibrated method's GGUF plan: llama.cpp's mix rules give every tensor its type before
+/// anything runs (each linear is then quantized onto its own planned type; the parts of a
+/// fused weight get the whole's). Returns the header to write and the types by name.
+fn gguf_plan(args: &QuantizeArgs, ui: &Ui, file: &ModelFile) -> Result<(to_gguf::Header, HashMap<String, GgmlType>)> {
+    let plan = build_plan(args)?;
+    let header = to_gguf::plan_with(file, &plan, args.name.clone())?;
+    ui.warn_per_kind(&header.notes);
+    let mut types: HashMap<String, GgmlType> =
+        header.writer.tensors().iter().map(|t| (t.name.clone(), t.ggml_type)).collect();
+    names::extend_to_parts(&mut types, file.config());
+    Ok((header, types))
+}
+
+/// The calibration windows of a calibrated method (`--calib`, `--nsamples`, `--seqlen`),
+/// with their notes shown.
+fn load_calibration(args: &QuantizeArgs, ui: &Ui, loaded: &Loaded) -> Result<Calibration> {
+    let opts =
+        CalibOptions { path: args.calib.calib.clone(), nsamples: args.calib.nsamples, seqlen: args.calib.seqlen };
+    let calib =
+        Calibration::load(&loaded.tokenizer, loaded.file.config().context_length, &opts).context("calibration")?;
+    for n in &calib.notes {
+        ui.warn(n);
+    }
+    Ok(calib)
+}
+
 /// Write the GGUF a calibrated method produced (`encoder` hands over its results) to
 /// `output`, atomically.
 fn write_gguf(
