@@ -101,17 +101,8 @@ pub struct ConvertArgs {
     /// What to write.
     #[arg(long, value_enum, default_value = "gguf")]
     pub to: Target,
-    /// general.name to record (default: derived from the input's name).
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Convert even if weights hold NaN or Inf (normally an error naming the tensor).
-    #[arg(long)]
-    pub allow_nonfinite: bool,
-    /// Hugging Face output: at most this many bytes per safetensors file (B, KB, MB, GB or
-    /// KiB, MiB, GiB), sharded with model.safetensors.index.json as transformers'
-    /// save_pretrained does.
-    #[arg(long, value_name = "SIZE", default_value = "5GB", value_parser = crate::convert::shards::parse_size)]
-    pub max_shard_size: u64,
+    #[command(flatten)]
+    pub out: crate::cli::OutputArgs,
 }
 
 pub fn run(args: &ConvertArgs, ui: &Ui) -> Result<()> {
@@ -138,23 +129,24 @@ pub fn run(args: &ConvertArgs, ui: &Ui) -> Result<()> {
             let header = match outtype {
                 // llama-quantize's plan for every tensor; a quantized checkpoint's codes are
                 // re-packed wherever the plan picks their own grid.
-                OutType::Plan(ftype) => to_gguf::plan_with(&model, &QuantPlan::new(ftype), args.name.clone())?,
+                OutType::Plan(ftype) => to_gguf::plan_with(&model, &QuantPlan::new(ftype), args.out.name.clone())?,
                 // A quantized checkpoint: the quantized weights in the chosen (or native)
                 // type, the matrices it kept in float stay float unless a type was asked for.
                 OutType::Uniform(t) if model.is_quantized_checkpoint() => {
-                    to_gguf::plan_with(&model, &import::ImportPlan::new(&model, t, asked)?, args.name.clone())?
+                    to_gguf::plan_with(&model, &import::ImportPlan::new(&model, t, asked)?, args.out.name.clone())?
                 }
                 OutType::Uniform(t) => {
                     let opts = to_gguf::GgufOptions {
                         outtype: t,
-                        allow_nonfinite: args.allow_nonfinite,
-                        name: args.name.clone(),
+                        allow_nonfinite: args.out.allow_nonfinite,
+                        name: args.out.name.clone(),
                     };
                     let (writer, notes) = to_gguf::plan(&model, &opts)?;
                     to_gguf::Header { writer, notes, file_type: to_gguf::file_type_id(t)? }
                 }
             };
-            let wopts = to_gguf::WriteOptions { allow_nonfinite: args.allow_nonfinite, name: args.name.clone() };
+            let wopts =
+                to_gguf::WriteOptions { allow_nonfinite: args.out.allow_nonfinite, name: args.out.name.clone() };
             let (_, summary) = to_gguf::write_header_with(&model, header, &wopts, &mut sink, &bar, &mut encoder)
                 .with_context(|| format!("converting {} to {}", args.input.display(), args.output.display()))?;
             let summary_notes = encoder.report;
@@ -199,8 +191,8 @@ pub fn run(args: &ConvertArgs, ui: &Ui) -> Result<()> {
             }
             let opts = to_hf::HfOptions {
                 dtype: args.outtype.and_then(OutType::uniform),
-                allow_nonfinite: args.allow_nonfinite,
-                max_shard_size: args.max_shard_size,
+                allow_nonfinite: args.out.allow_nonfinite,
+                max_shard_size: args.out.max_shard_size,
             };
             let bar = ui.bytes_bar(input_bytes, "converting");
             let summary = to_hf::write(&model, &args.output, &opts, &bar)

@@ -14,9 +14,25 @@ mod tokenize;
 mod ui;
 mod verify;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 pub use ui::Ui;
+
+/// What `convert` and `quantize` record in, and allow into, the files they write.
+#[derive(Args, Debug, Clone)]
+pub struct OutputArgs {
+    /// general.name to record (default: derived from the input's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Write even if weights hold NaN or Inf (normally an error naming the tensor).
+    #[arg(long)]
+    pub allow_nonfinite: bool,
+    /// Hugging Face output: at most this many bytes per safetensors file (B, KB, MB, GB or
+    /// KiB, MiB, GiB), sharded with model.safetensors.index.json as transformers'
+    /// save_pretrained does.
+    #[arg(long, value_name = "SIZE", default_value = "5GB", value_parser = crate::convert::shards::parse_size)]
+    pub max_shard_size: u64,
+}
 
 #[derive(Parser, Debug)]
 #[command(

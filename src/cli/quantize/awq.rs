@@ -251,8 +251,9 @@ pub(super) fn write_hf_awq(
         "version": "gemm", "modules_to_not_convert": null,
     });
     let wbar = ui.bytes_bar(0, "writing");
-    let s = to_hf_quant::write_replacing(file, output, linears, replaced, qc, Vec::new(), args.max_shard_size, &wbar)
-        .with_context(|| format!("writing {}", output.display()))?;
+    let s =
+        to_hf_quant::write_replacing(file, output, linears, replaced, qc, Vec::new(), args.out.max_shard_size, &wbar)
+            .with_context(|| format!("writing {}", output.display()))?;
     wbar.finish_and_clear();
     Ok((s.tensors, s.bytes))
 }

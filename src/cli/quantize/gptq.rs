@@ -272,9 +272,17 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
                 q
             })];
             let wbar = ui.bytes_bar(0, "writing");
-            let s =
-                to_hf_quant::write_replacing(file, output, linears, replaced, qc, extra, args.max_shard_size, &wbar)
-                    .with_context(|| format!("writing {}", output.display()))?;
+            let s = to_hf_quant::write_replacing(
+                file,
+                output,
+                linears,
+                replaced,
+                qc,
+                extra,
+                args.out.max_shard_size,
+                &wbar,
+            )
+            .with_context(|| format!("writing {}", output.display()))?;
             wbar.finish_and_clear();
             (s.tensors, s.bytes)
         }

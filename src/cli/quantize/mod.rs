@@ -110,17 +110,8 @@ pub struct QuantizeArgs {
     /// instead of in RAM. The file is unlinked as soon as it is made; outputs are identical.
     #[arg(long, value_name = "DIR")]
     pub offload_activations: Option<PathBuf>,
-    /// general.name to record (default: derived from the input's name).
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Quantize even if weights hold NaN or Inf (normally an error naming the tensor).
-    #[arg(long)]
-    pub allow_nonfinite: bool,
-    /// Hugging Face output: at most this many bytes per safetensors file (B, KB, MB, GB or
-    /// KiB, MiB, GiB), sharded with model.safetensors.index.json as transformers'
-    /// save_pretrained does.
-    #[arg(long, value_name = "SIZE", default_value = "5GB", value_parser = crate::convert::shards::parse_size)]
-    pub max_shard_size: u64,
+    #[command(flatten)]
+    pub out: crate::cli::OutputArgs,
     /// Allow re-quantizing tensors that the input already stores quantized (their error
     /// compounds; llama-quantize refuses the same without this flag).
     #[arg(long)]
@@ -378,7 +369,7 @@ pub(super) fn work_dir(args: &QuantizeArgs, output: &Path, calib: &Calibration) 
 /// fused weight get the whole's). Returns the header to write and the types by name.
 fn gguf_plan(args: &QuantizeArgs, ui: &Ui, file: &ModelFile) -> Result<(to_gguf::Header, HashMap<String, GgmlType>)> {
     let plan = build_plan(args)?;
-    let header = to_gguf::plan_with(file, &plan, args.name.clone())?;
+    let header = to_gguf::plan_with(file, &plan, args.out.name.clone())?;
     ui.warn_per_kind(&header.notes);
     let mut types: HashMap<String, GgmlType> =
         header.writer.tensors().iter().map(|t| (t.name.clone(), t.ggml_type)).collect();
@@ -410,7 +401,7 @@ fn write_gguf(
     encoder: &mut dyn TensorEncoder,
 ) -> Result<to_gguf::GgufSummary> {
     let sink = Sink::open(output).with_context(|| format!("cannot create {}", output.display()))?;
-    let wopts = WriteOptions { allow_nonfinite: args.allow_nonfinite, name: args.name.clone() };
+    let wopts = WriteOptions { allow_nonfinite: args.out.allow_nonfinite, name: args.out.name.clone() };
     let bar = ui.bytes_bar(0, "writing");
     to_gguf::write_and_commit(file, header, &wopts, sink, &bar, encoder)
         .with_context(|| format!("writing {}", output.display()))
@@ -480,7 +471,7 @@ fn run_rtn(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let input_bytes: u64 = tensors.iter().map(|t| t.stored_bytes() as u64).sum();
     drop(tensors);
 
-    let mut header = to_gguf::plan_with(&model, &types, args.name.clone())
+    let mut header = to_gguf::plan_with(&model, &types, args.out.name.clone())
         .with_context(|| format!("planning {}", args.input.display()))?;
     let mut imatrix_encoder = None;
     if let (Some(m), Some(path)) = (&imatrix, &args.imatrix) {
@@ -518,7 +509,7 @@ fn run_rtn(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     stages_log.begin("quantize");
     let sink = Sink::open(output).with_context(|| format!("cannot create {}", output.display()))?;
     let bar = ui.bytes_bar(input_bytes, "quantizing");
-    let wopts = WriteOptions { allow_nonfinite: args.allow_nonfinite, name: args.name.clone() };
+    let wopts = WriteOptions { allow_nonfinite: args.out.allow_nonfinite, name: args.out.name.clone() };
     let mut plain = PlainEncoder;
     let encoder: &mut dyn TensorEncoder = match imatrix_encoder.as_mut() {
         Some((enc, _)) => enc,

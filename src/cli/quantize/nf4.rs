@@ -47,8 +47,8 @@ fn options(args: &QuantizeArgs) -> Result<BnbOptions> {
         quant_type,
         blocksize,
         double_quant: args.double_quant,
-        allow_nonfinite: args.allow_nonfinite,
-        max_shard_size: args.max_shard_size,
+        allow_nonfinite: args.out.allow_nonfinite,
+        max_shard_size: args.out.max_shard_size,
     })
 }
 
