@@ -387,46 +387,23 @@ impl<'a> LlamaModel<'a> {
         // Attention block.
         let xn = rms_norm(x, &layer.attn_norm, cfg.rms_eps);
         observer.observe(li, &[&layer.wq.name, &layer.wk.name, &layer.wv.name], &xn, n);
-        let mut q = layer.wq.matmul(&xn, n);
-        let mut k = layer.wk.matmul(&xn, n);
-        let mut v = layer.wv.matmul(&xn, n);
-        add_bias(&mut q, layer.bq.as_deref());
-        add_bias(&mut k, layer.bk.as_deref());
-        add_bias(&mut v, layer.bv.as_deref());
-        self.head_norms(&mut q, &mut k, layer.q_norm.as_deref(), layer.k_norm.as_deref());
-        let (cos, sin) = rope.for_layer(cfg, li);
-        self.rope(&mut q, cfg.n_heads, cos, sin);
-        self.rope(&mut k, cfg.n_kv_heads, cos, sin);
-        k_cache.extend_from_slice(&k);
-        v_cache.extend_from_slice(&v);
-        let attn = self.attention(li, &q, k_cache, v_cache, n, pos0);
-        observer.observe(li, &[&layer.wo.name], &attn, n);
-        let o = layer.wo.matmul(&attn, n);
+        let w = AttnWeights {
+            q: &layer.wq,
+            k: &layer.wk,
+            v: &layer.wv,
+            o: &layer.wo,
+            bq: layer.bq.as_deref(),
+            bk: layer.bk.as_deref(),
+            bv: layer.bv.as_deref(),
+            q_norm: layer.q_norm.as_deref(),
+            k_norm: layer.k_norm.as_deref(),
+        };
+        let o = self.attention_with(li, &xn, n, pos0, &w, rope, Some((k_cache, v_cache)), observer);
         self.add_residual(x, o, layer.post_attn_norm.as_deref());
 
         // Feed-forward block.
         let xn = rms_norm(x, &layer.ffn_norm, cfg.rms_eps);
-        if let Ffn::Moe(moe) = &layer.ffn {
-            // The router (and the shared expert's gate) read the block's input too; llama-imatrix
-            // collects them, though llama-quantize leaves them in F32.
-            observer.observe(li, &[&moe.router.name], &xn, n);
-            if moe.shared.is_some() {
-                observer.observe(li, &[&format!("blk.{li}.ffn_gate_inp_shexp.weight")], &xn, n);
-            }
-        }
-        // One gated feed-forward (the dense block, an expert) on `m` rows, observed.
-        let mut ffn = |w: &ExpertWeights<'a>, x: &[f32], m: usize| {
-            observer.observe(li, &[&w.gate.name, &w.up.name], x, m);
-            let gate = w.gate.matmul(x, m);
-            let mut up = w.up.matmul(x, m);
-            self.activate(&mut up, &gate);
-            observer.observe(li, &[&w.down.name], &up, m);
-            w.down.matmul(&up, m)
-        };
-        let down = match &layer.ffn {
-            Ffn::Dense(w) => ffn(w, &xn, n),
-            Ffn::Moe(moe) => moe.forward(&xn, n, &mut ffn),
-        };
+        let down = self.ffn_with(li, layer, &xn, n, &HashMap::new(), observer);
         self.add_residual(x, down, layer.post_ffn_norm.as_deref());
         Ok(())
     }
@@ -561,6 +538,27 @@ impl<'a> LlamaModel<'a> {
                 "attention block: weights or activations do not match the model".into(),
             ));
         }
+        Ok(self.attention_with(li, xn, n, 0, w, rope, None, &mut NoObserver))
+    }
+
+    /// The attention block of layer `li` on its normed input `xn` (positions `pos0..pos0+n`)
+    /// with the weights `w`, o_proj applied, the residual not added. With `kv`, the new keys and
+    /// values are appended to the cache and attention runs over all of it; without, over this
+    /// window alone (pos0 = 0). The one attention computation of the runtime: the forward pass
+    /// and AWQ's scale search both run it.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_with(
+        &self,
+        li: usize,
+        xn: &[f32],
+        n: usize,
+        pos0: usize,
+        w: &AttnWeights<'_, '_>,
+        rope: &RopeTables,
+        kv: Option<(&mut Vec<f32>, &mut Vec<f32>)>,
+        observer: &mut dyn LinearObserver,
+    ) -> Vec<f32> {
+        let cfg = &self.config;
         let mut q = w.q.matmul(xn, n);
         let mut k = w.k.matmul(xn, n);
         let mut v = w.v.matmul(xn, n);
@@ -568,10 +566,19 @@ impl<'a> LlamaModel<'a> {
         add_bias(&mut k, w.bk);
         add_bias(&mut v, w.bv);
         self.head_norms(&mut q, &mut k, w.q_norm, w.k_norm);
+        let (cos, sin) = rope.for_layer(cfg, li);
         self.rope(&mut q, cfg.n_heads, cos, sin);
         self.rope(&mut k, cfg.n_kv_heads, cos, sin);
-        let attn = self.attention(li, &q, &k, &v, n, 0);
-        Ok(w.o.matmul(&attn, n))
+        let attn = match kv {
+            Some((k_cache, v_cache)) => {
+                k_cache.extend_from_slice(&k);
+                v_cache.extend_from_slice(&v);
+                self.attention(li, &q, k_cache, v_cache, n, pos0)
+            }
+            None => self.attention(li, &q, &k, &v, n, 0),
+        };
+        observer.observe(li, &[&w.o.name], &attn, n);
+        w.o.matmul(&attn, n)
     }
 
     /// Layer `li`'s feed-forward block (dense, or the mixture of experts with its router and
@@ -589,20 +596,46 @@ impl<'a> LlamaModel<'a> {
         if xn.len() != n * self.config.hidden_size {
             return Err(Error::InvalidArgument("feed-forward block: activations do not match the model".into()));
         }
+        Ok(self.ffn_with(li, layer, xn, n, subs, &mut NoObserver))
+    }
+
+    /// The feed-forward block of `layer` (index `li`) on its normed input `xn`, the residual
+    /// not added, each linear's input shown to `observer`; a linear named in `subs` is replaced
+    /// by that matrix. The one feed-forward computation of the runtime (forward pass, AWQ).
+    fn ffn_with(
+        &self,
+        li: usize,
+        layer: &Layer<'a>,
+        xn: &[f32],
+        n: usize,
+        subs: &HashMap<String, Matrix<'_>>,
+        observer: &mut dyn LinearObserver,
+    ) -> Vec<f32> {
+        if let Ffn::Moe(moe) = &layer.ffn {
+            // The router (and the shared expert's gate) read the block's input too; llama-imatrix
+            // collects them, though llama-quantize leaves them in F32.
+            observer.observe(li, &[&moe.router.name], xn, n);
+            if moe.shared.is_some() {
+                observer.observe(li, &[&format!("blk.{li}.ffn_gate_inp_shexp.weight")], xn, n);
+            }
+        }
         let run = |mat: &Matrix<'_>, x: &[f32], m: usize| match subs.get(&mat.name) {
             Some(s) => s.matmul(x, m),
             None => mat.matmul(x, m),
         };
+        // One gated feed-forward (the dense block, an expert) on `m` rows, observed.
         let mut ffn = |w: &ExpertWeights<'a>, x: &[f32], m: usize| {
+            observer.observe(li, &[&w.gate.name, &w.up.name], x, m);
             let gate = run(&w.gate, x, m);
             let mut up = run(&w.up, x, m);
             self.activate(&mut up, &gate);
+            observer.observe(li, &[&w.down.name], &up, m);
             run(&w.down, &up, m)
         };
-        Ok(match &layer.ffn {
+        match &layer.ffn {
             Ffn::Dense(w) => ffn(w, xn, n),
             Ffn::Moe(moe) => moe.forward(xn, n, &mut ffn),
-        })
+        }
     }
 
     /// An MoE layer's router ([n_experts, hidden]) as f32.
