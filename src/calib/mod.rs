@@ -26,7 +26,7 @@ impl CalibText {
     pub fn load(path: Option<&Path>) -> Result<CalibText> {
         let env = std::env::var_os("QFORGE_CALIB").map(PathBuf::from);
         Ok(match path.map(Path::to_path_buf).or(env) {
-            Some(p) => CalibText { text: crate::eval::read_text(&p)?, path: Some(p) },
+            Some(p) => CalibText { text: crate::formats::text::read_text(&p)?, path: Some(p) },
             None => CalibText { text: DEFAULT_TEXT.to_string(), path: None },
         })
     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::eval;
+use crate::formats::text::read_text;
 use crate::model::ModelFile;
 use crate::runtime::TextTokenizer;
 
@@ -50,7 +50,7 @@ impl Loaded {
     /// only as much of the text as those windows need is encoded (the ids are a prefix of the
     /// whole text's, so the windows are the same).
     pub fn tokenize_file(&self, text: &Path, ctx: usize, max_windows: Option<usize>) -> Result<Vec<u32>> {
-        self.tokenize_text(&eval::read_text(text)?, ctx, max_windows)
+        self.tokenize_text(&read_text(text)?, ctx, max_windows)
     }
 
     /// [`tokenize_file`](Self::tokenize_file) of a text in memory.

@@ -12,14 +12,6 @@ use crate::error::{Error, Result};
 use crate::model::ModelConfig;
 use crate::runtime::{KvCache, LlamaModel};
 
-/// Read a text file as UTF-8 (its bytes unchanged: no newline normalization).
-pub fn read_text(path: &std::path::Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    String::from_utf8(bytes).map_err(|e| {
-        Error::InvalidArgument(format!("{}: not UTF-8 text (byte {})", path.display(), e.utf8_error().valid_up_to()))
-    })
-}
-
 /// Split token ids into the non-overlapping windows of `ctx` tokens the protocol scores.
 pub fn windows(ids: &[u32], ctx: usize, max_windows: Option<usize>) -> Result<Vec<&[u32]>> {
     if ctx < 2 {

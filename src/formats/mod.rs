@@ -7,4 +7,5 @@ pub mod mapped;
 pub mod safetensors;
 pub mod sentencepiece;
 pub mod st_writer;
+pub mod text;
 pub mod tokenizer;
