@@ -1,9 +1,13 @@
 //! qforge: post-training quantization and conversion of LLaMA-family models.
 //!
-//! Layout: `formats` (safetensors, GGUF, tokenizer metadata), `model` (architecture config,
-//! tensor names, a unified view over model files), `quant` (tensor encodings), `convert`
-//! (format conversion pipelines), `output` (crash-safe output files), `cli` (the binary's
-//! commands).
+//! Layers, each using only the ones before it (`tools/module_graph.py` checks that no module
+//! imports back): `formats` (safetensors, GGUF, imatrix, text, tokenizer metadata), `quant`
+//! (the codec table and the block codecs, the GPTQ solver, quantized HF layouts), `model`
+//! (architecture table, config, tensor names, one view over model files), `runtime` (the
+//! forward pass, tokenizers), `calib` (calibration windows, the layer-by-layer driver),
+//! `methods` (GPTQ, AWQ, AWQ+GPTQ over a model), `eval` (perplexity, KLD, imatrix
+//! collection), `convert` (format conversion and writing), `cli` (the binary's commands);
+//! `output` (crash-safe output files), `error` and `ggml_type` serve all of them.
 
 pub mod calib;
 pub mod cli;
