@@ -35,16 +35,26 @@ pub(crate) fn pack_levels(l: &[u8; QK_K], qs: &mut [u8]) {
 
 /// Weight `j`'s grid given the header in block `b` (GPTQ rounds onto it).
 pub fn elem_grid(b: &[u8], j: usize) -> ElemGrid {
-    let (sc, m) = get_scale_min_k4(j / 32, &b[4..16]);
-    ElemGrid::KAffine { d: get_f16(b) * sc as f32, m: get_f16(&b[2..]) * m as f32, qmax: 15 }
+    k4_elem_grid(b, j, 15)
 }
 
-/// Store weight `j`'s code `q`: 64-weight chunk c fills 32 bytes, weight i in the low nibble,
-/// i + 32 in the high one.
+/// Weight `j`'s grid in a Q4_K or Q5_K block (same header, codes up to `qmax`).
+pub(crate) fn k4_elem_grid(b: &[u8], j: usize, qmax: i32) -> ElemGrid {
+    let (sc, m) = get_scale_min_k4(j / 32, &b[4..16]);
+    ElemGrid::KAffine { d: get_f16(b) * sc as f32, m: get_f16(&b[2..]) * m as f32, qmax }
+}
+
+/// Store weight `j`'s code `q`: 64-weight chunk c fills 32 bytes of `qs` (the block after its
+/// 16-byte head), weight i in the low nibble, i + 32 in the high one.
 pub fn set_code(b: &mut [u8], j: usize, q: i32) {
+    set_nibble64(&mut b[16..], j, q as u8);
+}
+
+/// Nibble `j` of 4-bit levels packed as Q4_K's `qs` (also Q5_K's low nibbles).
+pub(crate) fn set_nibble64(qs: &mut [u8], j: usize, v: u8) {
     let (c, i) = (j / 64, j % 64);
-    let k = 16 + 32 * c + i % 32;
-    b[k] = if i < 32 { (b[k] & 0xF0) | q as u8 } else { (b[k] & 0x0F) | ((q as u8) << 4) };
+    let k = 32 * c + i % 32;
+    qs[k] = if i < 32 { (qs[k] & 0xF0) | v } else { (qs[k] & 0x0F) | (v << 4) };
 }
 
 /// `dequantize_row_q4_K`.

@@ -38,16 +38,13 @@ pub(crate) fn pack_levels(l: &[u8; QK_K], rest: &mut [u8]) {
 
 /// Weight `j`'s grid given the header in block `b` (GPTQ rounds onto it).
 pub fn elem_grid(b: &[u8], j: usize) -> ElemGrid {
-    let (sc, m) = get_scale_min_k4(j / 32, &b[4..16]);
-    ElemGrid::KAffine { d: get_f16(b) * sc as f32, m: get_f16(&b[2..]) * m as f32, qmax: 31 }
+    super::q4_k::k4_elem_grid(b, j, 31)
 }
 
 /// Store weight `j`'s code `q`: low nibble as Q4_K's (after qh), fifth bit in qh.
 pub fn set_code(b: &mut [u8], j: usize, q: i32) {
+    super::q4_k::set_nibble64(&mut b[48..], j, (q & 0xF) as u8);
     let (c, i) = (j / 64, j % 64);
-    let k = 48 + 32 * c + i % 32;
-    let lo = (q & 0xF) as u8;
-    b[k] = if i < 32 { (b[k] & 0xF0) | lo } else { (b[k] & 0x0F) | (lo << 4) };
     set_bit(&mut b[16 + i % 32], 2 * c + i / 32, q & 0x10 != 0);
 }
 
