@@ -48,7 +48,7 @@ impl GgmlGrid {
         }
         // The block header comes from llama.cpp's quantizer of the type (the codec table's).
         let (quantize_block, grid) = match crate::quant::codec(ty) {
-            Some(c) if c.gptq.is_some() => (c.encode, c.gptq.unwrap()),
+            Some(&crate::quant::Codec { encode, gptq: Some(grid), .. }) => (encode, grid),
             _ => return Err(Error::Unsupported(format!("GPTQ with a {ty} grid is not supported"))),
         };
         let qk = ty.block_size();
