@@ -13,9 +13,10 @@ use common::{qforge, qforge_err, qforge_ok, tiny};
 use serde_json::Value as Json;
 
 /// `quantize INPUT --method gptq ... --device DEVICE -o OUT`, with a quick calibration (2
-/// windows of 128 tokens: a few seconds per run).
+/// windows of 128 tokens: a few seconds per run) and GPTQ's standard objective (asymmetric
+/// calibration, the default, runs on the CPU only).
 fn gptq_args(input: &Path, out: &Path, device: &str) -> Vec<OsString> {
-    let mut v: Vec<OsString> = vec!["quantize".into(), input.into()];
+    let mut v: Vec<OsString> = vec!["quantize".into(), input.into(), "--no-asymmetric".into()];
     v.extend(["--method", "gptq", "--nsamples", "2", "--seqlen", "128", "--device", device, "-o"].map(OsString::from));
     v.push(out.into());
     v
@@ -84,6 +85,20 @@ fn device_auto_and_cpu_run() {
         }
         assert!(out.join("model.safetensors").exists());
     }
+    // With the default objective (asymmetric calibration, CPU only) `auto` is the CPU on every
+    // machine, without probing for a device: the same result everywhere.
+    let out = tmp.path().join("default");
+    let a: Vec<OsString> = ["--json", "quantize", "--method", "gptq", "--nsamples", "2", "--seqlen", "128", "-o"]
+        .map(OsString::from)
+        .into_iter()
+        .chain([out.into(), t.into()])
+        .collect();
+    let r = qforge(&refs(&a));
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{stderr}");
+    let j: Json = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!((&j["device"], &j["asymmetric"]), (&Json::from("cpu"), &Json::from(0.25)), "{j}");
+    assert!(!stderr.contains("CUDA"), "{stderr}");
 }
 
 /// On a GPU machine: the checkpoint from `--device cuda` against `--device cpu`. Both must be

@@ -199,19 +199,32 @@ impl WorkDir {
         self.dir.join("states.safetensors")
     }
 
-    /// Keep the calibration hidden states after layer `layer` (one tensor per window),
-    /// replacing the earlier layer's: streamed from `states` (no copy of them is made) through
-    /// the streaming safetensors writer into an atomic file (temporary name, sync, rename).
-    pub fn save_states(&self, layer: usize, states: &States) -> Result<()> {
+    /// Keep the calibration hidden states after layer `layer` (one tensor per window), and
+    /// with `reference` the same windows' states in the unquantized model (asymmetric
+    /// calibration), replacing the earlier layer's: streamed from `states` (no copy of them is
+    /// made) through the streaming safetensors writer into an atomic file (temporary name,
+    /// sync, rename).
+    pub fn save_states(&self, layer: usize, states: &States, reference: Option<&States>) -> Result<()> {
         let path = self.states_path();
-        let entries = (0..states.len())
-            .map(|i| StEntry { name: format!("window.{i}"), dtype: Dtype::F32, shape: vec![states.window_len()] })
+        let sets: Vec<(&str, &States)> =
+            std::iter::once(("window", states)).chain(reference.map(|r| ("reference", r))).collect();
+        let entries = sets
+            .iter()
+            .flat_map(|(prefix, s)| {
+                (0..s.len()).map(move |i| StEntry {
+                    name: format!("{prefix}.{i}"),
+                    dtype: Dtype::F32,
+                    shape: vec![s.window_len()],
+                })
+            })
             .collect();
         let meta = Value::Object(Map::from_iter([("after_layer".to_string(), Value::from(layer))])).to_string();
         let mut st = StWriter::new(AtomicFile::create(&path)?, &path, entries, &[("qforge_layer", meta.as_str())])?;
-        for (i, x) in states.iter().enumerate() {
-            // Little-endian f32s, as safetensors stores them (the targets qforge builds for).
-            st.write(&format!("window.{i}"), bytemuck::cast_slice(x))?;
+        for (prefix, s) in sets {
+            for (i, x) in s.iter().enumerate() {
+                // Little-endian f32s, as safetensors stores them (the targets qforge builds for).
+                st.write(&format!("{prefix}.{i}"), bytemuck::cast_slice(x))?;
+            }
         }
         let (file, _) = st.finish()?;
         file.commit(|_| Ok(()))
@@ -219,9 +232,16 @@ impl WorkDir {
 
     /// Where a restarted run goes on: the number of finished layers whose results and
     /// following states are saved, and those states (`windows` of `len` values, placed as
-    /// [`WorkDir::new_states`] places them); `None` to start from the first layer. A run
-    /// killed between a layer's record and its states redoes that layer.
-    pub fn resume_point(&self, n_layers: usize, windows: usize, len: usize) -> Result<Option<(usize, States)>> {
+    /// [`WorkDir::new_states`] places them), with the unquantized model's when
+    /// `with_reference`; `None` to start from the first layer. A run killed between a layer's
+    /// record and its states redoes that layer.
+    pub fn resume_point(
+        &self,
+        n_layers: usize,
+        windows: usize,
+        len: usize,
+        with_reference: bool,
+    ) -> Result<Option<(usize, States, Option<States>)>> {
         let done = self.completed(n_layers);
         let path = self.states_path();
         if done == 0 || !path.is_file() {
@@ -241,17 +261,21 @@ impl WorkDir {
             .map(|l| l as usize);
         let Some(after) = after.filter(|&l| l < done) else { return Ok(None) };
         let st = SafeTensors::deserialize(&map).map_err(|e| bad(e.to_string()))?;
-        let mut states = self.new_states(windows, len)?;
-        for i in 0..windows {
-            let view = st.tensor(&format!("window.{i}")).map_err(|e| bad(e.to_string()))?;
-            if view.dtype() != Dtype::F32 || view.data().len() != len * 4 {
-                return Err(Error::InvalidModel("the saved calibration states do not match the model".into()));
+        let read = |prefix: &str| -> Result<States> {
+            let mut states = self.new_states(windows, len)?;
+            for i in 0..windows {
+                let view = st.tensor(&format!("{prefix}.{i}")).map_err(|e| bad(e.to_string()))?;
+                if view.dtype() != Dtype::F32 || view.data().len() != len * 4 {
+                    return Err(Error::InvalidModel("the saved calibration states do not match the model".into()));
+                }
+                for (v, b) in states[i].iter_mut().zip(view.data().chunks_exact(4)) {
+                    *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
             }
-            for (v, b) in states[i].iter_mut().zip(view.data().chunks_exact(4)) {
-                *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
-        }
-        Ok(Some((after + 1, states)))
+            Ok(states)
+        };
+        let reference = if with_reference { Some(read("reference")?) } else { None };
+        Ok(Some((after + 1, read("window")?, reference)))
     }
 
     pub fn save(&self, layer: usize, rec: &LayerRecord) -> Result<()> {

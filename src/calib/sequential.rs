@@ -181,17 +181,18 @@ pub fn run(
     let n = calib.seqlen;
     let rope = model.rope_tables(0, n);
     let len = n * model.config.hidden_size;
-    let saved = if work.resumable() { work.resume_point(model.n_layers(), calib.windows.len(), len)? } else { None };
     let asymmetric = q.wants_reference_inputs();
-    if asymmetric && (stages != Stages::OneShot || work.resumable()) {
+    if asymmetric && stages != Stages::OneShot {
         return Err(Error::Unsupported(
-            "asymmetric calibration runs all of a layer's linears from one pass (no --true-sequential) \
-             and cannot resume"
-                .into(),
+            "asymmetric calibration runs all of a layer's linears from one pass (no --true-sequential)".into(),
         ));
     }
-    let (resumed, mut states) = match saved {
-        Some((done, states)) => (done, states),
+    let saved = match work.resumable() {
+        true => work.resume_point(model.n_layers(), calib.windows.len(), len, asymmetric)?,
+        false => None,
+    };
+    let (resumed, mut states, saved_reference) = match saved {
+        Some((done, states, reference)) => (done, states, reference),
         None => {
             let mut states = work.new_states(calib.windows.len(), len)?;
             for (i, w) in calib.windows.iter().enumerate() {
@@ -205,18 +206,21 @@ pub fn run(
                 }
                 states[i].copy_from_slice(&x);
             }
-            (0, states)
+            (0, states, None)
         }
     };
-    // The windows' hidden states in the unquantized model (asymmetric calibration only).
-    let mut reference = if asymmetric {
-        let mut r = work.new_states(states.len(), len)?;
-        for i in 0..states.len() {
-            r[i].copy_from_slice(&states[i]);
+    // The windows' hidden states in the unquantized model (asymmetric calibration only):
+    // saved with the states when resumed, else the embeddings both models share.
+    let mut reference = match saved_reference {
+        Some(r) => Some(r),
+        None if asymmetric => {
+            let mut r = work.new_states(states.len(), len)?;
+            for i in 0..states.len() {
+                r[i].copy_from_slice(&states[i]);
+            }
+            Some(r)
         }
-        Some(r)
-    } else {
-        None
+        None => None,
     };
     for li in 0..model.n_layers() {
         if li < resumed {
@@ -238,7 +242,7 @@ pub fn run(
         }
         model.release_layer(li);
         if work.resumable() && li + 1 < model.n_layers() {
-            work.save_states(li, &states)?;
+            work.save_states(li, &states, reference.as_ref())?;
         }
         on_layer(li);
     }

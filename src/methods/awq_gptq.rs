@@ -6,7 +6,9 @@
 //! Both methods observe the same calibration pass (one stage per layer, the layer's original
 //! weights). The Hessians are of the unscaled inputs `x`; a folded linear sees `x / s` with its
 //! columns multiplied by `s`, so GPTQ solves against `S⁻¹ H S⁻¹` (see
-//! [`Linear::input_scales`]) — the Hessian of the inputs the folded weights really get.
+//! [`Linear::input_scales`]) — the Hessian of the inputs the folded weights really get. With
+//! asymmetric calibration (GPTQ's default) the drift between the unquantized and the quantized
+//! model's inputs is scaled the same way.
 
 use super::awq::AwqMethod;
 use super::gptq::{GptqMethod, Linear};
@@ -27,6 +29,25 @@ impl LayerQuantizer for AwqGptqMethod {
     fn observe(&mut self, layer: usize, names: &[&str], x: &[f32], n: usize) -> Result<()> {
         self.awq.observe(layer, names, x, n)?;
         self.gptq.observe(layer, names, x, n)
+    }
+
+    fn wants_reference_inputs(&self) -> bool {
+        self.gptq.wants_reference_inputs()
+    }
+
+    /// AWQ searches its scales on the quantized model's inputs; GPTQ's asymmetric calibration
+    /// also takes the unquantized model's (their drift is scaled by AWQ's scales as the
+    /// Hessian is: see `quantize_linears`).
+    fn observe_with_reference(
+        &mut self,
+        layer: usize,
+        names: &[&str],
+        x: &[f32],
+        x_ref: &[f32],
+        n: usize,
+    ) -> Result<()> {
+        self.awq.observe(layer, names, x, n)?;
+        self.gptq.observe_with_reference(layer, names, x, x_ref, n)
     }
 
     fn observe_block(&mut self, layer: usize, router: &str, x: &[f32], n: usize) -> Result<()> {

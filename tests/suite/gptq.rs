@@ -130,14 +130,15 @@ fn gptq_into_ggml_types_beats_plain_quantization() {
     }
 }
 
-/// Asymmetric calibration (`--asymmetric`): each linear fitted to the unquantized model's
+/// Asymmetric calibration, GPTQ's default: each linear fitted to the unquantized model's
 /// outputs. It runs end to end into a GGUF that is as clearly better than the plain quantizer
-/// as GPTQ is, and combinations it cannot serve are refused before anything is written.
+/// as GPTQ is; where it cannot run the default falls back to GPTQ's standard objective with a
+/// note, and an explicit `--asymmetric` there is refused before anything is written.
 #[test]
 fn gptq_asymmetric_calibration() {
     let tmp = tempfile::tempdir().unwrap();
     let (g, p) = (tmp.path().join("asym.gguf"), tmp.path().join("plain.gguf"));
-    let j = gptq(&g, &["--type", "Q4_0", "--pure", "--nsamples", "32", "--asymmetric"]);
+    let j = gptq(&g, &["--type", "Q4_0", "--pure", "--nsamples", "32"]);
     assert_eq!(j["asymmetric"], Json::from(0.25));
     let t = tiny();
     qforge_ok(&[&"-q", &"quantize", &t, &"-o", &p, &"--type", &"Q4_0", &"--pure"]);
@@ -145,13 +146,41 @@ fn gptq_asymmetric_calibration() {
     println!("Q4_0: asymmetric GPTQ kld {ka:.5}, plain kld {kp:.5} (ratio {:.3})", ka / kp);
     assert!(ka <= kp * 0.8, "asymmetric GPTQ {ka} vs plain {kp}");
 
+    // The standard objective on request, and where asymmetric calibration cannot run.
+    let s = tmp.path().join("standard.gguf");
+    let j = gptq(&s, &["--type", "Q4_0", "--pure", "--nsamples", "4", "--seqlen", "128", "--no-asymmetric"]);
+    assert_eq!(j["asymmetric"], Json::Null);
+    let r = qforge(&[
+        &"--json",
+        &"quantize",
+        &t,
+        &"--method",
+        &"gptq",
+        &"-o",
+        &s,
+        &"--type",
+        &"Q4_0",
+        &"--nsamples",
+        &"4",
+        &"--seqlen",
+        &"128",
+        &"--true-sequential",
+    ]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{stderr}");
+    assert!(stderr.contains("standard objective") && stderr.contains("--true-sequential"), "{stderr}");
+    assert_eq!(json(&String::from_utf8_lossy(&r.stdout))["asymmetric"], Json::Null);
+
+    // A usage error (clap's exit code 2).
+    let r = qforge(&[&"quantize", &t, &"-o", &s, &"--method", &"gptq", &"--asymmetric", &"--no-asymmetric"]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("cannot be used with"));
+
     let moe = crate::common::root().join("tests/fixtures/arch/mixtral");
     for (model, bad, why) in [
-        (&t, &["--method", "gptq", "--asymmetric", "--true-sequential"][..], "drop --true-sequential"),
-        (&t, &["--method", "gptq", "--asymmetric", "--resume"][..], "cannot --resume"),
+        (&t, &["--method", "gptq", "--asymmetric", "--true-sequential"][..], "--asymmetric: --true-sequential"),
         (&t, &["--method", "gptq", "--asymmetric=1.5"][..], "must be in (0, 1]"),
-        (&t, &["--method", "awq+gptq", "--asymmetric", "--type", "Q4_0"][..], "applies to --method gptq"),
-        (&moe, &["--method", "gptq", "--asymmetric", "--type", "Q8_0"][..], "needs dense feed-forward layers"),
+        (&moe, &["--method", "gptq", "--asymmetric", "--type", "Q8_0"][..], "routes tokens to experts"),
     ] {
         let o = tmp.path().join("refused.gguf");
         let mut a: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"quantize", model, &"-o", &o];

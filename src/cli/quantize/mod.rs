@@ -40,7 +40,7 @@ use crate::output::Sink;
     qforge quantize models/llama -o llama-nf4 --method nf4 --double-quant   # bitsandbytes 4-bit HF dir\n  \
     qforge quantize models/llama -o llama-gptq --method gptq --bits 4 --group-size 128\n  \
     qforge quantize models/llama -o m.gguf --method gptq --type Q4_K_M     # GPTQ on GGML grids\n  \
-    qforge quantize models/llama -o m.gguf --method gptq --type Q5_0 --asymmetric  # GPTQv2 objective\n  \
+    qforge quantize models/llama -o m.gguf --method gptq --type Q5_0 --no-asymmetric  # the reference objective\n  \
     qforge quantize models/llama -o llama-awq --method awq\n  \
     qforge quantize models/llama -o m.gguf --method awq+gptq --type Q4_K_M  # AWQ, then GPTQ\n  \
     qforge imatrix models/llama -o llama.imatrix.gguf && \\\n    \
@@ -209,15 +209,21 @@ pub struct GptqArgs {
     /// the layer in between so that each sub-block sees the quantized ones before it.
     #[arg(long)]
     pub true_sequential: bool,
-    /// GPTQ: asymmetric calibration (GPTQv2/GPTAQ's objective): fit each quantized linear, fed
-    /// the quantized model's activations, towards the original linear fed the original model's,
-    /// so that the error earlier layers left is partly compensated rather than carried on.
-    /// `--asymmetric=ALPHA` sets the fraction of the least-squares correction applied (default
-    /// 0.25, GPTAQ's; 1 overfits). Runs the windows through the unquantized model too (twice the hidden
-    /// states, one more pass per layer, ~2× the time). Not with --true-sequential, --resume,
-    /// awq+gptq, a CUDA device or MoE layers
+    /// GPTQ (and awq+gptq): asymmetric calibration (GPTQv2/GPTAQ's objective), on by default:
+    /// fit each quantized linear, fed the quantized model's activations, towards the original
+    /// linear fed the original model's, so that the error earlier layers left is partly
+    /// compensated rather than carried on. `--asymmetric=ALPHA` sets the fraction of the
+    /// least-squares correction applied (default 0.25, GPTAQ's; 1 overfits). Runs the windows
+    /// through the unquantized model too (twice the hidden states, one more pass per layer,
+    /// ~1.5–2× the time). Where it cannot run (--true-sequential, a CUDA device, MoE layers)
+    /// GPTQ's standard objective is used, with a note; asked for explicitly there, an error
     #[arg(long, value_name = "ALPHA", num_args = 0..=1, require_equals = true, default_missing_value = "0.25")]
     pub asymmetric: Option<f64>,
+    /// GPTQ: the standard objective (the reference GPTQ's, and qforge's before asymmetric
+    /// calibration became the default): each linear fitted to the original layer on the
+    /// quantized model's own inputs
+    #[arg(long, conflicts_with = "asymmetric")]
+    pub no_asymmetric: bool,
     /// GPTQ: keep GPTQ's solution for every matrix. By default each is compared with
     /// round-to-nearest on the same grid by the calibration inputs' output error, and the
     /// better one is kept (GPTQ can lose on weights that already sit on the grid). Not

@@ -342,20 +342,27 @@ impl GptqMethod {
             // The weights GPTQ fits: the original ones, or (asymmetric calibration) those that
             // best reproduce the unquantized model's outputs from the quantized model's inputs.
             let target: std::borrow::Cow<[f32]> = match (drift, h, self.asymmetric) {
-                (Some(d), Hess::Cpu(hc), Some(alpha)) if !rounded_anyway && input_scales.is_none() => {
+                (Some(d), Hess::Cpu(hc), Some(alpha)) if !rounded_anyway => {
                     if d.has_nonfinite() {
                         return Err(Error::InvalidModel(format!(
                             "layer {layer}: the input drift of {name} holds NaN or Inf"
                         )));
                     }
+                    // Folded AWQ scales: the drift of the scaled inputs, as for the Hessian.
+                    let scaled_drift;
+                    let d = match &input_scales {
+                        Some(s) => {
+                            scaled_drift = d.scaled(s)?;
+                            &scaled_drift
+                        }
+                        None => d,
+                    };
                     asymmetric::target_weights(&w, rows, cols, &hc.to_dense(), d, self.options.damp, alpha)
                         .map_err(|e| Error::InvalidModel(format!("layer {layer}, {name}: {e}")))?
                         .into()
                 }
                 (Some(_), _, _) if !rounded_anyway => {
-                    return Err(Error::Unsupported(format!(
-                        "{name}: asymmetric calibration needs a CPU Hessian and no input scales"
-                    )))
+                    return Err(Error::Unsupported(format!("{name}: asymmetric calibration needs a CPU Hessian")))
                 }
                 _ => (&w[..]).into(),
             };
@@ -448,11 +455,7 @@ fn scaled_hessian(h: &Hess, s: &[f32]) -> Result<Hessian> {
     if dense.len() != n * n {
         return Err(Error::InvalidArgument(format!("{n} input scales for a Hessian of {} entries", dense.len())));
     }
-    for (i, row) in dense.chunks_exact_mut(n).enumerate() {
-        for (j, v) in row.iter_mut().enumerate() {
-            *v /= s[i] as f64 * s[j] as f64;
-        }
-    }
+    asymmetric::unscale_both_sides(&mut dense, s);
     Ok(Hessian::from_dense(dense, n))
 }
 

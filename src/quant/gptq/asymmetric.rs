@@ -87,8 +87,31 @@ impl InputDrift {
         self.samples
     }
 
+    /// The drift of the inputs divided by `s` (AWQ's folded scales): `S⁻¹ D S⁻¹`, `S = diag(s)`,
+    /// as the Hessian of those inputs is `S⁻¹ H S⁻¹`.
+    pub fn scaled(&self, s: &[f32]) -> Result<InputDrift> {
+        let n = self.n;
+        if s.len() != n {
+            return Err(Error::InvalidArgument(format!("{} input scales for a drift of {n} features", s.len())));
+        }
+        let mut sum = self.sum.clone();
+        unscale_both_sides(&mut sum, s);
+        Ok(InputDrift { n, sum, samples: self.samples, prod: Vec::new() })
+    }
+
     pub fn has_nonfinite(&self) -> bool {
         self.sum.iter().any(|v| !v.is_finite())
+    }
+}
+
+/// `S⁻¹ M S⁻¹` in place for the row-major n × n `m`, `S = diag(s)`: a second-moment matrix
+/// of inputs once they are divided by `s` (AWQ's folded scales).
+pub fn unscale_both_sides(m: &mut [f64], s: &[f32]) {
+    let n = s.len();
+    for (i, row) in m.chunks_exact_mut(n).enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v /= s[i] as f64 * s[j] as f64;
+        }
     }
 }
 
@@ -207,5 +230,16 @@ mod tests {
             assert!((a - (b + 0.25 * (c - b))).abs() < 1e-5, "{a} {b} {c}");
         }
         assert!(err(&wq) < e_w);
+
+        // AWQ's folded scales: the drift of the inputs divided by s is `scaled(s)`.
+        let sc: Vec<f32> = (0..cols).map(|c| 0.5 + c as f32 * 0.25).collect();
+        let div = |v: &[f32]| v.iter().enumerate().map(|(i, a)| a / sc[i % cols]).collect::<Vec<f32>>();
+        let mut direct = InputDrift::new(cols);
+        direct.add(&div(&x), &div(&x_ref), n).unwrap();
+        let scaled = d.scaled(&sc).unwrap();
+        for (a, b) in direct.sum.iter().zip(&scaled.sum) {
+            assert!((a - b).abs() <= 1e-4 * (1.0 + a.abs()), "{a} vs {b}");
+        }
+        assert!(d.scaled(&sc[1..]).is_err());
     }
 }
