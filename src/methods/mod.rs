@@ -14,6 +14,7 @@ pub use spilled::SpilledResults;
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
+use crate::ggml_type::GgmlType;
 use crate::model::{names, ModelConfig};
 
 /// An MoE expert that fewer calibration tokens than this were routed to is not fitted to
@@ -27,6 +28,12 @@ pub const MIN_EXPERT_TOKENS: usize = 16;
 pub trait RowParts: Sized {
     /// Append `other`'s rows; false when the two cannot form one tensor (other grids).
     fn append(&mut self, other: Self) -> bool;
+}
+
+/// A method's result for one matrix as GGML blocks (for a GGUF): type, row count, bytes;
+/// `None` for a result of another grid (integer codes for a Hugging Face checkpoint).
+pub trait GgmlRows {
+    fn into_ggml_rows(self) -> Option<(GgmlType, usize, Vec<u8>)>;
 }
 
 /// Put the results of a joined weight's parts (Phi-3's q|k|v and gate|up; with `experts`, an

@@ -12,20 +12,17 @@ use clap::Args;
 use safetensors::Dtype;
 use serde_json::json;
 
+use super::encoder::MethodEncoder;
 use super::{Format, QuantizeArgs};
 use crate::calib::resume::WorkDir;
 use crate::calib::sequential::{self, Stages};
 use crate::cli::session::Loaded;
 use crate::cli::stages::StageLog;
 use crate::cli::Ui;
-use crate::convert::to_gguf::TensorEncoder;
 use crate::convert::to_hf_quant::{self, OutTensor, PackedLinears};
-use crate::error::Error;
-use crate::ggml_type::GgmlType;
 use crate::methods::awq::{AwqMethod, AwqOptions, Quantized, Target};
 use crate::methods::SpilledResults;
 use crate::model::{names, ModelConfig, ModelFile, RopeLayout};
-use crate::quant;
 use crate::quant::packed::awq::pack;
 use crate::runtime::LlamaModel;
 
@@ -152,21 +149,11 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         ui.detail(format!("{name}: clipping output error {after:.3e} (unclipped {before:.3e})"));
     }
 
-    let target_layout = match format {
-        Format::Gguf if cfg.arch.gguf_permutes_qk() => RopeLayout::Interleaved,
-        _ => RopeLayout::RotateHalf,
-    };
     stages_log.begin("write");
     let (n_tensors, bytes) = match format {
         Format::Gguf => {
             let header = gguf_header.ok_or_else(|| anyhow!("no GGUF plan"))?;
-            let mut enc = AwqEncoder {
-                results: &mut results,
-                vectors: &mut method.vectors,
-                cfg: &cfg,
-                from: layout,
-                to: target_layout,
-            };
+            let mut enc = MethodEncoder::new("AWQ", &mut results, &mut method.vectors, &cfg, layout);
             let summary = super::write_gguf(args, ui, file, header, output, &mut enc)?;
             (summary.tensors, summary.bytes)
         }
@@ -271,72 +258,6 @@ pub(super) fn check_awq_shapes(cfg: &ModelConfig, group_size: Option<usize>) -> 
 }
 
 /// Hands the GGUF writer AWQ's blocks and folded vectors, rows in the file's layout.
-struct AwqEncoder<'r, 'w> {
-    results: &'r mut SpilledResults<'w, Quantized>,
-    vectors: &'r mut HashMap<String, Vec<f32>>,
-    cfg: &'r ModelConfig,
-    from: RopeLayout,
-    to: RopeLayout,
-}
-
-impl TensorEncoder for AwqEncoder<'_, '_> {
-    fn encode(&mut self, name: &str, values: &[f32], ty: GgmlType) -> crate::error::Result<Option<Vec<u8>>> {
-        let rows = |data: Vec<u8>, n: usize| file_rows(name, data, n, self.cfg, self.from, self.to);
-        if let Some(v) = self.vectors.remove(name) {
-            return encode_vector(name, &v, values, ty, self.cfg, self.from, self.to).map(Some);
-        }
-        match self.results.take(name)? {
-            Some(Quantized::Ggml { ty: got, rows: n, bytes }) => {
-                if got != ty {
-                    return Err(Error::tensor(name, format!("AWQ produced {got}, the plan says {ty}")));
-                }
-                rows(bytes, n).map(Some)
-            }
-            Some(Quantized::Int(_)) => Err(Error::tensor(name, "AWQ produced integer codes for a GGUF")),
-            None => Ok(None),
-        }
-    }
-
-    fn finish(&mut self) -> crate::error::Result<()> {
-        self.results.finish()
-    }
-}
-
-/// Encoded rows of a linear (`rows` of them) reordered from the runtime's q/k layout `from`
-/// into the file's `to`.
-pub(super) fn file_rows(
-    name: &str,
-    data: Vec<u8>,
-    rows: usize,
-    cfg: &ModelConfig,
-    from: RopeLayout,
-    to: RopeLayout,
-) -> crate::error::Result<Vec<u8>> {
-    let row_bytes = data.len() / rows.max(1);
-    Ok(match names::row_order(name, rows, cfg.n_heads, cfg.n_kv_heads, from, to)? {
-        Some(src) => names::reorder_rows(&data, row_bytes, &src),
-        None => data,
-    })
-}
-
-/// A vector AWQ's fold changed (a norm, the v bias, an MoE router or shared gate), encoded as
-/// the plan's type in the file's layout in place of the input's `values`.
-pub(super) fn encode_vector(
-    name: &str,
-    v: &[f32],
-    values: &[f32],
-    ty: GgmlType,
-    cfg: &ModelConfig,
-    from: RopeLayout,
-    to: RopeLayout,
-) -> crate::error::Result<Vec<u8>> {
-    if v.len() != values.len() {
-        return Err(Error::tensor(name, "folded vector has a different length"));
-    }
-    let bytes = quant::encode(ty, v).map_err(|e| Error::tensor(name, e.to_string()))?;
-    file_rows(name, bytes, v.len(), cfg, from, to)
-}
-
 type Linears = HashMap<String, Vec<(String, OutTensor<'static>)>>;
 
 /// The hf-awq tensors of every quantized linear (rows back in Hugging Face order).

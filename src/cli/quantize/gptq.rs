@@ -9,16 +9,14 @@ use anyhow::{anyhow, bail, Context, Result};
 use safetensors::Dtype;
 use serde_json::json;
 
-use super::awq::{awq_options, check_awq_shapes, encode_vector, file_rows, hf_vectors, pack_awq, write_hf_awq};
+use super::awq::{awq_options, check_awq_shapes, hf_vectors, pack_awq, write_hf_awq};
+use super::encoder::MethodEncoder;
 use super::{Device, Format, Method, QuantizeArgs};
 use crate::calib::sequential::{self, Stages};
 use crate::cli::session::Loaded;
 use crate::cli::stages::StageLog;
 use crate::cli::Ui;
-use crate::convert::to_gguf::TensorEncoder;
 use crate::convert::to_hf_quant::{self, OutTensor, PackedLinears};
-use crate::error::Error;
-use crate::ggml_type::GgmlType;
 use crate::methods::awq::{self, AwqMethod};
 use crate::methods::awq_gptq::AwqGptqMethod;
 use crate::methods::gptq::{GptqMethod, Solved, Target};
@@ -251,15 +249,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let (n_tensors, bytes) = match format {
         Format::Gguf => {
             let header = gguf_header.ok_or_else(|| anyhow!("no GGUF plan"))?;
-            let target_layout =
-                if cfg.arch.gguf_permutes_qk() { RopeLayout::Interleaved } else { RopeLayout::RotateHalf };
-            let mut enc = SolvedEncoder {
-                results: &mut results,
-                vectors: &mut vectors,
-                cfg: &cfg,
-                from: layout,
-                to: target_layout,
-            };
+            let mut enc = MethodEncoder::new(method_name, &mut results, &mut vectors, &cfg, layout);
             let summary = super::write_gguf(args, ui, file, header, output, &mut enc)?;
             (summary.tensors, summary.bytes)
         }
@@ -380,36 +370,6 @@ fn select_device(device: Device, ui: &Ui) -> Result<Option<std::convert::Infalli
         Device::Cpu => {}
     }
     Ok(None)
-}
-
-/// Hands the GGUF writer the blocks GPTQ chose, with q/k rows in the file's layout.
-struct SolvedEncoder<'r, 'w> {
-    results: &'r mut SpilledResults<'w, Solved>,
-    /// AWQ's folded vectors (awq+gptq), written in place of the input's.
-    vectors: &'r mut HashMap<String, Vec<f32>>,
-    cfg: &'r ModelConfig,
-    from: RopeLayout,
-    to: RopeLayout,
-}
-
-impl TensorEncoder for SolvedEncoder<'_, '_> {
-    fn encode(&mut self, name: &str, values: &[f32], ty: GgmlType) -> crate::error::Result<Option<Vec<u8>>> {
-        if let Some(v) = self.vectors.remove(name) {
-            return encode_vector(name, &v, values, ty, self.cfg, self.from, self.to).map(Some);
-        }
-        let Some(Solved::Ggml { ty: solved_ty, rows, bytes }) = self.results.take(name)? else { return Ok(None) };
-        if solved_ty != ty {
-            return Err(Error::tensor(name, format!("GPTQ produced {solved_ty}, the plan says {ty}")));
-        }
-        if values.is_empty() {
-            return Err(Error::tensor(name, "is empty"));
-        }
-        file_rows(name, bytes, rows, self.cfg, self.from, self.to).map(Some)
-    }
-
-    fn finish(&mut self) -> crate::error::Result<()> {
-        self.results.finish()
-    }
 }
 
 /// GPTQ's 4-bit codes as AWQ's (awq+gptq into hf-awq): the same min-max groups with true zero

@@ -2,6 +2,7 @@
 //! pipelines are in the submodules (`gptq` also serves awq+gptq).
 
 mod awq;
+mod encoder;
 mod gptq;
 mod nf4;
 

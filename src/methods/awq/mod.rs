@@ -81,6 +81,15 @@ pub enum Quantized {
     Ggml { ty: GgmlType, rows: usize, bytes: Vec<u8> },
 }
 
+impl crate::methods::GgmlRows for Quantized {
+    fn into_ggml_rows(self) -> Option<(GgmlType, usize, Vec<u8>)> {
+        match self {
+            Quantized::Ggml { ty, rows, bytes } => Some((ty, rows, bytes)),
+            Quantized::Int(_) => None,
+        }
+    }
+}
+
 impl crate::methods::RowParts for Quantized {
     fn append(&mut self, other: Quantized) -> bool {
         match (self, other) {

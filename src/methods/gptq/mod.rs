@@ -44,6 +44,15 @@ pub enum Solved {
     },
 }
 
+impl super::GgmlRows for Solved {
+    fn into_ggml_rows(self) -> Option<(GgmlType, usize, Vec<u8>)> {
+        match self {
+            Solved::Ggml { ty, rows, bytes } => Some((ty, rows, bytes)),
+            Solved::Int(_) => None,
+        }
+    }
+}
+
 impl super::RowParts for Solved {
     fn append(&mut self, other: Solved) -> bool {
         match (self, other) {
