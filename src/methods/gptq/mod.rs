@@ -291,6 +291,7 @@ impl GptqMethod {
     ) -> Result<Vec<(String, Vec<f32>)>> {
         let mut done: Vec<String> = Vec::new();
         let mut out = Vec::new();
+        self.drifts.values_mut().for_each(InputDrift::finish_accumulating);
         for linear in linears {
             // A Hessian is done once every linear sharing it is quantized: free it then.
             self.hessians.retain(|_, (group, _)| !group.iter().all(|g| done.contains(g)));
@@ -318,6 +319,8 @@ impl GptqMethod {
             };
             let key = self.hessians.iter().find(|(_, (group, _))| group.contains(name)).map(|(k, _)| k.clone());
             let drift = key.as_ref().and_then(|k| self.drifts.get(k));
+            // The drift is only needed for the targets: freed after its group's last one.
+            let drift_done = key.clone().filter(|k| self.hessians[k].0.iter().all(|g| done.contains(g)));
             let seen = key.as_ref().and_then(|k| self.tokens.get(k)).copied().unwrap_or(0);
             let mut rounded_anyway = false;
             let identity;
@@ -350,8 +353,8 @@ impl GptqMethod {
             };
             // The weights GPTQ fits: the original ones, or (asymmetric calibration) those that
             // best reproduce the unquantized model's outputs from the quantized model's inputs.
-            let target: std::borrow::Cow<[f32]> = match (drift, h, self.asymmetric) {
-                (Some(d), Hess::Cpu(hc), Some(alpha)) if !rounded_anyway => {
+            let rhs = match (drift, h, self.asymmetric) {
+                (Some(d), Hess::Cpu(_), Some(alpha)) if !rounded_anyway => {
                     if d.has_nonfinite() {
                         return Err(Error::InvalidModel(format!(
                             "layer {layer}: the input drift of {name} holds NaN or Inf"
@@ -366,13 +369,21 @@ impl GptqMethod {
                         }
                         None => d,
                     };
-                    asymmetric::target_weights(&w, rows, cols, &hc.to_dense(), d, self.options.damp, alpha)
+                    asymmetric::drift_product(&w, rows, cols, d, alpha)
                         .map_err(|e| Error::InvalidModel(format!("layer {layer}, {name}: {e}")))?
-                        .into()
                 }
                 (Some(_), _, _) if !rounded_anyway => {
                     return Err(Error::Unsupported(format!("{name}: asymmetric calibration needs a CPU Hessian")))
                 }
+                _ => None,
+            };
+            if let Some(k) = drift_done {
+                self.drifts.remove(&k);
+            }
+            let target: std::borrow::Cow<[f32]> = match (rhs, h) {
+                (Some(rhs), Hess::Cpu(hc)) => asymmetric::target_weights(&w, rows, cols, hc, rhs, self.options.damp)
+                    .map_err(|e| Error::InvalidModel(format!("layer {layer}, {name}: {e}")))?
+                    .into(),
                 _ => (&w[..]).into(),
             };
             let r = self

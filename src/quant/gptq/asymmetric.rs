@@ -28,10 +28,13 @@
 //! (KLD 5.6), while α = 0.25 stayed at 1–2% of ‖W‖ throughout and lowered the KLD from GPTQ's
 //! 0.0508 to 0.0405 (BENCHMARKS.md, issue 18's table).
 
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
 use faer::linalg::matmul::matmul;
-use faer::linalg::solvers::Solve;
-use faer::{Accum, Mat, MatRef, Par, Side};
+use faer::linalg::triangular_solve::{solve_lower_triangular_in_place, solve_upper_triangular_in_place};
+use faer::{Accum, Mat, MatMut, MatRef, Par};
 
+use super::Hessian;
 use crate::error::{Error, Result};
 
 /// Rows per f32 product before it is added to the f64 sum (as the Hessian does).
@@ -83,6 +86,11 @@ impl InputDrift {
         Ok(())
     }
 
+    /// Frees the per-batch product buffer once accumulation is over (n² f32 each).
+    pub fn finish_accumulating(&mut self) {
+        self.prod = Vec::new();
+    }
+
     pub fn samples(&self) -> usize {
         self.samples
     }
@@ -115,40 +123,62 @@ pub fn unscale_both_sides(m: &mut [f64], s: &[f32]) {
     }
 }
 
-/// `W + α · W · D · (H + λI)⁻¹` (see the module comment; α = 1 gives `W*`, the unquantized
-/// weights that best reproduce the original model's outputs from the quantized model's
-/// inputs, α = 0 gives `W`). `h` is the dense
-/// row-major Hessian of those inputs (`Hessian::to_dense`, 2/N · X̃ᵀX̃, over the same rows as
-/// `drift`), `damp` GPTQ's fraction of its mean diagonal; tenfold more is tried (three times)
-/// if `H + λI` is not positive definite.
-pub fn target_weights(
-    w: &[f32],
-    rows: usize,
-    cols: usize,
-    h: &[f64],
-    drift: &InputDrift,
-    damp: f64,
-    alpha: f64,
-) -> Result<Vec<f32>> {
-    if drift.n != cols || h.len() != cols * cols || w.len() != rows * cols {
+/// The right-hand side of the target's solve, `α · 2/N · (W · D)ᵀ` (cols × rows), or `None`
+/// when no drift was seen. Kept apart from [`target_weights`] so that the caller can free the
+/// drift (a cols² f64 matrix) before the Hessian is factored into another one.
+pub fn drift_product(w: &[f32], rows: usize, cols: usize, drift: &InputDrift, alpha: f64) -> Result<Option<Mat<f64>>> {
+    if drift.n != cols || w.len() != rows * cols {
         return Err(Error::InvalidArgument(format!(
-            "asymmetric target: {rows} × {cols} weights, a Hessian of {} and a drift of {} features",
-            h.len(),
+            "asymmetric target: {rows} × {cols} weights and a drift of {} features",
             drift.n
         )));
     }
     if drift.samples == 0 {
-        return Ok(w.to_vec());
+        return Ok(None);
     }
     let scale = alpha * 2.0 / drift.samples as f64;
-    let mean = (0..cols).map(|i| h[i * cols + i]).sum::<f64>() / cols as f64;
-    let hm = MatRef::from_row_major_slice(h, cols, cols);
+    let wf: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+    let wm = MatRef::from_row_major_slice(&wf, rows, cols);
+    let dm = MatRef::from_row_major_slice(&drift.sum, cols, cols);
+    let mut mt = Mat::<f64>::zeros(cols, rows);
+    matmul(mt.as_mut(), Accum::Replace, dm.transpose(), wm.transpose(), scale, Par::rayon(0));
+    Ok(Some(mt))
+}
+
+/// `W + α · W · D · (H + λI)⁻¹` (see the module comment; α = 1 gives `W*`, the unquantized
+/// weights that best reproduce the original model's outputs from the quantized model's
+/// inputs, α = 0 gives `W`), from `rhs` = [`drift_product`]'s `α · 2/N · (W · D)ᵀ`. `h` is
+/// the Hessian of those inputs (2/N · X̃ᵀX̃, over the same rows as the drift), `damp` GPTQ's
+/// fraction of its mean diagonal; tenfold more is tried (three times) if `H + λI` is not
+/// positive definite. One cols² f64 buffer beside `h`: `H + λI` is factored in place.
+pub fn target_weights(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    h: &Hessian,
+    mut rhs: Mat<f64>,
+    damp: f64,
+) -> Result<Vec<f32>> {
+    if h.n() != cols || w.len() != rows * cols || rhs.nrows() != cols || rhs.ncols() != rows {
+        return Err(Error::InvalidArgument(format!(
+            "asymmetric target: {rows} × {cols} weights, a Hessian of {} and a {} × {} right-hand side",
+            h.n(),
+            rhs.nrows(),
+            rhs.ncols()
+        )));
+    }
+    let mean = (0..cols).map(|i| h.get(i, i)).sum::<f64>() / cols as f64;
+    let par = faer::get_global_parallelism();
+    let mut factor = vec![0f64; cols * cols];
     let mut frac = if damp > 0.0 { damp } else { 0.01 };
-    let llt = loop {
-        let add = frac * mean;
-        let damped = Mat::from_fn(cols, cols, |i, j| hm[(i, j)] + if i == j { add } else { 0.0 });
-        match damped.llt(Side::Lower) {
-            Ok(l) => break l,
+    loop {
+        // H is symmetric: its row-major copy is its column-major one.
+        h.dense_into(&mut factor);
+        factor.iter_mut().step_by(cols + 1).for_each(|d| *d += frac * mean);
+        let fm = MatMut::from_column_major_slice_mut(&mut factor, cols, cols);
+        let mut buf = MemBuffer::new(cholesky_in_place_scratch::<f64>(cols, par, Default::default()));
+        match cholesky_in_place(fm, Default::default(), par, MemStack::new(&mut buf), Default::default()) {
+            Ok(_) => break,
             Err(_) if frac < damp.max(0.01) * 1e3 => frac *= 10.0,
             Err(_) => {
                 return Err(Error::InvalidModel(
@@ -156,18 +186,16 @@ pub fn target_weights(
                 ))
             }
         }
-    };
-    // Mᵀ = (W · D)ᵀ = Dᵀ · Wᵀ (cols × rows), solved in place: (H + λI) · Yᵀ = Mᵀ.
-    let wf: Vec<f64> = w.iter().map(|&v| v as f64).collect();
-    let wm = MatRef::from_row_major_slice(&wf, rows, cols);
-    let dm = MatRef::from_row_major_slice(&drift.sum, cols, cols);
-    let mut mt = Mat::<f64>::zeros(cols, rows);
-    matmul(mt.as_mut(), Accum::Replace, dm.transpose(), wm.transpose(), scale, Par::rayon(0));
-    llt.solve_in_place(mt.as_mut());
+    }
+    // (H + λI) · Yᵀ = Mᵀ solved in place as L · Lᵀ · Yᵀ = Mᵀ (the lower triangle of `factor`
+    // holds L; what is above it is left over from H and never read).
+    let l = MatRef::from_column_major_slice(&factor, cols, cols);
+    solve_lower_triangular_in_place(l, rhs.as_mut(), par);
+    solve_upper_triangular_in_place(l.transpose(), rhs.as_mut(), par);
     let mut out = w.to_vec();
     for (r, row) in out.chunks_exact_mut(cols).enumerate() {
         for (c, v) in row.iter_mut().enumerate() {
-            *v = (*v as f64 + mt[(c, r)]) as f32;
+            *v = (*v as f64 + rhs[(c, r)]) as f32;
         }
     }
     if out.iter().any(|v| !v.is_finite()) {
@@ -217,15 +245,19 @@ mod tests {
             }
             e
         };
-        let ws = target_weights(&w, rows, cols, &h.to_dense(), &d, 1e-6, 1.0).unwrap();
+        let target = |d: &InputDrift, damp: f64, alpha: f64| match drift_product(&w, rows, cols, d, alpha).unwrap() {
+            Some(rhs) => target_weights(&w, rows, cols, &h, rhs, damp).unwrap(),
+            None => w.clone(),
+        };
+        let ws = target(&d, 1e-6, 1.0);
         let (e_w, e_ws) = (err(&w), err(&ws));
         assert!(e_ws < 0.1 * e_w, "W* {e_ws} vs W {e_w}");
 
         let mut same = InputDrift::new(cols);
         same.add(&x, &x, n).unwrap();
-        assert_eq!(target_weights(&w, rows, cols, &h.to_dense(), &same, 0.01, 1.0).unwrap(), w);
+        assert_eq!(target(&same, 0.01, 1.0), w);
         // A fraction of the correction: part of the way from W to W*.
-        let wq = target_weights(&w, rows, cols, &h.to_dense(), &d, 1e-6, 0.25).unwrap();
+        let wq = target(&d, 1e-6, 0.25);
         for ((a, b), c) in wq.iter().zip(&w).zip(&ws) {
             assert!((a - (b + 0.25 * (c - b))).abs() < 1e-5, "{a} {b} {c}");
         }
