@@ -214,6 +214,22 @@ fn dry_run_prints_the_plan_and_writes_nothing() {
     // -o is required otherwise (usage error).
     let r = qforge(&[&"quantize", &common::tiny(), &"--type", &"Q4_0"]);
     assert_eq!(r.status.code(), Some(2));
+    // `-o -` is for a GGUF without --json, for every method (checked before anything loads).
+    let tiny = common::tiny();
+    for (method, json, why) in [
+        ("nf4", false, "a bitsandbytes checkpoint is a directory"),
+        ("gptq", false, "an hf-gptq checkpoint is a directory"),
+        ("awq", false, "an hf-awq checkpoint is a directory"),
+        ("gptq", true, "--json cannot be combined with `-o -`"),
+        ("awq+gptq", true, "--json cannot be combined with `-o -`"),
+    ] {
+        let mut a: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"quantize", &tiny, &"-o", &"-", &"--method", &method];
+        if json {
+            a.extend([&"--type" as &dyn AsRef<std::ffi::OsStr>, &"Q4_0", &"--json"]);
+        }
+        let err = qforge_err(&a);
+        assert!(err.contains(why), "{method} (json: {json}): {err}");
+    }
 }
 
 /// --pure, --output-type, --embedding-type, --tensor-type and --leave-output, as plans; then

@@ -84,13 +84,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     if args.awq_opts.awq_sample_tokens == 0 {
         bail!("--awq-sample-tokens must be positive");
     }
-    let output = args.output.as_ref().ok_or_else(|| anyhow!("-o is required"))?;
-    if output.as_os_str() == "-" && format != Format::Gguf {
-        bail!("an hf-awq checkpoint is a directory; `-o -` only works with --format gguf");
-    }
-    if output.as_os_str() == "-" && ui.json {
-        bail!("--json cannot be combined with `-o -`: standard output carries the GGUF");
-    }
+    let output = super::output_path(args, ui, format == Format::Gguf, format.checkpoint_name())?;
 
     let mut stages_log = StageLog::new();
     stages_log.begin("load");

@@ -131,10 +131,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     if options.block_size == 0 || !(g.damp > 0.0 && g.damp.is_finite()) {
         bail!("--block-size must be positive and --damp a positive number");
     }
-    let output = args.output.as_ref().ok_or_else(|| anyhow!("-o is required"))?;
-    if output.as_os_str() == "-" && format != Format::Gguf {
-        bail!("an hf-gptq checkpoint is a directory; `-o -` only works with --format gguf");
-    }
+    let output = super::output_path(args, ui, format == Format::Gguf, format.checkpoint_name())?;
 
     let mut stages_log = StageLog::new();
     stages_log.begin("load");

@@ -138,6 +138,18 @@ pub enum Format {
     HfBnb,
 }
 
+impl Format {
+    /// How errors name what this format writes.
+    fn checkpoint_name(self) -> &'static str {
+        match self {
+            Format::Gguf => "a GGUF file",
+            Format::HfGptq => "an hf-gptq checkpoint",
+            Format::HfAwq => "an hf-awq checkpoint",
+            Format::HfBnb => "a bitsandbytes checkpoint",
+        }
+    }
+}
+
 /// Calibration data for GPTQ and AWQ.
 #[derive(Args, Debug, Clone)]
 pub struct CalibArgs {
@@ -418,6 +430,20 @@ pub(super) fn report_resumed(ui: &Ui, resumed: usize, work: &WorkDir) {
     if resumed > 0 {
         ui.note(format!("resumed: layers 0–{} loaded from {}", resumed - 1, work.path().display()));
     }
+}
+
+/// The `-o` path every calibrated method and NF4 share: required, and `-` (standard output)
+/// only for a GGUF and never with --json (both would go to standard output). `checkpoint`
+/// names the directory format for the error ([`Format::checkpoint_name`]).
+pub(super) fn output_path<'a>(args: &'a QuantizeArgs, ui: &Ui, gguf: bool, checkpoint: &str) -> Result<&'a Path> {
+    let output = args.output.as_deref().ok_or_else(|| anyhow!("-o/--output is required"))?;
+    if output.as_os_str() == "-" && !gguf {
+        bail!("{checkpoint} is a directory; `-o -` only works with --format gguf");
+    }
+    if output.as_os_str() == "-" && ui.json {
+        bail!("--json cannot be combined with `-o -`: standard output carries the GGUF");
+    }
+    Ok(output)
 }
 
 /// The requantize guard every method shares: `kinds` are the stored types (GGML types or

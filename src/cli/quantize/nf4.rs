@@ -57,10 +57,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let mut stages_log = crate::cli::stages::StageLog::new();
     stages_log.begin("quantize");
     let opts = options(args)?;
-    let output = args.output.as_ref().context("-o/--output (the directory to write) is required")?;
-    if output.as_os_str() == "-" {
-        bail!("--method nf4 writes a directory; `-o -` is only for GGUF");
-    }
+    let output = super::output_path(args, ui, false, super::Format::HfBnb.checkpoint_name())?;
     let model = ModelFile::open(&args.input).with_context(|| format!("cannot load {}", args.input.display()))?;
     let tensors = model.tensors()?;
     let input_bytes: u64 = tensors.iter().map(|t| t.stored_bytes() as u64).sum();
