@@ -44,8 +44,8 @@
 //!   factor of the reversed `H` (one factorization and one triangular inverse instead of a
 //!   factorization, an inverse and a second factorization); mathematically the same matrix.
 
-#[cfg(feature = "cuda")]
 pub mod asymmetric;
+#[cfg(feature = "cuda")]
 pub mod cuda;
 // The CUDA backend's algorithm emulated on the CPU (tests only; runs without the feature).
 #[cfg(test)]
@@ -65,6 +65,26 @@ use crate::ggml_type::GgmlType;
 /// How many times the damping is multiplied by 10 and the factorization retried before
 /// [`quantize`] gives up on a Hessian that is not positive definite.
 pub const MAX_DAMP_RETRIES: u32 = 3;
+
+/// The damping fractions every factorization (CPU, CUDA, its emulation) tries in turn, with
+/// the retry number: `damp`, then ×10 (0.01 after 0), [`MAX_DAMP_RETRIES`] more times.
+pub(crate) fn damp_schedule(damp: f64) -> impl Iterator<Item = (u32, f64)> {
+    let fracs = std::iter::successors(Some(damp), |&f| Some(if f > 0.0 { f * 10.0 } else { 0.01 }));
+    (0..=MAX_DAMP_RETRIES).zip(fracs)
+}
+
+/// GPTQ refuses NaN/Inf weights (row-major, `cols` per row), naming the first one.
+pub(crate) fn check_weights_finite(w: &[f32], cols: usize) -> Result<()> {
+    match crate::quant::find_nonfinite(w) {
+        Some(i) => Err(Error::InvalidArgument(format!(
+            "GPTQ: weight [{}, {}] is not finite ({})",
+            i / cols.max(1),
+            i % cols.max(1),
+            w[i]
+        ))),
+        None => Ok(()),
+    }
+}
 
 /// The GGML types [`Grid::Ggml`] supports: those whose codec has a per-weight grid
 /// (`quant::CODECS`).
@@ -233,14 +253,7 @@ pub fn quantize(
     opts: &GptqOptions,
 ) -> Result<GptqResult> {
     check_args(w, rows, cols, h.n(), grid, opts)?;
-    if let Some(i) = crate::quant::find_nonfinite(w) {
-        return Err(Error::InvalidArgument(format!(
-            "GPTQ: weight [{}, {}] is not finite ({})",
-            i / cols,
-            i % cols,
-            w[i]
-        )));
-    }
+    check_weights_finite(w, cols)?;
     if h.is_empty() {
         return Err(Error::InvalidArgument(
             "GPTQ: the Hessian has seen no activations (no calibration rows were added)".into(),

@@ -9,7 +9,7 @@ use faer::reborrow::ReborrowMut;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use super::{ColumnOrder, Hessian, MAX_DAMP_RETRIES};
+use super::{damp_schedule, ColumnOrder, Hessian};
 use crate::error::{Error, Result};
 
 /// Most rows one sweep task takes (its f64 copy of the weights is rows × cols × 8 bytes, and
@@ -68,12 +68,8 @@ pub(crate) fn factor(h: &Hessian, perm: &[usize], damp: f64) -> Result<Factor> {
     let par = Par::rayon(0);
     let mut m = vec![0f64; n * n];
     let mut u = vec![0f64; n * n];
-    let mut frac = damp;
     let mut tried = Vec::new();
-    for retry in 0..=MAX_DAMP_RETRIES {
-        if retry > 0 {
-            frac = if frac > 0.0 { frac * 10.0 } else { 0.01 };
-        }
+    for (retry, frac) in damp_schedule(damp) {
         tried.push(frac);
         let add = frac * mean;
         // M = J·(P H Pᵀ + add·I)·J (J reverses the order), lower triangle, column-major,

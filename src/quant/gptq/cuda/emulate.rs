@@ -14,7 +14,10 @@
 #![allow(clippy::neg_cmp_op_on_partial_ord, clippy::manual_div_ceil)]
 
 use super::grid::{group_params, RANGE_CANDIDATES};
-use super::{check_args, importance, ColumnOrder, GptqOptions, GptqResult, Grid, Hessian, IntQuant, MAX_DAMP_RETRIES};
+use super::{
+    check_args, check_weights_finite, damp_schedule, importance, ColumnOrder, GptqOptions, GptqResult, Grid, Hessian,
+    IntQuant,
+};
 #[cfg(test)]
 use super::{quantize, solver};
 use crate::error::{Error, Result};
@@ -384,6 +387,7 @@ pub(super) fn quantize_int(
         EmuSrc::Dev(h) => h.n,
     };
     check_args(w, rows, cols, hn, &grid, opts)?;
+    check_weights_finite(w, cols)?;
     let n = cols;
     let (hsum, scale, raw_diag, nonfinite): (Vec<f64>, f64, Vec<f64>, bool) = match h {
         EmuSrc::Host(h) => (h.to_dense(), 1.0, (0..n).map(|i| h.get(i, i)).collect(), h.has_nonfinite()),
@@ -428,11 +432,7 @@ pub(super) fn factor(
     let mut m = vec![0f64; n * n];
     let mut x = vec![0f64; n * n];
     let (nn, total) = (n as I64, (n * n) as I64);
-    let mut frac = damp;
-    for retry in 0..=MAX_DAMP_RETRIES {
-        if retry > 0 {
-            frac = if frac > 0.0 { frac * 10.0 } else { 0.01 };
-        }
+    for (retry, frac) in damp_schedule(damp) {
         let add = frac * mean;
         build_m(&mut m, hsum, scale, &perm_dev, &diag, add, nn);
         if dpotrf_lower(&mut m, n) != 0 {

@@ -17,7 +17,8 @@ use crate::error::{Error, Result};
 use crate::quant::gptq::grid::{group_params, RANGE_CANDIDATES};
 use crate::quant::gptq::solver::sweep_order;
 use crate::quant::gptq::{
-    check_args, importance, ColumnOrder, GptqOptions, GptqResult, Grid, Hessian, IntQuant, MAX_DAMP_RETRIES,
+    check_args, check_weights_finite, damp_schedule, importance, ColumnOrder, GptqOptions, GptqResult, Grid, Hessian,
+    IntQuant,
 };
 
 /// Where the Hessian is.
@@ -59,14 +60,7 @@ pub(super) fn quantize_int(
     check_args(w, rows, cols, hn, &grid, opts)?;
     check_dim(rows)?;
     check_dim(cols)?;
-    if let Some(i) = crate::quant::find_nonfinite(w) {
-        return Err(Error::InvalidArgument(format!(
-            "GPTQ: weight [{}, {}] is not finite ({})",
-            i / cols,
-            i % cols,
-            w[i]
-        )));
-    }
+    check_weights_finite(w, cols)?;
     let nonfinite = match h {
         HSrc::Host(h) => h.has_nonfinite(),
         HSrc::Dev(h) => h.has_nonfinite_locked(inner)?,
@@ -143,12 +137,8 @@ fn factor(
     let nn = n as i64;
     let total = (n * n) as i64;
 
-    let mut frac = damp;
     let mut tried = Vec::new();
-    for retry in 0..=MAX_DAMP_RETRIES {
-        if retry > 0 {
-            frac = if frac > 0.0 { frac * 10.0 } else { 0.01 };
-        }
+    for (retry, frac) in damp_schedule(damp) {
         tried.push(frac);
         let add = frac * mean;
         {
