@@ -116,7 +116,10 @@ fn gptq_into_ggml_types_beats_plain_quantization() {
         a.extend_from_slice(extra);
         let mut calib = vec!["--nsamples", "32"];
         calib.extend_from_slice(&a);
-        gptq(&g, &calib);
+        // GPTQ's defaults, asymmetric calibration included (its own test below covers the
+        // fallbacks and refusals; this is its quality check).
+        let j = gptq(&g, &calib);
+        assert_eq!(j["asymmetric"], Json::from(0.25), "{ty}");
         let (t, pp) = (tiny(), p.clone());
         let mut b: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"-q", &"quantize", &t, &"-o", &pp];
         b.extend(args(&a));
@@ -130,23 +133,15 @@ fn gptq_into_ggml_types_beats_plain_quantization() {
     }
 }
 
-/// Asymmetric calibration, GPTQ's default: each linear fitted to the unquantized model's
-/// outputs. It runs end to end into a GGUF that is as clearly better than the plain quantizer
-/// as GPTQ is; where it cannot run the default falls back to GPTQ's standard objective with a
-/// note, and an explicit `--asymmetric` there is refused before anything is written.
+/// Asymmetric calibration, GPTQ's default (each linear fitted to the unquantized model's
+/// outputs; its quality is checked by `gptq_into_ggml_types_beats_plain_quantization`, which
+/// runs the defaults): `--no-asymmetric` gives the standard objective, where asymmetric
+/// calibration cannot run the default falls back to it with a note, and an explicit
+/// `--asymmetric` there is refused before anything is written.
 #[test]
 fn gptq_asymmetric_calibration() {
     let tmp = tempfile::tempdir().unwrap();
-    let (g, p) = (tmp.path().join("asym.gguf"), tmp.path().join("plain.gguf"));
-    let j = gptq(&g, &["--type", "Q4_0", "--pure", "--nsamples", "32"]);
-    assert_eq!(j["asymmetric"], Json::from(0.25));
     let t = tiny();
-    qforge_ok(&[&"-q", &"quantize", &t, &"-o", &p, &"--type", &"Q4_0", &"--pure"]);
-    let ((ka, _), (kp, _)) = (kld(&g), kld(&p));
-    println!("Q4_0: asymmetric GPTQ kld {ka:.5}, plain kld {kp:.5} (ratio {:.3})", ka / kp);
-    assert!(ka <= kp * 0.8, "asymmetric GPTQ {ka} vs plain {kp}");
-
-    // The standard objective on request, and where asymmetric calibration cannot run.
     let s = tmp.path().join("standard.gguf");
     let j = gptq(&s, &["--type", "Q4_0", "--pure", "--nsamples", "4", "--seqlen", "128", "--no-asymmetric"]);
     assert_eq!(j["asymmetric"], Json::Null);
