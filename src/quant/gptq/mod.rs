@@ -66,6 +66,20 @@ use crate::ggml_type::GgmlType;
 /// [`quantize`] gives up on a Hessian that is not positive definite.
 pub const MAX_DAMP_RETRIES: u32 = 3;
 
+/// The GPU self-test's problems and its emulation's tests: xorshift64, uniform in [-0.5, 0.5).
+#[cfg(any(test, feature = "cuda"))]
+pub(crate) struct XorShift(pub u64);
+
+#[cfg(any(test, feature = "cuda"))]
+impl XorShift {
+    pub(crate) fn next(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+    }
+}
+
 /// The damping fractions every factorization (CPU, CUDA, its emulation) tries in turn, with
 /// the retry number: `damp`, then ×10 (0.01 after 0), [`MAX_DAMP_RETRIES`] more times.
 pub(crate) fn damp_schedule(damp: f64) -> impl Iterator<Item = (u32, f64)> {

@@ -224,6 +224,8 @@ fn block_rows<G: ColumnGrid>(
     block_rows_impl(b, g, st, wk, err, out)
 }
 
+// Deliberately block_rows_impl's signature again: the same body compiled with AVX2 enabled
+// (function multiversioning), which `is_x86_feature_detected!` picks at run time.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn block_rows_avx2<G: ColumnGrid>(

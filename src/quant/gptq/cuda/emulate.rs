@@ -108,7 +108,8 @@ fn init_w(wk: &mut [f64], w: &[f32], perm: &[u32], dead: &[u8], rows: I64, cols:
     }
 }
 
-/// `find_params` of the CUDA source (fmin/fmax, rint, the f32-range fix).
+/// `find_params` of the CUDA source (fmin/fmax, rint, the f32-range fix). Deliberately a copy
+/// of `grid.rs`'s `params_for_range` in the kernel's form: the emulation checks the kernel.
 fn find_params_dev(mut xmin: f64, mut xmax: f64, maxq: u32, sym: bool) -> (f64, u8) {
     if sym {
         xmax = xmax.max(xmin.abs());
@@ -589,15 +590,7 @@ fn sweep(
 mod tests {
     use super::*;
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> f64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-        }
-    }
+    use crate::quant::gptq::XorShift as Rng;
 
     fn problem(rows: usize, cols: usize, tokens: usize, dead: &[usize]) -> (Vec<f32>, Vec<f32>) {
         let mut r = Rng(0x2545_f491_4f6c_dd1d);

@@ -301,15 +301,7 @@ mod selftest {
     /// layers; these problems are small, so one boundary case is worth more).
     const MIN_SAME: f64 = 0.995;
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> f64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-        }
-    }
+    use crate::quant::gptq::XorShift as Rng;
 
     /// Correlated activations with a few always-zero (dead) features.
     fn activations(tokens: usize, cols: usize, seed: u64, dead: &[usize]) -> Vec<f32> {
