@@ -196,19 +196,6 @@ impl Drop for AtomicDir {
     }
 }
 
-/// Give a finished output file the usual rw-r--r-- permissions (a writer that went through a
-/// 0600 temporary file, like the safetensors crate's, leaves it private).
-#[cfg(unix)]
-pub(crate) fn set_readable(p: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(p, fs::Permissions::from_mode(0o644)).map_err(|e| Error::io(p, e))
-}
-
-#[cfg(not(unix))]
-pub(crate) fn set_readable(_: &Path) -> Result<()> {
-    Ok(())
-}
-
 /// Where a command's main output goes: a file (atomically) or standard output (`-o -`).
 pub enum Sink {
     File(AtomicFile),

@@ -69,48 +69,38 @@ impl ShardPlan {
     }
 }
 
-/// Write `tensors` (name, view) through the safetensors crate's serializer as `plan`'s files
-/// in `dir`, and the index. Returns the files written.
-pub fn write_views<V: safetensors::View>(
-    dir: &Path,
-    tensors: Vec<(String, V)>,
-    max_shard_size: u64,
-) -> Result<Vec<PathBuf>> {
-    let sizes: Vec<u64> = tensors.iter().map(|(_, t)| t.data_len() as u64).collect();
-    let plan = ShardPlan::new(&sizes, max_shard_size);
-    let names: Vec<String> = tensors.iter().map(|(n, _)| n.clone()).collect();
-    let paths = plan.paths(dir);
-    let mut rest = tensors.into_iter();
-    for (path, range) in paths.iter().zip(&plan.ranges) {
-        let part: Vec<(String, V)> = rest.by_ref().take(range.len()).collect();
-        let metadata = Some([("format".to_string(), "pt".to_string())].into_iter().collect());
-        safetensors::serialize_to_file(part, metadata, path)
-            .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))?;
-        // The safetensors crate writes through a 0600 temporary file; give the weights the
-        // same permissions as the JSON files beside them.
-        crate::output::set_readable(path)?;
-    }
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    plan.write_index(dir, &names, sizes.iter().sum())?;
-    Ok(paths)
-}
-
 /// The streaming writer ([`StWriter`]) over a [`ShardPlan`]: the entries are written in plan
 /// order and each file is started when the one before it is complete.
 pub struct ShardedWriter {
     dir: PathBuf,
     plan: ShardPlan,
     entries: Vec<StEntry>,
+    /// The tensors in the order the caller planned them, for the index.
+    index_names: Vec<String>,
     current: Option<(usize, StWriter<BufWriter<File>>)>,
     next: usize,
     size: u64,
 }
 
 impl ShardedWriter {
+    /// Files packed and written in the order of `entries`.
     pub fn new(dir: &Path, entries: Vec<StEntry>, max_shard_size: u64) -> Result<ShardedWriter> {
         let sizes: Vec<u64> = entries.iter().map(|e| e.byte_len() as u64).collect();
         let plan = ShardPlan::new(&sizes, max_shard_size);
-        Ok(ShardedWriter { dir: dir.to_path_buf(), plan, entries, current: None, next: 0, size: 0 })
+        let index_names = entries.iter().map(|e| e.name.clone()).collect();
+        Ok(ShardedWriter { dir: dir.to_path_buf(), plan, entries, index_names, current: None, next: 0, size: 0 })
+    }
+
+    /// Files packed in the order of `entries`, each file's tensors then laid out as the
+    /// safetensors crate's serializer lays them out (larger dtype first, then by name), which
+    /// is what transformers' `save_pretrained` writes; the bytes are expected in that order
+    /// ([`ShardedWriter::next_entry`]).
+    pub fn in_crate_order(dir: &Path, entries: Vec<StEntry>, max_shard_size: u64) -> Result<ShardedWriter> {
+        let mut w = ShardedWriter::new(dir, entries, max_shard_size)?;
+        for r in &w.plan.ranges {
+            w.entries[r.clone()].sort_by(|a, b| b.dtype.cmp(&a.dtype).then_with(|| a.name.cmp(&b.name)));
+        }
+        Ok(w)
     }
 
     /// The entry whose bytes are expected next.
@@ -158,7 +148,7 @@ impl ShardedWriter {
             return Err(Error::InvalidArgument(format!("tensor {} was planned but not written", e.name)));
         }
         self.close()?;
-        let names: Vec<&str> = self.entries.iter().map(|e| e.name.as_str()).collect();
+        let names: Vec<&str> = self.index_names.iter().map(String::as_str).collect();
         let total = self.entries.iter().map(|e| e.byte_len() as u64).sum();
         self.plan.write_index(&self.dir, &names, total)?;
         Ok(self.size)

@@ -1,17 +1,18 @@
 //! GGUF → Hugging Face directory: safetensors weights (q/k rows back in rotate-half order),
 //! config.json, tokenizer.json and tokenizer_config.json, loadable by `transformers`.
 
-use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
 
 use indicatif::ProgressBar;
-use safetensors::{Dtype, View};
+use safetensors::Dtype;
 
+use super::shards::ShardedWriter;
 use super::tensor_to_hf_f32;
 use crate::error::{Error, Result};
+use crate::formats::st_writer::StEntry;
 use crate::ggml_type::GgmlType;
-use crate::model::{names, ModelConfig, ModelFile, RopeLayout, TensorRef};
+use crate::model::{names, ModelConfig, ModelFile, TensorRef};
 use crate::output::AtomicDir;
 use crate::quant;
 
@@ -31,50 +32,11 @@ pub struct HfSummary {
     pub dtype: String,
 }
 
-/// A tensor whose bytes are produced only when the safetensors writer asks for them, so
-/// that one tensor at a time is in memory.
-struct LazyTensor<'a> {
-    src: TensorRef<'a>,
-    dtype: GgmlType,
-    config: &'a ModelConfig,
-    from: RopeLayout,
-    allow_nonfinite: bool,
-    error: &'a Mutex<Option<Error>>,
-    progress: &'a ProgressBar,
-}
-
-impl View for LazyTensor<'_> {
-    fn dtype(&self) -> Dtype {
-        match self.dtype {
-            GgmlType::F16 => Dtype::F16,
-            GgmlType::BF16 => Dtype::BF16,
-            _ => Dtype::F32,
-        }
-    }
-
-    fn shape(&self) -> &[usize] {
-        &self.src.shape
-    }
-
-    fn data(&self) -> Cow<'_, [u8]> {
-        let result = tensor_to_hf_f32(&self.src, self.config, self.from, self.allow_nonfinite)
-            .and_then(|v| quant::encode(self.dtype, &v));
-        self.progress.inc(self.src.stored_bytes() as u64);
-        match result {
-            Ok(bytes) => Cow::Owned(bytes),
-            Err(e) => {
-                // The View API cannot fail: remember the error, emit zeros of the right
-                // length, and fail the whole conversion afterwards (the output is discarded).
-                if let Ok(mut slot) = self.error.lock() {
-                    slot.get_or_insert(e);
-                }
-                Cow::Owned(vec![0u8; self.data_len()])
-            }
-        }
-    }
-
-    fn data_len(&self) -> usize {
-        self.src.n_elements() * self.dtype.block_bytes()
+fn st_dtype(t: GgmlType) -> Dtype {
+    match t {
+        GgmlType::F16 => Dtype::F16,
+        GgmlType::BF16 => Dtype::BF16,
+        _ => Dtype::F32,
     }
 }
 
@@ -106,32 +68,26 @@ pub fn write(model: &ModelFile, out_dir: &Path, opts: &HfOptions, progress: &Pro
     };
 
     let dir = AtomicDir::create(out_dir)?;
-    let error = Mutex::new(None);
-    let mut views = Vec::with_capacity(tensors.len());
-    let mut bytes = 0u64;
     // Before any work: a config.json that cannot be written stops the export here.
     let config_json = cfg.to_hf_json(torch_dtype)?;
+    let mut by_name = HashMap::new();
+    let mut entries = Vec::new();
     for (hf_name, t) in hf_tensors(tensors, cfg)? {
         // Norms stay F32 in GGUF; keep them in the main dtype in HF files like the originals.
         let dtype = if t.shape.len() < 2 && opts.dtype.is_none() { main_dtype } else { pick(t.ggml_type) };
-        let view = LazyTensor {
-            src: t,
-            dtype,
-            config: cfg,
-            from: model.qk_layout(),
-            allow_nonfinite: opts.allow_nonfinite,
-            error: &error,
-            progress,
-        };
-        bytes += view.data_len() as u64;
-        views.push((hf_name, view));
+        entries.push(StEntry { name: hf_name.clone(), dtype: st_dtype(dtype), shape: t.shape.clone() });
+        by_name.insert(hf_name, (t, dtype));
     }
-    let n_tensors = views.len();
-    let written = super::shards::write_views(dir.path(), views, opts.max_shard_size);
-    if let Some(e) = error.into_inner().ok().flatten() {
-        return Err(e);
+    let (n_tensors, bytes) = (entries.len(), entries.iter().map(|e| e.byte_len() as u64).sum());
+    // One tensor in memory at a time, in the order the file holds them.
+    let mut st = ShardedWriter::in_crate_order(dir.path(), entries, opts.max_shard_size)?;
+    while let Some(name) = st.next_entry().map(|e| e.name.clone()) {
+        let (t, dtype) = &by_name[&name];
+        let values = tensor_to_hf_f32(t, cfg, model.qk_layout(), opts.allow_nonfinite)?;
+        st.write(&name, &quant::encode(*dtype, &values)?)?;
+        progress.inc(t.stored_bytes() as u64);
     }
-    written?;
+    st.finish()?;
 
     super::write_json(dir.path(), "config.json", &config_json)?;
     super::write_hf_side_files(model, dir.path())?;
