@@ -63,6 +63,32 @@ pub(crate) fn write_hf_side_files(model: &ModelFile, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The files beside a quantized Hugging Face export's weights (hf-gptq, hf-awq, bitsandbytes):
+/// config.json — the input's own when it has one (it may carry fields qforge does not
+/// model), else rebuilt from the GGUF metadata with `torch_dtype` — with `quant_config` as its
+/// `quantization_config`, the `extra_json` files (e.g. `quantize_config.json`), and the
+/// tokenizer and generation files.
+pub(crate) fn write_quantized_hf_files(
+    model: &ModelFile,
+    dir: &Path,
+    torch_dtype: &str,
+    quant_config: serde_json::Value,
+    extra_json: &[(String, serde_json::Value)],
+) -> Result<()> {
+    let mut config = match model {
+        ModelFile::Hf(c) => c.config_json.clone(),
+        ModelFile::Gguf { config, .. } => config.to_hf_json(torch_dtype)?,
+    };
+    if let Some(obj) = config.as_object_mut() {
+        obj.insert("quantization_config".into(), quant_config);
+    }
+    write_json(dir, "config.json", &config)?;
+    for (name, v) in extra_json {
+        write_json(dir, name, v)?;
+    }
+    write_hf_side_files(model, dir)
+}
+
 /// Decode a tensor to f32 in the requested q/k row layout, refusing NaN/Inf unless allowed.
 pub fn tensor_to_f32(
     t: &TensorRef<'_>,

@@ -328,17 +328,8 @@ pub fn write(model: &ModelFile, out_dir: &Path, opts: &BnbOptions, progress: &Pr
     let dir = AtomicDir::create(out_dir)?;
     let (n_entries, bytes, quantized_bytes) = write_safetensors(&w, dir.path(), &offsets)?;
 
-    let write_json = |name: &str, v: &Value| super::write_json(dir.path(), name, v);
     let td = torch_dtype(dtype);
-    let mut config = match model {
-        ModelFile::Hf(c) => c.config_json.clone(),
-        ModelFile::Gguf { config, .. } => config.to_hf_json(td)?,
-    };
-    if let Some(obj) = config.as_object_mut() {
-        obj.insert("quantization_config".into(), quantization_config(opts, td));
-    }
-    write_json("config.json", &config)?;
-    super::write_hf_side_files(model, dir.path())?;
+    super::write_quantized_hf_files(model, dir.path(), td, quantization_config(opts, td), &[])?;
     // Read the directory back as qforge reads any checkpoint: every part of every quantized
     // weight is checked against its quant_state before the directory is published.
     let check = ModelFile::open(dir.path())?;

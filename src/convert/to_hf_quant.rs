@@ -202,21 +202,7 @@ pub fn write_replacing(
     }
     st.finish()?;
 
-    let write_json = |name: &str, v: &Value| super::write_json(dir.path(), name, v);
-    // config.json: the original one when there is one (it may carry fields qforge does not
-    // model), else rebuilt from the GGUF metadata.
-    let mut config = match model {
-        ModelFile::Hf(c) => c.config_json.clone(),
-        ModelFile::Gguf { .. } => cfg.to_hf_json("float16")?,
-    };
-    if let Some(obj) = config.as_object_mut() {
-        obj.insert("quantization_config".into(), quant_config);
-    }
-    write_json("config.json", &config)?;
-    for (name, v) in &extra_json {
-        write_json(name, v)?;
-    }
-    super::write_hf_side_files(model, dir.path())?;
+    super::write_quantized_hf_files(model, dir.path(), "float16", quant_config, &extra_json)?;
     dir.commit()?;
     Ok(HfQuantSummary { tensors: n_tensors, bytes })
 }
