@@ -26,8 +26,9 @@ cd "$W"
 # name | quantize arguments (the linears only: token_embd/output stay F32 everywhere).
 # gptq-natural with plain block scales and the standard objective is qforge's GPTQ before
 # issue 18 (natural column order, llama.cpp's plain quantizer for block headers); the defaults
-# are asymmetric calibration, group-aware order and importance-weighted block headers. `-sym`
-# and the other variants keep GPTQ's standard objective (--no-asymmetric).
+# are asymmetric calibration, group-aware order and importance-weighted block headers.
+# `gptq-act` is desc_act with those defaults; `-sym` and the plain/natural/tseq/damp variants
+# keep GPTQ's standard objective (--no-asymmetric).
 cases() {
   local legacy="--pure --embedding-type F32"
   cat <<CASES
@@ -37,7 +38,8 @@ q4_0-gptq|--type Q4_0 $legacy --method gptq
 q4_0-gptq-sym|--type Q4_0 $legacy --method gptq --no-asymmetric
 q4_0-gptq-plain|--type Q4_0 $legacy --method gptq --block-scales plain --no-asymmetric
 q4_0-gptq-natural|--type Q4_0 $legacy --method gptq --order natural --block-scales plain --no-asymmetric
-q4_0-gptq-act|--type Q4_0 $legacy --method gptq --order act --no-asymmetric
+q4_0-gptq-act|--type Q4_0 $legacy --method gptq --order act
+q4_0-gptq-act-sym|--type Q4_0 $legacy --method gptq --order act --no-asymmetric
 q4_0-awq|--type Q4_0 $legacy --method awq
 q4_0-awq+gptq|--type Q4_0 $legacy --method awq+gptq
 q4_0-awq+gptq-sym|--type Q4_0 $legacy --method awq+gptq --no-asymmetric
@@ -47,7 +49,8 @@ q5_0-imatrix|--type Q5_0 $legacy --imatrix @IMATRIX@
 q5_0-gptq|--type Q5_0 $legacy --method gptq
 q5_0-gptq-sym|--type Q5_0 $legacy --method gptq --no-asymmetric
 q5_0-gptq-plain|--type Q5_0 $legacy --method gptq --block-scales plain --no-asymmetric
-q5_0-gptq-act|--type Q5_0 $legacy --method gptq --order act --no-asymmetric
+q5_0-gptq-act|--type Q5_0 $legacy --method gptq --order act
+q5_0-gptq-act-sym|--type Q5_0 $legacy --method gptq --order act --no-asymmetric
 q5_0-gptq-tseq|--type Q5_0 $legacy --method gptq --true-sequential --no-asymmetric
 q5_0-gptq-damp0.1|--type Q5_0 $legacy --method gptq --damp 0.1 --no-asymmetric
 q5_0-awq|--type Q5_0 $legacy --method awq
@@ -57,7 +60,8 @@ q4_k_m-rtn|--type Q4_K_M --embedding-type F32
 q4_k_m-imatrix|--type Q4_K_M --embedding-type F32 --imatrix @IMATRIX@
 q4_k_m-gptq|--type Q4_K_M --embedding-type F32 --method gptq
 q4_k_m-gptq-sym|--type Q4_K_M --embedding-type F32 --method gptq --no-asymmetric
-q4_k_m-gptq-act|--type Q4_K_M --embedding-type F32 --method gptq --order act --no-asymmetric
+q4_k_m-gptq-act|--type Q4_K_M --embedding-type F32 --method gptq --order act
+q4_k_m-gptq-act-sym|--type Q4_K_M --embedding-type F32 --method gptq --order act --no-asymmetric
 q4_k_m-awq|--type Q4_K_M --embedding-type F32 --method awq
 q4_k_m-awq+gptq|--type Q4_K_M --embedding-type F32 --method awq+gptq
 q4_k_m-awq+gptq-sym|--type Q4_K_M --embedding-type F32 --method awq+gptq --no-asymmetric
@@ -65,14 +69,16 @@ iq4_nl-rtn|--type IQ4_NL $legacy
 iq4_nl-imatrix|--type IQ4_NL $legacy --imatrix @IMATRIX@
 iq4_nl-gptq|--type IQ4_NL $legacy --method gptq
 iq4_nl-gptq-sym|--type IQ4_NL $legacy --method gptq --no-asymmetric
-iq4_nl-gptq-act|--type IQ4_NL $legacy --method gptq --order act --no-asymmetric
+iq4_nl-gptq-act|--type IQ4_NL $legacy --method gptq --order act
+iq4_nl-gptq-act-sym|--type IQ4_NL $legacy --method gptq --order act --no-asymmetric
 iq4_nl-awq|--type IQ4_NL $legacy --method awq
 iq4_nl-awq+gptq|--type IQ4_NL $legacy --method awq+gptq
 iq4_nl-awq+gptq-sym|--type IQ4_NL $legacy --method awq+gptq --no-asymmetric
 g64-rtn|--method awq --group-size 64 --no-awq-scale --no-awq-clip
 g64-gptq|--method gptq --group-size 64
 g64-gptq-sym|--method gptq --group-size 64 --no-asymmetric
-g64-gptq-act|--method gptq --group-size 64 --order act --no-asymmetric
+g64-gptq-act|--method gptq --group-size 64 --order act
+g64-gptq-act-sym|--method gptq --group-size 64 --order act --no-asymmetric
 g64-awq|--method awq --group-size 64
 g64-awq+gptq|--method awq+gptq --group-size 64
 g64-awq+gptq-sym|--method awq+gptq --group-size 64 --no-asymmetric
