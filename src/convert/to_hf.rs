@@ -82,7 +82,7 @@ pub fn write(model: &ModelFile, out_dir: &Path, opts: &HfOptions, progress: &Pro
     // One tensor in memory at a time, in the order the file holds them.
     let mut st = ShardedWriter::in_crate_order(dir.path(), entries, opts.max_shard_size)?;
     while let Some(name) = st.next_entry().map(|e| e.name.clone()) {
-        let (t, dtype) = &by_name[&name];
+        let (t, dtype) = by_name.get(&name).ok_or_else(|| Error::tensor(&name, "was not planned"))?;
         let values = tensor_to_hf_f32(t, cfg, model.qk_layout(), opts.allow_nonfinite)?;
         st.write(&name, &quant::encode(*dtype, &values)?)?;
         progress.inc(t.stored_bytes() as u64);
