@@ -30,6 +30,18 @@ const HF_SIDE_FILES: [&str; 8] = [
     "chat_template.json",
 ];
 
+/// The safetensors dtype an HF export stores a tensor of output type `t` in: F16 and BF16 as
+/// themselves, everything else (F32, and decoded quantized types) as F32.
+pub(crate) fn st_dtype(t: crate::ggml_type::GgmlType) -> safetensors::Dtype {
+    use crate::ggml_type::GgmlType;
+    use safetensors::Dtype;
+    match t {
+        GgmlType::F16 => Dtype::F16,
+        GgmlType::BF16 => Dtype::BF16,
+        _ => Dtype::F32,
+    }
+}
+
 /// Write `v` as pretty JSON to `dir/name`.
 pub(crate) fn write_json(dir: &Path, name: &str, v: &serde_json::Value) -> Result<()> {
     let p = dir.join(name);

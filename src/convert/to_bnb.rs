@@ -115,14 +115,6 @@ struct Quantized {
     nested: Option<Nested>,
 }
 
-fn st_dtype(t: GgmlType) -> Dtype {
-    match t {
-        GgmlType::F16 => Dtype::F16,
-        GgmlType::BF16 => Dtype::BF16,
-        _ => Dtype::F32,
-    }
-}
-
 fn torch_dtype(t: GgmlType) -> &'static str {
     match t {
         GgmlType::F16 => "float16",
@@ -190,7 +182,7 @@ fn write_safetensors(w: &Writer<'_, '_>, dir: &Path, offsets: &[Option<f32>]) ->
     for (i, t) in w.tensors.iter().enumerate() {
         let hf = w.hf_names[i].clone();
         if !is_quantized_linear(&t.name) {
-            let entry = StEntry { name: hf, dtype: st_dtype(w.dtype), shape: t.shape.clone() };
+            let entry = StEntry { name: hf, dtype: super::st_dtype(w.dtype), shape: t.shape.clone() };
             plan.push(Planned { entry, source: Source::Plain(i) });
             continue;
         }

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use indicatif::ProgressBar;
-use safetensors::Dtype;
 
 use super::shards::ShardedWriter;
 use super::tensor_to_hf_f32;
@@ -30,14 +29,6 @@ pub struct HfSummary {
     pub tensors: usize,
     pub bytes: u64,
     pub dtype: String,
-}
-
-fn st_dtype(t: GgmlType) -> Dtype {
-    match t {
-        GgmlType::F16 => Dtype::F16,
-        GgmlType::BF16 => Dtype::BF16,
-        _ => Dtype::F32,
-    }
 }
 
 pub fn write(model: &ModelFile, out_dir: &Path, opts: &HfOptions, progress: &ProgressBar) -> Result<HfSummary> {
@@ -75,7 +66,7 @@ pub fn write(model: &ModelFile, out_dir: &Path, opts: &HfOptions, progress: &Pro
     for (hf_name, t) in hf_tensors(tensors, cfg)? {
         // Norms stay F32 in GGUF; keep them in the main dtype in HF files like the originals.
         let dtype = if t.shape.len() < 2 && opts.dtype.is_none() { main_dtype } else { pick(t.ggml_type) };
-        entries.push(StEntry { name: hf_name.clone(), dtype: st_dtype(dtype), shape: t.shape.clone() });
+        entries.push(StEntry { name: hf_name.clone(), dtype: super::st_dtype(dtype), shape: t.shape.clone() });
         by_name.insert(hf_name, (t, dtype));
     }
     let (n_tensors, bytes) = (entries.len(), entries.iter().map(|e| e.byte_len() as u64).sum());
