@@ -12,6 +12,7 @@
 pub mod calib;
 pub mod cli;
 pub mod convert;
+pub mod cpu;
 pub mod error;
 pub mod eval;
 pub mod formats;

@@ -6,15 +6,19 @@ use clap::Args;
 
 use super::session::Loaded;
 use super::Ui;
+use crate::error::Error;
+use crate::eval::generate::{generate, Sampling};
 use crate::formats::tokenizer::token_type;
 use crate::runtime::chat::{self, Message};
-use crate::runtime::{KvCache, LlamaModel};
+use crate::runtime::LlamaModel;
 
-/// Generate text from a prompt (greedy at --temperature 0, else sampled), streamed to stdout.
+/// Generate text from a prompt (greedy at --temperature 0, else sampled), streamed to stdout;
+/// with --json, one object with the text, the token ids and the prompt and generation speeds.
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  \
     qforge generate models/tiny-llama --prompt 'The history of' -n 40\n  \
     qforge generate tiny-q8_0.gguf --prompt 'def main' --temperature 0.8 --top-p 0.9 --seed 7\n  \
+    qforge --json generate tiny-q4_k_m.gguf --prompt 'The' -n 128 | jq .decode_tokens_per_sec\n  \
     qforge generate SmolLM2-135M-Instruct.Q4_1.gguf --chat --prompt 'What is the capital of France?'")]
 pub struct GenerateArgs {
     pub model: PathBuf,
@@ -44,54 +48,7 @@ pub struct GenerateArgs {
     pub system: Option<String>,
 }
 
-/// SplitMix64: a tiny, well-mixed generator, enough for sampling.
-struct Rng(u64);
-
-impl Rng {
-    fn next_f32(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 40) as f32 / (1u64 << 24) as f32
-    }
-}
-
-fn sample(logits: &[f32], args: &GenerateArgs, rng: &mut Rng) -> u32 {
-    if args.temperature <= 0.0 {
-        return crate::eval::argmax(logits) as u32;
-    }
-    let mut idx: Vec<usize> = (0..logits.len()).collect();
-    idx.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    if args.top_k > 0 {
-        idx.truncate(args.top_k);
-    }
-    let max = logits[idx[0]];
-    let mut probs: Vec<f32> = idx.iter().map(|&i| ((logits[i] - max) / args.temperature).exp()).collect();
-    let sum: f32 = probs.iter().sum();
-    probs.iter_mut().for_each(|p| *p /= sum);
-    let mut cum = 0.0;
-    let mut keep = probs.len();
-    for (i, p) in probs.iter().enumerate() {
-        cum += p;
-        if cum >= args.top_p {
-            keep = i + 1;
-            break;
-        }
-    }
-    let total: f32 = probs[..keep].iter().sum();
-    let mut r = rng.next_f32() * total;
-    for (i, p) in probs[..keep].iter().enumerate() {
-        r -= p;
-        if r <= 0.0 {
-            return idx[i] as u32;
-        }
-    }
-    idx[keep - 1] as u32
-}
-
-pub fn run(args: &GenerateArgs, _ui: &Ui) -> Result<()> {
+pub fn run(args: &GenerateArgs, ui: &Ui) -> Result<()> {
     let loaded = Loaded::open(&args.model)?;
     let model = LlamaModel::load(&loaded.file)?;
     let tok = &loaded.tokenizer;
@@ -119,38 +76,51 @@ pub fn run(args: &GenerateArgs, _ui: &Ui) -> Result<()> {
         bail!("the prompt has {} tokens; the model's context is {ctx}", prompt.len());
     }
     let n = args.max_tokens.min(ctx - prompt.len());
-    let mut cache = KvCache::new(&model.config, prompt.len() + n);
-    let mut rng = Rng(args.seed);
-    let vocab = model.vocab_size();
-    let logits = model.forward(&prompt, &mut cache)?;
-    let mut next = sample(&logits[(prompt.len() - 1) * vocab..], args, &mut rng);
-    let mut generated = Vec::new();
-    let mut printed = 0;
+    let sampling = Sampling { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed };
+    // A chat answer also ends at any other control token (end of turn, <|im_end|>, …).
+    let stop = |t: u32| {
+        Some(t) == tok.vocab.eos || (args.chat && tok.vocab.token_types.get(t as usize) == Some(&token_type::CONTROL))
+    };
     let mut out = std::io::stdout().lock();
-    if !args.chat {
+    let mut printed = 0;
+    if !args.chat && !ui.json {
         write!(out, "{}", args.prompt)?;
     }
-    for step in 0..n {
-        // A chat answer also ends at any other control token (end of turn, <|im_end|>, …).
-        let control = tok.vocab.token_types.get(next as usize) == Some(&token_type::CONTROL);
-        if Some(next) == tok.vocab.eos || (args.chat && control) {
-            break;
+    let generated = generate(&model, &prompt, n, &sampling, stop, |tokens| {
+        if ui.json {
+            return Ok(());
         }
-        generated.push(next);
         // Decode the whole continuation and print what is new, so multi-byte characters
         // split across tokens come out whole.
-        let text = tok.decode(&generated)?;
+        let text = tok.decode(tokens)?;
         if text.len() > printed && !text.ends_with('\u{FFFD}') {
-            write!(out, "{}", &text[printed..])?;
-            out.flush()?;
+            write!(out, "{}", &text[printed..]).and_then(|_| out.flush()).map_err(|e| Error::io("<stdout>", e))?;
             printed = text.len();
         }
-        if step + 1 == n {
-            break;
+        Ok(())
+    })?;
+    let text = tok.decode(&generated.tokens)?;
+    if ui.json {
+        let mut v = serde_json::to_value(&generated)?;
+        v["text"] = serde_json::json!(text);
+        v["prompt_ids"] = serde_json::json!(prompt);
+        v["prompt_tokens_per_sec"] = serde_json::json!(generated.prompt_tokens_per_sec());
+        v["decode_tokens_per_sec"] = serde_json::json!(generated.decode_tokens_per_sec());
+        ui.print_json(&v);
+    } else {
+        if text.len() > printed {
+            write!(out, "{}", &text[printed..])?;
         }
-        let logits = model.forward(&[next], &mut cache)?;
-        next = sample(&logits, args, &mut rng);
+        writeln!(out)?;
     }
-    writeln!(out)?;
+    ui.detail(format!(
+        "prompt: {} tokens in {:.3} s ({:.1} tokens/s); generation: {} steps in {:.3} s ({:.1} tokens/s)",
+        generated.prompt_tokens,
+        generated.prompt_seconds,
+        generated.prompt_tokens_per_sec(),
+        generated.decode_steps,
+        generated.decode_seconds,
+        generated.decode_tokens_per_sec()
+    ));
     Ok(())
 }

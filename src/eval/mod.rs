@@ -1,7 +1,8 @@
-//! Measuring a model: perplexity, and the distance of a candidate's token distributions from
+//! Running and measuring a model: generation, perplexity, and the distance of a candidate's token distributions from
 //! a base model's (KL divergence, top-1 agreement, probability shifts).
 
 pub mod compare;
+pub mod generate;
 pub mod imatrix;
 pub mod logits_file;
 pub mod perplexity;

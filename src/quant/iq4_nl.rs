@@ -3,9 +3,10 @@
 //! Layout (`block_iq4_nl`): `d: f16`, `qs[16]` (weight j in the low nibble of byte j,
 //! weight j+16 in the high nibble); 18 bytes, like Q4_0.
 
+use super::dot::{chunk16, BlockSink};
 use super::float::{get_f16, put_f16};
 use super::grid::{set_nibble32, ElemGrid};
-use super::{as_block, as_block_mut, as_bytes, as_bytes_mut};
+use super::{as_block, as_bytes_mut};
 
 pub const QK: usize = 32;
 pub const BLOCK_BYTES: usize = 18;
@@ -107,13 +108,12 @@ pub(crate) fn quantize_block_weighted(x: &[f32; QK], w: &[f32; QK], out: &mut [u
 }
 
 /// `dequantize_row_iq4_nl`.
-pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
-    let (b, out) = (as_bytes::<BLOCK_BYTES>(b), as_block_mut::<QK>(out));
+#[inline(always)]
+pub fn decode_block(b: &[u8; BLOCK_BYTES], s: &mut impl BlockSink) {
     let d = get_f16(b);
-    for (j, &q) in b[2..BLOCK_BYTES].iter().enumerate() {
-        out[j] = d * KVALUES[(q & 0xF) as usize] as f32;
-        out[j + QK / 2] = d * KVALUES[(q >> 4) as usize] as f32;
-    }
+    let q = &b[2..BLOCK_BYTES];
+    s.put16(0, &chunk16(|j| d * KVALUES[(q[j] & 0xF) as usize] as f32));
+    s.put16(16, &chunk16(|j| d * KVALUES[(q[j] >> 4) as usize] as f32));
 }
 
 /// Weight `j`'s grid given the header in block `b` (GPTQ rounds onto it).
@@ -156,7 +156,7 @@ mod tests {
             let mut b = [0u8; BLOCK_BYTES];
             quantize_block(&x, &mut b);
             let mut y = [0f32; QK];
-            dequantize_block(&b, &mut y);
+            crate::quant::dot::block_decode!(crate::quant::iq4_nl)(&b, &mut y);
             let d = get_f16(&b).abs();
             let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
             // Widest gap between grid values is 24 (89 → 113); the least-squares d may leave

@@ -15,9 +15,10 @@
 //! In every type byte `j` of `qs` holds weight `j` in its low nibble and weight `j + 16` in its
 //! high nibble; the 5-bit types keep bit 4 of weight `j` in bit `j` of the u32 `qh`.
 
+use super::dot::{chunk16, BlockSink};
 use super::float::{get_f16, put_f16};
 use super::grid::{set_bit, set_nibble32, ElemGrid};
-use super::{as_block, as_block_mut, as_bytes, as_bytes_mut, c_float_to_i8};
+use super::{as_block, as_bytes_mut, c_float_to_i8};
 
 /// Weights per block, for all four types.
 pub const QK: usize = 32;
@@ -69,14 +70,12 @@ pub mod q4_0 {
         }
     }
 
-    pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
-        let (b, out) = (as_bytes::<BLOCK_BYTES>(b), as_block_mut::<QK>(out));
+    #[inline(always)]
+    pub fn decode_block(b: &[u8; BLOCK_BYTES], s: &mut impl BlockSink) {
         let d = get_f16(b);
         let qs = &b[2..BLOCK_BYTES];
-        for j in 0..QK / 2 {
-            out[j] = ((qs[j] & 0x0F) as i32 - 8) as f32 * d;
-            out[j + QK / 2] = ((qs[j] >> 4) as i32 - 8) as f32 * d;
-        }
+        s.put16(0, &chunk16(|j| ((qs[j] & 0x0F) as i32 - 8) as f32 * d));
+        s.put16(16, &chunk16(|j| ((qs[j] >> 4) as i32 - 8) as f32 * d));
     }
 
     /// Weight `j`'s grid given the header in block `b` (GPTQ rounds onto it).
@@ -111,15 +110,13 @@ pub mod q4_1 {
         }
     }
 
-    pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
-        let (b, out) = (as_bytes::<BLOCK_BYTES>(b), as_block_mut::<QK>(out));
+    #[inline(always)]
+    pub fn decode_block(b: &[u8; BLOCK_BYTES], s: &mut impl BlockSink) {
         let d = get_f16(b);
         let m = get_f16(&b[2..]);
         let qs = &b[4..BLOCK_BYTES];
-        for j in 0..QK / 2 {
-            out[j] = (qs[j] & 0x0F) as f32 * d + m;
-            out[j + QK / 2] = (qs[j] >> 4) as f32 * d + m;
-        }
+        s.put16(0, &chunk16(|j| (qs[j] & 0x0F) as f32 * d + m));
+        s.put16(16, &chunk16(|j| (qs[j] >> 4) as f32 * d + m));
     }
 
     /// Weight `j`'s grid given the header in block `b` (GPTQ rounds onto it).
@@ -156,17 +153,13 @@ pub mod q5_0 {
         out[2..6].copy_from_slice(&qh.to_le_bytes());
     }
 
-    pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
-        let (b, out) = (as_bytes::<BLOCK_BYTES>(b), as_block_mut::<QK>(out));
+    #[inline(always)]
+    pub fn decode_block(b: &[u8; BLOCK_BYTES], s: &mut impl BlockSink) {
         let d = get_f16(b);
         let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
         let qs = &b[6..BLOCK_BYTES];
-        for j in 0..QK / 2 {
-            let h0 = ((qh >> j) << 4) & 0x10;
-            let h1 = (qh >> (j + 12)) & 0x10;
-            out[j] = (((qs[j] & 0x0F) as u32 | h0) as i32 - 16) as f32 * d;
-            out[j + QK / 2] = (((qs[j] >> 4) as u32 | h1) as i32 - 16) as f32 * d;
-        }
+        s.put16(0, &chunk16(|j| (((qs[j] & 0x0F) as u32 | (((qh >> j) << 4) & 0x10)) as i32 - 16) as f32 * d));
+        s.put16(16, &chunk16(|j| (((qs[j] >> 4) as u32 | ((qh >> (j + 12)) & 0x10)) as i32 - 16) as f32 * d));
     }
 
     /// Weight `j`'s grid given the header in block `b` (GPTQ rounds onto it).
@@ -207,18 +200,14 @@ pub mod q5_1 {
         out[4..8].copy_from_slice(&qh.to_le_bytes());
     }
 
-    pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
-        let (b, out) = (as_bytes::<BLOCK_BYTES>(b), as_block_mut::<QK>(out));
+    #[inline(always)]
+    pub fn decode_block(b: &[u8; BLOCK_BYTES], s: &mut impl BlockSink) {
         let d = get_f16(b);
         let m = get_f16(&b[2..]);
         let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
         let qs = &b[8..BLOCK_BYTES];
-        for j in 0..QK / 2 {
-            let h0 = ((qh >> j) << 4) & 0x10;
-            let h1 = (qh >> (j + 12)) & 0x10;
-            out[j] = ((qs[j] & 0x0F) as u32 | h0) as f32 * d + m;
-            out[j + QK / 2] = ((qs[j] >> 4) as u32 | h1) as f32 * d + m;
-        }
+        s.put16(0, &chunk16(|j| ((qs[j] & 0x0F) as u32 | (((qh >> j) << 4) & 0x10)) as f32 * d + m));
+        s.put16(16, &chunk16(|j| ((qs[j] >> 4) as u32 | ((qh >> (j + 12)) & 0x10)) as f32 * d + m));
     }
 
     /// Weight `j`'s grid given the header in block `b` (GPTQ rounds onto it).
@@ -259,10 +248,10 @@ mod tests {
 
     // (quantize, dequantize, bytes, levels − 1 across the range covered by the step)
     const CODECS: [(&str, Codec); 4] = [
-        ("q4_0", (q4_0::quantize_block, q4_0::dequantize_block, q4_0::BLOCK_BYTES, 0.0)),
-        ("q4_1", (q4_1::quantize_block, q4_1::dequantize_block, q4_1::BLOCK_BYTES, 15.0)),
-        ("q5_0", (q5_0::quantize_block, q5_0::dequantize_block, q5_0::BLOCK_BYTES, 0.0)),
-        ("q5_1", (q5_1::quantize_block, q5_1::dequantize_block, q5_1::BLOCK_BYTES, 31.0)),
+        ("q4_0", (q4_0::quantize_block, crate::quant::dot::block_decode!(q4_0), q4_0::BLOCK_BYTES, 0.0)),
+        ("q4_1", (q4_1::quantize_block, crate::quant::dot::block_decode!(q4_1), q4_1::BLOCK_BYTES, 15.0)),
+        ("q5_0", (q5_0::quantize_block, crate::quant::dot::block_decode!(q5_0), q5_0::BLOCK_BYTES, 0.0)),
+        ("q5_1", (q5_1::quantize_block, crate::quant::dot::block_decode!(q5_1), q5_1::BLOCK_BYTES, 31.0)),
     ];
 
     #[test]
@@ -312,7 +301,7 @@ mod tests {
         q4_0::quantize_block(&x, &mut b);
         assert_eq!(b[2 + 3] & 0x0F, 0, "the signed max maps to q = 0, i.e. −8");
         let mut y = [0f32; QK];
-        q4_0::dequantize_block(&b, &mut y);
+        crate::quant::dot::block_decode!(q4_0)(&b, &mut y);
         assert_eq!(y[3], -2.0);
     }
 }

@@ -2,6 +2,7 @@
 //! whole-tensor helpers used by `convert`.
 
 pub mod bnb;
+pub mod dot;
 pub mod float;
 pub mod gptq;
 pub mod grid;
@@ -27,6 +28,9 @@ pub struct Codec {
     pub encode: fn(&[f32], &mut [u8]),
     /// `dequantize_row_*` (the float types' widening).
     pub decode: fn(&[u8], &mut [f32]),
+    /// Σ wᵢ·xᵢ over one row of whole blocks without decoding it to memory (generation's
+    /// matrix-vector products; see [`dot`]).
+    pub dot: dot::DotFn,
     /// llama.cpp's importance-weighted quantizer over one row (`quantize_row_*_impl` with
     /// `quant_weights`: the row, one importance per column, the row's bytes). `None`: the
     /// importance is ignored, as llama.cpp does for Q8_0 and the float types.
@@ -39,7 +43,7 @@ pub struct Codec {
 pub type WeightedRowFn = fn(&[f32], &[f32], &mut [u8]);
 
 /// A block codec's row of [`CODECS`] from its module (`QK`, `BLOCK_BYTES`, `quantize_block`,
-/// `dequantize_block`) and its weighted row quantizer.
+/// `decode_block`) and its weighted row quantizer.
 macro_rules! block_codec {
     ($ty:ident, $($m:ident)::+, $weighted:expr, gptq) => {
         Codec {
@@ -55,11 +59,8 @@ macro_rules! block_codec {
                     $($m)::+::quantize_block(s, o);
                 }
             },
-            decode: |src, out| {
-                for (b, o) in src.chunks_exact($($m)::+::BLOCK_BYTES).zip(out.chunks_exact_mut($($m)::+::QK)) {
-                    $($m)::+::dequantize_block(b, o);
-                }
-            },
+            decode: dot::block_decode!($($m)::+),
+            dot: dot::block_dot!($($m)::+),
             encode_weighted: $weighted,
             gptq: None,
         }
@@ -75,6 +76,7 @@ pub static CODECS: &[Codec] = &[
         ty: GgmlType::F32,
         encode: float::encode_f32,
         decode: float::decode_f32,
+        dot: dot::dot_f32,
         encode_weighted: None,
         gptq: None,
     },
@@ -82,6 +84,7 @@ pub static CODECS: &[Codec] = &[
         ty: GgmlType::F16,
         encode: float::encode_f16,
         decode: float::decode_f16,
+        dot: dot::dot_f16,
         encode_weighted: None,
         gptq: None,
     },
@@ -89,6 +92,7 @@ pub static CODECS: &[Codec] = &[
         ty: GgmlType::BF16,
         encode: float::encode_bf16,
         decode: float::decode_bf16,
+        dot: dot::dot_bf16,
         encode_weighted: None,
         gptq: None,
     },

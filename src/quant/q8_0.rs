@@ -2,6 +2,7 @@
 //! Layout (ggml-common.h `block_q8_0`): `d: f16` then `qs: [i8; 32]`, 34 bytes.
 
 use super::c_float_to_i8;
+use super::dot::{chunk16, BlockSink};
 use super::float::{get_f16, put_f16};
 use super::grid::ElemGrid;
 
@@ -24,10 +25,13 @@ pub fn quantize_block(x: &[f32], out: &mut [u8]) {
     }
 }
 
-pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
+/// `dequantize_row_q8_0`, into a sink (see `quant::dot`).
+#[inline(always)]
+pub fn decode_block(b: &[u8; BLOCK_BYTES], s: &mut impl BlockSink) {
     let d = get_f16(b);
-    for (o, &q) in out.iter_mut().zip(&b[2..BLOCK_BYTES]) {
-        *o = d * (q as i8) as f32;
+    for h in 0..2 {
+        let q = &b[2 + 16 * h..2 + 16 * (h + 1)];
+        s.put16(16 * h, &chunk16(|i| d * (q[i] as i8) as f32));
     }
 }
 
@@ -52,7 +56,7 @@ mod tests {
         let mut b = [0u8; BLOCK_BYTES];
         quantize_block(&x, &mut b);
         let mut y = [0f32; 32];
-        dequantize_block(&b, &mut y);
+        crate::quant::dot::block_decode!(crate::quant::q8_0)(&b, &mut y);
         let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
         let step = amax / 127.0;
         for (a, b) in x.iter().zip(&y) {

@@ -15,11 +15,16 @@ use crate::error::{Error, Result};
 use crate::ggml_type::GgmlType;
 use crate::model::TensorRef;
 use crate::quant;
+use crate::quant::dot::DotFn;
 use crate::quant::packed::Packed;
 
 /// Rows of weights decoded and multiplied per task (64 measured best on 2 cores: 128 left
 /// one core idle at the end of small matrices).
 const TILE: usize = 64;
+
+/// Up to this many activation rows a product uses the codecs' fused dot instead of decoding
+/// tiles for a GEMM (generation feeds one row per step).
+const FUSED_MAX_ROWS: usize = 2;
 
 /// A `[rows, cols]` weight matrix (row-major: one output feature per row).
 pub struct Matrix<'a> {
@@ -183,6 +188,11 @@ impl<'a> Matrix<'a> {
     pub fn matmul(&self, x: &[f32], n: usize) -> Vec<f32> {
         let (m, k) = (self.rows, self.cols);
         debug_assert_eq!(x.len(), n * k);
+        if n <= FUSED_MAX_ROWS && self.packed.is_none() {
+            if let Some(c) = quant::codec(self.ty) {
+                return self.matvec(c.dot, x, n);
+            }
+        }
         let mut y = vec![0f32; n * m];
         let xm = MatRef::from_row_major_slice(x, n, k);
         // Each task owns a block of TILE output columns (faer splits the view disjointly).
@@ -201,6 +211,37 @@ impl<'a> Matrix<'a> {
             let wt = MatRef::from_row_major_slice(w, rows, k).transpose();
             matmul(dst, Accum::Replace, xm, wt, 1.0f32, Par::Seq);
         });
+        y
+    }
+
+    /// y = x · Wᵀ for a few activation rows with the codec's fused dot: each weight row is read
+    /// once per activation row and never written out as f32.
+    fn matvec(&self, dot: DotFn, x: &[f32], n: usize) -> Vec<f32> {
+        let (m, k) = (self.rows, self.cols);
+        // Tasks of at least ~16k weights (a rayon task costs about a microsecond to hand out)
+        // and enough of them to share the rows among the threads unevenly loaded.
+        let tasks = 4 * rayon::current_num_threads();
+        let rows_per_task = m.div_ceil(tasks).max((16 * 1024usize).div_ceil(k.max(1))).max(1);
+        // One output row per weight row (n values), transposed at the end when n > 1.
+        let mut yt = vec![0f32; m * n];
+        yt.par_chunks_mut(rows_per_task * n).enumerate().for_each(|(t, out)| {
+            for (i, o) in out.chunks_exact_mut(n).enumerate() {
+                let r = t * rows_per_task + i;
+                let row = &self.data[r * self.row_bytes..(r + 1) * self.row_bytes];
+                for (j, v) in o.iter_mut().enumerate() {
+                    *v = dot(row, &x[j * k..(j + 1) * k]);
+                }
+            }
+        });
+        if n == 1 {
+            return yt;
+        }
+        let mut y = vec![0f32; n * m];
+        for (r, v) in yt.chunks_exact(n).enumerate() {
+            for (j, &value) in v.iter().enumerate() {
+                y[j * m + r] = value;
+            }
+        }
         y
     }
 }

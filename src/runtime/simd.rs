@@ -1,35 +1,7 @@
 //! Hot element-wise loops (exp-heavy: softmax, log-sum-exp, SiLU), written as plain loops
-//! that LLVM vectorizes, compiled three times (AVX-512, AVX2+FMA, baseline) and picked at
-//! run time. A portable binary thus still gets wide vectors without `-C target-cpu=native`.
+//! that LLVM vectorizes and compiled per CPU level by [`crate::cpu::multiversion`].
 
-/// Define `pub fn $name` that dispatches to the best compiled copy of `$body`.
-macro_rules! multiversion {
-    ($(#[$m:meta])* pub fn $name:ident($($arg:ident : $ty:ty),*) $(-> $ret:ty)? $body:block) => {
-        $(#[$m])*
-        pub fn $name($($arg: $ty),*) $(-> $ret)? {
-            #[inline(always)]
-            fn inner($($arg: $ty),*) $(-> $ret)? $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? { inner($($arg),*) }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { inner($($arg),*) }
-                if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl") {
-                    // SAFETY: the features were detected on this CPU.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                    // SAFETY: as above.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            inner($($arg),*)
-        }
-    };
-}
-#[allow(unused_imports)]
-pub(crate) use multiversion;
+use crate::cpu::multiversion;
 
 /// e^x for f32, branch-free so that loops over it vectorize. Cody–Waite range reduction and
 /// Cephes' minimax polynomial: relative error below 2 ulp over the clamped range; inputs

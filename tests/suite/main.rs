@@ -14,6 +14,7 @@ mod convert;
 mod eval_cli;
 mod eval_small;
 mod faults;
+mod generate;
 mod gptq;
 mod gptq_unit;
 mod hf_vocab;

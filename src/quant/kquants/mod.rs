@@ -145,11 +145,11 @@ mod tests {
     type Codec = (&'static str, fn(&[f32], &mut [u8]), fn(&[u8], &mut [f32]), usize);
 
     const CODECS: [Codec; 5] = [
-        ("q2_k", q2_k::quantize_block, q2_k::dequantize_block, q2_k::BLOCK_BYTES),
-        ("q3_k", q3_k::quantize_block, q3_k::dequantize_block, q3_k::BLOCK_BYTES),
-        ("q4_k", q4_k::quantize_block, q4_k::dequantize_block, q4_k::BLOCK_BYTES),
-        ("q5_k", q5_k::quantize_block, q5_k::dequantize_block, q5_k::BLOCK_BYTES),
-        ("q6_k", q6_k::quantize_block, q6_k::dequantize_block, q6_k::BLOCK_BYTES),
+        ("q2_k", q2_k::quantize_block, crate::quant::dot::block_decode!(q2_k), q2_k::BLOCK_BYTES),
+        ("q3_k", q3_k::quantize_block, crate::quant::dot::block_decode!(q3_k), q3_k::BLOCK_BYTES),
+        ("q4_k", q4_k::quantize_block, crate::quant::dot::block_decode!(q4_k), q4_k::BLOCK_BYTES),
+        ("q5_k", q5_k::quantize_block, crate::quant::dot::block_decode!(q5_k), q5_k::BLOCK_BYTES),
+        ("q6_k", q6_k::quantize_block, crate::quant::dot::block_decode!(q6_k), q6_k::BLOCK_BYTES),
     ];
 
     fn normal_rows(n: usize) -> Vec<Vec<f32>> {

@@ -3,7 +3,8 @@
 //! Layout (`block_q2_K`): `scales[16]` (sc in the low nibble, m in the high), `qs[64]` (2-bit
 //! quants, see `pack_2bit`), `d: f16`, `dmin: f16`; 84 bytes.
 
-use crate::quant::{as_block, as_block_mut, as_bytes, as_bytes_mut};
+use crate::quant::dot::{chunk16, BlockSink};
+use crate::quant::{as_block, as_bytes_mut};
 
 use super::{get_f16, pack_2bit, put_f16, search, sub, sub_mut, QK_K};
 
@@ -70,8 +71,8 @@ pub fn quantize_block(x: &[f32], out: &mut [u8]) {
 }
 
 /// `dequantize_row_q2_K`.
-pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
-    let (b, out) = (as_bytes::<BLOCK_BYTES>(b), as_block_mut::<QK>(out));
+#[inline(always)]
+pub fn decode_block(b: &[u8; BLOCK_BYTES], s: &mut impl BlockSink) {
     let (sc, qs) = (&b[0..16], &b[16..80]);
     let d = get_f16(&b[80..]);
     let dmin = get_f16(&b[82..]);
@@ -80,14 +81,11 @@ pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
     for h in 0..2 {
         for k in 0..4 {
             for half in 0..2 {
-                let s = sc[8 * h + 2 * k + half];
-                let dl = d * (s & 0xF) as f32;
-                let ml = dmin * (s >> 4) as f32;
-                let o = &mut out[128 * h + 32 * k + 16 * half..][..16];
+                let scale = sc[8 * h + 2 * k + half];
+                let dl = d * (scale & 0xF) as f32;
+                let ml = dmin * (scale >> 4) as f32;
                 let q = &qs[32 * h + 16 * half..][..16];
-                for i in 0..16 {
-                    o[i] = dl * ((q[i] >> (2 * k)) & 3) as f32 - ml;
-                }
+                s.put16(128 * h + 32 * k + 16 * half, &chunk16(|i| dl * ((q[i] >> (2 * k)) & 3) as f32 - ml));
             }
         }
     }

@@ -5,7 +5,8 @@
 //! 0–7 and 8–15 in the low/high halves of bytes 0–7, top 2 bits of sub-block j in byte
 //! 8 + j%4 at bit 2·(j/4)), `d: f16`; 110 bytes.
 
-use crate::quant::{as_block, as_block_mut, as_bytes, as_bytes_mut};
+use crate::quant::dot::{chunk16, BlockSink};
+use crate::quant::{as_block, as_bytes_mut};
 
 use super::{get_f16, pack_2bit, put_f16, search, sub, sub_mut, QK_K};
 
@@ -101,8 +102,8 @@ pub(crate) fn requantize_and_pack(
 }
 
 /// `dequantize_row_q3_K`.
-pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
-    let (b, out) = (as_bytes::<BLOCK_BYTES>(b), as_block_mut::<QK>(out));
+#[inline(always)]
+pub fn decode_block(b: &[u8; BLOCK_BYTES], s: &mut impl BlockSink) {
     let (hmask, qs, sc) = (&b[0..32], &b[32..96], &b[96..108]);
     let d_all = get_f16(&b[108..]);
     // Output index 128·h + 32·k + i is qs byte 32·h + i bits 2k..2k+2 and hmask byte i bit
@@ -112,13 +113,15 @@ pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
             let bit = 1u8 << (4 * h + k);
             for half in 0..2 {
                 let dl = d_all * scale(sc, 8 * h + 2 * k + half) as f32;
-                let o = &mut out[128 * h + 32 * k + 16 * half..][..16];
                 let q = &qs[32 * h + 16 * half..][..16];
                 let m = &hmask[16 * half..][..16];
-                for i in 0..16 {
-                    let v = ((q[i] >> (2 * k)) & 3) as i32 - if m[i] & bit != 0 { 0 } else { 4 };
-                    o[i] = dl * v as f32;
-                }
+                s.put16(
+                    128 * h + 32 * k + 16 * half,
+                    &chunk16(|i| {
+                        let v = ((q[i] >> (2 * k)) & 3) as i32 - if m[i] & bit != 0 { 0 } else { 4 };
+                        dl * v as f32
+                    }),
+                );
             }
         }
     }

@@ -4,8 +4,9 @@
 //! `qs[128]` (each 64-weight chunk fills 32 bytes: weight i in the low nibble of byte i,
 //! weight i+32 in the high nibble); 144 bytes.
 
+use crate::quant::dot::{chunk16, BlockSink};
 use crate::quant::grid::ElemGrid;
-use crate::quant::{as_block, as_block_mut, as_bytes, as_bytes_mut};
+use crate::quant::{as_block, as_bytes_mut};
 
 use super::{get_f16, get_scale_min_k4, quantize_scales_k4, requantize_k4, QK_K};
 
@@ -58,8 +59,8 @@ pub(crate) fn set_nibble64(qs: &mut [u8], j: usize, v: u8) {
 }
 
 /// `dequantize_row_q4_K`.
-pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
-    let (b, out) = (as_bytes::<BLOCK_BYTES>(b), as_block_mut::<QK>(out));
+#[inline(always)]
+pub fn decode_block(b: &[u8; BLOCK_BYTES], s: &mut impl BlockSink) {
     let d = get_f16(&b[0..]);
     let min = get_f16(&b[2..]);
     let (scales, qs) = (&b[4..16], &b[16..144]);
@@ -68,11 +69,10 @@ pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
         let (sc2, m2) = get_scale_min_k4(2 * c + 1, scales);
         let (d1, m1) = (d * sc1 as f32, min * m1 as f32);
         let (d2, m2) = (d * sc2 as f32, min * m2 as f32);
-        let q = &qs[32 * c..32 * (c + 1)];
-        let o = &mut out[64 * c..64 * (c + 1)];
-        for i in 0..32 {
-            o[i] = d1 * (q[i] & 0xF) as f32 - m1;
-            o[i + 32] = d2 * (q[i] >> 4) as f32 - m2;
+        for h in 0..2 {
+            let q = &qs[32 * c + 16 * h..][..16];
+            s.put16(64 * c + 16 * h, &chunk16(|i| d1 * (q[i] & 0xF) as f32 - m1));
+            s.put16(64 * c + 32 + 16 * h, &chunk16(|i| d2 * (q[i] >> 4) as f32 - m2));
         }
     }
 }

@@ -3,8 +3,9 @@
 //! Layout (`block_q5_K`): `d: f16`, `dmin: f16`, `scales[12]`, `qh[32]`, `qs[128]`
 //! (low nibbles as Q4_K); 176 bytes.
 
+use crate::quant::dot::{chunk16, BlockSink};
 use crate::quant::grid::{set_bit, ElemGrid};
-use crate::quant::{as_block, as_block_mut, as_bytes, as_bytes_mut};
+use crate::quant::{as_block, as_bytes_mut};
 
 use super::{get_f16, get_scale_min_k4, quantize_scales_k4, requantize_k4, QK_K};
 
@@ -49,8 +50,8 @@ pub fn set_code(b: &mut [u8], j: usize, q: i32) {
 }
 
 /// `dequantize_row_q5_K`.
-pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
-    let (b, out) = (as_bytes::<BLOCK_BYTES>(b), as_block_mut::<QK>(out));
+#[inline(always)]
+pub fn decode_block(b: &[u8; BLOCK_BYTES], s: &mut impl BlockSink) {
     let d = get_f16(&b[0..]);
     let min = get_f16(&b[2..]);
     let (scales, qh, qs) = (&b[4..16], &b[16..48], &b[48..176]);
@@ -60,13 +61,11 @@ pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
         let (d1, m1) = (d * sc1 as f32, min * m1 as f32);
         let (d2, m2) = (d * sc2 as f32, min * m2 as f32);
         let (u1, u2) = (1u8 << (2 * c), 2u8 << (2 * c));
-        let q = &qs[32 * c..32 * (c + 1)];
-        let o = &mut out[64 * c..64 * (c + 1)];
-        for i in 0..32 {
-            let h1 = if qh[i] & u1 != 0 { 16 } else { 0 };
-            let h2 = if qh[i] & u2 != 0 { 16 } else { 0 };
-            o[i] = d1 * ((q[i] & 0xF) + h1) as f32 - m1;
-            o[i + 32] = d2 * ((q[i] >> 4) + h2) as f32 - m2;
+        for h in 0..2 {
+            let (q, qh) = (&qs[32 * c + 16 * h..][..16], &qh[16 * h..][..16]);
+            let hi = |i: usize, u: u8| if qh[i] & u != 0 { 16 } else { 0 };
+            s.put16(64 * c + 16 * h, &chunk16(|i| d1 * ((q[i] & 0xF) + hi(i, u1)) as f32 - m1));
+            s.put16(64 * c + 32 + 16 * h, &chunk16(|i| d2 * ((q[i] >> 4) + hi(i, u2)) as f32 - m2));
         }
     }
 }

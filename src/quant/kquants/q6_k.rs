@@ -5,8 +5,9 @@
 //! of weights i (low) and i+64 (high), ql[i+32] those of i+32 and i+96, and qh[i] the top
 //! 2 bits of weights i, i+32, i+64, i+96 in bit pairs 0, 2, 4, 6.
 
+use crate::quant::dot::{chunk16, BlockSink};
 use crate::quant::grid::ElemGrid;
-use crate::quant::{as_block, as_block_mut, as_bytes, as_bytes_mut};
+use crate::quant::{as_block, as_bytes_mut};
 
 use super::{get_f16, put_f16, search, sub, sub_mut, QK_K};
 
@@ -92,23 +93,24 @@ pub fn set_code(b: &mut [u8], j: usize, q: i32) {
 }
 
 /// `dequantize_row_q6_K`: x = (d·sc)·q, in ggml's order.
-pub fn dequantize_block(b: &[u8], out: &mut [f32]) {
-    let (b, out) = (as_bytes::<BLOCK_BYTES>(b), as_block_mut::<QK>(out));
+#[inline(always)]
+pub fn decode_block(b: &[u8; BLOCK_BYTES], s: &mut impl BlockSink) {
     let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
     let d = get_f16(&b[208..]);
     for h in 0..2 {
         let (ql, qh, sc) = (&ql[64 * h..64 * (h + 1)], &qh[32 * h..32 * (h + 1)], &sc[8 * h..8 * (h + 1)]);
-        let o = &mut out[128 * h..128 * (h + 1)];
-        for i in 0..32 {
-            let is = i / 16;
-            let q1 = ((ql[i] & 0xF) | ((qh[i] & 3) << 4)) as i32 - 32;
-            let q2 = ((ql[i + 32] & 0xF) | (((qh[i] >> 2) & 3) << 4)) as i32 - 32;
-            let q3 = ((ql[i] >> 4) | (((qh[i] >> 4) & 3) << 4)) as i32 - 32;
-            let q4 = ((ql[i + 32] >> 4) | (((qh[i] >> 6) & 3) << 4)) as i32 - 32;
-            o[i] = d * (sc[is] as i8) as f32 * q1 as f32;
-            o[i + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
-            o[i + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
-            o[i + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
+        // Weight 32·k + i (i < 32) of this half: low nibble of ql[i] (k even) or ql[i + 32]
+        // (k odd), shifted by 4 for k ≥ 2; top bits from qh[i] bit pair k; scale sc[i/16 + 2k].
+        for g in 0..2 {
+            let (lo, hi, top) = (&ql[16 * g..][..16], &ql[32 + 16 * g..][..16], &qh[16 * g..][..16]);
+            let level = |i: usize, k: usize| {
+                let nib = ((if k % 2 == 0 { lo[i] } else { hi[i] }) >> (4 * (k / 2))) & 0xF;
+                (nib | (((top[i] >> (2 * k)) & 3) << 4)) as i32 - 32
+            };
+            for k in 0..4 {
+                let dk = d * (sc[g + 2 * k] as i8) as f32;
+                s.put16(128 * h + 32 * k + 16 * g, &chunk16(|i| dk * level(i, k) as f32));
+            }
         }
     }
 }
