@@ -47,7 +47,7 @@ impl<const N: usize> BlockSink for Dot<'_, N> {
     fn put16(&mut self, at: usize, v: &[f32; 16]) {
         let x: &[f32; 16] = self.x[at..at + 16].try_into().unwrap();
         for l in 0..16 {
-            self.lanes[l] += v[l] * x[l];
+            self.lanes[l] = v[l].mul_add(x[l], self.lanes[l]);
         }
     }
 }
@@ -84,13 +84,17 @@ macro_rules! block_dot {
 pub(crate) use block_dot;
 
 /// The decode of a block codec from its `decode_block` (`dequantize_row_*`).
+/// Compiled per CPU level like the dot: the runtime decodes weight tiles with it for every
+/// batched product (the values are the same on every level: no operation is fused).
 macro_rules! block_decode {
     ($($m:ident)::+) => {{
-        fn decode(src: &[u8], out: &mut [f32]) {
-            use $($m)::+ as codec;
-            for (b, o) in src.chunks_exact(codec::BLOCK_BYTES).zip(out.chunks_exact_mut(codec::QK)) {
-                let sink = &mut $crate::quant::dot::Store($crate::quant::as_block_mut::<{ codec::QK }>(o));
-                codec::decode_block($crate::quant::as_bytes::<{ codec::BLOCK_BYTES }>(b), sink);
+        $crate::cpu::multiversion! {
+            fn decode(src: &[u8], out: &mut [f32]) {
+                use $($m)::+ as codec;
+                for (b, o) in src.chunks_exact(codec::BLOCK_BYTES).zip(out.chunks_exact_mut(codec::QK)) {
+                    let sink = &mut $crate::quant::dot::Store($crate::quant::as_block_mut::<{ codec::QK }>(o));
+                    codec::decode_block($crate::quant::as_bytes::<{ codec::BLOCK_BYTES }>(b), sink);
+                }
             }
         }
         decode
@@ -144,7 +148,7 @@ pub fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
 
 multiversion! {
     fn dot_f16_portable(row: &[u8], x: &[f32]) -> f32 {
-        half_dot(row, x, f16_to_f32_branchless)
+        half_dot(row, x, super::float::f16_to_f32_branchless)
     }
 }
 
@@ -207,31 +211,6 @@ fn half_dot(row: &[u8], x: &[f32], widen: impl Fn(u16) -> f32) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-/// IEEE half → single, exact for every input, written without branches so that it vectorizes
-/// (`half`'s per-value conversion checks the CPU for F16C on every call). Normal values move
-/// their exponent and mantissa into place with the exponent rebiased by 112; subnormal ones
-/// are their mantissa times 2⁻²⁴ (an exact integer conversion and a multiplication with a
-/// normal result: the well-known "multiply by 2¹¹²" trick would multiply subnormal floats,
-/// which costs a microcode assist of ~100 cycles on x86 for each); infinities and NaNs get the
-/// all-ones exponent.
-#[inline(always)]
-pub fn f16_to_f32_branchless(h: u16) -> f32 {
-    let h = h as u32;
-    let sign = (h & 0x8000) << 16;
-    let em = h & 0x7FFF;
-    let normal = (em << 13) + 0x3800_0000;
-    let subnormal = (em as f32 * (1.0 / 16_777_216.0)).to_bits();
-    let inf_nan = (em << 13) | 0x7F80_0000;
-    let v = if em < 0x0400 {
-        subnormal
-    } else if em >= 0x7C00 {
-        inf_nan
-    } else {
-        normal
-    };
-    f32::from_bits(v | sign)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +219,7 @@ mod tests {
 
     #[test]
     fn branchless_f16_matches_half_on_every_value() {
+        use crate::quant::float::f16_to_f32_branchless;
         for h in 0..=u16::MAX {
             let want = half::f16::from_bits(h).to_f32();
             let got = f16_to_f32_branchless(h);

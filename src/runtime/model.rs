@@ -559,9 +559,10 @@ impl<'a> LlamaModel<'a> {
         observer: &mut dyn LinearObserver,
     ) -> Vec<f32> {
         let cfg = &self.config;
-        let mut q = w.q.matmul(xn, n);
-        let mut k = w.k.matmul(xn, n);
-        let mut v = w.v.matmul(xn, n);
+        // One parallel region for the three products: a generation step's are small, and
+        // between separate regions the second thread would go to sleep and be woken again.
+        let (mut q, (mut k, mut v)) =
+            rayon::join(|| w.q.matmul(xn, n), || rayon::join(|| w.k.matmul(xn, n), || w.v.matmul(xn, n)));
         add_bias(&mut q, w.bq);
         add_bias(&mut k, w.bk);
         add_bias(&mut v, w.bv);
@@ -626,8 +627,7 @@ impl<'a> LlamaModel<'a> {
         // One gated feed-forward (the dense block, an expert) on `m` rows, observed.
         let mut ffn = |w: &ExpertWeights<'a>, x: &[f32], m: usize| {
             observer.observe(li, &[&w.gate.name, &w.up.name], x, m);
-            let gate = run(&w.gate, x, m);
-            let mut up = run(&w.up, x, m);
+            let (gate, mut up) = rayon::join(|| run(&w.gate, x, m), || run(&w.up, x, m));
             self.activate(&mut up, &gate);
             observer.observe(li, &[&w.down.name], &up, m);
             run(&w.down, &up, m)
@@ -805,7 +805,8 @@ fn add_bias(x: &mut [f32], b: Option<&[f32]>) {
 }
 
 fn add_in_place(x: &mut [f32], y: &[f32]) {
-    x.par_iter_mut().zip(y.par_iter()).for_each(|(a, &b)| *a += b);
+    // Pieces of at least 16k values: a generation step's few thousand are not worth a task.
+    x.par_iter_mut().zip(y.par_iter()).with_min_len(1 << 14).for_each(|(a, &b)| *a += b);
 }
 
 pub use super::simd::softmax_in_place;
