@@ -32,3 +32,17 @@ macro_rules! multiversion {
 }
 #[allow(unused_imports)]
 pub(crate) use multiversion;
+
+/// Whether `f32::mul_add` is one instruction on this CPU. On x86 before FMA (Haswell, 2013)
+/// it is a library call, and the fused dot kernels, which accumulate with it, would lose to
+/// the tiled GEMM; the runtime then keeps the GEMM for one-row products too.
+pub fn has_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        true
+    }
+}

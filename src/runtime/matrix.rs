@@ -188,7 +188,7 @@ impl<'a> Matrix<'a> {
     pub fn matmul(&self, x: &[f32], n: usize) -> Vec<f32> {
         let (m, k) = (self.rows, self.cols);
         debug_assert_eq!(x.len(), n * k);
-        if n <= FUSED_MAX_ROWS && self.packed.is_none() {
+        if n <= FUSED_MAX_ROWS && self.packed.is_none() && crate::cpu::has_fma() {
             if let Some(c) = quant::codec(self.ty) {
                 return self.matvec(c.dot, x, n);
             }
