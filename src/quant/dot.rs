@@ -13,6 +13,24 @@ use crate::cpu::multiversion;
 /// Where a decoder puts its weights: `at` is the index of the first of sixteen.
 pub trait BlockSink {
     fn put16(&mut self, at: usize, v: &[f32; 16]);
+
+    /// Thirty-two weights `q[i] · scale` from `at` on (a scale shared by a block or sub-block
+    /// of 32): the dot multiplies by the scale once per 32 weights instead of once per weight.
+    #[inline(always)]
+    fn put32_scaled(&mut self, at: usize, scale: f32, q: &[f32; 32]) {
+        self.put16(at, &chunk16(|i| q[i] * scale));
+        self.put16(at + 16, &chunk16(|i| q[16 + i] * scale));
+    }
+}
+
+/// Thirty-two values from `f(0..32)` (see [`chunk16`]).
+#[inline(always)]
+pub fn chunk32(f: impl Fn(usize) -> f32) -> [f32; 32] {
+    let mut v = [0f32; 32];
+    for (i, o) in v.iter_mut().enumerate() {
+        *o = f(i);
+    }
+    v
 }
 
 /// Sixteen weights from `f(0..16)`. `std::array::from_fn` does the same, but is not always
@@ -48,6 +66,15 @@ impl<const N: usize> BlockSink for Dot<'_, N> {
         let x: &[f32; 16] = self.x[at..at + 16].try_into().unwrap();
         for l in 0..16 {
             self.lanes[l] = v[l].mul_add(x[l], self.lanes[l]);
+        }
+    }
+
+    #[inline(always)]
+    fn put32_scaled(&mut self, at: usize, scale: f32, q: &[f32; 32]) {
+        let x: &[f32; 32] = self.x[at..at + 32].try_into().unwrap();
+        for l in 0..16 {
+            let t = q[16 + l].mul_add(x[16 + l], q[l] * x[l]);
+            self.lanes[l] = scale.mul_add(t, self.lanes[l]);
         }
     }
 }
@@ -219,15 +246,11 @@ mod tests {
 
     #[test]
     fn branchless_f16_matches_half_on_every_value() {
-        use crate::quant::float::f16_to_f32_branchless;
+        use crate::quant::float::{f16_to_f32_branchless, get_f16};
         for h in 0..=u16::MAX {
-            let want = half::f16::from_bits(h).to_f32();
-            let got = f16_to_f32_branchless(h);
-            if want.is_nan() {
-                assert!(got.is_nan(), "{h:#06x}");
-            } else {
-                assert_eq!(got.to_bits(), want.to_bits(), "{h:#06x}");
-            }
+            let want = half::f16::from_bits(h).to_f32().to_bits();
+            assert_eq!(f16_to_f32_branchless(h).to_bits(), want, "{h:#06x}");
+            assert_eq!(get_f16(&h.to_le_bytes()).to_bits(), want, "{h:#06x} (table)");
         }
     }
 

@@ -2,7 +2,7 @@
 //! Layout (ggml-common.h `block_q8_0`): `d: f16` then `qs: [i8; 32]`, 34 bytes.
 
 use super::c_float_to_i8;
-use super::dot::{chunk16, BlockSink};
+use super::dot::{chunk32, BlockSink};
 use super::float::{get_f16, put_f16};
 use super::grid::ElemGrid;
 
@@ -28,11 +28,8 @@ pub fn quantize_block(x: &[f32], out: &mut [u8]) {
 /// `dequantize_row_q8_0`, into a sink (see `quant::dot`).
 #[inline(always)]
 pub fn decode_block(b: &[u8; BLOCK_BYTES], s: &mut impl BlockSink) {
-    let d = get_f16(b);
-    for h in 0..2 {
-        let q = &b[2 + 16 * h..2 + 16 * (h + 1)];
-        s.put16(16 * h, &chunk16(|i| d * (q[i] as i8) as f32));
-    }
+    let q = &b[2..BLOCK_BYTES];
+    s.put32_scaled(0, get_f16(b), &chunk32(|i| (q[i] as i8) as f32));
 }
 
 /// Weight `j`'s grid given the header in block `b` (GPTQ rounds onto it). ggml's quantizer
