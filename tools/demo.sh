@@ -11,7 +11,10 @@ MODEL=tests/fixtures/tiny-llama
 TEXT=tests/fixtures/text/wiki.test.raw
 
 $Q quantize "$MODEL" -o "$OUT/tiny-q4_k_m.gguf" --type Q4_K_M
-$Q inspect "$OUT/tiny-q4_k_m.gguf" | head -n 4
+# Through a file, not a pipe: `| head` may close the pipe while inspect still writes, and
+# with pipefail the SIGPIPE exit would end the demo.
+$Q inspect "$OUT/tiny-q4_k_m.gguf" > "$OUT/inspect.txt"
+head -n 4 "$OUT/inspect.txt"
 echo "--- f32 (Hugging Face) vs Q4_K_M (GGUF) on the first $WINDOWS windows of WikiText-2:"
 $Q compare "$MODEL" "$OUT/tiny-q4_k_m.gguf" --text "$TEXT" --max-windows "$WINDOWS"
 echo "--- a greedy sample from the Q4_K_M model:"
