@@ -158,8 +158,9 @@ multiversion! {
     }
 }
 
-/// F16 rows: with F16C, eight weights per conversion instruction (x86 has no AVX-512 form
-/// that is faster here, and the plain-Rust widening below costs ~10 instructions per eight).
+/// F16 rows: with F16C, eight weights per conversion instruction (examples/bench_dot: 10.4 G
+/// weights/s against 4.5 for the portable widening, which costs ~10 integer instructions per
+/// eight).
 pub fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
@@ -212,12 +213,9 @@ mod f16c {
 /// so the widening vectorizes; through bytes otherwise.
 #[inline(always)]
 fn half_dot(row: &[u8], x: &[f32], widen: impl Fn(u16) -> f32) -> f32 {
-    let Ok(bits) = bytemuck::try_cast_slice::<u8, u16>(row) else {
+    let (true, Ok(bits)) = (cfg!(target_endian = "little"), bytemuck::try_cast_slice::<u8, u16>(row)) else {
         return float_dot::<32>(row, x, |b| widen(u16::from_le_bytes([b[0], b[1]])));
     };
-    if cfg!(target_endian = "big") {
-        return float_dot::<32>(row, x, |b| widen(u16::from_le_bytes([b[0], b[1]])));
-    }
     let mut lanes = [0f32; 16];
     let (mut ws, mut xs) = (bits.chunks_exact(64), x.chunks_exact(64));
     for (w, xv) in (&mut ws).zip(&mut xs) {

@@ -56,7 +56,7 @@ static F16_TO_F32_BITS: [u32; 65536] = {
 
 /// IEEE half → single, exact for every input (NaNs come out quiet, as F16C and `half` make
 /// them), without branches so that it vectorizes (`half`'s per-value conversion checks the CPU
-/// for F16C on every call). Integer operations only, so that the table below is built at
+/// for F16C on every call). Integer operations only, so that `get_f16`'s table is built at
 /// compile time.
 #[inline(always)]
 pub fn f16_to_f32_branchless(h: u16) -> f32 {
