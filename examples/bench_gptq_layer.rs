@@ -152,17 +152,23 @@ fn main() {
             res.loss
         );
     }
-    println!("Hessian accumulation vs faer's own f32 GEMM on the same product (full XᵀX of one batch, GFLOP/s per busy core):");
-    for (cols, peak, h) in peaks {
-        println!("  cols {cols}: faer GEMM {peak:.1}, Hessian {h:.1} ({:.0}%)", 100.0 * h / peak);
+    println!(
+        "Hessian accumulation (lower triangle, batch · cols · (cols+1) flops) vs faer's f32 GEMM on a batch's full \
+         XᵀX (GFLOP/s per busy core), X as stored (row-major) and copied column-major (faer's best layout):"
+    );
+    for (cols, (stored, best), h) in peaks {
+        println!(
+            "  cols {cols}: faer as stored {stored:.1}, column-major {best:.1}; Hessian {h:.1} = {:.0}% of the column-major rate",
+            100.0 * h / best
+        );
     }
 }
 
 /// faer's f32 GEMM rate on this machine for the product the Hessian needs: the full `XᵀX` of
 /// one `batch × cols` batch (both triangles, so 2 · batch · cols² flops), all threads, best of
-/// three; GFLOP/s per busy core (flops / CPU seconds). Also printed: the same sizes with both
-/// operands column-major (faer's favourite layout), by wall time per thread.
-fn faer_peak(x: &[f32], batch: usize, cols: usize) -> f64 {
+/// three; GFLOP/s per busy core (flops / CPU seconds), with `X` as stored and with both
+/// operands column-major (faer's favourite layout; also printed by wall time per thread).
+fn faer_peak(x: &[f32], batch: usize, cols: usize) -> (f64, f64) {
     use faer::linalg::matmul::matmul;
     use faer::{Accum, MatMut, MatRef, Par};
     let xm = MatRef::from_row_major_slice(x, batch, cols);
@@ -188,5 +194,5 @@ fn faer_peak(x: &[f32], batch: usize, cols: usize) -> f64 {
         cpu_best = cpu_best.max(flops / (cpu_seconds() - c0) / 1e9);
     }
     println!("  faer f32 GEMM {cols}×{batch}·{batch}×{cols}, column-major: {wall_best:.1} GFLOP/s per thread (wall), {cpu_best:.1} per busy core");
-    best
+    (best, cpu_best)
 }

@@ -129,6 +129,12 @@ impl LinearObserver for InputCapture {
 }
 
 impl LinearObserver for StageFilter<'_> {
+    /// The statistics pass's output is dropped (the next layer's inputs come from the
+    /// quantized layer).
+    fn wants_output(&self) -> bool {
+        false
+    }
+
     fn observe(&mut self, layer: usize, names: &[&str], x: &[f32], n: usize) {
         if self.error.is_some() {
             return;

@@ -630,7 +630,10 @@ impl<'a> LlamaModel<'a> {
             let (gate, mut up) = rayon::join(|| run(&w.gate, x, m), || run(&w.up, x, m));
             self.activate(&mut up, &gate);
             observer.observe(li, &[&w.down.name], &up, m);
-            run(&w.down, &up, m)
+            match observer.wants_output() {
+                true => run(&w.down, &up, m),
+                false => vec![0.0; m * w.down.rows],
+            }
         };
         match &layer.ffn {
             Ffn::Dense(w) => ffn(w, xn, n),
@@ -822,6 +825,14 @@ pub trait LinearObserver {
     /// q/k/v share one input, gate/up share one). `layer` is the decoder layer, or
     /// `n_layers` for the output projection.
     fn observe(&mut self, layer: usize, names: &[&str], x: &[f32], n: usize);
+
+    /// Whether the caller reads the layer's output. An observer that only collects inputs
+    /// (GPTQ's statistics pass) answers no, and the feed-forward block's last product, whose
+    /// input has then been observed, is skipped: the block adds zeros instead (a quarter of a
+    /// LLaMA layer's multiply-adds).
+    fn wants_output(&self) -> bool {
+        true
+    }
 }
 
 /// An observer that ignores everything (plain inference).

@@ -291,7 +291,6 @@ impl GptqMethod {
     ) -> Result<Vec<(String, Vec<f32>)>> {
         let mut done: Vec<String> = Vec::new();
         let mut out = Vec::new();
-        self.drifts.values_mut().for_each(InputDrift::finish_accumulating);
         for linear in linears {
             // A Hessian is done once every linear sharing it is quantized: free it then.
             self.hessians.retain(|_, (group, _)| !group.iter().all(|g| done.contains(g)));

@@ -34,7 +34,7 @@ use faer::linalg::matmul::matmul;
 use faer::linalg::triangular_solve::{solve_lower_triangular_in_place, solve_upper_triangular_in_place};
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 
-use super::Hessian;
+use super::{gram, Hessian};
 use crate::error::{Error, Result};
 
 /// Rows per f32 product before it is added to the f64 sum (as the Hessian does).
@@ -48,14 +48,11 @@ pub struct InputDrift {
     /// Row-major n × n: Σ (x − x̃) x̃ᵀ.
     sum: Vec<f64>,
     samples: usize,
-    /// One batch's f32 product, kept between calls: a fresh n² buffer per window would be
-    /// page-faulted in every time (485 MB for a 7B down_proj, for each window).
-    prod: Vec<f32>,
 }
 
 impl InputDrift {
     pub fn new(n: usize) -> InputDrift {
-        InputDrift { n, sum: vec![0.0; n * n], samples: 0, prod: Vec::new() }
+        InputDrift { n, sum: vec![0.0; n * n], samples: 0 }
     }
 
     /// Add `rows` rows: `x` the quantized model's inputs, `x_ref` the original model's
@@ -69,26 +66,20 @@ impl InputDrift {
                 x_ref.len()
             )));
         }
-        // faer overwrites it (Accum::Replace), so its old contents never matter.
-        self.prod.resize(n * n, 0.0);
         for (xb, rb) in x.chunks(F32_ROWS * n).zip(x_ref.chunks(F32_ROWS * n)) {
-            let r = xb.len() / n;
-            let e: Vec<f32> = rb.iter().zip(xb).map(|(a, b)| a - b).collect();
-            let em = MatRef::from_row_major_slice(&e, r, n);
-            let xm = MatRef::from_row_major_slice(xb, r, n);
-            let pm = faer::MatMut::from_row_major_slice_mut(&mut self.prod, n, n);
-            matmul(pm, Accum::Replace, em.transpose(), xm, 1.0f32, Par::rayon(0));
-            for (s, &p) in self.sum.iter_mut().zip(&self.prod) {
-                *s += p as f64;
-            }
+            // Row-major D[i][j] = Σ e_i·x̃_j is gram's column-major sum with B = E, A = X̃.
+            let fill_e = |j0: usize, ld: usize, out: &mut [f32]| {
+                let w = out.len() / ld;
+                for (t, (xr, rr)) in xb.chunks_exact(n).zip(rb.chunks_exact(n)).enumerate() {
+                    for (c, (&a, &b)) in rr[j0..j0 + w].iter().zip(&xr[j0..j0 + w]).enumerate() {
+                        out[c * ld + t] = a - b;
+                    }
+                }
+            };
+            gram::add_product(xb, xb.len() / n, n, fill_e, &mut self.sum, gram::Part::Full);
         }
         self.samples += rows;
         Ok(())
-    }
-
-    /// Frees the per-batch product buffer once accumulation is over (n² f32 each).
-    pub fn finish_accumulating(&mut self) {
-        self.prod = Vec::new();
     }
 
     pub fn samples(&self) -> usize {
@@ -104,7 +95,7 @@ impl InputDrift {
         }
         let mut sum = self.sum.clone();
         unscale_both_sides(&mut sum, s);
-        Ok(InputDrift { n, sum, samples: self.samples, prod: Vec::new() })
+        Ok(InputDrift { n, sum, samples: self.samples })
     }
 
     pub fn has_nonfinite(&self) -> bool {

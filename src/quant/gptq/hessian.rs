@@ -1,23 +1,19 @@
 //! The layer-input Hessian `H = 2/N · Σ xᵀx` that GPTQ weighs rounding errors with.
 //!
 //! Accumulation is the expensive part of GPTQ on a CPU (N · n² multiply-adds per layer input),
-//! so each batch's `XᵀX` is computed in f32 by faer's GEMM, one panel of columns at a time, and
-//! only the lower triangle (`H` is symmetric); each panel is then added into an f64 running
-//! sum. The f64 sum keeps the total exact to ~1e-16 relative however many batches are added;
-//! within a batch the f32 products are summed over at most [`F32_ROWS`] rows.
+//! so each batch's `XᵀX` is computed in f32 by faer's GEMM, one block of columns per task, and
+//! only the lower triangle (`H` is symmetric; `gram`); each block is then added into an f64
+//! running sum. The f64 sum keeps the total exact to ~1e-16 relative however many batches are
+//! added; within a batch the f32 products are summed over at most [`F32_ROWS`] rows.
 //!
 //! The reference keeps a running average (`H *= N_old/N_new; H += 2/N_new · XᵀX`); keeping
 //! the plain sum and scaling by `2/N` when read is the same matrix with one rounding less.
 
-use faer::linalg::matmul::{matmul, triangular};
-use faer::reborrow::ReborrowMut;
-use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-/// Columns per SYRK panel. Panels run in turn, each product on all threads (faer splits it).
-const PANEL: usize = 1024;
+use super::gram;
 
-/// Rows summed in f32 before the panel is added to the f64 accumulator.
+/// Rows summed in f32 before a block is added to the f64 accumulator.
 const F32_ROWS: usize = 4096;
 
 /// `H = 2/N · Σ xᵀx` over every activation row `x` (length `n`) seen so far.
@@ -75,57 +71,9 @@ impl Hessian {
         self.samples += rows;
     }
 
-    /// sum += XᵀX (lower triangle), one panel of columns per task.
-    ///
-    /// `X` arrives row-major, so `Xᵀ` (the left operand) is column-major, which faer's GEMM
-    /// takes as it is; `X` itself as the right operand would be row-major, which halves faer's
-    /// f32 rate (33.9 vs 77.7 GFLOP/s per core measured on 4096 columns, examples/
-    /// bench_gptq_layer.rs). Each task therefore copies its panel's `w` columns into a
-    /// column-major `rows × w` block first (rows · w floats against rows · h · w multiply-adds).
-    /// The products are the same sums in the same order, so `H` is bit-identical either way.
+    /// sum += XᵀX (lower triangle), by [`gram::add_product`].
     fn add_batch(&mut self, x: &[f32], rows: usize) {
-        let n = self.n;
-        let xm = MatRef::from_row_major_slice(x, rows, n);
-        // Scratch for every panel of this batch: faer overwrites what is read (Accum::Replace).
-        let mut panel_buf = vec![0f32; rows * PANEL.min(n)];
-        let mut s_buf = vec![0f32; n * PANEL.min(n)];
-        self.sum.chunks_mut(PANEL * n).enumerate().for_each(|(p, acc)| {
-            let j0 = p * PANEL;
-            let w = acc.len() / n;
-            let h = n - j0;
-            // The panel's columns of X, column-major rows × w.
-            let panel = &mut panel_buf[..rows * w];
-            for (r, row) in x.chunks_exact(n).enumerate() {
-                for (c, &v) in row[j0..j0 + w].iter().enumerate() {
-                    panel[c * rows + r] = v;
-                }
-            }
-            let rhs = MatRef::from_column_major_slice(panel, rows, w);
-            // scratch: column-major h × w, rows j0..n of columns j0..j0+w.
-            let s = &mut s_buf[..h * w];
-            let mut sm = MatMut::from_column_major_slice_mut(s, h, w);
-            let (diag, below) = sm.rb_mut().split_at_row_mut(w);
-            triangular::matmul(
-                diag,
-                triangular::BlockStructure::TriangularLower,
-                Accum::Replace,
-                rhs.transpose(),
-                triangular::BlockStructure::Rectangular,
-                rhs,
-                triangular::BlockStructure::Rectangular,
-                1.0f32,
-                Par::rayon(0),
-            );
-            if h > w {
-                matmul(below, Accum::Replace, xm.subcols(j0 + w, h - w).transpose(), rhs, 1.0f32, Par::rayon(0));
-            }
-            acc.par_chunks_mut(n).enumerate().for_each(|(c, col)| {
-                let sc = &s[c * h + c..(c + 1) * h];
-                for (a, &v) in col[j0 + c..].iter_mut().zip(sc) {
-                    *a += v as f64;
-                }
-            });
-        });
+        gram::add_product(x, rows, self.n, gram::columns_of(x, self.n), &mut self.sum, gram::Part::Lower);
     }
 
     /// Activation rows added so far (0 for [`Hessian::from_dense`]).

@@ -52,6 +52,7 @@ pub mod cuda;
 #[path = "cuda/emulate.rs"]
 mod cuda_emulate;
 mod ggml_grid;
+mod gram;
 mod grid;
 mod hessian;
 mod solver;
