@@ -92,21 +92,50 @@ pub(crate) const RANGE_CANDIDATES: u32 = 80;
 /// clips the largest weights of the group for finer steps on all the others, which pays
 /// where the largest weights meet small inputs.
 pub(crate) fn search_params(x: &[f64], imp: impl Fn(usize) -> f64, maxq: u32, sym: bool) -> (f64, u8) {
+    const N: usize = RANGE_CANDIDATES as usize;
     let (xmin, xmax) = min_max(x.iter().copied());
-    let mut best = (f64::INFINITY, params_for_range(xmin, xmax, maxq, sym));
-    for i in 0..RANGE_CANDIDATES {
+    let candidates: [(f64, u8); N] = std::array::from_fn(|i| {
         let p = 1.0 - i as f64 / 100.0;
-        let (scale, zero) = params_for_range(p * xmin, p * xmax, maxq, sym);
-        let mut err = 0.0;
-        for (k, &v) in x.iter().enumerate() {
-            let d = v - quantize_one(v, scale, zero, maxq).1;
-            err += imp(k) * d * d;
-        }
+        params_for_range(p * xmin, p * xmax, maxq, sym)
+    });
+    let scales = candidates.map(|c| c.0);
+    let zeros = candidates.map(|c| c.1 as f64);
+    let imp: Vec<f64> = (0..x.len()).map(imp).collect();
+    let errors = range_errors(x, &imp, &scales, &zeros, maxq as f64);
+    let mut best = (f64::INFINITY, params_for_range(xmin, xmax, maxq, sym));
+    for (&err, &c) in errors.iter().zip(&candidates) {
         if err < best.0 {
-            best = (err, (scale, zero));
+            best = (err, c);
         }
     }
     best.1
+}
+
+crate::cpu::multiversion! {
+    /// [`search_params`]'s error of every candidate (scale, zero): `Σ imp·(x − q)²` with
+    /// [`quantize_one`]'s value of each `x`, summed in the order of `x` as one loop per
+    /// candidate would. The candidates are the vector lanes (each lane's sum is its own, so
+    /// the order is kept), and rounding is one instruction where the CPU has it: one
+    /// candidate at a time, with the baseline build's library call for each rounding, this
+    /// search was most of the solver's time on 128-column groups.
+    fn range_errors(
+        x: &[f64],
+        imp: &[f64],
+        scales: &[f64; RANGE_CANDIDATES as usize],
+        zeros: &[f64; RANGE_CANDIDATES as usize],
+        maxq: f64
+    ) -> [f64; RANGE_CANDIDATES as usize] {
+        let mut err = [0f64; RANGE_CANDIDATES as usize];
+        for (&v, &w) in x.iter().zip(imp) {
+            for ((e, &scale), &zero) in err.iter_mut().zip(scales).zip(zeros) {
+                // quantize_one: the code is an integer in 0..=maxq, so `q − zero` is exact.
+                let q = ((v / scale).round_ties_even() + zero).clamp(0.0, maxq);
+                let d = v - scale * (q - zero);
+                *e += w * d * d;
+            }
+        }
+        err
+    }
 }
 
 /// A group's (scale, zero): searched with the importance of each original column where there
