@@ -155,3 +155,30 @@ pub fn assert_full_text_compare_matches_golden(r: &serde_json::Value, file: &str
     let top1 = num(r, "top1_agree");
     assert!((top1 - num(&q, "top1_agree")).abs() <= b.top1, "{variant} top-1 {top1} vs golden {q}");
 }
+
+/// `qforge compare BASE CANDIDATES… --text TEXT --max-windows WINDOWS` in one run (the base
+/// model runs once per window for all candidates; reports equal separate runs', see
+/// eval_cli::compare_several_candidates_equals_separate_runs): each candidate's report, in order.
+pub fn compare_all(base: &Path, candidates: &[&Path], text: &Path, windows: usize) -> Vec<serde_json::Value> {
+    let w = windows.to_string();
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"-q", &"compare", &base];
+    args.extend(candidates.iter().map(|c| c as &dyn AsRef<std::ffi::OsStr>));
+    args.extend([&"--text" as &dyn AsRef<std::ffi::OsStr>, &text, &"--max-windows", &w, &"--json"]);
+    let out: serde_json::Value = serde_json::from_str(&qforge_ok(&args)).expect("compare --json");
+    let reports = match out {
+        serde_json::Value::Array(a) => a,
+        one => vec![one],
+    };
+    assert_eq!(reports.len(), candidates.len(), "one report per candidate");
+    for (r, c) in reports.iter().zip(candidates) {
+        if let Some(name) = r["candidate"].as_str() {
+            assert_eq!(name, c.to_str().unwrap());
+        }
+    }
+    reports
+}
+
+/// [`compare_all`]'s mean KL divergence of each candidate.
+pub fn klds(base: &Path, candidates: &[&Path], text: &Path, windows: usize) -> Vec<f64> {
+    compare_all(base, candidates, text, windows).iter().map(|r| r["kld_mean"].as_f64().expect("kld_mean")).collect()
+}

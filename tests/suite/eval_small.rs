@@ -92,15 +92,9 @@ fn small_gguf_formats_track_f32() {
         paths.push(path);
     }
     // One `compare` with the four candidates: the f32 base runs once per window.
-    let w = wiki();
-    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"-q", &"compare", &s];
-    args.extend(paths.iter().map(|p| p as &dyn AsRef<std::ffi::OsStr>));
-    args.extend([&"--text" as &dyn AsRef<std::ffi::OsStr>, &w, &"--json", &"--max-windows", &"40"]);
-    let reports = json(&qforge_ok(&args));
-    let reports = reports.as_array().expect("an array of reports");
-    assert_eq!(reports.len(), cases.len());
-    for ((name, _, max_kld, min_top1, max_ppl_rel), (r, path)) in cases.iter().zip(reports.iter().zip(&paths)) {
-        assert_eq!(r["candidate"].as_str(), Some(path.to_str().unwrap()));
+    let cands: Vec<&std::path::Path> = paths.iter().map(|p| p.as_path()).collect();
+    let reports = common::compare_all(&s, &cands, &wiki(), 40);
+    for ((name, _, max_kld, min_top1, max_ppl_rel), r) in cases.iter().zip(&reports) {
         let (kld, top1, ppl, base) = (g(r, "kld_mean"), g(r, "top1_agree"), g(r, "ppl"), g(r, "base_ppl"));
         eprintln!("small {name} on 40 windows: kld {kld:.3e} top-1 {top1:.5} ppl {ppl:.4} (f32 {base:.4})");
         assert_eq!(r["tokens_scored"].as_u64(), Some(40 * 511));

@@ -107,9 +107,9 @@ fn hf_gptq_other_grids_round_trip() {
 #[test]
 fn gptq_into_ggml_types_beats_plain_quantization() {
     let tmp = tempfile::tempdir().unwrap();
-    for (ty, extra, ratio) in
-        [("Q4_0", &["--pure"][..], 0.8), ("IQ4_NL", &["--pure"][..], 0.8), ("Q4_K_M", &[][..], 0.95)]
-    {
+    let cases = [("Q4_0", &["--pure"][..], 0.8), ("IQ4_NL", &["--pure"][..], 0.8), ("Q4_K_M", &[][..], 0.95)];
+    let mut files = Vec::new();
+    for (ty, extra, _) in cases {
         let g = tmp.path().join(format!("gptq-{ty}.gguf"));
         let p = tmp.path().join(format!("plain-{ty}.gguf"));
         let mut a = vec!["--type", ty];
@@ -127,7 +127,13 @@ fn gptq_into_ggml_types_beats_plain_quantization() {
         let types = json(&qforge_ok(&[&"inspect", &"--json", &g]));
         let q = types["tensors"].as_array().unwrap().iter().filter(|t| t["name"] == "blk.0.attn_q.weight").count();
         assert_eq!(q, 1);
-        let ((kg, _), (kp, _)) = (kld(&g), kld(&p));
+        files.extend([g, p]);
+    }
+    // All six against the f32 model in one `compare` (the base runs once per window).
+    let paths: Vec<&Path> = files.iter().map(|f| f.as_path()).collect();
+    let k = common::klds(&tiny(), &paths, &wiki(), WINDOWS.parse().unwrap());
+    for ((ty, _, ratio), pair) in cases.iter().zip(k.chunks_exact(2)) {
+        let (kg, kp) = (pair[0], pair[1]);
         println!("{ty}: GPTQ kld {kg:.5}, plain kld {kp:.5} (ratio {:.3})", kg / kp);
         assert!(kg <= kp * ratio, "{ty}: GPTQ {kg} vs plain {kp}");
     }
