@@ -17,17 +17,23 @@ use rayon::prelude::*;
 
 /// Columns of the sum per task, a function of `n` and the part only (never of the thread
 /// count, so that the sums are the same on every machine). Wider blocks multiply faster
-/// (faer packs the left factor once per task), but a [`Part::Lower`] task also computes the
-/// upper half of its diagonal block, `w/n` of the work. Measured on 2 threads
-/// (examples/bench_gptq_layer.rs): n = 512 lower 165 GFLOP/s at 64 columns, 126 at 256;
-/// n = 4096 lower 188 at 64, 240 at 256; full products 184–225 at 128, 241–250 at 256.
+/// (faer packs the right factor once per task and streams the left one past it), but a
+/// [`Part::Lower`] task also computes the upper half of its diagonal block, `w/n` of the
+/// work. Measured on 2 threads against faer's own parallel GEMM with both operands
+/// column-major (triangle flops for the Hessian): n = 512 at 64 columns 66–69% (at 256,
+/// ~50%); n = 1536 at 128 columns 70–89% (at 64, 62–80%); n = 4096 at 256 columns 86% (at
+/// 128 and 512, 82–87%); n = 11008 at 512 columns 108–111% (at 256, 84–96%).
 fn block_width(n: usize, part: Part) -> usize {
     match (part, n) {
         (Part::Lower, 0..=1024) => 64,
         (Part::Lower, 1025..=2048) | (Part::Full, 0..=1024) => 128,
-        _ => 256,
+        (_, 0..=4096) => 256,
+        _ => 512,
     }
 }
+
+/// Rows of a block's product computed at once (its f32 scratch is at most ROW_CHUNK × w).
+const ROW_CHUNK: usize = 2048;
 
 /// Which part of the n × n sum to update.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -62,29 +68,36 @@ where
         let w = acc.len() / n;
         // The first row of the product this block keeps anything of.
         let i0 = if part == Part::Lower { j0 } else { 0 };
-        let m = n - i0;
         // Column stride of the scratch: an odd number of 64-byte lines, so that the columns
         // the copy writes in turn fall into different cache sets (with a stride of 512 rows
         // every column of a block mapped to the same two L1 sets, and the copy took a third of
         // the time).
         let ld = odd_lines(rows);
         b.resize(ld * w, 0.0);
-        c.resize(m * w, 0.0);
-        let (b, c) = (&mut b[..ld * w], &mut c[..m * w]);
+        c.resize(ROW_CHUNK.min(n - i0) * w, 0.0);
+        let b = &mut b[..ld * w];
         fill_b(j0, ld, b);
-        // faer overwrites `c` (Accum::Replace): what an earlier block left there never matters.
-        matmul(
-            MatMut::from_column_major_slice_mut(c, m, w),
-            Accum::Replace,
-            am.subcols(i0, m).transpose(),
-            MatRef::from_column_major_slice_with_stride(b, rows, w, ld),
-            1.0f32,
-            Par::Seq,
-        );
-        for (jj, col) in acc.chunks_exact_mut(n).enumerate() {
-            // Within the diagonal block only rows at or below column j0 + jj are kept.
-            let skip = if part == Part::Lower { jj } else { 0 };
-            add_widened(&mut col[i0 + skip..], &c[jj * m + skip..(jj + 1) * m]);
+        let bm = MatRef::from_column_major_slice_with_stride(b, rows, w, ld);
+        // The block's rows in chunks, so that its f32 product stays ROW_CHUNK × w.
+        for r0 in (i0..n).step_by(ROW_CHUNK) {
+            let m = ROW_CHUNK.min(n - r0);
+            let c = &mut c[..m * w];
+            // faer overwrites `c` (Accum::Replace): what an earlier chunk left never matters.
+            matmul(
+                MatMut::from_column_major_slice_mut(c, m, w),
+                Accum::Replace,
+                am.subcols(r0, m).transpose(),
+                bm,
+                1.0f32,
+                Par::Seq,
+            );
+            for (jj, col) in acc.chunks_exact_mut(n).enumerate() {
+                // Lower: only rows at or below the diagonal (row j0 + jj) are kept.
+                let first = if part == Part::Lower { (j0 + jj).max(r0) } else { r0 };
+                if first < r0 + m {
+                    add_widened(&mut col[first..r0 + m], &c[jj * m + first - r0..(jj + 1) * m]);
+                }
+            }
         }
     });
 }
