@@ -56,6 +56,7 @@ pub(crate) fn best_index(x: f32) -> u8 {
 /// scales (t − 127)/max, t ∈ [−7, 7], which put `max` near the −127 end; the best weighted
 /// correlation wins. Every weight is then assigned with the f32 d (not the f16-rounded one,
 /// as ggml does).
+#[inline(always)]
 pub fn quantize_block(x: &[f32], out: &mut [u8]) {
     let x = as_block::<QK>(x);
     let w: [f32; QK] = std::array::from_fn(|j| x[j] * x[j]);

@@ -58,6 +58,7 @@ pub mod q4_0 {
 
     /// d = max/−8 with `max` the signed value of largest magnitude, so that value maps to
     /// q = 0 exactly and the asymmetric range [−8, 7] is used in full on its side.
+    #[inline(always)]
     pub fn quantize_block(x: &[f32], out: &mut [u8]) {
         let (x, out) = (as_block::<QK>(x), as_bytes_mut::<BLOCK_BYTES>(out));
         let d = signed_absmax(x) / -8.0;
@@ -96,6 +97,7 @@ pub mod q4_1 {
     pub const BLOCK_BYTES: usize = 20;
 
     /// Affine: d = (max − min)/15, m = min, q = trunc((x − min)·id + 0.5).
+    #[inline(always)]
     pub fn quantize_block(x: &[f32], out: &mut [u8]) {
         let (x, out) = (as_block::<QK>(x), as_bytes_mut::<BLOCK_BYTES>(out));
         let (min, max) = min_max(x);
@@ -137,6 +139,7 @@ pub mod q5_0 {
     pub const BLOCK_BYTES: usize = 22;
 
     /// As Q4_0 with 32 levels: d = max/−16, q = min(31, trunc(x·id + 16.5)).
+    #[inline(always)]
     pub fn quantize_block(x: &[f32], out: &mut [u8]) {
         let (x, out) = (as_block::<QK>(x), as_bytes_mut::<BLOCK_BYTES>(out));
         let d = signed_absmax(x) / -16.0;
@@ -182,6 +185,7 @@ pub mod q5_1 {
 
     /// As Q4_1 with 32 levels. ggml casts with `(uint8_t)` and no clamp here (the value cannot
     /// exceed 31.5); the low byte of the truncated value is the same thing.
+    #[inline(always)]
     pub fn quantize_block(x: &[f32], out: &mut [u8]) {
         let (x, out) = (as_block::<QK>(x), as_bytes_mut::<BLOCK_BYTES>(out));
         let (min, max) = min_max(x);

@@ -54,10 +54,17 @@ macro_rules! block_codec {
     ($ty:ident, $($m:ident)::+, $weighted:expr) => {
         Codec {
             ty: GgmlType::$ty,
-            encode: |src, out| {
-                for (s, o) in src.chunks_exact($($m)::+::QK).zip(out.chunks_exact_mut($($m)::+::BLOCK_BYTES)) {
-                    $($m)::+::quantize_block(s, o);
+            encode: {
+                // Compiled per CPU level (the codecs' element loops vectorize; their sums stay
+                // in C's order, so the bytes do not depend on the CPU).
+                crate::cpu::multiversion! {
+                    fn encode_blocks(src: &[f32], out: &mut [u8]) {
+                        for (s, o) in src.chunks_exact($($m)::+::QK).zip(out.chunks_exact_mut($($m)::+::BLOCK_BYTES)) {
+                            $($m)::+::quantize_block(s, o);
+                        }
+                    }
                 }
+                encode_blocks
             },
             decode: dot::block_decode!($($m)::+),
             dot: dot::block_dot!($($m)::+),

@@ -14,6 +14,7 @@ pub const BLOCK_BYTES: usize = 34;
 /// than dividing matters: the two differ by one unit on a few weights per tensor. The store is
 /// C's float → int8_t conversion, which differs from Rust's saturating `as` when a subnormal
 /// block makes 1/d infinite (ggml and gguf-py then store 0, not ±127).
+#[inline(always)]
 pub fn quantize_block(x: &[f32], out: &mut [u8]) {
     debug_assert_eq!(x.len(), QK);
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));

@@ -17,6 +17,7 @@ pub const BLOCK_BYTES: usize = 210;
 /// `quantize_row_q6_K_ref`: per sub-block `make_qx_quants(16, 32, …, rmse_type 1)`, scales
 /// quantized to 8 bits against the one of largest magnitude (d = −max/128), requantization.
 /// A super-block whose scales are all ~0 is stored as zeros.
+#[inline(always)]
 pub fn quantize_block(x: &[f32], out: &mut [u8]) {
     let x = as_block::<QK>(x);
     quantize_block_weighted(x, |i| x[i] * x[i], out);
@@ -25,6 +26,7 @@ pub fn quantize_block(x: &[f32], out: &mut [u8]) {
 /// The reference quantizer with weight `weight(i)` for x[i] in each sub-block's search: x² in
 /// `quantize_row_q6_K_ref`, the importance `qw[i]` alone in `quantize_row_q6_K_impl` (ggml's
 /// σ² term is commented out for this type).
+#[inline(always)]
 pub(crate) fn quantize_block_weighted(x: &[f32; QK], weight: impl Fn(usize) -> f32, out: &mut [u8]) {
     let out = as_bytes_mut::<BLOCK_BYTES>(out);
     let mut l = [0i8; QK_K];
