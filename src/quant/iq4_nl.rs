@@ -22,6 +22,9 @@ const GROUP_MAX_EPS: f32 = 1e-15;
 /// `quantize_row_iq4_nl_ref` passes −1 instead and can give different bytes.
 const NTRY: i32 = 7;
 
+/// Inverse scales the search tries: the initial one and the 2·NTRY + 1 stretched ones.
+const CANDIDATES: usize = 2 + 2 * NTRY as usize;
+
 /// ggml's `best_index_int8`: index of the grid value nearest to `x` (binary search; on an
 /// exact midpoint the upper value wins).
 #[inline(always)]
@@ -78,25 +81,20 @@ pub(crate) fn quantize_block_weighted(x: &[f32; QK], w: &[f32; QK], out: &mut [u
     let d = if amax < GROUP_MAX_EPS {
         0.0
     } else {
-        // Weighted correlation of x with the grid values picked at inverse scale `id`.
-        let fit = |id: f32| {
-            let (mut sumqx, mut sumq2) = (0f32, 0f32);
-            for j in 0..QK {
-                let q = KVALUES[best_index(id * x[j]) as usize] as f32;
-                sumqx += w[j] * q * x[j];
-                sumq2 += w[j] * q * q;
-            }
-            (sumqx, sumq2)
-        };
-        let d0 = -max / k0;
-        let (sumqx, sumq2) = fit(1.0 / d0);
-        let mut d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
-        let mut best = d * sumqx;
-        for itry in -NTRY..=NTRY {
-            let (sumqx, sumq2) = fit((itry + KVALUES[0] as i32) as f32 / max);
-            if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
-                d = sumqx / sumq2;
-                best = d * sumqx;
+        // Weighted correlation of x with the grid values picked at each candidate inverse
+        // scale: the initial one, then the stretched ones (lane 1 + t + NTRY for t ∈ [−NTRY, NTRY]).
+        let mut ids = [0f32; CANDIDATES];
+        ids[0] = 1.0 / (-max / k0);
+        for (slot, itry) in ids[1..].iter_mut().zip(-NTRY..=NTRY) {
+            *slot = (itry + KVALUES[0] as i32) as f32 / max;
+        }
+        let (sumqx, sumq2) = fit_lanes(x, w, &ids);
+        let mut d = if sumq2[0] > 0.0 { sumqx[0] / sumq2[0] } else { 0.0 };
+        let mut best = d * sumqx[0];
+        for c in 1..ids.len() {
+            if sumq2[c] > 0.0 && sumqx[c] * sumqx[c] > best * sumq2[c] {
+                d = sumqx[c] / sumq2[c];
+                best = d * sumqx[c];
             }
         }
         d
@@ -105,6 +103,47 @@ pub(crate) fn quantize_block_weighted(x: &[f32; QK], w: &[f32; QK], out: &mut [u
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     for j in 0..QK / 2 {
         out[2 + j] = best_index(id * x[j]) | (best_index(id * x[j + QK / 2]) << 4);
+    }
+}
+
+crate::cpu::multiversion! {
+    /// Σ w·q·x and Σ w·q² (q = the grid value nearest to id·x) for every candidate `id`, one
+    /// per vector lane, each summed over the block in ggml's order with its products grouped
+    /// as ggml groups them. One candidate at a time, with ggml's branchy binary search per
+    /// weight, this search cost ~490 cycles per weight.
+    fn fit_lanes(x: &[f32], w: &[f32], ids: &[f32; CANDIDATES]) -> ([f32; CANDIDATES], [f32; CANDIDATES]) {
+        let (mut sumqx, mut sumq2) = ([0f32; CANDIDATES], [0f32; CANDIDATES]);
+        for (&xj, &wj) in x.iter().zip(w) {
+            for c in 0..CANDIDATES {
+                let q = nearest_value(ids[c] * xj);
+                sumqx[c] += wj * q * xj;
+                sumq2[c] += wj * q * q;
+            }
+        }
+        (sumqx, sumq2)
+    }
+}
+
+/// `KVALUES[best_index(x)]` without branches, so that it vectorizes: the grid values on
+/// either side of `x` by selects over the table, then [`best_index`]'s choice (the upper one on
+/// an exact midpoint; the ends beyond the grid; a NaN gives the top value, as there).
+#[inline(always)]
+fn nearest_value(x: f32) -> f32 {
+    let (mut below, mut above) = (f32::NEG_INFINITY, f32::INFINITY);
+    for &k in &KVALUES {
+        below = if k as f32 <= x { k as f32 } else { below };
+    }
+    for &k in KVALUES.iter().rev() {
+        above = if k as f32 > x { k as f32 } else { above };
+    }
+    if above == f32::INFINITY {
+        KVALUES[15] as f32
+    } else if below == f32::NEG_INFINITY {
+        KVALUES[0] as f32
+    } else if x - below < above - x {
+        below
+    } else {
+        above
     }
 }
 
@@ -130,6 +169,21 @@ pub fn set_code(b: &mut [u8], j: usize, q: i32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The branch-free lookup of the search agrees with ggml's binary search everywhere:
+    /// on the grid, on every midpoint and next to it, beyond the ends, and on NaN.
+    #[test]
+    fn nearest_value_is_best_index() {
+        let mut xs = vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1e9, -1e9];
+        for w in KVALUES.windows(2) {
+            let mid = (w[0] as f32 + w[1] as f32) / 2.0;
+            xs.extend([mid, mid.next_up(), mid.next_down(), w[0] as f32, (w[0] as f32).next_up()]);
+        }
+        xs.extend((-3000..3000).map(|i| i as f32 * 0.05));
+        for x in xs {
+            assert_eq!(nearest_value(x).to_bits(), (KVALUES[best_index(x) as usize] as f32).to_bits(), "x = {x}");
+        }
+    }
 
     #[test]
     fn best_index_picks_the_nearest_grid_value() {
