@@ -17,7 +17,15 @@ pub const BLOCK_BYTES: usize = 34;
 #[inline(always)]
 pub fn quantize_block(x: &[f32], out: &mut [u8]) {
     debug_assert_eq!(x.len(), QK);
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    // ggml's running max, as a tree over halves so that it vectorizes: `max` ignores NaN and
+    // |x| has no −0, so every order gives ggml's value.
+    let mut m: [f32; 16] = std::array::from_fn(|i| x[i].abs().max(x[i + 16].abs()));
+    for half in [8, 4, 2, 1] {
+        for i in 0..half {
+            m[i] = m[i].max(m[i + half]);
+        }
+    }
+    let amax = 0f32.max(m[0]);
     let d = amax / 127.0;
     put_f16(out, d);
     let id = if d == 0.0 { 0.0 } else { 1.0 / d };
