@@ -68,15 +68,8 @@ impl InputDrift {
         }
         for (xb, rb) in x.chunks(F32_ROWS * n).zip(x_ref.chunks(F32_ROWS * n)) {
             // Row-major D[i][j] = Σ e_i·x̃_j is gram's column-major sum with B = E, A = X̃.
-            let fill_e = |j0: usize, ld: usize, out: &mut [f32]| {
-                let w = out.len() / ld;
-                for (t, (xr, rr)) in xb.chunks_exact(n).zip(rb.chunks_exact(n)).enumerate() {
-                    for (c, (&a, &b)) in rr[j0..j0 + w].iter().zip(&xr[j0..j0 + w]).enumerate() {
-                        out[c * ld + t] = a - b;
-                    }
-                }
-            };
-            gram::add_product(xb, xb.len() / n, n, fill_e, &mut self.sum, gram::Part::Full);
+            let e: Vec<f32> = rb.iter().zip(xb).map(|(a, b)| a - b).collect();
+            gram::add_product(xb, xb.len() / n, n, gram::columns_of(&e, n), &mut self.sum, gram::Part::Full);
         }
         self.samples += rows;
         Ok(())

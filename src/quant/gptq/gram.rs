@@ -130,7 +130,7 @@ pub(crate) fn columns_of(x: &[f32], n: usize) -> impl Fn(usize, usize, &mut [f32
 /// `c` at `out[c·ld..]`. Eight rows at a time, so that each column receives eight consecutive
 /// values per visit (one store instead of eight scattered ones; the copy of one value per
 /// store cost 12% of a 512-wide Hessian).
-pub(crate) fn transpose_rows<'s>(out: &mut [f32], ld: usize, rows: usize, row: impl Fn(usize) -> &'s [f32]) {
+fn transpose_rows<'s>(out: &mut [f32], ld: usize, rows: usize, row: impl Fn(usize) -> &'s [f32]) {
     let mut r0 = 0;
     while r0 + 8 <= rows {
         let src: [&[f32]; 8] = std::array::from_fn(|k| row(r0 + k));
