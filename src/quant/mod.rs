@@ -3,6 +3,7 @@
 
 pub mod bnb;
 pub mod dot;
+pub mod dot16;
 pub mod float;
 pub mod gptq;
 pub mod grid;

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::ggml_type::GgmlType;
 use crate::model::TensorRef;
 use crate::quant;
-use crate::quant::dot::DotFn;
+use crate::quant::dot16::Acts16;
 use crate::quant::packed::Packed;
 
 /// Rows of weights decoded and multiplied per task, at least (64 measured best on 2 cores for
@@ -189,8 +189,16 @@ impl<'a> Matrix<'a> {
         let (m, k) = (self.rows, self.cols);
         debug_assert_eq!(x.len(), n * k);
         if n <= FUSED_MAX_ROWS && self.packed.is_none() && crate::cpu::has_fma() {
+            // Activations rounded to i16 where this CPU and type have a kernel (`quant::dot16`);
+            // otherwise, or for activations it cannot round, the f32 fused dot.
+            if let Some(dot16) = quant::dot16::kernel(self.ty) {
+                let acts: Option<Vec<Acts16>> = x.chunks_exact(k.max(1)).map(Acts16::quantize).collect();
+                if let Some(acts) = acts.filter(|a| a.len() == n) {
+                    return self.matvec(|row, j| dot16(row, &acts[j]), n);
+                }
+            }
             if let Some(c) = quant::codec(self.ty) {
-                return self.matvec(c.dot, x, n);
+                return self.matvec(|row, j| (c.dot)(row, &x[j * k..(j + 1) * k]), n);
             }
         }
         let mut y = vec![0f32; n * m];
@@ -218,9 +226,10 @@ impl<'a> Matrix<'a> {
         y
     }
 
-    /// y = x · Wᵀ for a few activation rows with the codec's fused dot: each weight row is read
-    /// once per activation row and never written out as f32.
-    fn matvec(&self, dot: DotFn, x: &[f32], n: usize) -> Vec<f32> {
+    /// y = x · Wᵀ for a few activation rows with a fused dot (`dot(row, j)`: the weight row
+    /// against activation row j): each weight row is read once per activation row and never
+    /// written out as f32.
+    fn matvec(&self, dot: impl Fn(&[u8], usize) -> f32 + Sync, n: usize) -> Vec<f32> {
         let (m, k) = (self.rows, self.cols);
         // Tasks of at least ~16k weights (a rayon task costs about a microsecond to hand out)
         // and enough of them to share the rows among the threads unevenly loaded.
@@ -233,7 +242,7 @@ impl<'a> Matrix<'a> {
                 let r = t * rows_per_task + i;
                 let row = &self.data[r * self.row_bytes..(r + 1) * self.row_bytes];
                 for (j, v) in o.iter_mut().enumerate() {
-                    *v = dot(row, &x[j * k..(j + 1) * k]);
+                    *v = dot(row, j);
                 }
             }
         });

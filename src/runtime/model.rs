@@ -733,8 +733,13 @@ impl<'a> LlamaModel<'a> {
                 let kh = MatRef::from_row_major_slice_with_stride(&k_all[kvh * hd..], visible, hd, kv_dim);
                 let vh = MatRef::from_row_major_slice_with_stride(&v_all[kvh * hd..], visible, hd, kv_dim);
                 let mut scores = vec![0f32; rows * visible];
-                let sm = MatMut::from_row_major_slice_mut(&mut scores, rows, visible);
-                matmul(sm, Accum::Replace, qh, kh.transpose(), scale, Par::Seq);
+                if rows == 1 {
+                    // A generation step: plain loops (a GEMM call costs more than a 1-row product).
+                    simd::scores_one(&q[i0 * q_dim + h * hd..][..hd], &k_all[kvh * hd..], kv_dim, scale, &mut scores);
+                } else {
+                    let sm = MatMut::from_row_major_slice_mut(&mut scores, rows, visible);
+                    matmul(sm, Accum::Replace, qh, kh.transpose(), scale, Par::Seq);
+                }
                 for (r, row) in scores.chunks_exact_mut(visible).enumerate() {
                     let seen = pos0 + i0 + r + 1;
                     // A query sees the keys at distance < window (itself included).
@@ -747,8 +752,13 @@ impl<'a> LlamaModel<'a> {
                     row[seen..].fill(0.0);
                 }
                 let mut out = vec![0f32; rows * hd];
-                let om = MatMut::from_row_major_slice_mut(&mut out, rows, hd);
-                matmul(om, Accum::Replace, MatRef::from_row_major_slice(&scores, rows, visible), vh, 1.0f32, Par::Seq);
+                if rows == 1 {
+                    simd::weighted_sum_one(&scores, &v_all[kvh * hd..], kv_dim, &mut out);
+                } else {
+                    let om = MatMut::from_row_major_slice_mut(&mut out, rows, hd);
+                    let sm = MatRef::from_row_major_slice(&scores, rows, visible);
+                    matmul(om, Accum::Replace, sm, vh, 1.0f32, Par::Seq);
+                }
                 out
             })
             .collect();

@@ -200,3 +200,74 @@ mod tests {
         assert!((got - exact).abs() < 1e-6 * exact.max(1e-3), "{got} vs {exact}");
     }
 }
+
+/// Σ aᵢ·bᵢ in sixteen lanes, not yet added up (inlined into the CPU-specific copies: as a
+/// closure it was compiled for the baseline CPU, with a library call per multiply-add).
+#[inline(always)]
+fn lanes_dot(a: &[f32], b: &[f32]) -> [f32; 16] {
+    let mut lanes = [0f32; 16];
+    let (mut ac, mut bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    for (a, b) in (&mut ac).zip(&mut bc) {
+        for l in 0..16 {
+            lanes[l] = a[l].mul_add(b[l], lanes[l]);
+        }
+    }
+    lanes[0] += ac.remainder().iter().zip(bc.remainder()).map(|(a, b)| a * b).sum::<f32>();
+    lanes
+}
+
+multiversion! {
+    /// scores[t] = scale · (q · k_t), k_t the `q.len()` values at `k[t·stride..]`: one query's
+    /// scores against the cached keys of its head (a generation step, where a GEMM call for a
+    /// 1-row product costs more than the product). Four positions at a time, so that their
+    /// lane sums share the reduction's latency.
+    pub fn scores_one(q: &[f32], k: &[f32], stride: usize, scale: f32, scores: &mut [f32]) {
+        let hd = q.len();
+        let done = scores.len() / 4 * 4;
+        let mut chunks = scores.chunks_exact_mut(4);
+        for (c, s) in (&mut chunks).enumerate() {
+            let key = |t: usize| &k[t * stride..t * stride + hd];
+            let lanes = [
+                lanes_dot(q, key(4 * c)),
+                lanes_dot(q, key(4 * c + 1)),
+                lanes_dot(q, key(4 * c + 2)),
+                lanes_dot(q, key(4 * c + 3)),
+            ];
+            for (s, l) in s.iter_mut().zip(&lanes) {
+                *s = scale * l.iter().sum::<f32>();
+            }
+        }
+        for (i, s) in chunks.into_remainder().iter_mut().enumerate() {
+            let t = done + i;
+            *s = scale * lanes_dot(q, &k[t * stride..t * stride + hd]).iter().sum::<f32>();
+        }
+    }
+}
+
+multiversion! {
+    /// out = Σ_t p[t] · v_t, v_t the `out.len()` values at `v[t·stride..]` (the weighted sum of
+    /// one query's values). Two running sums, even and odd positions: each position's
+    /// multiply-add waits for the previous one's otherwise.
+    pub fn weighted_sum_one(p: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
+        let hd = out.len();
+        out.fill(0.0);
+        let mut odd = vec![0f32; hd];
+        let mut pairs = p.chunks_exact(2);
+        for (c, w) in (&mut pairs).enumerate() {
+            let (v0, v1) = (&v[2 * c * stride..][..hd], &v[(2 * c + 1) * stride..][..hd]);
+            for (((o, e), &x0), &x1) in out.iter_mut().zip(odd.iter_mut()).zip(v0).zip(v1) {
+                *o = w[0].mul_add(x0, *o);
+                *e = w[1].mul_add(x1, *e);
+            }
+        }
+        if let [w] = pairs.remainder() {
+            let t = p.len() - 1;
+            for (o, &x) in out.iter_mut().zip(&v[t * stride..][..hd]) {
+                *o = w.mul_add(x, *o);
+            }
+        }
+        for (o, e) in out.iter_mut().zip(&odd) {
+            *o += e;
+        }
+    }
+}

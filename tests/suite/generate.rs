@@ -2,7 +2,8 @@
 //! where each product has one activation row and the codecs' fused dequantize-dot kernels
 //! replace the tiled decode + GEMM. Both paths must agree: for every stored type, the logits of
 //! each step equal those of one batched forward pass over the whole sequence to f32 rounding,
-//! and so do the greedy tokens.
+//! and so do the greedy tokens. Where a type has a 16-bit-activation kernel (`quant::dot16`,
+//! AVX-512BW CPUs) the step rounds its activations, and the bound is that of the rounding.
 
 use crate::common;
 
@@ -44,6 +45,10 @@ fn incremental_generation_matches_the_batched_forward_pass_for_every_type() {
         let flag = if how == "convert" { "--outtype" } else { "--type" };
         qforge_ok(&[&"-q", &how, &tiny(), &"-o", &path, &flag, &ty]);
         let file = ModelFile::open(&path).unwrap();
+        // Products with a 16-bit-activation kernel on this CPU (`quant::dot16`) round each
+        // activation to 2⁻¹⁶ of its block of 32's largest; the others sum f32 in another order.
+        let rounded = file.tensors().unwrap().iter().any(|t| qforge::quant::dot16::kernel(t.ggml_type).is_some());
+        let tol = if rounded { 5e-4 } else { 1e-4 };
         let model = LlamaModel::load(&file).unwrap();
         let tok = TextTokenizer::for_model(&file).unwrap();
         let prompt = tok.encode("The history of the city").unwrap();
@@ -70,14 +75,15 @@ fn incremental_generation_matches_the_batched_forward_pass_for_every_type() {
         let batched = model.forward(&all, &mut cache).unwrap();
         for (s, logits) in step_logits.iter().enumerate() {
             let row = &batched[(prompt.len() - 1 + s) * vocab..][..vocab];
-            // f32 sums in another order: ~1e-6 relative per product, a few layers deep.
+            // f32 sums in another order: ~1e-6 relative per product, a few layers deep; with
+            // rounded activations ~1.5e-5 per value (measured up to 1.2e-4 on this fixture; the quantized types without a kernel reach 3e-5).
             let d = rel_diff(logits, row);
-            assert!(d < 1e-4, "{ty}: step {s}: logits differ by {d:e} (relative) from the batched pass");
+            assert!(d < tol, "{ty}: step {s}: logits differ by {d:e} (relative) from the batched pass");
             // The greedy token is the batched argmax unless the two best are tied to rounding.
             let best = argmax(row);
             let gap = row[best] - row[tokens[s] as usize];
             assert!(
-                tokens[s] as usize == best || gap <= 1e-4 * row[best].abs().max(1.0),
+                tokens[s] as usize == best || gap <= tol * row[best].abs().max(1.0),
                 "{ty}: step {s}: generated {} but the batched pass picks {best} (gap {gap})",
                 tokens[s]
             );
