@@ -46,3 +46,35 @@ pub fn has_fma() -> bool {
         true
     }
 }
+
+/// How far ahead of its reads a matrix-vector kernel asks for weights. On this project's VM
+/// the hardware prefetchers leave a generation step's stream of weights waiting on memory:
+/// asking a page ahead took the 7B-shaped layer's Q8_0 steps from 57 to ~95 tokens/s (1024
+/// bytes: 77, 512: 67; 4 to 16 KB all alike) and small-llama's (in L3) from 782 to ~840.
+pub const PREFETCH_AHEAD: usize = 4096;
+
+/// Asks the CPU to fetch the cache lines of the `bytes` bytes at `p + PREFETCH_AHEAD` (a hint:
+/// addresses past the end of the data are harmless, a prefetch never faults).
+#[inline(always)]
+pub fn prefetch_ahead(p: *const u8, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let at = p.wrapping_add(PREFETCH_AHEAD);
+        let mut off = 0;
+        while off < bytes {
+            // SAFETY: a prefetch reads nothing and cannot fault, whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(off) as *const i8) };
+            off += 64;
+        }
+        if bytes % 64 != 0 {
+            // The block's last line when it does not start one.
+            // SAFETY: as above.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(bytes - 1) as *const i8) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (p, bytes);
+    }
+}

@@ -96,6 +96,7 @@ macro_rules! block_dot {
                     // is the additive identity the compiler may drop (+0.0 would turn a −0.0
                     // product into +0.0).
                     let mut block = [-0.0f32; 16];
+                    $crate::cpu::prefetch_ahead(b.as_ptr(), codec::BLOCK_BYTES);
                     let sink = &mut $crate::quant::dot::Dot { x: $crate::quant::as_block::<{ codec::QK }>(xs), lanes: &mut block };
                     codec::decode_block($crate::quant::as_bytes::<{ codec::BLOCK_BYTES }>(b), sink);
                     for l in 0..16 {
@@ -137,6 +138,7 @@ fn float_dot<const CB: usize>(row: &[u8], x: &[f32], widen: impl Fn(&[u8]) -> f3
     let mut lanes = [0f32; 16];
     let (mut rows, mut xs) = (row.chunks_exact(CB), x.chunks_exact(16));
     for (b, xv) in (&mut rows).zip(&mut xs) {
+        crate::cpu::prefetch_ahead(b.as_ptr(), CB);
         let b: &[u8; CB] = b.try_into().unwrap();
         for l in 0..16 {
             lanes[l] += widen(&b[bw * l..bw * (l + 1)]) * xv[l];
@@ -191,6 +193,7 @@ mod f16c {
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut i = 0;
         while i + 32 <= n {
+            crate::cpu::prefetch_ahead(w.as_ptr().wrapping_add(i) as *const u8, 64);
             for (k, a) in acc.iter_mut().enumerate() {
                 let j = i + 8 * k;
                 // SAFETY: j + 8 ≤ n ≤ both lengths; unaligned loads.
@@ -219,6 +222,7 @@ fn half_dot(row: &[u8], x: &[f32], widen: impl Fn(u16) -> f32) -> f32 {
     let mut lanes = [0f32; 16];
     let (mut ws, mut xs) = (bits.chunks_exact(64), x.chunks_exact(64));
     for (w, xv) in (&mut ws).zip(&mut xs) {
+        crate::cpu::prefetch_ahead(w.as_ptr() as *const u8, 128);
         // Sixty-four weights into a block of lanes of their own (see `block_dot!`).
         let mut block = [-0.0f32; 16];
         for c in 0..4 {

@@ -216,6 +216,7 @@ mod kernels {
         unsafe {
             blocks32(a, n, |b| {
                 let blk = row.as_ptr().add(34 * b);
+                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(16384) as *const i8);
                 let w = _mm512_cvtepi8_epi16(_mm256_loadu_si256(blk.add(2) as *const __m256i));
                 (w, f16_at(blk))
             })
@@ -230,6 +231,7 @@ mod kernels {
         unsafe {
             blocks32(a, n, |b| {
                 let blk = row.as_ptr().add(18 * b);
+                crate::cpu::prefetch_ahead(blk, 18);
                 let q = _mm256_cvtepu8_epi16(_mm_loadu_si128(blk.add(2) as *const __m128i));
                 let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q), _mm256_srli_epi16::<4>(q));
                 let w = _mm512_sub_epi16(_mm512_and_si512(both, lo4), eight);
@@ -267,6 +269,7 @@ mod kernels {
             // SAFETY: block b < n lies within the row, sub-blocks 8b..8b+8 within `a` (checked
             // by the entry).
             let blk = unsafe { std::slice::from_raw_parts(row.as_ptr().add(block_bytes * b), block_bytes) };
+            crate::cpu::prefetch_ahead(blk.as_ptr(), block_bytes);
             let (d, dmin) = unsafe { (f16_at(blk.as_ptr()), f16_at(blk.as_ptr().add(2))) };
             let packed = unpack_scales_mins(&blk[4..16]);
             let (dx, xs) =
@@ -327,6 +330,7 @@ mod kernels {
         let (lo4, top2, off) = (_mm512_set1_epi16(0xF), _mm512_set1_epi16(0x30), _mm512_set1_epi16(32));
         for b in 0..n {
             let blk = unsafe { row.as_ptr().add(210 * b) };
+            crate::cpu::prefetch_ahead(blk, 210);
             let d = unsafe { f16_at(blk.add(208)) };
             for h in 0..2 {
                 let (ql, qh) = unsafe { (blk.add(64 * h), blk.add(128 + 32 * h)) };
