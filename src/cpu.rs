@@ -67,7 +67,7 @@ pub fn prefetch_ahead(p: *const u8, bytes: usize) {
             unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(off) as *const i8) };
             off += 64;
         }
-        if bytes % 64 != 0 {
+        if !bytes.is_multiple_of(64) {
             // The block's last line when it does not start one.
             // SAFETY: as above.
             unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(bytes - 1) as *const i8) };

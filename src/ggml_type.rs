@@ -82,7 +82,7 @@ impl GgmlType {
     /// blocks or the size overflows.
     pub fn row_bytes(self, n: u64) -> Result<u64> {
         let bs = self.block_size() as u64;
-        if n % bs != 0 {
+        if !n.is_multiple_of(bs) {
             return Err(Error::Unsupported(format!(
                 "{} stores blocks of {bs} weights; a row of {n} is not a multiple",
                 self.name()

@@ -5,6 +5,7 @@
 # usage: tools/bench_quantize.sh [MODEL_DIR] [THREADS] [REPEATS]
 # IMATRIX=FILE quantizes both with that importance matrix (qforge --imatrix; llama.cpp gets the
 # same per-column importance through llama_model_quantize's imatrix parameter).
+# TYPES="Q8_0 Q4_0" limits the run to those types.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-../shared/fixtures/models/small-llama}
@@ -22,6 +23,7 @@ echo "| type | qforge s | qforge MB/s | llama.cpp s | llama.cpp MB/s | ratio | s
 echo "|---|---|---|---|---|---|---|"
 for spec in Q4_0:2 Q4_1:3 Q5_0:8 Q5_1:9 Q8_0:7 Q2_K:10 Q3_K_M:12 Q4_K_M:15 Q5_K_M:17 Q6_K:18 IQ4_NL:25; do
   t=${spec%%:*}; id=${spec##*:}
+  if [ -n "${TYPES:-}" ] && [[ " $TYPES " != *" $t "* ]]; then continue; fi
   best_q=1e9; best_l=1e9
   for _ in $(seq "$REPEATS"); do
     s=$( { /usr/bin/time -f %e $Q -q -t "$THREADS" quantize "$DIR/in.gguf" -o "$DIR/q.gguf" --type "$t" "${IM[@]}" >/dev/null; } 2>&1 | tail -1)

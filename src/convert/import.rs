@@ -126,7 +126,7 @@ impl TensorEncoder for ImportEncoder<'_> {
 /// grids differ.
 fn repack(c: &IntCodes, rows: usize, cols: usize, ty: GgmlType) -> Option<Vec<u8>> {
     const QK: usize = 32;
-    if cols % QK != 0 || c.group.len() != cols {
+    if !cols.is_multiple_of(QK) || c.group.len() != cols {
         return None;
     }
     // Every block of 32 columns must lie in one group.

@@ -11,9 +11,11 @@ pub mod to_gguf;
 pub mod to_hf;
 pub mod to_hf_quant;
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::ggml_type::GgmlType;
 use crate::model::names;
 use crate::model::{ModelConfig, ModelFile, RopeLayout, TensorRef};
 use crate::quant;
@@ -109,11 +111,51 @@ pub fn tensor_to_f32(
     to: RopeLayout,
     allow_nonfinite: bool,
 ) -> Result<Vec<f32>> {
+    tensor_values(t, config, from, to, allow_nonfinite).map(Cow::into_owned)
+}
+
+/// [`tensor_to_f32`], borrowing the mapped values when the tensor is stored as aligned F32
+/// and its rows keep their order: quantizing an F32 GGUF then reads the weights where they
+/// lie instead of copying each tensor first (a copy of the whole model, the 7B-shaped layer's
+/// 1 GB, and the page faults of its fresh memory).
+pub fn tensor_values<'a>(
+    t: &TensorRef<'a>,
+    config: &ModelConfig,
+    from: RopeLayout,
+    to: RopeLayout,
+    allow_nonfinite: bool,
+) -> Result<Cow<'a, [f32]>> {
+    let same_rows = from == to || names::qk_heads(&t.name, config.n_heads, config.n_kv_heads).is_none();
+    if let (GgmlType::F32, None, true, true) = (t.ggml_type, &t.packed, same_rows, cfg!(target_endian = "little")) {
+        if let Ok(values) = bytemuck::try_cast_slice::<u8, f32>(t.data) {
+            if values.len() == t.n_elements() {
+                check_finite(t, values, allow_nonfinite)?;
+                return Ok(Cow::Borrowed(values));
+            }
+        }
+    }
     let values = match &t.packed {
         Some(p) => p.dequantize(),
         None => decode_plain(t)?,
     };
-    finish_f32(t, values, config, from, to, allow_nonfinite)
+    finish_f32(t, values, config, from, to, allow_nonfinite).map(Cow::Owned)
+}
+
+/// A non-finite weight is an error unless the user allowed them.
+fn check_finite(t: &TensorRef<'_>, values: &[f32], allow_nonfinite: bool) -> Result<()> {
+    if allow_nonfinite {
+        return Ok(());
+    }
+    match quant::find_nonfinite(values) {
+        Some(i) => Err(Error::tensor(
+            &t.name,
+            format!(
+                "holds a non-finite value ({}) at flat index {i}; pass --allow-nonfinite to convert anyway",
+                values[i]
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// A tensor as f32 in Hugging Face's conventions: q/k rows in rotate-half order, and Gemma's
@@ -152,17 +194,7 @@ fn finish_f32(
     to: RopeLayout,
     allow_nonfinite: bool,
 ) -> Result<Vec<f32>> {
-    if !allow_nonfinite {
-        if let Some(i) = quant::find_nonfinite(&values) {
-            return Err(Error::tensor(
-                &t.name,
-                format!(
-                    "holds a non-finite value ({}) at flat index {i}; pass --allow-nonfinite to convert anyway",
-                    values[i]
-                ),
-            ));
-        }
-    }
+    check_finite(t, &values, allow_nonfinite)?;
     if from == to {
         return Ok(values);
     }

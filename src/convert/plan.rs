@@ -481,7 +481,7 @@ impl QuantPlan {
             // type cannot block up goes to Q8_0 (32-weight blocks).
             if let Some(ty) = self.output_type {
                 new_type = ty;
-            } else if t.row_len() % new_type.block_size() != 0 {
+            } else if !t.row_len().is_multiple_of(new_type.block_size()) {
                 new_type = G::Q8_0;
             } else if new_type != G::Q8_0 {
                 new_type = G::Q6_K;
@@ -573,7 +573,7 @@ impl QuantPlan {
 /// as `convert` does.
 fn fallback(t: &TensorSpec<'_>, target: GgmlType) -> Assigned {
     let ncols = t.row_len();
-    if ncols % target.block_size() == 0 {
+    if ncols.is_multiple_of(target.block_size()) {
         return Assigned::plain(target);
     }
     let mut ty = match target {
@@ -583,7 +583,7 @@ fn fallback(t: &TensorSpec<'_>, target: GgmlType) -> Assigned {
         GgmlType::Q6_K => GgmlType::Q8_0,
         _ => GgmlType::F16,
     };
-    if ncols % ty.block_size() != 0 {
+    if !ncols.is_multiple_of(ty.block_size()) {
         ty = GgmlType::F16;
     }
     Assigned {

@@ -1,13 +1,14 @@
 //! Write a model as a GGUF that llama.cpp loads unchanged: the metadata keys, tokenizer,
 //! tensor names, types and q/k row order that llama.cpp's `convert_hf_to_gguf.py` writes.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::path::Path;
 
 use indicatif::ProgressBar;
 
 use super::plan::{self, TensorSpec, TypePlan, Uniform};
-use super::tensor_to_f32;
+use super::tensor_values;
 use crate::error::{Error, Result};
 use crate::formats::gguf::{GgufFile, GgufWriter, Value};
 use crate::ggml_type::GgmlType;
@@ -180,7 +181,7 @@ pub fn plan_with(model: &ModelFile, types: &dyn TypePlan, name: Option<String>) 
 }
 
 /// Convert `model` to GGUF, streaming into `sink`. Call `progress.inc(bytes)` per tensor.
-pub fn write<W: Write>(
+pub fn write<W: Write + Send>(
     model: &ModelFile,
     opts: &GgufOptions,
     sink: W,
@@ -193,7 +194,7 @@ pub fn write<W: Write>(
 }
 
 /// Write `model` as GGUF with the per-tensor types `types` chooses, streaming into `sink`.
-pub fn write_with<W: Write>(
+pub fn write_with<W: Write + Send>(
     model: &ModelFile,
     types: &dyn TypePlan,
     opts: &WriteOptions,
@@ -231,7 +232,7 @@ impl TensorEncoder for PlainEncoder {
 /// q/k rows reordered for the target layout) and encoded at a time. A tensor already stored
 /// in its planned type whose rows need no reordering is copied byte for byte: re-encoding a
 /// K-quant would only add error.
-pub fn write_header<W: Write>(
+pub fn write_header<W: Write + Send>(
     model: &ModelFile,
     header: Header,
     opts: &WriteOptions,
@@ -242,7 +243,7 @@ pub fn write_header<W: Write>(
 }
 
 /// [`write_header`] with tensors encoded by `encoder` (falling back to the reference codecs).
-pub fn write_header_with<W: Write>(
+pub fn write_header_with<W: Write + Send>(
     model: &ModelFile,
     header: Header,
     opts: &WriteOptions,
@@ -258,36 +259,64 @@ pub fn write_header_with<W: Write>(
     let planned = writer.tensors().to_vec();
     let tensors = model.tensors()?;
     let mut stream = writer.start(sink)?;
-    for p in &planned {
-        let t = tensors
-            .iter()
-            .find(|t| t.name == p.name)
-            .ok_or_else(|| Error::tensor(&p.name, "disappeared while converting"))?;
-        let values = tensor_to_f32(t, cfg, model.qk_layout(), target_layout, opts.allow_nonfinite)?;
-        let same_rows =
-            model.qk_layout() == target_layout || names::qk_heads(&t.name, cfg.n_heads, cfg.n_kv_heads).is_none();
-        // The encoder goes first even for tensors kept in their stored type: AWQ replaces the
-        // values of norms and linears whatever their type.
-        let encoded = encoder.encode(&p.name, &values, p.ggml_type)?;
-        if encoded.is_none() && t.ggml_type == p.ggml_type && same_rows && t.packed.is_none() {
-            drop(values);
-            stream.write_tensor(&p.name, t.data)?;
-        } else {
-            let bytes = match encoded {
-                Some(b) => b,
-                None => quant::encode(p.ggml_type, &values).map_err(|e| Error::tensor(&p.name, e.to_string()))?,
-            };
-            let expected = p.ggml_type.row_bytes(values.len() as u64)? as usize;
-            if bytes.len() != expected {
-                return Err(Error::tensor(&p.name, format!("encoder gave {} bytes, {expected} planned", bytes.len())));
+    // Tensors are written by a thread of their own while the next one is decoded and
+    // encoded (the copy into the page cache is single-threaded and, for the fast codecs, as
+    // long as the encoding: Q8_0 of the 7B-shaped layer spent a third of its time in it). The
+    // channel holds one tensor, so at most two encoded tensors exist at a time.
+    let stream = std::thread::scope(|s| -> Result<_> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(&str, Cow<'_, [u8]>)>(1);
+        let writing = s.spawn(move || -> Result<_> {
+            for (name, bytes) in rx {
+                stream.write_tensor(name, &bytes)?;
             }
-            drop(values);
-            stream.write_tensor(&p.name, &bytes)?;
-        }
-        progress.inc(t.stored_bytes() as u64);
-        // Stop at the first tensor read from a file that was truncated meanwhile.
-        crate::formats::mapped::check()?;
-    }
+            Ok(stream)
+        });
+        let produced = (|| -> Result<()> {
+            for p in &planned {
+                let t = tensors
+                    .iter()
+                    .find(|t| t.name == p.name)
+                    .ok_or_else(|| Error::tensor(&p.name, "disappeared while converting"))?;
+                let values = tensor_values(t, cfg, model.qk_layout(), target_layout, opts.allow_nonfinite)?;
+                let same_rows = model.qk_layout() == target_layout
+                    || names::qk_heads(&t.name, cfg.n_heads, cfg.n_kv_heads).is_none();
+                // The encoder goes first even for tensors kept in their stored type: AWQ
+                // replaces the values of norms and linears whatever their type.
+                let encoded = encoder.encode(&p.name, &values, p.ggml_type)?;
+                let bytes = if encoded.is_none() && t.ggml_type == p.ggml_type && same_rows && t.packed.is_none() {
+                    Cow::Borrowed(t.data)
+                } else {
+                    let bytes = match encoded {
+                        Some(b) => b,
+                        None => {
+                            quant::encode(p.ggml_type, &values).map_err(|e| Error::tensor(&p.name, e.to_string()))?
+                        }
+                    };
+                    let expected = p.ggml_type.row_bytes(values.len() as u64)? as usize;
+                    if bytes.len() != expected {
+                        return Err(Error::tensor(
+                            &p.name,
+                            format!("encoder gave {} bytes, {expected} planned", bytes.len()),
+                        ));
+                    }
+                    Cow::Owned(bytes)
+                };
+                drop(values);
+                if tx.send((&p.name, bytes)).is_err() {
+                    // The writer stopped at an error, which `join` below returns.
+                    break;
+                }
+                progress.inc(t.stored_bytes() as u64);
+                // Stop at the first tensor read from a file that was truncated meanwhile.
+                crate::formats::mapped::check()?;
+            }
+            Ok(())
+        })();
+        drop(tx);
+        let stream = writing.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        produced?;
+        Ok(stream)
+    })?;
     Ok((stream.finish()?, summary))
 }
 

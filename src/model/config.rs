@@ -403,13 +403,13 @@ impl ModelConfig {
                 return bad(format!("{} experts of {}×{} weights", m.n_experts, m.expert_ffn, self.hidden_size));
             }
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!("{} attention heads are not a multiple of {} kv heads", self.n_heads, self.n_kv_heads));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return bad(format!("head_dim {} is odd (RoPE needs pairs)", self.head_dim));
         }
-        if self.rope_dim == 0 || self.rope_dim % 2 != 0 || self.rope_dim > self.head_dim {
+        if self.rope_dim == 0 || !self.rope_dim.is_multiple_of(2) || self.rope_dim > self.head_dim {
             return bad(format!("{} rotary dimensions in heads of {}", self.rope_dim, self.head_dim));
         }
         if let RopeScaling::LongRope { short, .. } = &self.rope_scaling {

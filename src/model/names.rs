@@ -294,7 +294,7 @@ pub fn qk_heads(gguf_name: &str, n_heads: usize, n_kv_heads: usize) -> Option<us
 /// the rows [first half | second half] become pairs (i, i + half). Returns, for each output
 /// row, the source row it comes from. `rows` must be `n_heads * head_dim`.
 pub fn rope_interleave_rows(rows: usize, n_heads: usize) -> Result<Vec<usize>> {
-    if n_heads == 0 || rows % (2 * n_heads) != 0 {
+    if n_heads == 0 || !rows.is_multiple_of(2 * n_heads) {
         return Err(Error::InvalidModel(format!("{rows} q/k rows cannot be split into {n_heads} heads of even size")));
     }
     let head_dim = rows / n_heads;

@@ -33,7 +33,7 @@ impl Acts16 {
     /// Rounds `x` (a length a multiple of 32, every value finite), else `None`: the caller
     /// keeps the f32 path.
     pub fn quantize(x: &[f32]) -> Option<Acts16> {
-        if x.len() % 32 != 0 || !x.iter().all(|v| v.is_finite()) {
+        if !x.len().is_multiple_of(32) || !x.iter().all(|v| v.is_finite()) {
             return None;
         }
         let blocks = x.len() / 32;
@@ -121,7 +121,10 @@ mod kernels {
     fn check(row: &[u8], block_bytes: usize, qk: usize, acts: &Acts16) -> usize {
         assert!(super::available(), "dot16 kernel called on a CPU without AVX-512BW");
         let blocks = row.len() / block_bytes;
-        assert!(row.len() % block_bytes == 0 && blocks * qk == acts.q.len(), "row and activations differ in length");
+        assert!(
+            row.len().is_multiple_of(block_bytes) && blocks * qk == acts.q.len(),
+            "row and activations differ in length"
+        );
         blocks
     }
 

@@ -61,6 +61,8 @@ macro_rules! block_codec {
                 crate::cpu::multiversion! {
                     fn encode_blocks(src: &[f32], out: &mut [u8]) {
                         for (s, o) in src.chunks_exact($($m)::+::QK).zip(out.chunks_exact_mut($($m)::+::BLOCK_BYTES)) {
+                            // The weights stream from memory (see `cpu::PREFETCH_AHEAD`).
+                            crate::cpu::prefetch_ahead(s.as_ptr() as *const u8, 4 * $($m)::+::QK);
                             $($m)::+::quantize_block(s, o);
                         }
                     }
@@ -156,7 +158,7 @@ pub fn decode_slice(t: GgmlType, src: &[u8], out: &mut [f32]) -> Result<()> {
     // The block loops zip input and output, so a mismatch would leave outputs unwritten or
     // ignore input (the F32 copy panicked): refuse it.
     let (qk, bb) = (t.block_size(), t.block_bytes());
-    if out.len() % qk != 0 || src.len() % bb != 0 || src.len() / bb != out.len() / qk {
+    if !out.len().is_multiple_of(qk) || !src.len().is_multiple_of(bb) || src.len() / bb != out.len() / qk {
         return Err(Error::InvalidArgument(format!(
             "{} bytes of {t} cannot decode into {} weights (blocks of {qk} weights in {bb} bytes)",
             src.len(),

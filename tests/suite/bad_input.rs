@@ -269,6 +269,9 @@ fn non_finite_weights() {
     assert_mentions(&e, &["blk.1.ffn_up.weight", "--allow-nonfinite"]);
     let e = fails(&[&"convert", &g, &"-o", &out2.path().join("x.gguf")], out2.path());
     assert_mentions(&e, &["blk.1.ffn_up.weight"]);
+    // Quantizing reads an F32 GGUF's weights in place (no copy): the check still runs there.
+    let e = fails(&[&"quantize", &g, &"-o", &out2.path().join("q.gguf"), &"--type", &"Q8_0"], out2.path());
+    assert_mentions(&e, &["blk.1.ffn_up.weight", "NaN", "--allow-nonfinite"]);
     qforge_ok(&[&"-q", &"convert", &g, &"-o", &out2.path().join("hf"), &"--to", &"hf", &"--allow-nonfinite"]);
     // Q8_0 keeps no NaN (ggml's quantizer maps it to 0): --verify passes on that one.
     qforge_ok(&[&"-q", &"inspect", &"--verify", &out.path().join("nan-q8_0.gguf")]);

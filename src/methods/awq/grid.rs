@@ -66,7 +66,7 @@ fn f16_scale(s: f32) -> f32 {
 /// half-to-even like torch.round; the scale is rounded to f16 first, since that is what the
 /// checkpoint stores and the decoder multiplies by.
 pub fn int4_quantize(w: &[f32], rows: usize, cols: usize, group_size: usize) -> Result<IntCodes> {
-    if group_size == 0 || cols % group_size != 0 || w.len() != rows * cols {
+    if group_size == 0 || !cols.is_multiple_of(group_size) || w.len() != rows * cols {
         return Err(Error::InvalidArgument(format!("{rows}×{cols} weights do not split into groups of {group_size}")));
     }
     let groups = cols / group_size;
@@ -158,7 +158,7 @@ const CLIP_STEPS: usize = 10;
 /// relative output error before and after (for reports).
 pub fn clip(w: &mut [f32], rows: usize, cols: usize, x: &[f32], t: usize, grid: Grid) -> Result<(f64, f64)> {
     let gs = grid.clip_group(cols);
-    if gs == 0 || cols % gs != 0 || x.len() != t * cols || t == 0 {
+    if gs == 0 || !cols.is_multiple_of(gs) || x.len() != t * cols || t == 0 {
         return Err(Error::InvalidArgument(format!("clipping {rows}×{cols} in groups of {gs} over {t} tokens")));
     }
     let groups = cols / gs;

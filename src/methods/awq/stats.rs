@@ -75,7 +75,7 @@ impl LayerStats {
             for (a, &v) in st.abs_sum.iter_mut().zip(row) {
                 *a += v.abs() as f64;
             }
-            if (base + t) % stride == 0 {
+            if (base + t).is_multiple_of(stride) {
                 st.sample.extend_from_slice(row);
             }
         }

@@ -150,7 +150,7 @@ pub fn n_blocks(n: usize, blocksize: usize) -> usize {
 /// (`⌈n/2⌉` bytes, first weight of each pair in the high nibble) and one absmax per block.
 /// `blocksize` must be even (all of bitsandbytes' are), so that no byte spans two blocks.
 pub fn quantize(ty: Bnb4Type, x: &[f32], blocksize: usize) -> (Vec<u8>, Vec<f32>) {
-    assert!(blocksize >= 2 && blocksize % 2 == 0, "block size {blocksize} is not even");
+    assert!(blocksize >= 2 && blocksize.is_multiple_of(2), "block size {blocksize} is not even");
     let mut packed = vec![0u8; x.len().div_ceil(2)];
     let mut absmax = vec![0f32; n_blocks(x.len(), blocksize)];
     packed.par_chunks_mut(blocksize / 2).zip(absmax.par_iter_mut()).zip(x.par_chunks(blocksize)).for_each(

@@ -175,7 +175,7 @@ pub fn round_to_nearest(
     group_size: Option<usize>,
 ) -> crate::error::Result<(IntQuant, Vec<f32>)> {
     let gs = group_size.unwrap_or(cols);
-    if gs == 0 || cols % gs != 0 || w.len() != rows * cols || !matches!(bits, 2 | 3 | 4 | 8) {
+    if gs == 0 || !cols.is_multiple_of(gs) || w.len() != rows * cols || !matches!(bits, 2 | 3 | 4 | 8) {
         return Err(crate::error::Error::InvalidArgument(format!(
             "round to nearest: {rows} × {cols} weights, {bits} bits, groups of {gs}"
         )));
@@ -305,7 +305,7 @@ impl ColumnGrid for IntGrid {
     }
 
     fn trigger(&self, p: usize) -> &[usize] {
-        if self.mode == Mode::Dynamic && p % self.gs == 0 {
+        if self.mode == Mode::Dynamic && p.is_multiple_of(self.gs) {
             &self.iota[p..p + self.gs]
         } else {
             &[]

@@ -367,7 +367,7 @@ fn check_args(w: &[f32], rows: usize, cols: usize, h_n: usize, grid: &Grid, opts
                 )));
             }
             if let Some(g) = opts.group_size {
-                if g == 0 || cols % g != 0 {
+                if g == 0 || !cols.is_multiple_of(g) {
                     return bad(format!("group size {g} does not divide the {cols} columns"));
                 }
             }
@@ -380,7 +380,7 @@ fn check_args(w: &[f32], rows: usize, cols: usize, h_n: usize, grid: &Grid, opts
                     names.join(", ")
                 )));
             }
-            if cols % t.block_size() != 0 {
+            if !cols.is_multiple_of(t.block_size()) {
                 return bad(format!("{t} blocks of {} weights do not divide the {cols} columns", t.block_size()));
             }
         }

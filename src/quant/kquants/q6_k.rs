@@ -106,7 +106,7 @@ pub fn decode_block(b: &[u8; BLOCK_BYTES], s: &mut impl BlockSink) {
         for g in 0..2 {
             let (lo, hi, top) = (&ql[16 * g..][..16], &ql[32 + 16 * g..][..16], &qh[16 * g..][..16]);
             let level = |i: usize, k: usize| {
-                let nib = ((if k % 2 == 0 { lo[i] } else { hi[i] }) >> (4 * (k / 2))) & 0xF;
+                let nib = ((if k.is_multiple_of(2) { lo[i] } else { hi[i] }) >> (4 * (k / 2))) & 0xF;
                 (nib | (((top[i] >> (2 * k)) & 3) << 4)) as i32 - 32
             };
             for k in 0..4 {

@@ -77,7 +77,7 @@ fn group_size(p: &Packed<'_>) -> usize {
 
 pub(super) fn validate(name: &str, p: &Packed<'_>) -> Result<()> {
     let gs = group_size(p);
-    if gs == 0 || p.cols % gs != 0 {
+    if gs == 0 || !p.cols.is_multiple_of(gs) {
         return Err(Error::tensor(name, format!("{} input columns do not split into groups of {gs}", p.cols)));
     }
     let groups = p.cols / gs;
@@ -167,7 +167,7 @@ pub fn pack(
     scales: &[f32],
     zeros: &[u8],
 ) -> Result<AwqTensors> {
-    if rows % 8 != 0 || group_size == 0 || cols % group_size != 0 || codes.len() != rows * cols {
+    if !rows.is_multiple_of(8) || group_size == 0 || !cols.is_multiple_of(group_size) || codes.len() != rows * cols {
         return Err(Error::InvalidArgument(format!(
             "{rows}×{cols} weights do not pack into AWQ words with groups of {group_size}"
         )));

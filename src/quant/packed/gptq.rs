@@ -35,7 +35,7 @@ pub(super) fn shape(name: &str, scheme: &Scheme, parts: &[Part<'_>]) -> Result<(
 
 pub(super) fn validate(name: &str, p: &Packed<'_>) -> Result<()> {
     let (bits, _) = params(&p.scheme);
-    if (p.rows * bits as usize) % 32 != 0 || (p.cols * bits as usize) % 32 != 0 {
+    if !(p.rows * bits as usize).is_multiple_of(32) || !(p.cols * bits as usize).is_multiple_of(32) {
         return Err(Error::tensor(name, format!("{}×{} weights do not pack into int32 words", p.rows, p.cols)));
     }
     let scales = expect_part(name, &p.parts, "scales", &[Dtype::F16, Dtype::BF16, Dtype::F32], None)?;
@@ -187,7 +187,10 @@ pub fn pack(
     g_idx: &[u32],
     v2: bool,
 ) -> Result<GptqTensors> {
-    if (rows * bits as usize) % 32 != 0 || (cols * bits as usize) % 32 != 0 || codes.len() != rows * cols {
+    if !(rows * bits as usize).is_multiple_of(32)
+        || !(cols * bits as usize).is_multiple_of(32)
+        || codes.len() != rows * cols
+    {
         return Err(Error::InvalidArgument(format!("{rows}×{cols} {bits}-bit codes do not pack into int32 words")));
     }
     let groups = scales.len() / rows.max(1);

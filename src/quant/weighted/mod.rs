@@ -46,7 +46,7 @@ pub(crate) fn row_fn(t: GgmlType) -> Option<RowFn> {
 /// Types without a weighted quantizer (Q8_0, F16, …) are encoded as [`crate::quant::encode`]
 /// does. The weights must be finite (llama.cpp refuses an imatrix holding NaN or Inf).
 pub fn encode_weighted(t: GgmlType, src: &[f32], row_len: usize, weights: &[f32]) -> Result<Vec<u8>> {
-    if row_len == 0 || src.len() % row_len != 0 {
+    if row_len == 0 || !src.len().is_multiple_of(row_len) {
         return Err(Error::InvalidArgument(format!("{} weights are not whole rows of {row_len}", src.len())));
     }
     if weights.len() != row_len {
@@ -61,7 +61,7 @@ pub fn encode_weighted(t: GgmlType, src: &[f32], row_len: usize, weights: &[f32]
     let Some(row) = row_fn(t) else {
         return crate::quant::encode(t, src);
     };
-    if row_len % t.block_size() != 0 {
+    if !row_len.is_multiple_of(t.block_size()) {
         return Err(Error::InvalidArgument(format!(
             "rows of {row_len} are not a whole number of {t} blocks ({})",
             t.block_size()
