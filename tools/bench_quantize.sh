@@ -26,8 +26,12 @@ for spec in Q4_0:2 Q4_1:3 Q5_0:8 Q5_1:9 Q8_0:7 Q2_K:10 Q3_K_M:12 Q4_K_M:15 Q5_K_
   if [ -n "${TYPES:-}" ] && [[ " $TYPES " != *" $t "* ]]; then continue; fi
   best_q=1e9; best_l=1e9
   for _ in $(seq "$REPEATS"); do
+    # Each timed run starts with no dirty pages of the previous one still being written back
+    # (on a VM's disk, that writeback throttles the next run's writes by ±30%).
+    sync
     s=$( { /usr/bin/time -f %e $Q -q -t "$THREADS" quantize "$DIR/in.gguf" -o "$DIR/q.gguf" --type "$t" "${IM[@]}" >/dev/null; } 2>&1 | tail -1)
     best_q=$(python3 -c "print(min($best_q, $s))")
+    sync
     l=$(python3 tools/llamacpp_quantize.py "$DIR/in.gguf" "$DIR/l.gguf" "$id" --threads "$THREADS" "${IM[@]}" 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)['seconds'])")
     best_l=$(python3 -c "print(min($best_l, $l))")
   done
