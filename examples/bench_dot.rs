@@ -20,36 +20,27 @@ fn main() {
             std::process::exit(2);
         };
         let row_bytes = bytes.len() / rows;
-        let mut best = f64::MAX;
-        for _ in 0..20 {
-            let t = Instant::now();
-            let s: f32 = bytes.chunks_exact(row_bytes).map(|row| (codec.dot)(row, &x)).sum();
-            std::hint::black_box(s);
-            best = best.min(t.elapsed().as_secs_f64());
-        }
-        println!(
-            "{ty}: {:.2} ms per pass, {:.1} GB/s, {:.2} G weights/s",
-            best * 1e3,
-            bytes.len() as f64 / best / 1e9,
-            (rows * cols) as f64 / best / 1e9
-        );
-        // The same rows against the activations rounded to i16 (AVX-512BW CPUs, some types).
-        let (Some(dot16), Some(acts)) = (qforge::quant::dot16::kernel(ty), qforge::quant::dot16::Acts16::quantize(&x))
-        else {
-            continue;
+        let report = |label: String, dot: &dyn Fn(&[u8]) -> f32| {
+            let mut best = f64::MAX;
+            for _ in 0..20 {
+                let t = Instant::now();
+                let s: f32 = bytes.chunks_exact(row_bytes).map(dot).sum();
+                std::hint::black_box(s);
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            println!(
+                "{label}: {:.2} ms per pass, {:.1} GB/s, {:.2} G weights/s",
+                best * 1e3,
+                bytes.len() as f64 / best / 1e9,
+                (rows * cols) as f64 / best / 1e9
+            );
         };
-        let mut best = f64::MAX;
-        for _ in 0..20 {
-            let t = Instant::now();
-            let s: f32 = bytes.chunks_exact(row_bytes).map(|row| dot16(row, &acts)).sum();
-            std::hint::black_box(s);
-            best = best.min(t.elapsed().as_secs_f64());
+        report(format!("{ty}"), &|row| (codec.dot)(row, &x));
+        // The same rows against the activations rounded to i16 (AVX-512BW CPUs, some types).
+        if let (Some(dot16), Some(acts)) =
+            (qforge::quant::dot16::kernel(ty), qforge::quant::dot16::Acts16::quantize(&x))
+        {
+            report(format!("{ty} × i16 activations"), &|row| dot16(row, &acts));
         }
-        println!(
-            "{ty} × i16 activations: {:.2} ms per pass, {:.1} GB/s, {:.2} G weights/s",
-            best * 1e3,
-            bytes.len() as f64 / best / 1e9,
-            (rows * cols) as f64 / best / 1e9
-        );
     }
 }

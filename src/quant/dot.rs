@@ -241,8 +241,18 @@ fn half_dot(row: &[u8], x: &[f32], widen: impl Fn(u16) -> f32) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Uniform values in [−0.5, 0.5) from a xorshift32 seeded with `seed` (test data).
+    pub(crate) fn uniform(mut s: u32) -> impl FnMut() -> f32 {
+        move || {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        }
+    }
     use crate::ggml_type::GgmlType;
     use crate::quant::{codec, CODECS};
 
@@ -261,13 +271,7 @@ mod tests {
     #[test]
     fn fused_dot_matches_decode_then_dot_for_every_codec() {
         let n = 512 + 256;
-        let mut s = 0x2545_F491u32;
-        let mut rnd = || {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-        };
+        let mut rnd = uniform(0x2545_F491);
         let w: Vec<f32> = (0..n).map(|_| rnd()).collect();
         let x: Vec<f32> = (0..n).map(|_| rnd() * 3.0).collect();
         for c in CODECS {

@@ -128,35 +128,21 @@ mod kernels {
         blocks
     }
 
-    pub fn q8_0(row: &[u8], a: &Acts16) -> f32 {
-        let n = check(row, 34, 32, a);
-        // SAFETY: the CPU has the features; the row holds n blocks and `a` n·32 values.
-        unsafe { q8_0_avx512(row, a, n) }
+    /// The safe entry `$name` of the body `$body` for blocks of `$bytes` bytes and `$qk` weights.
+    macro_rules! entry {
+        ($name:ident, $body:ident, $bytes:expr, $qk:expr) => {
+            pub fn $name(row: &[u8], a: &Acts16) -> f32 {
+                let n = check(row, $bytes, $qk, a);
+                // SAFETY: the CPU has the features; the row holds n blocks and `a` n·QK values.
+                unsafe { $body(row, a, n) }
+            }
+        };
     }
-
-    pub fn q4_0(row: &[u8], a: &Acts16) -> f32 {
-        let n = check(row, 18, 32, a);
-        // SAFETY: as for q8_0.
-        unsafe { q4_0_avx512(row, a, n) }
-    }
-
-    pub fn q4_k(row: &[u8], a: &Acts16) -> f32 {
-        let n = check(row, 144, 256, a);
-        // SAFETY: as for q8_0.
-        unsafe { q4_k_avx512(row, a, n) }
-    }
-
-    pub fn q5_k(row: &[u8], a: &Acts16) -> f32 {
-        let n = check(row, 176, 256, a);
-        // SAFETY: as for q8_0.
-        unsafe { q5_k_avx512(row, a, n) }
-    }
-
-    pub fn q6_k(row: &[u8], a: &Acts16) -> f32 {
-        let n = check(row, 210, 256, a);
-        // SAFETY: as for q8_0.
-        unsafe { q6_k_avx512(row, a, n) }
-    }
+    entry!(q8_0, q8_0_avx512, 34, 32);
+    entry!(q4_0, q4_0_avx512, 18, 32);
+    entry!(q4_k, q4_k_avx512, 144, 256);
+    entry!(q5_k, q5_k_avx512, 176, 256);
+    entry!(q6_k, q6_k_avx512, 210, 256);
 
     /// The f16 at `p` as f32 by F16C (the 256 KB table of `float::get_f16` costs cache misses
     /// here, one lookup per 32 weights).
@@ -391,13 +377,7 @@ mod tests {
             eprintln!("no AVX-512BW: the kernels are not used on this CPU");
             return;
         }
-        let mut s = 0x9E37_79B9u32;
-        let mut rnd = || {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-        };
+        let mut rnd = crate::quant::dot::tests::uniform(0x9E37_79B9);
         // 25 blocks of 32 (not a multiple of the four accumulators) and three of 256.
         for (ty, n) in [
             (GgmlType::Q8_0, 800),
