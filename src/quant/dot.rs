@@ -243,6 +243,8 @@ fn half_dot(row: &[u8], x: &[f32], widen: impl Fn(u16) -> f32) -> f32 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::ggml_type::GgmlType;
+    use crate::quant::{codec, CODECS};
 
     /// Uniform values in [−0.5, 0.5) from a xorshift32 seeded with `seed` (test data).
     pub(crate) fn uniform(mut s: u32) -> impl FnMut() -> f32 {
@@ -253,8 +255,6 @@ pub(crate) mod tests {
             (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
         }
     }
-    use crate::ggml_type::GgmlType;
-    use crate::quant::{codec, CODECS};
 
     #[test]
     fn branchless_f16_matches_half_on_every_value() {

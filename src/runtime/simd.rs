@@ -246,18 +246,16 @@ multiversion! {
 
 multiversion! {
     /// out = Σ_t p[t] · v_t, v_t the `out.len()` values at `v[t·stride..]` (the weighted sum of
-    /// one query's values). Two running sums, even and odd positions: each position's
-    /// multiply-add waits for the previous one's otherwise.
+    /// one query's values). Two positions per multiply-add into `out`: each position's addition
+    /// would wait for the previous one's otherwise.
     pub fn weighted_sum_one(p: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
         let hd = out.len();
         out.fill(0.0);
-        let mut odd = vec![0f32; hd];
         let mut pairs = p.chunks_exact(2);
         for (c, w) in (&mut pairs).enumerate() {
             let (v0, v1) = (&v[2 * c * stride..][..hd], &v[(2 * c + 1) * stride..][..hd]);
-            for (((o, e), &x0), &x1) in out.iter_mut().zip(odd.iter_mut()).zip(v0).zip(v1) {
-                *o = w[0].mul_add(x0, *o);
-                *e = w[1].mul_add(x1, *e);
+            for ((o, &x0), &x1) in out.iter_mut().zip(v0).zip(v1) {
+                *o += w[0].mul_add(x0, w[1] * x1);
             }
         }
         if let [w] = pairs.remainder() {
@@ -265,9 +263,6 @@ multiversion! {
             for (o, &x) in out.iter_mut().zip(&v[t * stride..][..hd]) {
                 *o = w.mul_add(x, *o);
             }
-        }
-        for (o, e) in out.iter_mut().zip(&odd) {
-            *o += e;
         }
     }
 }
