@@ -13,6 +13,11 @@
 //!
 //! Kernels exist for the types the quantize mixes write most (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K);
 //! the other types, and CPUs without AVX-512BW, keep the f32 fused dots.
+//!
+//! Deliberately, each kernel reads its block layout a second time (the codec's
+//! `decode_block` is the first): the integer lanes need the codes before scaling, which the
+//! shared sink interface hands over already multiplied. `kernels_match_decode_then_dot` holds
+//! the two readings equal for every kernel.
 
 /// An activation row rounded to i16, one scale per 32 values: `x[i] ≈ d[i / 32] · q[i]`, and
 /// the exact f32 sum of each block of 32 (for the types whose weights carry an offset).
