@@ -6,29 +6,29 @@
 use crate::error::{Error, Result};
 
 macro_rules! ggml_types {
-    ($( $variant:ident = $id:literal, $name:literal, $block:literal, $bytes:literal; )*) => {
+    ($( $(#[$attr:meta])* $variant:ident = $id:literal, $name:literal, $block:literal, $bytes:literal; )*) => {
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         #[allow(non_camel_case_types)]
-        pub enum GgmlType { $( $variant ),* }
+        pub enum GgmlType { $( $(#[$attr])* $variant ),* }
 
         impl GgmlType {
-            pub const ALL: &'static [GgmlType] = &[ $( GgmlType::$variant ),* ];
+            pub const ALL: &'static [GgmlType] = &[ $( $(#[$attr])* GgmlType::$variant ),* ];
 
             /// The numeric id stored in GGUF tensor infos.
-            pub fn id(self) -> u32 { match self { $( GgmlType::$variant => $id ),* } }
+            pub fn id(self) -> u32 { match self { $( $(#[$attr])* GgmlType::$variant => $id ),* } }
 
             pub fn from_id(id: u32) -> Option<GgmlType> {
-                match id { $( $id => Some(GgmlType::$variant), )* _ => None }
+                match id { $( $(#[$attr])* $id => Some(GgmlType::$variant), )* _ => None }
             }
 
             /// ggml's own spelling (`Q4_K`, `BF16`, ...).
-            pub fn name(self) -> &'static str { match self { $( GgmlType::$variant => $name ),* } }
+            pub fn name(self) -> &'static str { match self { $( $(#[$attr])* GgmlType::$variant => $name ),* } }
 
             /// Number of weights one block encodes.
-            pub fn block_size(self) -> usize { match self { $( GgmlType::$variant => $block ),* } }
+            pub fn block_size(self) -> usize { match self { $( $(#[$attr])* GgmlType::$variant => $block ),* } }
 
             /// Bytes one block occupies.
-            pub fn block_bytes(self) -> usize { match self { $( GgmlType::$variant => $bytes ),* } }
+            pub fn block_bytes(self) -> usize { match self { $( $(#[$attr])* GgmlType::$variant => $bytes ),* } }
         }
     };
 }
@@ -70,6 +70,9 @@ ggml_types! {
     MXFP4 = 39, "MXFP4", 32, 17;
     NVFP4 = 40, "NVFP4", 64, 36;
     Q1_0 = 41, "Q1_0", 128, 18;
+    // A made-up type for the tests of the codec table (quant/test_codec.rs); not a ggml type.
+    #[cfg(test)]
+    TEST_Q3_0 = 1000, "TEST_Q3_0", 32, 14;
 }
 
 impl GgmlType {

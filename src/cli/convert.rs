@@ -16,8 +16,8 @@ use crate::output::Sink;
 /// (one list, [`FileType`], serves both commands).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum OutType {
-    /// f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1: every weight matrix in that type, as
-    /// llama.cpp's `convert_hf_to_gguf.py --outtype` writes it.
+    /// A type of the codec table's with `convert_uniform` (the float types, Q8_0, the legacy
+    /// 32-weight types): every weight matrix in that type, as llama.cpp's converters write it.
     Uniform(GgmlType),
     /// The K-quants, IQ4_NL and the mixes (Q4_K_M, ...): llama-quantize's per-tensor plan,
     /// the same file `qforge quantize --type T` writes.
@@ -26,25 +26,38 @@ pub enum OutType {
 
 impl OutType {
     fn parse(s: &str) -> std::result::Result<OutType, String> {
-        const UNIFORM: &[GgmlType] = &[
-            GgmlType::F32,
-            GgmlType::F16,
-            GgmlType::BF16,
-            GgmlType::Q8_0,
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q5_0,
-            GgmlType::Q5_1,
-        ];
-        if let Some(t) = UNIFORM.iter().find(|t| t.name().eq_ignore_ascii_case(s)) {
-            return Ok(OutType::Uniform(*t));
+        if let Some(t) = Self::uniform_types().find(|t| t.name().eq_ignore_ascii_case(s)) {
+            return Ok(OutType::Uniform(t));
         }
         FileType::parse(s).map(OutType::Plan).ok_or_else(|| {
             format!(
-                "unknown output type {s:?}; valid: f32, f16, bf16, or a quantize --type ({})",
+                "unknown output type {s:?}; valid: {}, or a quantize --type ({})",
+                Self::uniform_names(),
                 FileType::valid_names()
             )
         })
+    }
+
+    /// The types `convert` writes in every matrix (the codec table's `convert_uniform`).
+    fn uniform_types() -> impl Iterator<Item = GgmlType> {
+        crate::quant::CODECS.iter().filter(|c| c.convert_uniform).map(|c| c.ty)
+    }
+
+    fn uniform_names() -> String {
+        Self::uniform_types().map(|t| t.name().to_ascii_lowercase()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// `--outtype`'s help, from the codec table and the file types.
+    fn help() -> String {
+        format!(
+            "Storage type of the weight matrices (norms stay f32): {} (every matrix in that \
+             type), or any other `quantize --type` ({}: llama-quantize's per-tensor plan, the \
+             file `quantize` writes). Default: f16 for GGUF (a quantized checkpoint's own grid \
+             where it is a GGML type's); for --to hf, the source's own float type (f32 for \
+             quantized sources).",
+            Self::uniform_names(),
+            FileType::help_list_where(|f| !Self::uniform_types().any(|t| t.name() == f.name()))
+        )
     }
 
     /// The type a `--to hf` float output or a re-packed import is asked for.
@@ -91,12 +104,7 @@ pub struct ConvertArgs {
     /// Output file (GGUF), directory (--to hf), or `-` for standard output (GGUF only).
     #[arg(short, long)]
     pub output: PathBuf,
-    /// Storage type of the weight matrices (norms stay f32): f32, f16, bf16, q8_0, q4_0,
-    /// q4_1, q5_0, q5_1 (every matrix in that type), or any other `quantize --type` (Q2_K …
-    /// Q6_K, IQ4_NL, mixes like Q4_K_M: llama-quantize's per-tensor plan, the file `quantize`
-    /// writes). Default: f16 for GGUF (a quantized checkpoint's own grid where it is a GGML
-    /// type's); for --to hf, the source's own float type (f32 for quantized sources).
-    #[arg(long, visible_alias = "type", value_name = "TYPE", value_parser = OutType::parse)]
+    #[arg(long, visible_alias = "type", value_name = "TYPE", value_parser = OutType::parse, help = OutType::help())]
     pub outtype: Option<OutType>,
     /// What to write.
     #[arg(long, value_enum, default_value = "gguf")]

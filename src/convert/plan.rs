@@ -55,19 +55,9 @@ pub trait TypePlan {
 }
 
 /// llama.cpp's `llama_ftype` id for a file whose weights are all of one type (what `convert`
-/// writes).
+/// writes): the codec table's.
 pub fn uniform_file_type(t: GgmlType) -> Result<u32> {
-    Ok(match t {
-        GgmlType::F32 => 0,
-        GgmlType::F16 => 1,
-        GgmlType::Q4_0 => 2,
-        GgmlType::Q4_1 => 3,
-        GgmlType::Q8_0 => 7,
-        GgmlType::Q5_0 => 8,
-        GgmlType::Q5_1 => 9,
-        GgmlType::BF16 => 32,
-        other => return Err(Error::Unsupported(format!("no file type for {other}"))),
-    })
+    quant::codec(t).and_then(|c| c.ftype).ok_or_else(|| Error::Unsupported(format!("no file type for {t}")))
 }
 
 /// `convert`'s plan: every weight matrix in one type, as llama.cpp's `convert_hf_to_gguf.py`
@@ -107,17 +97,19 @@ impl TypePlan for Uniform {
     }
 }
 
-/// The quantization targets of `qforge quantize`: llama.cpp's `llama_ftype`s whose tensor
-/// types qforge can all encode.
+/// A quantization target of `qforge quantize --type` (llama.cpp's `llama_ftype`): every
+/// quantized type whose codec has a `llama_ftype` of its own (`quant::CODECS`), and
+/// llama-quantize's `_S/_M/_L` mixes of the K-quants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileType(Kind);
+
+/// The mixes are named; every other file type is its block type's. The mix rules
+/// ([`QuantPlan::mix_type`]) match on both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(non_camel_case_types)]
-pub enum FileType {
-    Q4_0,
-    Q4_1,
-    Q5_0,
-    Q5_1,
-    Q8_0,
-    Q2_K,
+enum Kind {
+    /// `LLAMA_FTYPE_MOSTLY_<T>`: T's codec has an ftype and T is not a float type.
+    Mostly(GgmlType),
     Q3_K_S,
     Q3_K_M,
     Q3_K_L,
@@ -125,100 +117,96 @@ pub enum FileType {
     Q4_K_M,
     Q5_K_S,
     Q5_K_M,
-    Q6_K,
-    IQ4_NL,
 }
 
-/// Accepted `--type` names, as llama.cpp's `llama-quantize` spells them. `Q3_K`, `Q4_K` and
-/// `Q5_K` are its aliases for the `_M` mixes (with `--pure`, every weight in that block type).
-const FILE_TYPE_NAMES: &[(&str, FileType)] = &[
-    ("Q4_0", FileType::Q4_0),
-    ("Q4_1", FileType::Q4_1),
-    ("Q5_0", FileType::Q5_0),
-    ("Q5_1", FileType::Q5_1),
-    ("Q8_0", FileType::Q8_0),
-    ("Q2_K", FileType::Q2_K),
-    ("Q3_K", FileType::Q3_K_M),
-    ("Q3_K_S", FileType::Q3_K_S),
-    ("Q3_K_M", FileType::Q3_K_M),
-    ("Q3_K_L", FileType::Q3_K_L),
-    ("Q4_K", FileType::Q4_K_M),
-    ("Q4_K_S", FileType::Q4_K_S),
-    ("Q4_K_M", FileType::Q4_K_M),
-    ("Q5_K", FileType::Q5_K_M),
-    ("Q5_K_S", FileType::Q5_K_S),
-    ("Q5_K_M", FileType::Q5_K_M),
-    ("Q6_K", FileType::Q6_K),
-    ("IQ4_NL", FileType::IQ4_NL),
+/// One of llama-quantize's mixes: its name, `llama_ftype` id, base type and the block type
+/// name that llama-quantize also accepts for it (`Q4_K` means `Q4_K_M`; with `--pure`, every
+/// weight in Q4_K).
+struct Mix {
+    kind: Kind,
+    name: &'static str,
+    id: u32,
+    base: GgmlType,
+    alias: Option<&'static str>,
+}
+
+const MIXES: &[Mix] = &[
+    Mix { kind: Kind::Q3_K_S, name: "Q3_K_S", id: 11, base: GgmlType::Q3_K, alias: None },
+    Mix { kind: Kind::Q3_K_M, name: "Q3_K_M", id: 12, base: GgmlType::Q3_K, alias: Some("Q3_K") },
+    Mix { kind: Kind::Q3_K_L, name: "Q3_K_L", id: 13, base: GgmlType::Q3_K, alias: None },
+    Mix { kind: Kind::Q4_K_S, name: "Q4_K_S", id: 14, base: GgmlType::Q4_K, alias: None },
+    Mix { kind: Kind::Q4_K_M, name: "Q4_K_M", id: 15, base: GgmlType::Q4_K, alias: Some("Q4_K") },
+    Mix { kind: Kind::Q5_K_S, name: "Q5_K_S", id: 16, base: GgmlType::Q5_K, alias: None },
+    Mix { kind: Kind::Q5_K_M, name: "Q5_K_M", id: 17, base: GgmlType::Q5_K, alias: Some("Q5_K") },
 ];
 
 impl FileType {
+    /// Every file type with its `--type` names (name first, then the alias), in llama.cpp's
+    /// id order.
+    fn all() -> Vec<(FileType, Vec<&'static str>)> {
+        let mostly = quant::CODECS
+            .iter()
+            .filter(|c| c.ftype.is_some() && !c.ty.is_float())
+            .map(|c| (FileType(Kind::Mostly(c.ty)), vec![c.ty.name()]));
+        let mixes = MIXES.iter().map(|m| (FileType(m.kind), std::iter::once(m.name).chain(m.alias).collect()));
+        let mut all: Vec<_> = mostly.chain(mixes).collect();
+        all.sort_by_key(|(f, _)| f.id());
+        all
+    }
+
+    fn mix(self) -> Option<&'static Mix> {
+        MIXES.iter().find(|m| m.kind == self.0)
+    }
+
     /// Parse a `--type` name, case-insensitively.
     pub fn parse(s: &str) -> Option<FileType> {
-        FILE_TYPE_NAMES.iter().find(|(n, _)| n.eq_ignore_ascii_case(s)).map(|&(_, f)| f)
+        Self::all().into_iter().find(|(_, names)| names.iter().any(|n| n.eq_ignore_ascii_case(s))).map(|(f, _)| f)
     }
 
     /// Every accepted `--type` name, for error messages.
     pub fn valid_names() -> String {
-        FILE_TYPE_NAMES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+        Self::all().into_iter().flat_map(|(_, names)| names).collect::<Vec<_>>().join(", ")
+    }
+
+    /// The `--type` names for help texts: `Q4_0, …, Q4_K_M (Q4_K), …`.
+    pub fn help_list() -> String {
+        Self::help_list_where(|_| true)
+    }
+
+    /// [`FileType::help_list`] of the file types `keep` accepts.
+    pub fn help_list_where(keep: impl Fn(FileType) -> bool) -> String {
+        let item = |names: &[&str]| match names {
+            [name, alias] => format!("{name} ({alias})"),
+            _ => names.join(", "),
+        };
+        Self::all().iter().filter(|(f, _)| keep(*f)).map(|(_, names)| item(names)).collect::<Vec<_>>().join(", ")
     }
 
     pub fn name(self) -> &'static str {
-        match self {
-            FileType::Q4_0 => "Q4_0",
-            FileType::Q4_1 => "Q4_1",
-            FileType::Q5_0 => "Q5_0",
-            FileType::Q5_1 => "Q5_1",
-            FileType::Q8_0 => "Q8_0",
-            FileType::Q2_K => "Q2_K",
-            FileType::Q3_K_S => "Q3_K_S",
-            FileType::Q3_K_M => "Q3_K_M",
-            FileType::Q3_K_L => "Q3_K_L",
-            FileType::Q4_K_S => "Q4_K_S",
-            FileType::Q4_K_M => "Q4_K_M",
-            FileType::Q5_K_S => "Q5_K_S",
-            FileType::Q5_K_M => "Q5_K_M",
-            FileType::Q6_K => "Q6_K",
-            FileType::IQ4_NL => "IQ4_NL",
+        match (self.0, self.mix()) {
+            (Kind::Mostly(t), _) => t.name(),
+            (_, Some(m)) => m.name,
+            (_, None) => unreachable!("every mix kind has a row in MIXES"),
         }
     }
 
     /// `general.file_type`: llama.cpp's `enum llama_ftype` value (llama.h).
     pub fn id(self) -> u32 {
-        match self {
-            FileType::Q4_0 => 2,
-            FileType::Q4_1 => 3,
-            FileType::Q8_0 => 7,
-            FileType::Q5_0 => 8,
-            FileType::Q5_1 => 9,
-            FileType::Q2_K => 10,
-            FileType::Q3_K_S => 11,
-            FileType::Q3_K_M => 12,
-            FileType::Q3_K_L => 13,
-            FileType::Q4_K_S => 14,
-            FileType::Q4_K_M => 15,
-            FileType::Q5_K_S => 16,
-            FileType::Q5_K_M => 17,
-            FileType::Q6_K => 18,
-            FileType::IQ4_NL => 25,
+        match (self.0, self.mix()) {
+            // Made only by `all()`, from a codec with an ftype.
+            (Kind::Mostly(t), _) => quant::codec(t).and_then(|c| c.ftype).unwrap_or(0),
+            (_, Some(m)) => m.id,
+            (_, None) => unreachable!("every mix kind has a row in MIXES"),
         }
     }
 
     /// The type most weights get (llama.cpp's `llama_ftype_get_default_type`); the mix rules
     /// then raise some tensors above it.
     pub fn default_type(self) -> GgmlType {
-        match self {
-            FileType::Q4_0 => GgmlType::Q4_0,
-            FileType::Q4_1 => GgmlType::Q4_1,
-            FileType::Q5_0 => GgmlType::Q5_0,
-            FileType::Q5_1 => GgmlType::Q5_1,
-            FileType::Q8_0 => GgmlType::Q8_0,
-            FileType::Q2_K => GgmlType::Q2_K,
-            FileType::Q3_K_S | FileType::Q3_K_M | FileType::Q3_K_L => GgmlType::Q3_K,
-            FileType::Q4_K_S | FileType::Q4_K_M => GgmlType::Q4_K,
-            FileType::Q5_K_S | FileType::Q5_K_M => GgmlType::Q5_K,
-            FileType::Q6_K => GgmlType::Q6_K,
-            FileType::IQ4_NL => GgmlType::IQ4_NL,
+        match (self.0, self.mix()) {
+            (Kind::Mostly(t), _) => t,
+            (_, Some(m)) => m.base,
+            (_, None) => unreachable!("every mix kind has a row in MIXES"),
         }
     }
 }
@@ -471,9 +459,9 @@ impl QuantPlan {
     /// experts, not Falcon) and the file types in [`FileType`]; rules for other file types
     /// (IQ1..IQ3, Q2_K_S, TQ*, MXFP4) are left out because qforge cannot write them.
     fn mix_type(&self, qs: &mut State, t: &TensorSpec<'_>, default: GgmlType, cat: Category) -> GgmlType {
-        use FileType as F;
         use GgmlType as G;
-        let ftype = self.ftype;
+        use Kind as F;
+        let ftype = self.ftype.0;
         let mut new_type = default;
         if cat == Category::Output || (qs.has_tied_embeddings && cat == Category::TokenEmbd) {
             // The output projection (or the embedding table that doubles as it) is the most
@@ -495,11 +483,11 @@ impl QuantPlan {
             match ftype {
                 // Q2_K: at least Q3_K; with 4+ query heads per kv head the tensor is smaller
                 // still, so Q4_K costs little.
-                F::Q2_K => new_type = if qs.n_gqa >= 4 { G::Q4_K } else { G::Q3_K },
+                F::Mostly(G::Q2_K) => new_type = if qs.n_gqa >= 4 { G::Q4_K } else { G::Q3_K },
                 // Q3_K_M: the first two attn_v get Q5_K, the rest Q4_K.
                 F::Q3_K_M => new_type = if qs.i_attention_wv < 2 { G::Q5_K } else { G::Q4_K },
                 F::Q3_K_L => new_type = G::Q5_K,
-                F::IQ4_NL if qs.n_gqa >= 4 => new_type = G::Q5_K,
+                F::Mostly(G::IQ4_NL) if qs.n_gqa >= 4 => new_type = G::Q5_K,
                 // The _M mixes: Q6_K on the use_more_bits layers.
                 F::Q4_K_M | F::Q5_K_M if use_more_bits(qs.i_attention_wv, qs.n_attention_wv) => new_type = G::Q6_K,
                 // Q4_K_S: Q5_K on the first four.
@@ -525,7 +513,7 @@ impl QuantPlan {
             let i_layer = if qs.n_expert > 1 { layer_of(t.name) } else { qs.i_ffn_down };
             let n_layer = qs.n_ffn_down;
             match ftype {
-                F::Q2_K => new_type = G::Q3_K,
+                F::Mostly(G::Q2_K) => new_type = G::Q3_K,
                 // Q3_K_M: Q5_K for the first sixteenth, Q4_K elsewhere (Q3_K only on Falcon's
                 // non-use_more_bits layers, which do not apply here).
                 F::Q3_K_M => new_type = if i_layer < n_layer / 16 { G::Q5_K } else { G::Q4_K },
@@ -533,14 +521,14 @@ impl QuantPlan {
                 F::Q4_K_M if use_more_bits(i_layer, n_layer) => new_type = G::Q6_K,
                 // IQ4_NL without an importance matrix: Q5_K on the first eighth (with one,
                 // the weighted IQ4_NL is trusted there).
-                F::IQ4_NL if i_layer < n_layer / 8 && !self.has_imatrix => new_type = G::Q5_K,
+                F::Mostly(G::IQ4_NL) if i_layer < n_layer / 8 && !self.has_imatrix => new_type = G::Q5_K,
                 F::Q5_K_M if use_more_bits(i_layer, n_layer) => new_type = G::Q6_K,
                 F::Q4_K_S if i_layer < n_layer / 8 => new_type = G::Q5_K,
                 // Q4_0/Q5_0 with an importance matrix: Q4_1/Q5_1 on the first eighth, which
                 // llama.cpp found can go badly wrong even weighted (only with an imatrix, so
                 // that files made without one stay as they always were).
-                F::Q4_0 if self.has_imatrix && i_layer < n_layer / 8 => new_type = G::Q4_1,
-                F::Q5_0 if self.has_imatrix && i_layer < n_layer / 8 => new_type = G::Q5_1,
+                F::Mostly(G::Q4_0) if self.has_imatrix && i_layer < n_layer / 8 => new_type = G::Q4_1,
+                F::Mostly(G::Q5_0) if self.has_imatrix && i_layer < n_layer / 8 => new_type = G::Q5_1,
                 _ => {}
             }
             qs.i_ffn_down += 1;
@@ -548,12 +536,15 @@ impl QuantPlan {
             // The attention output projection: one step up in the low-bit mixes (to Q5_K in
             // the 8-expert models, whose attention is a small share of the weights).
             if qs.n_expert == 8 {
-                if matches!(ftype, F::Q2_K | F::Q3_K_S | F::Q3_K_M | F::IQ4_NL | F::Q4_K_S | F::Q4_K_M) {
+                if matches!(
+                    ftype,
+                    F::Mostly(G::Q2_K) | F::Q3_K_S | F::Q3_K_M | F::Mostly(G::IQ4_NL) | F::Q4_K_S | F::Q4_K_M
+                ) {
                     new_type = G::Q5_K;
                 }
             } else {
                 match ftype {
-                    F::Q2_K => new_type = G::Q3_K,
+                    F::Mostly(G::Q2_K) => new_type = G::Q3_K,
                     F::Q3_K_M => new_type = G::Q4_K,
                     F::Q3_K_L => new_type = G::Q5_K,
                     _ => {}
@@ -597,7 +588,7 @@ fn fallback(t: &TensorSpec<'_>, target: GgmlType) -> Assigned {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[allow(clippy::too_many_arguments)]
@@ -640,8 +631,13 @@ mod tests {
         config(Arch::Llama, 32, 4096, 11008, 32, 32, 32000, false)
     }
 
+    /// The file type of a `--type` name.
+    fn ft(name: &str) -> FileType {
+        FileType::parse(name).unwrap()
+    }
+
     /// tests/fixtures/tiny-llama.
-    fn tiny() -> ModelConfig {
+    pub(crate) fn tiny() -> ModelConfig {
         config(Arch::Llama, 4, 256, 768, 4, 2, 8192, false)
     }
 
@@ -651,7 +647,7 @@ mod tests {
     }
 
     /// Plan every tensor the config implies (HF order does not matter: the plan sorts).
-    fn plan_of(cfg: &ModelConfig, plan: &QuantPlan) -> Vec<(String, Vec<usize>, Assigned)> {
+    pub(crate) fn plan_of(cfg: &ModelConfig, plan: &QuantPlan) -> Vec<(String, Vec<usize>, Assigned)> {
         let shapes = cfg.expected_shapes();
         let specs: Vec<TensorSpec<'_>> =
             shapes.iter().map(|(n, s)| TensorSpec { name: n, shape: s, source_type: GgmlType::BF16 }).collect();
@@ -697,20 +693,43 @@ mod tests {
 
     #[test]
     fn names_ids_and_aliases() {
-        assert_eq!(FileType::parse("q4_k_m"), Some(FileType::Q4_K_M));
-        assert_eq!(FileType::parse("Q4_K"), Some(FileType::Q4_K_M));
-        assert_eq!(FileType::parse("Q3_K"), Some(FileType::Q3_K_M));
-        assert_eq!(FileType::parse("Q5_K"), Some(FileType::Q5_K_M));
+        assert_eq!(FileType::parse("q4_k_m"), Some(ft("Q4_K_M")));
+        assert_eq!(FileType::parse("Q4_K"), Some(ft("Q4_K_M")));
+        assert_eq!(FileType::parse("Q3_K"), Some(ft("Q3_K_M")));
+        assert_eq!(FileType::parse("Q5_K"), Some(ft("Q5_K_M")));
         assert_eq!(FileType::parse("Q4_K_X"), None);
         assert_eq!(FileType::parse("F16"), None);
-        let ids: Vec<u32> = FILE_TYPE_NAMES.iter().map(|(_, f)| f.id()).collect();
-        assert_eq!(ids, [2, 3, 8, 9, 7, 10, 12, 11, 12, 13, 15, 14, 15, 17, 16, 17, 18, 25]);
-        for (n, f) in FILE_TYPE_NAMES {
-            assert!(quant::can_encode(f.default_type()));
-            if !n.ends_with("_K") || *n == "Q2_K" || *n == "Q6_K" {
-                assert_eq!(f.name(), *n);
-            }
+        // llama.h's `llama_ftype` ids and llama_ftype_get_default_type's base types.
+        let want = [
+            ("Q4_0", 2, GgmlType::Q4_0),
+            ("Q4_1", 3, GgmlType::Q4_1),
+            ("Q8_0", 7, Q8_0),
+            ("Q5_0", 8, GgmlType::Q5_0),
+            ("Q5_1", 9, GgmlType::Q5_1),
+            ("Q2_K", 10, GgmlType::Q2_K),
+            ("Q3_K_S", 11, Q3_K),
+            ("Q3_K_M", 12, Q3_K),
+            ("Q3_K_L", 13, Q3_K),
+            ("Q4_K_S", 14, Q4_K),
+            ("Q4_K_M", 15, Q4_K),
+            ("Q5_K_S", 16, Q5_K),
+            ("Q5_K_M", 17, Q5_K),
+            ("Q6_K", 18, Q6_K),
+            ("IQ4_NL", 25, GgmlType::IQ4_NL),
+        ];
+        for (name, id, base) in want {
+            let f = ft(name);
+            assert_eq!((f.name(), f.id(), f.default_type()), (name, id, base));
         }
+        // Listed in id order, aliases after their mix (the tests' made-up type comes last).
+        assert!(FileType::valid_names().starts_with(
+            "Q4_0, Q4_1, Q8_0, Q5_0, Q5_1, Q2_K, Q3_K_S, Q3_K_M, Q3_K, Q3_K_L, Q4_K_S, Q4_K_M, Q4_K, \
+             Q5_K_S, Q5_K_M, Q5_K, Q6_K, IQ4_NL"
+        ));
+        assert!(FileType::help_list().starts_with("Q4_0, Q4_1, Q8_0, Q5_0, Q5_1, Q2_K, Q3_K_S, Q3_K_M (Q3_K), Q3_K_L"));
+        assert_eq!(uniform_file_type(GgmlType::F32).unwrap(), 0);
+        assert_eq!(uniform_file_type(GgmlType::F16).unwrap(), 1);
+        assert!(uniform_file_type(Q4_K).is_err());
         assert!(parse_tensor_type("q8_0").is_ok());
         assert!(parse_tensor_type("Q4_K_M").unwrap_err().to_string().contains("IQ4_NL"));
         let (re, ty) = parse_tensor_override("blk\\.[0-3]\\.attn_v=q6_k").unwrap();
@@ -737,7 +756,7 @@ mod tests {
     #[test]
     fn llama_7b_q4_k_m() {
         let cfg = llama_7b();
-        let p = plan_of(&cfg, &QuantPlan::new(FileType::Q4_K_M));
+        let p = plan_of(&cfg, &QuantPlan::new(ft("Q4_K_M")));
         let more = |i: usize| use_more_bits(i as i64, 32);
         check_layers(
             &p,
@@ -763,7 +782,7 @@ mod tests {
         let all = |t| move |_: usize| [t; 7];
         // Q3_K_M: attn_v Q5_K for the first two, then Q4_K; ffn_down Q5_K for the first
         // 32/16 = 2 layers, then Q4_K; attn_output Q4_K; the rest Q3_K.
-        let p = plan_of(&cfg, &QuantPlan::new(FileType::Q3_K_M));
+        let p = plan_of(&cfg, &QuantPlan::new(ft("Q3_K_M")));
         check_layers(
             &p,
             32,
@@ -777,18 +796,18 @@ mod tests {
         assert_eq!(format!("{:.2}", gib(total_bytes(&p))), "3.07");
 
         // Q3_K_L: attn_v, attn_output, ffn_down Q5_K.
-        let p = plan_of(&cfg, &QuantPlan::new(FileType::Q3_K_L));
+        let p = plan_of(&cfg, &QuantPlan::new(ft("Q3_K_L")));
         check_layers(&p, 32, |_| [Q3_K, Q3_K, Q5_K, Q5_K, Q3_K, Q3_K, Q5_K], "7B Q3_K_L");
         assert_eq!(format!("{:.2}", gib(total_bytes(&p))), "3.35");
 
         // Q3_K_S: all Q3_K but the output.
-        let p = plan_of(&cfg, &QuantPlan::new(FileType::Q3_K_S));
+        let p = plan_of(&cfg, &QuantPlan::new(ft("Q3_K_S")));
         check_layers(&p, 32, all(Q3_K), "7B Q3_K_S");
         assert_eq!(type_of(&p, "output.weight"), Q6_K);
         assert_eq!(format!("{:.2}", gib(total_bytes(&p))), "2.75");
 
         // Q4_K_S: attn_v on the first 4 layers and ffn_down on the first 32/8 = 4 in Q5_K.
-        let p = plan_of(&cfg, &QuantPlan::new(FileType::Q4_K_S));
+        let p = plan_of(&cfg, &QuantPlan::new(ft("Q4_K_S")));
         check_layers(
             &p,
             32,
@@ -801,7 +820,7 @@ mod tests {
         assert_eq!(format!("{:.2}", gib(total_bytes(&p))), "3.59");
 
         // Q5_K_M: like Q4_K_M one step up.
-        let p = plan_of(&cfg, &QuantPlan::new(FileType::Q5_K_M));
+        let p = plan_of(&cfg, &QuantPlan::new(ft("Q5_K_M")));
         check_layers(
             &p,
             32,
@@ -813,33 +832,33 @@ mod tests {
         );
         assert_eq!(format!("{:.2}", gib(total_bytes(&p))), "4.45");
 
-        let p = plan_of(&cfg, &QuantPlan::new(FileType::Q5_K_S));
+        let p = plan_of(&cfg, &QuantPlan::new(ft("Q5_K_S")));
         check_layers(&p, 32, all(Q5_K), "7B Q5_K_S");
         assert_eq!(format!("{:.2}", gib(total_bytes(&p))), "4.33");
 
-        let p = plan_of(&cfg, &QuantPlan::new(FileType::Q6_K));
+        let p = plan_of(&cfg, &QuantPlan::new(ft("Q6_K")));
         check_layers(&p, 32, all(Q6_K), "7B Q6_K");
         assert_eq!(format!("{:.2}", gib(total_bytes(&p))), "5.15");
 
         // Q8_0: the output stays Q8_0 too. (llama-quantize still lists "6.70G" for this, a
         // figure from an older build; 6.74e9 weights at 8.5 bits are 6.67 GiB.)
-        let p = plan_of(&cfg, &QuantPlan::new(FileType::Q8_0));
+        let p = plan_of(&cfg, &QuantPlan::new(ft("Q8_0")));
         check_layers(&p, 32, all(Q8_0), "7B Q8_0");
         assert_eq!(type_of(&p, "output.weight"), Q8_0);
         assert_eq!(format!("{:.2}", gib(total_bytes(&p))), "6.67");
 
         // Q2_K (no GQA): attn_v, attn_output and ffn_down Q3_K.
-        let p = plan_of(&cfg, &QuantPlan::new(FileType::Q2_K));
+        let p = plan_of(&cfg, &QuantPlan::new(ft("Q2_K")));
         use GgmlType::Q2_K;
         check_layers(&p, 32, |_| [Q2_K, Q2_K, Q3_K, Q3_K, Q2_K, Q2_K, Q3_K], "7B Q2_K");
         assert_eq!((type_of(&p, "token_embd.weight"), type_of(&p, "output.weight")), (Q2_K, Q6_K));
 
         // Q4_0 and IQ4_NL: the output goes to Q6_K; IQ4_NL raises ffn_down on the first
         // eighth and (no GQA here) leaves attn_v alone.
-        let p = plan_of(&cfg, &QuantPlan::new(FileType::Q4_0));
+        let p = plan_of(&cfg, &QuantPlan::new(ft("Q4_0")));
         check_layers(&p, 32, all(GgmlType::Q4_0), "7B Q4_0");
         assert_eq!((type_of(&p, "token_embd.weight"), type_of(&p, "output.weight")), (GgmlType::Q4_0, Q6_K));
-        let p = plan_of(&cfg, &QuantPlan::new(FileType::IQ4_NL));
+        let p = plan_of(&cfg, &QuantPlan::new(ft("IQ4_NL")));
         use GgmlType::IQ4_NL;
         check_layers(
             &p,
@@ -857,7 +876,7 @@ mod tests {
     #[test]
     fn tiny_fixture_plans() {
         let cfg = tiny();
-        let p = plan_of(&cfg, &QuantPlan::new(FileType::Q4_K_M));
+        let p = plan_of(&cfg, &QuantPlan::new(ft("Q4_K_M")));
         check_layers(
             &p,
             4,
@@ -868,7 +887,7 @@ mod tests {
             "tiny Q4_K_M",
         );
         assert_eq!((type_of(&p, "token_embd.weight"), type_of(&p, "output.weight")), (Q4_K, Q6_K));
-        let p = plan_of(&cfg, &QuantPlan::new(FileType::Q3_K_M));
+        let p = plan_of(&cfg, &QuantPlan::new(ft("Q3_K_M")));
         check_layers(
             &p,
             4,
@@ -887,7 +906,7 @@ mod tests {
     #[test]
     fn small_fixture_plans() {
         let cfg = small();
-        let p = plan_of(&cfg, &QuantPlan::new(FileType::Q4_K_M));
+        let p = plan_of(&cfg, &QuantPlan::new(ft("Q4_K_M")));
         assert!(!p.iter().any(|(n, _, _)| n == "output.weight"));
         check_layers(
             &p,
@@ -899,7 +918,7 @@ mod tests {
             "small Q4_K_M",
         );
         assert_eq!(type_of(&p, "token_embd.weight"), Q6_K);
-        let p = plan_of(&cfg, &QuantPlan::new(FileType::Q3_K_M));
+        let p = plan_of(&cfg, &QuantPlan::new(ft("Q3_K_M")));
         check_layers(
             &p,
             6,
@@ -911,7 +930,7 @@ mod tests {
         );
         assert_eq!(type_of(&p, "token_embd.weight"), Q6_K);
         // Q8_0 file, tied: the embedding stays Q8_0.
-        let p = plan_of(&cfg, &QuantPlan::new(FileType::Q8_0));
+        let p = plan_of(&cfg, &QuantPlan::new(ft("Q8_0")));
         assert_eq!(type_of(&p, "token_embd.weight"), Q8_0);
     }
 
@@ -919,7 +938,7 @@ mod tests {
     #[test]
     fn pure_plan() {
         for cfg in [tiny(), small(), llama_7b()] {
-            let mut plan = QuantPlan::new(FileType::Q4_K_M);
+            let mut plan = QuantPlan::new(ft("Q4_K_M"));
             plan.pure = true;
             for (n, s, a) in plan_of(&cfg, &plan) {
                 assert_eq!(a.ggml_type, if s.len() == 2 { Q4_K } else { GgmlType::F32 }, "{n}");
@@ -931,25 +950,25 @@ mod tests {
     #[test]
     fn options() {
         let cfg = tiny();
-        let mut plan = QuantPlan::new(FileType::Q4_K_M);
+        let mut plan = QuantPlan::new(ft("Q4_K_M"));
         plan.output_type = Some(GgmlType::F16);
         plan.embedding_type = Some(Q8_0);
         let p = plan_of(&cfg, &plan);
         assert_eq!((type_of(&p, "token_embd.weight"), type_of(&p, "output.weight")), (Q8_0, GgmlType::F16));
 
         // Tied: --output-type reaches token_embd through the output rule.
-        let mut plan = QuantPlan::new(FileType::Q4_K_M);
+        let mut plan = QuantPlan::new(ft("Q4_K_M"));
         plan.output_type = Some(Q8_0);
         assert_eq!(type_of(&plan_of(&small(), &plan), "token_embd.weight"), Q8_0);
 
-        let mut plan = QuantPlan::new(FileType::Q4_K_M);
+        let mut plan = QuantPlan::new(ft("Q4_K_M"));
         plan.leave_output = true;
         assert_eq!(type_of(&plan_of(&cfg, &plan), "output.weight"), GgmlType::BF16);
 
         // Overrides: first match wins; a manual attn_v does not advance the attn_v counter,
         // so with layer 0 overridden the remaining three are counted 0, 1, 2 (of 4), and
         // use_more_bits(i, 4) picks counter 2, which is layer 3.
-        let mut plan = QuantPlan::new(FileType::Q4_K_M);
+        let mut plan = QuantPlan::new(ft("Q4_K_M"));
         plan.overrides = vec![
             parse_tensor_override("blk\\.0\\.attn_v=Q8_0").unwrap(),
             parse_tensor_override("attn_v=Q5_0").unwrap(),
@@ -957,7 +976,7 @@ mod tests {
         let p = plan_of(&cfg, &plan);
         assert_eq!(type_of(&p, "blk.0.attn_v.weight"), Q8_0);
         assert_eq!(type_of(&p, "blk.1.attn_v.weight"), GgmlType::Q5_0);
-        let mut plan = QuantPlan::new(FileType::Q4_K_M);
+        let mut plan = QuantPlan::new(ft("Q4_K_M"));
         plan.overrides = vec![parse_tensor_override("blk\\.0\\.attn_v=Q8_0").unwrap()];
         let p = plan_of(&cfg, &plan);
         let v: Vec<GgmlType> = (0..4).map(|i| type_of(&p, &format!("blk.{i}.attn_v.weight"))).collect();
@@ -972,7 +991,7 @@ mod tests {
     #[test]
     fn fallbacks_for_odd_rows() {
         let cfg = config(Arch::Qwen2, 24, 896, 4864, 14, 2, 151936, true);
-        let p = plan_of(&cfg, &QuantPlan::new(FileType::Q4_K_M));
+        let p = plan_of(&cfg, &QuantPlan::new(ft("Q4_K_M")));
         // Tied embedding: its row (896) does not fit Q4_K's blocks, so the output rule picks
         // Q8_0 directly (no fall-back note).
         assert_eq!(type_of(&p, "token_embd.weight"), Q8_0);
@@ -992,17 +1011,17 @@ mod tests {
         assert!(note.contains("not a multiple of 256") && note.contains("falling back"), "{note}");
 
         for (ftype, want) in [
-            (FileType::Q3_K_S, GgmlType::Q4_0),
-            (FileType::Q2_K, GgmlType::Q4_0),
-            (FileType::Q5_K_S, GgmlType::Q5_1),
-            (FileType::Q6_K, Q8_0),
+            (ft("Q3_K_S"), GgmlType::Q4_0),
+            (ft("Q2_K"), GgmlType::Q4_0),
+            (ft("Q5_K_S"), GgmlType::Q5_1),
+            (ft("Q6_K"), Q8_0),
         ] {
             let p = plan_of(&cfg, &QuantPlan::new(ftype));
             assert_eq!(type_of(&p, "blk.3.ffn_gate.weight"), want, "{ftype:?}");
         }
         // A row not even divisible by 32 falls back to F16 — but not under --pure, which
         // promises one type for every matrix.
-        let mut plan = QuantPlan::new(FileType::Q4_0);
+        let mut plan = QuantPlan::new(ft("Q4_0"));
         let shape = [64usize, 100];
         let specs = [TensorSpec { name: "blk.0.ffn_up.weight", shape: &shape, source_type: GgmlType::F32 }];
         let a = plan.assign(&cfg, &specs).unwrap();
@@ -1017,12 +1036,12 @@ mod tests {
     #[test]
     fn llama_70b_attn_v() {
         let cfg = config(Arch::Llama, 80, 8192, 28672, 64, 8, 32000, false);
-        let p = plan_of(&cfg, &QuantPlan::new(FileType::Q4_K_M));
+        let p = plan_of(&cfg, &QuantPlan::new(ft("Q4_K_M")));
         for i in 0..80 {
             let want = if use_more_bits(i as i64, 80) { Q6_K } else { Q5_K };
             assert_eq!(type_of(&p, &format!("blk.{i}.attn_v.weight")), want);
         }
-        let p = plan_of(&cfg, &QuantPlan::new(FileType::Q2_K));
+        let p = plan_of(&cfg, &QuantPlan::new(ft("Q2_K")));
         assert_eq!(type_of(&p, "blk.7.attn_v.weight"), Q5_K);
     }
 
@@ -1051,9 +1070,9 @@ mod tests {
         };
         use GgmlType::{IQ4_NL, Q4_0, Q4_1, Q5_0, Q5_1};
         let down = |i: usize, early, late| if i < 4 { early } else { late };
-        check_layers(&with(FileType::IQ4_NL), 32, |_| [IQ4_NL; 7], "7B IQ4_NL + imatrix");
+        check_layers(&with(ft("IQ4_NL")), 32, |_| [IQ4_NL; 7], "7B IQ4_NL + imatrix");
         check_layers(
-            &with(FileType::Q4_0),
+            &with(ft("Q4_0")),
             32,
             |i| {
                 let mut t = [Q4_0; 7];
@@ -1063,7 +1082,7 @@ mod tests {
             "7B Q4_0 + imatrix",
         );
         check_layers(
-            &with(FileType::Q5_0),
+            &with(ft("Q5_0")),
             32,
             |i| {
                 let mut t = [Q5_0; 7];
@@ -1072,7 +1091,7 @@ mod tests {
             },
             "7B Q5_0 + imatrix",
         );
-        for f in [FileType::Q4_K_M, FileType::Q3_K_M, FileType::Q2_K, FileType::Q6_K] {
+        for f in [ft("Q4_K_M"), ft("Q3_K_M"), ft("Q2_K"), ft("Q6_K")] {
             let plain: Vec<GgmlType> = plan_of(&cfg, &QuantPlan::new(f)).iter().map(|t| t.2.ggml_type).collect();
             let weighted: Vec<GgmlType> = with(f).iter().map(|t| t.2.ggml_type).collect();
             assert_eq!(plain, weighted, "{f:?}");

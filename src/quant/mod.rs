@@ -14,6 +14,9 @@ pub mod packed;
 pub mod q8_0;
 pub mod weighted;
 
+#[cfg(test)]
+mod test_codec;
+
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -38,21 +41,56 @@ pub struct Codec {
     pub encode_weighted: Option<WeightedRowFn>,
     /// The per-weight grid GPTQ rounds onto (`None`: GPTQ does not target the type).
     pub gptq: Option<BlockGrid>,
+    /// llama.cpp's `llama_ftype` for a file whose weights are mostly this type
+    /// (`LLAMA_FTYPE_ALL_F32`, `LLAMA_FTYPE_MOSTLY_*`): `general.file_type`, and for a quantized
+    /// type its name is a `quantize --type` (`convert::plan::FileType`). `None` where llama.cpp
+    /// has none (Q3_K, Q4_K and Q5_K name its `_M` mixes instead).
+    pub ftype: Option<u32>,
+    /// `convert --outtype T` stores every matrix in this type, as llama.cpp's converters do;
+    /// otherwise `convert` writes llama-quantize's per-tensor plan for it.
+    pub convert_uniform: bool,
+}
+
+impl Codec {
+    /// A float type's row: plain conversions, no grid, no weighting.
+    const fn float(
+        ty: GgmlType,
+        encode: fn(&[f32], &mut [u8]),
+        decode: fn(&[u8], &mut [f32]),
+        dot: dot::DotFn,
+    ) -> Codec {
+        Codec { ty, encode, decode, dot, encode_weighted: None, gptq: None, ftype: None, convert_uniform: false }
+    }
+
+    /// With llama.cpp's importance-weighted row quantizer.
+    const fn weighted(self, f: WeightedRowFn) -> Codec {
+        Codec { encode_weighted: Some(f), ..self }
+    }
+
+    /// With its `llama_ftype` (see [`Codec::ftype`]).
+    const fn ftype(self, id: u32) -> Codec {
+        Codec { ftype: Some(id), ..self }
+    }
+
+    /// Written by `convert --outtype` in every matrix.
+    const fn convert_uniform(self) -> Codec {
+        Codec { convert_uniform: true, ..self }
+    }
 }
 
 /// An importance-weighted row quantizer: the row, one importance per column, the row's bytes.
 pub type WeightedRowFn = fn(&[f32], &[f32], &mut [u8]);
 
 /// A block codec's row of [`CODECS`] from its module (`QK`, `BLOCK_BYTES`, `quantize_block`,
-/// `decode_block`) and its weighted row quantizer.
+/// `decode_block`; with `gptq`, also `elem_grid` and `set_code`).
 macro_rules! block_codec {
-    ($ty:ident, $($m:ident)::+, $weighted:expr, gptq) => {
+    ($ty:ident, $($m:ident)::+, gptq) => {
         Codec {
             gptq: Some(BlockGrid { elem: $($m)::+::elem_grid, set_code: $($m)::+::set_code }),
-            ..block_codec!($ty, $($m)::+, $weighted)
+            ..block_codec!($ty, $($m)::+)
         }
     };
-    ($ty:ident, $($m:ident)::+, $weighted:expr) => {
+    ($ty:ident, $($m:ident)::+) => {
         Codec {
             ty: GgmlType::$ty,
             encode: {
@@ -71,52 +109,40 @@ macro_rules! block_codec {
             },
             decode: dot::block_decode!($($m)::+),
             dot: dot::block_dot!($($m)::+),
-            encode_weighted: $weighted,
+            encode_weighted: None,
             gptq: None,
+            ftype: None,
+            convert_uniform: false,
         }
     };
 }
 
 /// Every storage type qforge encodes and decodes (GGML's other types are read as metadata
 /// only: a tensor of one is refused with a clear error). Adding a block type: its module
-/// (quantizer, decoder, weighted quantizer) and a row here; the GGUF id, name and block
-/// geometry are `ggml_type`'s, llama-quantize's mixes `convert::plan`'s.
+/// (quantizer, decoder, weighted quantizer, GPTQ grid) and a row here; everything else is
+/// derived from the row: `quantize --type` and `--tensor-type`, `convert --outtype` and their
+/// help, the GPTQ targets, the fused dot of generation, GGUF reading and writing. The GGUF
+/// id, name and block geometry are `ggml_type`'s (ggml lists every type already),
+/// llama-quantize's `_S/_M/_L` mixes and their rules `convert::plan`'s. `TEST_Q3_0`
+/// (`test_codec.rs`, tests only) is such a type, made up, with tests of each derived use.
 pub static CODECS: &[Codec] = &[
-    Codec {
-        ty: GgmlType::F32,
-        encode: float::encode_f32,
-        decode: float::decode_f32,
-        dot: dot::dot_f32,
-        encode_weighted: None,
-        gptq: None,
-    },
-    Codec {
-        ty: GgmlType::F16,
-        encode: float::encode_f16,
-        decode: float::decode_f16,
-        dot: dot::dot_f16,
-        encode_weighted: None,
-        gptq: None,
-    },
-    Codec {
-        ty: GgmlType::BF16,
-        encode: float::encode_bf16,
-        decode: float::decode_bf16,
-        dot: dot::dot_bf16,
-        encode_weighted: None,
-        gptq: None,
-    },
-    block_codec!(Q8_0, q8_0, None, gptq),
-    block_codec!(Q4_0, legacy::q4_0, Some(weighted::rows::q4_0_row), gptq),
-    block_codec!(Q4_1, legacy::q4_1, Some(weighted::rows::q4_1_row), gptq),
-    block_codec!(Q5_0, legacy::q5_0, Some(weighted::rows::q5_0_row), gptq),
-    block_codec!(Q5_1, legacy::q5_1, Some(weighted::rows::q5_1_row), gptq),
-    block_codec!(Q2_K, kquants::q2_k, Some(weighted::rows::q2_k_row)),
-    block_codec!(Q3_K, kquants::q3_k, Some(weighted::rows::q3_k_row)),
-    block_codec!(Q4_K, kquants::q4_k, Some(weighted::rows::q4_k_row), gptq),
-    block_codec!(Q5_K, kquants::q5_k, Some(weighted::rows::q5_k_row), gptq),
-    block_codec!(Q6_K, kquants::q6_k, Some(weighted::rows::q6_k_row), gptq),
-    block_codec!(IQ4_NL, iq4_nl, Some(weighted::rows::iq4_nl_row), gptq),
+    Codec::float(GgmlType::F32, float::encode_f32, float::decode_f32, dot::dot_f32).ftype(0).convert_uniform(),
+    Codec::float(GgmlType::F16, float::encode_f16, float::decode_f16, dot::dot_f16).ftype(1).convert_uniform(),
+    Codec::float(GgmlType::BF16, float::encode_bf16, float::decode_bf16, dot::dot_bf16).ftype(32).convert_uniform(),
+    // llama.cpp ignores an importance matrix for Q8_0.
+    block_codec!(Q8_0, q8_0, gptq).ftype(7).convert_uniform(),
+    block_codec!(Q4_0, legacy::q4_0, gptq).weighted(weighted::rows::q4_0_row).ftype(2).convert_uniform(),
+    block_codec!(Q4_1, legacy::q4_1, gptq).weighted(weighted::rows::q4_1_row).ftype(3).convert_uniform(),
+    block_codec!(Q5_0, legacy::q5_0, gptq).weighted(weighted::rows::q5_0_row).ftype(8).convert_uniform(),
+    block_codec!(Q5_1, legacy::q5_1, gptq).weighted(weighted::rows::q5_1_row).ftype(9).convert_uniform(),
+    block_codec!(Q2_K, kquants::q2_k).weighted(weighted::rows::q2_k_row).ftype(10),
+    block_codec!(Q3_K, kquants::q3_k).weighted(weighted::rows::q3_k_row),
+    block_codec!(Q4_K, kquants::q4_k, gptq).weighted(weighted::rows::q4_k_row),
+    block_codec!(Q5_K, kquants::q5_k, gptq).weighted(weighted::rows::q5_k_row),
+    block_codec!(Q6_K, kquants::q6_k, gptq).weighted(weighted::rows::q6_k_row).ftype(18),
+    block_codec!(IQ4_NL, iq4_nl, gptq).weighted(weighted::rows::iq4_nl_row).ftype(25),
+    #[cfg(test)]
+    block_codec!(TEST_Q3_0, test_codec, gptq).ftype(1000),
 ];
 
 /// The codec of `t`, if qforge has one.

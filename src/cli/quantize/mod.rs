@@ -26,14 +26,17 @@ use crate::ggml_type::GgmlType;
 use crate::model::{names, ModelFile};
 use crate::output::Sink;
 
-/// Quantize a model (Hugging Face directory or GGUF) to a GGUF quantization type or one of
-/// llama.cpp's mixes (Q4_K_M etc.), with llama.cpp's per-tensor rules.
-#[derive(Args, Debug, Clone)]
-#[command(after_help = "Types: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K_S, Q3_K_M (Q3_K), Q3_K_L, Q4_K_S, \
-    Q4_K_M (Q4_K), Q5_K_S, Q5_K_M (Q5_K), Q6_K, IQ4_NL. The _S/_M/_L mixes raise attn_v, ffn_down, \
-    attn_output and the output matrix above the base type as llama.cpp's llama-quantize does; \
-    --pure gives every matrix the base type.\n\n\
-    Examples:\n  \
+/// `quantize --help`'s tail: the types (from the codec table and the mixes), then examples.
+fn after_help() -> String {
+    format!(
+        "Types: {}. The _S/_M/_L mixes raise attn_v, ffn_down, attn_output and the output matrix \
+         above the base type as llama.cpp's llama-quantize does; --pure gives every matrix the \
+         base type.\n\n{EXAMPLES}",
+        FileType::help_list()
+    )
+}
+
+const EXAMPLES: &str = "Examples:\n  \
     qforge quantize models/llama -o llama-q4_k_m.gguf --type Q4_K_M\n  \
     qforge quantize llama-f16.gguf -o llama-q4_0.gguf --type q4_0 --pure\n  \
     qforge quantize models/llama --type Q3_K_M --dry-run                 # print the plan only\n  \
@@ -45,7 +48,12 @@ use crate::output::Sink;
     qforge quantize models/llama -o llama-awq --method awq\n  \
     qforge quantize models/llama -o m.gguf --method awq+gptq --type Q4_K_M  # AWQ, then GPTQ\n  \
     qforge imatrix models/llama -o llama.imatrix.gguf && \\\n    \
-    qforge quantize models/llama -o m.gguf --type IQ4_NL --imatrix llama.imatrix.gguf")]
+    qforge quantize models/llama -o m.gguf --type IQ4_NL --imatrix llama.imatrix.gguf";
+
+/// Quantize a model (Hugging Face directory or GGUF) to a GGUF quantization type or one of
+/// llama.cpp's mixes (Q4_K_M etc.), with llama.cpp's per-tensor rules.
+#[derive(Args, Debug, Clone)]
+#[command(after_help = after_help())]
 pub struct QuantizeArgs {
     /// A Hugging Face model directory or a GGUF file.
     pub input: PathBuf,
