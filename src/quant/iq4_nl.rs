@@ -6,6 +6,7 @@
 use super::dot::{chunk16, BlockSink};
 use super::float::{get_f16, put_f16};
 use super::grid::{set_nibble32, ElemGrid};
+use super::weighted::{importance, sum_x2};
 use super::{as_block, as_bytes_mut};
 
 pub const QK: usize = 32;
@@ -64,6 +65,17 @@ pub fn quantize_block(x: &[f32], out: &mut [u8]) {
     let x = as_block::<QK>(x);
     let w: [f32; QK] = std::array::from_fn(|j| x[j] * x[j]);
     quantize_block_weighted(x, &w, out);
+}
+
+/// `quantize_iq4_nl` with `quant_weights` (`quantize_row_iq4_nl_impl(32, 32, …, qw, ntry =
+/// 7)` per block): the reference search with the weights x² replaced by
+/// `qw[j]·sqrt(σ² + x[j]²)`, σ² twice the block's mean square.
+pub fn quantize_row_weighted(x: &[f32], qw: &[f32], out: &mut [u8]) {
+    for ((xb, w), o) in x.chunks_exact(QK).zip(qw.chunks_exact(QK)).zip(out.chunks_exact_mut(BLOCK_BYTES)) {
+        let xb: &[f32; QK] = xb.try_into().unwrap();
+        let sigma2 = sum_x2(xb) * (2.0 / QK as f32);
+        quantize_block_weighted(xb, &importance(xb, w, sigma2), o);
+    }
 }
 
 /// The search of [`quantize_block`] with weights `w` (x² there; the importance-weighted

@@ -18,6 +18,8 @@
 use super::dot::{chunk16, BlockSink};
 use super::float::{get_f16, put_f16};
 use super::grid::{set_bit, set_nibble32, ElemGrid};
+use super::weighted::search::{make_qkx3_quants, make_qx_quants};
+use super::weighted::{importance, sum_x2};
 use super::{as_block, as_bytes_mut, c_float_to_i8};
 
 /// Weights per block, for all four types.
@@ -48,6 +50,33 @@ fn min_max(x: &[f32]) -> (f32, f32) {
         }
     }
     (min, max)
+}
+
+/// Blocks of a row with their importance.
+fn weighted_blocks<'a>(x: &'a [f32], qw: &'a [f32]) -> impl Iterator<Item = (&'a [f32; QK], &'a [f32])> {
+    x.chunks_exact(QK).zip(qw.chunks_exact(QK)).map(|(xb, w)| (xb.try_into().unwrap(), w))
+}
+
+/// The importance-weighted quantizers (`quantize_row_q*_impl` with `quant_weights`) search the
+/// scale instead of taking it from the block's extreme value: each weight counts
+/// `qw[j]·sqrt(σ² + x[j]²)`, with σ² the mean square of the *whole row*, so a column the
+/// activations rarely use may be rounded coarsely in favour of the columns that matter. The
+/// symmetric types use `make_qx_quants`, the affine ones `make_qkx3_quants`.
+fn row_sigma2(x: &[f32]) -> f32 {
+    sum_x2(x) / x.len() as f32
+}
+
+/// Split the 5-bit levels of a block into low nibbles (`qs`) and the u32 of fifth bits (`qh`),
+/// as `block_q5_0`/`block_q5_1` store them.
+fn pack_5bit(l: impl Fn(usize) -> u8, qs: &mut [u8]) -> u32 {
+    let mut qh = 0u32;
+    for (j, q) in qs.iter_mut().enumerate().take(QK / 2) {
+        let (a, b) = (l(j), l(j + QK / 2));
+        *q = (a & 0x0F) | ((b & 0x0F) << 4);
+        qh |= (((a & 0x10) >> 4) as u32) << j;
+        qh |= (((b & 0x10) >> 4) as u32) << (j + QK / 2);
+    }
+    qh
 }
 
 pub mod q4_0 {
@@ -87,6 +116,20 @@ pub mod q4_0 {
     /// Store weight `j`'s code `q`.
     pub fn set_code(b: &mut [u8], j: usize, q: i32) {
         set_nibble32(&mut b[2..18], j, q as u8);
+    }
+
+    /// `quantize_row_q4_0_impl`: x ≈ d·(L − 8), d from `make_qx_quants(32, 8, …, weights)`.
+    pub fn quantize_row_weighted(x: &[f32], qw: &[f32], out: &mut [u8]) {
+        let sigma2 = row_sigma2(x);
+        for ((xb, w), o) in weighted_blocks(x, qw).zip(out.chunks_exact_mut(BLOCK_BYTES)) {
+            let weight = importance(xb, w, sigma2);
+            let mut l = [0i8; QK];
+            let d = make_qx_quants(8, xb, &mut l, &weight);
+            put_f16(o, d);
+            for j in 0..QK / 2 {
+                o[2 + j] = (l[j] as u8) | ((l[j + QK / 2] as u8) << 4);
+            }
+        }
     }
 }
 
@@ -129,6 +172,21 @@ pub mod q4_1 {
     /// Store weight `j`'s code `q`.
     pub fn set_code(b: &mut [u8], j: usize, q: i32) {
         set_nibble32(&mut b[4..20], j, q as u8);
+    }
+
+    /// `quantize_row_q4_1_impl`: x ≈ d·L + m, from `make_qkx3_quants(32, 15, …, −0.9, 0.05, 36)`.
+    pub fn quantize_row_weighted(x: &[f32], qw: &[f32], out: &mut [u8]) {
+        let sigma2 = row_sigma2(x);
+        for ((xb, w), o) in weighted_blocks(x, qw).zip(out.chunks_exact_mut(BLOCK_BYTES)) {
+            let weight = importance(xb, w, sigma2);
+            let mut l = [0u8; QK];
+            let (d, the_min) = make_qkx3_quants(15, xb, &weight, &mut l, -0.9, 0.05, 36);
+            put_f16(o, d);
+            put_f16(&mut o[2..], -the_min);
+            for j in 0..QK / 2 {
+                o[4 + j] = l[j] | (l[j + QK / 2] << 4);
+            }
+        }
     }
 }
 
@@ -174,6 +232,19 @@ pub mod q5_0 {
     pub fn set_code(b: &mut [u8], j: usize, q: i32) {
         set_nibble32(&mut b[6..22], j, (q & 0xF) as u8);
         set_bit(&mut b[2 + j / 8], j % 8, q & 0x10 != 0);
+    }
+
+    /// `quantize_row_q5_0_impl`: x ≈ d·(L − 16), d from `make_qx_quants(32, 16, …, weights)`.
+    pub fn quantize_row_weighted(x: &[f32], qw: &[f32], out: &mut [u8]) {
+        let sigma2 = row_sigma2(x);
+        for ((xb, w), o) in weighted_blocks(x, qw).zip(out.chunks_exact_mut(BLOCK_BYTES)) {
+            let weight = importance(xb, w, sigma2);
+            let mut l = [0i8; QK];
+            let d = make_qx_quants(16, xb, &mut l, &weight);
+            put_f16(o, d);
+            let qh = pack_5bit(|j| l[j] as u8, &mut o[6..]);
+            o[2..6].copy_from_slice(&qh.to_le_bytes());
+        }
     }
 }
 
@@ -223,6 +294,20 @@ pub mod q5_1 {
     pub fn set_code(b: &mut [u8], j: usize, q: i32) {
         set_nibble32(&mut b[8..24], j, (q & 0xF) as u8);
         set_bit(&mut b[4 + j / 8], j % 8, q & 0x10 != 0);
+    }
+
+    /// `quantize_row_q5_1_impl`: x ≈ d·L + m, from `make_qkx3_quants(32, 31, …, −0.9, 0.05, 36)`.
+    pub fn quantize_row_weighted(x: &[f32], qw: &[f32], out: &mut [u8]) {
+        let sigma2 = row_sigma2(x);
+        for ((xb, w), o) in weighted_blocks(x, qw).zip(out.chunks_exact_mut(BLOCK_BYTES)) {
+            let weight = importance(xb, w, sigma2);
+            let mut l = [0u8; QK];
+            let (d, the_min) = make_qkx3_quants(31, xb, &weight, &mut l, -0.9, 0.05, 36);
+            put_f16(o, d);
+            put_f16(&mut o[2..], -the_min);
+            let qh = pack_5bit(|j| l[j], &mut o[8..]);
+            o[4..8].copy_from_slice(&qh.to_le_bytes());
+        }
     }
 }
 

@@ -62,11 +62,6 @@ impl Codec {
         Codec { ty, encode, decode, dot, encode_weighted: None, gptq: None, ftype: None, convert_uniform: false }
     }
 
-    /// With llama.cpp's importance-weighted row quantizer.
-    const fn weighted(self, f: WeightedRowFn) -> Codec {
-        Codec { encode_weighted: Some(f), ..self }
-    }
-
     /// With its `llama_ftype` (see [`Codec::ftype`]).
     const fn ftype(self, id: u32) -> Codec {
         Codec { ftype: Some(id), ..self }
@@ -82,8 +77,15 @@ impl Codec {
 pub type WeightedRowFn = fn(&[f32], &[f32], &mut [u8]);
 
 /// A block codec's row of [`CODECS`] from its module (`QK`, `BLOCK_BYTES`, `quantize_block`,
-/// `decode_block`; with `gptq`, also `elem_grid` and `set_code`).
+/// `decode_block`; with `gptq`, also `elem_grid` and `set_code`; with `weighted`, also
+/// `quantize_row_weighted`, llama.cpp's importance-weighted row quantizer).
 macro_rules! block_codec {
+    ($ty:ident, $($m:ident)::+, gptq, weighted) => {
+        Codec { encode_weighted: Some($($m)::+::quantize_row_weighted), ..block_codec!($ty, $($m)::+, gptq) }
+    };
+    ($ty:ident, $($m:ident)::+, weighted) => {
+        Codec { encode_weighted: Some($($m)::+::quantize_row_weighted), ..block_codec!($ty, $($m)::+) }
+    };
     ($ty:ident, $($m:ident)::+, gptq) => {
         Codec {
             gptq: Some(BlockGrid { elem: $($m)::+::elem_grid, set_code: $($m)::+::set_code }),
@@ -131,16 +133,16 @@ pub static CODECS: &[Codec] = &[
     Codec::float(GgmlType::BF16, float::encode_bf16, float::decode_bf16, dot::dot_bf16).ftype(32).convert_uniform(),
     // llama.cpp ignores an importance matrix for Q8_0.
     block_codec!(Q8_0, q8_0, gptq).ftype(7).convert_uniform(),
-    block_codec!(Q4_0, legacy::q4_0, gptq).weighted(weighted::rows::q4_0_row).ftype(2).convert_uniform(),
-    block_codec!(Q4_1, legacy::q4_1, gptq).weighted(weighted::rows::q4_1_row).ftype(3).convert_uniform(),
-    block_codec!(Q5_0, legacy::q5_0, gptq).weighted(weighted::rows::q5_0_row).ftype(8).convert_uniform(),
-    block_codec!(Q5_1, legacy::q5_1, gptq).weighted(weighted::rows::q5_1_row).ftype(9).convert_uniform(),
-    block_codec!(Q2_K, kquants::q2_k).weighted(weighted::rows::q2_k_row).ftype(10),
-    block_codec!(Q3_K, kquants::q3_k).weighted(weighted::rows::q3_k_row),
-    block_codec!(Q4_K, kquants::q4_k, gptq).weighted(weighted::rows::q4_k_row),
-    block_codec!(Q5_K, kquants::q5_k, gptq).weighted(weighted::rows::q5_k_row),
-    block_codec!(Q6_K, kquants::q6_k, gptq).weighted(weighted::rows::q6_k_row).ftype(18),
-    block_codec!(IQ4_NL, iq4_nl, gptq).weighted(weighted::rows::iq4_nl_row).ftype(25),
+    block_codec!(Q4_0, legacy::q4_0, gptq, weighted).ftype(2).convert_uniform(),
+    block_codec!(Q4_1, legacy::q4_1, gptq, weighted).ftype(3).convert_uniform(),
+    block_codec!(Q5_0, legacy::q5_0, gptq, weighted).ftype(8).convert_uniform(),
+    block_codec!(Q5_1, legacy::q5_1, gptq, weighted).ftype(9).convert_uniform(),
+    block_codec!(Q2_K, kquants::q2_k, weighted).ftype(10),
+    block_codec!(Q3_K, kquants::q3_k, weighted),
+    block_codec!(Q4_K, kquants::q4_k, gptq, weighted),
+    block_codec!(Q5_K, kquants::q5_k, gptq, weighted),
+    block_codec!(Q6_K, kquants::q6_k, gptq, weighted).ftype(18),
+    block_codec!(IQ4_NL, iq4_nl, gptq, weighted).ftype(25),
     #[cfg(test)]
     block_codec!(TEST_Q3_0, test_codec, gptq).ftype(1000),
 ];

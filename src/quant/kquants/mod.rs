@@ -5,7 +5,14 @@
 //! The quantizers reproduce ggml's `quantize_row_q*_K_ref` (ggml-quants.c), which is what
 //! `ggml_quantize_chunk` (and so `llama-quantize`) runs when no importance matrix is given.
 //! The sub-block searches live in `search`; one module per type holds its layout, the packing
-//! of its scales and quants, and its dequantizer (`dequantize_row_q*_K`).
+//! of its scales and quants, its dequantizer (`dequantize_row_q*_K`) and its
+//! importance-weighted quantizer (`quantize_row_q*_K_impl` with `quant_weights`).
+//!
+//! The weighted quantizers weight every value by `qw[j]·sqrt(σ² + x[j]²)` instead of by its
+//! own magnitude (σ² from the super-block: the mean square for Q2_K, twice it for
+//! Q3_K/Q4_K/Q5_K; Q6_K uses `qw` alone), and then also fit the sub-block scales (and mins)
+//! themselves by a weighted search (`make_qp_quants` / `make_qx_quants` with each sub-block's
+//! total weight) instead of rounding them against the largest one.
 //!
 //! A pattern common to all five: after the scales are quantized, every weight is re-quantized
 //! against the *stored* (f16-rounded, integer-scaled) sub-block scale, so the bytes decode to
@@ -24,6 +31,8 @@ pub mod q6_k;
 pub mod search;
 
 use super::float::{get_f16, put_f16};
+use super::weighted::search::{make_qkx3_quants, make_qp_quants};
+use super::weighted::{importance, sum_x2};
 
 /// Weights per super-block (ggml's `QK_K`).
 pub const QK_K: usize = 256;
@@ -136,6 +145,65 @@ pub(crate) fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8]) {
             q[i] = lh[i] | (lh[i + 32] << 2) | (lh[i + 64] << 4) | (lh[i + 96] << 6);
         }
     }
+}
+
+/// Sub-block `j` (of `N`) of a weighted quantizer: its weights `qw[l]·sqrt(σ² + x[l]²)` and
+/// their sum.
+#[inline(always)]
+fn sub_weights<const N: usize>(x: &[f32; QK_K], qw: &[f32], sigma2: f32, j: usize) -> ([f32; N], f32) {
+    let w: [f32; N] = importance(sub(x, j), &qw[N * j..], sigma2);
+    let mut sumw = 0f32;
+    for &v in &w {
+        sumw += v;
+    }
+    (w, sumw)
+}
+
+/// The super-blocks of a row with their importance, and each one's bytes.
+pub(crate) fn weighted_super_blocks<'a, const BYTES: usize>(
+    x: &'a [f32],
+    qw: &'a [f32],
+    out: &'a mut [u8],
+) -> impl Iterator<Item = ((&'a [f32; QK_K], &'a [f32]), &'a mut [u8])> {
+    x.chunks_exact(QK_K).map(|c| c.try_into().unwrap()).zip(qw.chunks_exact(QK_K)).zip(out.chunks_exact_mut(BYTES))
+}
+
+/// The scale step shared by weighted Q4_K and Q5_K: per 32-weight sub-block
+/// `make_qkx3_quants(32, nmax, …, −0.9, 0.05, 36)`, then the 8 scales and 8 mins fitted to 6
+/// bits by `make_qp_quants(8, 63, …, sub-block weights)`. Leaves the search's levels in `l`,
+/// writes d, dmin and the packed scales into `head`, and returns the f16-rounded (d, dmin).
+pub(crate) fn weighted_scales_k4(
+    x: &[f32; QK_K],
+    qw: &[f32],
+    nmax: i32,
+    clamp63: bool,
+    l: &mut [u8; QK_K],
+    head: &mut [u8],
+) -> (f32, f32) {
+    let sigma2 = 2.0 * sum_x2(x) / QK_K as f32;
+    let (mut scales, mut mins, mut sw) = ([0f32; 8], [0f32; 8], [0f32; 8]);
+    for j in 0..8 {
+        let (weight, sumw) = sub_weights::<32>(x, qw, sigma2, j);
+        sw[j] = sumw;
+        let (s, m) = make_qkx3_quants(nmax, sub(x, j), &weight, sub_mut(l, j), -0.9, 0.05, 36);
+        scales[j] = s;
+        mins[j] = m;
+    }
+    let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
+    let d_block = make_qp_quants(63, &scales, &mut ls, &sw);
+    let m_block = make_qp_quants(63, &mins, &mut lm, &sw);
+    if clamp63 {
+        // Q5_K clamps the levels (Q4_K does not; make_qp_quants already caps them at 63
+        // except for a negative scale wrapped into a uint8_t).
+        for v in ls.iter_mut().chain(lm.iter_mut()) {
+            *v = (*v).min(63);
+        }
+    }
+    head[4..4 + K_SCALE_SIZE].fill(0);
+    pack_scale_min_k4(&ls, &lm, &mut head[4..4 + K_SCALE_SIZE]);
+    put_f16(&mut head[0..], d_block);
+    put_f16(&mut head[2..], m_block);
+    (get_f16(&head[0..]), get_f16(&head[2..]))
 }
 
 #[cfg(test)]

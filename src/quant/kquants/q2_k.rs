@@ -4,9 +4,12 @@
 //! quants, see `pack_2bit`), `d: f16`, `dmin: f16`; 84 bytes.
 
 use crate::quant::dot::{chunk16, BlockSink};
+use crate::quant::weighted::search::{make_qkx3_quants, make_qp_quants};
+use crate::quant::weighted::sum_x2;
 use crate::quant::{as_block, as_bytes_mut};
 
-use super::{get_f16, pack_2bit, put_f16, search, sub, sub_mut, QK_K};
+use super::search::nearest_int;
+use super::{get_f16, pack_2bit, put_f16, search, sub, sub_mut, sub_weights, weighted_super_blocks, QK_K};
 
 pub const QK: usize = QK_K;
 pub const BLOCK_BYTES: usize = 84;
@@ -88,5 +91,44 @@ pub fn decode_block(b: &[u8; BLOCK_BYTES], s: &mut impl BlockSink) {
                 s.put16(128 * h + 32 * k + 16 * half, &chunk16(|i| dl * ((q[i] >> (2 * k)) & 3) as f32 - ml));
             }
         }
+    }
+}
+
+/// `quantize_row_q2_K_impl`.
+pub fn quantize_row_weighted(x: &[f32], qw: &[f32], out: &mut [u8]) {
+    for ((x, qw), o) in weighted_super_blocks::<BLOCK_BYTES>(x, qw, out) {
+        let sigma2 = sum_x2(x) / QK_K as f32;
+        let mut l = [0u8; QK_K];
+        let (mut scales, mut mins, mut sw) = ([0f32; 16], [0f32; 16], [0f32; 16]);
+        for j in 0..16 {
+            let (weight, sumw) = sub_weights::<16>(x, qw, sigma2, j);
+            sw[j] = sumw;
+            let (s, m) = make_qkx3_quants(3, sub(x, j), &weight, sub_mut(&mut l, j), -0.9, 0.05, 36);
+            scales[j] = s;
+            mins[j] = m;
+        }
+        let (mut ls, mut lm) = ([0u8; 16], [0u8; 16]);
+        let dm = make_qp_quants(15, &scales, &mut ls, &sw);
+        let mm = make_qp_quants(15, &mins, &mut lm, &sw);
+
+        let (sc, rest) = o.split_at_mut(16);
+        let (qs, dd) = rest.split_at_mut(64);
+        put_f16(&mut dd[0..], dm);
+        put_f16(&mut dd[2..], mm);
+        let (dm, mm) = (get_f16(&dd[0..]), get_f16(&dd[2..]));
+        for j in 0..16 {
+            sc[j] = ls[j] | (lm[j] << 4);
+        }
+        for j in 0..16 {
+            let d = dm * (sc[j] & 0xF) as f32;
+            if d == 0.0 {
+                continue;
+            }
+            let m = mm * (sc[j] >> 4) as f32;
+            for i in 16 * j..16 * (j + 1) {
+                l[i] = nearest_int((x[i] + m) / d).clamp(0, 3) as u8;
+            }
+        }
+        pack_2bit(&l, qs);
     }
 }

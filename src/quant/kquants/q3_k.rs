@@ -6,9 +6,11 @@
 //! 8 + j%4 at bit 2·(j/4)), `d: f16`; 110 bytes.
 
 use crate::quant::dot::{chunk16, BlockSink};
+use crate::quant::weighted::search::make_qx_quants;
+use crate::quant::weighted::sum_x2;
 use crate::quant::{as_block, as_bytes_mut};
 
-use super::{get_f16, pack_2bit, put_f16, search, sub, sub_mut, QK_K};
+use super::{get_f16, pack_2bit, put_f16, search, sub, sub_mut, sub_weights, weighted_super_blocks, QK_K};
 
 pub const QK: usize = QK_K;
 pub const BLOCK_BYTES: usize = 110;
@@ -124,5 +126,30 @@ pub fn decode_block(b: &[u8; BLOCK_BYTES], s: &mut impl BlockSink) {
                 );
             }
         }
+    }
+}
+
+/// `quantize_row_q3_K_impl`.
+pub fn quantize_row_weighted(x: &[f32], qw: &[f32], out: &mut [u8]) {
+    for ((x, qw), o) in weighted_super_blocks::<BLOCK_BYTES>(x, qw, out) {
+        let sigma2 = 2.0 * sum_x2(x) / QK_K as f32;
+        let mut l = [0i8; QK_K];
+        let (mut scales, mut sw) = ([0f32; 16], [0f32; 16]);
+        for j in 0..16 {
+            let (weight, sumw) = sub_weights::<16>(x, qw, sigma2, j);
+            sw[j] = sumw;
+            scales[j] = make_qx_quants(4, sub(x, j), sub_mut(&mut l, j), &weight);
+        }
+        let (hmask, rest) = o.split_at_mut(32);
+        let (qs, rest) = rest.split_at_mut(64);
+        let (sc, dd) = rest.split_at_mut(12);
+        sc.fill(0);
+        let mut ls = [0i8; 16];
+        let d_block = make_qx_quants(32, &scales, &mut ls, &sw);
+        for j in 0..16 {
+            put_scale(sc, j, ls[j] as u8);
+        }
+        put_f16(dd, d_block);
+        requantize_and_pack(x, &mut l, hmask, qs, sc, dd);
     }
 }

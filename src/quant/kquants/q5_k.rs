@@ -7,7 +7,9 @@ use crate::quant::dot::{chunk16, BlockSink};
 use crate::quant::grid::{set_bit, ElemGrid};
 use crate::quant::{as_block, as_bytes_mut};
 
-use super::{get_f16, get_scale_min_k4, quantize_scales_k4, requantize_k4, QK_K};
+use super::{
+    get_f16, get_scale_min_k4, quantize_scales_k4, requantize_k4, weighted_scales_k4, weighted_super_blocks, QK_K,
+};
 
 pub const QK: usize = QK_K;
 pub const BLOCK_BYTES: usize = 176;
@@ -67,5 +69,16 @@ pub fn decode_block(b: &[u8; BLOCK_BYTES], s: &mut impl BlockSink) {
             s.put16(64 * c + 16 * h, &chunk16(|i| d1 * ((q[i] & 0xF) + hi(i, u1)) as f32 - m1));
             s.put16(64 * c + 32 + 16 * h, &chunk16(|i| d2 * ((q[i] >> 4) + hi(i, u2)) as f32 - m2));
         }
+    }
+}
+
+/// `quantize_row_q5_K_impl`.
+pub fn quantize_row_weighted(x: &[f32], qw: &[f32], out: &mut [u8]) {
+    for ((x, qw), o) in weighted_super_blocks::<BLOCK_BYTES>(x, qw, out) {
+        let mut l = [0u8; QK_K];
+        let (head, rest) = o.split_at_mut(16);
+        let (d, dmin) = weighted_scales_k4(x, qw, 31, true, &mut l, head);
+        requantize_k4(x, d, dmin, &head[4..16], 31, &mut l);
+        pack_levels(&l, rest);
     }
 }

@@ -9,7 +9,7 @@ use crate::quant::dot::{chunk16, BlockSink};
 use crate::quant::grid::ElemGrid;
 use crate::quant::{as_block, as_bytes_mut};
 
-use super::{get_f16, put_f16, search, sub, sub_mut, QK_K};
+use super::{get_f16, put_f16, search, sub, sub_mut, weighted_super_blocks, QK_K};
 
 pub const QK: usize = QK_K;
 pub const BLOCK_BYTES: usize = 210;
@@ -114,5 +114,13 @@ pub fn decode_block(b: &[u8; BLOCK_BYTES], s: &mut impl BlockSink) {
                 s.put16(128 * h + 32 * k + 16 * g, &chunk16(|i| dk * level(i, k) as f32));
             }
         }
+    }
+}
+
+/// `quantize_row_q6_K_impl`: the reference search weighted by the importance alone (ggml's
+/// σ² term is commented out for this type).
+pub fn quantize_row_weighted(x: &[f32], qw: &[f32], out: &mut [u8]) {
+    for ((x, qw), o) in weighted_super_blocks::<BLOCK_BYTES>(x, qw, out) {
+        quantize_block_weighted(x, |i| qw[i], o);
     }
 }

@@ -11,22 +11,33 @@
 //! work on whole rows (the legacy types take σ² over the entire row), so tensors are split by
 //! rows for the thread pool.
 
-mod iq4_nl;
-mod kquants;
-mod legacy;
-pub mod search;
+//!
+//! Each block type's weighted row quantizer (`quantize_row_weighted`) lives in its module
+//! beside its plain one; this module holds what they share: the weighting, the searches, and
+//! the whole-tensor driver.
 
-/// The row quantizers, for the codec table (`quant::CODECS`).
-pub(crate) mod rows {
-    pub use super::iq4_nl::iq4_nl_row;
-    pub use super::kquants::{q2_k_row, q3_k_row, q4_k_row, q5_k_row, q6_k_row};
-    pub use super::legacy::{q4_0_row, q4_1_row, q5_0_row, q5_1_row};
-}
+pub mod search;
 
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::ggml_type::GgmlType;
+
+/// Σx² left to right, as ggml sums it (the σ² of the weighting).
+pub(crate) fn sum_x2(x: &[f32]) -> f32 {
+    let mut s = 0f32;
+    for &v in x {
+        s += v * v;
+    }
+    s
+}
+
+/// llama.cpp's weight of each value in a search: its column's importance `qw[j]` times
+/// `sqrt(σ² + x[j]²)` (σ² is each type's own: over the row, the super-block or the block).
+#[inline(always)]
+pub(crate) fn importance<const N: usize>(x: &[f32; N], qw: &[f32], sigma2: f32) -> [f32; N] {
+    std::array::from_fn(|j| qw[j] * (sigma2 + x[j] * x[j]).sqrt())
+}
 
 /// Whether `t` has an importance-weighted quantizer (otherwise the importance is ignored, as
 /// llama.cpp does for Q8_0 and the float types).
