@@ -558,22 +558,16 @@ impl QuantPlan {
 }
 
 /// llama.cpp's `tensor_type_fallback`: a type whose blocks do not divide the row length is
-/// replaced by the nearest type with 32-weight blocks (Q2_K/Q3_K → Q4_0, Q4_K → Q5_0,
-/// Q5_K → Q5_1, Q6_K → Q8_0, as llama.cpp maps them today), and by F16 when even that does
-/// not fit. llama.cpp aborts on a block-32 type that does not fit; qforge stores F16 instead,
+/// replaced by the nearest type with 32-weight blocks (the codec table's `fallback`: Q2_K/Q3_K
+/// → Q4_0, Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0, as llama.cpp maps them today), and by F16
+/// when even that does not fit. llama.cpp aborts on a block-32 type that does not fit; qforge stores F16 instead,
 /// as `convert` does.
 fn fallback(t: &TensorSpec<'_>, target: GgmlType) -> Assigned {
     let ncols = t.row_len();
     if ncols.is_multiple_of(target.block_size()) {
         return Assigned::plain(target);
     }
-    let mut ty = match target {
-        GgmlType::Q2_K | GgmlType::Q3_K => GgmlType::Q4_0,
-        GgmlType::Q4_K => GgmlType::Q5_0,
-        GgmlType::Q5_K => GgmlType::Q5_1,
-        GgmlType::Q6_K => GgmlType::Q8_0,
-        _ => GgmlType::F16,
-    };
+    let mut ty = quant::codec(target).and_then(|c| c.fallback).unwrap_or(GgmlType::F16);
     if !ncols.is_multiple_of(ty.block_size()) {
         ty = GgmlType::F16;
     }

@@ -49,6 +49,9 @@ pub struct Codec {
     /// `convert --outtype T` stores every matrix in this type, as llama.cpp's converters do;
     /// otherwise `convert` writes llama-quantize's per-tensor plan for it.
     pub convert_uniform: bool,
+    /// llama-quantize's `tensor_type_fallback`: the type a matrix gets when its rows do not
+    /// divide into this type's blocks (`None`: F16).
+    pub fallback: Option<GgmlType>,
 }
 
 impl Codec {
@@ -59,12 +62,27 @@ impl Codec {
         decode: fn(&[u8], &mut [f32]),
         dot: dot::DotFn,
     ) -> Codec {
-        Codec { ty, encode, decode, dot, encode_weighted: None, gptq: None, ftype: None, convert_uniform: false }
+        Codec {
+            ty,
+            encode,
+            decode,
+            dot,
+            encode_weighted: None,
+            gptq: None,
+            ftype: None,
+            convert_uniform: false,
+            fallback: None,
+        }
     }
 
     /// With its `llama_ftype` (see [`Codec::ftype`]).
     const fn ftype(self, id: u32) -> Codec {
         Codec { ftype: Some(id), ..self }
+    }
+
+    /// With llama-quantize's fall-back type (see [`Codec::fallback`]).
+    const fn fallback(self, t: GgmlType) -> Codec {
+        Codec { fallback: Some(t), ..self }
     }
 
     /// Written by `convert --outtype` in every matrix.
@@ -115,6 +133,7 @@ macro_rules! block_codec {
             gptq: None,
             ftype: None,
             convert_uniform: false,
+            fallback: None,
         }
     };
 }
@@ -137,11 +156,11 @@ pub static CODECS: &[Codec] = &[
     block_codec!(Q4_1, legacy::q4_1, gptq, weighted).ftype(3).convert_uniform(),
     block_codec!(Q5_0, legacy::q5_0, gptq, weighted).ftype(8).convert_uniform(),
     block_codec!(Q5_1, legacy::q5_1, gptq, weighted).ftype(9).convert_uniform(),
-    block_codec!(Q2_K, kquants::q2_k, weighted).ftype(10),
-    block_codec!(Q3_K, kquants::q3_k, weighted),
-    block_codec!(Q4_K, kquants::q4_k, gptq, weighted),
-    block_codec!(Q5_K, kquants::q5_k, gptq, weighted),
-    block_codec!(Q6_K, kquants::q6_k, gptq, weighted).ftype(18),
+    block_codec!(Q2_K, kquants::q2_k, weighted).ftype(10).fallback(GgmlType::Q4_0),
+    block_codec!(Q3_K, kquants::q3_k, weighted).fallback(GgmlType::Q4_0),
+    block_codec!(Q4_K, kquants::q4_k, gptq, weighted).fallback(GgmlType::Q5_0),
+    block_codec!(Q5_K, kquants::q5_k, gptq, weighted).fallback(GgmlType::Q5_1),
+    block_codec!(Q6_K, kquants::q6_k, gptq, weighted).ftype(18).fallback(GgmlType::Q8_0),
     block_codec!(IQ4_NL, iq4_nl, gptq, weighted).ftype(25),
     #[cfg(test)]
     block_codec!(TEST_Q3_0, test_codec, gptq).ftype(1000),

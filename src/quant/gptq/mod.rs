@@ -51,6 +51,10 @@ pub mod cuda;
 #[cfg(test)]
 #[path = "cuda/emulate.rs"]
 mod cuda_emulate;
+// The host side of the CUDA sweep, shared by the backend and its emulation.
+#[cfg(any(feature = "cuda", test))]
+#[path = "cuda/host.rs"]
+mod cuda_host;
 mod ggml_grid;
 mod gram;
 mod grid;

@@ -2,7 +2,8 @@
 //! `kernels.rs` transcribed line by line into Rust (same names, arguments, index arithmetic,
 //! operation order), the cuBLAS/cuSOLVER calls of `solve.rs` and `hessian.rs` replaced by
 //! plain column-major loops with the same arguments (m, n, k, offsets, leading dimensions),
-//! and `solve.rs`'s host sequence repeated step by step. The tests compare the result with
+//! and `solve.rs`'s host sequence repeated step by step; what the sweep is given and how its
+//! outputs become a result is `host.rs`'s, shared with `solve.rs` (not repeated). The tests compare the result with
 //! the CPU solver, which checks the layouts, the index arithmetic and the algorithm of the
 //! GPU path; what it cannot check is the CUDA toolchain itself (NVRTC, the libraries, launch
 //! arguments), which the probe's self-test and `tests/gptq_cuda.rs` do on a GPU.
@@ -13,11 +14,8 @@
 // A transcription keeps the CUDA source's form (NaN-aware negated comparisons, `(maxq + 1) / 2`).
 #![allow(clippy::neg_cmp_op_on_partial_ord, clippy::manual_div_ceil)]
 
-use super::grid::{group_params, RANGE_CANDIDATES};
-use super::{
-    check_args, check_weights_finite, damp_schedule, importance, ColumnOrder, GptqOptions, GptqResult, Grid, Hessian,
-    IntQuant,
-};
+use super::cuda_host::{int_result, sweep_inputs, SweepOutputs};
+use super::{check_args, check_weights_finite, damp_schedule, importance, GptqOptions, GptqResult, Grid, Hessian};
 #[cfg(test)]
 use super::{quantize, solver};
 use crate::error::{Error, Result};
@@ -464,78 +462,37 @@ fn sweep(
     importance: Option<&[f64]>,
     opts: &GptqOptions,
 ) -> Result<GptqResult> {
-    #[derive(Clone, Copy, PartialEq, Eq)]
-    enum Mode {
-        PerRow,
-        Static,
-        Dynamic,
-    }
-    let cols = n;
-    let maxq = (1u32 << bits) - 1;
-    let mode = match opts.group_size {
-        None => Mode::PerRow,
-        Some(_) if opts.static_groups => Mode::Static,
-        Some(_) => Mode::Dynamic,
-    };
-    let gs = opts.group_size.unwrap_or(cols);
-    let ng = cols / gs;
-    let group_of: Vec<u32> = (0..cols)
-        .map(|p| match mode {
-            Mode::PerRow => 0,
-            Mode::Static => (f.perm[p] / gs) as u32,
-            Mode::Dynamic => (p / gs) as u32,
-        })
-        .collect();
-    let mut scales = vec![0f64; ng * rows];
-    let mut zeros = vec![0u8; ng * rows];
-    if mode != Mode::Dynamic {
-        for (r, row) in w.chunks_exact(cols).enumerate() {
-            for g in 0..ng {
-                let vals: Vec<f64> = (g * gs..(g + 1) * gs)
-                    .map(|c| if mode == Mode::Static && f.dead[c] { 0.0 } else { row[c] as f64 })
-                    .collect();
-                let (s, z) = group_params(&vals, importance, |k| g * gs + k, maxq, sym);
-                scales[g * rows + r] = s;
-                zeros[g * rows + r] = z;
-            }
-        }
-    }
-    let dead8: Vec<u8> = f.dead.iter().map(|&d| d as u8).collect();
-    let mut codes = vec![0u8; rows * cols];
+    let mut inp = sweep_inputs(w, rows, &f.perm, &f.dead, bits, sym, importance, opts);
+    let mut codes = vec![0u8; rows * n];
     let mut loss = vec![0f64; rows];
-    let mut wk = vec![0f64; rows * cols];
+    let mut wk = vec![0f64; rows * n];
     let bs = opts.block_size.min(n);
     let mut err = vec![0f64; rows * bs];
     let (rows_i, n_i) = (rows as I64, n as I64);
-    init_w(&mut wk, w, &f.perm_dev, &dead8, rows_i, n_i);
-    let (gs_i, dynamic, sym_i) = (gs as I64, (mode == Mode::Dynamic) as i32, sym as i32);
-    let imp_sweep: Vec<f64> = match importance {
-        Some(imp) => f.perm.iter().map(|&c| imp[c]).collect(),
-        None => vec![0.0; n],
-    };
-    let n_cand = if importance.is_some() { RANGE_CANDIDATES as i32 } else { 0 };
+    init_w(&mut wk, w, &f.perm_dev, &inp.dead8, rows_i, n_i);
+    let (gs_i, dynamic, sym_i) = (inp.gs as I64, inp.dynamic as i32, sym as i32);
     for i1 in (0..n).step_by(bs) {
         let i2 = (i1 + bs).min(n);
         sweep_block(
             &mut wk,
             &mut err,
             &f.u,
-            &mut scales,
-            &mut zeros,
+            &mut inp.scales,
+            &mut inp.zeros,
             &mut codes,
             &mut loss,
             &f.perm_dev,
-            &group_of,
+            &inp.group_of,
             rows_i,
             n_i,
             i1 as I64,
             i2 as I64,
             gs_i,
             dynamic,
-            maxq,
+            inp.maxq,
             sym_i,
-            &imp_sweep,
-            n_cand,
+            &inp.imp_sweep,
+            inp.n_cand,
         );
         if i2 < n {
             let a = &err[0..rows * (i2 - i1)];
@@ -544,44 +501,17 @@ fn sweep(
             dgemm_nn(rows, n - i2, i2 - i1, -1.0, a, rows, b, n, 1.0, c, rows);
         }
     }
-    let mut q = IntQuant {
-        bits,
-        group_size: gs,
+    let out = SweepOutputs {
         codes,
-        scales: vec![0f32; rows * ng],
-        zeros: vec![0u8; rows * ng],
-        g_idx: vec![0u32; cols],
-    };
-    for r in 0..rows {
-        for g in 0..ng {
-            q.scales[r * ng + g] = scales[g * rows + r] as f32;
-            q.zeros[r * ng + g] = zeros[g * rows + r];
-        }
-    }
-    for (p, &c) in f.perm.iter().enumerate() {
-        q.g_idx[c] = group_of[p];
-    }
-    if opts.order == ColumnOrder::GroupAware {
-        q.number_groups_by_column();
-    }
-    let mut dequantized = vec![0f32; rows * cols];
-    for (r, out) in dequantized.chunks_mut(cols).enumerate() {
-        for (c, o) in out.iter_mut().enumerate() {
-            let g = r * ng + q.g_idx[c] as usize;
-            *o = q.scales[g] * (q.codes[r * cols + c] as i32 - q.zeros[g] as i32) as f32;
-        }
-    }
-    Ok(GptqResult {
-        dequantized,
-        int: Some(q),
-        ggml: None,
+        scales: &inp.scales,
+        zeros: &inp.zeros,
+        losses: &loss,
+        perm: &f.perm,
+        dead: &f.dead,
         damp_used: f.damp_used,
-        damp_retries: f.retries,
-        loss: loss.iter().sum::<f64>() / 2.0,
-        dead_columns: f.dead.iter().filter(|&&d| d).count(),
-        factor_seconds: 0.0,
-        sweep_seconds: 0.0,
-    })
+        retries: f.retries,
+    };
+    Ok(int_result(&inp, out, rows, bits, opts))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -590,7 +520,7 @@ fn sweep(
 mod tests {
     use super::*;
 
-    use crate::quant::gptq::XorShift as Rng;
+    use crate::quant::gptq::{ColumnOrder, XorShift as Rng};
 
     fn problem(rows: usize, cols: usize, tokens: usize, dead: &[usize]) -> (Vec<f32>, Vec<f32>) {
         let mut r = Rng(0x2545_f491_4f6c_dd1d);

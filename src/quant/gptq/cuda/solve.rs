@@ -8,17 +8,15 @@ use cudarc::cublas::sys as cublas;
 use cudarc::cublas::{Gemm, GemmConfig};
 use cudarc::cusolver::sys as cusolver;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
-use rayon::prelude::*;
 
 use super::hessian::{check_dim, CudaHessian};
 use super::kernels::{grid_for, sweep_grid};
 use super::{cu, Inner};
 use crate::error::{Error, Result};
-use crate::quant::gptq::grid::{group_params, RANGE_CANDIDATES};
+use crate::quant::gptq::cuda_host::{int_result, sweep_inputs, SweepOutputs};
 use crate::quant::gptq::solver::sweep_order;
 use crate::quant::gptq::{
-    check_args, check_weights_finite, damp_schedule, importance, ColumnOrder, GptqOptions, GptqResult, Grid, Hessian,
-    IntQuant,
+    check_args, check_weights_finite, damp_schedule, importance, GptqOptions, GptqResult, Grid, Hessian,
 };
 
 /// Where the Hessian is.
@@ -286,14 +284,6 @@ fn trsm_lower_inverse(inner: &Inner, l: &CudaSlice<f64>, x: &mut CudaSlice<f64>,
     .map_err(cu("cublasDtrsm"))
 }
 
-/// How the integer grid's groups are found (`grid.rs`'s `Mode`).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    PerRow,
-    Static,
-    Dynamic,
-}
-
 /// The blocked sweep and the result, as `solver::sweep` + `IntGrid::finish`.
 #[allow(clippy::too_many_arguments)]
 fn sweep(
@@ -309,57 +299,16 @@ fn sweep(
 ) -> Result<GptqResult> {
     let stream = &inner.stream;
     let k = &inner.kernels;
-    let cols = n;
-    let maxq = (1u32 << bits) - 1;
-    let mode = match opts.group_size {
-        None => Mode::PerRow,
-        Some(_) if opts.static_groups => Mode::Static,
-        Some(_) => Mode::Dynamic,
-    };
-    let gs = opts.group_size.unwrap_or(cols);
-    let ng = cols / gs;
-    let group_of: Vec<u32> = (0..cols)
-        .map(|p| match mode {
-            Mode::PerRow => 0,
-            Mode::Static => (f.perm[p] / gs) as u32,
-            Mode::Dynamic => (p / gs) as u32,
-        })
-        .collect();
-
-    // Parameters fixed up front (per-row and static groups) come from the original weights,
-    // computed here by the CPU's own `group_params`; dynamic ones are found by the kernel.
-    // Layout: n_groups × rows (`g·rows + r`).
-    let mut scales = vec![0f64; ng * rows];
-    let mut zeros = vec![0u8; ng * rows];
-    if mode != Mode::Dynamic {
-        for (r, row) in w.chunks_exact(cols).enumerate() {
-            for g in 0..ng {
-                let vals: Vec<f64> = (g * gs..(g + 1) * gs)
-                    .map(|c| if mode == Mode::Static && f.dead[c] { 0.0 } else { row[c] as f64 })
-                    .collect();
-                let (s, z) = group_params(&vals, importance, |k| g * gs + k, maxq, sym);
-                scales[g * rows + r] = s;
-                zeros[g * rows + r] = z;
-            }
-        }
-    }
-
+    let inp = sweep_inputs(w, rows, &f.perm, &f.dead, bits, sym, importance, opts);
     let w_dev = stream.clone_htod(w).map_err(cu("uploading the weights"))?;
-    let dead8: Vec<u8> = f.dead.iter().map(|&d| d as u8).collect();
-    let dead_dev = stream.clone_htod(&dead8).map_err(cu("uploading the dead columns"))?;
-    let group_dev = stream.clone_htod(&group_of).map_err(cu("uploading the groups"))?;
-    // The range search's importance per sweep position (n_cand = 0: min-max, imp unused).
-    let imp_sweep: Vec<f64> = match importance {
-        Some(imp) => f.perm.iter().map(|&c| imp[c]).collect(),
-        None => vec![0.0; n],
-    };
-    let imp_dev = stream.clone_htod(&imp_sweep).map_err(cu("uploading the importance"))?;
-    let n_cand = if importance.is_some() { RANGE_CANDIDATES as i32 } else { 0 };
-    let mut scales_dev = stream.clone_htod(&scales).map_err(cu("uploading the scales"))?;
-    let mut zeros_dev = stream.clone_htod(&zeros).map_err(cu("uploading the zero points"))?;
-    let mut codes_dev = stream.alloc_zeros::<u8>(rows * cols).map_err(cu("allocating the codes"))?;
+    let dead_dev = stream.clone_htod(&inp.dead8).map_err(cu("uploading the dead columns"))?;
+    let group_dev = stream.clone_htod(&inp.group_of).map_err(cu("uploading the groups"))?;
+    let imp_dev = stream.clone_htod(&inp.imp_sweep).map_err(cu("uploading the importance"))?;
+    let mut scales_dev = stream.clone_htod(&inp.scales).map_err(cu("uploading the scales"))?;
+    let mut zeros_dev = stream.clone_htod(&inp.zeros).map_err(cu("uploading the zero points"))?;
+    let mut codes_dev = stream.alloc_zeros::<u8>(rows * n).map_err(cu("allocating the codes"))?;
     let mut loss_dev = stream.alloc_zeros::<f64>(rows).map_err(cu("allocating the losses"))?;
-    let mut wk = stream.alloc_zeros::<f64>(rows * cols).map_err(cu("allocating the working weights"))?;
+    let mut wk = stream.alloc_zeros::<f64>(rows * n).map_err(cu("allocating the working weights"))?;
     let bs = opts.block_size.min(n);
     let mut err = stream.alloc_zeros::<f64>(rows * bs).map_err(cu("allocating the block errors"))?;
 
@@ -369,11 +318,11 @@ fn sweep(
         b.arg(&mut wk).arg(&w_dev).arg(&f.perm_dev).arg(&dead_dev).arg(&rows_i).arg(&n_i);
         // SAFETY: matches `init_w(double*, const float*, const u32*, const u8*, i64, i64)`;
         // wk and w hold rows·cols values, perm and dead cols, every perm entry < cols.
-        unsafe { b.launch(grid_for(rows * cols)) }.map_err(cu("init_w"))?;
+        unsafe { b.launch(grid_for(rows * n)) }.map_err(cu("init_w"))?;
     }
     drop(w_dev);
 
-    let (gs_i, dynamic, sym_i) = (gs as i64, (mode == Mode::Dynamic) as i32, sym as i32);
+    let (gs_i, dynamic, sym_i, maxq, n_cand) = (inp.gs as i64, inp.dynamic as i32, sym as i32, inp.maxq, inp.n_cand);
     for i1 in (0..n).step_by(bs) {
         let i2 = (i1 + bs).min(n);
         let (i1_i, i2_i) = (i1 as i64, i2 as i64);
@@ -438,44 +387,15 @@ fn sweep(
     let losses = stream.clone_dtoh(&loss_dev).map_err(cu("downloading the losses"))?;
     inner.sync()?;
 
-    // IntGrid::finish: scales rounded to f32, rows × n_groups.
-    let mut q = IntQuant {
-        bits,
-        group_size: gs,
+    let out = SweepOutputs {
         codes,
-        scales: vec![0f32; rows * ng],
-        zeros: vec![0u8; rows * ng],
-        g_idx: vec![0u32; cols],
-    };
-    for r in 0..rows {
-        for g in 0..ng {
-            q.scales[r * ng + g] = scales[g * rows + r] as f32;
-            q.zeros[r * ng + g] = zeros[g * rows + r];
-        }
-    }
-    for (p, &c) in f.perm.iter().enumerate() {
-        q.g_idx[c] = group_of[p];
-    }
-    if opts.order == ColumnOrder::GroupAware {
-        q.number_groups_by_column();
-    }
-    // The dequantized weights exactly as the CPU grid writes them: scale_f32 · (q − zero) in f32.
-    let mut dequantized = vec![0f32; rows * cols];
-    dequantized.par_chunks_mut(cols).enumerate().for_each(|(r, out)| {
-        for (c, o) in out.iter_mut().enumerate() {
-            let g = r * ng + q.g_idx[c] as usize;
-            *o = q.scales[g] * (q.codes[r * cols + c] as i32 - q.zeros[g] as i32) as f32;
-        }
-    });
-    Ok(GptqResult {
-        dequantized,
-        int: Some(q),
-        ggml: None,
+        scales: &scales,
+        zeros: &zeros,
+        losses: &losses,
+        perm: &f.perm,
+        dead: &f.dead,
         damp_used: f.damp_used,
-        damp_retries: f.retries,
-        loss: losses.iter().sum::<f64>() / 2.0,
-        dead_columns: f.dead.iter().filter(|&&d| d).count(),
-        factor_seconds: 0.0,
-        sweep_seconds: 0.0,
-    })
+        retries: f.retries,
+    };
+    Ok(int_result(&inp, out, rows, bits, opts))
 }
