@@ -23,5 +23,9 @@ pub mod output;
 pub mod quant;
 pub mod runtime;
 
+// The codec table's made-up test type through the layers above `quant` (tests only).
+#[cfg(test)]
+mod made_up_codec_tests;
+
 pub use error::{Error, Result};
 pub use ggml_type::GgmlType;

@@ -6,7 +6,7 @@
 use super::dot::{chunk16, BlockSink};
 use super::float::{get_f16, put_f16};
 use super::grid::{set_nibble32, ElemGrid};
-use super::weighted::{importance, sum_x2};
+use super::search::weighted::{importance, sum_x2};
 use super::{as_block, as_bytes_mut};
 
 pub const QK: usize = 32;

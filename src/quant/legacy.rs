@@ -18,8 +18,7 @@
 use super::dot::{chunk16, BlockSink};
 use super::float::{get_f16, put_f16};
 use super::grid::{set_bit, set_nibble32, ElemGrid};
-use super::weighted::search::{make_qkx3_quants, make_qx_quants};
-use super::weighted::{importance, sum_x2};
+use super::search::weighted::{importance, make_qkx3_quants, make_qx_quants, sum_x2};
 use super::{as_block, as_bytes_mut, c_float_to_i8};
 
 /// Weights per block, for all four types.

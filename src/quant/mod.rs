@@ -12,6 +12,7 @@ pub mod kquants;
 pub mod legacy;
 pub mod packed;
 pub mod q8_0;
+pub mod search;
 pub mod weighted;
 
 #[cfg(test)]

@@ -28,11 +28,10 @@ pub mod q3_k;
 pub mod q4_k;
 pub mod q5_k;
 pub mod q6_k;
-pub mod search;
 
 use super::float::{get_f16, put_f16};
-use super::weighted::search::{make_qkx3_quants, make_qp_quants};
-use super::weighted::{importance, sum_x2};
+use super::search;
+use super::search::weighted::{importance, make_qkx3_quants, make_qp_quants, sum_x2};
 
 /// Weights per super-block (ggml's `QK_K`).
 pub const QK_K: usize = 256;

@@ -4,8 +4,7 @@
 //! quants, see `pack_2bit`), `d: f16`, `dmin: f16`; 84 bytes.
 
 use crate::quant::dot::{chunk16, BlockSink};
-use crate::quant::weighted::search::{make_qkx3_quants, make_qp_quants};
-use crate::quant::weighted::sum_x2;
+use crate::quant::search::weighted::{make_qkx3_quants, make_qp_quants, sum_x2};
 use crate::quant::{as_block, as_bytes_mut};
 
 use super::search::nearest_int;

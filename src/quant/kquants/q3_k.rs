@@ -6,8 +6,7 @@
 //! 8 + j%4 at bit 2·(j/4)), `d: f16`; 110 bytes.
 
 use crate::quant::dot::{chunk16, BlockSink};
-use crate::quant::weighted::search::make_qx_quants;
-use crate::quant::weighted::sum_x2;
+use crate::quant::search::weighted::{make_qx_quants, sum_x2};
 use crate::quant::{as_block, as_bytes_mut};
 
 use super::{get_f16, pack_2bit, put_f16, search, sub, sub_mut, sub_weights, weighted_super_blocks, QK_K};

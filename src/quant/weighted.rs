@@ -13,31 +13,13 @@
 
 //!
 //! Each block type's weighted row quantizer (`quantize_row_weighted`) lives in its module
-//! beside its plain one; this module holds what they share: the weighting, the searches, and
-//! the whole-tensor driver.
-
-pub mod search;
+//! beside its plain one, the weighting and the searches they share in `quant::search`; this
+//! module is the whole-tensor driver.
 
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::ggml_type::GgmlType;
-
-/// Σx² left to right, as ggml sums it (the σ² of the weighting).
-pub(crate) fn sum_x2(x: &[f32]) -> f32 {
-    let mut s = 0f32;
-    for &v in x {
-        s += v * v;
-    }
-    s
-}
-
-/// llama.cpp's weight of each value in a search: its column's importance `qw[j]` times
-/// `sqrt(σ² + x[j]²)` (σ² is each type's own: over the row, the super-block or the block).
-#[inline(always)]
-pub(crate) fn importance<const N: usize>(x: &[f32; N], qw: &[f32], sigma2: f32) -> [f32; N] {
-    std::array::from_fn(|j| qw[j] * (sigma2 + x[j] * x[j]).sqrt())
-}
 
 /// Whether `t` has an importance-weighted quantizer (otherwise the importance is ignored, as
 /// llama.cpp does for Q8_0 and the float types).

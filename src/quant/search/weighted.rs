@@ -2,12 +2,28 @@
 //! vector (`qw`), `make_qkx3_quants` and `make_qp_quants`, for the argument combinations the
 //! `quantize_row_*_impl` functions use.
 //!
-//! As in `kquants::search`, byte-identical output is the goal: every sum is accumulated left to
+//! As in `search`, byte-identical output is the goal: every sum is accumulated left to
 //! right in f32, products keep C's left-to-right grouping (`w*x[i]*l` is `(w*x)*l`), nothing is
 //! fused into an FMA, and integer values pass through the same C conversions (a negative
 //! `nearest_int` stored into a `uint8_t` wraps, and the wrapped value is what later loops read).
 
-use crate::quant::kquants::search::{self, nearest_int, GROUP_MAX_EPS};
+use super::{self as search, nearest_int, GROUP_MAX_EPS};
+
+/// Σx² left to right, as ggml sums it (the σ² of the weighting).
+pub(crate) fn sum_x2(x: &[f32]) -> f32 {
+    let mut s = 0f32;
+    for &v in x {
+        s += v * v;
+    }
+    s
+}
+
+/// llama.cpp's weight of each value in a search: its column's importance `qw[j]` times
+/// `sqrt(σ² + x[j]²)` (σ² is each type's own: over the row, the super-block or the block).
+#[inline(always)]
+pub(crate) fn importance<const N: usize>(x: &[f32; N], qw: &[f32], sigma2: f32) -> [f32; N] {
+    std::array::from_fn(|j| qw[j] * (sigma2 + x[j] * x[j]).sqrt())
+}
 
 /// `make_qx_quants(n, nmax, x, L, rmse_type = 1, qw)`: symmetric x ≈ scale·(L − nmax),
 /// weighted by `qw` (the search itself: [`search::make_qx_quants_weighted`]).

@@ -1,6 +1,8 @@
-//! The per-sub-block scale searches behind ggml's K-quant reference quantizers
-//! (`make_qkx2_quants`, `make_q3_quants`, `make_qx_quants` in ggml-quants.c), restricted to
-//! the argument combinations the `quantize_row_q*_K_ref` functions use.
+//! The scale searches the block codecs share. This module: the per-sub-block searches behind
+//! ggml's K-quant reference quantizers (`make_qkx2_quants`, `make_q3_quants`, `make_qx_quants`
+//! in ggml-quants.c), restricted to the argument combinations the `quantize_row_q*_K_ref`
+//! functions use; [`weighted`]: the importance weighting and the searches of the weighted
+//! quantizers (`quantize_row_*_impl`) of the legacy types, the K-quants and IQ4_NL.
 //!
 //! Byte-identical output is the goal, so the float arithmetic is written in ggml's order:
 //! every sum is accumulated left to right in f32 (ggml-base is built without `-ffast-math`,
@@ -9,6 +11,12 @@
 //! 16 or 32 long, so each sum is a short chain of dependent additions; the searches that try
 //! many grids (`make_qx_quants`, `make_qkx2_quants`) evaluate their grids side by side, one
 //! per vector lane, each lane's sums still in ggml's order.
+
+// Index loops over several parallel arrays mirror ggml's, so each line can be checked against
+// the C it reproduces.
+#![allow(clippy::needless_range_loop)]
+
+pub mod weighted;
 
 /// ggml's `GROUP_MAX_EPS`: a group whose largest magnitude is below this is all zeros.
 pub const GROUP_MAX_EPS: f32 = 1e-15;
