@@ -2,6 +2,7 @@
 //! directory (`to_hf`). Both stream one tensor at a time. `plan` decides each tensor's GGUF
 //! type: one type for `convert`, llama.cpp's quantization mixes for `quantize`.
 
+pub mod hf_pack;
 pub mod imatrix;
 pub mod import;
 pub mod plan;

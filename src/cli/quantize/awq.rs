@@ -2,28 +2,25 @@
 //! and write an hf-awq checkpoint (AutoAWQ gemm layout) or a GGUF whose weights were scaled
 //! and clipped before llama.cpp's quantizers ran.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use safetensors::Dtype;
 use serde_json::json;
 
 use super::encoder::MethodEncoder;
 use super::{Format, QuantizeArgs};
-use crate::calib::resume::WorkDir;
 use crate::calib::sequential::{self, Stages};
 use crate::cli::session::Loaded;
 use crate::cli::stages::StageLog;
 use crate::cli::Ui;
-use crate::convert::to_hf_quant::{self, OutTensor, PackedLinears};
+use crate::convert::hf_pack;
+use crate::convert::to_hf_quant::PackedLinears;
 use crate::methods::awq::{AwqMethod, AwqOptions, Quantized, Target};
 use crate::methods::SpilledResults;
-use crate::model::{names, ModelConfig, ModelFile, RopeLayout};
-use crate::quant::packed::awq::pack;
+use crate::model::{ModelFile, RopeLayout};
 use crate::runtime::LlamaModel;
 
 /// AWQ options.
@@ -92,7 +89,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let file = &loaded.file;
     let cfg = file.config().clone();
     if format == Format::HfAwq {
-        check_awq_shapes(&cfg, group_size)?;
+        super::check_awq_shapes(&cfg, group_size)?;
     }
     super::check_requantize(args, ui, super::quantized_kinds(file)?)?;
 
@@ -152,8 +149,11 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
             (summary.tensors, summary.bytes)
         }
         _ => {
-            let packed = pack_awq(&mut results, &cfg, layout, &work, Ok)?;
-            results.finish()?;
+            let int = |name: &str, r: Quantized| match r {
+                Quantized::Int(c) => Ok(c.into_int_quant()),
+                Quantized::Ggml { .. } => Err(crate::Error::tensor(name, "expected integer codes")),
+            };
+            let packed = hf_pack::pack_layers(&mut results, &cfg, layout, hf_pack::Layout::Awq, work.path(), int)?;
             write_hf_awq(file, output, packed, &mut method.vectors, layout, args, ui)?
         }
     };
@@ -190,28 +190,6 @@ pub(super) fn awq_options(args: &QuantizeArgs) -> AwqOptions {
     }
 }
 
-/// Pack every layer's 4-bit results (each turned into AWQ's codes by `codes`) in AutoAWQ's gemm
-/// layout into a [`PackedLinears`] file in `work`, one layer in memory at a time.
-pub(super) fn pack_awq<T: crate::methods::RowParts>(
-    results: &mut SpilledResults<'_, T>,
-    cfg: &ModelConfig,
-    layout: RopeLayout,
-    work: &WorkDir,
-    codes: impl Fn(T) -> Result<Quantized>,
-) -> Result<PackedLinears> {
-    let mut packed = PackedLinears::create(&work.path().join("packed.bin"))?;
-    for li in 0..cfg.n_layers {
-        let mut layer = HashMap::new();
-        for (name, r) in results.take_layer(li)? {
-            layer.insert(name, codes(r)?);
-        }
-        for (name, parts) in hf_linears(&mut layer, cfg, layout)? {
-            packed.add(name, parts)?;
-        }
-    }
-    Ok(packed)
-}
-
 /// Write an hf-awq checkpoint (AutoAWQ's gemm layout) of the packed 4-bit `linears`, with the
 /// folded `vectors` in place of the input's. Returns the tensor count and bytes written.
 pub(super) fn write_hf_awq(
@@ -223,88 +201,13 @@ pub(super) fn write_hf_awq(
     args: &QuantizeArgs,
     ui: &Ui,
 ) -> Result<(usize, u64)> {
-    let cfg = file.config();
-    let shapes: HashMap<String, Vec<usize>> =
-        file.tensors()?.into_iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
-    let replaced = hf_vectors(vectors, cfg, layout, &shapes)?;
     let qc = json!({
         "quant_method": "awq", "bits": 4, "group_size": args.gptq.group_size, "zero_point": true,
         "version": "gemm", "modules_to_not_convert": null,
     });
     let wbar = ui.bytes_bar(0, "writing");
-    let s =
-        to_hf_quant::write_replacing(file, output, linears, replaced, qc, Vec::new(), args.out.max_shard_size, &wbar)
-            .with_context(|| format!("writing {}", output.display()))?;
+    let s = hf_pack::write(file, output, linears, vectors, layout, qc, Vec::new(), args.out.max_shard_size, &wbar)
+        .with_context(|| format!("writing {}", output.display()))?;
     wbar.finish_and_clear();
     Ok((s.tensors, s.bytes))
-}
-
-/// The gemm layout packs 8 output rows per word and needs whole groups in every row.
-pub(super) fn check_awq_shapes(cfg: &ModelConfig, group_size: Option<usize>) -> Result<()> {
-    let mut outputs = vec![("q_proj", cfg.q_dim()), ("k/v_proj", cfg.kv_dim()), ("o/down_proj", cfg.hidden_size)];
-    outputs.extend(cfg.ffn_widths().into_iter().map(|w| ("gate/up_proj", w)));
-    for (what, rows) in outputs {
-        if rows % 8 != 0 {
-            bail!("{what} has {rows} output features, not a multiple of 8: it cannot be packed as AWQ gemm");
-        }
-    }
-    super::check_group_size(cfg, group_size)
-}
-
-/// Hands the GGUF writer AWQ's blocks and folded vectors, rows in the file's layout.
-type Linears = HashMap<String, Vec<(String, OutTensor<'static>)>>;
-
-/// The hf-awq tensors of every quantized linear (rows back in Hugging Face order).
-fn hf_linears(results: &mut HashMap<String, Quantized>, cfg: &ModelConfig, from: RopeLayout) -> Result<Linears> {
-    let mut out = HashMap::new();
-    for (name, q) in results.drain() {
-        let Quantized::Int(q) = q else { bail!("{name}: expected integer codes") };
-        let (rows, cols) = (q.rows, q.cols);
-        let groups = cols / q.group_size;
-        let order = names::row_order(&name, rows, cfg.n_heads, cfg.n_kv_heads, from, RopeLayout::RotateHalf)?;
-        let (codes, scales, zeros) = match &order {
-            Some(src) => (
-                names::reorder_rows(&q.codes, cols, src),
-                names::reorder_rows(&q.scales, groups, src),
-                names::reorder_rows(&q.zeros, groups, src),
-            ),
-            None => (q.codes, q.scales, q.zeros),
-        };
-        let t = pack(rows, cols, q.group_size, &codes, &scales, &zeros)?;
-        let part = |dtype, shape: Vec<usize>, data: Vec<u8>| OutTensor { dtype, shape, data: Cow::Owned(data) };
-        out.insert(
-            name,
-            vec![
-                ("qweight".to_string(), part(Dtype::I32, vec![cols, rows / 8], t.qweight)),
-                ("qzeros".to_string(), part(Dtype::I32, vec![t.groups, rows / 8], t.qzeros)),
-                ("scales".to_string(), part(Dtype::F16, vec![t.groups, rows], t.scales)),
-            ],
-        );
-    }
-    Ok(out)
-}
-
-/// The folded norms (and v bias, an MoE layer's router and shared gate) as f32 tensors of
-/// their shapes in `shapes`: rounding them to the checkpoint's bf16 would add an error of up
-/// to 2⁻⁹ per channel to what the fold computed exactly.
-pub(super) fn hf_vectors(
-    vectors: &mut HashMap<String, Vec<f32>>,
-    cfg: &ModelConfig,
-    from: RopeLayout,
-    shapes: &HashMap<String, Vec<usize>>,
-) -> Result<HashMap<String, OutTensor<'static>>> {
-    let mut out = HashMap::new();
-    for (name, v) in vectors.drain() {
-        let n = v.len();
-        let v = match names::row_order(&name, n, cfg.n_heads, cfg.n_kv_heads, from, RopeLayout::RotateHalf)? {
-            Some(src) => names::reorder_rows(&v, 1, &src),
-            None => v,
-        };
-        // Gemma's HF norms are offsets from 1.
-        let shift = if crate::convert::hf_norm_offset(cfg, &name) { 1.0 } else { 0.0 };
-        let data: Vec<u8> = v.iter().flat_map(|x| (x - shift).to_le_bytes()).collect();
-        let shape = shapes.get(&name).cloned().unwrap_or_else(|| vec![n]);
-        out.insert(name, OutTensor { dtype: Dtype::F32, shape, data: Cow::Owned(data) });
-    }
-    Ok(out)
 }

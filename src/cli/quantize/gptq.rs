@@ -1,29 +1,25 @@
 //! `qforge quantize --method gptq` (and `awq+gptq`): calibrate, run GPTQ layer by layer (after
 //! folding AWQ's scales in), write an hf-gptq checkpoint or a GGUF whose block grids GPTQ chose.
 
-use std::borrow::Cow;
-use std::collections::HashMap;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use safetensors::Dtype;
 use serde_json::json;
 
-use super::awq::{awq_options, check_awq_shapes, hf_vectors, pack_awq, write_hf_awq};
+use super::awq::{awq_options, write_hf_awq};
 use super::encoder::MethodEncoder;
 use super::{Device, Format, Method, QuantizeArgs};
 use crate::calib::sequential::{self, Stages};
 use crate::cli::session::Loaded;
 use crate::cli::stages::StageLog;
 use crate::cli::Ui;
-use crate::convert::to_hf_quant::{self, OutTensor, PackedLinears};
+use crate::convert::hf_pack;
 use crate::methods::awq::{self, AwqMethod};
 use crate::methods::awq_gptq::AwqGptqMethod;
 use crate::methods::gptq::{GptqMethod, Solved, Target};
 use crate::methods::SpilledResults;
-use crate::model::{names, ModelConfig, RopeLayout};
+use crate::model::ModelConfig;
 use crate::quant::gptq::{ColumnOrder, GptqOptions};
-use crate::quant::packed::gptq::pack;
 use crate::runtime::LlamaModel;
 
 /// The fraction α of asymmetric calibration's correction, or `None` for GPTQ's standard
@@ -148,7 +144,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     super::check_requantize(args, ui, super::quantized_kinds(file)?)?;
     match format {
         Format::HfGptq => super::check_group_size(&cfg, group_size)?,
-        Format::HfAwq => check_awq_shapes(&cfg, group_size)?,
+        Format::HfAwq => super::check_awq_shapes(&cfg, group_size)?,
         _ => {}
     }
     let calib = super::load_calibration(args, ui, &loaded)?;
@@ -251,8 +247,8 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
             (summary.tensors, summary.bytes)
         }
         Format::HfAwq => {
-            let packed = pack_awq(&mut results, &cfg, layout, &work, awq_codes)?;
-            results.finish()?;
+            let packed =
+                hf_pack::pack_layers(&mut results, &cfg, layout, hf_pack::Layout::Awq, work.path(), int_codes)?;
             write_hf_awq(file, output, packed, &mut vectors, layout, args, ui)?
         }
         _ => {
@@ -264,19 +260,11 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
                 None => !g.sym,
             };
             let v2 = want_v2 || zero_point_zero;
-            let mut linears = PackedLinears::create(&work.path().join("packed.bin"))?;
-            for li in 0..cfg.n_layers {
-                for (name, parts) in hf_linears(&mut results.take_layer(li)?, &cfg, layout, g.bits, v2)? {
-                    linears.add(name, parts)?;
-                }
-            }
-            results.finish()?;
+            let gptq = hf_pack::Layout::Gptq { v2 };
+            let linears = hf_pack::pack_layers(&mut results, &cfg, layout, gptq, work.path(), int_codes)?;
             if v2 && !want_v2 {
                 ui.warn("some groups have zero point 0, which the v1 \"gptq\" format cannot store; wrote checkpoint_format \"gptq_v2\"");
             }
-            let shapes: HashMap<String, Vec<usize>> =
-                file.tensors()?.into_iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
-            let replaced = hf_vectors(&mut vectors, &cfg, layout, &shapes)?;
             let qc = json!({
                 "quant_method": "gptq", "bits": g.bits, "group_size": g.group_size, "desc_act": order == ColumnOrder::Activation,
                 "act_group_aware": order == ColumnOrder::GroupAware,
@@ -289,17 +277,9 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
                 q
             })];
             let wbar = ui.bytes_bar(0, "writing");
-            let s = to_hf_quant::write_replacing(
-                file,
-                output,
-                linears,
-                replaced,
-                qc,
-                extra,
-                args.out.max_shard_size,
-                &wbar,
-            )
-            .with_context(|| format!("writing {}", output.display()))?;
+            let max_shard = args.out.max_shard_size;
+            let s = hf_pack::write(file, output, linears, &mut vectors, layout, qc, extra, max_shard, &wbar)
+                .with_context(|| format!("writing {}", output.display()))?;
             wbar.finish_and_clear();
             (s.tensors, s.bytes)
         }
@@ -369,62 +349,10 @@ fn select_device(device: Device, ui: &Ui) -> Result<Option<std::convert::Infalli
     Ok(None)
 }
 
-/// GPTQ's 4-bit codes as AWQ's (awq+gptq into hf-awq): the same min-max groups with true zero
-/// points, valid where every column uses its own group (`g_idx[c] = c / group_size`).
-fn awq_codes(solved: Solved) -> Result<awq::Quantized> {
-    let Solved::Int(q) = solved else { bail!("expected integer codes") };
-    let cols = q.g_idx.len();
-    if q.bits != 4 || q.g_idx.iter().enumerate().any(|(c, &g)| g as usize != c / q.group_size) {
-        bail!("not 4-bit groups in column order, which hf-awq cannot store");
+/// GPTQ's integer codes (the neutral result the checkpoint writers take).
+fn int_codes(name: &str, solved: Solved) -> crate::Result<crate::quant::gptq::IntQuant> {
+    match solved {
+        Solved::Int(q) => Ok(q),
+        Solved::Ggml { .. } => Err(crate::Error::tensor(name, "expected integer codes")),
     }
-    let rows = q.codes.len() / cols.max(1);
-    Ok(awq::Quantized::Int(awq::grid::IntCodes {
-        rows,
-        cols,
-        group_size: q.group_size,
-        codes: q.codes,
-        scales: q.scales,
-        zeros: q.zeros,
-    }))
-}
-
-type Linears = HashMap<String, Vec<(String, OutTensor<'static>)>>;
-
-/// The hf-gptq tensors of the quantized linears in `results` (rows back in Hugging Face
-/// order), in the v2 format when `v2` (a zero point of 0 cannot be stored as zero − 1 in v1).
-fn hf_linears(
-    results: &mut HashMap<String, Solved>,
-    cfg: &ModelConfig,
-    from: RopeLayout,
-    bits: u8,
-    v2: bool,
-) -> Result<Linears> {
-    let mut out = HashMap::new();
-    for (name, solved) in results.drain() {
-        let Solved::Int(q) = solved else { bail!("{name}: expected integer codes") };
-        let rows = q.codes.len() / q.g_idx.len().max(1);
-        let cols = q.g_idx.len();
-        let groups = q.scales.len() / rows.max(1);
-        let order = names::row_order(&name, rows, cfg.n_heads, cfg.n_kv_heads, from, RopeLayout::RotateHalf)?;
-        let (codes, scales, zeros) = match &order {
-            Some(src) => (
-                names::reorder_rows(&q.codes, cols, src),
-                names::reorder_rows(&q.scales, groups, src),
-                names::reorder_rows(&q.zeros, groups, src),
-            ),
-            None => (q.codes, q.scales, q.zeros),
-        };
-        let t = pack(rows, cols, bits as u32, &codes, &scales, &zeros, &q.g_idx, v2)?;
-        let part = |dtype, shape: Vec<usize>, data: Vec<u8>| OutTensor { dtype, shape, data: Cow::Owned(data) };
-        out.insert(
-            name,
-            vec![
-                ("qweight".to_string(), part(Dtype::I32, vec![cols * bits as usize / 32, rows], t.qweight)),
-                ("qzeros".to_string(), part(Dtype::I32, vec![t.groups, rows * bits as usize / 32], t.qzeros)),
-                ("scales".to_string(), part(Dtype::F16, vec![t.groups, rows], t.scales)),
-                ("g_idx".to_string(), part(Dtype::I32, vec![cols], t.g_idx)),
-            ],
-        );
-    }
-    Ok(out)
 }

@@ -747,3 +747,15 @@ pub(crate) fn check_group_size(cfg: &crate::model::ModelConfig, group_size: Opti
     }
     Ok(())
 }
+
+/// The gemm layout packs 8 output rows per word and needs whole groups in every row.
+pub(super) fn check_awq_shapes(cfg: &crate::model::ModelConfig, group_size: Option<usize>) -> Result<()> {
+    let mut outputs = vec![("q_proj", cfg.q_dim()), ("k/v_proj", cfg.kv_dim()), ("o/down_proj", cfg.hidden_size)];
+    outputs.extend(cfg.ffn_widths().into_iter().map(|w| ("gate/up_proj", w)));
+    for (what, rows) in outputs {
+        if rows % 8 != 0 {
+            bail!("{what} has {rows} output features, not a multiple of 8: it cannot be packed as AWQ gemm");
+        }
+    }
+    check_group_size(cfg, group_size)
+}

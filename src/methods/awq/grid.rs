@@ -35,6 +35,20 @@ pub struct IntCodes {
 }
 
 impl IntCodes {
+    /// The same codes as the methods' neutral integer result (4 bits, groups in column order),
+    /// which the checkpoint writers take.
+    pub fn into_int_quant(self) -> crate::quant::gptq::IntQuant {
+        let g_idx = (0..self.cols).map(|c| (c / self.group_size) as u32).collect();
+        crate::quant::gptq::IntQuant {
+            bits: 4,
+            group_size: self.group_size,
+            codes: self.codes,
+            scales: self.scales,
+            zeros: self.zeros,
+            g_idx,
+        }
+    }
+
     pub fn dequantize(&self) -> Vec<f32> {
         let groups = self.cols / self.group_size;
         let mut out = vec![0f32; self.rows * self.cols];
