@@ -13,8 +13,6 @@ use serde_json::json;
 use super::encoder::MethodEncoder;
 use super::{Format, QuantizeArgs};
 use crate::calib::sequential::{self, Stages};
-use crate::cli::session::Loaded;
-use crate::cli::stages::StageLog;
 use crate::cli::Ui;
 use crate::convert::hf_pack;
 use crate::convert::to_hf_quant::PackedLinears;
@@ -47,11 +45,7 @@ pub struct AwqArgs {
 
 pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let start = Instant::now();
-    let format = match (args.format, &args.quant_type) {
-        (Some(f), _) => f,
-        (None, Some(_)) => Format::Gguf,
-        (None, None) => Format::HfAwq,
-    };
+    let format = super::method_format(args, Format::HfAwq);
     if !matches!(format, Format::Gguf | Format::HfAwq) {
         bail!("--method awq writes --format hf-awq or gguf");
     }
@@ -59,11 +53,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
         bail!("--imatrix applies to --method rtn; AWQ calibrates on its own activations");
     }
     let g = &args.gptq;
-    let group_size = match g.group_size {
-        -1 => None,
-        n if n > 0 => Some(n as usize),
-        n => bail!("--group-size must be -1 or positive, got {n}"),
-    };
+    let group_size = g.groups()?;
     if format == Format::HfAwq {
         if g.bits != 4 {
             bail!("hf-awq (AutoAWQ gemm layout) stores 4-bit weights only; --bits {} is not possible", g.bits);
@@ -81,11 +71,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     if args.awq_opts.awq_sample_tokens == 0 {
         bail!("--awq-sample-tokens must be positive");
     }
-    let output = super::output_path(args, ui, format == Format::Gguf, format.checkpoint_name())?;
-
-    let mut stages_log = StageLog::new();
-    stages_log.begin("load");
-    let loaded = Loaded::open(&args.input)?;
+    let (output, mut stages_log, loaded) = super::open_for_method(args, ui, format)?;
     let file = &loaded.file;
     let cfg = file.config().clone();
     if format == Format::HfAwq {

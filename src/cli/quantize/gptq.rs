@@ -10,8 +10,6 @@ use super::awq::{awq_options, write_hf_awq};
 use super::encoder::MethodEncoder;
 use super::{Device, Format, Method, QuantizeArgs};
 use crate::calib::sequential::{self, Stages};
-use crate::cli::session::Loaded;
-use crate::cli::stages::StageLog;
 use crate::cli::Ui;
 use crate::convert::hf_pack;
 use crate::methods::awq::{self, AwqMethod};
@@ -64,11 +62,7 @@ const DEFAULT_ASYMMETRIC_ALPHA: f64 = 0.25;
 
 pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let start = Instant::now();
-    let format = match (args.format, &args.quant_type) {
-        (Some(f), _) => f,
-        (None, Some(_)) => Format::Gguf,
-        (None, None) => Format::HfGptq,
-    };
+    let format = super::method_format(args, Format::HfGptq);
     let with_awq = args.method == Method::AwqGptq;
     let method_name = if with_awq { "awq+gptq" } else { "gptq" };
     match format {
@@ -111,11 +105,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     if g.static_groups && order != ColumnOrder::Activation {
         ui.warn("--static-groups only matters with --order act");
     }
-    let group_size = match g.group_size {
-        -1 => None,
-        n if n > 0 => Some(n as usize),
-        n => bail!("--group-size must be -1 or positive, got {n}"),
-    };
+    let group_size = g.groups()?;
     let options = GptqOptions {
         block_size: args.block_size.unwrap_or(128),
         damp: g.damp,
@@ -127,11 +117,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
     if options.block_size == 0 || !(g.damp > 0.0 && g.damp.is_finite()) {
         bail!("--block-size must be positive and --damp a positive number");
     }
-    let output = super::output_path(args, ui, format == Format::Gguf, format.checkpoint_name())?;
-
-    let mut stages_log = StageLog::new();
-    stages_log.begin("load");
-    let loaded = Loaded::open(&args.input)?;
+    let (output, mut stages_log, loaded) = super::open_for_method(args, ui, format)?;
     let file = &loaded.file;
     let cfg = file.config().clone();
     let device = if g.device == Device::Auto && !g.no_asymmetric && asymmetric_blocker(g, false, &cfg).is_none() {

@@ -187,6 +187,15 @@ pub enum OrderArg {
 }
 
 impl GptqArgs {
+    /// `--group-size` as columns per group (`None` for -1: one group per row).
+    pub(super) fn groups(&self) -> Result<Option<usize>> {
+        match self.group_size {
+            -1 => Ok(None),
+            n if n > 0 => Ok(Some(n as usize)),
+            n => bail!("--group-size must be -1 or positive, got {n}"),
+        }
+    }
+
     /// The sweep order `--order` / `--act-order` ask for.
     pub fn column_order(&self) -> crate::quant::gptq::ColumnOrder {
         use crate::quant::gptq::ColumnOrder;
@@ -432,6 +441,29 @@ fn write_gguf(
     let bar = ui.bytes_bar(0, "writing");
     to_gguf::write_and_commit(file, header, &wopts, sink, &bar, encoder)
         .with_context(|| format!("writing {}", output.display()))
+}
+
+/// `--format`, or what a calibrated method writes without one: GGUF when `--type` names a
+/// GGML type, else `hf` (the method's own checkpoint layout).
+pub(super) fn method_format(args: &QuantizeArgs, hf: Format) -> Format {
+    match (args.format, &args.quant_type) {
+        (Some(f), _) => f,
+        (None, Some(_)) => Format::Gguf,
+        (None, None) => hf,
+    }
+}
+
+/// A calibrated method's start, once its flags are checked: the output path checked, the
+/// "load" stage begun and the model opened.
+pub(super) fn open_for_method<'a>(
+    args: &'a QuantizeArgs,
+    ui: &Ui,
+    format: Format,
+) -> Result<(&'a Path, crate::cli::stages::StageLog, Loaded)> {
+    let output = output_path(args, ui, format == Format::Gguf, format.checkpoint_name())?;
+    let mut stages_log = crate::cli::stages::StageLog::new();
+    stages_log.begin("load");
+    Ok((output, stages_log, Loaded::open(&args.input)?))
 }
 
 pub(super) fn report_resumed(ui: &Ui, resumed: usize, work: &WorkDir) {
