@@ -16,7 +16,6 @@ mod eval_small;
 mod faults;
 mod generate;
 mod gptq;
-mod gptq_unit;
 mod hf_vocab;
 mod imatrix;
 mod memory;

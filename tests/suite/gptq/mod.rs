@@ -2,7 +2,11 @@
 //! by an independent numpy unpacker, the quality GPTQ must reach against the f32 model
 //! (KL divergence below round-to-nearest), GPTQ whose grid is a GGML block type beating the
 //! plain quantizer of the same type, and bad input. (The small-fixture targets of the issue
-//! take minutes per run; they are measured in BENCHMARKS.md.)
+//! take minutes per run; they are measured in BENCHMARKS.md.) The solver's own tests are in
+//! `solver`; the GPU's in tests/gptq_cuda.rs and tests/gptq_device.rs (binaries of their own,
+//! which tools/device_pack.sh ships to GPU machines); unit tests in `src/quant/gptq/`.
+
+mod solver;
 
 use crate::common;
 
@@ -204,7 +208,7 @@ fn gptq_bad_input() {
     assert!(e.contains("fewer than one window"), "{e}");
     // A short text: a warning, and the windows that exist are used.
     let short = tmp.path().join("short.txt");
-    std::fs::write(&short, include_str!("../../calibration/calib.txt").chars().take(20_000).collect::<String>())
+    std::fs::write(&short, include_str!("../../../calibration/calib.txt").chars().take(20_000).collect::<String>())
         .unwrap();
     let r = qforge(&[&"quantize", &t, &"--method", &"gptq", &"-o", &out, &"--calib", &short, &"--nsamples", &"64"]);
     let stderr = String::from_utf8_lossy(&r.stderr);
