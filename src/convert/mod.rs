@@ -126,7 +126,7 @@ pub fn tensor_values<'a>(
     to: RopeLayout,
     allow_nonfinite: bool,
 ) -> Result<Cow<'a, [f32]>> {
-    let same_rows = from == to || names::qk_heads(&t.name, config.n_heads, config.n_kv_heads).is_none();
+    let same_rows = rows_keep_order(t, config, from, to);
     if let (GgmlType::F32, None, true, true) = (t.ggml_type, &t.packed, same_rows, cfg!(target_endian = "little")) {
         if let Ok(values) = bytemuck::try_cast_slice::<u8, f32>(t.data) {
             if values.len() == t.n_elements() {
@@ -140,6 +140,12 @@ pub fn tensor_values<'a>(
         None => decode_plain(t)?,
     };
     finish_f32(t, values, config, from, to, allow_nonfinite).map(Cow::Owned)
+}
+
+/// Whether `t`'s rows stay in their stored order between the rope layouts `from` and `to`
+/// (only q and k rows are permuted, and only when the layouts differ).
+pub(crate) fn rows_keep_order(t: &TensorRef<'_>, config: &ModelConfig, from: RopeLayout, to: RopeLayout) -> bool {
+    from == to || names::qk_heads(&t.name, config.n_heads, config.n_kv_heads).is_none()
 }
 
 /// A non-finite weight is an error unless the user allowed them.

@@ -278,8 +278,7 @@ pub fn write_header_with<W: Write + Send>(
                     .find(|t| t.name == p.name)
                     .ok_or_else(|| Error::tensor(&p.name, "disappeared while converting"))?;
                 let values = tensor_values(t, cfg, model.qk_layout(), target_layout, opts.allow_nonfinite)?;
-                let same_rows = model.qk_layout() == target_layout
-                    || names::qk_heads(&t.name, cfg.n_heads, cfg.n_kv_heads).is_none();
+                let same_rows = super::rows_keep_order(t, cfg, model.qk_layout(), target_layout);
                 // The encoder goes first even for tensors kept in their stored type: AWQ
                 // replaces the values of norms and linears whatever their type.
                 let encoded = encoder.encode(&p.name, &values, p.ggml_type)?;

@@ -6,6 +6,7 @@
 use super::dot::{chunk16, BlockSink};
 use super::float::{get_f16, put_f16};
 use super::grid::{set_nibble32, ElemGrid};
+use super::search::best_candidate;
 use super::search::weighted::{importance, sum_x2};
 use super::{as_block, as_bytes_mut};
 
@@ -101,15 +102,8 @@ pub(crate) fn quantize_block_weighted(x: &[f32; QK], w: &[f32; QK], out: &mut [u
             *slot = (itry + KVALUES[0] as i32) as f32 / max;
         }
         let (sumqx, sumq2) = fit_lanes(x, w, &ids);
-        let mut d = if sumq2[0] > 0.0 { sumqx[0] / sumq2[0] } else { 0.0 };
-        let mut best = d * sumqx[0];
-        for c in 1..ids.len() {
-            if sumq2[c] > 0.0 && sumqx[c] * sumqx[c] > best * sumq2[c] {
-                d = sumqx[c] / sumq2[c];
-                best = d * sumqx[c];
-            }
-        }
-        d
+        let first = if sumq2[0] > 0.0 { sumqx[0] / sumq2[0] } else { 0.0 };
+        best_candidate(&sumqx[..ids.len()], &sumq2[..ids.len()], first).1
     };
     put_f16(out, d);
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };

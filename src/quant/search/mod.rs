@@ -18,6 +18,24 @@
 
 pub mod weighted;
 
+/// ggml's choice among candidate grids (`make_qx_quants`, IQ4_NL's search): the weighted
+/// least-squares scale Σqx/Σq² of the candidate whose Σqx²/Σq² is largest, compared as
+/// `sumqx² > best·sumq2` in ggml's order, the first candidate (scale `first`, the caller's
+/// own zero test) kept on ties. Returns the candidate's index and its scale.
+#[inline(always)]
+pub(crate) fn best_candidate(sumqx: &[f32], sumq2: &[f32], first: f32) -> (usize, f32) {
+    let (mut chosen, mut scale) = (0, first);
+    let mut best = scale * sumqx[0];
+    for c in 1..sumqx.len().min(sumq2.len()) {
+        if sumq2[c] > 0.0 && sumqx[c] * sumqx[c] > best * sumq2[c] {
+            chosen = c;
+            scale = sumqx[c] / sumq2[c];
+            best = scale * sumqx[c];
+        }
+    }
+    (chosen, scale)
+}
+
 /// ggml's `GROUP_MAX_EPS`: a group whose largest magnitude is below this is all zeros.
 pub const GROUP_MAX_EPS: f32 = 1e-15;
 
@@ -292,16 +310,8 @@ pub fn make_qx_quants_weighted<const N: usize>(
     let (sumlx, suml2) = qx_sums(x, &w, &iscales, nmax);
     // ggml's choice, made in its order on the sums it would have computed.
     // C tests `suml2 ?`, which a NaN passes: `!= 0.0` does the same.
-    let mut scale = if suml2[0] != 0.0 { sumlx[0] / suml2[0] } else { 0.0 };
-    let mut best = scale * sumlx[0];
-    let mut chosen = 0;
-    for c in 1..QX_CANDIDATES {
-        if suml2[c] > 0.0 && sumlx[c] * sumlx[c] > best * suml2[c] {
-            chosen = c;
-            scale = sumlx[c] / suml2[c];
-            best = scale * sumlx[c];
-        }
-    }
+    let first = if suml2[0] != 0.0 { sumlx[0] / suml2[0] } else { 0.0 };
+    let (chosen, scale) = best_candidate(&sumlx[..QX_CANDIDATES], &suml2[..QX_CANDIDATES], first);
     for (li, &v) in l.iter_mut().zip(x) {
         *li = (nmax + nearest_int(iscales[chosen] * v).clamp(-nmax, nmax - 1)) as i8;
     }
