@@ -2,8 +2,9 @@
 //!
 //! Layers, each using only the ones before it (`tools/module_graph.py` checks that no module
 //! imports back): `formats` (safetensors, GGUF, imatrix, text, tokenizer metadata), `quant`
-//! (the codec table and the block codecs, the GPTQ solver, quantized HF layouts), `model`
-//! (architecture table, config, tensor names, one view over model files), `runtime` (the
+//! (the codec table and the block codecs, the GPTQ solver), `model` (architecture table,
+//! config, tensor names, Hugging Face checkpoints and their quantized layouts, one view over
+//! model files), `runtime` (the
 //! forward pass, tokenizers), `calib` (calibration windows, the layer-by-layer driver),
 //! `methods` (GPTQ, AWQ, AWQ+GPTQ over a model), `eval` (perplexity, KLD, imatrix
 //! collection), `convert` (format conversion and writing), `cli` (the binary's commands);

@@ -2,7 +2,7 @@
 //! each linear's codes with its rows put back in Hugging Face order and packed in GPTQ's or
 //! AutoAWQ's layout, kept in a scratch file layer by layer, then written with the folded
 //! vectors beside the copied tensors (`to_hf_quant::write_replacing`). The methods hand over
-//! one neutral result, [`IntQuant`]; the layouts are `quant::packed`'s.
+//! one neutral result, [`IntQuant`]; the layouts are `model::packed`'s.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -15,9 +15,8 @@ use serde_json::Value;
 use super::to_hf_quant::{self, HfQuantSummary, OutTensor, PackedLinears};
 use crate::error::{Error, Result};
 use crate::methods::{RowParts, SpilledResults};
-use crate::model::{names, ModelConfig, ModelFile, RopeLayout};
+use crate::model::{names, packed, ModelConfig, ModelFile, RopeLayout};
 use crate::quant::gptq::IntQuant;
-use crate::quant::packed;
 
 /// A linear's packed tensors: (suffix, tensor), e.g. ("qweight", …).
 pub type Parts = Vec<(String, OutTensor<'static>)>;

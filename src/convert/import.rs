@@ -15,9 +15,9 @@ use super::plan::{self, Assigned, TensorSpec, TypePlan, Uniform};
 use super::to_gguf::TensorEncoder;
 use crate::error::Result;
 use crate::ggml_type::GgmlType;
+use crate::model::packed::{IntCodes, Packed};
 use crate::model::{names, ModelConfig, ModelFile, RopeLayout};
 use crate::quant::float::put_f16;
-use crate::quant::packed::{IntCodes, Packed};
 
 /// The GGML type a packed weight converts to without re-quantization, if any.
 pub fn native_type(p: &Packed<'_>) -> Option<GgmlType> {

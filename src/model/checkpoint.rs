@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::formats::safetensors::{parse_index, read_json, HfTensor, SafetensorsFile};
 use crate::ggml_type::GgmlType;
+use crate::model::packed::Scheme;
 use crate::model::ModelConfig;
-use crate::quant::packed::Scheme;
 
 /// A Hugging Face model directory.
 pub struct HfCheckpoint {
@@ -199,7 +199,7 @@ impl HfCheckpoint {
                     .iter()
                     .map(|(n, suffix)| {
                         let t = self.tensor(n).ok_or_else(|| Error::tensor(n, "listed but unreadable"))?;
-                        Ok(crate::quant::packed::Part {
+                        Ok(crate::model::packed::Part {
                             suffix: suffix.clone(),
                             dtype: t.dtype,
                             shape: t.shape.to_vec(),
@@ -207,7 +207,7 @@ impl HfCheckpoint {
                         })
                     })
                     .collect::<Result<Vec<_>>>()?;
-                let p = crate::quant::packed::Packed::new(gguf, scheme.clone(), parts)?;
+                let p = crate::model::packed::Packed::new(gguf, scheme.clone(), parts)?;
                 let mut values = vec![0f32; p.rows * p.cols];
                 p.decode_rows(0, p.rows, &mut values);
                 Ok((GgmlType::F32, vec![p.rows, p.cols], values.iter().flat_map(|v| v.to_le_bytes()).collect()))

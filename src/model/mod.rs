@@ -6,6 +6,7 @@ pub mod attn_variants;
 pub mod checkpoint;
 pub mod config;
 pub mod names;
+pub mod packed;
 pub mod rope;
 pub mod source;
 

@@ -11,9 +11,9 @@ use crate::ggml_type::GgmlType;
 use crate::model::arch::Arch;
 use crate::model::checkpoint::HfCheckpoint;
 use crate::model::names;
+use crate::model::packed::{Packed, Part};
 use crate::model::rope::ROPE_FREQS;
 use crate::model::ModelConfig;
-use crate::quant::packed::{Packed, Part};
 
 /// How the rows of q/k projections are ordered for RoPE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,6 @@ pub mod grid;
 pub mod iq4_nl;
 pub mod kquants;
 pub mod legacy;
-pub mod packed;
 pub mod q8_0;
 pub mod search;
 pub mod weighted;

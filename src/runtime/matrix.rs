@@ -13,10 +13,10 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::ggml_type::GgmlType;
+use crate::model::packed::Packed;
 use crate::model::TensorRef;
 use crate::quant;
 use crate::quant::dot16::Acts16;
-use crate::quant::packed::Packed;
 
 /// Rows of weights decoded and multiplied per task, at least (64 measured best on 2 cores for
 /// small matrices: 128 left one core idle at their end); up to four times that on big ones.
