@@ -414,3 +414,25 @@ fn bad_input_fails_cleanly() {
     let e = fails(&[&"quantize", &nan, &"-o", &out, &"--type", &"Q4_K_M"]);
     assert!(e.contains("blk.2.ffn_down.weight") && e.contains("--allow-nonfinite"), "{e}");
 }
+
+/// The `--help` texts list the types from the codec table and the mixes (nothing typed by
+/// hand to drift): every `quantize --type`, in llama.cpp's id order, aliases beside their mix;
+/// `convert --outtype` the types it writes whole and the planned ones.
+#[test]
+fn help_lists_the_types_the_codec_table_has() {
+    let q = qforge_ok(&[&"quantize", &"--help"]);
+    let flat = q.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flat.contains(
+            "Types: Q4_0, Q4_1, Q8_0, Q5_0, Q5_1, Q2_K, Q3_K_S, Q3_K_M (Q3_K), Q3_K_L, Q4_K_S, Q4_K_M (Q4_K), \
+             Q5_K_S, Q5_K_M (Q5_K), Q6_K, IQ4_NL."
+        ),
+        "{q}"
+    );
+    assert!(!flat.contains("TEST_Q3_0"), "the tests' made-up type is not in the product");
+    let c = qforge_ok(&[&"convert", &"--help"]);
+    let flat = c.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(flat.contains("f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1 (every matrix in that type)"), "{c}");
+    assert!(flat.contains("(Q2_K, Q3_K_S, Q3_K_M (Q3_K), Q3_K_L,"), "{c}");
+    assert!(flat.contains("Q6_K, IQ4_NL: llama-quantize's per-tensor plan"), "{c}");
+}
