@@ -768,101 +768,74 @@ pub(crate) mod tests {
         assert_eq!(format!("{:.2}", gib(total)), "3.80");
     }
 
-    /// The other mixes on LLaMA-7B. The sizes are the ones llama-quantize's help lists for
-    /// LLaMA-v1-7B (Q3_K_S 2.75G ... Q6_K 5.15G, in GiB), except Q8_0 (see below).
+    /// The other mixes on LLaMA-7B: each layer's seven types, the output (Q6_K unless the file
+    /// is Q8_0), the untied embedding (the base type), and the total size where llama-quantize's
+    /// help lists one for LLaMA-v1-7B (Q3_K_S 2.75G ... Q6_K 5.15G, in GiB), except Q8_0:
+    /// llama-quantize still lists "6.70G", a figure from an older build; 6.74e9 weights at 8.5
+    /// bits are 6.67 GiB.
     #[test]
     fn llama_7b_other_mixes() {
+        use GgmlType::{IQ4_NL, Q2_K, Q4_0};
         let cfg = llama_7b();
-        let all = |t| move |_: usize| [t; 7];
-        // Q3_K_M: attn_v Q5_K for the first two, then Q4_K; ffn_down Q5_K for the first
-        // 32/16 = 2 layers, then Q4_K; attn_output Q4_K; the rest Q3_K.
-        let p = plan_of(&cfg, &QuantPlan::new(ft("Q3_K_M")));
-        check_layers(
-            &p,
-            32,
-            |i| {
-                let hi = if i < 2 { Q5_K } else { Q4_K };
-                [Q3_K, Q3_K, hi, Q4_K, Q3_K, Q3_K, hi]
-            },
-            "7B Q3_K_M",
-        );
-        assert_eq!((type_of(&p, "token_embd.weight"), type_of(&p, "output.weight")), (Q3_K, Q6_K));
-        assert_eq!(format!("{:.2}", gib(total_bytes(&p))), "3.07");
-
-        // Q3_K_L: attn_v, attn_output, ffn_down Q5_K.
-        let p = plan_of(&cfg, &QuantPlan::new(ft("Q3_K_L")));
-        check_layers(&p, 32, |_| [Q3_K, Q3_K, Q5_K, Q5_K, Q3_K, Q3_K, Q5_K], "7B Q3_K_L");
-        assert_eq!(format!("{:.2}", gib(total_bytes(&p))), "3.35");
-
-        // Q3_K_S: all Q3_K but the output.
-        let p = plan_of(&cfg, &QuantPlan::new(ft("Q3_K_S")));
-        check_layers(&p, 32, all(Q3_K), "7B Q3_K_S");
-        assert_eq!(type_of(&p, "output.weight"), Q6_K);
-        assert_eq!(format!("{:.2}", gib(total_bytes(&p))), "2.75");
-
-        // Q4_K_S: attn_v on the first 4 layers and ffn_down on the first 32/8 = 4 in Q5_K.
-        let p = plan_of(&cfg, &QuantPlan::new(ft("Q4_K_S")));
-        check_layers(
-            &p,
-            32,
-            |i| {
-                let hi = if i < 4 { Q5_K } else { Q4_K };
-                [Q4_K, Q4_K, hi, Q4_K, Q4_K, Q4_K, hi]
-            },
-            "7B Q4_K_S",
-        );
-        assert_eq!(format!("{:.2}", gib(total_bytes(&p))), "3.59");
-
-        // Q5_K_M: like Q4_K_M one step up.
-        let p = plan_of(&cfg, &QuantPlan::new(ft("Q5_K_M")));
-        check_layers(
-            &p,
-            32,
-            |i| {
-                let hi = if use_more_bits(i as i64, 32) { Q6_K } else { Q5_K };
-                [Q5_K, Q5_K, hi, Q5_K, Q5_K, Q5_K, hi]
-            },
-            "7B Q5_K_M",
-        );
-        assert_eq!(format!("{:.2}", gib(total_bytes(&p))), "4.45");
-
-        let p = plan_of(&cfg, &QuantPlan::new(ft("Q5_K_S")));
-        check_layers(&p, 32, all(Q5_K), "7B Q5_K_S");
-        assert_eq!(format!("{:.2}", gib(total_bytes(&p))), "4.33");
-
-        let p = plan_of(&cfg, &QuantPlan::new(ft("Q6_K")));
-        check_layers(&p, 32, all(Q6_K), "7B Q6_K");
-        assert_eq!(format!("{:.2}", gib(total_bytes(&p))), "5.15");
-
-        // Q8_0: the output stays Q8_0 too. (llama-quantize still lists "6.70G" for this, a
-        // figure from an older build; 6.74e9 weights at 8.5 bits are 6.67 GiB.)
-        let p = plan_of(&cfg, &QuantPlan::new(ft("Q8_0")));
-        check_layers(&p, 32, all(Q8_0), "7B Q8_0");
-        assert_eq!(type_of(&p, "output.weight"), Q8_0);
-        assert_eq!(format!("{:.2}", gib(total_bytes(&p))), "6.67");
-
-        // Q2_K (no GQA): attn_v, attn_output and ffn_down Q3_K.
-        let p = plan_of(&cfg, &QuantPlan::new(ft("Q2_K")));
-        use GgmlType::Q2_K;
-        check_layers(&p, 32, |_| [Q2_K, Q2_K, Q3_K, Q3_K, Q2_K, Q2_K, Q3_K], "7B Q2_K");
-        assert_eq!((type_of(&p, "token_embd.weight"), type_of(&p, "output.weight")), (Q2_K, Q6_K));
-
-        // Q4_0 and IQ4_NL: the output goes to Q6_K; IQ4_NL raises ffn_down on the first
-        // eighth and (no GQA here) leaves attn_v alone.
-        let p = plan_of(&cfg, &QuantPlan::new(ft("Q4_0")));
-        check_layers(&p, 32, all(GgmlType::Q4_0), "7B Q4_0");
-        assert_eq!((type_of(&p, "token_embd.weight"), type_of(&p, "output.weight")), (GgmlType::Q4_0, Q6_K));
-        let p = plan_of(&cfg, &QuantPlan::new(ft("IQ4_NL")));
-        use GgmlType::IQ4_NL;
-        check_layers(
-            &p,
-            32,
-            |i| {
-                let d = if i < 4 { Q5_K } else { IQ4_NL };
-                [IQ4_NL, IQ4_NL, IQ4_NL, IQ4_NL, IQ4_NL, IQ4_NL, d]
-            },
-            "7B IQ4_NL",
-        );
+        type Layer = fn(usize) -> [GgmlType; 7];
+        let cases: [(&str, Layer, Option<&str>); 11] = [
+            // attn_v Q5_K for the first two, then Q4_K; ffn_down Q5_K for the first 32/16 = 2
+            // layers, then Q4_K; attn_output Q4_K; the rest Q3_K.
+            (
+                "Q3_K_M",
+                |i| {
+                    let hi = if i < 2 { Q5_K } else { Q4_K };
+                    [Q3_K, Q3_K, hi, Q4_K, Q3_K, Q3_K, hi]
+                },
+                Some("3.07"),
+            ),
+            // attn_v, attn_output, ffn_down Q5_K.
+            ("Q3_K_L", |_| [Q3_K, Q3_K, Q5_K, Q5_K, Q3_K, Q3_K, Q5_K], Some("3.35")),
+            ("Q3_K_S", |_| [Q3_K; 7], Some("2.75")),
+            // attn_v on the first 4 layers and ffn_down on the first 32/8 = 4 in Q5_K.
+            (
+                "Q4_K_S",
+                |i| {
+                    let hi = if i < 4 { Q5_K } else { Q4_K };
+                    [Q4_K, Q4_K, hi, Q4_K, Q4_K, Q4_K, hi]
+                },
+                Some("3.59"),
+            ),
+            // Like Q4_K_M one step up.
+            (
+                "Q5_K_M",
+                |i| {
+                    let hi = if use_more_bits(i as i64, 32) { Q6_K } else { Q5_K };
+                    [Q5_K, Q5_K, hi, Q5_K, Q5_K, Q5_K, hi]
+                },
+                Some("4.45"),
+            ),
+            ("Q5_K_S", |_| [Q5_K; 7], Some("4.33")),
+            ("Q6_K", |_| [Q6_K; 7], Some("5.15")),
+            ("Q8_0", |_| [Q8_0; 7], Some("6.67")),
+            // No GQA: attn_v, attn_output and ffn_down Q3_K.
+            ("Q2_K", |_| [Q2_K, Q2_K, Q3_K, Q3_K, Q2_K, Q2_K, Q3_K], None),
+            ("Q4_0", |_| [Q4_0; 7], None),
+            // ffn_down raised on the first eighth; (no GQA here) attn_v left alone.
+            (
+                "IQ4_NL",
+                |i| {
+                    let d = if i < 4 { Q5_K } else { IQ4_NL };
+                    [IQ4_NL, IQ4_NL, IQ4_NL, IQ4_NL, IQ4_NL, IQ4_NL, d]
+                },
+                None,
+            ),
+        ];
+        for (mix, layer, size) in cases {
+            let p = plan_of(&cfg, &QuantPlan::new(ft(mix)));
+            check_layers(&p, 32, layer, mix);
+            let output = if mix == "Q8_0" { Q8_0 } else { Q6_K };
+            assert_eq!(type_of(&p, "output.weight"), output, "{mix}");
+            assert_eq!(type_of(&p, "token_embd.weight"), ft(mix).default_type(), "{mix}");
+            if let Some(size) = size {
+                assert_eq!(format!("{:.2}", gib(total_bytes(&p))), size, "{mix}");
+            }
+        }
     }
 
     /// tests/fixtures/tiny-llama (4 layers, untied): use_more_bits(i, 4) holds for layers 2
