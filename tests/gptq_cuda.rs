@@ -11,6 +11,7 @@
 
 mod common;
 
+use common::gptq::{activations, load_golden, weights};
 use std::io::Write;
 use std::sync::OnceLock;
 
@@ -31,53 +32,6 @@ fn backend(test: &str) -> Option<&'static CudaBackend> {
             None
         }
     }
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.uniform().max(1e-300), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
-}
-
-fn weights(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
-    let mut r = Rng(seed | 1);
-    (0..rows * cols)
-        .map(|_| {
-            let v = 0.02 * r.normal();
-            if r.uniform() < 0.002 {
-                (v * 8.0) as f32
-            } else {
-                v as f32
-            }
-        })
-        .collect()
-}
-
-/// Correlated activations with uneven feature scales (as in tests/suite/gptq_unit.rs).
-fn activations(tokens: usize, cols: usize, seed: u64) -> Vec<f32> {
-    let mut r = Rng(seed | 1);
-    let scale: Vec<f64> = (0..cols).map(|_| if r.uniform() < 0.05 { 6.0 } else { 0.5 + r.uniform() }).collect();
-    let mut x = vec![0f32; tokens * cols];
-    for t in 0..tokens {
-        let mut prev = r.normal();
-        for c in 0..cols {
-            prev = 0.9 * prev + (1.0f64 - 0.81).sqrt() * r.normal();
-            x[t * cols + c] = (prev * scale[c]) as f32;
-        }
-    }
-    x
 }
 
 /// Compare a GPU result with the CPU's: codes, g_idx, scales, loss; prints a line.
@@ -138,28 +92,6 @@ fn probe_never_panics_and_says_why() {
 
 // ---------------------------------------------------------------------------------------
 // GPU (skipped without a device)
-
-/// (layer, W, H, reference Q, rows, cols)
-type GoldenLayer = (String, Vec<f32>, Vec<f32>, Vec<f32>, usize, usize);
-
-fn load_golden(name: &str) -> Vec<GoldenLayer> {
-    let bytes = std::fs::read(common::golden(name)).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let get = |k: &str| {
-        let t = st.tensor(k).unwrap();
-        let v: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
-        (v, t.shape().to_vec())
-    };
-    ["self_attn.q_proj", "self_attn.o_proj"]
-        .iter()
-        .map(|layer| {
-            let (w, ws) = get(&format!("{layer}.W"));
-            let (h, _) = get(&format!("{layer}.H"));
-            let (q, _) = get(&format!("{layer}.Q"));
-            (layer.to_string(), w, h, q, ws[0], ws[1])
-        })
-        .collect()
-}
 
 /// The golden unit layers: the GPU meets the CPU solver's criterion against the float64
 /// reference (≥ 99.9% identical, nothing more than one step off) and agrees with the CPU.

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: fixture paths and running the `qforge` binary.
 #![allow(dead_code)]
 
+pub mod gptq;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -6,6 +6,7 @@
 //! exactly, block-size invariance, and a lower output error than round-to-nearest.
 
 use crate::common;
+use common::gptq::{activations, load_golden, weights};
 
 use qforge::quant::gptq::{quantize, ColumnOrder, GptqOptions, GptqResult, Grid, Hessian};
 use qforge::quant::{decode, encode};
@@ -13,55 +14,6 @@ use qforge::GgmlType;
 
 // ---------------------------------------------------------------------------------------
 // Helpers
-
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.uniform().max(1e-300), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
-}
-
-/// Weights like a linear layer's: Gaussian, a few outliers.
-fn weights(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
-    let mut r = Rng(seed | 1);
-    (0..rows * cols)
-        .map(|_| {
-            let v = 0.02 * r.normal();
-            if r.uniform() < 0.002 {
-                (v * 8.0) as f32
-            } else {
-                v as f32
-            }
-        })
-        .collect()
-}
-
-/// Activations with strongly correlated neighbouring features (AR(1) along the features,
-/// ρ = 0.9) and uneven feature scales, like real layer inputs.
-fn activations(tokens: usize, cols: usize, seed: u64) -> Vec<f32> {
-    let mut r = Rng(seed | 1);
-    let scale: Vec<f64> = (0..cols).map(|_| if r.uniform() < 0.05 { 6.0 } else { 0.5 + r.uniform() }).collect();
-    let mut x = vec![0f32; tokens * cols];
-    for t in 0..tokens {
-        let mut prev = r.normal();
-        for c in 0..cols {
-            prev = 0.9 * prev + (1.0f64 - 0.81).sqrt() * r.normal();
-            x[t * cols + c] = (prev * scale[c]) as f32;
-        }
-    }
-    x
-}
 
 fn hessian_of(x: &[f32], tokens: usize, cols: usize) -> Hessian {
     let mut h = Hessian::new(cols);
@@ -120,31 +72,6 @@ fn agreement(a: &[f32], b: &[f32], tol: f32) -> (f64, f32) {
 
 // ---------------------------------------------------------------------------------------
 // Golden
-
-/// One golden layer: name, W, H, Q, rows, cols.
-type GoldenLayer = (String, Vec<f32>, Vec<f32>, Vec<f32>, usize, usize);
-
-fn load_golden(name: &str) -> Vec<GoldenLayer> {
-    let bytes = std::fs::read(common::golden(name)).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let get = |k: &str| {
-        let t = st.tensor(k).unwrap_or_else(|e| panic!("{name}: {k}: {e}"));
-        assert_eq!(t.dtype(), safetensors::Dtype::F32);
-        let v: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
-        (v, t.shape().to_vec())
-    };
-    ["self_attn.q_proj", "self_attn.o_proj"]
-        .iter()
-        .map(|layer| {
-            let (w, ws) = get(&format!("{layer}.W"));
-            let (h, hs) = get(&format!("{layer}.H"));
-            let (q, qs) = get(&format!("{layer}.Q"));
-            assert_eq!(hs, vec![ws[1], ws[1]]);
-            assert_eq!(qs, ws);
-            (layer.to_string(), w, h, q, ws[0], ws[1])
-        })
-        .collect()
-}
 
 fn check_golden(name: &str) {
     for (layer, w, h, golden, rows, cols) in load_golden(name) {
