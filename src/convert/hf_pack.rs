@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::to_hf_quant::{self, HfQuantSummary, OutTensor, PackedLinears};
 use crate::error::{Error, Result};
-use crate::methods::{RowParts, SpilledResults};
+use crate::methods::{MatrixResult, RowParts, SpilledResults};
 use crate::model::{names, packed, ModelConfig, ModelFile, RopeLayout};
 use crate::quant::gptq::IntQuant;
 
@@ -31,20 +31,19 @@ pub enum Layout {
     Awq,
 }
 
-/// Pack every layer's results (each turned into codes by `codes`) into a [`PackedLinears`]
-/// file in `work`, one layer in memory at a time.
-pub fn pack_layers<T: RowParts>(
+/// Pack every layer's integer results into a [`PackedLinears`] file in `work`, one layer in
+/// memory at a time.
+pub fn pack_layers<T: RowParts + MatrixResult>(
     results: &mut SpilledResults<'_, T>,
     cfg: &ModelConfig,
     from: RopeLayout,
     layout: Layout,
     work: &Path,
-    codes: impl Fn(&str, T) -> Result<IntQuant>,
 ) -> Result<PackedLinears> {
     let mut packed = PackedLinears::create(&work.join("packed.bin"))?;
     for li in 0..cfg.n_layers {
         for (name, r) in results.take_layer(li)? {
-            let q = codes(&name, r)?;
+            let q = r.into_int_quant().ok_or_else(|| Error::tensor(&name, "expected integer codes"))?;
             let parts = linear_parts(&name, q, cfg, from, layout)?;
             packed.add(name, parts)?;
         }

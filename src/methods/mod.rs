@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use crate::error::{Error, Result};
 use crate::ggml_type::GgmlType;
 use crate::model::{names, ModelConfig};
+use crate::quant::gptq::IntQuant;
 
 /// An MoE expert that fewer calibration tokens than this were routed to is not fitted to
 /// them: GPTQ rounds it to nearest on its grid (an identity Hessian) and AWQ gives it no
@@ -30,10 +31,13 @@ pub trait RowParts: Sized {
     fn append(&mut self, other: Self) -> bool;
 }
 
-/// A method's result for one matrix as GGML blocks (for a GGUF): type, row count, bytes;
-/// `None` for a result of another grid (integer codes for a Hugging Face checkpoint).
-pub trait GgmlRows {
+/// A method's result for one matrix, in the form a writer takes: GGML blocks for a GGUF, or
+/// the neutral integer codes for a Hugging Face checkpoint; `None` for a result of the other
+/// grid.
+pub trait MatrixResult {
+    /// Type, row count, bytes.
     fn into_ggml_rows(self) -> Option<(GgmlType, usize, Vec<u8>)>;
+    fn into_int_quant(self) -> Option<IntQuant>;
 }
 
 /// Put the results of a joined weight's parts (Phi-3's q|k|v and gate|up; with `experts`, an

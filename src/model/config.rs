@@ -135,6 +135,12 @@ pub fn text_model_json(json: &Json) -> Json {
     out
 }
 
+/// `found`, or the error for an architecture qforge does not know (`name` as the file gave it,
+/// `what` the kind of name, and the names qforge does support).
+fn known_arch(found: Option<Arch>, what: &str, name: &str, supported: fn() -> String) -> Result<Arch> {
+    found.ok_or_else(|| Error::Unsupported(format!("unsupported {what} {name:?} (qforge supports {})", supported())))
+}
+
 impl ModelConfig {
     /// Parse a Hugging Face `config.json`.
     pub fn from_hf_json(json: &Json) -> Result<ModelConfig> {
@@ -144,12 +150,7 @@ impl ModelConfig {
             .and_then(Json::as_str)
             .or_else(|| json.get("model_type").and_then(Json::as_str))
             .ok_or_else(|| Error::InvalidModel("config.json names no architecture".into()))?;
-        let arch = Arch::from_hf_class(class).ok_or_else(|| {
-            Error::Unsupported(format!(
-                "unsupported architecture {class:?} (qforge supports {})",
-                Arch::supported_hf_classes()
-            ))
-        })?;
+        let arch = known_arch(Arch::from_hf_class(class), "architecture", class, Arch::supported_hf_classes)?;
 
         let usize_field = |key: &str| -> Result<usize> {
             json.get(key)
@@ -265,12 +266,7 @@ impl ModelConfig {
             .get("general.architecture")
             .and_then(Value::as_str)
             .ok_or_else(|| Error::InvalidModel("GGUF has no general.architecture".into()))?;
-        let arch = Arch::from_gguf(arch_name).ok_or_else(|| {
-            Error::Unsupported(format!(
-                "unsupported GGUF architecture {arch_name:?} (qforge supports {})",
-                Arch::supported_gguf_names()
-            ))
-        })?;
+        let arch = known_arch(Arch::from_gguf(arch_name), "GGUF architecture", arch_name, Arch::supported_gguf_names)?;
         let key = |k: &str| format!("{arch_name}.{k}");
         let req = |k: &str| -> Result<usize> {
             h.get(&key(k))

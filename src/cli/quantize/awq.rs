@@ -16,7 +16,7 @@ use crate::calib::sequential::{self, Stages};
 use crate::cli::Ui;
 use crate::convert::hf_pack;
 use crate::convert::to_hf_quant::PackedLinears;
-use crate::methods::awq::{AwqMethod, AwqOptions, Quantized, Target};
+use crate::methods::awq::{AwqMethod, AwqOptions, Target};
 use crate::methods::SpilledResults;
 use crate::model::{ModelFile, RopeLayout};
 use crate::runtime::LlamaModel;
@@ -135,11 +135,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
             (summary.tensors, summary.bytes)
         }
         _ => {
-            let int = |name: &str, r: Quantized| match r {
-                Quantized::Int(c) => Ok(c.into_int_quant()),
-                Quantized::Ggml { .. } => Err(crate::Error::tensor(name, "expected integer codes")),
-            };
-            let packed = hf_pack::pack_layers(&mut results, &cfg, layout, hf_pack::Layout::Awq, work.path(), int)?;
+            let packed = hf_pack::pack_layers(&mut results, &cfg, layout, hf_pack::Layout::Awq, work.path())?;
             write_hf_awq(file, output, packed, &mut method.vectors, layout, args, ui)?
         }
     };

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use crate::convert::to_gguf::TensorEncoder;
 use crate::error::{Error, Result};
 use crate::ggml_type::GgmlType;
-use crate::methods::{GgmlRows, RowParts, SpilledResults};
+use crate::methods::{MatrixResult, RowParts, SpilledResults};
 use crate::model::{names, ModelConfig, RopeLayout};
 use crate::quant;
 
@@ -36,7 +36,7 @@ impl<'r, 'w, R> MethodEncoder<'r, 'w, R> {
     }
 }
 
-impl<R: RowParts + GgmlRows> TensorEncoder for MethodEncoder<'_, '_, R> {
+impl<R: RowParts + MatrixResult> TensorEncoder for MethodEncoder<'_, '_, R> {
     fn encode(&mut self, name: &str, values: &[f32], ty: GgmlType) -> Result<Option<Vec<u8>>> {
         if let Some(v) = self.vectors.remove(name) {
             return encode_vector(name, &v, values, ty, self.cfg, self.from, self.to).map(Some);

@@ -233,8 +233,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
             (summary.tensors, summary.bytes)
         }
         Format::HfAwq => {
-            let packed =
-                hf_pack::pack_layers(&mut results, &cfg, layout, hf_pack::Layout::Awq, work.path(), int_codes)?;
+            let packed = hf_pack::pack_layers(&mut results, &cfg, layout, hf_pack::Layout::Awq, work.path())?;
             write_hf_awq(file, output, packed, &mut vectors, layout, args, ui)?
         }
         _ => {
@@ -247,7 +246,7 @@ pub fn run(args: &QuantizeArgs, ui: &Ui) -> Result<()> {
             };
             let v2 = want_v2 || zero_point_zero;
             let gptq = hf_pack::Layout::Gptq { v2 };
-            let linears = hf_pack::pack_layers(&mut results, &cfg, layout, gptq, work.path(), int_codes)?;
+            let linears = hf_pack::pack_layers(&mut results, &cfg, layout, gptq, work.path())?;
             if v2 && !want_v2 {
                 ui.warn("some groups have zero point 0, which the v1 \"gptq\" format cannot store; wrote checkpoint_format \"gptq_v2\"");
             }
@@ -333,12 +332,4 @@ fn select_device(device: Device, ui: &Ui) -> Result<Option<std::convert::Infalli
         Device::Cpu => {}
     }
     Ok(None)
-}
-
-/// GPTQ's integer codes (the neutral result the checkpoint writers take).
-fn int_codes(name: &str, solved: Solved) -> crate::Result<crate::quant::gptq::IntQuant> {
-    match solved {
-        Solved::Int(q) => Ok(q),
-        Solved::Ggml { .. } => Err(crate::Error::tensor(name, "expected integer codes")),
-    }
 }

@@ -81,11 +81,18 @@ pub enum Quantized {
     Ggml { ty: GgmlType, rows: usize, bytes: Vec<u8> },
 }
 
-impl crate::methods::GgmlRows for Quantized {
+impl crate::methods::MatrixResult for Quantized {
     fn into_ggml_rows(self) -> Option<(GgmlType, usize, Vec<u8>)> {
         match self {
             Quantized::Ggml { ty, rows, bytes } => Some((ty, rows, bytes)),
             Quantized::Int(_) => None,
+        }
+    }
+
+    fn into_int_quant(self) -> Option<crate::quant::gptq::IntQuant> {
+        match self {
+            Quantized::Int(c) => Some(c.into_int_quant()),
+            Quantized::Ggml { .. } => None,
         }
     }
 }

@@ -44,11 +44,18 @@ pub enum Solved {
     },
 }
 
-impl super::GgmlRows for Solved {
+impl super::MatrixResult for Solved {
     fn into_ggml_rows(self) -> Option<(GgmlType, usize, Vec<u8>)> {
         match self {
             Solved::Ggml { ty, rows, bytes } => Some((ty, rows, bytes)),
             Solved::Int(_) => None,
+        }
+    }
+
+    fn into_int_quant(self) -> Option<IntQuant> {
+        match self {
+            Solved::Int(q) => Some(q),
+            Solved::Ggml { .. } => None,
         }
     }
 }

@@ -51,7 +51,10 @@ pub mod cuda;
 #[cfg(test)]
 #[path = "cuda/emulate.rs"]
 mod cuda_emulate;
-// The host side of the CUDA sweep, shared by the backend and its emulation.
+// The CUDA backend's host sequence, generic over the device (the GPU or its emulation).
+#[cfg(any(feature = "cuda", test))]
+#[path = "cuda/device.rs"]
+mod cuda_device;
 #[cfg(any(feature = "cuda", test))]
 #[path = "cuda/host.rs"]
 mod cuda_host;

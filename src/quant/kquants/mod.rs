@@ -79,23 +79,17 @@ pub(crate) fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8], q: &mut [u8]) {
     }
 }
 
-/// The scale/min step shared by Q4_K and Q5_K: fit each 32-weight sub-block with
-/// `make_qkx2_quants` (weights av_x + |x|, av_x the sub-block RMS), quantize the 8 scales and
-/// 8 mins to 6 bits against their maxima, and store d = max_scale/63, dmin = max_min/63.
-/// Leaves the search's quants in `l`; returns the f16-rounded (d, dmin) ggml requantizes with.
-fn quantize_scales_k4(x: &[f32], nmax: i32, rmin: f32, nstep: i32, l: &mut [u8; QK_K], head: &mut [u8]) -> (f32, f32) {
-    let mut scales = [0f32; 8];
-    let mut mins = [0f32; 8];
+/// Each of `N` sub-blocks' (scale, min) from `fit(j)`, with their maxima tracked as ggml's
+/// K-quants do (`if (scale > max_scale)`, from 0): the scales, the mins, and both maxima.
+#[inline(always)]
+pub(crate) fn fit_sub_blocks<const N: usize>(
+    mut fit: impl FnMut(usize) -> (f32, f32),
+) -> ([f32; N], [f32; N], f32, f32) {
+    let mut scales = [0f32; N];
+    let mut mins = [0f32; N];
     let (mut max_scale, mut max_min) = (0f32, 0f32);
-    for j in 0..8 {
-        let xs: &[f32; 32] = sub(x, j);
-        let mut sum_x2 = 0f32;
-        for &v in xs {
-            sum_x2 += v * v;
-        }
-        let av_x = (sum_x2 / 32.0).sqrt();
-        let w: [f32; 32] = std::array::from_fn(|i| av_x + xs[i].abs());
-        let (s, m) = search::make_qkx2_quants(nmax, xs, &w, sub_mut(l, j), rmin, 0.1, nstep, false);
+    for j in 0..N {
+        let (s, m) = fit(j);
         scales[j] = s;
         mins[j] = m;
         if s > max_scale {
@@ -105,6 +99,24 @@ fn quantize_scales_k4(x: &[f32], nmax: i32, rmin: f32, nstep: i32, l: &mut [u8; 
             max_min = m;
         }
     }
+    (scales, mins, max_scale, max_min)
+}
+
+/// The scale/min step shared by Q4_K and Q5_K: fit each 32-weight sub-block with
+/// `make_qkx2_quants` (weights av_x + |x|, av_x the sub-block RMS), quantize the 8 scales and
+/// 8 mins to 6 bits against their maxima, and store d = max_scale/63, dmin = max_min/63.
+/// Leaves the search's quants in `l`; returns the f16-rounded (d, dmin) ggml requantizes with.
+fn quantize_scales_k4(x: &[f32], nmax: i32, rmin: f32, nstep: i32, l: &mut [u8; QK_K], head: &mut [u8]) -> (f32, f32) {
+    let (scales, mins, max_scale, max_min) = fit_sub_blocks::<8>(|j| {
+        let xs: &[f32; 32] = sub(x, j);
+        let mut sum_x2 = 0f32;
+        for &v in xs {
+            sum_x2 += v * v;
+        }
+        let av_x = (sum_x2 / 32.0).sqrt();
+        let w: [f32; 32] = std::array::from_fn(|i| av_x + xs[i].abs());
+        search::make_qkx2_quants(nmax, xs, &w, sub_mut(l, j), rmin, 0.1, nstep, false)
+    });
     let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     // `as u8` truncates like C's int → uint8_t before the clamp to 63.

@@ -8,7 +8,9 @@ use crate::quant::search::weighted::{make_qkx3_quants, make_qp_quants, sum_x2};
 use crate::quant::{as_block, as_bytes_mut};
 
 use super::search::nearest_int;
-use super::{get_f16, pack_2bit, put_f16, search, sub, sub_mut, sub_weights, weighted_super_blocks, QK_K};
+use super::{
+    fit_sub_blocks, get_f16, pack_2bit, put_f16, search, sub, sub_mut, sub_weights, weighted_super_blocks, QK_K,
+};
 
 pub const QK: usize = QK_K;
 pub const BLOCK_BYTES: usize = 84;
@@ -18,22 +20,11 @@ pub const BLOCK_BYTES: usize = 84;
 pub fn quantize_block(x: &[f32], out: &mut [u8]) {
     let (x, out) = (as_block::<QK>(x), as_bytes_mut::<BLOCK_BYTES>(out));
     let mut l = [0u8; QK_K];
-    let mut scales = [0f32; 16];
-    let mut mins = [0f32; 16];
-    let (mut max_scale, mut max_min) = (0f32, 0f32);
-    for j in 0..16 {
+    let (scales, mins, max_scale, max_min) = fit_sub_blocks::<16>(|j| {
         let xs: &[f32; 16] = sub(x, j);
         let w: [f32; 16] = std::array::from_fn(|i| xs[i].abs());
-        let (s, m) = search::make_qkx2_quants(3, xs, &w, sub_mut(&mut l, j), -0.5, 0.1, 15, true);
-        scales[j] = s;
-        mins[j] = m;
-        if s > max_scale {
-            max_scale = s;
-        }
-        if m > max_min {
-            max_min = m;
-        }
-    }
+        search::make_qkx2_quants(3, xs, &w, sub_mut(&mut l, j), -0.5, 0.1, 15, true)
+    });
 
     let (sc, rest) = out.split_at_mut(16);
     let (qs, dd) = rest.split_at_mut(64);

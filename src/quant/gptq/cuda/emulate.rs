@@ -1,24 +1,23 @@
-//! A CPU emulation of the CUDA backend, for machines without a GPU (CI): the kernels of
-//! `kernels.rs` transcribed line by line into Rust (same names, arguments, index arithmetic,
-//! operation order), the cuBLAS/cuSOLVER calls of `solve.rs` and `hessian.rs` replaced by
-//! plain column-major loops with the same arguments (m, n, k, offsets, leading dimensions),
-//! and `solve.rs`'s host sequence repeated step by step; what the sweep is given and how its
-//! outputs become a result is `host.rs`'s, shared with `solve.rs` (not repeated). The tests compare the result with
-//! the CPU solver, which checks the layouts, the index arithmetic and the algorithm of the
-//! GPU path; what it cannot check is the CUDA toolchain itself (NVRTC, the libraries, launch
-//! arguments), which the probe's self-test and `tests/gptq_cuda.rs` do on a GPU.
+//! A CPU emulation of the CUDA backend, for machines without a GPU (CI): a [`Device`] whose
+//! kernels are `kernels.rs` transcribed line by line into Rust (same names, arguments, index
+//! arithmetic, operation order) and whose cuBLAS/cuSOLVER calls are plain column-major loops
+//! with the arguments `solve.rs` and `hessian.rs` pass (m, n, k, offsets, leading
+//! dimensions). The host sequence is not repeated here: the tests run `host.rs`'s, the one the
+//! GPU runs, on this device, and compare the result with the CPU solver, which checks the
+//! sequence, the layouts, the index arithmetic and the algorithm of the GPU path; what it
+//! cannot check is the CUDA toolchain itself (NVRTC, the libraries, launch arguments), which
+//! the probe's self-test and `tests/gptq_cuda.rs` do on a GPU. `hessian.rs`'s staging of
+//! activation rows into batches is transcribed (`EmuHessian`): it overlaps page-locked
+//! uploads with the caller, which has no CPU counterpart worth sharing.
 //!
-//! Compiled for tests only and without the `cuda` feature, so that CI runs it. Keep it in
-//! step with `kernels.rs` / `solve.rs` when they change.
+//! Compiled for tests only and without the `cuda` feature, so that CI runs it. Keep the
+//! kernels in step with `kernels.rs` when they change.
 
 // A transcription keeps the CUDA source's form (NaN-aware negated comparisons, `(maxq + 1) / 2`).
 #![allow(clippy::neg_cmp_op_on_partial_ord, clippy::manual_div_ceil)]
 
-use super::cuda_host::{int_result, sweep_inputs, SweepOutputs};
-use super::{check_args, check_weights_finite, damp_schedule, importance, GptqOptions, GptqResult, Grid, Hessian};
-#[cfg(test)]
-use super::{quantize, solver};
-use crate::error::{Error, Result};
+use super::cuda_device::{Device, Elem, SweepBufs, SweepScalars};
+use crate::error::Result;
 
 type I64 = i64;
 
@@ -295,7 +294,7 @@ fn dgemm_nn(
 }
 
 // ---------------------------------------------------------------------------------------
-// The host side, as hessian.rs and solve.rs sequence it.
+// The emulated device (solve.rs's operations), and hessian.rs's staging.
 
 const F32_ROWS: usize = 4096;
 
@@ -355,163 +354,152 @@ impl EmuHessian {
     }
 }
 
-pub(super) enum EmuSrc<'a> {
-    Host(&'a Hessian),
-    Dev(&'a EmuHessian),
-}
+/// The emulated device: buffers are vectors, every operation the transcription above.
+pub(super) struct Emu;
 
-pub(super) struct EmuFactor {
-    perm: Vec<usize>,
-    perm_dev: Vec<u32>,
-    /// Column-major U.
-    pub(super) u: Vec<f64>,
-    dead: Vec<bool>,
-    damp_used: f64,
-    retries: u32,
-}
+impl Device for Emu {
+    type Buf<T: Elem> = Vec<T>;
+    type Hessian = EmuHessian;
 
-/// solve::quantize_int.
-pub(super) fn quantize_int(
-    w: &[f32],
-    rows: usize,
-    cols: usize,
-    h: EmuSrc<'_>,
-    bits: u8,
-    sym: bool,
-    opts: &GptqOptions,
-) -> Result<GptqResult> {
-    let grid = Grid::Int { bits, sym };
-    let hn = match h {
-        EmuSrc::Host(h) => h.n(),
-        EmuSrc::Dev(h) => h.n,
-    };
-    check_args(w, rows, cols, hn, &grid, opts)?;
-    check_weights_finite(w, cols)?;
-    let n = cols;
-    let (hsum, scale, raw_diag, nonfinite): (Vec<f64>, f64, Vec<f64>, bool) = match h {
-        EmuSrc::Host(h) => (h.to_dense(), 1.0, (0..n).map(|i| h.get(i, i)).collect(), h.has_nonfinite()),
-        EmuSrc::Dev(h) => {
-            assert_eq!(h.pending, 0, "flush the emulated Hessian before reading it");
-            let mut flag = 0;
-            lower_nonfinite(&mut flag, &h.sum, n as I64);
-            let mut d = vec![0f64; n];
-            hess_diag(&mut d, &h.sum, h.scale(), n as I64);
-            (h.sum.clone(), h.scale(), d, flag != 0)
-        }
-    };
-    if nonfinite {
-        return Err(Error::InvalidArgument("GPTQ: the Hessian has non-finite entries".into()));
+    fn upload<T: Elem>(&self, v: &[T], _: &'static str) -> Result<Vec<T>> {
+        Ok(v.to_vec())
     }
-    let f = factor(
-        &hsum,
-        scale,
-        &raw_diag,
-        n,
-        &solver::sweep_order(&raw_diag, opts.order, opts.group_size.unwrap_or(n)),
-        opts.damp,
-    )?;
-    let importance = opts.weighted_scales.then(|| importance(&raw_diag).iter().map(|&v| v as f64).collect::<Vec<_>>());
-    sweep(w, rows, n, &f, bits, sym, importance.as_deref(), opts)
-}
 
-/// solve::factor.
-pub(super) fn factor(
-    hsum: &[f64],
-    scale: f64,
-    raw_diag: &[f64],
-    n: usize,
-    perm: &[usize],
-    damp: f64,
-) -> Result<EmuFactor> {
-    let dead: Vec<bool> = raw_diag.iter().map(|&d| d == 0.0).collect();
-    let diag: Vec<f64> = raw_diag.iter().map(|&d| if d == 0.0 { 1.0 } else { d }).collect();
-    let perm = perm.to_vec();
-    let mean = diag.iter().sum::<f64>() / n as f64;
-    let perm_dev: Vec<u32> = perm.iter().map(|&p| p as u32).collect();
-    let mut m = vec![0f64; n * n];
-    let mut x = vec![0f64; n * n];
-    let (nn, total) = (n as I64, (n * n) as I64);
-    for (retry, frac) in damp_schedule(damp) {
-        let add = frac * mean;
-        build_m(&mut m, hsum, scale, &perm_dev, &diag, add, nn);
-        if dpotrf_lower(&mut m, n) != 0 {
-            continue;
-        }
-        eye(&mut x, nn);
-        dtrsm_lower_left(&m, &mut x, n);
-        reverse_copy(&mut m, &x, total);
+    fn zeros<T: Elem>(&self, len: usize, _: &'static str) -> Result<Vec<T>> {
+        Ok(vec![T::default(); len])
+    }
+
+    fn download<T: Elem>(&self, b: &Vec<T>, _: &'static str) -> Result<Vec<T>> {
+        Ok(b.clone())
+    }
+
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn hessian_n(h: &EmuHessian) -> usize {
+        h.n
+    }
+
+    fn hessian_nonfinite(&self, h: &EmuHessian) -> Result<bool> {
+        assert_eq!(h.pending, 0, "flush the emulated Hessian before reading it");
+        let mut flag = 0;
+        lower_nonfinite(&mut flag, &h.sum, h.n as I64);
+        Ok(flag != 0)
+    }
+
+    fn hessian_diag(&self, h: &EmuHessian) -> Result<Vec<f64>> {
+        let mut d = vec![0f64; h.n];
+        hess_diag(&mut d, &h.sum, h.scale(), h.n as I64);
+        Ok(d)
+    }
+
+    fn with_hessian_sum<R>(&self, h: &EmuHessian, f: impl FnOnce(&Vec<f64>, f64) -> Result<R>) -> Result<R> {
+        f(&h.sum, h.scale())
+    }
+
+    fn build_m(
+        &self,
+        m: &mut Vec<f64>,
+        hsum: &Vec<f64>,
+        scale: f64,
+        perm: &Vec<u32>,
+        diag: &Vec<f64>,
+        add: f64,
+        n: usize,
+    ) -> Result<()> {
+        build_m(m, hsum, scale, perm, diag, add, n as I64);
+        Ok(())
+    }
+
+    fn potrf_lower(&self, m: &mut Vec<f64>, n: usize) -> Result<i32> {
+        Ok(dpotrf_lower(m, n))
+    }
+
+    fn eye(&self, x: &mut Vec<f64>, n: usize) -> Result<()> {
+        eye(x, n as I64);
+        Ok(())
+    }
+
+    fn trsm_lower_inverse(&self, l: &Vec<f64>, x: &mut Vec<f64>, n: usize) -> Result<()> {
+        dtrsm_lower_left(l, x, n);
+        Ok(())
+    }
+
+    fn reverse_copy(&self, dst: &mut Vec<f64>, src: &Vec<f64>, total: usize) -> Result<()> {
+        reverse_copy(dst, src, total as I64);
+        Ok(())
+    }
+
+    fn upper_is_valid(&self, u: &Vec<f64>, n: usize) -> Result<bool> {
         let mut bad = 0;
-        check_upper(&mut bad, &m, nn);
-        if bad != 0 {
-            continue;
-        }
-        return Ok(EmuFactor { perm, perm_dev, u: m, dead, damp_used: frac, retries: retry });
+        check_upper(&mut bad, u, n as I64);
+        Ok(bad == 0)
     }
-    Err(Error::InvalidArgument("GPTQ: the Hessian is not positive definite".into()))
-}
 
-/// solve::sweep.
-#[allow(clippy::too_many_arguments)]
-fn sweep(
-    w: &[f32],
-    rows: usize,
-    n: usize,
-    f: &EmuFactor,
-    bits: u8,
-    sym: bool,
-    importance: Option<&[f64]>,
-    opts: &GptqOptions,
-) -> Result<GptqResult> {
-    let mut inp = sweep_inputs(w, rows, &f.perm, &f.dead, bits, sym, importance, opts);
-    let mut codes = vec![0u8; rows * n];
-    let mut loss = vec![0f64; rows];
-    let mut wk = vec![0f64; rows * n];
-    let bs = opts.block_size.min(n);
-    let mut err = vec![0f64; rows * bs];
-    let (rows_i, n_i) = (rows as I64, n as I64);
-    init_w(&mut wk, w, &f.perm_dev, &inp.dead8, rows_i, n_i);
-    let (gs_i, dynamic, sym_i) = (inp.gs as I64, inp.dynamic as i32, sym as i32);
-    for i1 in (0..n).step_by(bs) {
-        let i2 = (i1 + bs).min(n);
+    fn init_w(
+        &self,
+        wk: &mut Vec<f64>,
+        w: &Vec<f32>,
+        perm: &Vec<u32>,
+        dead: &Vec<u8>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        init_w(wk, w, perm, dead, rows as I64, cols as I64);
+        Ok(())
+    }
+
+    fn sweep_block(
+        &self,
+        b: &mut SweepBufs<Self>,
+        u: &Vec<f64>,
+        perm: &Vec<u32>,
+        s: SweepScalars,
+        i1: usize,
+        i2: usize,
+    ) -> Result<()> {
         sweep_block(
-            &mut wk,
-            &mut err,
-            &f.u,
-            &mut inp.scales,
-            &mut inp.zeros,
-            &mut codes,
-            &mut loss,
-            &f.perm_dev,
-            &inp.group_of,
-            rows_i,
-            n_i,
+            &mut b.wk,
+            &mut b.err,
+            u,
+            &mut b.scales,
+            &mut b.zeros,
+            &mut b.codes,
+            &mut b.loss,
+            perm,
+            &b.group_of,
+            s.rows as I64,
+            s.n as I64,
             i1 as I64,
             i2 as I64,
-            gs_i,
-            dynamic,
-            inp.maxq,
-            sym_i,
-            &inp.imp_sweep,
-            inp.n_cand,
+            s.gs as I64,
+            s.dynamic as i32,
+            s.maxq,
+            s.sym as i32,
+            &b.imp,
+            s.n_cand,
         );
-        if i2 < n {
-            let a = &err[0..rows * (i2 - i1)];
-            let b = &f.u[i2 * n + i1..];
-            let c = &mut wk[i2 * rows..];
-            dgemm_nn(rows, n - i2, i2 - i1, -1.0, a, rows, b, n, 1.0, c, rows);
-        }
+        Ok(())
     }
-    let out = SweepOutputs {
-        codes,
-        scales: &inp.scales,
-        zeros: &inp.zeros,
-        losses: &loss,
-        perm: &f.perm,
-        dead: &f.dead,
-        damp_used: f.damp_used,
-        retries: f.retries,
-    };
-    Ok(int_result(&inp, out, rows, bits, opts))
+
+    fn gemm_update(
+        &self,
+        err: &Vec<f64>,
+        u: &Vec<f64>,
+        wk: &mut Vec<f64>,
+        rows: usize,
+        n: usize,
+        i1: usize,
+        i2: usize,
+    ) -> Result<()> {
+        // solve.rs's views: A from the start of err, B at U[i1, i2], C at column i2 of wk.
+        let a = &err[0..rows * (i2 - i1)];
+        let b = &u[i2 * n + i1..];
+        let c = &mut wk[i2 * rows..];
+        dgemm_nn(rows, n - i2, i2 - i1, -1.0, a, rows, b, n, 1.0, c, rows);
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -520,7 +508,21 @@ fn sweep(
 mod tests {
     use super::*;
 
-    use crate::quant::gptq::{ColumnOrder, XorShift as Rng};
+    use crate::quant::gptq::cuda_host::{factor, quantize_int as quantize_on, HessianOn};
+    use crate::quant::gptq::{quantize, solver, ColumnOrder, GptqOptions, GptqResult, Grid, Hessian, XorShift as Rng};
+
+    /// `host.rs`'s sequence on the emulated device.
+    fn quantize_int(
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        h: HessianOn<'_, EmuHessian>,
+        bits: u8,
+        sym: bool,
+        opts: &GptqOptions,
+    ) -> Result<GptqResult> {
+        quantize_on(&Emu, w, rows, cols, h, bits, sym, opts)
+    }
 
     fn problem(rows: usize, cols: usize, tokens: usize, dead: &[usize]) -> (Vec<f32>, Vec<f32>) {
         let mut r = Rng(0x2545_f491_4f6c_dd1d);
@@ -564,7 +566,7 @@ mod tests {
             let raw = h.diagonal();
             let perm = solver::sweep_order(&raw, order, 30);
             let cpu = solver::factor(&h, &perm, 0.01).unwrap();
-            let emu = factor(&h.to_dense(), 1.0, &raw, n, &perm, 0.01).unwrap();
+            let emu = factor(&Emu, &h.to_dense(), 1.0, &raw, &perm, 0.01).unwrap();
             assert_eq!(cpu.perm, emu.perm);
             assert_eq!(cpu.dead, emu.dead);
             let scale = cpu.u.iter().fold(0f64, |m, v| m.max(v.abs()));
@@ -651,9 +653,9 @@ mod tests {
                 opts.group_size, opts.order, opts.static_groups, opts.block_size, opts.weighted_scales
             );
             let cpu = quantize(&w, rows, cols, &hc, &grid, &opts).unwrap();
-            let host = quantize_int(&w, rows, cols, EmuSrc::Host(&hc), bits, sym, &opts).unwrap();
+            let host = quantize_int(&w, rows, cols, HessianOn::Host(&hc), bits, sym, &opts).unwrap();
             compare(&format!("{what} (host Hessian)"), &cpu, &host);
-            let dev = quantize_int(&w, rows, cols, EmuSrc::Dev(&he), bits, sym, &opts).unwrap();
+            let dev = quantize_int(&w, rows, cols, HessianOn::Device(&he), bits, sym, &opts).unwrap();
             compare(&format!("{what} (device Hessian)"), &cpu, &dev);
         }
     }
@@ -679,7 +681,7 @@ mod tests {
                 let (rows, cols) = (ws[0], ws[1]);
                 let hess = Hessian::from_dense(h.iter().map(|&v| v as f64).collect(), cols);
                 let o = GptqOptions { group_size: Some(128), ..Default::default() };
-                let emu = quantize_int(&w, rows, cols, EmuSrc::Host(&hess), 4, false, &o).unwrap();
+                let emu = quantize_int(&w, rows, cols, HessianOn::Host(&hess), 4, false, &o).unwrap();
                 let cpu = quantize(&w, rows, cols, &hess, &Grid::Int { bits: 4, sym: false }, &o).unwrap();
                 compare(&format!("{name} {layer}"), &cpu, &emu);
                 let int = emu.int.as_ref().unwrap();
@@ -722,7 +724,7 @@ mod tests {
         }
         let h = Hessian::from_dense(hd, cols);
         let (w, _) = problem(4, cols, 1, &[]);
-        let res = quantize_int(&w, 4, cols, EmuSrc::Host(&h), 4, false, &GptqOptions::default()).unwrap();
+        let res = quantize_int(&w, 4, cols, HessianOn::Host(&h), 4, false, &GptqOptions::default()).unwrap();
         assert_eq!(res.damp_retries, 1);
         assert!((res.damp_used - 0.1).abs() < 1e-12);
     }

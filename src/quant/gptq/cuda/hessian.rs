@@ -18,6 +18,7 @@ use rayon::prelude::*;
 use super::kernels::grid_for;
 use super::{cu, CudaBackend, Inner};
 use crate::error::{Error, Result};
+use crate::quant::gptq::cuda_host::check_dim;
 use crate::quant::gptq::Hessian;
 
 /// Rows multiplied in f32 (one SYRK) before the product is added to the f64 sum: the CPU
@@ -313,13 +314,4 @@ fn syrk_lower(inner: &Inner, n: usize, k: usize, a: &CudaSlice<f32>, c: &mut Cud
     }
     .result()
     .map_err(cu("cublasSsyrk"))
-}
-
-/// cuBLAS and cuSOLVER take sizes and leading dimensions as C ints (the kernels index in 64
-/// bits): refuse what does not fit (far beyond any real layer).
-pub(super) fn check_dim(n: usize) -> Result<()> {
-    if c_int::try_from(n).is_err() {
-        return Err(Error::Unsupported(format!("GPTQ on CUDA: dimension {n} does not fit cuBLAS's 32-bit sizes")));
-    }
-    Ok(())
 }

@@ -56,6 +56,7 @@ use cudarc::driver::{CudaContext, CudaStream};
 
 pub use hessian::CudaHessian;
 
+use super::cuda_host::{quantize_int, HessianOn};
 use super::{GptqOptions, GptqResult, Grid, Hessian};
 use crate::error::{Error, Result};
 use kernels::Kernels;
@@ -241,7 +242,7 @@ impl CudaBackend {
         match *grid {
             Grid::Int { bits, sym } => {
                 let _g = self.inner.guard();
-                solve::quantize_int(&self.inner, w, rows, cols, solve::HSrc::Host(h), bits, sym, opts)
+                quantize_int(&*self.inner, w, rows, cols, HessianOn::Host(h), bits, sym, opts)
             }
             Grid::Ggml(_) => super::quantize(w, rows, cols, h, grid, opts),
         }
@@ -263,7 +264,7 @@ impl CudaBackend {
         match *grid {
             Grid::Int { bits, sym } => {
                 let _g = self.inner.guard();
-                solve::quantize_int(&self.inner, w, rows, cols, solve::HSrc::Dev(h), bits, sym, opts)
+                quantize_int(&*self.inner, w, rows, cols, HessianOn::Device(h), bits, sym, opts)
             }
             Grid::Ggml(_) => super::quantize(w, rows, cols, &h.to_host()?, grid, opts),
         }
