@@ -666,6 +666,12 @@ pub(crate) mod tests {
         bytes as f64 / (1u64 << 30) as f64
     }
 
+    /// One layer's expected types in `check_layers`' order: `base` for q, k, gate and up, and
+    /// the three tensors the mixes raise.
+    fn layer(base: GgmlType, attn_v: GgmlType, attn_output: GgmlType, ffn_down: GgmlType) -> [GgmlType; 7] {
+        [base, base, attn_v, attn_output, base, base, ffn_down]
+    }
+
     /// Expected per-layer types: (attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up,
     /// ffn_down) for layer i.
     fn check_layers(p: &[(String, Vec<usize>, Assigned)], n: usize, f: impl Fn(usize) -> [GgmlType; 7], what: &str) {
@@ -752,15 +758,8 @@ pub(crate) mod tests {
         let cfg = llama_7b();
         let p = plan_of(&cfg, &QuantPlan::new(ft("Q4_K_M")));
         let more = |i: usize| use_more_bits(i as i64, 32);
-        check_layers(
-            &p,
-            32,
-            |i| {
-                let hi = if more(i) { Q6_K } else { Q4_K };
-                [Q4_K, Q4_K, hi, Q4_K, Q4_K, Q4_K, hi]
-            },
-            "7B Q4_K_M",
-        );
+        let hi = |i| if more(i) { Q6_K } else { Q4_K };
+        check_layers(&p, 32, |i| layer(Q4_K, hi(i), Q4_K, hi(i)), "7B Q4_K_M");
         assert_eq!(type_of(&p, "token_embd.weight"), Q4_K);
         assert_eq!(type_of(&p, "output.weight"), Q6_K);
         let total = total_bytes(&p);
@@ -844,27 +843,13 @@ pub(crate) mod tests {
     fn tiny_fixture_plans() {
         let cfg = tiny();
         let p = plan_of(&cfg, &QuantPlan::new(ft("Q4_K_M")));
-        check_layers(
-            &p,
-            4,
-            |i| {
-                let hi = if i >= 2 { Q6_K } else { Q4_K };
-                [Q4_K, Q4_K, hi, Q4_K, Q4_K, Q4_K, hi]
-            },
-            "tiny Q4_K_M",
-        );
+        let hi = |i| if i >= 2 { Q6_K } else { Q4_K };
+        check_layers(&p, 4, |i| layer(Q4_K, hi(i), Q4_K, hi(i)), "tiny Q4_K_M");
         assert_eq!((type_of(&p, "token_embd.weight"), type_of(&p, "output.weight")), (Q4_K, Q6_K));
         let p = plan_of(&cfg, &QuantPlan::new(ft("Q3_K_M")));
-        check_layers(
-            &p,
-            4,
-            |i| {
-                let v = if i < 2 { Q5_K } else { Q4_K };
-                // ffn_down: 4/16 = 0 layers get Q5_K, so all Q4_K.
-                [Q3_K, Q3_K, v, Q4_K, Q3_K, Q3_K, Q4_K]
-            },
-            "tiny Q3_K_M",
-        );
+        // ffn_down: 4/16 = 0 layers get Q5_K, so all Q4_K.
+        let v = |i| if i < 2 { Q5_K } else { Q4_K };
+        check_layers(&p, 4, |i| layer(Q3_K, v(i), Q4_K, Q4_K), "tiny Q3_K_M");
         assert_eq!((type_of(&p, "token_embd.weight"), type_of(&p, "output.weight")), (Q3_K, Q6_K));
     }
 
@@ -875,26 +860,12 @@ pub(crate) mod tests {
         let cfg = small();
         let p = plan_of(&cfg, &QuantPlan::new(ft("Q4_K_M")));
         assert!(!p.iter().any(|(n, _, _)| n == "output.weight"));
-        check_layers(
-            &p,
-            6,
-            |i| {
-                let hi = if i == 2 || i == 5 { Q6_K } else { Q4_K };
-                [Q4_K, Q4_K, hi, Q4_K, Q4_K, Q4_K, hi]
-            },
-            "small Q4_K_M",
-        );
+        let hi = |i| if i == 2 || i == 5 { Q6_K } else { Q4_K };
+        check_layers(&p, 6, |i| layer(Q4_K, hi(i), Q4_K, hi(i)), "small Q4_K_M");
         assert_eq!(type_of(&p, "token_embd.weight"), Q6_K);
         let p = plan_of(&cfg, &QuantPlan::new(ft("Q3_K_M")));
-        check_layers(
-            &p,
-            6,
-            |i| {
-                let v = if i < 2 { Q5_K } else { Q4_K };
-                [Q3_K, Q3_K, v, Q4_K, Q3_K, Q3_K, Q4_K]
-            },
-            "small Q3_K_M",
-        );
+        let v = |i| if i < 2 { Q5_K } else { Q4_K };
+        check_layers(&p, 6, |i| layer(Q3_K, v(i), Q4_K, Q4_K), "small Q3_K_M");
         assert_eq!(type_of(&p, "token_embd.weight"), Q6_K);
         // Q8_0 file, tied: the embedding stays Q8_0.
         let p = plan_of(&cfg, &QuantPlan::new(ft("Q8_0")));

@@ -194,6 +194,10 @@ fn writer_refuses_bad_tensors() {
 struct B(Vec<u8>);
 
 impl B {
+    /// The bytes built so far (ends a chain on a temporary).
+    fn bytes(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.0)
+    }
     fn header(n_tensors: u64, n_kv: u64) -> B {
         let mut b = B::default();
         b.u32(GGUF_MAGIC).u32(3).u64(n_tensors).u64(n_kv);
@@ -259,188 +263,40 @@ fn hostile_headers_are_errors() {
             },
             "bad magic",
         ),
-        (
-            "version 1",
-            {
-                let mut b = B::default();
-                b.u32(GGUF_MAGIC).u32(1).u64(0).u64(0);
-                b.0
-            },
-            "v1",
-        ),
-        (
-            "version 4",
-            {
-                let mut b = B::default();
-                b.u32(GGUF_MAGIC).u32(4).u64(0).u64(0);
-                b.0
-            },
-            "version 4",
-        ),
+        ("version 1", B::default().u32(GGUF_MAGIC).u32(1).u64(0).u64(0).bytes(), "v1"),
+        ("version 4", B::default().u32(GGUF_MAGIC).u32(4).u64(0).u64(0).bytes(), "version 4"),
         ("tensor count 2^64-1", B::header(u64::MAX, 0).0, "tensor count"),
         ("kv count 2^64-1", B::header(0, u64::MAX).0, "metadata count"),
-        (
-            "kv count 2^60",
-            {
-                let mut b = B::header(0, 1 << 60);
-                b.str("k").u32(4).u32(1);
-                b.0
-            },
-            "metadata count",
-        ),
-        (
-            "key length 2^63",
-            {
-                let mut b = B::header(0, 1);
-                b.u64(1 << 63).u32(4).u32(1);
-                b.0
-            },
-            "truncated",
-        ),
-        (
-            "key length 2^64-1",
-            {
-                let mut b = B::header(0, 1);
-                b.u64(u64::MAX).u32(4).u32(1);
-                b.0
-            },
-            "truncated",
-        ),
-        (
-            "string value length 2^63",
-            {
-                let mut b = B::header(0, 1);
-                b.str("k").u32(8).u64(1 << 63).u64(0);
-                b.0
-            },
-            "truncated",
-        ),
-        (
-            "key not UTF-8",
-            {
-                let mut b = B::header(0, 1);
-                b.u64(2).u8(0xff).u8(0xfe).u32(4).u32(1);
-                b.0
-            },
-            "UTF-8",
-        ),
-        (
-            "unknown value type",
-            {
-                let mut b = B::header(0, 1);
-                b.str("k").u32(13).u32(1);
-                b.0
-            },
-            "value type 13",
-        ),
-        (
-            "bool 2",
-            {
-                let mut b = B::header(0, 1);
-                b.str("k").u32(7).u8(2);
-                b.0
-            },
-            "bool",
-        ),
+        ("kv count 2^60", B::header(0, 1 << 60).str("k").u32(4).u32(1).bytes(), "metadata count"),
+        ("key length 2^63", B::header(0, 1).u64(1 << 63).u32(4).u32(1).bytes(), "truncated"),
+        ("key length 2^64-1", B::header(0, 1).u64(u64::MAX).u32(4).u32(1).bytes(), "truncated"),
+        ("string value length 2^63", B::header(0, 1).str("k").u32(8).u64(1 << 63).u64(0).bytes(), "truncated"),
+        ("key not UTF-8", B::header(0, 1).u64(2).u8(0xff).u8(0xfe).u32(4).u32(1).bytes(), "UTF-8"),
+        ("unknown value type", B::header(0, 1).str("k").u32(13).u32(1).bytes(), "value type 13"),
+        ("bool 2", B::header(0, 1).str("k").u32(7).u8(2).bytes(), "bool"),
         (
             "duplicate key",
-            {
-                let mut b = B::header(0, 2);
-                b.str("k").u32(4).u32(1).str("k").u32(4).u32(2);
-                b.0
-            },
+            B::header(0, 2).str("k").u32(4).u32(1).str("k").u32(4).u32(2).bytes(),
             "duplicate metadata key",
         ),
-        (
-            "u8 array count 2^60",
-            {
-                let mut b = B::header(0, 1);
-                b.str("k").u32(9).u32(0).u64(1 << 60).u8(1);
-                b.0
-            },
-            "array length",
-        ),
+        ("u8 array count 2^60", B::header(0, 1).str("k").u32(9).u32(0).u64(1 << 60).u8(1).bytes(), "array length"),
         (
             "string array count 2^60",
-            {
-                let mut b = B::header(0, 1);
-                b.str("k").u32(9).u32(8).u64(1 << 60).str("x");
-                b.0
-            },
+            B::header(0, 1).str("k").u32(9).u32(8).u64(1 << 60).str("x").bytes(),
             "array length",
         ),
-        (
-            "array array count 2^60",
-            {
-                let mut b = B::header(0, 1);
-                b.str("k").u32(9).u32(9).u64(1 << 60);
-                b.0
-            },
-            "array length",
-        ),
-        (
-            "array count 2^64-1",
-            {
-                let mut b = B::header(0, 1);
-                b.str("k").u32(9).u32(0).u64(u64::MAX);
-                b.0
-            },
-            "array length",
-        ),
-        (
-            "array of unknown type",
-            {
-                let mut b = B::header(0, 1);
-                b.str("k").u32(9).u32(99).u64(0);
-                b.0
-            },
-            "value type 99",
-        ),
+        ("array array count 2^60", B::header(0, 1).str("k").u32(9).u32(9).u64(1 << 60).bytes(), "array length"),
+        ("array count 2^64-1", B::header(0, 1).str("k").u32(9).u32(0).u64(u64::MAX).bytes(), "array length"),
+        ("array of unknown type", B::header(0, 1).str("k").u32(9).u32(99).u64(0).bytes(), "value type 99"),
         (
             "string in array length 2^63",
-            {
-                let mut b = B::header(0, 1);
-                b.str("k").u32(9).u32(8).u64(1).u64(1 << 63);
-                b.0
-            },
+            B::header(0, 1).str("k").u32(9).u32(8).u64(1).u64(1 << 63).bytes(),
             "truncated",
         ),
-        (
-            "alignment 0",
-            {
-                let mut b = B::header(0, 1);
-                b.str("general.alignment").u32(4).u32(0);
-                b.0
-            },
-            "alignment",
-        ),
-        (
-            "alignment 48",
-            {
-                let mut b = B::header(0, 1);
-                b.str("general.alignment").u32(4).u32(48);
-                b.0
-            },
-            "alignment",
-        ),
-        (
-            "alignment as string",
-            {
-                let mut b = B::header(0, 1);
-                b.str("general.alignment").u32(8).str("32");
-                b.0
-            },
-            "alignment",
-        ),
-        (
-            "n_dims 0",
-            {
-                let mut b = B::header(1, 0);
-                b.tensor("t", &[], f32, 0);
-                b.data(64)
-            },
-            "dimensions",
-        ),
+        ("alignment 0", B::header(0, 1).str("general.alignment").u32(4).u32(0).bytes(), "alignment"),
+        ("alignment 48", B::header(0, 1).str("general.alignment").u32(4).u32(48).bytes(), "alignment"),
+        ("alignment as string", B::header(0, 1).str("general.alignment").u32(8).str("32").bytes(), "alignment"),
+        ("n_dims 0", B::header(1, 0).tensor("t", &[], f32, 0).data(64), "dimensions"),
         (
             "n_dims 5",
             {
@@ -459,130 +315,34 @@ fn hostile_headers_are_errors() {
             },
             "dimensions",
         ),
-        (
-            "n_dims 2^32-1",
-            {
-                let mut b = B::header(1, 0);
-                b.str("t").u32(u32::MAX).u64(1).u32(0).u64(0);
-                b.data(64)
-            },
-            "dimensions",
-        ),
-        (
-            "unknown ggml type",
-            {
-                let mut b = B::header(1, 0);
-                b.tensor("t", &[4], 99, 0);
-                b.data(64)
-            },
-            "unknown GGML type id 99",
-        ),
-        (
-            "removed ggml type 4",
-            {
-                let mut b = B::header(1, 0);
-                b.tensor("t", &[32], 4, 0);
-                b.data(64)
-            },
-            "unknown GGML type id 4",
-        ),
-        (
-            "offset past the end",
-            {
-                let mut b = B::header(1, 0);
-                b.tensor("t", &[4], f32, 1 << 20);
-                b.data(64)
-            },
-            "past the end",
-        ),
-        (
-            "data truncated",
-            {
-                let mut b = B::header(1, 0);
-                b.tensor("t", &[64], f32, 0);
-                b.data(255)
-            },
-            "past the end",
-        ),
-        (
-            "offset overflows",
-            {
-                let mut b = B::header(1, 0);
-                b.tensor("t", &[4], f32, u64::MAX - 31);
-                b.data(64)
-            },
-            "overflow",
-        ),
-        (
-            "misaligned offset",
-            {
-                let mut b = B::header(1, 0);
-                b.tensor("t", &[4], f32, 8);
-                b.data(64)
-            },
-            "not aligned",
-        ),
+        ("n_dims 2^32-1", B::header(1, 0).str("t").u32(u32::MAX).u64(1).u32(0).u64(0).data(64), "dimensions"),
+        ("unknown ggml type", B::header(1, 0).tensor("t", &[4], 99, 0).data(64), "unknown GGML type id 99"),
+        ("removed ggml type 4", B::header(1, 0).tensor("t", &[32], 4, 0).data(64), "unknown GGML type id 4"),
+        ("offset past the end", B::header(1, 0).tensor("t", &[4], f32, 1 << 20).data(64), "past the end"),
+        ("data truncated", B::header(1, 0).tensor("t", &[64], f32, 0).data(255), "past the end"),
+        ("offset overflows", B::header(1, 0).tensor("t", &[4], f32, u64::MAX - 31).data(64), "overflow"),
+        ("misaligned offset", B::header(1, 0).tensor("t", &[4], f32, 8).data(64), "not aligned"),
         (
             "misaligned for custom alignment",
-            {
-                let mut b = B::header(1, 1);
-                b.str("general.alignment").u32(4).u32(64).tensor("t", &[4], f32, 32);
-                b.data(256)
-            },
+            B::header(1, 1).str("general.alignment").u32(4).u32(64).tensor("t", &[4], f32, 32).data(256),
             "not aligned",
         ),
-        (
-            "size overflows",
-            {
-                let mut b = B::header(1, 0);
-                b.tensor("t", &[1 << 32, 1 << 32, 1 << 32], f32, 0);
-                b.data(64)
-            },
-            "overflow",
-        ),
-        (
-            "row not whole blocks",
-            {
-                let mut b = B::header(1, 0);
-                b.tensor("t", &[33], GgmlType::Q8_0.id(), 0);
-                b.data(64)
-            },
-            "multiple",
-        ),
+        ("size overflows", B::header(1, 0).tensor("t", &[1 << 32, 1 << 32, 1 << 32], f32, 0).data(64), "overflow"),
+        ("row not whole blocks", B::header(1, 0).tensor("t", &[33], GgmlType::Q8_0.id(), 0).data(64), "multiple"),
         (
             "duplicate tensor",
-            {
-                let mut b = B::header(2, 0);
-                b.tensor("t", &[4], f32, 0).tensor("t", &[4], f32, 32);
-                b.data(64)
-            },
+            B::header(2, 0).tensor("t", &[4], f32, 0).tensor("t", &[4], f32, 32).data(64),
             "duplicate tensor",
         ),
         (
             "overlapping tensors",
-            {
-                let mut b = B::header(2, 0);
-                b.tensor("a", &[16], f32, 0).tensor("b", &[4], f32, 32);
-                b.data(96)
-            },
+            B::header(2, 0).tensor("a", &[16], f32, 0).tensor("b", &[4], f32, 32).data(96),
             "overlap",
         ),
-        (
-            "tensor name length 2^63",
-            {
-                let mut b = B::header(1, 0);
-                b.u64(1 << 63).u32(1).u64(4).u32(0).u64(0);
-                b.data(64)
-            },
-            "truncated",
-        ),
+        ("tensor name length 2^63", B::header(1, 0).u64(1 << 63).u32(1).u64(4).u32(0).u64(0).data(64), "truncated"),
         (
             "tensor infos truncated",
-            {
-                let mut b = B::header(2, 0);
-                b.tensor("a", &[4], f32, 0).str(&"b".repeat(40)).u32(1);
-                b.0
-            },
+            B::header(2, 0).tensor("a", &[4], f32, 0).str(&"b".repeat(40)).u32(1).bytes(),
             "truncated",
         ),
     ];
