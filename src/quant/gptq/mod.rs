@@ -276,16 +276,7 @@ pub fn quantize(
 ) -> Result<GptqResult> {
     check_args(w, rows, cols, h.n(), grid, opts)?;
     check_weights_finite(w, cols)?;
-    if h.is_empty() {
-        return Err(Error::InvalidArgument(
-            "GPTQ: the Hessian has seen no activations (no calibration rows were added)".into(),
-        ));
-    }
-    if h.has_nonfinite() {
-        return Err(Error::InvalidArgument(
-            "GPTQ: the Hessian has non-finite entries (NaN or infinite calibration activations?)".into(),
-        ));
-    }
+    check_hessian(h.is_empty(), || Ok(h.has_nonfinite()))?;
     let t0 = std::time::Instant::now();
     let perm = solver::sweep_order(&h.diagonal(), opts.order, order_group(grid, opts, cols));
     let f = solver::factor(h, &perm, opts.damp)?;
@@ -349,6 +340,22 @@ pub fn order_group(grid: &Grid, opts: &GptqOptions, cols: usize) -> usize {
 }
 
 /// `h_n`: the Hessian's size (the CUDA backend's Hessians are not [`Hessian`]s).
+/// The Hessian's own checks (every backend's): it has seen activations, and (asked only then)
+/// its entries are finite.
+pub(crate) fn check_hessian(empty: bool, nonfinite: impl FnOnce() -> Result<bool>) -> Result<()> {
+    if empty {
+        return Err(Error::InvalidArgument(
+            "GPTQ: the Hessian has seen no activations (no calibration rows were added)".into(),
+        ));
+    }
+    if nonfinite()? {
+        return Err(Error::InvalidArgument(
+            "GPTQ: the Hessian has non-finite entries (NaN or infinite calibration activations?)".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn check_args(w: &[f32], rows: usize, cols: usize, h_n: usize, grid: &Grid, opts: &GptqOptions) -> Result<()> {
     let bad = |msg: String| Err(Error::InvalidArgument(format!("GPTQ: {msg}")));
     if rows == 0 || cols == 0 {

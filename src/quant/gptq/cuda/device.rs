@@ -64,6 +64,8 @@ pub(crate) trait Device {
     fn sync(&self) -> Result<()>;
 
     fn hessian_n(h: &Self::Hessian) -> usize;
+    /// Activation rows added.
+    fn hessian_samples(h: &Self::Hessian) -> usize;
     /// Whether the Hessian has a NaN or infinite entry (`lower_nonfinite`).
     fn hessian_nonfinite(&self, h: &Self::Hessian) -> Result<bool>;
     /// `H[i, i]` for every i (`hess_diag`).

@@ -381,6 +381,10 @@ impl Device for Emu {
         h.n
     }
 
+    fn hessian_samples(h: &EmuHessian) -> usize {
+        h.samples
+    }
+
     fn hessian_nonfinite(&self, h: &EmuHessian) -> Result<bool> {
         assert_eq!(h.pending, 0, "flush the emulated Hessian before reading it");
         let mut flag = 0;
@@ -705,6 +709,32 @@ mod tests {
                 assert!(frac >= 0.999 && worst <= 1.0 + 1e-6, "{name} {layer}: {frac}, {worst} steps");
             }
         }
+    }
+
+    /// The GPU path refuses what the CPU solver refuses, with the same message: a Hessian
+    /// without activations (on the host or the device) and one with a NaN.
+    #[test]
+    fn emulated_gpu_path_refuses_what_the_cpu_refuses() {
+        let (rows, cols) = (4, 64);
+        let (w, mut x) = problem(rows, cols, 50, &[]);
+        let opts = GptqOptions::default();
+        let grid = Grid::Int { bits: 4, sym: false };
+        let err = |r: Result<GptqResult>| r.err().map(|e| e.to_string()).unwrap_or_default();
+        let empty = Hessian::new(cols);
+        let cpu = err(quantize(&w, rows, cols, &empty, &grid, &opts));
+        assert!(cpu.contains("no activations"), "{cpu}");
+        assert_eq!(err(quantize_int(&w, rows, cols, HessianOn::Host(&empty), 4, false, &opts)), cpu);
+        assert_eq!(err(quantize_int(&w, rows, cols, HessianOn::Device(&EmuHessian::new(cols)), 4, false, &opts)), cpu);
+        x[7] = f32::NAN;
+        let mut nan = Hessian::new(cols);
+        nan.add(&x, 50);
+        let mut nan_dev = EmuHessian::new(cols);
+        nan_dev.add(&x, 50);
+        nan_dev.flush();
+        let cpu = err(quantize(&w, rows, cols, &nan, &grid, &opts));
+        assert!(cpu.contains("non-finite"), "{cpu}");
+        assert_eq!(err(quantize_int(&w, rows, cols, HessianOn::Host(&nan), 4, false, &opts)), cpu);
+        assert_eq!(err(quantize_int(&w, rows, cols, HessianOn::Device(&nan_dev), 4, false, &opts)), cpu);
     }
 
     /// Damping retries as on the CPU.

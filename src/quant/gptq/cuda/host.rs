@@ -15,8 +15,8 @@ use super::cuda_device::{Device, SweepBufs, SweepScalars};
 use super::grid::{group_params, RANGE_CANDIDATES};
 use super::solver::sweep_order;
 use super::{
-    check_args, check_weights_finite, damp_schedule, importance, ColumnOrder, GptqOptions, GptqResult, Grid, Hessian,
-    IntQuant,
+    check_args, check_hessian, check_weights_finite, damp_schedule, importance, ColumnOrder, GptqOptions, GptqResult,
+    Grid, Hessian, IntQuant,
 };
 use crate::error::{Error, Result};
 
@@ -60,14 +60,9 @@ pub(crate) fn quantize_int<D: Device>(
     check_dim(rows)?;
     check_dim(cols)?;
     check_weights_finite(w, cols)?;
-    let nonfinite = match h {
-        HessianOn::Host(h) => h.has_nonfinite(),
-        HessianOn::Device(h) => dev.hessian_nonfinite(h)?,
-    };
-    if nonfinite {
-        return Err(Error::InvalidArgument(
-            "GPTQ: the Hessian has non-finite entries (NaN or infinite calibration activations?)".into(),
-        ));
+    match h {
+        HessianOn::Host(h) => check_hessian(h.is_empty(), || Ok(h.has_nonfinite()))?,
+        HessianOn::Device(h) => check_hessian(D::hessian_samples(h) == 0, || dev.hessian_nonfinite(h))?,
     }
     let n = cols;
     let order = |diag: &[f64]| sweep_order(diag, opts.order, opts.group_size.unwrap_or(n));

@@ -40,6 +40,10 @@ impl Device for Inner {
         h.n()
     }
 
+    fn hessian_samples(h: &CudaHessian) -> usize {
+        h.samples()
+    }
+
     fn hessian_nonfinite(&self, h: &CudaHessian) -> Result<bool> {
         h.has_nonfinite_locked(self)
     }
