@@ -313,6 +313,8 @@ impl ModelConfig {
             a => a,
         };
         let moe = MoeConfig::from_gguf(h, arch, ffn_size);
+        // Every field, as `from_hf_json` sets them from config.json's names (deliberately the
+        // same struct literal).
         let cfg = ModelConfig {
             arch,
             hidden_size,

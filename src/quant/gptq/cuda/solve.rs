@@ -268,7 +268,8 @@ fn potrf_lower(inner: &Inner, m: &mut CudaSlice<f64>, n: usize) -> Result<i32> {
     v.first().copied().ok_or_else(|| Error::Cuda("no Cholesky status".into()))
 }
 
-/// `x ← L⁻¹·x` with L the lower triangle of `l` (x = I gives L⁻¹).
+/// `x ← L⁻¹·x` with L the lower triangle of `l` (x = I gives L⁻¹). (Deliberately the form of
+/// hessian.rs's SSYRK call — bind, raw pointers, one FFI call — for another routine.)
 fn trsm_lower_inverse(inner: &Inner, l: &CudaSlice<f64>, x: &mut CudaSlice<f64>, n: usize) -> Result<()> {
     inner.ctx.bind_to_thread().map_err(cu("binding the context"))?;
     let ni = n as c_int;
