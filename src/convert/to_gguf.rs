@@ -2,6 +2,7 @@
 //! tensor names, types and q/k row order that llama.cpp's `convert_hf_to_gguf.py` writes.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
@@ -14,7 +15,7 @@ use crate::formats::gguf::{GgufFile, GgufWriter, Value};
 use crate::ggml_type::GgmlType;
 use crate::model::attn_variants::{scalar_of, AttnVariants};
 use crate::model::source::size_label;
-use crate::model::{names, ModelFile, RopeLayout};
+use crate::model::{names, ModelFile, RopeLayout, TensorRef};
 use crate::output::Sink;
 use crate::quant;
 
@@ -258,6 +259,7 @@ pub fn write_header_with<W: Write + Send>(
         GgufSummary { tensors: writer.tensors().len(), bytes: writer.total_size(), file_type, fallbacks: notes };
     let planned = writer.tensors().to_vec();
     let tensors = model.tensors()?;
+    let by_name: HashMap<&str, &TensorRef<'_>> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut stream = writer.start(sink)?;
     // Tensors are written by a thread of their own while the next one is decoded and
     // encoded (the copy into the page cache is single-threaded and, for the fast codecs, as
@@ -273,9 +275,8 @@ pub fn write_header_with<W: Write + Send>(
         });
         let produced = (|| -> Result<()> {
             for p in &planned {
-                let t = tensors
-                    .iter()
-                    .find(|t| t.name == p.name)
+                let t = *by_name
+                    .get(p.name.as_str())
                     .ok_or_else(|| Error::tensor(&p.name, "disappeared while converting"))?;
                 let values = tensor_values(t, cfg, model.qk_layout(), target_layout, opts.allow_nonfinite)?;
                 let same_rows = super::rows_keep_order(t, cfg, model.qk_layout(), target_layout);
@@ -319,8 +320,6 @@ pub fn write_header_with<W: Write + Send>(
     Ok((stream.finish()?, summary))
 }
 
-/// Re-open a written GGUF and check that it holds exactly the planned tensors at valid
-/// offsets (run on the temporary file before it is renamed into place).
 /// [`write_header_with`] into `sink`, then (once the encoder's `finish` agrees) the file
 /// validated and renamed into place. The progress bar is cleared once the tensors are written.
 pub fn write_and_commit(
@@ -339,6 +338,8 @@ pub fn write_and_commit(
     Ok(summary)
 }
 
+/// Re-open a written GGUF and check that it holds exactly the planned tensors at valid
+/// offsets (run on the temporary file before it is renamed into place).
 pub fn validate_written(path: &Path, expected_tensors: usize, expected_size: u64) -> Result<()> {
     let f = GgufFile::open(path)?;
     if f.tensors().len() != expected_tensors {
