@@ -82,7 +82,52 @@ fn temp_sibling(dest: &Path) -> Result<PathBuf> {
 pub struct AtomicFile {
     tmp: PathBuf,
     dest: PathBuf,
-    writer: Option<BufWriter<File>>,
+    writer: Option<BufWriter<WritebackFile>>,
+}
+
+/// Bytes written between two requests to start writing them back.
+const WRITEBACK_CHUNK: u64 = 32 << 20;
+
+/// The temporary file, with the kernel asked to start writing the bytes back to disk every
+/// [`WRITEBACK_CHUNK`] as they are written (Linux's `sync_file_range(SYNC_FILE_RANGE_WRITE)`,
+/// which only starts the I/O). The disk writes then overlap the rest of the run, and the
+/// `fsync` at commit, which crash safety needs, waits for the last chunk instead of the
+/// whole file: it took 0.17 s of a 0.85 s Q8_0 run on the 7B-shaped layer.
+struct WritebackFile {
+    file: File,
+    written: u64,
+    started: u64,
+}
+
+impl WritebackFile {
+    #[cfg(target_os = "linux")]
+    fn start_writeback(&mut self) {
+        use std::os::fd::AsRawFd;
+        let (from, len) = (self.started as libc::off64_t, (self.written - self.started) as libc::off64_t);
+        // SAFETY: the descriptor is this open file's; the call reads no memory of ours. A
+        // failure only means no early writeback (the fsync at commit still writes everything),
+        // so its result is not checked.
+        unsafe { libc::sync_file_range(self.file.as_raw_fd(), from, len, libc::SYNC_FILE_RANGE_WRITE) };
+        self.started = self.written;
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn start_writeback(&mut self) {}
+}
+
+impl Write for WritebackFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.started >= WRITEBACK_CHUNK {
+            self.start_writeback();
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
 }
 
 impl AtomicFile {
@@ -92,6 +137,7 @@ impl AtomicFile {
         }
         let tmp = temp_sibling(dest)?;
         let file = register_with(&tmp, || File::create(&tmp)).map_err(|e| Error::io(dest, e))?;
+        let file = WritebackFile { file, written: 0, started: 0 };
         Ok(AtomicFile { tmp, dest: dest.to_path_buf(), writer: Some(BufWriter::with_capacity(1 << 20, file)) })
     }
 
@@ -103,7 +149,7 @@ impl AtomicFile {
     /// place. On any failure the temporary file is removed and the destination is untouched.
     pub fn commit(mut self, validate: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
         let writer = self.writer.take().expect("AtomicFile committed twice");
-        let file = writer.into_inner().map_err(|e| Error::io(&self.dest, e.into_error()))?;
+        let file = writer.into_inner().map_err(|e| Error::io(&self.dest, e.into_error()))?.file;
         file.sync_all().map_err(|e| Error::io(&self.dest, e))?;
         drop(file);
         // Never commit what was computed from an input that was truncated under us.
