@@ -131,10 +131,12 @@ pub fn encode_f32(src: &[f32], out: &mut [u8]) {
 }
 
 pub fn encode_f16(src: &[f32], out: &mut [u8]) {
-    if let (true, Ok(o)) = (LE, bytemuck::try_cast_slice_mut::<u8, u16>(out)) {
-        for (d, &x) in o.iter_mut().zip(src) {
-            *d = f32_to_f16_bits(x);
-        }
+    if let (true, Ok(o)) = (LE, bytemuck::try_cast_slice_mut::<u8, half::f16>(out)) {
+        // As `decode_f16`: F16C checked once, eight values per instruction, the same
+        // round-to-nearest-even as the per-value conversion.
+        use half::slice::HalfFloatSliceExt;
+        let n = o.len().min(src.len());
+        o[..n].convert_from_f32_slice(&src[..n]);
         return;
     }
     for (x, c) in src.iter().zip(out.chunks_exact_mut(2)) {

@@ -19,36 +19,44 @@ use super::dot::{chunk16, BlockSink};
 use super::float::{get_f16, put_f16};
 use super::grid::{set_bit, set_nibble32, ElemGrid};
 use super::search::weighted::{importance, make_qkx3_quants, make_qx_quants, sum_x2};
-use super::{as_block, as_bytes_mut, c_float_to_i8};
+use super::{as_block, as_bytes_mut, c_float_to_i8, max32, min32};
 
 /// Weights per block, for all four types.
 pub const QK: usize = 32;
 
-/// The value of largest magnitude, with its sign; the first one wins ties, as in ggml.
+/// The value of largest magnitude, with its sign; the first one wins ties, as in ggml (0 when
+/// every value is 0 or NaN).
 #[inline(always)]
-fn signed_absmax(x: &[f32]) -> f32 {
-    let (mut amax, mut max) = (0f32, 0f32);
-    for &v in x {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
-        }
+fn signed_absmax(x: &[f32; QK]) -> f32 {
+    // ggml's loop (`if (amax < fabsf(v)) { amax = fabsf(v); max = v; }`) keeps the first value
+    // whose magnitude is the largest; found here as that magnitude (a tree, in any order) and
+    // then the first index that has it, both of which vectorize.
+    let amax = max32(&x.map(f32::abs), 0.0);
+    if amax == 0.0 {
+        return 0.0;
     }
-    max
+    x[first_index(x, |v| v.abs() == amax)]
 }
 
+/// (min, max) as ggml's loop (`if (v < min) min = v; if (v > max) max = v;` from ±FLT_MAX)
+/// finds them: NaN ignored and, among equal values (0 and −0), the first.
 #[inline(always)]
-fn min_max(x: &[f32]) -> (f32, f32) {
-    let (mut min, mut max) = (f32::MAX, f32::MIN);
-    for &v in x {
-        if v < min {
-            min = v;
-        }
-        if v > max {
-            max = v;
-        }
+fn min_max(x: &[f32; QK]) -> (f32, f32) {
+    let (min, max) = (min32(x, f32::MAX), max32(x, f32::MIN));
+    // A value's sign is only ambiguous for ±0 (other equal values are the same bits).
+    let first = |value: f32| if value == 0.0 { x[first_index(x, |v| v == value)] } else { value };
+    (first(min), first(max))
+}
+
+/// The first index whose value passes `hit` (the caller knows one does), found through a
+/// bit mask so that the comparisons vectorize.
+#[inline(always)]
+fn first_index(x: &[f32; QK], hit: impl Fn(f32) -> bool) -> usize {
+    let mut mask = 0u32;
+    for (i, &v) in x.iter().enumerate() {
+        mask |= (hit(v) as u32) << i;
     }
-    (min, max)
+    (mask.trailing_zeros() as usize).min(QK - 1)
 }
 
 /// Blocks of a row with their importance.
@@ -342,6 +350,51 @@ mod tests {
         ("q5_1", (q5_1::quantize_block, crate::quant::dot::block_decode!(q5_1), q5_1::BLOCK_BYTES, 31.0)),
     ];
 
+    /// The vectorized extremes are ggml's sequential loops bit for bit, on blocks built to
+    /// catch an order that leaks through: ±0 mixed, equal magnitudes of both signs, NaN, all NaN.
+    #[test]
+    fn extremes_are_ggmls_sequential_loops() {
+        let ggml_signed_absmax = |x: &[f32; QK]| {
+            let (mut amax, mut max) = (0f32, 0f32);
+            for &v in x {
+                if amax < v.abs() {
+                    amax = v.abs();
+                    max = v;
+                }
+            }
+            max
+        };
+        let ggml_min_max = |x: &[f32; QK]| {
+            let (mut min, mut max) = (f32::MAX, f32::MIN);
+            for &v in x {
+                if v < min {
+                    min = v;
+                }
+                if v > max {
+                    max = v;
+                }
+            }
+            (min, max)
+        };
+        let palette = [0.0f32, -0.0, 0.5, -0.5, 0.25, -0.25, 1e-40, -1e-40, f32::NAN, 3.0, -3.0];
+        let mut state = 0x9e37_79b9u32;
+        for case in 0..20_000 {
+            let x: [f32; QK] = std::array::from_fn(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                // Few distinct values per block so that ties and zeros are common.
+                palette[(state as usize >> 3) % (2 + case % (palette.len() - 1))]
+            });
+            let all_nan = [f32::NAN; QK];
+            for x in [x, all_nan] {
+                assert_eq!(signed_absmax(&x).to_bits(), ggml_signed_absmax(&x).to_bits(), "{x:?}");
+                let ((a, b), (c, d)) = (min_max(&x), ggml_min_max(&x));
+                assert_eq!((a.to_bits(), b.to_bits()), (c.to_bits(), d.to_bits()), "{x:?}");
+            }
+        }
+    }
+
     #[test]
     fn round_trip_error_is_within_half_a_step_plus_scale_rounding() {
         for (name, (q, dq, bytes, levels)) in CODECS {
@@ -352,7 +405,7 @@ mod tests {
                 let mut y = vec![0f32; QK];
                 dq(&b, &mut y);
                 let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let (min, max) = min_max(&x);
+                let (min, max) = min_max(as_block(&x));
                 // Symmetric types: step = amax/8 (Q4_0) or amax/16 (Q5_0), and the side opposite
                 // the signed max only reaches 7 (15) steps, so weights beyond that are clipped.
                 // Affine types: step = range/levels.

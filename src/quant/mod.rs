@@ -254,16 +254,41 @@ pub(crate) fn as_bytes_mut<const N: usize>(b: &mut [u8]) -> &mut [u8; N] {
     (&mut b[..N]).try_into().unwrap()
 }
 
+/// The largest of `x` and `init`, NaN ignored: ggml's `if (v > max) max = v` loop, in a tree
+/// of 16 lanes that vectorizes. `if v > m { v } else { m }` is x86's `maxps` (which keeps `m`
+/// for a NaN `v`), so no lane is ever NaN and the order cannot change the value — except that
+/// 0 and −0 compare equal; callers that care find the first one.
+#[inline(always)]
+pub(crate) fn max32(x: &[f32; 32], init: f32) -> f32 {
+    reduce32(x, init, |m, v| if v > m { v } else { m })
+}
+
+/// The smallest of `x` and `init`, NaN ignored (see [`max32`]).
+#[inline(always)]
+pub(crate) fn min32(x: &[f32; 32], init: f32) -> f32 {
+    reduce32(x, init, |m, v| if v < m { v } else { m })
+}
+
+#[inline(always)]
+fn reduce32(x: &[f32; 32], init: f32, step: impl Fn(f32, f32) -> f32) -> f32 {
+    let m: [f32; 16] = std::array::from_fn(|i| step(step(init, x[i]), x[i + 16]));
+    let m: [f32; 8] = std::array::from_fn(|i| step(m[i], m[i + 8]));
+    let m: [f32; 4] = std::array::from_fn(|i| step(m[i], m[i + 4]));
+    let m: [f32; 2] = std::array::from_fn(|i| step(m[i], m[i + 2]));
+    step(m[0], m[1])
+}
+
 /// C's `(int8_t)f` as gcc compiles it for x86-64: a truncating `cvttss2si` to 32 bits (NaN and
-/// out-of-range values give `INT32_MIN`) and the low byte kept. Rust's `as i32` saturates
-/// instead, which has the same low byte except at and above 2^31 (0xFF, not 0x00), so only that
-/// case needs fixing; in-range values agree with a plain `as i8`. The out-of-range cases happen
-/// when a subnormal block scale makes `1/d` infinite, where we still want ggml's bytes. Written
-/// as a select so the quantizer loops still vectorize.
+/// out-of-range values give `INT32_MIN`, whose low byte is 0) and the low byte kept. The
+/// out-of-range cases happen when a subnormal block scale makes `1/d` infinite, where we still
+/// want ggml's bytes. Rust's `as i32` saturates, which LLVM compiles one element at a time
+/// (convert, two compares, two moves: most of Q8_0's encoding time); a select of the in-range
+/// values followed by the plain conversion vectorizes.
 #[inline(always)]
 pub(crate) fn c_float_to_i8(v: f32) -> i8 {
-    let i = if v >= 2147483648.0 { 0 } else { v as i32 };
-    i as i8
+    let w = if v.abs() < 2147483648.0 { v } else { 0.0 };
+    // SAFETY: |w| < 2^31, so its truncation is an i32.
+    unsafe { w.to_int_unchecked::<i32>() as i8 }
 }
 
 /// The first non-finite value's index, if any.

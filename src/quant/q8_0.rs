@@ -1,10 +1,10 @@
 //! Q8_0: blocks of 32 weights, one f16 scale `d` and 32 signed bytes; x ≈ d·q.
 //! Layout (ggml-common.h `block_q8_0`): `d: f16` then `qs: [i8; 32]`, 34 bytes.
 
-use super::c_float_to_i8;
 use super::dot::{chunk32, BlockSink};
 use super::float::{get_f16, put_f16};
 use super::grid::ElemGrid;
+use super::{as_block, c_float_to_i8, max32};
 
 pub const QK: usize = 32;
 pub const BLOCK_BYTES: usize = 34;
@@ -17,15 +17,8 @@ pub const BLOCK_BYTES: usize = 34;
 #[inline(always)]
 pub fn quantize_block(x: &[f32], out: &mut [u8]) {
     debug_assert_eq!(x.len(), QK);
-    // ggml's running max, as a tree over halves so that it vectorizes: `max` ignores NaN and
-    // |x| has no −0, so every order gives ggml's value.
-    let mut m: [f32; 16] = std::array::from_fn(|i| x[i].abs().max(x[i + 16].abs()));
-    for half in [8, 4, 2, 1] {
-        for i in 0..half {
-            m[i] = m[i].max(m[i + half]);
-        }
-    }
-    let amax = 0f32.max(m[0]);
+    // ggml's running max of |x| from 0 (NaN ignored; |x| has no −0, so any order).
+    let amax = max32(&as_block::<QK>(x).map(f32::abs), 0.0);
     let d = amax / 127.0;
     put_f16(out, d);
     let id = if d == 0.0 { 0.0 } else { 1.0 / d };
