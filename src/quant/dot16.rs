@@ -220,14 +220,16 @@ mod kernels {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     unsafe fn q4_0_avx512(row: &[u8], a: &Acts16, n: usize) -> f32 {
         // Weight i of a block: low nibble of qs[i] (i < 16) or high nibble of qs[i − 16], − 8.
-        // The sixteen bytes widened once, the upper half of the vector shifted.
+        // The sixteen bytes loaded into both halves (a load-port broadcast), widened once (the
+        // one shuffle), and the upper half shifted by a per-lane count.
         let (lo4, eight) = (_mm512_set1_epi16(0xF), _mm512_set1_epi16(8));
+        let shifts = _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi16(4));
         unsafe {
             blocks32(a, n, |b| {
                 let blk = row.as_ptr().add(18 * b);
                 crate::cpu::prefetch_ahead(blk, 18);
-                let q = _mm256_cvtepu8_epi16(_mm_loadu_si128(blk.add(2) as *const __m128i));
-                let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q), _mm256_srli_epi16::<4>(q));
+                let twice = _mm256_broadcastsi128_si256(_mm_loadu_si128(blk.add(2) as *const __m128i));
+                let both = _mm512_srlv_epi16(_mm512_cvtepu8_epi16(twice), shifts);
                 let w = _mm512_sub_epi16(_mm512_and_si512(both, lo4), eight);
                 (w, f16_at(blk))
             })
