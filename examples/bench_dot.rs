@@ -1,13 +1,15 @@
 //! The fused dequantize-dot kernels alone: one f32 activation row against 45 000 rows of 512
 //! weights (about one small-llama token's worth) in each stored type, best of 20 passes, one
-//! thread. `cargo run --release --example bench_dot -- Q4_K Q8_0 F16`
+//! thread; `COLS=4096` for the same weights in longer rows. `cargo run --release --example bench_dot -- Q4_K Q8_0 F16`
 use std::time::Instant;
 
 use qforge::ggml_type::GgmlType;
 
 fn main() {
     let names: Vec<String> = std::env::args().skip(1).collect();
-    let (rows, cols) = (45_000usize, 512usize);
+    // COLS=4096 for long rows (the same number of weights in fewer rows).
+    let cols: usize = std::env::var("COLS").ok().and_then(|v| v.parse().ok()).unwrap_or(512);
+    let rows = 45_000 * 512 / cols;
     let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-4).collect();
     let x: Vec<f32> = (0..cols).map(|i| (i as f32).sin()).collect();
     for name in names {
