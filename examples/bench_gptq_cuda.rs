@@ -150,20 +150,8 @@ fn golden(be: &CudaBackend, failed: &mut Vec<String>) {
                     continue;
                 }
             };
-            let Some(int) = gpu.int.as_ref() else { continue };
-            let ng = int.n_groups();
-            let (mut same, mut worst) = (0usize, 0f64);
-            for r in 0..rows {
-                for c in 0..cols {
-                    let scale = int.scales[r * ng + int.g_idx[c] as usize];
-                    let d = (gpu.dequantized[r * cols + c] - q[r * cols + c]).abs();
-                    if d < 1e-5 * scale {
-                        same += 1;
-                    }
-                    worst = worst.max(d as f64 / scale as f64);
-                }
-            }
-            let frac = same as f64 / (rows * cols) as f64;
+            let Some(a) = gpu.agreement_with(&q) else { continue };
+            let (frac, worst) = (a.fraction(), a.worst_steps);
             let sc = same_codes(&gpu, &cpu);
             let short = file.trim_start_matches("golden_").trim_end_matches("_gptq_unit.safetensors");
             println!(

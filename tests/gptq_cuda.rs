@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::gptq::{activations, load_golden, weights};
+use common::gptq::{activations, indefinite_hessian, load_golden, weights};
 use std::io::Write;
 use std::sync::OnceLock;
 
@@ -106,20 +106,8 @@ fn gpu_golden_matches_reference_and_cpu() {
             let gpu = be.quantize(&w, rows, cols, &hess, &grid, &o).unwrap();
             let cpu = quantize(&w, rows, cols, &hess, &grid, &o).unwrap();
             compare(&format!("{name} {layer} GPU vs CPU"), &cpu, &gpu, 0.999);
-            let int = gpu.int.as_ref().unwrap();
-            let ng = int.n_groups();
-            let (mut same, mut worst) = (0usize, 0f64);
-            for r in 0..rows {
-                for c in 0..cols {
-                    let scale = int.scales[r * ng + int.g_idx[c] as usize];
-                    let d = (gpu.dequantized[r * cols + c] - golden[r * cols + c]).abs();
-                    if d < 1e-5 * scale {
-                        same += 1;
-                    }
-                    worst = worst.max(d as f64 / scale as f64);
-                }
-            }
-            let frac = same as f64 / (rows * cols) as f64;
+            let a = gpu.agreement_with(&golden).unwrap();
+            let (frac, worst) = (a.fraction(), a.worst_steps);
             println!("{name} {layer}: GPU vs reference identical {:.4}%, worst {worst:.3} steps", 100.0 * frac);
             assert!(frac >= 0.999, "{name} {layer}: only {:.4}% identical to the reference", 100.0 * frac);
             assert!(worst <= 1.0 + 1e-6, "{name} {layer}: a weight differs by {worst} steps");
@@ -250,17 +238,7 @@ fn gpu_dead_columns_damping_and_errors() {
     // Damping retried: an indefinite H that 0.1 · mean diag fixes.
     let (rows, cols) = (4, 64);
     let w = weights(rows, cols, 61);
-    let v: Vec<f64> = (0..cols).map(|i| 1.0 + (i % 5) as f64).collect();
-    let mut hd64 = vec![0f64; cols * cols];
-    for i in 0..cols {
-        for j in 0..cols {
-            hd64[i * cols + j] = v[i] * v[j];
-        }
-    }
-    let mean = (0..cols).map(|i| hd64[i * cols + i]).sum::<f64>() / cols as f64;
-    for i in 0..cols {
-        hd64[i * cols + i] -= 0.05 * mean;
-    }
+    let hd64 = indefinite_hessian(cols);
     let o = GptqOptions::default();
     let res = be.quantize(&w, rows, cols, &Hessian::from_dense(hd64, cols), &grid, &o).unwrap();
     assert_eq!(res.damp_retries, 1);

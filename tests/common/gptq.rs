@@ -1,6 +1,8 @@
-//! GPTQ test problems shared by the solver's tests (tests/suite/gptq/solver.rs) and the GPU's
-//! (tests/gptq_cuda.rs): seeded weights and activations like a layer's, and the golden unit
-//! layers.
+// GPTQ test problems shared by the solver's tests (tests/suite/gptq/solver.rs), the GPU's
+// (tests/gptq_cuda.rs) and the crate's CUDA emulation tests (src/quant/gptq/cuda/emulate.rs,
+// which `include!`s this file, hence plain comments and no imports; `super::golden` is the
+// includer's): seeded weights and activations like a layer's, a Hessian that needs one damping
+// retry, and the golden unit layers.
 
 pub struct Rng(u64);
 
@@ -49,6 +51,18 @@ pub fn activations(tokens: usize, cols: usize, seed: u64) -> Vec<f32> {
         }
     }
     x
+}
+
+/// H = v·vᵀ − 0.05·mean(diag)·I (cols × cols, row-major, v = 1 + i mod 5): indefinite, so the
+/// default damping 0.01·mean(diag) is not enough and 0.1·mean(diag) (one retry) is.
+pub fn indefinite_hessian(cols: usize) -> Vec<f64> {
+    let v: Vec<f64> = (0..cols).map(|i| 1.0 + (i % 5) as f64).collect();
+    let mut h: Vec<f64> = (0..cols * cols).map(|k| v[k / cols] * v[k % cols]).collect();
+    let mean = (0..cols).map(|i| h[i * cols + i]).sum::<f64>() / cols as f64;
+    for i in 0..cols {
+        h[i * cols + i] -= 0.05 * mean;
+    }
+    h
 }
 
 /// One golden layer: name, W, H, Q, rows, cols.

@@ -259,6 +259,44 @@ pub struct GptqResult {
     pub sweep_seconds: f64,
 }
 
+/// How closely an integer-grid result matches a reference quantization of the same matrix
+/// (the golden layers' float64 GPTQ), measured in quantization steps (a weight's group scale).
+#[derive(Clone, Copy, Debug)]
+pub struct Agreement {
+    /// Weights within 1e-5 of a step of the reference, of `total`.
+    pub identical: usize,
+    pub total: usize,
+    /// The largest difference, in steps and absolute.
+    pub worst_steps: f64,
+    pub max_abs: f32,
+}
+
+impl Agreement {
+    pub fn fraction(&self) -> f64 {
+        self.identical as f64 / self.total.max(1) as f64
+    }
+}
+
+impl GptqResult {
+    /// The agreement of the dequantized weights with `reference` (same shape); `None` for a
+    /// GGML-grid result (no integer scales to measure steps by).
+    pub fn agreement_with(&self, reference: &[f32]) -> Option<Agreement> {
+        let int = self.int.as_ref()?;
+        let (cols, ng) = (int.g_idx.len(), int.n_groups());
+        let mut a = Agreement { identical: 0, total: self.dequantized.len(), worst_steps: 0.0, max_abs: 0.0 };
+        for (i, (&q, &r)) in self.dequantized.iter().zip(reference).enumerate() {
+            let scale = int.scales[(i / cols) * ng + int.g_idx[i % cols] as usize];
+            let d = (q - r).abs();
+            if d < 1e-5 * scale {
+                a.identical += 1;
+            }
+            a.worst_steps = a.worst_steps.max(d as f64 / scale as f64);
+            a.max_abs = a.max_abs.max(d);
+        }
+        Some(a)
+    }
+}
+
 /// Quantize `w` (rows × cols, row-major, one output feature per row) with GPTQ against the
 /// Hessian `h` of the layer's inputs (`h.n() == cols`). See the module doc.
 ///

@@ -6,7 +6,7 @@
 //! exactly, block-size invariance, and a lower output error than round-to-nearest.
 
 use crate::common;
-use common::gptq::{activations, load_golden, weights};
+use common::gptq::{activations, indefinite_hessian, load_golden, weights};
 
 use qforge::quant::gptq::{quantize, ColumnOrder, GptqOptions, GptqResult, Grid, Hessian};
 use qforge::quant::{decode, encode};
@@ -77,22 +77,9 @@ fn check_golden(name: &str) {
     for (layer, w, h, golden, rows, cols) in load_golden(name) {
         let hess = Hessian::from_dense(h.iter().map(|&v| v as f64).collect(), cols);
         let res = quantize(&w, rows, cols, &hess, &int4(), &opts(Some(128))).unwrap();
-        let int = res.int.as_ref().unwrap();
-        let ng = int.n_groups();
-        assert_eq!(ng, cols / 128);
-        let (mut same, mut worst_steps, mut max_abs) = (0usize, 0f64, 0f32);
-        for r in 0..rows {
-            for c in 0..cols {
-                let scale = int.scales[r * ng + int.g_idx[c] as usize];
-                let d = (res.dequantized[r * cols + c] - golden[r * cols + c]).abs();
-                if d < 1e-5 * scale {
-                    same += 1;
-                }
-                worst_steps = worst_steps.max(d as f64 / scale as f64);
-                max_abs = max_abs.max(d);
-            }
-        }
-        let frac = same as f64 / (rows * cols) as f64;
+        assert_eq!(res.int.as_ref().unwrap().n_groups(), cols / 128);
+        let a = res.agreement_with(&golden).unwrap();
+        let (same, frac, worst_steps, max_abs) = (a.identical, a.fraction(), a.worst_steps, a.max_abs);
         println!(
             "{name} {layer}: {rows}×{cols}: identical {same}/{} ({:.4}%), max |ΔQ| {max_abs:.3e} = {worst_steps:.3} \
              steps, loss {:.4}, damp {} ({} retries)",
@@ -442,18 +429,7 @@ fn block_size_does_not_change_the_result() {
 fn damping_is_retried_then_reported() {
     let (rows, cols) = (4, 64);
     let w = weights(rows, cols, 61);
-    // H = vvᵀ·c − εI: indefinite; mean diag ≈ m. Damping 0.01·m is not enough, 0.1·m is.
-    let v: Vec<f64> = (0..cols).map(|i| 1.0 + (i % 5) as f64).collect();
-    let mut hd = vec![0f64; cols * cols];
-    for i in 0..cols {
-        for j in 0..cols {
-            hd[i * cols + j] = v[i] * v[j];
-        }
-    }
-    let mean = (0..cols).map(|i| hd[i * cols + i]).sum::<f64>() / cols as f64;
-    for i in 0..cols {
-        hd[i * cols + i] -= 0.05 * mean;
-    }
+    let hd = indefinite_hessian(cols);
     let res = quantize(&w, rows, cols, &Hessian::from_dense(hd, cols), &int4(), &opts(None)).unwrap();
     assert_eq!(res.damp_retries, 1);
     assert!((res.damp_used - 0.1).abs() < 1e-12);

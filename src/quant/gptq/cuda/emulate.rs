@@ -515,6 +515,17 @@ mod tests {
     use crate::quant::gptq::cuda_host::{factor, quantize_int as quantize_on, HessianOn};
     use crate::quant::gptq::{quantize, solver, ColumnOrder, GptqOptions, GptqResult, Grid, Hessian, XorShift as Rng};
 
+    /// The integration tests' GPTQ problems (golden layers, the indefinite Hessian).
+    #[allow(dead_code)]
+    mod common_gptq {
+        include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/gptq.rs"));
+    }
+
+    /// Where `common_gptq` finds the golden files (tests/common/mod.rs's `golden`).
+    fn golden(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("golden").join(name)
+    }
+
     /// `host.rs`'s sequence on the emulated device.
     fn quantize_int(
         w: &[f32],
@@ -669,39 +680,14 @@ mod tests {
     #[test]
     fn emulated_gpu_path_on_the_golden_layers() {
         for name in ["golden_tiny_gptq_unit.safetensors", "golden_small_gptq_unit.safetensors"] {
-            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("golden").join(name);
-            let bytes = std::fs::read(&path).unwrap();
-            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-            let get = |k: &str| -> (Vec<f32>, Vec<usize>) {
-                let t = st.tensor(k).unwrap();
-                (
-                    t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-                    t.shape().to_vec(),
-                )
-            };
-            for layer in ["self_attn.q_proj", "self_attn.o_proj"] {
-                let ((w, ws), (h, _), (golden, _)) =
-                    (get(&format!("{layer}.W")), get(&format!("{layer}.H")), get(&format!("{layer}.Q")));
-                let (rows, cols) = (ws[0], ws[1]);
+            for (layer, w, h, golden, rows, cols) in common_gptq::load_golden(name) {
                 let hess = Hessian::from_dense(h.iter().map(|&v| v as f64).collect(), cols);
                 let o = GptqOptions { group_size: Some(128), ..Default::default() };
                 let emu = quantize_int(&w, rows, cols, HessianOn::Host(&hess), 4, false, &o).unwrap();
                 let cpu = quantize(&w, rows, cols, &hess, &Grid::Int { bits: 4, sym: false }, &o).unwrap();
                 compare(&format!("{name} {layer}"), &cpu, &emu);
-                let int = emu.int.as_ref().unwrap();
-                let ng = int.n_groups();
-                let (mut same, mut worst) = (0usize, 0f64);
-                for r in 0..rows {
-                    for c in 0..cols {
-                        let scale = int.scales[r * ng + int.g_idx[c] as usize];
-                        let d = (emu.dequantized[r * cols + c] - golden[r * cols + c]).abs();
-                        if d < 1e-5 * scale {
-                            same += 1;
-                        }
-                        worst = worst.max(d as f64 / scale as f64);
-                    }
-                }
-                let frac = same as f64 / (rows * cols) as f64;
+                let a = emu.agreement_with(&golden).unwrap();
+                let (frac, worst) = (a.fraction(), a.worst_steps);
                 println!(
                     "{name} {layer}: emulated GPU path vs reference: identical {:.4}%, worst {worst:.3} steps",
                     100.0 * frac
@@ -741,18 +727,7 @@ mod tests {
     #[test]
     fn emulated_damping_retries() {
         let cols = 64;
-        let v: Vec<f64> = (0..cols).map(|i| 1.0 + (i % 5) as f64).collect();
-        let mut hd = vec![0f64; cols * cols];
-        for i in 0..cols {
-            for j in 0..cols {
-                hd[i * cols + j] = v[i] * v[j];
-            }
-        }
-        let mean = (0..cols).map(|i| hd[i * cols + i]).sum::<f64>() / cols as f64;
-        for i in 0..cols {
-            hd[i * cols + i] -= 0.05 * mean;
-        }
-        let h = Hessian::from_dense(hd, cols);
+        let h = Hessian::from_dense(common_gptq::indefinite_hessian(cols), cols);
         let (w, _) = problem(4, cols, 1, &[]);
         let res = quantize_int(&w, 4, cols, HessianOn::Host(&h), 4, false, &GptqOptions::default()).unwrap();
         assert_eq!(res.damp_retries, 1);
