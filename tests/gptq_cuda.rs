@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::gptq::{activations, indefinite_hessian, load_golden, weights};
+use common::gptq::{activations, dead_column_problem, indefinite_hessian, load_golden, weights};
 use std::io::Write;
 use std::sync::OnceLock;
 
@@ -213,15 +213,7 @@ fn gpu_dead_columns_damping_and_errors() {
     let grid = Grid::Int { bits: 4, sym: false };
 
     // Dead columns are zeroed, with and without act-order.
-    let (rows, cols, tokens) = (16, 256, 600);
-    let w = weights(rows, cols, 21);
-    let mut x = activations(tokens, cols, 22);
-    let dead = [0usize, 5, 130, 255];
-    for t in 0..tokens {
-        for &c in &dead {
-            x[t * cols + c] = 0.0;
-        }
-    }
+    let (rows, cols, tokens, w, x, dead) = dead_column_problem();
     let mut hd = be.new_hessian(cols).unwrap();
     hd.add(&x, tokens).unwrap();
     for order in [ColumnOrder::Natural, ColumnOrder::Activation, ColumnOrder::GroupAware] {

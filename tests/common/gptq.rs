@@ -53,6 +53,21 @@ pub fn activations(tokens: usize, cols: usize, seed: u64) -> Vec<f32> {
     x
 }
 
+/// The dead-column problem: 16 × 256 weights and 600 activation rows whose columns `dead`
+/// are all zero (so H[c, c] = 0 there): (rows, cols, tokens, weights, activations, dead).
+pub fn dead_column_problem() -> (usize, usize, usize, Vec<f32>, Vec<f32>, [usize; 4]) {
+    let (rows, cols, tokens) = (16, 256, 600);
+    let w = weights(rows, cols, 21);
+    let mut x = activations(tokens, cols, 22);
+    let dead = [0usize, 5, 130, 255];
+    for t in 0..tokens {
+        for &c in &dead {
+            x[t * cols + c] = 0.0;
+        }
+    }
+    (rows, cols, tokens, w, x, dead)
+}
+
 /// H = v·vᵀ − 0.05·mean(diag)·I (cols × cols, row-major, v = 1 + i mod 5): indefinite, so the
 /// default damping 0.01·mean(diag) is not enough and 0.1·mean(diag) (one retry) is.
 pub fn indefinite_hessian(cols: usize) -> Vec<f64> {

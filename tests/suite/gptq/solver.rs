@@ -6,7 +6,7 @@
 //! exactly, block-size invariance, and a lower output error than round-to-nearest.
 
 use crate::common;
-use common::gptq::{activations, indefinite_hessian, load_golden, weights};
+use common::gptq::{activations, dead_column_problem, indefinite_hessian, load_golden, weights};
 
 use qforge::quant::gptq::{quantize, ColumnOrder, GptqOptions, GptqResult, Grid, Hessian};
 use qforge::quant::{decode, encode};
@@ -270,15 +270,7 @@ fn int_outputs_are_consistent() {
 
 #[test]
 fn dead_columns_are_zeroed() {
-    let (rows, cols, tokens) = (16, 256, 600);
-    let w = weights(rows, cols, 21);
-    let mut x = activations(tokens, cols, 22);
-    let dead = [0usize, 5, 130, 255];
-    for t in 0..tokens {
-        for &c in &dead {
-            x[t * cols + c] = 0.0;
-        }
-    }
+    let (rows, cols, tokens, w, x, dead) = dead_column_problem();
     let h = hessian_of(&x, tokens, cols);
     for grid in [int4(), Grid::Ggml(GgmlType::Q4_0), Grid::Ggml(GgmlType::Q8_0), Grid::Ggml(GgmlType::Q6_K)] {
         for order in [ColumnOrder::Natural, ColumnOrder::Activation, ColumnOrder::GroupAware] {
